@@ -1,0 +1,58 @@
+/**
+ * Error codes of the public contract (CONTRACT.md) plus the few the project adds for
+ * conditions the contract leaves open. Codes are only ever added, never renamed.
+ */
+export const ERROR_CODES = [
+  'INVALID_REQUEST',
+  'POOL_NOT_FOUND',
+  'POOL_EXISTS',
+  'POOL_OVERLAP',
+  'POOL_EXHAUSTED',
+  'POOL_IN_USE',
+  'IP_OUT_OF_POOL',
+  'IP_RESERVED',
+  'IP_TAKEN',
+  'OWNER_HAS_IP',
+  'NOT_FOUND',
+  'INSUFFICIENT_CAPACITY',
+  'SUPERSEDED',
+  'START_FAILED',
+  'IP_IN_USE_ON_WIRE',
+  // Project additions (documented in docs/errors.md): a dependency (database) is down and
+  // the request was not applied; the caller may retry. INTERNAL: a bug, logged with a trace id.
+  'UNAVAILABLE',
+  'INTERNAL',
+] as const;
+
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+export interface ErrorBody {
+  code: ErrorCode;
+  message: string;
+  details?: Record<string, unknown>;
+}
+
+/** An error that travels to the caller as `{ ok: false, error }`. */
+export class OrangeryError extends Error {
+  constructor(
+    readonly code: ErrorCode,
+    message: string,
+    readonly details?: Record<string, unknown>,
+  ) {
+    super(message);
+    this.name = 'OrangeryError';
+  }
+
+  toBody(): ErrorBody {
+    return this.details === undefined
+      ? { code: this.code, message: this.message }
+      : { code: this.code, message: this.message, details: this.details };
+  }
+}
+
+export const isOrangeryError = (e: unknown): e is OrangeryError => e instanceof OrangeryError;
+
+export function invalidRequest(field: string, reason: string, extra: Record<string, unknown> = {}): OrangeryError {
+  const where = field === '' ? 'request' : `field '${field}'`;
+  return new OrangeryError('INVALID_REQUEST', `${where}: ${reason}`, { field, reason, ...extra });
+}

@@ -1,0 +1,98 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { MAX_SLOT, NAME_PATTERN, INSTANCE_ID_PATTERN, HOST_ID_PATTERN } from './names';
+
+/**
+ * IPAM payloads of CONTRACT.md. These schemas are the single source for validation at
+ * the edge and for docs/asyncapi.yaml (tools/gen-asyncapi.ts). Unknown fields are
+ * refused everywhere (`additionalProperties: false`), as pool.create requires.
+ */
+const strict = { additionalProperties: false } as const;
+
+export const Name = Type.String({ pattern: NAME_PATTERN, description: 'lower-case DNS label' });
+export const Ipv4 = Type.String({ format: 'ipv4', description: 'dotted-quad IPv4 address' });
+
+export const OwnerSchema = Type.Object(
+  { env: Name, app: Name, slot: Type.Integer({ minimum: 0, maximum: MAX_SLOT }) },
+  strict,
+);
+
+export const PoolCreateRequest = Type.Object(
+  {
+    name: Name,
+    cidr: Type.String({ description: 'IPv4 a.b.c.d/n, host bits zero' }),
+    gateway: Ipv4,
+    vlan: Type.Optional(Type.Integer({ minimum: 0, maximum: 4094 })),
+    reserved: Type.Optional(Type.Array(Type.String({ description: 'address or inclusive range a-b' }), { maxItems: 4096 })),
+    cooldownSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 86400 })),
+  },
+  strict,
+);
+export type PoolCreateRequest = Static<typeof PoolCreateRequest>;
+
+export const PoolNameRequest = Type.Object({ name: Name }, strict);
+export type PoolNameRequest = Static<typeof PoolNameRequest>;
+export const EmptyRequest = Type.Object({}, strict);
+
+export const AllocateRequest = Type.Object(
+  { pool: Name, owner: OwnerSchema, ip: Type.Optional(Ipv4) },
+  strict,
+);
+export type AllocateRequest = Static<typeof AllocateRequest>;
+
+export const Backend = Type.Union([Type.Literal('docker'), Type.Literal('vmware')]);
+export type Backend = Static<typeof Backend>;
+
+export const BindRequest = Type.Object(
+  {
+    ip: Ipv4,
+    instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN, description: '<env>:<app>:<slot>' }),
+    backend: Backend,
+    host: Type.String({ pattern: HOST_ID_PATTERN }),
+  },
+  strict,
+);
+export type BindRequest = Static<typeof BindRequest>;
+
+/** `{ ip }` or `{ owner }`: exactly one (checked after the schema). */
+export const AddressLookupRequest = Type.Object(
+  { ip: Type.Optional(Ipv4), owner: Type.Optional(OwnerSchema) },
+  strict,
+);
+export type AddressLookupRequest = Static<typeof AddressLookupRequest>;
+
+export const AllocationState = Type.Union([Type.Literal('allocated'), Type.Literal('bound'), Type.Literal('released')]);
+export type AllocationState = Static<typeof AllocationState>;
+
+export const Allocation = Type.Object({
+  ip: Ipv4,
+  pool: Name,
+  prefixLength: Type.Integer(),
+  gateway: Ipv4,
+  vlan: Type.Integer(),
+  mac: Type.String({ description: 'locally administered unicast MAC derived from the IP' }),
+  owner: OwnerSchema,
+  state: AllocationState,
+  instanceId: Type.Optional(Type.String()),
+  backend: Type.Optional(Backend),
+  host: Type.Optional(Type.String()),
+  releasedAt: Type.Optional(Type.String({ format: 'date-time' })),
+});
+export type Allocation = Static<typeof Allocation>;
+
+export const Pool = Type.Object({
+  name: Name,
+  cidr: Type.String(),
+  gateway: Ipv4,
+  vlan: Type.Integer(),
+  reserved: Type.Array(Type.String()),
+  cooldownSeconds: Type.Integer(),
+  prefixLength: Type.Integer(),
+  createdAt: Type.String({ format: 'date-time' }),
+});
+export type Pool = Static<typeof Pool>;
+
+export const PoolWithUsage = Type.Intersect([
+  Pool,
+  Type.Object({ size: Type.Integer(), used: Type.Integer(), free: Type.Integer(), quarantined: Type.Integer() }),
+]);
+export type PoolWithUsage = Static<typeof PoolWithUsage>;

@@ -1,0 +1,43 @@
+/** Every NATS subject the project uses, public (CONTRACT.md) and internal (asyncapi.yaml). */
+export const SUBJECTS = {
+  ipam: {
+    poolCreate: 'orangery.ipam.pool.create',
+    poolGet: 'orangery.ipam.pool.get',
+    poolList: 'orangery.ipam.pool.list',
+    poolDelete: 'orangery.ipam.pool.delete',
+    allocate: 'orangery.ipam.allocate',
+    bind: 'orangery.ipam.bind',
+    release: 'orangery.ipam.release',
+    get: 'orangery.ipam.get',
+  },
+  scheduler: {
+    hostsList: 'orangery.scheduler.hosts.list',
+    instancesList: 'orangery.scheduler.instances.list',
+  },
+  migrator: {
+    migrationsGet: 'orangery.migrator.migrations.get',
+    migrate: 'orangery.migrator.migrate',
+    drain: 'orangery.migrator.drain',
+  },
+  scale: (env: string, app: string) => `orangery.scale.${env}.${app}`,
+  scaleAll: 'orangery.scale.>',
+  heartbeat: (hostId: string) => `orangery.hb.${hostId}`,
+  event: (area: string, what: string) => `orangery.evt.${area}.${what}`,
+  eventsAll: 'orangery.evt.>',
+} as const;
+
+/** Queue groups: replicas of one service share its requests. */
+export const QUEUE_GROUPS = {
+  ipam: 'orangery-ipam',
+  scheduler: 'orangery-scheduler',
+  migrator: 'orangery-migrator',
+} as const;
+
+/** The durable event stream (CONTRACT.md "Events"); every service may create it, all alike. */
+export const EVENTS_STREAM = {
+  name: 'ORANGERY_EVENTS',
+  subjects: ['orangery.evt.>'],
+  // Dashboards replay a week of history; the dedupe window covers outbox re-publishing.
+  maxAgeSeconds: 7 * 24 * 3600,
+  duplicateWindowSeconds: 120,
+} as const;

@@ -1,0 +1,5 @@
+export * from './connection';
+export * from './trace-headers';
+export * from './responder';
+export * from './requester';
+export * from './jetstream';

@@ -1,0 +1,223 @@
+import { DataSource, type MigrationInterface, type QueryRunner, type EntitySchema } from 'typeorm';
+import type { Logger } from '@orangery/telemetry';
+
+export interface DbConfig {
+  host: string;
+  port: number;
+  user: string;
+  password: string;
+  database: string;
+}
+
+/** Parses ORANGERY_DB_URL (`mysql://user:pass@host:port/db`); throws a one-line reason. */
+export function parseDbUrl(url: string): DbConfig {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new Error('ORANGERY_DB_URL is not a URL (expected mysql://user:password@host:port/database)');
+  }
+  if (u.protocol !== 'mysql:' && u.protocol !== 'mariadb:') {
+    throw new Error(`ORANGERY_DB_URL must start with mysql:// or mariadb://, not ${u.protocol}//`);
+  }
+  const database = decodeURIComponent(u.pathname.replace(/^\//, ''));
+  if (!/^[A-Za-z0-9_$-]{1,64}$/.test(database)) {
+    throw new Error('ORANGERY_DB_URL must name a database, e.g. mysql://orangery:orangery@127.0.0.1:3306/orangery');
+  }
+  if (u.hostname === '') throw new Error('ORANGERY_DB_URL has no host');
+  const port = u.port === '' ? 3306 : Number(u.port);
+  return {
+    host: u.hostname,
+    port,
+    user: decodeURIComponent(u.username),
+    password: decodeURIComponent(u.password),
+    database,
+  };
+}
+
+export interface DataSourceOptions {
+  db: DbConfig;
+  /** the owning service; its tables and migrations table carry this prefix */
+  service: string;
+  entities?: EntitySchema[];
+  migrations: (new () => MigrationInterface)[];
+  poolSize?: number;
+}
+
+export function createDataSource(o: DataSourceOptions): DataSource {
+  return new DataSource({
+    type: 'mysql',
+    host: o.db.host,
+    port: o.db.port,
+    username: o.db.user,
+    password: o.db.password,
+    database: o.db.database,
+    entities: o.entities ?? [],
+    migrations: o.migrations,
+    migrationsTableName: `${o.service.replace(/-/g, '_')}_migrations`,
+    migrationsRun: false,
+    synchronize: false,
+    logging: false,
+    charset: 'utf8mb4_bin',
+    timezone: 'Z',
+    supportBigNumbers: true,
+    bigNumberStrings: false,
+    connectTimeout: 5_000,
+    poolSize: o.poolSize ?? 20,
+    extra: { enableKeepAlive: true, idleTimeout: 60_000, maxIdle: o.poolSize ?? 20 },
+  });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Connects (waiting as long as the database is down: that is not a configuration error)
+ * and brings the service's tables up to date. Replicas starting at once serialize on a
+ * named lock, so each migration runs exactly once.
+ */
+export async function initializeDatabase(
+  ds: DataSource,
+  service: string,
+  logger: Logger,
+  shouldStop: () => boolean = () => false,
+): Promise<void> {
+  let delay = 250;
+  for (;;) {
+    try {
+      await ds.initialize();
+      break;
+    } catch (e) {
+      if (isAccessDenied(e)) throw new Error(`database refused the credentials in ORANGERY_DB_URL: ${errorText(e)}`);
+      if (shouldStop()) throw e;
+      logger.warn({ err: errorText(e), retryInMs: delay }, 'database not reachable yet; retrying');
+      await sleep(delay);
+      delay = Math.min(delay * 2, 5_000);
+    }
+  }
+  const qr = ds.createQueryRunner();
+  try {
+    const lock = `orangery:${service}:migrations`;
+    const [row] = (await qr.query('SELECT GET_LOCK(?, 120) AS got', [lock])) as { got: number }[];
+    if (!row || Number(row.got) !== 1) throw new Error('could not take the migrations lock within 120 s');
+    try {
+      const ran = await ds.runMigrations({ transaction: 'each' });
+      if (ran.length > 0) logger.info({ migrations: ran.map((m) => m.name) }, 'database migrated');
+    } finally {
+      await qr.query('SELECT RELEASE_LOCK(?)', [lock]).catch(() => undefined);
+    }
+  } finally {
+    await qr.release();
+  }
+}
+
+export type Isolation = 'READ COMMITTED' | 'REPEATABLE READ' | 'SERIALIZABLE';
+
+export class DatabaseUnavailableError extends Error {
+  constructor(cause: unknown) {
+    super(`database unavailable: ${errorText(cause)}`);
+    this.name = 'DatabaseUnavailableError';
+  }
+}
+
+/**
+ * Runs `work` in one transaction and commits. Deadlocks and lock-wait timeouts are retried
+ * at once (the database picked a victim; trying again is the documented remedy); a lost
+ * connection is retried with backoff for up to `unavailableAfterMs`, then
+ * DatabaseUnavailableError. `work` must therefore be safe to run again from scratch.
+ */
+export async function inTransaction<T>(
+  ds: DataSource,
+  work: (qr: QueryRunner) => Promise<T>,
+  opts: { isolation?: Isolation; unavailableAfterMs?: number } = {},
+): Promise<T> {
+  const started = Date.now();
+  const deadline = started + (opts.unavailableAfterMs ?? 4_000);
+  let conflicts = 0;
+  let delay = 100;
+  for (;;) {
+    let qr: QueryRunner | undefined;
+    try {
+      qr = ds.createQueryRunner();
+      await qr.startTransaction(opts.isolation ?? 'READ COMMITTED');
+      const result = await work(qr);
+      await qr.commitTransaction();
+      return result;
+    } catch (e) {
+      if (qr?.isTransactionActive) await qr.rollbackTransaction().catch(() => undefined);
+      if (isConflict(e) && conflicts < 20) {
+        conflicts++;
+        await sleep(Math.random() * 5 * conflicts);
+        continue;
+      }
+      if (isConnectionError(e)) {
+        if (Date.now() + delay > deadline) throw new DatabaseUnavailableError(e);
+        await sleep(delay);
+        delay = Math.min(delay * 2, 1_000);
+        continue;
+      }
+      throw e;
+    } finally {
+      await qr?.release().catch(() => undefined);
+    }
+  }
+}
+
+interface DriverErrorish {
+  code?: string;
+  errno?: number;
+  message?: string;
+  driverError?: DriverErrorish;
+  cause?: unknown;
+}
+
+function driverError(e: unknown): DriverErrorish {
+  const x = (e ?? {}) as DriverErrorish;
+  return x.driverError ?? x;
+}
+
+export function errorText(e: unknown): string {
+  const d = driverError(e);
+  return [d.code, d.message].filter(Boolean).join(': ') || String(e);
+}
+
+export function isDuplicateKey(e: unknown): boolean {
+  return driverError(e).code === 'ER_DUP_ENTRY';
+}
+
+export function isConflict(e: unknown): boolean {
+  const code = driverError(e).code;
+  return code === 'ER_LOCK_DEADLOCK' || code === 'ER_LOCK_WAIT_TIMEOUT' || code === 'ER_CHECKREAD';
+}
+
+function isAccessDenied(e: unknown): boolean {
+  const code = driverError(e).code;
+  return code === 'ER_ACCESS_DENIED_ERROR' || code === 'ER_DBACCESS_DENIED_ERROR' || code === 'ER_BAD_DB_ERROR';
+}
+
+const CONNECTION_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'PROTOCOL_CONNECTION_LOST',
+  'PROTOCOL_SEQUENCE_TIMEOUT',
+  'ER_CON_COUNT_ERROR',
+  'ER_SERVER_SHUTDOWN',
+  'ER_CONNECTION_KILLED',
+  'ER_QUERY_INTERRUPTED',
+  'ER_UNKNOWN_COM_ERROR',
+  'ER_NET_READ_ERROR',
+  'ER_NET_ERROR_ON_WRITE',
+  'CR_SERVER_GONE_ERROR',
+  'CR_SERVER_LOST',
+]);
+
+export function isConnectionError(e: unknown): boolean {
+  const d = driverError(e);
+  if (d.code && CONNECTION_CODES.has(d.code)) return true;
+  const msg = d.message ?? '';
+  return /connection (is in closed state|lost)|Can't add new command when connection is in closed state|Pool is closed|read ECONNRESET|connect ECONNREFUSED|Connection terminated/i.test(
+    msg,
+  );
+}

@@ -1,0 +1,83 @@
+import 'reflect-metadata';
+import { hostname } from 'node:os';
+import { NestFactory } from '@nestjs/core';
+import type { INestApplicationContext, DynamicModule } from '@nestjs/common';
+import { createLogger, startTelemetry, stopTelemetry, type Logger } from '@orangery/telemetry';
+import { ConfigError } from './config';
+
+export interface ServiceDefinition<C> {
+  /** service name: ipam, scheduler, docker-agent, ... */
+  name: string;
+  /** reads and checks the environment; throws ConfigError */
+  loadConfig: (env: NodeJS.ProcessEnv) => C;
+  /** the root module, given the checked config and the logger */
+  module: (config: C, logger: Logger) => DynamicModule;
+}
+
+/**
+ * Runs a service: telemetry, config (exit 2 with a one-line reason when unusable), the Nest
+ * application context, and a clean SIGTERM/SIGINT shutdown (in-flight work drained, NATS
+ * and the database closed, exit 0). Services have no HTTP server: they speak NATS only.
+ */
+export async function runService<C>(def: ServiceDefinition<C>): Promise<void> {
+  let config: C;
+  try {
+    config = def.loadConfig(process.env);
+  } catch (e) {
+    const reason = e instanceof ConfigError ? e.message : `unexpected error reading configuration: ${String(e)}`;
+    process.stderr.write(`orangery-${def.name}: configuration error: ${reason}\n`);
+    process.exit(2);
+  }
+  startTelemetry(def.name);
+  const logger = createLogger(`orangery-${def.name}`);
+  let app: INestApplicationContext | undefined;
+  let stopping = false;
+
+  const shutdown = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'shutting down');
+    const force = setTimeout(() => {
+      logger.error('shutdown took longer than 20 s; exiting');
+      process.exit(1);
+    }, 20_000);
+    force.unref();
+    try {
+      await app?.close();
+      await stopTelemetry();
+      logger.info('stopped');
+      process.exit(0);
+    } catch (e) {
+      logger.error({ err: e }, 'error during shutdown');
+      process.exit(1);
+    }
+  };
+  process.on('SIGTERM', () => void shutdown('SIGTERM'));
+  process.on('SIGINT', () => void shutdown('SIGINT'));
+  process.on('unhandledRejection', (err) => logger.error({ err }, 'unhandled rejection'));
+
+  try {
+    app = await NestFactory.createApplicationContext(def.module(config, logger), { logger: false, abortOnError: false });
+    if (stopping) return;
+    await app.init();
+    logger.info('ready');
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      process.stderr.write(`orangery-${def.name}: configuration error: ${e.message}\n`);
+      process.exit(2);
+    }
+    logger.fatal({ err: e }, 'could not start');
+    process.stderr.write(`orangery-${def.name}: could not start: ${(e as Error).message}\n`);
+    process.exit(1);
+  }
+}
+
+/** Injection tokens shared by every service's wiring. */
+export const CONFIG = Symbol('CONFIG');
+export const LOGGER = Symbol('LOGGER');
+export const NATS = Symbol('NATS');
+export const DATA_SOURCE = Symbol('DATA_SOURCE');
+
+export function replicaId(service: string): string {
+  return `${service}@${hostname()}:${process.pid}`;
+}

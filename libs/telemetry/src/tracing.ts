@@ -1,0 +1,35 @@
+import { NodeSDK } from '@opentelemetry/sdk-node';
+import { trace, type Tracer } from '@opentelemetry/api';
+
+let sdk: NodeSDK | undefined;
+
+/**
+ * Starts OpenTelemetry from the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT,
+ * OTEL_TRACES_EXPORTER, OTEL_SDK_DISABLED, ...). With no exporter configured, spans are
+ * still created (so trace ids reach logs and the `traceparent` of events) but exported
+ * nowhere, rather than to a collector that is not there.
+ */
+export function startTelemetry(serviceName: string): void {
+  if (sdk || process.env['OTEL_SDK_DISABLED'] === 'true') return;
+  const exporterConfigured =
+    process.env['OTEL_TRACES_EXPORTER'] !== undefined ||
+    process.env['OTEL_EXPORTER_OTLP_ENDPOINT'] !== undefined ||
+    process.env['OTEL_EXPORTER_OTLP_TRACES_ENDPOINT'] !== undefined;
+  process.env['OTEL_SERVICE_NAME'] ??= `orangery-${serviceName}`;
+  // No metrics or logs exporters unless asked for: the defaults would dial localhost:4318.
+  process.env['OTEL_METRICS_EXPORTER'] ??= 'none';
+  process.env['OTEL_LOGS_EXPORTER'] ??= 'none';
+  sdk = new NodeSDK({
+    serviceName: process.env['OTEL_SERVICE_NAME'],
+    instrumentations: [],
+    ...(exporterConfigured ? {} : { spanProcessors: [] }),
+  });
+  sdk.start();
+}
+
+export async function stopTelemetry(): Promise<void> {
+  await sdk?.shutdown().catch(() => undefined);
+  sdk = undefined;
+}
+
+export const tracer = (name = 'orangery'): Tracer => trace.getTracer(name);

@@ -1,0 +1,320 @@
+import type { DataSource, QueryRunner } from 'typeorm';
+import { trace } from '@opentelemetry/api';
+import type { Backend, EventEnvelope, Owner } from '@orangery/contracts';
+import { OrangeryError } from '@orangery/contracts';
+import { DatabaseUnavailableError, inTransaction, isDuplicateKey } from '@orangery/persistence';
+import type { PoolPlan } from '../domain/pool-plan';
+import {
+  OwnerConflict,
+  type AddressPatch,
+  type AddressRecord,
+  type AuditEntry,
+  type IpamStore,
+  type IpamTx,
+  type PoolRecord,
+  type PoolUsage,
+} from '../domain/ports';
+import type { OutboxRelay } from './outbox-relay';
+
+/** Rows per INSERT when a pool's addresses are created (a /16 is 14 statements). */
+const INSERT_BATCH = 5_000;
+
+const ADDRESS_COLUMNS =
+  'ip, pool_id, state, owner_env, owner_app, owner_slot, available_at, released_at, instance_id, backend, host';
+
+interface AddressRow {
+  ip: number | string;
+  pool_id: number;
+  state: AddressRecord['state'];
+  owner_env: string | null;
+  owner_app: string | null;
+  owner_slot: number | null;
+  available_at: number | string | null;
+  released_at: Date | null;
+  instance_id: string | null;
+  backend: Backend | null;
+  host: string | null;
+}
+
+interface PoolRow {
+  id: number;
+  name: string;
+  cidr: string;
+  first_ip: number | string;
+  last_ip: number | string;
+  prefix_length: number;
+  gateway: number | string;
+  vlan: number;
+  reserved_json: string;
+  cooldown_seconds: number;
+  size: number;
+  created_at: Date;
+}
+
+const ownerKey = (o: Owner): string => `${o.env}:${o.app}:${o.slot}`;
+
+function toAddress(r: AddressRow): AddressRecord {
+  return {
+    ip: Number(r.ip),
+    poolId: Number(r.pool_id),
+    state: r.state,
+    owner:
+      r.owner_env !== null && r.owner_app !== null && r.owner_slot !== null
+        ? { env: r.owner_env, app: r.owner_app, slot: Number(r.owner_slot) }
+        : undefined,
+    availableAt: r.available_at === null ? null : Number(r.available_at),
+    releasedAt: r.released_at,
+    instanceId: r.instance_id,
+    backend: r.backend,
+    host: r.host,
+  };
+}
+
+function toPoolRecord(r: PoolRow): PoolRecord {
+  return {
+    id: Number(r.id),
+    name: r.name,
+    cidrText: r.cidr,
+    prefixLength: Number(r.prefix_length),
+    first: Number(r.first_ip),
+    last: Number(r.last_ip),
+    gateway: Number(r.gateway),
+    vlan: Number(r.vlan),
+    reserved: JSON.parse(r.reserved_json) as string[],
+    cooldownSeconds: Number(r.cooldown_seconds),
+    size: Number(r.size),
+    createdAt: r.created_at,
+  };
+}
+
+class MysqlIpamTx implements IpamTx {
+  readonly events: { natsSubject: string; event: EventEnvelope }[] = [];
+
+  constructor(
+    private readonly q: QueryRunner,
+    private readonly replica: string,
+    private readonly actor: string | undefined,
+  ) {}
+
+  private async rows<T>(sql: string, params: unknown[] = []): Promise<T[]> {
+    return (await this.q.query(sql, params)) as T[];
+  }
+
+  async lockPoolCatalog(): Promise<void> {
+    await this.q.query('SELECT id FROM ipam_catalog_lock WHERE id = 1 FOR UPDATE');
+  }
+
+  async findPool(name: string, lock: 'none' | 'share' | 'update'): Promise<PoolRecord | undefined> {
+    const suffix = lock === 'share' ? ' LOCK IN SHARE MODE' : lock === 'update' ? ' FOR UPDATE' : '';
+    const [row] = await this.rows<PoolRow>(`SELECT * FROM ipam_pool WHERE name = ?${suffix}`, [name]);
+    return row ? toPoolRecord(row) : undefined;
+  }
+
+  async findPoolById(id: number): Promise<PoolRecord | undefined> {
+    const [row] = await this.rows<PoolRow>('SELECT * FROM ipam_pool WHERE id = ?', [id]);
+    return row ? toPoolRecord(row) : undefined;
+  }
+
+  async findPoolContaining(ip: number): Promise<PoolRecord | undefined> {
+    const [row] = await this.rows<PoolRow>('SELECT * FROM ipam_pool WHERE first_ip <= ? AND last_ip >= ? LIMIT 1', [ip, ip]);
+    return row ? toPoolRecord(row) : undefined;
+  }
+
+  async findOverlappingPool(first: number, last: number): Promise<PoolRecord | undefined> {
+    const [row] = await this.rows<PoolRow>('SELECT * FROM ipam_pool WHERE first_ip <= ? AND last_ip >= ? ORDER BY first_ip LIMIT 1', [
+      last,
+      first,
+    ]);
+    return row ? toPoolRecord(row) : undefined;
+  }
+
+  async listPools(): Promise<PoolRecord[]> {
+    return (await this.rows<PoolRow>('SELECT * FROM ipam_pool ORDER BY name')).map(toPoolRecord);
+  }
+
+  async insertPool(plan: PoolPlan, now: Date): Promise<PoolRecord> {
+    const res = (await this.q.query(
+      `INSERT INTO ipam_pool (name, cidr, first_ip, last_ip, prefix_length, gateway, vlan, reserved_json, cooldown_seconds, size, created_at)
+       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [
+        plan.name,
+        plan.cidr.text,
+        plan.cidr.first,
+        plan.cidr.last,
+        plan.cidr.prefixLength,
+        plan.gateway,
+        plan.vlan,
+        JSON.stringify(plan.reserved),
+        plan.cooldownSeconds,
+        plan.size,
+        now,
+      ],
+    )) as { insertId: number };
+    const id = Number(res.insertId);
+    // Integers we computed ourselves, inlined: 5,000 placeholders per statement would cost
+    // more in the driver than the insert itself.
+    let batch: string[] = [];
+    const flush = async () => {
+      if (batch.length === 0) return;
+      await this.q.query(`INSERT INTO ipam_address (ip, pool_id, state, available_at) VALUES ${batch.join(',')}`);
+      batch = [];
+    };
+    for (const r of plan.allocatable) {
+      for (let ip = r.start; ip <= r.end; ip++) {
+        batch.push(`(${ip},${id},'free',0)`);
+        if (batch.length >= INSERT_BATCH) await flush();
+      }
+    }
+    await flush();
+    return {
+      id,
+      name: plan.name,
+      cidrText: plan.cidr.text,
+      prefixLength: plan.cidr.prefixLength,
+      first: plan.cidr.first,
+      last: plan.cidr.last,
+      gateway: plan.gateway,
+      vlan: plan.vlan,
+      reserved: plan.reserved,
+      cooldownSeconds: plan.cooldownSeconds,
+      size: plan.size,
+      createdAt: now,
+    };
+  }
+
+  async deletePool(poolId: number): Promise<void> {
+    await this.q.query('DELETE FROM ipam_address WHERE pool_id = ?', [poolId]);
+    await this.q.query('DELETE FROM ipam_pool WHERE id = ?', [poolId]);
+  }
+
+  async usage(poolId: number, nowMs: number): Promise<PoolUsage> {
+    const [row] = await this.rows<{ used: number | string; quarantined: number | string; next: number | string | null }>(
+      `SELECT
+         (SELECT COUNT(*) FROM ipam_address WHERE pool_id = ? AND available_at IS NULL) AS used,
+         (SELECT COUNT(*) FROM ipam_address WHERE pool_id = ? AND available_at > ?) AS quarantined,
+         (SELECT MIN(available_at) FROM ipam_address WHERE pool_id = ? AND available_at > ?) AS next`,
+      [poolId, poolId, nowMs, poolId, nowMs],
+    );
+    return {
+      used: Number(row?.used ?? 0),
+      quarantined: Number(row?.quarantined ?? 0),
+      nextAvailableAt: row?.next === null || row?.next === undefined ? null : Number(row.next),
+    };
+  }
+
+  async lockOwnerAddresses(owner: Owner): Promise<AddressRecord[]> {
+    const rows = await this.rows<AddressRow>(`SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE owner_key = ? FOR UPDATE`, [
+      ownerKey(owner),
+    ]);
+    return rows.map(toAddress);
+  }
+
+  async lockAddress(ip: number): Promise<AddressRecord | undefined> {
+    const [row] = await this.rows<AddressRow>(`SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE ip = ? FOR UPDATE`, [ip]);
+    return row ? toAddress(row) : undefined;
+  }
+
+  async lockNextAvailable(poolId: number, nowMs: number): Promise<AddressRecord | undefined> {
+    const [row] = await this.rows<AddressRow>(
+      `SELECT ${ADDRESS_COLUMNS} FROM ipam_address FORCE INDEX (ix_pick)
+       WHERE pool_id = ? AND available_at <= ?
+       ORDER BY available_at, ip LIMIT 1 FOR UPDATE SKIP LOCKED`,
+      [poolId, nowMs],
+    );
+    return row ? toAddress(row) : undefined;
+  }
+
+  async updateAddress(ip: number, p: AddressPatch): Promise<void> {
+    const live = p.state === 'allocated' || p.state === 'bound';
+    try {
+      await this.q.query(
+        `UPDATE ipam_address SET state = ?, owner_key = ?, owner_env = ?, owner_app = ?, owner_slot = ?, live_owner = ?,
+           available_at = ?, released_at = ?, instance_id = ?, backend = ?, host = ? WHERE ip = ?`,
+        [
+          p.state,
+          p.owner ? ownerKey(p.owner) : null,
+          p.owner?.env ?? null,
+          p.owner?.app ?? null,
+          p.owner?.slot ?? null,
+          live && p.owner ? ownerKey(p.owner) : null,
+          p.availableAt,
+          p.releasedAt,
+          p.instanceId,
+          p.backend,
+          p.host,
+          ip,
+        ],
+      );
+    } catch (e) {
+      if (isDuplicateKey(e)) throw new OwnerConflict();
+      throw e;
+    }
+  }
+
+  async audit(entry: AuditEntry): Promise<void> {
+    const traceId = trace.getActiveSpan()?.spanContext().traceId ?? null;
+    await this.q.query(
+      `INSERT INTO ipam_audit (at, action, ip, pool_name, actor, replica, trace_id, before_json, after_json,
+         event_id, event_subject, event_json, event_pending)
+       VALUES (NOW(3), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+      [
+        entry.action,
+        entry.ip,
+        entry.poolName,
+        this.actor ?? null,
+        this.replica,
+        traceId && traceId !== '00000000000000000000000000000000' ? traceId : null,
+        entry.before === null ? null : JSON.stringify(entry.before),
+        entry.after === null ? null : JSON.stringify(entry.after),
+        entry.event?.event.id ?? null,
+        entry.event?.natsSubject ?? null,
+        entry.event ? JSON.stringify(entry.event.event) : null,
+        entry.event ? new Date() : null,
+      ],
+    );
+    if (entry.event) this.events.push(entry.event);
+  }
+}
+
+/**
+ * MySQL/MariaDB implementation of the IPAM store. Transactions run READ COMMITTED: locking
+ * reads see the latest committed rows and take no gap locks, so SKIP LOCKED picks spread
+ * concurrent allocations over different rows instead of queueing them.
+ */
+export class MysqlIpamStore implements IpamStore {
+  constructor(
+    private readonly ds: DataSource,
+    private readonly relay: OutboxRelay,
+    private readonly replica: string,
+  ) {}
+
+  async transaction<T>(work: (tx: IpamTx) => Promise<T>, actor?: string): Promise<T> {
+    let tx: MysqlIpamTx | undefined;
+    const result = await this.guard(() =>
+      inTransaction(this.ds, async (q) => {
+        tx = new MysqlIpamTx(q, this.replica, actor);
+        return work(tx);
+      }),
+    );
+    // After the commit, never before: an event for a rolled-back change must not exist.
+    if (tx && tx.events.length > 0) await this.relay.publishCommitted(tx.events);
+    return result;
+  }
+
+  async read<T>(work: (tx: IpamTx) => Promise<T>): Promise<T> {
+    return this.guard(() => inTransaction(this.ds, (q) => work(new MysqlIpamTx(q, this.replica, undefined))));
+  }
+
+  private async guard<T>(run: () => Promise<T>): Promise<T> {
+    try {
+      return await run();
+    } catch (e) {
+      if (e instanceof DatabaseUnavailableError) {
+        throw new OrangeryError('UNAVAILABLE', 'the IPAM database is unreachable; nothing was changed, retry later', {
+          retryable: true,
+        });
+      }
+      throw e;
+    }
+  }
+}

@@ -1,0 +1,98 @@
+import type { Backend, EventEnvelope, Owner } from '@orangery/contracts';
+import type { PoolPlan } from './pool-plan';
+
+/** What the domain needs from storage. The MySQL adapter implements it with row locks. */
+
+export type AddressState = 'free' | 'allocated' | 'bound' | 'released';
+
+export interface PoolRecord {
+  id: number;
+  name: string;
+  cidrText: string;
+  prefixLength: number;
+  first: number;
+  last: number;
+  gateway: number;
+  vlan: number;
+  reserved: string[];
+  cooldownSeconds: number;
+  size: number;
+  createdAt: Date;
+}
+
+export interface AddressRecord {
+  ip: number;
+  poolId: number;
+  state: AddressState;
+  /** the current or, once released, the last owner (affinity) */
+  owner: Owner | undefined;
+  /** epoch ms from which a fresh owner may take it; 0 = never used; null while live */
+  availableAt: number | null;
+  releasedAt: Date | null;
+  instanceId: string | null;
+  backend: Backend | null;
+  host: string | null;
+}
+
+export type AddressPatch = Omit<AddressRecord, 'ip' | 'poolId'>;
+
+export interface AuditEntry {
+  action: 'pool.create' | 'pool.delete' | 'allocate' | 'bind' | 'release';
+  ip: number | null;
+  poolName: string;
+  before: unknown;
+  after: unknown;
+  /** the event to publish once this change is committed (transactional outbox) */
+  event?: { natsSubject: string; event: EventEnvelope };
+}
+
+export interface PoolUsage {
+  used: number;
+  quarantined: number;
+  /** earliest moment a quarantined address becomes free, epoch ms */
+  nextAvailableAt: number | null;
+}
+
+/** One database transaction. Every method runs inside it; locks last until it ends. */
+export interface IpamTx {
+  lockPoolCatalog(): Promise<void>;
+  findPool(name: string, lock: 'none' | 'share' | 'update'): Promise<PoolRecord | undefined>;
+  findPoolById(id: number): Promise<PoolRecord | undefined>;
+  findPoolContaining(ip: number): Promise<PoolRecord | undefined>;
+  findOverlappingPool(first: number, last: number): Promise<PoolRecord | undefined>;
+  listPools(): Promise<PoolRecord[]>;
+  insertPool(plan: PoolPlan, now: Date): Promise<PoolRecord>;
+  deletePool(poolId: number): Promise<void>;
+  usage(poolId: number, nowMs: number): Promise<PoolUsage>;
+  /** every address whose current or last owner is `owner`, locked for update */
+  lockOwnerAddresses(owner: Owner): Promise<AddressRecord[]>;
+  lockAddress(ip: number): Promise<AddressRecord | undefined>;
+  /**
+   * Locks the best address a fresh owner may take: never used first (lowest IP), then the
+   * one released longest ago whose cooldown has passed. Skips rows other transactions hold.
+   */
+  lockNextAvailable(poolId: number, nowMs: number): Promise<AddressRecord | undefined>;
+  /** throws OwnerConflict when another transaction gave `owner` a live address meanwhile */
+  updateAddress(ip: number, patch: AddressPatch): Promise<void>;
+  audit(entry: AuditEntry): Promise<void>;
+}
+
+/** Raised by updateAddress: the owner's live address was created concurrently. */
+export class OwnerConflict extends Error {
+  constructor() {
+    super('owner already holds a live address (concurrent allocation)');
+  }
+}
+
+export interface IpamStore {
+  /** Runs `work` in a transaction; events it audited are published after the commit. */
+  transaction<T>(work: (tx: IpamTx) => Promise<T>, actor?: string): Promise<T>;
+  /** A read-only view without locks. */
+  read<T>(work: (tx: IpamTx) => Promise<T>): Promise<T>;
+}
+
+export interface Clock {
+  now(): number;
+}
+
+export const systemClock: Clock = { now: () => Date.now() };

@@ -1,0 +1,75 @@
+import { Inject, Module, type DynamicModule, type OnApplicationShutdown } from '@nestjs/common';
+import type { NatsConnection } from '@nats-io/nats-core';
+import type { DataSource } from 'typeorm';
+import { connectNats, EventPublisher } from '@orangery/messaging';
+import { createDataSource, initializeDatabase } from '@orangery/persistence';
+import { CONFIG, DATA_SOURCE, LOGGER, NATS, replicaId } from '@orangery/service-kit';
+import type { Logger } from '@orangery/telemetry';
+import type { IpamConfig } from './config';
+import { IpamService } from './domain/ipam.service';
+import { systemClock } from './domain/ports';
+import { MysqlIpamStore } from './adapters/mysql-ipam-store';
+import { OutboxRelay } from './adapters/outbox-relay';
+import { IpamInitial1732500000000 } from './adapters/migrations/1732500000000-ipam-initial';
+import { IpamHandler } from './transport/ipam.handler';
+import { IPAM_SERVICE, IPAM_STORE, OUTBOX } from './tokens';
+
+/** Closes the connections last, after the handler has drained (Nest's shutdown order). */
+class Connections implements OnApplicationShutdown {
+  constructor(
+    @Inject(NATS) private readonly nc: NatsConnection,
+    @Inject(DATA_SOURCE) private readonly ds: DataSource,
+  ) {}
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.nc.drain().catch(() => undefined);
+    if (this.ds.isInitialized) await this.ds.destroy().catch(() => undefined);
+  }
+}
+
+@Module({})
+export class IpamModule {
+  static forRoot(config: IpamConfig, logger: Logger): DynamicModule {
+    return {
+      module: IpamModule,
+      providers: [
+        { provide: CONFIG, useValue: config },
+        { provide: LOGGER, useValue: logger },
+        {
+          provide: NATS,
+          useFactory: () => connectNats({ servers: config.natsUrl, name: replicaId('ipam'), logger }),
+        },
+        {
+          provide: DATA_SOURCE,
+          useFactory: async () => {
+            const ds = createDataSource({
+              db: config.db,
+              service: 'ipam',
+              migrations: [IpamInitial1732500000000],
+              poolSize: config.dbPoolSize,
+            });
+            await initializeDatabase(ds, 'ipam', logger);
+            return ds;
+          },
+        },
+        {
+          provide: OUTBOX,
+          inject: [DATA_SOURCE, NATS],
+          useFactory: (ds: DataSource, nc: NatsConnection) => new OutboxRelay(ds, new EventPublisher(nc), logger),
+        },
+        {
+          provide: IPAM_STORE,
+          inject: [DATA_SOURCE, OUTBOX],
+          useFactory: (ds: DataSource, outbox: OutboxRelay) => new MysqlIpamStore(ds, outbox, replicaId('ipam')),
+        },
+        {
+          provide: IPAM_SERVICE,
+          inject: [IPAM_STORE],
+          useFactory: (store: MysqlIpamStore) => new IpamService(store, systemClock),
+        },
+        Connections,
+        IpamHandler,
+      ],
+    };
+  }
+}
