@@ -112,7 +112,7 @@ db_up() {
     CREATE USER IF NOT EXISTS '$db_user'@'localhost' IDENTIFIED BY '$db_pass';
     GRANT ALL ON \`$db_name\`.* TO '$db_user'@'127.0.0.1';
     GRANT ALL ON \`$db_name\`.* TO '$db_user'@'localhost';
-    GRANT ALL ON \`${db_name}_bench\`.* TO '$db_user'@'127.0.0.1';
+    GRANT ALL ON \`${db_name}%\`.* TO '$db_user'@'127.0.0.1';
     FLUSH PRIVILEGES;"
   wait_port "$db_port" MariaDB 30
   log "MariaDB up on 127.0.0.1:$db_port (data in $run/mysql)"

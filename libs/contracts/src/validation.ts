@@ -8,8 +8,12 @@ const ajv = new Ajv({ allErrors: false, strict: true, coerceTypes: false, useDef
 addFormats(ajv, ['ipv4', 'ipv6', 'date-time', 'uri-reference']);
 const compiled = new WeakMap<TSchema, ValidateFunction>();
 
+/** The offending property as a dotted path without array indices (`owner.slot`, `reserved`). */
 function fieldOf(e: ErrorObject): string {
-  const base = e.instancePath.replace(/^\//, '').replace(/\//g, '.');
+  const base = e.instancePath
+    .split('/')
+    .filter((seg) => seg !== '' && !/^\d+$/.test(seg))
+    .join('.');
   const child =
     e.keyword === 'required'
       ? (e.params as { missingProperty: string }).missingProperty
@@ -45,7 +49,7 @@ export function decode<S extends TSchema>(schema: S, value: unknown): Static<S> 
   if (validate(value)) return value as Static<S>;
   const first = validate.errors?.[0];
   if (!first) throw invalidRequest('', 'does not match the schema');
-  throw invalidRequest(fieldOf(first), reasonOf(first));
+  throw invalidRequest(fieldOf(first), reasonOf(first), first.instancePath ? { path: first.instancePath } : {});
 }
 
 /** Parses a message body that must be a JSON object. */

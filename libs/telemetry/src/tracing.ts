@@ -3,6 +3,15 @@ import { trace, type Tracer } from '@opentelemetry/api';
 
 let sdk: NodeSDK | undefined;
 
+// With no processor at all the SDK registers no tracer provider, and spans get no ids;
+// this one keeps ids (for logs and `traceparent`) while exporting nothing.
+const discardSpans = {
+  onStart: () => undefined,
+  onEnd: () => undefined,
+  forceFlush: () => Promise.resolve(),
+  shutdown: () => Promise.resolve(),
+};
+
 /**
  * Starts OpenTelemetry from the standard OTEL_* variables (OTEL_EXPORTER_OTLP_ENDPOINT,
  * OTEL_TRACES_EXPORTER, OTEL_SDK_DISABLED, ...). With no exporter configured, spans are
@@ -22,7 +31,7 @@ export function startTelemetry(serviceName: string): void {
   sdk = new NodeSDK({
     serviceName: process.env['OTEL_SERVICE_NAME'],
     instrumentations: [],
-    ...(exporterConfigured ? {} : { spanProcessors: [] }),
+    ...(exporterConfigured ? {} : { spanProcessors: [discardSpans] }),
   });
   sdk.start();
 }

@@ -1,0 +1,4 @@
+export * from './processes';
+export * from './servers';
+export * from './services';
+export * from './client';
