@@ -19,8 +19,9 @@ if (!name || !/^[a-z0-9-]+$/.test(name)) {
 }
 const outdir = join(root, 'dist', 'services', name);
 await mkdir(outdir, { recursive: true });
-// dist/ holds ES modules: one package.json marks them so for Node.
-await writeFile(join(root, 'dist', 'package.json'), '{ "type": "module" }\n');
+// The bundle is an ES module: a package.json beside it says so to Node (inside the
+// build's declared output, so an Nx cache restore brings it back too).
+await writeFile(join(outdir, 'package.json'), '{ "type": "module" }\n');
 await build({
   entryPoints: [join(root, 'services', name, 'src', 'main.ts')],
   outfile: join(outdir, 'main.js'),
