@@ -5,3 +5,5 @@ export * from './subjects';
 export * from './validation';
 export * from './cloudevents';
 export * from './ipam';
+export * from './envelope-schemas';
+export * from './asyncapi';

@@ -3,8 +3,9 @@ import { MAX_SLOT, NAME_PATTERN, INSTANCE_ID_PATTERN, HOST_ID_PATTERN } from './
 
 /**
  * IPAM payloads of CONTRACT.md. These schemas are the single source for validation at
- * the edge and for docs/asyncapi.yaml (tools/gen-asyncapi.ts). Unknown fields are
- * refused everywhere (`additionalProperties: false`), as pool.create requires.
+ * the edge and for docs/asyncapi.yaml (asyncapi.ts, `npm run docs:asyncapi`). Unknown fields
+ * are refused in every request (`additionalProperties: false`), as pool.create requires;
+ * replies may gain fields (CONTRACT.md: add, never rename or remove), so theirs are open.
  */
 const strict = { additionalProperties: false } as const;
 
@@ -96,3 +97,7 @@ export const PoolWithUsage = Type.Intersect([
   Type.Object({ size: Type.Integer(), used: Type.Integer(), free: Type.Integer(), quarantined: Type.Integer() }),
 ]);
 export type PoolWithUsage = Static<typeof PoolWithUsage>;
+
+/** `pool.list` reply data. */
+export const PoolList = Type.Object({ pools: Type.Array(PoolWithUsage) });
+export type PoolList = Static<typeof PoolList>;

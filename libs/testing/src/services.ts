@@ -30,7 +30,9 @@ export class ServiceProcess {
   static spawn(dir: HarnessDir | undefined, name: string, env: Record<string, string>): ServiceProcess {
     const main = join(REPO_ROOT, 'dist', 'services', name, 'main.js');
     if (!existsSync(main)) throw new Error(`${main} is missing: run \`npm run build\` first (npm test does)`);
-    const child = spawn(process.execPath, ['--enable-source-maps', main], {
+    // ORANGERY_BENCH_NODE_ARGS: extra node flags for profiling runs (e.g. --cpu-prof).
+    const extra = (process.env['ORANGERY_BENCH_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '');
+    const child = spawn(process.execPath, ['--enable-source-maps', ...extra, main], {
       cwd: REPO_ROOT,
       env: { PATH: process.env['PATH'] ?? '', LOG_LEVEL: 'info', ORANGERY_HARNESS_DIR: dir?.path ?? '', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -2,7 +2,7 @@ import { Inject, Module, type DynamicModule, type OnApplicationShutdown } from '
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { DataSource } from 'typeorm';
 import { connectNats, EventPublisher } from '@orangery/messaging';
-import { createDataSource, initializeDatabase } from '@orangery/persistence';
+import { createDataSource, initializeDatabase, SqlPool } from '@orangery/persistence';
 import { CONFIG, DATA_SOURCE, LOGGER, NATS, replicaId } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { IpamConfig } from './config';
@@ -12,17 +12,19 @@ import { MysqlIpamStore } from './adapters/mysql-ipam-store';
 import { OutboxRelay } from './adapters/outbox-relay';
 import { IpamInitial1732500000000 } from './adapters/migrations/1732500000000-ipam-initial';
 import { IpamHandler } from './transport/ipam.handler';
-import { IPAM_SERVICE, IPAM_STORE, OUTBOX } from './tokens';
+import { IPAM_SERVICE, IPAM_STORE, OUTBOX, SQL_POOL } from './tokens';
 
 /** Closes the connections last, after the handler has drained (Nest's shutdown order). */
 class Connections implements OnApplicationShutdown {
   constructor(
     @Inject(NATS) private readonly nc: NatsConnection,
     @Inject(DATA_SOURCE) private readonly ds: DataSource,
+    @Inject(SQL_POOL) private readonly sql: SqlPool,
   ) {}
 
   async onApplicationShutdown(): Promise<void> {
     await this.nc.drain().catch(() => undefined);
+    await this.sql.end().catch(() => undefined);
     if (this.ds.isInitialized) await this.ds.destroy().catch(() => undefined);
   }
 }
@@ -46,11 +48,17 @@ export class IpamModule {
               db: config.db,
               service: 'ipam',
               migrations: [IpamInitial1732500000000],
-              poolSize: config.dbPoolSize,
+              // schema and the outbox sweeper only; requests use SQL_POOL
+              poolSize: 4,
             });
             await initializeDatabase(ds, 'ipam', logger);
             return ds;
           },
+        },
+        {
+          provide: SQL_POOL,
+          inject: [DATA_SOURCE], // after the migrations have run
+          useFactory: () => new SqlPool(config.db, config.dbPoolSize),
         },
         {
           provide: OUTBOX,
@@ -59,8 +67,8 @@ export class IpamModule {
         },
         {
           provide: IPAM_STORE,
-          inject: [DATA_SOURCE, OUTBOX],
-          useFactory: (ds: DataSource, outbox: OutboxRelay) => new MysqlIpamStore(ds, outbox, replicaId('ipam')),
+          inject: [SQL_POOL, OUTBOX],
+          useFactory: (sql: SqlPool, outbox: OutboxRelay) => new MysqlIpamStore(sql, outbox, replicaId('ipam')),
         },
         {
           provide: IPAM_SERVICE,

@@ -1,8 +1,7 @@
-import type { DataSource, QueryRunner } from 'typeorm';
 import { trace } from '@opentelemetry/api';
 import type { Backend, EventEnvelope, Owner } from '@orangery/contracts';
 import { OrangeryError } from '@orangery/contracts';
-import { DatabaseUnavailableError, inTransaction, isDuplicateKey } from '@orangery/persistence';
+import { DatabaseUnavailableError, isDuplicateKey, type SqlPool, type SqlTx } from '@orangery/persistence';
 import type { PoolPlan } from '../domain/pool-plan';
 import {
   OwnerConflict,
@@ -91,13 +90,22 @@ class MysqlIpamTx implements IpamTx {
   readonly events: { natsSubject: string; event: EventEnvelope }[] = [];
 
   constructor(
-    private readonly q: QueryRunner,
+    private readonly q: SqlTx,
     private readonly replica: string,
     private readonly actor: string | undefined,
   ) {}
 
   private async rows<T>(sql: string, params: unknown[] = []): Promise<T[]> {
     return (await this.q.query(sql, params)) as T[];
+  }
+
+  async openAllocation(poolName: string, owner: Owner): Promise<{ pool: PoolRecord | undefined; mine: AddressRecord[] }> {
+    // One round trip: START TRANSACTION, the pool's shared lock, the owner's rows.
+    const [pools, mine] = (await this.q.queryAll([
+      { sql: 'SELECT * FROM ipam_pool WHERE name = ? LOCK IN SHARE MODE', params: [poolName] },
+      { sql: `SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE owner_key = ? FOR UPDATE`, params: [ownerKey(owner)] },
+    ])) as [PoolRow[], AddressRow[]];
+    return { pool: pools[0] ? toPoolRecord(pools[0]) : undefined, mine: mine.map(toAddress) };
   }
 
   async lockPoolCatalog(): Promise<void> {
@@ -183,8 +191,8 @@ class MysqlIpamTx implements IpamTx {
   }
 
   async deletePool(poolId: number): Promise<void> {
-    await this.q.query('DELETE FROM ipam_address WHERE pool_id = ?', [poolId]);
-    await this.q.query('DELETE FROM ipam_pool WHERE id = ?', [poolId]);
+    this.q.defer('DELETE FROM ipam_address WHERE pool_id = ?', [poolId]);
+    this.q.defer('DELETE FROM ipam_pool WHERE id = ?', [poolId]);
   }
 
   async usage(poolId: number, nowMs: number): Promise<PoolUsage> {
@@ -226,8 +234,8 @@ class MysqlIpamTx implements IpamTx {
 
   async updateAddress(ip: number, p: AddressPatch): Promise<void> {
     const live = p.state === 'allocated' || p.state === 'bound';
-    try {
-      await this.q.query(
+    // Sent with COMMIT; a duplicate live owner surfaces there (MysqlIpamStore maps it).
+    this.q.defer(
         `UPDATE ipam_address SET state = ?, owner_key = ?, owner_env = ?, owner_app = ?, owner_slot = ?, live_owner = ?,
            available_at = ?, released_at = ?, instance_id = ?, backend = ?, host = ? WHERE ip = ?`,
         [
@@ -245,15 +253,11 @@ class MysqlIpamTx implements IpamTx {
           ip,
         ],
       );
-    } catch (e) {
-      if (isDuplicateKey(e)) throw new OwnerConflict();
-      throw e;
-    }
   }
 
   async audit(entry: AuditEntry): Promise<void> {
     const traceId = trace.getActiveSpan()?.spanContext().traceId ?? null;
-    await this.q.query(
+    this.q.defer(
       `INSERT INTO ipam_audit (at, action, ip, pool_name, actor, replica, trace_id, before_json, after_json,
          event_id, event_subject, event_json, event_pending)
        VALUES (NOW(3), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
@@ -277,13 +281,14 @@ class MysqlIpamTx implements IpamTx {
 }
 
 /**
- * MySQL/MariaDB implementation of the IPAM store. Transactions run READ COMMITTED: locking
+ * MySQL/MariaDB implementation of the IPAM store, on the lean SqlPool (an allocation is three
+ * round trips). Transactions run READ COMMITTED: locking
  * reads see the latest committed rows and take no gap locks, so SKIP LOCKED picks spread
  * concurrent allocations over different rows instead of queueing them.
  */
 export class MysqlIpamStore implements IpamStore {
   constructor(
-    private readonly ds: DataSource,
+    private readonly sql: SqlPool,
     private readonly relay: OutboxRelay,
     private readonly replica: string,
   ) {}
@@ -291,7 +296,7 @@ export class MysqlIpamStore implements IpamStore {
   async transaction<T>(work: (tx: IpamTx) => Promise<T>, actor?: string): Promise<T> {
     let tx: MysqlIpamTx | undefined;
     const result = await this.guard(() =>
-      inTransaction(this.ds, async (q) => {
+      this.sql.transaction(async (q) => {
         tx = new MysqlIpamTx(q, this.replica, actor);
         return work(tx);
       }),
@@ -302,13 +307,14 @@ export class MysqlIpamStore implements IpamStore {
   }
 
   async read<T>(work: (tx: IpamTx) => Promise<T>): Promise<T> {
-    return this.guard(() => inTransaction(this.ds, (q) => work(new MysqlIpamTx(q, this.replica, undefined))));
+    return this.guard(() => this.sql.read((q) => work(new MysqlIpamTx(q, this.replica, undefined))));
   }
 
   private async guard<T>(run: () => Promise<T>): Promise<T> {
     try {
       return await run();
     } catch (e) {
+      if (isDuplicateKey(e)) throw new OwnerConflict();
       if (e instanceof DatabaseUnavailableError) {
         throw new OrangeryError('UNAVAILABLE', 'the IPAM database is unreachable; nothing was changed, retry later', {
           retryable: true,

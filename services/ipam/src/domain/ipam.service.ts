@@ -120,8 +120,8 @@ export class IpamService {
     ctx: CallContext,
   ): Promise<Allocation> {
     const now = this.clock.now();
-    const pool = await this.requirePool(tx, poolName, 'share');
-    const mine = await tx.lockOwnerAddresses(owner);
+    const { pool, mine } = await tx.openAllocation(poolName, owner);
+    if (!pool) throw new OrangeryError('POOL_NOT_FOUND', `pool '${poolName}' does not exist`, { pool: poolName });
     const live = mine.find(isLive);
     if (live) {
       if (live.poolId === pool.id && (wanted === undefined || wanted === live.ip)) return toAllocation(live, pool);

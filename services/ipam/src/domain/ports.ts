@@ -55,6 +55,8 @@ export interface PoolUsage {
 
 /** One database transaction. Every method runs inside it; locks last until it ends. */
 export interface IpamTx {
+  /** Starts an allocation: the pool under a shared lock and the owner's rows locked. */
+  openAllocation(poolName: string, owner: Owner): Promise<{ pool: PoolRecord | undefined; mine: AddressRecord[] }>;
   lockPoolCatalog(): Promise<void>;
   findPool(name: string, lock: 'none' | 'share' | 'update'): Promise<PoolRecord | undefined>;
   findPoolById(id: number): Promise<PoolRecord | undefined>;

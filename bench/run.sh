@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# npm run bench [name]: runs the benchmarks (all, or one: ipam) on real servers, like npm test.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+export NX_DAEMON=false NX_NO_CLOUD=true NX_TUI=false
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then npm ci --no-audit --no-fund; fi
+bash deploy/local/infra.sh down test --wipe >/dev/null 2>&1 || true
+trap 'bash deploy/local/infra.sh down test --wipe >/dev/null 2>&1 || true' EXIT
+bash deploy/local/infra.sh up test
+eval "$(bash deploy/local/infra.sh env test)"
+npm run build --silent
+which=${1:-all}
+for b in ipam; do
+  if [ "$which" = all ] || [ "$which" = "$b" ]; then
+    echo "=== bench:$b ==="
+    node tools/run-ts.mjs "bench/$b.ts"
+  fi
+done

@@ -1,0 +1,462 @@
+import { Type, type TSchema } from '@sinclair/typebox';
+import { EVENT_TYPE_PREFIX } from './cloudevents';
+import { ERROR_CODES, type ErrorCode } from './errors';
+import { EventEnvelopeSchema, InboundEventSchema, ReplySchema, TRACEPARENT_PATTERN } from './envelope-schemas';
+import {
+  AddressLookupRequest,
+  AllocateRequest,
+  Allocation,
+  BindRequest,
+  EmptyRequest,
+  Pool,
+  PoolCreateRequest,
+  PoolList,
+  PoolNameRequest,
+  PoolWithUsage,
+} from './ipam';
+import { HOST_ID_PATTERN, NAME_PATTERN } from './names';
+import { EVENTS_STREAM, QUEUE_GROUPS, SUBJECTS } from './subjects';
+
+/**
+ * The project's AsyncAPI 3.0 document, built from the same TypeBox schemas that validate
+ * requests at the edge, so validation and docs cannot drift apart. Pure: it returns an
+ * object; tools/gen-asyncapi.mjs writes it to docs/asyncapi.yaml (`npm run docs:asyncapi`)
+ * and asyncapi.spec.ts fails when the committed file is stale.
+ */
+
+/** Version of the public contract (CONTRACT.md) the document describes. */
+export const CONTRACT_VERSION = '1.0.0';
+
+type IpamKey = keyof typeof SUBJECTS.ipam;
+
+/** Error codes each IPAM subject can reply with (CONTRACT.md "IPAM"; the last two on any subject). */
+export const IPAM_ERRORS: Record<IpamKey, readonly ErrorCode[]> = {
+  poolCreate: ['INVALID_REQUEST', 'POOL_EXISTS', 'POOL_OVERLAP', 'UNAVAILABLE', 'INTERNAL'],
+  poolGet: ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
+  poolList: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
+  poolDelete: ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'POOL_IN_USE', 'UNAVAILABLE', 'INTERNAL'],
+  allocate: [
+    'INVALID_REQUEST',
+    'POOL_NOT_FOUND',
+    'POOL_EXHAUSTED',
+    'IP_OUT_OF_POOL',
+    'IP_RESERVED',
+    'IP_TAKEN',
+    'OWNER_HAS_IP',
+    'UNAVAILABLE',
+    'INTERNAL',
+  ],
+  // IP_TAKEN: the address belongs to another slot than the instanceId's.
+  bind: ['INVALID_REQUEST', 'NOT_FOUND', 'IP_TAKEN', 'UNAVAILABLE', 'INTERNAL'],
+  release: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
+  get: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
+};
+
+/** Event kinds of CONTRACT.md "Events": `orangery.evt.<area>.<what>`, type `io.orangery.<area>.<what>`. */
+export const EVENT_KINDS = {
+  host: ['registered', 'lost', 'recovered', 'drained'],
+  instance: ['placed', 'running', 'stopped', 'failed', 'removed'],
+  ip: ['allocated', 'bound', 'released'],
+  migration: ['started', 'completed', 'failed'],
+  scale: ['completed', 'rejected'],
+} as const;
+
+// ---------------------------------------------------------------------------------------
+// Schemas (components.schemas): each one self-contained JSON Schema, no internal $ref.
+
+/** Any JSON object: the payload of subjects whose service does not exist yet. */
+const PlannedPayload = Type.Object(
+  {},
+  {
+    additionalProperties: true,
+    description: 'Planned: the service does not exist yet; CONTRACT.md gives the shape. Any JSON object until then.',
+  },
+);
+
+const RequestHeaders = Type.Object(
+  {
+    'Orangery-Actor': Type.Optional(Type.String({ description: "the caller's name for itself, kept in the audit trail" })),
+    traceparent: Type.Optional(Type.String({ pattern: TRACEPARENT_PATTERN, description: 'W3C trace context' })),
+    tracestate: Type.Optional(Type.String()),
+  },
+  { description: 'optional NATS headers of a request' },
+);
+
+const EventHeaders = Type.Object(
+  {
+    'Content-Type': Type.Literal('application/cloudevents+json'),
+    'Nats-Msg-Id': Type.Optional(Type.String({ description: "the event's id: JetStream stores a re-published event once" })),
+    traceparent: Type.Optional(Type.String({ pattern: TRACEPARENT_PATTERN })),
+  },
+  { description: 'NATS headers of an event' },
+);
+
+const upper = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1);
+const eventSchemaName = (area: string, what: string): string => `${upper(area)}${upper(what)}Event`;
+
+function eventSchemas(): Record<string, TSchema> {
+  const out: Record<string, TSchema> = {};
+  for (const [area, whats] of Object.entries(EVENT_KINDS)) {
+    for (const what of whats) {
+      const data = area === 'ip' ? Allocation : PlannedPayload;
+      out[eventSchemaName(area, what)] = EventEnvelopeSchema(`${EVENT_TYPE_PREFIX}${area}.${what}`, data);
+    }
+  }
+  return out;
+}
+
+const NAMED_SCHEMAS = {
+  PoolCreateRequest,
+  PoolNameRequest,
+  EmptyRequest,
+  AllocateRequest,
+  BindRequest,
+  AddressLookupRequest,
+  PoolReply: ReplySchema(Pool),
+  PoolWithUsageReply: ReplySchema(PoolWithUsage),
+  PoolListReply: ReplySchema(PoolList),
+  EmptyReply: ReplySchema(Type.Object({})),
+  AllocationReply: ReplySchema(Allocation),
+  RequestHeaders,
+  PlannedPayload,
+  PlannedReply: ReplySchema(PlannedPayload),
+  ScaleRequestedEvent: InboundEventSchema(`${EVENT_TYPE_PREFIX}scale.requested`, PlannedPayload),
+  EventHeaders,
+} satisfies Record<string, TSchema>;
+type SchemaName = keyof typeof NAMED_SCHEMAS;
+const SCHEMAS: Record<string, TSchema> = { ...NAMED_SCHEMAS, ...eventSchemas() };
+
+// ---------------------------------------------------------------------------------------
+// Channels and operations.
+
+type Json = Record<string, unknown>;
+const schemaRef = (name: string): Json => ({ $ref: `#/components/schemas/${name}` });
+const PLANNED: Json = { 'x-orangery-status': 'planned' };
+const natsQueue = (queue: string): Json => ({ nats: { queue, bindingVersion: '0.1.0' } });
+
+interface RequestReply {
+  /** channel and operation id */
+  id: string;
+  subject: string;
+  tag: 'ipam' | 'scheduler' | 'migrator';
+  queue: string;
+  summary: string;
+  description?: string;
+  request: SchemaName;
+  reply: SchemaName;
+  errors?: readonly ErrorCode[];
+  planned?: boolean;
+}
+
+const IPAM: Record<IpamKey, Pick<RequestReply, 'summary' | 'description' | 'request' | 'reply'>> = {
+  poolCreate: {
+    summary: 'Create an address pool.',
+    description:
+      "Checks run in this order: the request's shape (INVALID_REQUEST, also for a pool larger than the service " +
+      'supports, at least /16), then the name (POOL_EXISTS), then overlap with any other pool (POOL_OVERLAP). ' +
+      'vlan defaults to 0 (untagged), cooldownSeconds to 300.',
+    request: 'PoolCreateRequest',
+    reply: 'PoolReply',
+  },
+  poolGet: {
+    summary: 'Get a pool with its usage.',
+    description:
+      'size: addresses that can ever be handed out (the cidr less network, broadcast, gateway and reserved); ' +
+      'used: allocated or bound; quarantined: released and still within their cooldown; free = size - used - quarantined.',
+    request: 'PoolNameRequest',
+    reply: 'PoolWithUsageReply',
+  },
+  poolList: { summary: 'List the pools with their usage.', request: 'EmptyRequest', reply: 'PoolListReply' },
+  poolDelete: {
+    summary: 'Delete a pool.',
+    description: 'Succeeds when no address is allocated or bound (released ones go with the pool); POOL_IN_USE otherwise.',
+    request: 'PoolNameRequest',
+    reply: 'EmptyReply',
+  },
+  allocate: {
+    summary: 'Allocate an address to an owner {env, app, slot}.',
+    description:
+      'Idempotent per owner: an owner holds at most one live address platform-wide and always gets it back. ' +
+      'A released address returns to its former owner; nobody else gets it before the cooldown has passed. ' +
+      'With ip: IP_OUT_OF_POOL, IP_RESERVED or IP_TAKEN when it cannot be had.',
+    request: 'AllocateRequest',
+    reply: 'AllocationReply',
+  },
+  bind: {
+    summary: 'Bind an allocated address to an instance on a host.',
+    description:
+      'Needs an allocated or bound address (else NOT_FOUND). Binding a bound address again with a new ' +
+      'backend or host is how failover and migration move it.',
+    request: 'BindRequest',
+    reply: 'AllocationReply',
+  },
+  release: {
+    summary: 'Release an address; the reply is the allocation, now released.',
+    description: 'Give exactly one of ip or owner. Releasing a released address returns it unchanged.',
+    request: 'AddressLookupRequest',
+    reply: 'AllocationReply',
+  },
+  get: {
+    summary: 'Look up an allocation by ip or by owner.',
+    description: 'Give exactly one of ip or owner.',
+    request: 'AddressLookupRequest',
+    reply: 'AllocationReply',
+  },
+};
+
+const OPERATORS: RequestReply[] = [
+  {
+    id: 'schedulerHostsList',
+    subject: SUBJECTS.scheduler.hostsList,
+    tag: 'scheduler',
+    queue: QUEUE_GROUPS.scheduler,
+    summary: 'List the hosts.',
+    description:
+      'Request {}. Data: { hosts: [{ id, backend, state, capacity, allocated, usage, labels }] }; state is ready, ' +
+      'draining or lost; capacity, allocated and usage are { cpu, memoryMb, diskMb }.',
+    request: 'PlannedPayload',
+    reply: 'PlannedReply',
+    planned: true,
+  },
+  {
+    id: 'schedulerInstancesList',
+    subject: SUBJECTS.scheduler.instancesList,
+    tag: 'scheduler',
+    queue: QUEUE_GROUPS.scheduler,
+    summary: 'List the instances.',
+    description:
+      'Request { env?, app? }. Data: { instances: [{ id, env, app, slot, state, backend, host, ip, mac }] }; state is ' +
+      'placed, starting, running, stopped or failed (removed instances leave the list).',
+    request: 'PlannedPayload',
+    reply: 'PlannedReply',
+    planned: true,
+  },
+  {
+    id: 'migratorMigrationsGet',
+    subject: SUBJECTS.migrator.migrationsGet,
+    tag: 'migrator',
+    queue: QUEUE_GROUPS.migrator,
+    summary: 'Get a migration.',
+    description:
+      'Request { migrationId }. Data: { id, instanceId, from, to, state, steps, error? }; state is running, completed or failed.',
+    request: 'PlannedPayload',
+    reply: 'PlannedReply',
+    planned: true,
+  },
+  {
+    id: 'migratorMigrate',
+    subject: SUBJECTS.migrator.migrate,
+    tag: 'migrator',
+    queue: QUEUE_GROUPS.migrator,
+    summary: 'Migrate an instance to another backend or host.',
+    description: 'Request { instanceId, toBackend?: "docker" | "vmware", toHost? }. Data: { migrationId }.',
+    request: 'PlannedPayload',
+    reply: 'PlannedReply',
+    planned: true,
+  },
+  {
+    id: 'migratorDrain',
+    subject: SUBJECTS.migrator.drain,
+    tag: 'migrator',
+    queue: QUEUE_GROUPS.migrator,
+    summary: 'Drain a host: migrate every instance away.',
+    description: 'Request { hostId }. Data: { migrationIds: [...] }.',
+    request: 'PlannedPayload',
+    reply: 'PlannedReply',
+    planned: true,
+  },
+];
+
+function requestReplies(): RequestReply[] {
+  const ipam = (Object.keys(SUBJECTS.ipam) as IpamKey[]).map(
+    (key): RequestReply => ({
+      id: `ipam${upper(key)}`,
+      subject: SUBJECTS.ipam[key],
+      tag: 'ipam',
+      queue: QUEUE_GROUPS.ipam,
+      ...IPAM[key],
+      errors: IPAM_ERRORS[key],
+    }),
+  );
+  return [...ipam, ...OPERATORS];
+}
+
+interface Built {
+  channels: Json;
+  operations: Json;
+}
+
+function addRequestReply(out: Built, rr: RequestReply): void {
+  const planned = rr.planned ? PLANNED : {};
+  const replyId = `${rr.id}Reply`;
+  out.channels[rr.id] = {
+    address: rr.subject,
+    title: rr.subject,
+    summary: rr.summary,
+    ...(rr.description ? { description: rr.description } : {}),
+    messages: {
+      request: { name: rr.request, title: `${rr.subject} request`, headers: schemaRef('RequestHeaders'), payload: schemaRef(rr.request) },
+    },
+    ...planned,
+  };
+  out.channels[replyId] = {
+    address: null,
+    description: `The reply to ${rr.subject}: sent to the requester's inbox (the reply subject of its NATS request).`,
+    messages: {
+      reply: { name: rr.reply, title: `${rr.subject} reply`, payload: schemaRef(rr.reply) },
+    },
+    ...planned,
+  };
+  out.operations[rr.id] = {
+    action: 'receive',
+    channel: { $ref: `#/channels/${rr.id}` },
+    summary: rr.summary,
+    description: `Core NATS request-reply, served by queue group ${rr.queue}. A failed request changes no state.`,
+    tags: [{ name: rr.tag }],
+    bindings: natsQueue(rr.queue),
+    messages: [{ $ref: `#/channels/${rr.id}/messages/request` }],
+    reply: {
+      channel: { $ref: `#/channels/${replyId}` },
+      messages: [{ $ref: `#/channels/${replyId}/messages/reply` }],
+    },
+    ...(rr.errors ? { 'x-orangery-errors': [...rr.errors] } : {}),
+    ...planned,
+  };
+}
+
+function addEvents(out: Built): void {
+  for (const [area, whats] of Object.entries(EVENT_KINDS)) {
+    for (const what of whats) {
+      const id = `evt${upper(area)}${upper(what)}`;
+      const type = `${EVENT_TYPE_PREFIX}${area}.${what}`;
+      const planned = area === 'ip' ? {} : PLANNED;
+      const schema = eventSchemaName(area, what);
+      out.channels[id] = {
+        address: SUBJECTS.event(area, what),
+        title: SUBJECTS.event(area, what),
+        summary: `CloudEvent ${type}.`,
+        description: `JetStream stream ${EVENTS_STREAM.name} (subjects ${EVENTS_STREAM.subjects.join(', ')}).`,
+        messages: {
+          event: {
+            name: schema,
+            title: type,
+            contentType: 'application/cloudevents+json',
+            headers: schemaRef('EventHeaders'),
+            payload: schemaRef(schema),
+          },
+        },
+        ...planned,
+      };
+      out.operations[id] = {
+        action: 'send',
+        channel: { $ref: `#/channels/${id}` },
+        summary: `Publish ${type}.`,
+        description:
+          "Published into JetStream with the event's id as the message id (a re-published event is stored once). " +
+          'The CloudEvents subject is the object\'s id; traceparent carries the trace of the cause.',
+        tags: [{ name: 'events' }],
+        messages: [{ $ref: `#/channels/${id}/messages/event` }],
+        ...planned,
+      };
+    }
+  }
+}
+
+function addHeartbeatAndScale(out: Built): void {
+  out.channels['heartbeat'] = {
+    address: SUBJECTS.heartbeat('{hostId}'),
+    title: SUBJECTS.heartbeat('<hostId>'),
+    summary: "An agent's heartbeat.",
+    description:
+      'Core NATS, not JetStream and not an event. Every ORANGERY_HEARTBEAT_SECONDS (default 2); a host silent for ' +
+      'ORANGERY_LOST_AFTER_SECONDS (default 6) is lost.',
+    parameters: { hostId: { description: `host id, ${HOST_ID_PATTERN}` } },
+    messages: { heartbeat: { name: 'Heartbeat', title: 'heartbeat', payload: schemaRef('PlannedPayload') } },
+    ...PLANNED,
+  };
+  out.operations['heartbeat'] = {
+    action: 'send',
+    channel: { $ref: '#/channels/heartbeat' },
+    summary: 'A host agent (docker-agent, vmware-agent) publishes its heartbeat.',
+    tags: [{ name: 'agents' }],
+    messages: [{ $ref: '#/channels/heartbeat/messages/heartbeat' }],
+    ...PLANNED,
+  };
+  out.channels['scaleRequest'] = {
+    address: SUBJECTS.scale('{env}', '{app}'),
+    title: SUBJECTS.scale('<env>', '<app>'),
+    summary: 'A scale request from an upstream system.',
+    description:
+      'JetStream, durable: the publisher gets an ack once the request is stored. data: { app, env, replicas, resources: ' +
+      '{ cpu, memoryMb, heapMb, diskMb }, image (containers), template (VMs), backend: auto | docker | vmware, pool, ' +
+      'spread: host | none }. The latest request for an app is its desired state. Each request ends in exactly one ' +
+      `${EVENT_TYPE_PREFIX}scale.completed or ${EVENT_TYPE_PREFIX}scale.rejected event whose data carries requestId.`,
+    parameters: {
+      env: { description: `environment, ${NAME_PATTERN}` },
+      app: { description: `application, ${NAME_PATTERN}` },
+    },
+    messages: {
+      scaleRequested: {
+        name: 'ScaleRequestedEvent',
+        title: `${EVENT_TYPE_PREFIX}scale.requested`,
+        contentType: 'application/cloudevents+json',
+        payload: schemaRef('ScaleRequestedEvent'),
+      },
+    },
+    ...PLANNED,
+  };
+  out.operations['scaleRequest'] = {
+    action: 'receive',
+    channel: { $ref: '#/channels/scaleRequest' },
+    summary: 'The scheduler consumes scale requests.',
+    tags: [{ name: 'scale' }],
+    messages: [{ $ref: '#/channels/scaleRequest/messages/scaleRequested' }],
+    ...PLANNED,
+  };
+}
+
+/** The AsyncAPI 3.0.0 document as plain JSON (no TypeBox symbols, no undefined). */
+export function buildAsyncApi(): Record<string, unknown> {
+  const out: Built = { channels: {}, operations: {} };
+  for (const rr of requestReplies()) addRequestReply(out, rr);
+  addEvents(out);
+  addHeartbeatAndScale(out);
+
+  const doc = {
+    asyncapi: '3.0.0',
+    info: {
+      title: 'Orangery',
+      version: CONTRACT_VERSION,
+      description:
+        'Control plane for private clouds where VMs and containers share one L2 network and one IPAM.\n\n' +
+        'The normative text is CONTRACT.md (contract v1, shared/design/CONTRACT.md): plain JSON on NATS, ' +
+        'usable from a bare client in any language. Request-reply subjects answer ' +
+        '{ "ok": true, "data": ... } or { "ok": false, "error": { "code", "message", "details" } }; ' +
+        `error codes: ${ERROR_CODES.join(', ')}. ` +
+        "Events are CloudEvents 1.0 JSON (structured mode). Subjects marked x-orangery-status: planned belong to " +
+        'services that do not exist yet; their payloads are not pinned down here.\n\n' +
+        'Generated from the TypeBox schemas in libs/contracts (npm run docs:asyncapi); do not edit by hand.',
+      tags: [
+        { name: 'ipam', description: 'IP address management (orangery.ipam.*)' },
+        { name: 'scheduler', description: 'operator queries of the scheduler' },
+        { name: 'migrator', description: 'VM <-> container migrations' },
+        { name: 'scale', description: 'scale requests from upstream systems' },
+        { name: 'events', description: `CloudEvents on ${SUBJECTS.eventsAll}` },
+        { name: 'agents', description: 'host agents' },
+      ],
+    },
+    defaultContentType: 'application/json',
+    servers: {
+      local: {
+        host: '127.0.0.1:4222',
+        protocol: 'nats',
+        description: 'Local NATS (the default ORANGERY_NATS_URL).',
+      },
+    },
+    channels: out.channels,
+    operations: out.operations,
+    components: { schemas: SCHEMAS },
+  };
+  // Drops TypeBox's symbol keys (Kind, Optional) and anything undefined.
+  return JSON.parse(JSON.stringify(doc)) as Record<string, unknown>;
+}

@@ -1,0 +1,224 @@
+import type { Owner } from '@orangery/contracts';
+import type { PoolPlan } from '../pool-plan';
+import {
+  OwnerConflict,
+  type AddressPatch,
+  type AddressRecord,
+  type AuditEntry,
+  type Clock,
+  type IpamStore,
+  type IpamTx,
+  type PoolRecord,
+  type PoolUsage,
+} from '../ports';
+
+/** Test double for the IPAM storage ports; see InMemoryIpamStore. */
+
+export interface StoreState {
+  pools: Map<number, PoolRecord>;
+  addresses: Map<number, AddressRecord>;
+  nextPoolId: number;
+}
+
+/** Points in a transaction where a test may step in (to fail, or to commit a rival change). */
+export interface StoreHooks {
+  beforeUpdateAddress?: (ip: number, patch: AddressPatch) => void | Promise<void>;
+  beforeAudit?: (entry: AuditEntry) => void | Promise<void>;
+}
+
+const sameOwner = (a: Owner | undefined, b: Owner | undefined): boolean =>
+  a !== undefined && b !== undefined && a.env === b.env && a.app === b.app && a.slot === b.slot;
+
+const isLive = (r: AddressRecord): boolean => r.state === 'allocated' || r.state === 'bound';
+
+class InMemoryTx implements IpamTx {
+  readonly audits: AuditEntry[] = [];
+
+  constructor(
+    private readonly state: StoreState,
+    private readonly store: InMemoryIpamStore,
+  ) {}
+
+  async lockPoolCatalog(): Promise<void> {}
+
+  async findPool(name: string): Promise<PoolRecord | undefined> {
+    return structuredClone([...this.state.pools.values()].find((p) => p.name === name));
+  }
+
+  async findPoolById(id: number): Promise<PoolRecord | undefined> {
+    return structuredClone(this.state.pools.get(id));
+  }
+
+  async findPoolContaining(ip: number): Promise<PoolRecord | undefined> {
+    return structuredClone([...this.state.pools.values()].find((p) => p.first <= ip && ip <= p.last));
+  }
+
+  async findOverlappingPool(first: number, last: number): Promise<PoolRecord | undefined> {
+    const overlapping = [...this.state.pools.values()].filter((p) => p.first <= last && first <= p.last);
+    return structuredClone(overlapping.sort((a, b) => a.first - b.first)[0]);
+  }
+
+  async listPools(): Promise<PoolRecord[]> {
+    return structuredClone([...this.state.pools.values()].sort((a, b) => a.name.localeCompare(b.name)));
+  }
+
+  async insertPool(plan: PoolPlan, now: Date): Promise<PoolRecord> {
+    const id = this.state.nextPoolId++;
+    const pool: PoolRecord = {
+      id,
+      name: plan.name,
+      cidrText: plan.cidr.text,
+      prefixLength: plan.cidr.prefixLength,
+      first: plan.cidr.first,
+      last: plan.cidr.last,
+      gateway: plan.gateway,
+      vlan: plan.vlan,
+      reserved: [...plan.reserved],
+      cooldownSeconds: plan.cooldownSeconds,
+      size: plan.size,
+      createdAt: new Date(now),
+    };
+    this.state.pools.set(id, pool);
+    for (const r of plan.allocatable) {
+      for (let ip = r.start; ip <= r.end; ip++) {
+        this.state.addresses.set(ip, {
+          ip,
+          poolId: id,
+          state: 'free',
+          owner: undefined,
+          availableAt: 0,
+          releasedAt: null,
+          instanceId: null,
+          backend: null,
+          host: null,
+        });
+      }
+    }
+    return structuredClone(pool);
+  }
+
+  async deletePool(poolId: number): Promise<void> {
+    for (const [ip, row] of this.state.addresses) if (row.poolId === poolId) this.state.addresses.delete(ip);
+    this.state.pools.delete(poolId);
+  }
+
+  async usage(poolId: number, nowMs: number): Promise<PoolUsage> {
+    const rows = this.rowsOf(poolId);
+    const waiting = rows.filter((r) => r.availableAt !== null && r.availableAt > nowMs).map((r) => r.availableAt!);
+    return {
+      used: rows.filter((r) => r.availableAt === null).length,
+      quarantined: waiting.length,
+      nextAvailableAt: waiting.length > 0 ? Math.min(...waiting) : null,
+    };
+  }
+
+  async lockOwnerAddresses(owner: Owner): Promise<AddressRecord[]> {
+    return structuredClone([...this.state.addresses.values()].filter((r) => sameOwner(r.owner, owner)));
+  }
+
+  async lockAddress(ip: number): Promise<AddressRecord | undefined> {
+    return structuredClone(this.state.addresses.get(ip));
+  }
+
+  async lockNextAvailable(poolId: number, nowMs: number): Promise<AddressRecord | undefined> {
+    const candidates = this.rowsOf(poolId).filter((r) => r.availableAt !== null && r.availableAt <= nowMs);
+    candidates.sort((a, b) => a.availableAt! - b.availableAt! || a.ip - b.ip);
+    return structuredClone(candidates[0]);
+  }
+
+  async updateAddress(ip: number, patch: AddressPatch): Promise<void> {
+    await this.store.hooks.beforeUpdateAddress?.(ip, patch);
+    const row = this.state.addresses.get(ip);
+    if (!row) throw new Error(`no address row for ${ip}`);
+    if ((patch.state === 'allocated' || patch.state === 'bound') && patch.owner) {
+      // Like a unique index on the live owner: sees this transaction's rows and committed ones.
+      const clash = (rows: Iterable<AddressRecord>) =>
+        [...rows].some((r) => r.ip !== ip && isLive(r) && sameOwner(r.owner, patch.owner));
+      if (clash(this.state.addresses.values()) || clash(this.store.committed().addresses.values())) {
+        throw new OwnerConflict();
+      }
+    }
+    this.state.addresses.set(ip, { ...structuredClone(patch), ip, poolId: row.poolId });
+  }
+
+  async audit(entry: AuditEntry): Promise<void> {
+    await this.store.hooks.beforeAudit?.(entry);
+    this.audits.push(structuredClone(entry));
+  }
+
+  private rowsOf(poolId: number): AddressRecord[] {
+    return [...this.state.addresses.values()].filter((r) => r.poolId === poolId);
+  }
+}
+
+/**
+ * An IpamStore in memory that keeps the port contracts:
+ * - transactions run one at a time (serializable), each on a copy of the state that replaces
+ *   the state only when `work` succeeds, so a throwing transaction changes nothing;
+ * - reads run on a snapshot and never change anything;
+ * - `audits` (and so `events`) list only what committed transactions recorded.
+ * Tests may step into a transaction through `hooks`, and `commitOutside` changes the
+ * committed state directly as another replica's transaction would.
+ */
+export class InMemoryIpamStore implements IpamStore {
+  readonly audits: AuditEntry[] = [];
+  readonly hooks: StoreHooks = {};
+  transactions = 0;
+  private state: StoreState = { pools: new Map(), addresses: new Map(), nextPoolId: 1 };
+  private queue: Promise<unknown> = Promise.resolve();
+
+  async transaction<T>(work: (tx: IpamTx) => Promise<T>): Promise<T> {
+    const run = this.queue.then(async () => {
+      this.transactions++;
+      const draft = structuredClone(this.state);
+      const tx = new InMemoryTx(draft, this);
+      const result = await work(tx);
+      this.state = draft;
+      this.audits.push(...tx.audits);
+      return result;
+    });
+    this.queue = run.catch(() => undefined);
+    return run;
+  }
+
+  async read<T>(work: (tx: IpamTx) => Promise<T>): Promise<T> {
+    return work(new InMemoryTx(structuredClone(this.state), this));
+  }
+
+  /** The events of committed transactions, in commit order. */
+  get events() {
+    return this.audits.flatMap((a) => (a.event ? [a.event] : []));
+  }
+
+  /** A deep copy of the committed state, to compare before and after. */
+  snapshot(): StoreState {
+    return structuredClone(this.state);
+  }
+
+  /** Read-only access for InMemoryTx's unique-owner check. */
+  committed(): StoreState {
+    return this.state;
+  }
+
+  /** Applies `change` to the committed state at once, outside the transaction queue. */
+  async commitOutside(change: (tx: IpamTx) => Promise<void>): Promise<void> {
+    const draft = structuredClone(this.state);
+    const tx = new InMemoryTx(draft, this);
+    await change(tx);
+    this.state = draft;
+    this.audits.push(...tx.audits);
+  }
+}
+
+/** A clock that stands still until a test moves it. */
+export class FakeClock implements Clock {
+  constructor(private ms = Date.parse('2030-01-01T00:00:00.000Z')) {}
+
+  now(): number {
+    return this.ms;
+  }
+
+  advance(seconds: number): void {
+    this.ms += seconds * 1000;
+  }
+}
