@@ -221,7 +221,7 @@ describe('bad input', () => {
     ['an unknown field', 'orangery.ipam.allocate', { pool: 'p-bad', owner: { env: 'test', app: 'x', slot: 1 }, color: 'red' }, 'color'],
     ['a malformed ip', 'orangery.ipam.allocate', { pool: 'p-bad', owner: { env: 'test', app: 'x', slot: 1 }, ip: '198.18.9.300' }, 'ip'],
     ['a bad backend', 'orangery.ipam.bind', { ip: '198.18.9.2', instanceId: 'test:x:1', backend: 'kvm', host: 'h1' }, 'backend'],
-    ['a bad instance id', 'orangery.ipam.bind', { ip: '198.18.9.2', instanceId: 'x', backend: 'docker', host: 'h1' }, 'instanceId'],
+    ['an empty instance id', 'orangery.ipam.bind', { ip: '198.18.9.2', instanceId: '', backend: 'docker', host: 'h1' }, 'instanceId'],
     ['both ip and owner', 'orangery.ipam.release', { ip: '198.18.9.2', owner: { env: 'test', app: 'x', slot: 1 } }, 'ip'],
     ['neither ip nor owner', 'orangery.ipam.get', {}, 'ip'],
     ['a cidr with host bits', 'orangery.ipam.pool.create', { name: 'p-bad2', cidr: '198.18.10.1/24', gateway: '198.18.10.1' }, 'cidr'],

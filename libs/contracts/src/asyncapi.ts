@@ -46,8 +46,7 @@ export const IPAM_ERRORS: Record<IpamKey, readonly ErrorCode[]> = {
     'UNAVAILABLE',
     'INTERNAL',
   ],
-  // IP_TAKEN: the address belongs to another slot than the instanceId's.
-  bind: ['INVALID_REQUEST', 'NOT_FOUND', 'IP_TAKEN', 'UNAVAILABLE', 'INTERNAL'],
+  bind: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   release: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   get: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
 };

@@ -18,7 +18,7 @@ export const ERROR_CODES = [
   'SUPERSEDED',
   'START_FAILED',
   'IP_IN_USE_ON_WIRE',
-  // Project additions (documented in docs/errors.md): a dependency (database) is down and
+  // Project additions (documented in docs/ipam.md): a dependency (database) is down and
   // the request was not applied; the caller may retry. INTERNAL: a bug, logged with a trace id.
   'UNAVAILABLE',
   'INTERNAL',

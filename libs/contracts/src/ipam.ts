@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { MAX_SLOT, NAME_PATTERN, INSTANCE_ID_PATTERN, HOST_ID_PATTERN } from './names';
+import { MAX_SLOT, NAME_PATTERN, HOST_ID_PATTERN } from './names';
 
 /**
  * IPAM payloads of CONTRACT.md. These schemas are the single source for validation at
@@ -46,7 +46,9 @@ export type Backend = Static<typeof Backend>;
 export const BindRequest = Type.Object(
   {
     ip: Ipv4,
-    instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN, description: '<env>:<app>:<slot>' }),
+    // Usually `<env>:<app>:<slot>`, but the contract lets a rebind name a new instance id,
+    // so any printable id is accepted.
+    instanceId: Type.String({ pattern: '^[!-~]{1,255}$', description: 'the instance, usually <env>:<app>:<slot>' }),
     backend: Backend,
     host: Type.String({ pattern: HOST_ID_PATTERN }),
   },

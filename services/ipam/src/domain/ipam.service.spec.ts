@@ -615,14 +615,12 @@ describe('bind', () => {
     expect(store.audits).toHaveLength(audits);
   });
 
-  it.each([
-    ['another slot', owner('web', 1)],
-    ['another app', owner('api', 0)],
-    ['another env', owner('web', 0, 'stage')],
-  ])("refuses an instance of %s: IP_TAKEN", async (_what, other) => {
-    const { allocate, bind } = await withPools();
+  it('rebinding with a new instanceId moves the address to that instance; the owner stays', async () => {
+    const { allocate, ipam } = await withPools();
     const a = await allocate(web0);
-    await expectError(bind(a.ip, other), 'IP_TAKEN', { ip: a.ip, owner: web0 });
+    await ipam.bind({ ip: a.ip, instanceId: 'prod:web:0', backend: 'docker', host: 'docker-1' });
+    const moved = await ipam.bind({ ip: a.ip, instanceId: 'vm-4711', backend: 'vmware', host: 'esx-1' });
+    expect(moved).toMatchObject({ state: 'bound', instanceId: 'vm-4711', owner: web0, host: 'esx-1' });
   });
 });
 
@@ -825,7 +823,6 @@ describe('a failed request records no event and changes nothing', () => {
     ['allocate outside the pool', (s) => s.allocate(api0, 'net', '198.18.1.2'), 'IP_OUT_OF_POOL'],
     ['bind of a never-allocated ip', (s) => s.bind('198.18.0.4', api0), 'NOT_FOUND'],
     ['bind of a released ip', (s) => s.bind('198.18.0.3', web1), 'NOT_FOUND'],
-    ["bind to another slot's instance", (s) => s.bind('198.18.0.2', web1), 'IP_TAKEN'],
     ['release of an unknown ip', (s) => s.ipam.release({ ip: '198.18.0.5' }), 'NOT_FOUND'],
     ['release of an unknown owner', (s) => s.ipam.release({ owner: api0 }), 'NOT_FOUND'],
     ['pool.delete of a pool in use', (s) => s.ipam.deletePool('net'), 'POOL_IN_USE'],

@@ -3,7 +3,6 @@ import {
   instanceIdOf,
   invalidRequest,
   OrangeryError,
-  ownerOfInstanceId,
   type AddressLookupRequest,
   type AllocateRequest,
   type Allocation,
@@ -200,22 +199,12 @@ export class IpamService {
 
   async bind(req: BindRequest, ctx: CallContext = {}): Promise<Allocation> {
     const ip = ipv4ToInt(req.ip);
-    const owner = ownerOfInstanceId(req.instanceId);
-    if (!owner) throw invalidRequest('instanceId', 'must be <env>:<app>:<slot>');
     return this.store.transaction(async (tx) => {
       const row = await tx.lockAddress(ip);
       if (!row || !isLive(row)) {
         throw new OrangeryError('NOT_FOUND', `${req.ip} is not allocated; allocate it before binding`, { ip: req.ip });
       }
       const pool = await this.requirePoolById(tx, row.poolId);
-      if (!sameOwner(row.owner, owner)) {
-        // The slot is the address's identity: binding it to another slot's instance would
-        // put one IP behind two identities in the registry and monitoring.
-        throw new OrangeryError('IP_TAKEN', `${req.ip} belongs to ${row.owner ? instanceIdOf(row.owner) : '?'}, not ${req.instanceId}`, {
-          ip: req.ip,
-          owner: row.owner,
-        });
-      }
       if (row.state === 'bound' && row.instanceId === req.instanceId && row.backend === req.backend && row.host === req.host) {
         return toAllocation(row, pool);
       }

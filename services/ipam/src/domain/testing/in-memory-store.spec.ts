@@ -90,6 +90,19 @@ describe('InMemoryIpamStore', () => {
     expect(await store.read((tx) => tx.usage(pool.id, T0))).toEqual({ used: 1, quarantined: 1, nextAvailableAt: T0 + 9 });
   });
 
+  it("openAllocation returns the pool by name and the owner's rows, live or released", async () => {
+    const { store, pool } = await storeWithPool();
+    await store.transaction(async (tx) => {
+      await setRow(tx, '198.18.0.2', { state: 'released', owner: web0, availableAt: T0 });
+      await setRow(tx, '198.18.0.3', { state: 'allocated', owner: web0, availableAt: null });
+      await setRow(tx, '198.18.0.4', { state: 'allocated', owner: { ...web0, slot: 1 }, availableAt: null });
+    });
+    const opened = await store.read((tx) => tx.openAllocation('net', web0));
+    expect(opened.pool).toEqual(pool);
+    expect(opened.mine.map((r) => r.ip).sort()).toEqual([ip('198.18.0.2'), ip('198.18.0.3')]);
+    expect((await store.read((tx) => tx.openAllocation('nope', web0))).pool).toBeUndefined();
+  });
+
   it('FakeClock moves only when told', () => {
     const clock = new FakeClock(T0);
     expect(clock.now()).toBe(T0);

@@ -39,6 +39,10 @@ class InMemoryTx implements IpamTx {
     private readonly store: InMemoryIpamStore,
   ) {}
 
+  async openAllocation(poolName: string, owner: Owner): Promise<{ pool: PoolRecord | undefined; mine: AddressRecord[] }> {
+    return { pool: await this.findPool(poolName), mine: await this.lockOwnerAddresses(owner) };
+  }
+
   async lockPoolCatalog(): Promise<void> {}
 
   async findPool(name: string): Promise<PoolRecord | undefined> {
