@@ -48,8 +48,8 @@ export class IpamModule {
               db: config.db,
               service: 'ipam',
               migrations: [IpamInitial1732500000000],
-              // schema and the outbox sweeper only; requests use SQL_POOL
-              poolSize: 4,
+              // migrations only; requests and the outbox use SQL_POOL
+              poolSize: 2,
             });
             await initializeDatabase(ds, 'ipam', logger);
             return ds;
@@ -62,8 +62,8 @@ export class IpamModule {
         },
         {
           provide: OUTBOX,
-          inject: [DATA_SOURCE, NATS],
-          useFactory: (ds: DataSource, nc: NatsConnection) => new OutboxRelay(ds, new EventPublisher(nc), logger),
+          inject: [SQL_POOL, NATS],
+          useFactory: (sql: SqlPool, nc: NatsConnection) => new OutboxRelay(sql, new EventPublisher(nc), logger),
         },
         {
           provide: IPAM_STORE,

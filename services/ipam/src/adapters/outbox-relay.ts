@@ -1,4 +1,4 @@
-import type { DataSource } from 'typeorm';
+import type { SqlPool } from '@orangery/persistence';
 import type { EventEnvelope } from '@orangery/contracts';
 import type { EventPublisher } from '@orangery/messaging';
 import type { Logger } from '@orangery/telemetry';
@@ -11,7 +11,7 @@ export interface PendingEvent {
 /** Events older than this are the sweeper's: their own request's publish failed or died. */
 const SWEEP_AFTER_MS = 3_000;
 const SWEEP_EVERY_MS = 2_000;
-const MARK_EVERY_MS = 100;
+const MARK_EVERY_MS = 500;
 /** A reply waits this long at most for its events to be acked; the sweeper does the rest. */
 const PUBLISH_WAIT_MS = 2_000;
 
@@ -29,7 +29,7 @@ export class OutboxRelay {
   private sweeping = false;
 
   constructor(
-    private readonly ds: DataSource,
+    private readonly sql: SqlPool,
     private readonly publisher: EventPublisher,
     private readonly logger: Logger,
   ) {}
@@ -62,7 +62,9 @@ export class OutboxRelay {
     const ids = [...this.sent];
     this.sent.clear();
     try {
-      await this.ds.query(`UPDATE ipam_audit SET event_pending = NULL WHERE event_id IN (${ids.map(() => '?').join(',')})`, ids);
+      // READ COMMITTED (the pool's sessions) and the unique index on event_id: this touches
+      // only its own rows and takes no gap locks that would stall concurrent audit inserts.
+      await this.sql.read((q) => q.query(`UPDATE ipam_audit SET event_pending = NULL WHERE event_id IN (?)`, [ids]));
     } catch (err) {
       // Still pending in the table: the sweeper will publish them again (deduplicated).
       this.logger.debug({ err: String(err) }, 'could not mark events sent');
@@ -70,37 +72,35 @@ export class OutboxRelay {
   }
 
   async sweep(): Promise<number> {
-    if (this.sweeping || !this.ds.isInitialized) return 0;
+    if (this.sweeping) return 0;
     this.sweeping = true;
-    const q = this.ds.createQueryRunner();
     try {
-      await q.startTransaction('READ COMMITTED');
-      const rows = (await q.query(
-        `SELECT id, event_subject, event_json FROM ipam_audit
-         WHERE event_pending IS NOT NULL AND event_pending < NOW(3) - INTERVAL ? MICROSECOND
-         ORDER BY event_pending, id LIMIT 500 FOR UPDATE SKIP LOCKED`,
-        [SWEEP_AFTER_MS * 1000],
-      )) as { id: number; event_subject: string; event_json: string }[];
-      const done: number[] = [];
-      for (const r of rows) {
-        try {
-          await this.publisher.publish(r.event_subject, JSON.parse(r.event_json) as EventEnvelope);
-          done.push(Number(r.id));
-        } catch (err) {
-          this.logger.warn({ err: String(err), pending: rows.length - done.length }, 'outbox sweep: publish failed');
-          break;
+      const done = await this.sql.transaction(async (q) => {
+        const rows = await q.query<{ id: number; event_subject: string; event_json: string }[]>(
+          `SELECT id, event_subject, event_json FROM ipam_audit
+           WHERE event_pending IS NOT NULL AND event_pending < NOW(3) - INTERVAL ? MICROSECOND
+           ORDER BY event_pending, id LIMIT 500 FOR UPDATE SKIP LOCKED`,
+          [SWEEP_AFTER_MS * 1000],
+        );
+        const sent: number[] = [];
+        for (const r of rows) {
+          try {
+            await this.publisher.publish(r.event_subject, JSON.parse(r.event_json) as EventEnvelope);
+            sent.push(Number(r.id));
+          } catch (err) {
+            this.logger.warn({ err: String(err), pending: rows.length - sent.length }, 'outbox sweep: publish failed');
+            break;
+          }
         }
-      }
-      if (done.length > 0) await q.query(`UPDATE ipam_audit SET event_pending = NULL WHERE id IN (${done.join(',')})`);
-      await q.commitTransaction();
-      if (done.length > 0) this.logger.info({ published: done.length }, 'outbox sweep published pending events');
-      return done.length;
+        if (sent.length > 0) q.defer('UPDATE ipam_audit SET event_pending = NULL WHERE id IN (?)', [sent]);
+        return sent.length;
+      });
+      if (done > 0) this.logger.info({ published: done }, 'outbox sweep published pending events');
+      return done;
     } catch (err) {
-      if (q.isTransactionActive) await q.rollbackTransaction().catch(() => undefined);
       this.logger.debug({ err: String(err) }, 'outbox sweep failed');
       return 0;
     } finally {
-      await q.release().catch(() => undefined);
       this.sweeping = false;
     }
   }

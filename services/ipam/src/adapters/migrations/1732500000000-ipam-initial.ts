@@ -66,6 +66,7 @@ export class IpamInitial1732500000000 implements MigrationInterface {
       event_subject VARCHAR(255) NULL,
       event_json TEXT NULL,
       event_pending DATETIME(3) NULL,
+      UNIQUE KEY uq_audit_event (event_id),
       KEY ix_audit_ip (ip, id),
       KEY ix_audit_pending (event_pending)
     ) ENGINE=InnoDB`);
