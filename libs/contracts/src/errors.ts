@@ -18,6 +18,10 @@ export const ERROR_CODES = [
   'SUPERSEDED',
   'START_FAILED',
   'IP_IN_USE_ON_WIRE',
+  // Project additions for agents (docs/docker-agent.md): the image is not on the engine;
+  // a command for an instance id that exists with another spec; the instance is unknown.
+  'IMAGE_NOT_FOUND',
+  'INSTANCE_CONFLICT',
   // Project additions (documented in docs/ipam.md): a dependency (database) is down and
   // the request was not applied; the caller may retry. INTERNAL: a bug, logged with a trace id.
   'UNAVAILABLE',

@@ -7,3 +7,4 @@ export * from './cloudevents';
 export * from './ipam';
 export * from './envelope-schemas';
 export * from './asyncapi';
+export * from './agent';

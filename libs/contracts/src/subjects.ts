@@ -19,6 +19,15 @@ export const SUBJECTS = {
     migrate: 'orangery.migrator.migrate',
     drain: 'orangery.migrator.drain',
   },
+  /** Commands to one host's agent (internal; docs/asyncapi.yaml). */
+  agent: {
+    create: (hostId: string) => `orangery.agent.${hostId}.instance.create`,
+    start: (hostId: string) => `orangery.agent.${hostId}.instance.start`,
+    stop: (hostId: string) => `orangery.agent.${hostId}.instance.stop`,
+    remove: (hostId: string) => `orangery.agent.${hostId}.instance.remove`,
+    get: (hostId: string) => `orangery.agent.${hostId}.instance.get`,
+    list: (hostId: string) => `orangery.agent.${hostId}.instance.list`,
+  },
   scale: (env: string, app: string) => `orangery.scale.${env}.${app}`,
   scaleAll: 'orangery.scale.>',
   heartbeat: (hostId: string) => `orangery.hb.${hostId}`,
@@ -31,6 +40,7 @@ export const QUEUE_GROUPS = {
   ipam: 'orangery-ipam',
   scheduler: 'orangery-scheduler',
   migrator: 'orangery-migrator',
+  agent: (hostId: string) => `orangery-agent-${hostId}`,
 } as const;
 
 /** The durable event stream (CONTRACT.md "Events"); every service may create it, all alike. */

@@ -125,3 +125,10 @@ export function macForIpv4(ip: string | number): string {
   const bytes = [0x02, 0x4f, n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255];
   return bytes.map((b) => b.toString(16).padStart(2, '0')).join(':');
 }
+
+/** The cidr (`a.b.c.d/n`, host bits cleared) that `ip` belongs to at `prefixLength`. */
+export function cidrOf(ip: string, prefixLength: number): string {
+  const n = ipv4ToInt(ip);
+  const size = 2 ** (32 - prefixLength);
+  return `${intToIpv4(n - (n % size))}/${prefixLength}`;
+}

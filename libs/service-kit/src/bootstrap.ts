@@ -10,6 +10,8 @@ export interface ServiceDefinition<C> {
   name: string;
   /** reads and checks the environment; throws ConfigError */
   loadConfig: (env: NodeJS.ProcessEnv) => C;
+  /** async checks of the environment before anything starts (e.g. interfaces); throw ConfigError */
+  preflight?: (config: C) => Promise<void>;
   /** the root module, given the checked config and the logger */
   module: (config: C, logger: Logger) => DynamicModule;
 }
@@ -27,6 +29,15 @@ export async function runService<C>(def: ServiceDefinition<C>): Promise<void> {
     const reason = e instanceof ConfigError ? e.message : `unexpected error reading configuration: ${String(e)}`;
     process.stderr.write(`orangery-${def.name}: configuration error: ${reason}\n`);
     process.exit(2);
+  }
+  if (def.preflight) {
+    try {
+      await def.preflight(config);
+    } catch (e) {
+      const reason = e instanceof ConfigError ? e.message : `preflight failed: ${String(e)}`;
+      process.stderr.write(`orangery-${def.name}: configuration error: ${reason}\n`);
+      process.exit(2);
+    }
   }
   startTelemetry(def.name);
   const logger = createLogger(`orangery-${def.name}`);

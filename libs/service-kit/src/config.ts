@@ -38,3 +38,31 @@ export function intFrom(env: Env, name: string, def: number, min: number, max: n
   if (n < min || n > max) throw new ConfigError(`${name} must be between ${min} and ${max}, got ${n}`);
   return n;
 }
+
+export function boolFrom(env: Env, name: string, def: boolean): boolean {
+  const raw = env[name]?.trim().toLowerCase();
+  if (raw === undefined || raw === '') return def;
+  if (['1', 'true', 'yes', 'on'].includes(raw)) return true;
+  if (['0', 'false', 'no', 'off'].includes(raw)) return false;
+  throw new ConfigError(`${name} must be true or false, got '${raw}'`);
+}
+
+export function oneOf<T extends string>(env: Env, name: string, def: T, allowed: readonly T[]): T {
+  const raw = env[name]?.trim();
+  if (raw === undefined || raw === '') return def;
+  if (!(allowed as readonly string[]).includes(raw)) throw new ConfigError(`${name} must be one of ${allowed.join(', ')}, got '${raw}'`);
+  return raw as T;
+}
+
+/** `k=v,k2=v2` -> { k: v, k2: v2 }; keys and values are label-safe. */
+export function labelsFrom(env: Env, name: string): Record<string, string> {
+  const raw = env[name]?.trim();
+  if (!raw) return {};
+  const out: Record<string, string> = {};
+  for (const pair of raw.split(',')) {
+    const m = /^\s*([a-z0-9][a-z0-9._-]{0,62})=([A-Za-z0-9._-]{0,63})\s*$/.exec(pair);
+    if (!m) throw new ConfigError(`${name}: '${pair}' is not key=value (lower-case key; letters, digits, . _ - in values)`);
+    out[m[1]!] = m[2]!;
+  }
+  return out;
+}

@@ -1,0 +1,128 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { HOST_ID_PATTERN, INSTANCE_ID_PATTERN, MAX_SLOT, NAME_PATTERN } from './names';
+import { Ipv4 } from './ipam';
+
+/**
+ * Host agents' command payloads (orangery.agent.<hostId>.instance.*) and what agents
+ * publish (heartbeats, host and instance events). Internal to the project but documented
+ * in docs/asyncapi.yaml; the docker-agent and the vmware-agent speak the same commands so
+ * the scheduler and the migrator treat both backends alike.
+ */
+const strict = { additionalProperties: false } as const;
+
+export const MAC_PATTERN = '^[0-9a-f]{2}(:[0-9a-f]{2}){5}$';
+
+export const Resources = Type.Object(
+  {
+    cpu: Type.Number({ exclusiveMinimum: 0, maximum: 512, description: 'cores, fractions allowed' }),
+    memoryMb: Type.Integer({ minimum: 16, maximum: 4_194_304 }),
+    heapMb: Type.Optional(Type.Integer({ minimum: 0, maximum: 4_194_304 })),
+    diskMb: Type.Optional(Type.Integer({ minimum: 0, maximum: 1_073_741_824 })),
+  },
+  strict,
+);
+export type Resources = Static<typeof Resources>;
+
+export const InstanceNetwork = Type.Object(
+  {
+    ip: Ipv4,
+    mac: Type.String({ pattern: MAC_PATTERN }),
+    prefixLength: Type.Integer({ minimum: 8, maximum: 32 }),
+    gateway: Ipv4,
+    vlan: Type.Integer({ minimum: 0, maximum: 4094 }),
+  },
+  strict,
+);
+export type InstanceNetwork = Static<typeof InstanceNetwork>;
+
+export const CreateInstanceCommand = Type.Object(
+  {
+    instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }),
+    env: Type.String({ pattern: NAME_PATTERN }),
+    app: Type.String({ pattern: NAME_PATTERN }),
+    slot: Type.Integer({ minimum: 0, maximum: MAX_SLOT }),
+    image: Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9][A-Za-z0-9._/:@-]*$' }),
+    resources: Resources,
+    network: InstanceNetwork,
+    /** start after creating (default true); the ARP probe runs before any start */
+    start: Type.Optional(Type.Boolean()),
+    /** extra environment for the process, NAME=value */
+    environment: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0,127}$' }), Type.String({ maxLength: 4096 }))),
+    command: Type.Optional(Type.Array(Type.String({ maxLength: 4096 }), { maxItems: 64 })),
+  },
+  strict,
+);
+export type CreateInstanceCommand = Static<typeof CreateInstanceCommand>;
+
+export const InstanceRef = Type.Object({ instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }) }, strict);
+export type InstanceRef = Static<typeof InstanceRef>;
+
+export const StopInstanceCommand = Type.Object(
+  {
+    instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }),
+    timeoutSeconds: Type.Optional(Type.Integer({ minimum: 0, maximum: 600 })),
+  },
+  strict,
+);
+export type StopInstanceCommand = Static<typeof StopInstanceCommand>;
+
+export const ListInstancesCommand = Type.Object({}, strict);
+
+export const InstanceState = Type.Union([
+  Type.Literal('created'),
+  Type.Literal('running'),
+  Type.Literal('stopped'),
+  Type.Literal('failed'),
+  Type.Literal('removed'),
+]);
+export type AgentInstanceState = Static<typeof InstanceState>;
+
+export const AgentInstance = Type.Object({
+  instanceId: Type.String(),
+  env: Type.String(),
+  app: Type.String(),
+  slot: Type.Integer(),
+  hostId: Type.String({ pattern: HOST_ID_PATTERN }),
+  backend: Type.Literal('docker'),
+  containerId: Type.Optional(Type.String()),
+  state: InstanceState,
+  ip: Type.String(),
+  mac: Type.String(),
+  image: Type.String(),
+  resources: Type.Optional(Resources),
+  limits: Type.Optional(
+    Type.Object({ memoryMb: Type.Integer(), cpuset: Type.String(), cpus: Type.Number(), memorySwappiness: Type.Integer() }),
+  ),
+  exitCode: Type.Optional(Type.Integer()),
+  reason: Type.Optional(Type.String()),
+});
+export type AgentInstance = Static<typeof AgentInstance>;
+
+const Amounts = Type.Object({ cpu: Type.Number(), memoryMb: Type.Integer(), diskMb: Type.Integer() });
+export type Amounts = Static<typeof Amounts>;
+
+export const HostFacts = Type.Object({
+  hostId: Type.String({ pattern: HOST_ID_PATTERN }),
+  backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]),
+  /** what instances may use: total less the host's reservations */
+  capacity: Amounts,
+  total: Amounts,
+  reserved: Amounts,
+  labels: Type.Record(Type.String(), Type.String()),
+  /** VLANs this host can reach (docker: any, through <uplink>.<vlan>) */
+  vlans: Type.Union([Type.Literal('any'), Type.Array(Type.Integer())]),
+});
+export type HostFacts = Static<typeof HostFacts>;
+
+export const Heartbeat = Type.Intersect([
+  HostFacts,
+  Type.Object({
+    time: Type.String({ format: 'date-time' }),
+    seq: Type.Integer(),
+    allocated: Amounts,
+    usage: Amounts,
+    instances: Type.Integer(),
+    fenced: Type.Boolean(),
+  }),
+]);
+export type Heartbeat = Static<typeof Heartbeat>;

@@ -1,0 +1,188 @@
+import Docker from 'dockerode';
+import { statfs } from 'node:fs/promises';
+import { LABEL, type ContainerPlan } from '../domain/container-spec';
+import type { Engine, EngineFacts, ManagedContainer, NetworkSpec } from '../domain/ports';
+
+/** DOCKER_HOST (unix:///path, tcp://host:port) -> dockerode options. */
+export function dockerOptions(dockerHost: string): Docker.DockerOptions {
+  if (dockerHost.startsWith('unix://')) return { socketPath: dockerHost.slice('unix://'.length) };
+  const u = new URL(dockerHost.replace(/^tcp:/, 'http:'));
+  return { host: u.hostname, port: Number(u.port || 2375), protocol: 'http' };
+}
+
+const statusCode = (e: unknown): number | undefined => (e as { statusCode?: number }).statusCode;
+
+/** The container engine through dockerode (Docker Engine API; Debian's daemon speaks 1.41). */
+export class DockerEngine implements Engine {
+  readonly docker: Docker;
+
+  constructor(dockerHost: string) {
+    this.docker = new Docker(dockerOptions(dockerHost));
+  }
+
+  async facts(): Promise<EngineFacts> {
+    const [info, version] = await Promise.all([this.docker.info(), this.docker.version()]);
+    let diskMb = 0;
+    try {
+      const fs = await statfs(info.DockerRootDir as string);
+      diskMb = Math.floor((fs.blocks * fs.bsize) / (1024 * 1024));
+    } catch {
+      // the engine's root dir is not visible from here (remote engine): disk unknown
+    }
+    return {
+      cpus: Number(info.NCPU),
+      memoryMb: Math.floor(Number(info.MemTotal) / (1024 * 1024)),
+      diskMb,
+      version: `${version.Version} (API ${version.ApiVersion})`,
+    };
+  }
+
+  async listManaged(withSize = false): Promise<ManagedContainer[]> {
+    const list = await this.docker.listContainers({
+      all: true,
+      size: withSize,
+      filters: JSON.stringify({ label: [`${LABEL.managed}=true`] }),
+    });
+    // The list has no exit codes; inspect the few that are not running.
+    return Promise.all(
+      list.map(async (c) => {
+        const base: ManagedContainer = {
+          id: c.Id,
+          image: c.Image,
+          labels: c.Labels ?? {},
+          engineState: c.State,
+          exitCode: undefined,
+          oomKilled: false,
+          ...(withSize ? { sizeRw: (c as { SizeRw?: number }).SizeRw ?? 0 } : {}),
+        };
+        if (c.State === 'running' || c.State === 'created') return base;
+        try {
+          const i = await this.docker.getContainer(c.Id).inspect();
+          return { ...base, exitCode: i.State.ExitCode, oomKilled: i.State.OOMKilled };
+        } catch {
+          return base;
+        }
+      }),
+    );
+  }
+
+  async findByInstance(instanceId: string): Promise<ManagedContainer | undefined> {
+    const list = await this.docker.listContainers({
+      all: true,
+      filters: JSON.stringify({ label: [`${LABEL.managed}=true`, `${LABEL.instanceId}=${instanceId}`] }),
+    });
+    const c = list[0];
+    if (!c) return undefined;
+    try {
+      const i = await this.docker.getContainer(c.Id).inspect();
+      return {
+        id: i.Id,
+        image: i.Config.Image,
+        labels: i.Config.Labels ?? {},
+        engineState: i.State.Status,
+        exitCode: i.State.Status === 'exited' || i.State.Status === 'dead' ? i.State.ExitCode : undefined,
+        oomKilled: i.State.OOMKilled,
+      };
+    } catch (e) {
+      if (statusCode(e) === 404) return undefined;
+      throw e;
+    }
+  }
+
+  async hasImage(image: string): Promise<boolean> {
+    try {
+      await this.docker.getImage(image).inspect();
+      return true;
+    } catch (e) {
+      if (statusCode(e) === 404) return false;
+      throw e;
+    }
+  }
+
+  async ensureNetwork(spec: NetworkSpec): Promise<void> {
+    try {
+      await this.docker.getNetwork(spec.name).inspect();
+      return;
+    } catch (e) {
+      if (statusCode(e) !== 404) throw e;
+    }
+    try {
+      // The macvlan driver creates <uplink>.<vlan> itself when the parent names a VLAN.
+      await this.docker.createNetwork({
+        Name: spec.name,
+        Driver: 'macvlan',
+        CheckDuplicate: true,
+        Options: { parent: spec.parent, macvlan_mode: 'bridge' },
+        IPAM: { Driver: 'default', Config: [{ Subnet: spec.subnet, Gateway: spec.gateway }] },
+        Labels: { [LABEL.managed]: 'true' },
+      });
+    } catch (e) {
+      // Another create raced us: fine if the network is there now.
+      await this.docker.getNetwork(spec.name).inspect().catch(() => {
+        throw e;
+      });
+    }
+  }
+
+  async create(plan: ContainerPlan, network: string): Promise<string> {
+    const c = await this.docker.createContainer({
+      name: plan.name,
+      Image: plan.image,
+      Hostname: plan.hostname,
+      Labels: plan.labels,
+      Env: plan.env,
+      ...(plan.cmd ? { Cmd: plan.cmd } : {}),
+      MacAddress: plan.macAddress,
+      HostConfig: {
+        NetworkMode: network,
+        Memory: plan.memoryBytes,
+        MemorySwap: plan.memoryBytes, // no swap at all
+        MemorySwappiness: 0,
+        CpusetCpus: plan.cpusetCpus,
+        NanoCpus: plan.nanoCpus,
+        CpuShares: plan.cpuShares,
+        // on-failure, never `always`: an engine that comes back after its host was failed
+        // over must not start old copies of instances that now run elsewhere.
+        RestartPolicy: { Name: 'on-failure', MaximumRetryCount: plan.restartMaxRetries },
+        LogConfig: { Type: 'json-file', Config: { 'max-size': '10m', 'max-file': '3' } },
+      },
+      NetworkingConfig: {
+        EndpointsConfig: { [network]: { IPAMConfig: { IPv4Address: plan.ip }, MacAddress: plan.macAddress } },
+      },
+    });
+    return c.id;
+  }
+
+  async start(id: string): Promise<void> {
+    try {
+      await this.docker.getContainer(id).start();
+    } catch (e) {
+      if (statusCode(e) !== 304) throw e; // 304: already running
+    }
+  }
+
+  async stop(id: string, timeoutSeconds: number): Promise<void> {
+    try {
+      await this.docker.getContainer(id).stop({ t: timeoutSeconds });
+    } catch (e) {
+      if (statusCode(e) !== 304 && statusCode(e) !== 404) throw e;
+    }
+  }
+
+  async remove(id: string): Promise<void> {
+    try {
+      await this.docker.getContainer(id).remove({ force: true, v: true });
+    } catch (e) {
+      if (statusCode(e) !== 404) throw e;
+    }
+  }
+
+  async usage(id: string): Promise<{ memoryBytes: number; cpuNanos: number }> {
+    const s = (await this.docker.getContainer(id).stats({ stream: false, 'one-shot': true } as never)) as unknown as {
+      memory_stats?: { usage?: number; stats?: { inactive_file?: number } };
+      cpu_stats?: { cpu_usage?: { total_usage?: number } };
+    };
+    const mem = (s.memory_stats?.usage ?? 0) - (s.memory_stats?.stats?.inactive_file ?? 0);
+    return { memoryBytes: Math.max(0, mem), cpuNanos: s.cpu_stats?.cpu_usage?.total_usage ?? 0 };
+  }
+}

@@ -1,0 +1,65 @@
+import { hostname } from 'node:os';
+import { HOST_ID_PATTERN } from '@orangery/contracts';
+import { boolFrom, ConfigError, intFrom, labelsFrom, natsUrlFrom, oneOf, type Env } from '@orangery/service-kit';
+import { defaultRouteInterfaces, interfaceExists } from './adapters/host-network';
+
+export interface AgentConfig {
+  natsUrl: string;
+  hostId: string;
+  dockerHost: string;
+  uplink: string;
+  reservedCpus: number;
+  reservedMemoryMb: number;
+  heartbeatSeconds: number;
+  fenceAfterSeconds: number;
+  labels: Record<string, string>;
+  allowDefaultRouteUplink: boolean;
+  diskCheckSeconds: number;
+  diskPolicy: 'report' | 'stop';
+  restartMaxRetries: number;
+  stopTimeoutSeconds: number;
+}
+
+export function loadAgentConfig(env: Env): AgentConfig {
+  const hostId = (env['ORANGERY_HOST_ID']?.trim() || hostname()).toLowerCase();
+  if (!new RegExp(HOST_ID_PATTERN).test(hostId)) {
+    throw new ConfigError(`ORANGERY_HOST_ID '${hostId}' must match ${HOST_ID_PATTERN}`);
+  }
+  const uplink = env['ORANGERY_UPLINK']?.trim() ?? '';
+  if (uplink === '') throw new ConfigError('ORANGERY_UPLINK is required: the host interface that macvlan networks hang off');
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(uplink)) throw new ConfigError(`ORANGERY_UPLINK '${uplink}' is not an interface name`);
+  const dockerHost = env['DOCKER_HOST']?.trim() || 'unix:///var/run/docker.sock';
+  if (!/^(unix:\/\/\/|tcp:\/\/)/.test(dockerHost)) throw new ConfigError(`DOCKER_HOST '${dockerHost}' must be unix:///path or tcp://host:port`);
+  const heartbeatSeconds = intFrom(env, 'ORANGERY_HEARTBEAT_SECONDS', 2, 1, 60);
+  const fenceAfterSeconds = intFrom(env, 'ORANGERY_FENCE_AFTER_SECONDS', 10, 2, 3600);
+  if (fenceAfterSeconds <= heartbeatSeconds) {
+    throw new ConfigError(`ORANGERY_FENCE_AFTER_SECONDS (${fenceAfterSeconds}) must be longer than ORANGERY_HEARTBEAT_SECONDS (${heartbeatSeconds})`);
+  }
+  return {
+    natsUrl: natsUrlFrom(env),
+    hostId,
+    dockerHost,
+    uplink,
+    reservedCpus: intFrom(env, 'ORANGERY_RESERVED_CPUS', 1, 0, 1024),
+    reservedMemoryMb: intFrom(env, 'ORANGERY_RESERVED_MEMORY_MB', 1024, 0, 4_194_304),
+    heartbeatSeconds,
+    fenceAfterSeconds,
+    labels: labelsFrom(env, 'ORANGERY_HOST_LABELS'),
+    allowDefaultRouteUplink: boolFrom(env, 'ORANGERY_ALLOW_DEFAULT_ROUTE_UPLINK', false),
+    diskCheckSeconds: intFrom(env, 'ORANGERY_DISK_CHECK_SECONDS', 15, 1, 3600),
+    diskPolicy: oneOf(env, 'ORANGERY_DISK_POLICY', 'report', ['report', 'stop'] as const),
+    restartMaxRetries: intFrom(env, 'ORANGERY_RESTART_MAX_RETRIES', 3, 0, 100),
+    stopTimeoutSeconds: intFrom(env, 'ORANGERY_STOP_TIMEOUT_SECONDS', 10, 0, 600),
+  };
+}
+
+/** The uplink must exist, and must not be the interface that carries the default route. */
+export async function checkUplink(config: AgentConfig): Promise<void> {
+  if (!(await interfaceExists(config.uplink))) throw new ConfigError(`ORANGERY_UPLINK '${config.uplink}' does not exist on this host`);
+  const defaults = await defaultRouteInterfaces();
+  if (defaults.includes(config.uplink) && !config.allowDefaultRouteUplink) {
+    throw new ConfigError(
+      `ORANGERY_UPLINK '${config.uplink}' holds the default route; hanging containers off it needs ORANGERY_ALLOW_DEFAULT_ROUTE_UPLINK=true`,
+    );
+  }
+}

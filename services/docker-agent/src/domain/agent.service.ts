@@ -1,0 +1,241 @@
+import {
+  OrangeryError,
+  type AgentInstance,
+  type Amounts,
+  type CreateInstanceCommand,
+  type StopInstanceCommand,
+} from '@orangery/contracts';
+import { cidrOf } from '@orangery/netaddr';
+import { LABEL, networkName, parentInterface, planContainer, specHash } from './container-spec';
+import { stateOf, type ArpProbe, type Engine, type EventSink, type ManagedContainer } from './ports';
+
+export interface AgentSettings {
+  hostId: string;
+  uplink: string;
+  reservedCpus: number;
+  totalCpus: number;
+  restartMaxRetries: number;
+  stopTimeoutSeconds: number;
+}
+
+/**
+ * The docker-agent's commands. Every one is idempotent: the engine's labels are the only
+ * state, so the same command twice has one effect, and a restarted agent knows everything.
+ * Commands for one instance run one at a time (a per-instance queue); different instances
+ * proceed in parallel.
+ */
+export class AgentService {
+  private readonly queues = new Map<string, Promise<unknown>>();
+  /** containers we are stopping on purpose: their exit is `stopped`, not `failed` */
+  readonly expectedStops = new Set<string>();
+
+  constructor(
+    private readonly engine: Engine,
+    private readonly probe: ArpProbe,
+    private readonly events: EventSink,
+    private readonly settings: AgentSettings,
+  ) {}
+
+  private serialize<T>(instanceId: string, work: () => Promise<T>): Promise<T> {
+    const prev = this.queues.get(instanceId) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(work);
+    this.queues.set(instanceId, next);
+    void next.finally(() => {
+      if (this.queues.get(instanceId) === next) this.queues.delete(instanceId);
+    }).catch(() => undefined);
+    return next;
+  }
+
+  create(cmd: CreateInstanceCommand): Promise<AgentInstance> {
+    return this.serialize(cmd.instanceId, async () => {
+      const wantStart = cmd.start ?? true;
+      const existing = await this.engine.findByInstance(cmd.instanceId);
+      if (existing) {
+        if (existing.labels[LABEL.specHash] !== specHash(cmd)) {
+          throw new OrangeryError('INSTANCE_CONFLICT', `${cmd.instanceId} already exists on ${this.settings.hostId} with another spec; remove it first`, {
+            instanceId: cmd.instanceId,
+            ip: existing.labels[LABEL.ip],
+          });
+        }
+        if (wantStart && stateOf(existing) !== 'running') await this.startChecked(existing);
+        return this.describe((await this.engine.findByInstance(cmd.instanceId)) ?? existing);
+      }
+      if (cmd.resources.cpu > this.settings.totalCpus - this.settings.reservedCpus) {
+        throw new OrangeryError('INSUFFICIENT_CAPACITY', `asks ${cmd.resources.cpu} CPUs; ${this.settings.hostId} offers ${this.settings.totalCpus - this.settings.reservedCpus} to instances`, {
+          cpu: cmd.resources.cpu,
+          available: this.settings.totalCpus - this.settings.reservedCpus,
+        });
+      }
+      await this.refuseDuplicateIp(cmd.instanceId, cmd.network.ip);
+      if (!(await this.engine.hasImage(cmd.image))) {
+        const reason = `image ${cmd.image} is not on the engine of ${this.settings.hostId} (agents pull nothing)`;
+        this.events.instance({ what: 'failed', instanceId: cmd.instanceId, data: { reason, code: 'IMAGE_NOT_FOUND', ip: cmd.network.ip } });
+        throw new OrangeryError('IMAGE_NOT_FOUND', reason, { image: cmd.image });
+      }
+      const subnet = cidrOf(cmd.network.ip, cmd.network.prefixLength);
+      const network = networkName(cmd.network, subnet);
+      await this.engine.ensureNetwork({
+        name: network,
+        parent: parentInterface(this.settings.uplink, cmd.network.vlan),
+        subnet,
+        gateway: cmd.network.gateway,
+      });
+      const plan = planContainer(
+        cmd,
+        { totalCpus: this.settings.totalCpus, reservedCpus: this.settings.reservedCpus },
+        this.settings.restartMaxRetries,
+      );
+      const id = await this.engine.create(plan, network);
+      const created = (await this.engine.findByInstance(cmd.instanceId)) ?? {
+        id,
+        image: plan.image,
+        labels: plan.labels,
+        engineState: 'created',
+        exitCode: undefined,
+        oomKilled: false,
+      };
+      if (wantStart) {
+        try {
+          await this.startChecked(created);
+        } catch (e) {
+          // Nothing half-done: a container that could not start is not left behind.
+          await this.engine.remove(id).catch(() => undefined);
+          throw e;
+        }
+      }
+      return this.describe((await this.engine.findByInstance(cmd.instanceId)) ?? created);
+    });
+  }
+
+  start(instanceId: string): Promise<AgentInstance> {
+    return this.serialize(instanceId, async () => {
+      const c = await this.require(instanceId);
+      if (stateOf(c) !== 'running') await this.startChecked(c);
+      return this.describe((await this.engine.findByInstance(instanceId)) ?? c);
+    });
+  }
+
+  stop(cmd: StopInstanceCommand): Promise<AgentInstance> {
+    return this.serialize(cmd.instanceId, async () => {
+      const c = await this.require(cmd.instanceId);
+      if (stateOf(c) === 'running') {
+        this.expectedStops.add(c.id);
+        await this.engine.stop(c.id, cmd.timeoutSeconds ?? this.settings.stopTimeoutSeconds);
+      }
+      return this.describe((await this.engine.findByInstance(cmd.instanceId)) ?? c);
+    });
+  }
+
+  remove(instanceId: string): Promise<AgentInstance> {
+    return this.serialize(instanceId, async () => {
+      const c = await this.engine.findByInstance(instanceId);
+      if (!c) {
+        return this.describe(undefined, instanceId);
+      }
+      this.expectedStops.add(c.id);
+      await this.engine.remove(c.id);
+      return { ...this.describe(c), state: 'removed' };
+    });
+  }
+
+  async get(instanceId: string): Promise<AgentInstance> {
+    return this.describe(await this.require(instanceId));
+  }
+
+  async list(): Promise<{ hostId: string; instances: AgentInstance[] }> {
+    const all = await this.engine.listManaged();
+    return { hostId: this.settings.hostId, instances: all.map((c) => this.describe(c)) };
+  }
+
+  /** Stops every running instance (self-fence); returns the instance ids stopped. */
+  async stopAll(timeoutSeconds: number): Promise<string[]> {
+    const running = (await this.engine.listManaged()).filter((c) => stateOf(c) === 'running');
+    await Promise.all(
+      running.map(async (c) => {
+        this.expectedStops.add(c.id);
+        await this.engine.stop(c.id, timeoutSeconds).catch(() => undefined);
+      }),
+    );
+    return running.map((c) => c.labels[LABEL.instanceId] ?? c.id);
+  }
+
+  /** What the instances on this host were promised (from labels). */
+  async allocated(): Promise<{ amounts: Amounts; count: number }> {
+    const all = await this.engine.listManaged();
+    const amounts = { cpu: 0, memoryMb: 0, diskMb: 0 };
+    for (const c of all) {
+      amounts.cpu += Number(c.labels[LABEL.cpu] ?? 0);
+      amounts.memoryMb += Number(c.labels[LABEL.memoryMb] ?? 0);
+      amounts.diskMb += Number(c.labels[LABEL.diskMb] ?? 0);
+    }
+    amounts.cpu = Math.round(amounts.cpu * 1000) / 1000;
+    return { amounts, count: all.length };
+  }
+
+  private async require(instanceId: string): Promise<ManagedContainer> {
+    const c = await this.engine.findByInstance(instanceId);
+    if (!c) throw new OrangeryError('NOT_FOUND', `no instance ${instanceId} on ${this.settings.hostId}`, { instanceId });
+    return c;
+  }
+
+  /** Another instance of ours already holds the address on this host (the wire probe cannot see it: macvlan children are invisible to their parent). */
+  private async refuseDuplicateIp(instanceId: string, ip: string): Promise<void> {
+    const other = (await this.engine.listManaged()).find(
+      (c) => c.labels[LABEL.ip] === ip && c.labels[LABEL.instanceId] !== instanceId && stateOf(c) !== 'stopped' && stateOf(c) !== 'failed',
+    );
+    if (other) {
+      throw new OrangeryError('IP_IN_USE_ON_WIRE', `${ip} is held by ${other.labels[LABEL.instanceId]} on this host`, {
+        ip,
+        holder: other.labels[LABEL.instanceId],
+      });
+    }
+  }
+
+  /**
+   * Starts a container only after proving its address is free on the wire. Must run
+   * under the instance's queue, so two starts of one instance cannot both probe "free".
+   */
+  private async startChecked(c: ManagedContainer): Promise<void> {
+    const instanceId = c.labels[LABEL.instanceId] ?? '';
+    const ip = c.labels[LABEL.ip] ?? '';
+    const vlan = Number(c.labels[LABEL.vlan] ?? 0);
+    await this.refuseDuplicateIp(instanceId, ip);
+    const iface = parentInterface(this.settings.uplink, vlan);
+    if (await this.probe.inUse(iface, ip)) {
+      const reason = `${ip} answers ARP on ${iface}: another endpoint holds it; nothing was started`;
+      this.events.instance({ what: 'failed', instanceId, data: { reason, code: 'IP_IN_USE_ON_WIRE', ip } });
+      throw new OrangeryError('IP_IN_USE_ON_WIRE', reason, { ip, iface });
+    }
+    await this.engine.start(c.id);
+  }
+
+  describe(c: ManagedContainer | undefined, instanceId?: string): AgentInstance {
+    const l = c?.labels ?? {};
+    const id = l[LABEL.instanceId] ?? instanceId ?? '';
+    const [env = '', app = '', slot = '0'] = id.split(':');
+    const out: AgentInstance = {
+      instanceId: id,
+      env: l[LABEL.env] ?? env,
+      app: l[LABEL.app] ?? app,
+      slot: Number(l[LABEL.slot] ?? slot),
+      hostId: this.settings.hostId,
+      backend: 'docker',
+      state: stateOf(c),
+      ip: l[LABEL.ip] ?? '',
+      mac: l[LABEL.mac] ?? '',
+      image: c?.image ?? '',
+    };
+    if (c) {
+      out.containerId = c.id;
+      if (c.exitCode !== undefined && out.state !== 'running') out.exitCode = c.exitCode;
+      if (c.oomKilled) out.reason = 'killed by the kernel: out of memory';
+      out.resources = {
+        cpu: Number(l[LABEL.cpu] ?? 0),
+        memoryMb: Number(l[LABEL.memoryMb] ?? 0),
+        ...(l[LABEL.heapMb] ? { heapMb: Number(l[LABEL.heapMb]) } : {}),
+        ...(l[LABEL.diskMb] ? { diskMb: Number(l[LABEL.diskMb]) } : {}),
+      };
+    }
+    return out;
+  }
+}

@@ -1,0 +1,151 @@
+import { createHash } from 'node:crypto';
+import type { CreateInstanceCommand, InstanceNetwork } from '@orangery/contracts';
+
+/** Labels that make the engine the only truth about what runs on a host. */
+export const LABEL = {
+  managed: 'io.orangery.managed',
+  instanceId: 'io.orangery.instance-id',
+  env: 'io.orangery.env',
+  app: 'io.orangery.app',
+  slot: 'io.orangery.slot',
+  ip: 'io.orangery.ip',
+  mac: 'io.orangery.mac',
+  vlan: 'io.orangery.vlan',
+  cpu: 'io.orangery.cpu',
+  memoryMb: 'io.orangery.memory-mb',
+  heapMb: 'io.orangery.heap-mb',
+  diskMb: 'io.orangery.disk-mb',
+  specHash: 'io.orangery.spec-hash',
+} as const;
+
+/** Minimum head room above the JVM heap: metaspace, threads, direct buffers, the JVM itself. */
+export const MIN_HEADROOM_MB = 256;
+export const HEADROOM_RATIO = 0.25;
+
+/**
+ * The memory limit of a container: what was asked, but never below heap + max(256 MiB,
+ * 25% of heap), so a JVM is not OOM-killed at its configured heap size.
+ */
+export function memoryLimitMb(memoryMb: number, heapMb: number | undefined): number {
+  if (!heapMb) return memoryMb;
+  return Math.max(memoryMb, heapMb + Math.max(MIN_HEADROOM_MB, Math.ceil(heapMb * HEADROOM_RATIO)));
+}
+
+/** Cores instances may use: all but the first `reserved` ones, which stay with the host. */
+export function allowedCpuset(totalCpus: number, reservedCpus: number): string {
+  if (reservedCpus >= totalCpus) throw new Error(`reserving ${reservedCpus} of ${totalCpus} CPUs leaves none for instances`);
+  const first = reservedCpus;
+  const last = totalCpus - 1;
+  return first === last ? String(first) : `${first}-${last}`;
+}
+
+/** The interface a VLAN's macvlan network hangs off: the uplink itself when untagged. */
+export function parentInterface(uplink: string, vlan: number): string {
+  const name = vlan === 0 ? uplink : `${uplink}.${vlan}`;
+  if (name.length > 15) throw new Error(`interface name '${name}' is longer than the kernel's 15 characters`);
+  return name;
+}
+
+/** One docker network per (VLAN, subnet): several pools may share a VLAN. */
+export function networkName(net: Pick<InstanceNetwork, 'vlan' | 'ip' | 'prefixLength'>, subnet: string): string {
+  return `orangery-v${net.vlan}-${subnet.replace('/', '_')}`;
+}
+
+/** A stable hash of what defines the instance; a create with another spec is a conflict. */
+export function specHash(cmd: CreateInstanceCommand): string {
+  const material = JSON.stringify([
+    cmd.image,
+    cmd.resources.cpu,
+    cmd.resources.memoryMb,
+    cmd.resources.heapMb ?? null,
+    cmd.resources.diskMb ?? null,
+    cmd.network,
+    cmd.environment ?? {},
+    cmd.command ?? null,
+  ]);
+  return createHash('sha256').update(material).digest('hex').slice(0, 16);
+}
+
+export interface HostLimits {
+  totalCpus: number;
+  reservedCpus: number;
+}
+
+export interface ContainerPlan {
+  name: string;
+  image: string;
+  hostname: string;
+  labels: Record<string, string>;
+  env: string[];
+  cmd: string[] | undefined;
+  macAddress: string;
+  ip: string;
+  memoryBytes: number;
+  memoryMb: number;
+  cpusetCpus: string;
+  nanoCpus: number;
+  cpuShares: number;
+  restartMaxRetries: number;
+}
+
+/** Container name: readable and unique per instance (docker names allow [a-zA-Z0-9_.-]). */
+export const containerName = (instanceId: string): string => `orangery-${instanceId.replace(/:/g, '-')}`;
+
+/**
+ * Everything the engine needs to run the instance, decided from the command and the
+ * host's limits alone (pure, unit-tested).
+ */
+export function planContainer(cmd: CreateInstanceCommand, host: HostLimits, restartMaxRetries = 3): ContainerPlan {
+  const memoryMb = memoryLimitMb(cmd.resources.memoryMb, cmd.resources.heapMb);
+  const usable = host.totalCpus - host.reservedCpus;
+  const cpus = Math.min(cmd.resources.cpu, usable);
+  const labels: Record<string, string> = {
+    [LABEL.managed]: 'true',
+    [LABEL.instanceId]: cmd.instanceId,
+    [LABEL.env]: cmd.env,
+    [LABEL.app]: cmd.app,
+    [LABEL.slot]: String(cmd.slot),
+    [LABEL.ip]: cmd.network.ip,
+    [LABEL.mac]: cmd.network.mac,
+    [LABEL.vlan]: String(cmd.network.vlan),
+    [LABEL.cpu]: String(cmd.resources.cpu),
+    [LABEL.memoryMb]: String(cmd.resources.memoryMb),
+    [LABEL.specHash]: specHash(cmd),
+  };
+  if (cmd.resources.heapMb !== undefined) labels[LABEL.heapMb] = String(cmd.resources.heapMb);
+  if (cmd.resources.diskMb !== undefined) labels[LABEL.diskMb] = String(cmd.resources.diskMb);
+  const env = [
+    `ORANGERY_INSTANCE_ID=${cmd.instanceId}`,
+    `ORANGERY_APP=${cmd.app}`,
+    `ORANGERY_ENV=${cmd.env}`,
+    `ORANGERY_SLOT=${cmd.slot}`,
+    `ORANGERY_IP=${cmd.network.ip}`,
+    ...(cmd.resources.heapMb ? [`ORANGERY_HEAP_MB=${cmd.resources.heapMb}`] : []),
+    ...Object.entries(cmd.environment ?? {}).map(([k, v]) => `${k}=${v}`),
+  ];
+  return {
+    name: containerName(cmd.instanceId),
+    image: cmd.image,
+    hostname: `${cmd.app}-${cmd.slot}`.slice(0, 63),
+    labels,
+    env,
+    cmd: cmd.command,
+    macAddress: cmd.network.mac,
+    ip: cmd.network.ip,
+    memoryMb,
+    memoryBytes: memoryMb * 1024 * 1024,
+    cpusetCpus: allowedCpuset(host.totalCpus, host.reservedCpus),
+    nanoCpus: Math.round(cpus * 1e9),
+    cpuShares: Math.max(2, Math.round(cmd.resources.cpu * 1024)),
+    restartMaxRetries,
+  };
+}
+
+export type DiskLevel = 'ok' | 'warning' | 'exceeded';
+
+/** Over 80% of the quota is a warning, over 100% is exceeded; no quota, no check. */
+export function diskLevel(usedBytes: number, quotaMb: number | undefined): DiskLevel {
+  if (!quotaMb) return 'ok';
+  const ratio = usedBytes / (quotaMb * 1024 * 1024);
+  return ratio > 1 ? 'exceeded' : ratio > 0.8 ? 'warning' : 'ok';
+}

@@ -1,0 +1,76 @@
+import type { AgentInstanceState } from '@orangery/contracts';
+import type { ContainerPlan } from './container-spec';
+
+/** What the agent needs from the container engine (dockerode adapter; fakes in unit tests). */
+export interface ManagedContainer {
+  id: string;
+  image: string;
+  labels: Record<string, string>;
+  /** docker's state: created, running, paused, restarting, removing, exited, dead */
+  engineState: string;
+  exitCode: number | undefined;
+  oomKilled: boolean;
+  /** writable layer size, when asked for */
+  sizeRw?: number;
+}
+
+export interface NetworkSpec {
+  name: string;
+  parent: string;
+  subnet: string;
+  gateway: string;
+}
+
+export interface EngineFacts {
+  cpus: number;
+  memoryMb: number;
+  diskMb: number;
+  version: string;
+}
+
+export interface Engine {
+  facts(): Promise<EngineFacts>;
+  listManaged(withSize?: boolean): Promise<ManagedContainer[]>;
+  findByInstance(instanceId: string): Promise<ManagedContainer | undefined>;
+  hasImage(image: string): Promise<boolean>;
+  ensureNetwork(spec: NetworkSpec): Promise<void>;
+  create(plan: ContainerPlan, network: string): Promise<string>;
+  start(id: string): Promise<void>;
+  stop(id: string, timeoutSeconds: number): Promise<void>;
+  remove(id: string): Promise<void>;
+  /** memory bytes and cumulative CPU nanoseconds of a running container */
+  usage(id: string): Promise<{ memoryBytes: number; cpuNanos: number }>;
+}
+
+/** Duplicate-address detection on the wire (ARP, RFC 5227 probe). */
+export interface ArpProbe {
+  /** true when some endpoint answers for `ip` on `iface` */
+  inUse(iface: string, ip: string): Promise<boolean>;
+}
+
+export interface InstanceEvent {
+  what: 'running' | 'stopped' | 'failed' | 'removed' | 'disk_warning' | 'disk_exceeded';
+  instanceId: string;
+  data: Record<string, unknown>;
+}
+
+export interface EventSink {
+  instance(e: InstanceEvent): void;
+  host(what: string, data: Record<string, unknown>): void;
+}
+
+export function stateOf(c: ManagedContainer | undefined): AgentInstanceState {
+  if (!c) return 'removed';
+  switch (c.engineState) {
+    case 'running':
+    case 'restarting':
+    case 'paused':
+      return 'running';
+    case 'created':
+      return 'created';
+    case 'exited':
+      return c.exitCode === 0 && !c.oomKilled ? 'stopped' : 'failed';
+    default:
+      return 'failed';
+  }
+}

@@ -1,0 +1,295 @@
+import { Inject, type BeforeApplicationShutdown, type OnApplicationBootstrap } from '@nestjs/common';
+import type { NatsConnection } from '@nats-io/nats-core';
+import {
+  CreateInstanceCommand,
+  decode,
+  InstanceRef,
+  ListInstancesCommand,
+  QUEUE_GROUPS,
+  StopInstanceCommand,
+  SUBJECTS,
+  type Heartbeat,
+  type HostFacts,
+} from '@orangery/contracts';
+import { ensureEventsStream, Responder, type Route } from '@orangery/messaging';
+import { CONFIG, LOGGER, NATS } from '@orangery/service-kit';
+import type { Logger } from '@orangery/telemetry';
+import type { AgentConfig } from '../config';
+import type { AgentService } from '../domain/agent.service';
+import { diskLevel, LABEL } from '../domain/container-spec';
+import { FenceClock } from '../domain/fencing';
+import { stateOf, type Engine, type EngineFacts } from '../domain/ports';
+import type { DockerEngine } from '../adapters/docker-engine';
+import type { EventQueue } from '../adapters/event-queue';
+import { AGENT_SERVICE, ENGINE, EVENTS } from '../tokens';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function agentRoutes(hostId: string, agent: AgentService): Route[] {
+  const s = SUBJECTS.agent;
+  return [
+    { subject: s.create(hostId), handler: (b) => agent.create(decode(CreateInstanceCommand, b)) },
+    { subject: s.start(hostId), handler: (b) => agent.start(decode(InstanceRef, b).instanceId) },
+    { subject: s.stop(hostId), handler: (b) => agent.stop(decode(StopInstanceCommand, b)) },
+    { subject: s.remove(hostId), handler: (b) => agent.remove(decode(InstanceRef, b).instanceId) },
+    { subject: s.get(hostId), handler: (b) => agent.get(decode(InstanceRef, b).instanceId) },
+    { subject: s.list(hostId), handler: async (b) => (decode(ListInstancesCommand, b), agent.list()) },
+  ];
+}
+
+/**
+ * Everything the agent does on its own: registration and adoption at start, heartbeats,
+ * the self-fence, the disk watcher and engine events. Wiring only; decisions live in the
+ * domain (AgentService, FenceClock, diskLevel).
+ */
+export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShutdown {
+  private responder: Responder | undefined;
+  private facts: HostFacts | undefined;
+  private fence: FenceClock;
+  private timers: NodeJS.Timeout[] = [];
+  private stopping = false;
+  private seq = 0;
+  private lastCpu = new Map<string, { nanos: number; at: number }>();
+  private diskUsedMb = 0;
+  private readonly diskLevels = new Map<string, string>();
+  private eventsAbort: (() => void) | undefined;
+
+  constructor(
+    @Inject(CONFIG) private readonly config: AgentConfig,
+    @Inject(NATS) private readonly nc: NatsConnection,
+    @Inject(ENGINE) private readonly engine: Engine & Pick<DockerEngine, 'docker'>,
+    @Inject(AGENT_SERVICE) private readonly agent: AgentService,
+    @Inject(EVENTS) private readonly events: EventQueue,
+    @Inject(LOGGER) private readonly logger: Logger,
+  ) {
+    this.fence = new FenceClock(config.fenceAfterSeconds * 1000, Date.now());
+  }
+
+  async onApplicationBootstrap(): Promise<void> {
+    const engineFacts = await this.waitForEngine();
+    this.facts = this.hostFacts(engineFacts);
+    await ensureEventsStream(this.nc, this.logger);
+    await this.adopt();
+    this.events.host('registered', { ...this.facts, engine: engineFacts.version, uplink: this.config.uplink });
+    this.responder = new Responder(this.nc, QUEUE_GROUPS.agent(this.config.hostId), this.logger);
+    this.responder.serve(agentRoutes(this.config.hostId, this.agent));
+    this.fence.contact(Date.now());
+    this.every(this.config.heartbeatSeconds * 1000, () => this.heartbeat());
+    this.every(250, () => this.checkFence());
+    this.every(this.config.diskCheckSeconds * 1000, () => this.checkDisks());
+    void this.followEngineEvents();
+    this.logger.info({ hostId: this.config.hostId, capacity: this.facts.capacity, uplink: this.config.uplink }, 'host registered');
+  }
+
+  async beforeApplicationShutdown(): Promise<void> {
+    this.stopping = true;
+    for (const t of this.timers) clearInterval(t);
+    this.eventsAbort?.();
+    await this.responder?.drain();
+    await this.events.flush(3_000);
+  }
+
+  private every(ms: number, fn: () => Promise<void>): void {
+    let busy = false;
+    this.timers.push(
+      setInterval(() => {
+        if (busy || this.stopping) return;
+        busy = true;
+        fn()
+          .catch((err: unknown) => this.logger.warn({ err: String(err) }, 'periodic task failed'))
+          .finally(() => (busy = false));
+      }, ms),
+    );
+  }
+
+  private async waitForEngine(): Promise<EngineFacts> {
+    let delay = 250;
+    for (;;) {
+      try {
+        const f = await this.engine.facts();
+        if (this.config.reservedCpus >= f.cpus) {
+          this.logger.warn({ cpus: f.cpus, reserved: this.config.reservedCpus }, 'ORANGERY_RESERVED_CPUS leaves no core for instances; reserving all but one');
+        }
+        return f;
+      } catch (err) {
+        this.logger.warn({ err: String(err), dockerHost: this.config.dockerHost, retryInMs: delay }, 'container engine not reachable yet; retrying');
+        await sleep(delay);
+        delay = Math.min(delay * 2, 5_000);
+      }
+    }
+  }
+
+  private hostFacts(f: EngineFacts): HostFacts {
+    const reservedCpus = Math.min(this.config.reservedCpus, f.cpus - 1);
+    const reserved = { cpu: reservedCpus, memoryMb: this.config.reservedMemoryMb, diskMb: 0 };
+    return {
+      hostId: this.config.hostId,
+      backend: 'docker',
+      total: { cpu: f.cpus, memoryMb: f.memoryMb, diskMb: f.diskMb },
+      reserved,
+      capacity: {
+        cpu: f.cpus - reserved.cpu,
+        memoryMb: Math.max(0, f.memoryMb - reserved.memoryMb),
+        diskMb: f.diskMb,
+      },
+      labels: this.config.labels,
+      vlans: 'any',
+    };
+  }
+
+  /** Restart safety: report what runs, change nothing. */
+  private async adopt(): Promise<void> {
+    const all = await this.engine.listManaged();
+    for (const c of all) {
+      const d = this.agent.describe(c);
+      const what = d.state === 'running' ? 'running' : d.state === 'failed' ? 'failed' : 'stopped';
+      this.events.instance({ what, instanceId: d.instanceId, data: { ...d, adopted: true } });
+    }
+    this.logger.info({ instances: all.length, running: all.filter((c) => stateOf(c) === 'running').length }, 'adopted the instances on the engine');
+  }
+
+  private async heartbeat(): Promise<void> {
+    if (!this.facts) return;
+    const { amounts, count } = await this.agent.allocated();
+    const usage = await this.usage();
+    const hb: Heartbeat = {
+      ...this.facts,
+      time: new Date().toISOString(),
+      seq: this.seq++,
+      allocated: amounts,
+      usage,
+      instances: count,
+      fenced: this.fence.fenced,
+    };
+    this.nc.publish(SUBJECTS.heartbeat(this.config.hostId), JSON.stringify(hb));
+    // A flush is a round trip to the server: proof of contact, unlike a buffered publish.
+    await Promise.race([this.nc.flush(), sleep(1_000).then(() => Promise.reject(new Error('flush timed out')))]);
+    this.fence.contact(Date.now());
+    const fencedAt = this.fence.takeRecovery();
+    if (fencedAt !== undefined) {
+      this.logger.warn({ fencedAt: new Date(fencedAt).toISOString() }, 'NATS is back after a self-fence; re-registering');
+      this.events.host('registered', { ...this.facts, reregistered: true, fencedAt: new Date(fencedAt).toISOString() });
+    }
+  }
+
+  private async checkFence(): Promise<void> {
+    if (!this.fence.shouldFence(Date.now())) return;
+    this.logger.error({ fenceAfterSeconds: this.config.fenceAfterSeconds }, 'no contact with NATS: self-fencing, stopping every instance');
+    const stopped = await this.agent.stopAll(2);
+    this.logger.error({ stopped }, 'self-fenced');
+    this.events.host('fenced', { at: new Date().toISOString(), stopped });
+    for (const instanceId of stopped) this.events.instance({ what: 'stopped', instanceId, data: { reason: 'self-fenced: no contact with NATS' } });
+  }
+
+  private async usage(): Promise<{ cpu: number; memoryMb: number; diskMb: number }> {
+    const running = (await this.engine.listManaged()).filter((c) => c.engineState === 'running');
+    let memory = 0;
+    let cpu = 0;
+    const now = Date.now();
+    await Promise.all(
+      running.map(async (c) => {
+        try {
+          const u = await this.engine.usage(c.id);
+          memory += u.memoryBytes;
+          const prev = this.lastCpu.get(c.id);
+          if (prev && now > prev.at) cpu += (u.cpuNanos - prev.nanos) / ((now - prev.at) * 1e6);
+          this.lastCpu.set(c.id, { nanos: u.cpuNanos, at: now });
+        } catch {
+          // gone meanwhile
+        }
+      }),
+    );
+    return { cpu: Math.max(0, Math.round(cpu * 100) / 100), memoryMb: Math.round(memory / (1024 * 1024)), diskMb: this.diskUsedMb };
+  }
+
+  /** overlayfs has no per-container quota: measure the writable layer and act on it. */
+  private async checkDisks(): Promise<void> {
+    const all = await this.engine.listManaged(true);
+    let used = 0;
+    for (const c of all) {
+      used += c.sizeRw ?? 0;
+      const instanceId = c.labels[LABEL.instanceId] ?? c.id;
+      const quota = c.labels[LABEL.diskMb] ? Number(c.labels[LABEL.diskMb]) : undefined;
+      const level = c.engineState === 'running' ? diskLevel(c.sizeRw ?? 0, quota) : 'ok';
+      const before = this.diskLevels.get(instanceId) ?? 'ok';
+      this.diskLevels.set(instanceId, level);
+      if (level === before || level === 'ok') continue;
+      const data = { usedMb: Math.round((c.sizeRw ?? 0) / (1024 * 1024)), quotaMb: quota, policy: this.config.diskPolicy };
+      if (level === 'warning') {
+        this.events.instance({ what: 'disk_warning', instanceId, data });
+      } else {
+        this.events.instance({ what: 'disk_exceeded', instanceId, data });
+        this.logger.warn({ instanceId, ...data }, 'disk quota exceeded');
+        if (this.config.diskPolicy === 'stop') await this.agent.stop({ instanceId }).catch(() => undefined);
+      }
+    }
+    this.diskUsedMb = Math.round(used / (1024 * 1024));
+  }
+
+  /** Engine events of our containers become instance events (exits, OOM kills, removals). */
+  private async followEngineEvents(): Promise<void> {
+    while (!this.stopping) {
+      try {
+        const stream = (await this.engine.docker.getEvents({
+          filters: JSON.stringify({ type: ['container'], label: [`${LABEL.managed}=true`], event: ['start', 'die', 'oom', 'destroy'] }),
+        })) as NodeJS.ReadableStream & { destroy?: () => void };
+        this.eventsAbort = () => stream.destroy?.();
+        const oom = new Set<string>();
+        let buf = '';
+        await new Promise<void>((resolve) => {
+          stream.on('data', (chunk: Buffer) => {
+            buf += chunk.toString();
+            let nl: number;
+            while ((nl = buf.indexOf('\n')) >= 0) {
+              const line = buf.slice(0, nl).trim();
+              buf = buf.slice(nl + 1);
+              if (line) this.onEngineEvent(JSON.parse(line) as EngineEvent, oom);
+            }
+          });
+          stream.on('end', resolve);
+          stream.on('error', resolve);
+          stream.on('close', resolve);
+        });
+      } catch (err) {
+        this.logger.debug({ err: String(err) }, 'engine events unavailable');
+      }
+      if (!this.stopping) await sleep(1_000);
+    }
+  }
+
+  private onEngineEvent(e: EngineEvent, oom: Set<string>): void {
+    const labels = e.Actor?.Attributes ?? {};
+    const instanceId = labels[LABEL.instanceId];
+    if (!instanceId || !e.id) return;
+    const base = { containerId: e.id, ip: labels[LABEL.ip], mac: labels[LABEL.mac] };
+    switch (e.Action) {
+      case 'start':
+        this.events.instance({ what: 'running', instanceId, data: base });
+        break;
+      case 'oom':
+        oom.add(e.id);
+        break;
+      case 'die': {
+        const exitCode = Number(labels['exitCode'] ?? -1);
+        const expected = this.agent.expectedStops.delete(e.id);
+        if (expected) this.events.instance({ what: 'stopped', instanceId, data: { ...base, exitCode, reason: 'stopped on request' } });
+        else
+          this.events.instance({
+            what: exitCode === 0 && !oom.has(e.id) ? 'stopped' : 'failed',
+            instanceId,
+            data: { ...base, exitCode, ...(oom.delete(e.id) ? { reason: 'killed by the kernel: out of memory' } : {}) },
+          });
+        break;
+      }
+      case 'destroy':
+        this.events.instance({ what: 'removed', instanceId, data: base });
+        break;
+    }
+  }
+}
+
+interface EngineEvent {
+  id?: string;
+  Action?: string;
+  Actor?: { Attributes?: Record<string, string> };
+}
