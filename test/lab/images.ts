@@ -39,7 +39,7 @@ echo "wrote $mb MiB to /data/fill"
 const EAT_MEM = `#!/bin/sh
 # eat-mem <mb> [seconds]: allocates and touches <mb> MiB of anonymous memory (charged to
 # the container's memory cgroup) and holds it for [seconds] (default: until killed).
-# Run it in the background with \`docker exec -d <ctr> eat-mem 200\`; stop it with \`pkill awk\`.
+# Run it in the background with \`docker exec -d <ctr> eat-mem 200\`; stop it with \`killall awk\` (this busybox has no pkill).
 mb=\${1:?usage: eat-mem <mb> [seconds]}
 secs=\${2:-2147483647}
 exec awk -v mb="$mb" -v secs="$secs" 'BEGIN {

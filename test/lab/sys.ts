@@ -6,7 +6,7 @@
 // that names the lab's run directory, a lab cgroup, or a lab network namespace).
 import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, rmdirSync, rmSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { isAbsolute, join } from 'node:path';
 
 export const LAB_PREFIX = 'olab';
 /** Short paths on purpose: unix socket paths are limited to ~107 characters. */
@@ -287,6 +287,13 @@ export function recordedEnginePids(): number[] {
   return [...pids].filter((p) => p !== process.pid && alive(p) && cmdlineOf(p).includes(`${LAB_RUN_DIR}/`));
 }
 
+/** A lab directory is removed recursively: only ever `<somewhere>/.run/lab<suffix>`. */
+export function assertLabDir(dir: string): void {
+  if (!isAbsolute(dir) || !/\/\.run\/lab[a-z0-9-]*$/.test(dir)) {
+    throw new Error(`refusing lab directory ${JSON.stringify(dir)}: must be an absolute <dir>/.run/lab[-suffix]`);
+  }
+}
+
 export interface CleanupReport {
   processes: number[];
   interfaces: string[];
@@ -303,6 +310,7 @@ export interface CleanupReport {
  * network namespaces, the namespaces, the interfaces, mounts, cgroups and directories.
  */
 export async function sweepLab(labDirs: readonly string[]): Promise<CleanupReport> {
+  for (const d of labDirs) assertLabDir(d);
   const report: CleanupReport = { processes: [], interfaces: [], netns: [], mounts: [], cgroups: [], dirs: [] };
   const note = (pids: number[]) => report.processes.push(...pids.filter((p) => !report.processes.includes(p)));
 
@@ -345,11 +353,13 @@ export async function sweepLab(labDirs: readonly string[]): Promise<CleanupRepor
     if (r.code === 0) report.netns.push(ns);
   }
   // 5. Interfaces (veth peers vanish with their partner; ignore "Cannot find device").
-  for (const ifname of await labInterfaces()) {
+  const links = await labInterfaces();
+  for (const ifname of links) {
     if (defaults.has(ifname)) throw new Error(`lab interface ${ifname} holds a default route: refusing to touch it`);
-    const r = await run(IP, ['link', 'del', 'dev', ifname]);
-    if (r.code === 0) report.interfaces.push(ifname);
+    await run(IP, ['link', 'del', 'dev', ifname]);
   }
+  const stillThere = await labInterfaces();
+  report.interfaces = links.filter((l) => !stillThere.includes(l));
   // 6. Mounts (overlay layers, netns bind mounts) under the lab's directories, then the dirs.
   const dirs = [LAB_RUN_DIR, ...labDirs];
   for (const mp of mountsUnder(dirs)) {

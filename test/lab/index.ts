@@ -1,0 +1,18 @@
+// The lab: a small data centre on one Linux machine, for integration tests and benchmarks.
+// See README.md in this directory for the topology and the rules.
+export {
+  cleanLabLeftovers,
+  ensureLabPackages,
+  isLabAddress,
+  Lab,
+  LAB_DIR,
+  LAB_FABRIC,
+  LAB_GATEWAY,
+  LAB_PROBE,
+  LAB_SUBNET,
+  type LabOptions,
+  type LabServer,
+  type LabVm,
+} from './lab';
+export { LAB_IMAGES, SVC_INDEX, SVC_PORT } from './images';
+export { DOCKER_CLI, LAB_PREFIX, LAB_RUN_DIR, labResidue, type CleanupReport, type LabResidue, type RunResult } from './sys';
