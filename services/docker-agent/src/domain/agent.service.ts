@@ -67,6 +67,10 @@ export class AgentService {
         });
       }
       await this.refuseDuplicateIp(cmd.instanceId, cmd.network.ip);
+      // The wire probe takes about a second of silence; it runs while the container is
+      // being created, and the start waits for its verdict.
+      const probe = wantStart ? this.probeWire(cmd.instanceId, cmd.network.ip, cmd.network.vlan) : undefined;
+      probe?.catch(() => undefined);
       if (!(await this.engine.hasImage(cmd.image))) {
         const reason = `image ${cmd.image} is not on the engine of ${this.settings.hostId} (agents pull nothing)`;
         this.events.instance({ what: 'failed', instanceId: cmd.instanceId, data: { reason, code: 'IMAGE_NOT_FOUND', ip: cmd.network.ip } });
@@ -94,9 +98,11 @@ export class AgentService {
         exitCode: undefined,
         oomKilled: false,
       };
-      if (wantStart) {
+      if (probe) {
         try {
-          await this.startChecked(created);
+          await probe;
+          await this.refuseDuplicateIp(cmd.instanceId, cmd.network.ip);
+          await this.engine.start(id);
         } catch (e) {
           // Nothing half-done: a container that could not start is not left behind.
           await this.engine.remove(id).catch(() => undefined);
@@ -198,15 +204,19 @@ export class AgentService {
   private async startChecked(c: ManagedContainer): Promise<void> {
     const instanceId = c.labels[LABEL.instanceId] ?? '';
     const ip = c.labels[LABEL.ip] ?? '';
-    const vlan = Number(c.labels[LABEL.vlan] ?? 0);
     await this.refuseDuplicateIp(instanceId, ip);
+    await this.probeWire(instanceId, ip, Number(c.labels[LABEL.vlan] ?? 0));
+    await this.engine.start(c.id);
+  }
+
+  /** Throws IP_IN_USE_ON_WIRE (and publishes instance.failed) when something answers ARP for `ip`. */
+  private async probeWire(instanceId: string, ip: string, vlan: number): Promise<void> {
     const iface = parentInterface(this.settings.uplink, vlan);
     if (await this.probe.inUse(iface, ip)) {
       const reason = `${ip} answers ARP on ${iface}: another endpoint holds it; nothing was started`;
       this.events.instance({ what: 'failed', instanceId, data: { reason, code: 'IP_IN_USE_ON_WIRE', ip } });
       throw new OrangeryError('IP_IN_USE_ON_WIRE', reason, { ip, iface });
     }
-    await this.engine.start(c.id);
   }
 
   describe(c: ManagedContainer | undefined, instanceId?: string): AgentInstance {

@@ -1,0 +1,232 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ContractClient, HarnessDir, NatsServer, ServiceProcess, waitFor } from '@orangery/testing';
+import { Lab, LAB_IMAGES, SVC_INDEX, SVC_PORT, type LabServer } from '../lab';
+
+// Two simulated servers (a dockerd and an uplink each) and two legacy VMs on one L2 fabric;
+// one docker-agent per server, as real processes, driven over NATS like the scheduler will.
+const dir = new HarnessDir('docker-agent');
+let lab: Lab;
+let nats: NatsServer;
+let client: ContractClient;
+const agents = new Map<string, ServiceProcess>();
+const FENCE_AFTER = 4;
+
+const agentEnv = (s: LabServer): Record<string, string> => ({
+  ORANGERY_NATS_URL: nats.url,
+  ORANGERY_HOST_ID: s.id,
+  DOCKER_HOST: s.dockerHost,
+  ORANGERY_UPLINK: s.uplink,
+  ORANGERY_HEARTBEAT_SECONDS: '1',
+  ORANGERY_FENCE_AFTER_SECONDS: String(FENCE_AFTER),
+  ORANGERY_DISK_CHECK_SECONDS: '1',
+  ORANGERY_HOST_LABELS: `rack=r${s.index}`,
+});
+
+async function startAgent(s: LabServer): Promise<ServiceProcess> {
+  const a = await ServiceProcess.start(dir, 'docker-agent', agentEnv(s));
+  agents.set(s.id, a);
+  return a;
+}
+
+let nextIp = 1;
+function command(slot: number, extra: Record<string, unknown> = {}) {
+  const n = nextIp++;
+  const ip = `198.18.1.${n}`;
+  return {
+    instanceId: `test:web:${slot}`,
+    env: 'test',
+    app: 'web',
+    slot,
+    image: LAB_IMAGES.svc,
+    resources: { cpu: 0.5, memoryMb: 128, heapMb: 256, diskMb: 20 },
+    network: { ip, mac: `02:4f:c6:12:01:${n.toString(16).padStart(2, '0')}`, prefixLength: 16, gateway: '198.18.0.1', vlan: 0 },
+    ...extra,
+  };
+}
+
+const req = (s: LabServer, what: string, body: unknown, timeoutMs = 30_000) =>
+  client.request(`orangery.agent.${s.id}.instance.${what}`, body, timeoutMs);
+
+beforeAll(async () => {
+  [lab, nats] = await Promise.all([Lab.setup({ servers: 2, legacyVms: 2 }), NatsServer.start(dir)]);
+  client = await ContractClient.connect(nats.url);
+  await Promise.all(lab.servers.map(startAgent));
+}, 300_000);
+
+afterAll(async () => {
+  await client?.close();
+  await dir.cleanup();
+  await lab?.teardown();
+}, 120_000);
+
+describe('docker-agent in the lab', () => {
+  it('registers each host with its capacity after reservations and heartbeats', async () => {
+    const hb = await new Promise<Record<string, unknown>>((resolve) => {
+      const sub = client.nc.subscribe('orangery.hb.olab-s1', {
+        callback: (_e, m) => {
+          sub.unsubscribe();
+          resolve(m.json());
+        },
+      });
+    });
+    expect(hb).toMatchObject({ hostId: 'olab-s1', backend: 'docker', labels: { rack: 'r1' }, fenced: false });
+    const total = hb['total'] as { cpu: number; memoryMb: number };
+    expect(hb['capacity']).toMatchObject({ cpu: total.cpu - 1, memoryMb: total.memoryMb - 1024 });
+    const registered = (await client.events('orangery.evt.host.registered')).map((e) => e.subject);
+    expect(registered).toEqual(expect.arrayContaining(['olab-s1', 'olab-s2']));
+  });
+
+  it('containers on both servers reach each other and the legacy VMs by IP, and the VMs reach them', async () => {
+    const [s1, s2] = lab.servers as [LabServer, LabServer];
+    const a = await req(s1, 'create', command(0));
+    const b = await req(s2, 'create', command(1));
+    expect(a.ok, JSON.stringify(a)).toBe(true);
+    expect(b.ok, JSON.stringify(b)).toBe(true);
+    expect(a.data).toMatchObject({ state: 'running', hostId: 'olab-s1', ip: '198.18.1.1' });
+    for (const vm of lab.vms) {
+      expect(await lab.vmPing(vm, a.data.ip)).toBe(true);
+      expect(await lab.vmPing(vm, b.data.ip)).toBe(true);
+      expect(await lab.vmHttpGet(vm, b.data.ip, SVC_PORT)).toBe(SVC_INDEX);
+    }
+    const name = (x: { instanceId: string }) => `orangery-${x.instanceId.replace(/:/g, '-')}`;
+    await lab.docker(s1, ['exec', name(a.data), 'ping', '-c', '1', '-W', '2', b.data.ip]);
+    for (const vm of lab.vms) await lab.docker(s2, ['exec', name(b.data), 'ping', '-c', '1', '-W', '2', vm.ip]);
+    // the MAC on the wire is the allocation's
+    const mac = await lab.docker(s1, ['inspect', '-f', '{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}', name(a.data)]);
+    expect(mac.trim()).toBe(a.data.mac);
+  });
+
+  it('sets the limits: memory above the heap, no swap, reserved cores excluded, visible in inspect and cgroups', async () => {
+    const s1 = lab.servers[0]!;
+    const inspect = JSON.parse(await lab.docker(s1, ['inspect', 'orangery-test-web-0']))[0];
+    expect(inspect.HostConfig.Memory).toBe((256 + 256) * 1024 * 1024);
+    expect(inspect.HostConfig.MemorySwap).toBe(inspect.HostConfig.Memory);
+    expect(inspect.HostConfig.MemorySwappiness).toBe(0);
+    expect(inspect.HostConfig.NanoCpus).toBe(500_000_000);
+    expect(inspect.HostConfig.CpusetCpus).not.toContain('0');
+    expect(inspect.HostConfig.RestartPolicy.Name).toBe('on-failure');
+    expect(inspect.Config.Labels).toMatchObject({ 'io.orangery.instance-id': 'test:web:0', 'io.orangery.ip': '198.18.1.1', 'io.orangery.app': 'web' });
+    const cg = (path: string) => lab.docker(s1, ['exec', 'orangery-test-web-0', 'cat', path]).then((s) => s.trim());
+    expect(Number(await cg('/sys/fs/cgroup/memory/memory.limit_in_bytes'))).toBe(512 * 1024 * 1024);
+    expect(await cg('/sys/fs/cgroup/memory/memory.swappiness')).toBe('0');
+    expect(await cg('/sys/fs/cgroup/cpuset/cpuset.cpus')).toBe(inspect.HostConfig.CpusetCpus);
+  });
+
+  it('the same create twice is one container; another spec for the same instance is a conflict', async () => {
+    const s1 = lab.servers[0]!;
+    const before = await req(s1, 'get', { instanceId: 'test:web:0' });
+    const again = await req(s1, 'create', { ...command(0), network: { ...command(0).network, ip: '198.18.1.1', mac: before.data.mac } });
+    nextIp--;
+    expect(again.ok, JSON.stringify(again)).toBe(true);
+    expect(again.data.containerId).toBe(before.data.containerId);
+    const conflict = await req(s1, 'create', command(0));
+    expect(conflict.error.code).toBe('INSTANCE_CONFLICT');
+  });
+
+  it('refuses an IP that a legacy VM holds on the wire: nothing starts, instance.failed is published', async () => {
+    const s1 = lab.servers[0]!;
+    const vmIp = lab.vms[0]!.ip;
+    const cmd = { ...command(7), network: { ...command(7).network, ip: vmIp } };
+    const r = await req(s1, 'create', cmd);
+    expect(r.ok).toBe(false);
+    expect(r.error.code).toBe('IP_IN_USE_ON_WIRE');
+    expect((await req(s1, 'get', { instanceId: 'test:web:7' })).error.code).toBe('NOT_FOUND');
+    expect(await lab.docker(s1, ['ps', '-a', '-q', '--filter', 'label=io.orangery.instance-id=test:web:7'])).toBe('');
+    await waitFor('instance.failed for test:web:7', async () =>
+      (await client.events('orangery.evt.instance.failed')).find((e) => e.subject === 'test:web:7' && e.data.code === 'IP_IN_USE_ON_WIRE'),
+    );
+  });
+
+  it('reports a container whose writable layer outgrows its disk quota', async () => {
+    const s2 = lab.servers[1]!;
+    const r = await req(s2, 'create', command(2, { resources: { cpu: 0.25, memoryMb: 64, diskMb: 5 } }));
+    expect(r.ok, JSON.stringify(r)).toBe(true);
+    await lab.docker(s2, ['exec', 'orangery-test-web-2', '/bin/fill-disk', '8']);
+    const ev = await waitFor('instance.disk_exceeded', async () =>
+      (await client.events('orangery.evt.instance.disk_exceeded')).find((e) => e.subject === 'test:web:2'),
+    20_000);
+    expect(ev.data).toMatchObject({ hostId: 'olab-s2', quotaMb: 5, policy: 'report' });
+    expect(ev.data.usedMb).toBeGreaterThanOrEqual(8);
+  });
+
+  it('answers every malformed command with an error and stays up', async () => {
+    const s1 = lab.servers[0]!;
+    const bad: [string, unknown][] = [
+      ['create', 'not json'],
+      ['create', {}],
+      ['create', { ...command(9), resources: { cpu: -1, memoryMb: 64 } }],
+      ['create', { ...command(9), network: { ...command(9).network, mac: 'zz' } }],
+      ['create', { ...command(9), image: 'bad image;rm -rf /' }],
+      ['create', { ...command(9), extra: true }],
+      ['start', { instanceId: 'nope' }],
+      ['stop', { instanceId: 'test:web:0', timeoutSeconds: 'soon' }],
+      ['remove', []],
+      ['list', { all: true }],
+    ];
+    for (const [what, body] of bad) {
+      const r = await req(s1, what, body);
+      expect(r.ok, `${what} ${JSON.stringify(body)}`).toBe(false);
+      expect(r.error.code).toBe('INVALID_REQUEST');
+    }
+    const missing = await req(s1, 'create', { ...command(9), image: 'orangery/nothere:1' });
+    expect(missing.error.code).toBe('IMAGE_NOT_FOUND');
+    expect(agents.get('olab-s1')!.child.exitCode).toBeNull();
+    expect((await req(s1, 'list', {})).ok).toBe(true);
+  });
+
+  it('kill -9 of the agent and a restart adopt everything: same containers, nothing restarted', async () => {
+    const s1 = lab.servers[0]!;
+    const before = await lab.docker(s1, ['ps', '-q', '--no-trunc', '--filter', 'label=io.orangery.managed=true']);
+    const started = await lab.docker(s1, ['inspect', '-f', '{{.State.StartedAt}}', 'orangery-test-web-0']);
+    await agents.get(s1.id)!.kill9();
+    const restarted = await startAgent(s1);
+    expect(restarted.hasLog('adopted the instances on the engine')).toBe(true);
+    expect(await lab.docker(s1, ['ps', '-q', '--no-trunc', '--filter', 'label=io.orangery.managed=true'])).toBe(before);
+    expect(await lab.docker(s1, ['inspect', '-f', '{{.State.StartedAt}}', 'orangery-test-web-0'])).toBe(started);
+    const list = await req(s1, 'list', {});
+    expect(list.data.instances.map((i: { instanceId: string }) => i.instanceId)).toContain('test:web:0');
+  });
+
+  it('stop, start and remove are idempotent', async () => {
+    const s2 = lab.servers[1]!;
+    for (let i = 0; i < 2; i++) expect((await req(s2, 'stop', { instanceId: 'test:web:2', timeoutSeconds: 2 })).data.state).toBe('stopped');
+    for (let i = 0; i < 2; i++) expect((await req(s2, 'start', { instanceId: 'test:web:2' })).data.state).toBe('running');
+    for (let i = 0; i < 2; i++) expect((await req(s2, 'remove', { instanceId: 'test:web:2' })).data.state).toBe('removed');
+    expect((await req(s2, 'get', { instanceId: 'test:web:2' })).error.code).toBe('NOT_FOUND');
+  });
+
+  it('self-fences within fenceAfter + 2 s when NATS goes away, and re-registers when it is back', async () => {
+    const s1 = lab.servers[0]!;
+    const ip = '198.18.1.1';
+    expect(await lab.vmPing(lab.vms[0]!, ip)).toBe(true);
+    const t0 = Date.now();
+    await nats.stop();
+    await waitFor('the instance to leave the wire', async () => !(await lab.arpProbe(ip, { count: 1, timeoutSec: 1 })), (FENCE_AFTER + 4) * 1000, 200);
+    const elapsed = (Date.now() - t0) / 1000;
+    expect(elapsed).toBeLessThanOrEqual(FENCE_AFTER + 2 + 1); // +1: the probe's own second
+    const state = await lab.docker(s1, ['inspect', '-f', '{{.State.Status}}', 'orangery-test-web-0']);
+    expect(state.trim()).toBe('exited');
+    await nats.start();
+    await agents.get(s1.id)!.waitForLog('NATS is back after a self-fence; re-registering', 30_000);
+    await client.close();
+    client = await ContractClient.connect(nats.url);
+    const fenced = await waitFor('host.fenced', async () => (await client.events('orangery.evt.host.fenced')).find((e) => e.subject === s1.id));
+    expect(fenced.data.stopped).toContain('test:web:0');
+  });
+
+  it('refuses to start with an uplink that holds the default route, or one that does not exist', async () => {
+    const { stdout } = await import('node:child_process').then((cp) =>
+      new Promise<{ stdout: string }>((res, rej) => cp.execFile('ip', ['-4', '-o', 'route', 'show', 'default'], (e, so) => (e ? rej(e) : res({ stdout: so })))),
+    );
+    const def = /\bdev\s+(\S+)/.exec(stdout)?.[1];
+    if (def) {
+      const a = ServiceProcess.spawn(undefined, 'docker-agent', { ...agentEnv(lab.servers[0]!), ORANGERY_UPLINK: def, ORANGERY_HOST_ID: 'olab-x' });
+      expect(await a.exited()).toBe(2);
+      expect(a.stderr).toMatch(/default route/);
+    }
+    const b = ServiceProcess.spawn(undefined, 'docker-agent', { ...agentEnv(lab.servers[0]!), ORANGERY_UPLINK: 'olab-none', ORANGERY_HOST_ID: 'olab-x' });
+    expect(await b.exited()).toBe(2);
+    expect(b.stderr).toMatch(/does not exist/);
+    expect(b.stderr.trim().split('\n')).toHaveLength(1);
+  });
+});
