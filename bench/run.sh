@@ -11,7 +11,7 @@ bash deploy/local/infra.sh up test
 eval "$(bash deploy/local/infra.sh env test)"
 npm run build --silent
 which=${1:-all}
-for b in ipam; do
+for b in ipam agent; do
   if [ "$which" = all ] || [ "$which" = "$b" ]; then
     echo "=== bench:$b ==="
     node tools/run-ts.mjs "bench/$b.ts"

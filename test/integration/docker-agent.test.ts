@@ -104,7 +104,7 @@ describe('docker-agent in the lab', () => {
     expect(inspect.HostConfig.MemorySwappiness).toBe(0);
     expect(inspect.HostConfig.NanoCpus).toBe(500_000_000);
     expect(inspect.HostConfig.CpusetCpus).not.toContain('0');
-    expect(inspect.HostConfig.RestartPolicy.Name).toBe('on-failure');
+    expect(inspect.HostConfig.RestartPolicy.Name).toBe('no'); // the agent keeps the restart policy itself
     expect(inspect.Config.Labels).toMatchObject({ 'io.orangery.instance-id': 'test:web:0', 'io.orangery.ip': '198.18.1.1', 'io.orangery.app': 'web' });
     const cg = (path: string) => lab.docker(s1, ['exec', 'orangery-test-web-0', 'cat', path]).then((s) => s.trim());
     expect(Number(await cg('/sys/fs/cgroup/memory/memory.limit_in_bytes'))).toBe(512 * 1024 * 1024);
@@ -193,6 +193,37 @@ describe('docker-agent in the lab', () => {
     for (let i = 0; i < 2; i++) expect((await req(s2, 'start', { instanceId: 'test:web:2' })).data.state).toBe('running');
     for (let i = 0; i < 2; i++) expect((await req(s2, 'remove', { instanceId: 'test:web:2' })).data.state).toBe('removed');
     expect((await req(s2, 'get', { instanceId: 'test:web:2' })).error.code).toBe('NOT_FOUND');
+  });
+
+  it('restarts a failed instance itself, at most ORANGERY_RESTART_MAX_RETRIES (3) times', async () => {
+    const s1 = lab.servers[0]!;
+    const r = await req(s1, 'create', command(5, { image: LAB_IMAGES.busybox, command: ['sh', '-c', 'sleep 1; exit 3'] }));
+    expect(r.ok, JSON.stringify(r)).toBe(true);
+    const runs = async () => (await client.events('orangery.evt.instance.running')).filter((e) => e.subject === 'test:web:5').length;
+    await waitFor('the first run and three restarts', async () => (await runs()) >= 4, 30_000, 250);
+    await new Promise((res) => setTimeout(res, 6_000));
+    expect(await runs()).toBe(4);
+    expect((await req(s1, 'get', { instanceId: 'test:web:5' })).data).toMatchObject({ state: 'failed', exitCode: 3 });
+    const failed = (await client.events('orangery.evt.instance.failed')).filter((e) => e.subject === 'test:web:5');
+    expect(failed.length).toBe(4);
+    await req(s1, 'remove', { instanceId: 'test:web:5' });
+  });
+
+  it('an engine that restarts starts none of its instances by itself (no old copy after a failover)', async () => {
+    const s2 = lab.servers[1]!;
+    expect((await req(s2, 'get', { instanceId: 'test:web:1' })).data.state).toBe('running');
+    await lab.stopEngine(s2);
+    await lab.startEngine(s2);
+    await new Promise((res) => setTimeout(res, 2_000));
+    const status = await lab.docker(s2, ['inspect', '-f', '{{.State.Status}}', 'orangery-test-web-1']);
+    expect(status.trim()).toBe('exited');
+    expect(await lab.vmPing(lab.vms[0]!, '198.18.1.2')).toBe(false);
+    // the agent follows the engine again: a start through it works
+    const started = await waitFor('the agent to reach the engine again', async () => {
+      const x = await req(s2, 'start', { instanceId: 'test:web:1' });
+      return x.ok ? x : undefined;
+    }, 30_000, 500);
+    expect(started.data.state).toBe('running');
   });
 
   it('self-fences within fenceAfter + 2 s when NATS goes away, and re-registers when it is back', async () => {

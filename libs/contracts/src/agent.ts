@@ -1,5 +1,6 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { HOST_ID_PATTERN, INSTANCE_ID_PATTERN, MAX_SLOT, NAME_PATTERN } from './names';
+import { ERROR_CODES, type ErrorCode } from './errors';
 import { Ipv4 } from './ipam';
 
 /**
@@ -126,3 +127,91 @@ export const Heartbeat = Type.Intersect([
   }),
 ]);
 export type Heartbeat = Static<typeof Heartbeat>;
+
+/** `data` of the list command's reply: every instance the agent manages on its host. */
+export const AgentInstanceList = Type.Object({
+  hostId: Type.String({ pattern: HOST_ID_PATTERN }),
+  instances: Type.Array(AgentInstance),
+});
+export type AgentInstanceList = Static<typeof AgentInstanceList>;
+
+// ---------------------------------------------------------------------------------------
+// `data` of the events agents publish (orangery.evt.host.*, orangery.evt.instance.*).
+// Like the reply envelopes they describe what is sent, and fields may be added to it, so
+// none of them refuses unknown properties.
+
+const Backend = Type.Union([Type.Literal('docker'), Type.Literal('vmware')]);
+
+/** `io.orangery.host.registered`: at start, and again when NATS is back after a self-fence. */
+export const HostRegisteredData = Type.Composite(
+  [
+    HostFacts,
+    Type.Object({
+      engine: Type.Optional(Type.String({ description: 'the container engine and its API version; sent at start' })),
+      uplink: Type.Optional(Type.String({ description: 'the interface macvlan networks hang off (ORANGERY_UPLINK); sent at start' })),
+      reregistered: Type.Optional(Type.Literal(true, { description: 'present when the agent registers again after a self-fence' })),
+      fencedAt: Type.Optional(Type.String({ format: 'date-time', description: 'when the self-fence happened (with reregistered)' })),
+    }),
+  ],
+  {
+    description:
+      "The host's facts. After a self-fence the instances stay stopped: the control plane decides what runs where.",
+  },
+);
+export type HostRegisteredData = Static<typeof HostRegisteredData>;
+
+/** `io.orangery.host.fenced`: the agent lost NATS for ORANGERY_FENCE_AFTER_SECONDS and stopped its instances. */
+export const HostFencedData = Type.Object(
+  {
+    hostId: Type.String({ pattern: HOST_ID_PATTERN }),
+    backend: Backend,
+    at: Type.String({ format: 'date-time', description: 'when the agent fenced itself' }),
+    stopped: Type.Array(Type.String(), { description: 'ids of the instances it stopped' }),
+  },
+  { description: 'Published once NATS is reachable again: events wait in the agent (in memory) meanwhile.' },
+);
+export type HostFencedData = Static<typeof HostFencedData>;
+
+/** `io.orangery.instance.running|stopped|failed|removed` as an agent publishes them. */
+export const InstanceEventData = Type.Object(
+  {
+    instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }),
+    hostId: Type.String({ pattern: HOST_ID_PATTERN }),
+    backend: Backend,
+    containerId: Type.Optional(Type.String({ description: 'the engine id of the container (docker)' })),
+    ip: Type.Optional(Type.String()),
+    mac: Type.Optional(Type.String()),
+    exitCode: Type.Optional(Type.Integer({ description: "the process's exit code (stopped, failed)" })),
+    reason: Type.Optional(Type.String({ description: 'a human sentence: why it stopped or failed' })),
+    code: Type.Optional(
+      Type.Unsafe<ErrorCode>({
+        type: 'string',
+        enum: [...ERROR_CODES],
+        description: 'the error code when a command was refused, e.g. IMAGE_NOT_FOUND or IP_IN_USE_ON_WIRE',
+      }),
+    ),
+    adopted: Type.Optional(
+      Type.Literal(true, {
+        description: 'reported by a starting agent for what it found on the engine (then the data is the whole AgentInstance)',
+      }),
+    ),
+  },
+  { description: 'What the agent knows of the change; absent fields were not known when it happened.' },
+);
+export type InstanceEventData = Static<typeof InstanceEventData>;
+
+/** `io.orangery.instance.disk_warning|disk_exceeded`: the writable layer against resources.diskMb. */
+export const InstanceDiskData = Type.Object(
+  {
+    instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }),
+    hostId: Type.String({ pattern: HOST_ID_PATTERN }),
+    backend: Backend,
+    usedMb: Type.Integer({ minimum: 0, description: "size of the container's writable layer" }),
+    quotaMb: Type.Integer({ minimum: 1, description: 'resources.diskMb of the instance' }),
+    policy: Type.Union([Type.Literal('report'), Type.Literal('stop')], {
+      description: 'ORANGERY_DISK_POLICY: stop means the agent stops an instance that exceeded its quota',
+    }),
+  },
+  { description: 'warning above 80% of the quota, exceeded above 100%; published when the level changes' },
+);
+export type InstanceDiskData = Static<typeof InstanceDiskData>;

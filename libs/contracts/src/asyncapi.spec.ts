@@ -5,12 +5,20 @@ import addFormats from 'ajv-formats';
 import type { TSchema } from '@sinclair/typebox';
 import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
-import { buildAsyncApi, IPAM_ERRORS } from './asyncapi';
+import {
+  CreateInstanceCommand,
+  InstanceRef,
+  ListInstancesCommand,
+  StopInstanceCommand,
+  type AgentInstance,
+  type Heartbeat,
+} from './agent';
+import { AGENT_ERRORS, buildAsyncApi, IPAM_ERRORS } from './asyncapi';
 import { buildEvent } from './cloudevents';
 import { errorReply, okReply } from './envelope';
 import { ERROR_CODES } from './errors';
 import { AddressLookupRequest, AllocateRequest, BindRequest, EmptyRequest, PoolCreateRequest, PoolNameRequest, type Allocation } from './ipam';
-import { SUBJECTS } from './subjects';
+import { QUEUE_GROUPS, SUBJECTS } from './subjects';
 
 type Json = Record<string, unknown>;
 
@@ -24,6 +32,16 @@ const VALIDATED_WITH: Record<keyof typeof SUBJECTS.ipam, TSchema> = {
   bind: BindRequest,
   release: AddressLookupRequest,
   get: AddressLookupRequest,
+};
+
+/** What each agent command decodes its request with (services/docker-agent/src/transport/host-runtime.ts). */
+const AGENT_VALIDATED_WITH: Record<keyof typeof SUBJECTS.agent, TSchema> = {
+  create: CreateInstanceCommand,
+  start: InstanceRef,
+  stop: StopInstanceCommand,
+  remove: InstanceRef,
+  get: InstanceRef,
+  list: ListInstancesCommand,
 };
 
 const doc = buildAsyncApi();
@@ -71,6 +89,39 @@ const allocation: Allocation = {
   host: 'node-1',
 };
 
+const instance: AgentInstance = {
+  instanceId: 'prod:pay-gateway:2',
+  env: 'prod',
+  app: 'pay-gateway',
+  slot: 2,
+  hostId: 'node-1',
+  backend: 'docker',
+  containerId: 'c0ffee',
+  state: 'running',
+  ip: allocation.ip,
+  mac: allocation.mac,
+  image: 'pay-gateway:1.4.2',
+  resources: { cpu: 2, memoryMb: 4096, heapMb: 3072, diskMb: 10240 },
+};
+
+const facts = {
+  hostId: 'node-1',
+  backend: 'docker',
+  capacity: { cpu: 3, memoryMb: 7168, diskMb: 51200 },
+  total: { cpu: 4, memoryMb: 8192, diskMb: 51200 },
+  reserved: { cpu: 1, memoryMb: 1024, diskMb: 0 },
+  labels: { rack: 'r1' },
+  vlans: 'any',
+} as const;
+
+/** The payload schema of the first message of a channel. */
+function payloadOf(address: string): Json {
+  const id = channelIdOf(address);
+  expect(id, `no channel for ${address}`).toBeDefined();
+  const [message] = Object.values(channels[id!]!['messages'] as Json);
+  return deref(deref(message)['payload']);
+}
+
 describe('buildAsyncApi', () => {
   it('is an AsyncAPI 3.0.0 document of contract v1 with the local NATS server', () => {
     expect(doc['asyncapi']).toBe('3.0.0');
@@ -88,8 +139,24 @@ describe('buildAsyncApi', () => {
     }
   });
 
-  it('lists only known error codes, INVALID_REQUEST on every IPAM subject', () => {
-    for (const codes of Object.values(IPAM_ERRORS)) {
+  it('has a request-reply operation for every agent command, whose request schema is the validation schema', () => {
+    for (const [key, subjectOf] of Object.entries(SUBJECTS.agent) as [keyof typeof SUBJECTS.agent, (h: string) => string][]) {
+      const subject = subjectOf('{hostId}');
+      const { op, request, reply } = requestReplyOf(subject);
+      expect(op['action'], subject).toBe('receive');
+      expect(request, `${subject} request schema`).toEqual(JSON.parse(JSON.stringify(AGENT_VALIDATED_WITH[key])));
+      expect(op['x-orangery-errors'], subject).toEqual(AGENT_ERRORS[key]);
+      expect(op['bindings'], subject).toEqual({ nats: { queue: QUEUE_GROUPS.agent('{hostId}'), bindingVersion: '0.1.0' } });
+      expect(op['x-orangery-status'], subject).toBeUndefined();
+      expect(reply['anyOf'], `${subject} reply`).toHaveLength(2);
+      const channel = channels[channelIdOf(subject)!]!;
+      expect(channel['parameters'], subject).toHaveProperty('hostId');
+      expect(channel['x-orangery-status'], subject).toBeUndefined();
+    }
+  });
+
+  it('lists only known error codes, INVALID_REQUEST on every IPAM and agent subject', () => {
+    for (const codes of [...Object.values(IPAM_ERRORS), ...Object.values(AGENT_ERRORS)]) {
       expect(codes).toContain('INVALID_REQUEST');
       for (const code of codes) expect(ERROR_CODES).toContain(code);
     }
@@ -99,18 +166,29 @@ describe('buildAsyncApi', () => {
     const planned = [
       ...Object.values(SUBJECTS.scheduler),
       ...Object.values(SUBJECTS.migrator),
-      SUBJECTS.heartbeat('{hostId}'),
       SUBJECTS.scale('{env}', '{app}'),
+      ...['lost', 'recovered', 'drained'].map((what) => SUBJECTS.event('host', what)),
+      SUBJECTS.event('instance', 'placed'),
+      ...['started', 'completed', 'failed'].map((what) => SUBJECTS.event('migration', what)),
+      ...['completed', 'rejected'].map((what) => SUBJECTS.event('scale', what)),
     ];
     for (const address of planned) {
       const id = channelIdOf(address);
       expect(id, `no channel for ${address}`).toBeDefined();
       expect(channels[id!]!['x-orangery-status'], address).toBe('planned');
     }
-    for (const what of ['allocated', 'bound', 'released']) {
-      const id = channelIdOf(SUBJECTS.event('ip', what));
-      expect(id, `no channel for ip.${what}`).toBeDefined();
-      expect(channels[id!]!['x-orangery-status']).toBeUndefined();
+    const live = [
+      SUBJECTS.heartbeat('{hostId}'),
+      ...['allocated', 'bound', 'released'].map((what) => SUBJECTS.event('ip', what)),
+      ...['registered', 'fenced'].map((what) => SUBJECTS.event('host', what)),
+      ...['running', 'stopped', 'failed', 'removed', 'disk_warning', 'disk_exceeded'].map((what) => SUBJECTS.event('instance', what)),
+    ];
+    for (const address of live) {
+      const id = channelIdOf(address);
+      expect(id, `no channel for ${address}`).toBeDefined();
+      expect(channels[id!]!['x-orangery-status'], address).toBeUndefined();
+      const op = Object.values(operations).find((o) => (o['channel'] as Json)['$ref'] === `#/channels/${id}`);
+      expect(op?.['x-orangery-status'], address).toBeUndefined();
     }
   });
 
@@ -153,6 +231,71 @@ describe('buildAsyncApi', () => {
     expect(event(bound), JSON.stringify(event.errors)).toBe(true);
     const { event: released } = buildEvent({ area: 'ip', what: 'released', source: 'orangery/ipam', subject: allocation.ip, data: allocation });
     expect(event(released)).toBe(false);
+  });
+
+  it('has agent reply, heartbeat and event schemas that accept what the docker-agent sends', () => {
+    const ajv = new Ajv({ strict: false });
+    addFormats(ajv);
+    const create = ajv.compile(requestReplyOf(SUBJECTS.agent.create('{hostId}')).reply);
+    expect(create(okReply(instance)), JSON.stringify(create.errors)).toBe(true);
+    expect(create(okReply({ ...instance, state: 'placed' }))).toBe(false);
+    expect(create(errorReply({ code: 'IMAGE_NOT_FOUND', message: 'image x is not on the engine', details: { image: 'x' } }))).toBe(true);
+    const list = ajv.compile(requestReplyOf(SUBJECTS.agent.list('{hostId}')).reply);
+    expect(list(okReply({ hostId: 'node-1', instances: [instance] })), JSON.stringify(list.errors)).toBe(true);
+    expect(list(okReply({ instances: [instance] }))).toBe(false);
+
+    const hb: Heartbeat = {
+      ...facts,
+      time: new Date().toISOString(),
+      seq: 7,
+      allocated: { cpu: 2, memoryMb: 4096, diskMb: 10240 },
+      usage: { cpu: 0.31, memoryMb: 812, diskMb: 3 },
+      instances: 1,
+      fenced: false,
+    };
+    const heartbeat = ajv.compile(payloadOf(SUBJECTS.heartbeat('{hostId}')));
+    expect(heartbeat(hb), JSON.stringify(heartbeat.errors)).toBe(true);
+    expect(heartbeat({ ...hb, seq: undefined })).toBe(false);
+
+    // The data as services/docker-agent/src/adapters/event-queue.ts builds it: { instanceId|hostId, hostId, backend, ...data }.
+    const source = 'orangery/docker-agent/node-1';
+    const base = { hostId: 'node-1', backend: 'docker' };
+    const accepts = (area: string, what: string, data: Record<string, unknown>): boolean => {
+      const validate = ajv.compile(payloadOf(SUBJECTS.event(area, what)));
+      const subject = area === 'host' ? 'node-1' : instance.instanceId;
+      const { event } = buildEvent({ area, what, source, subject, data });
+      const ok = validate(event);
+      if (!ok) expect.soft(validate.errors, `${area}.${what}`).toEqual([]);
+      return ok;
+    };
+    expect(accepts('host', 'registered', { ...base, ...facts, engine: '26.1.5 (API 1.45)', uplink: 'fabric0' })).toBe(true);
+    expect(accepts('host', 'registered', { ...base, ...facts, reregistered: true, fencedAt: new Date().toISOString() })).toBe(true);
+    expect(accepts('host', 'fenced', { ...base, at: new Date().toISOString(), stopped: [instance.instanceId] })).toBe(true);
+    const inst = { instanceId: instance.instanceId, ...base };
+    const engineBase = { containerId: 'c0ffee', ip: instance.ip, mac: instance.mac };
+    expect(accepts('instance', 'running', { ...inst, ...engineBase })).toBe(true);
+    expect(accepts('instance', 'running', { ...inst, ...instance, adopted: true })).toBe(true);
+    expect(accepts('instance', 'stopped', { ...inst, ...engineBase, exitCode: 0, reason: 'stopped on request' })).toBe(true);
+    expect(accepts('instance', 'stopped', { ...inst, reason: 'self-fenced: no contact with NATS' })).toBe(true);
+    expect(accepts('instance', 'failed', { ...inst, ...engineBase, exitCode: 137, reason: 'killed by the kernel: out of memory' })).toBe(true);
+    expect(accepts('instance', 'failed', { ...inst, reason: 'image x is not on the engine', code: 'IMAGE_NOT_FOUND', ip: instance.ip })).toBe(true);
+    expect(accepts('instance', 'removed', { ...inst, ...engineBase })).toBe(true);
+    for (const what of ['disk_warning', 'disk_exceeded']) {
+      expect(accepts('instance', what, { ...inst, usedMb: 9000, quotaMb: 10240, policy: 'report' })).toBe(true);
+    }
+    // ...and refuse what it never sends.
+    const fenced = ajv.compile(payloadOf(SUBJECTS.event('host', 'fenced')));
+    const { event: noStopped } = buildEvent({ area: 'host', what: 'fenced', source, subject: 'node-1', data: { ...base, at: 'now' } });
+    expect(fenced(noStopped)).toBe(false);
+    const disk = ajv.compile(payloadOf(SUBJECTS.event('instance', 'disk_exceeded')));
+    const { event: badPolicy } = buildEvent({
+      area: 'instance',
+      what: 'disk_exceeded',
+      source,
+      subject: instance.instanceId,
+      data: { ...inst, usedMb: 11000, quotaMb: 10240, policy: 'kill' },
+    });
+    expect(disk(badPolicy)).toBe(false);
   });
 });
 

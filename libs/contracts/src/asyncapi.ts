@@ -1,4 +1,17 @@
 import { Type, type TSchema } from '@sinclair/typebox';
+import {
+  AgentInstance,
+  AgentInstanceList,
+  CreateInstanceCommand,
+  Heartbeat,
+  HostFencedData,
+  HostRegisteredData,
+  InstanceDiskData,
+  InstanceEventData,
+  InstanceRef,
+  ListInstancesCommand,
+  StopInstanceCommand,
+} from './agent';
 import { EVENT_TYPE_PREFIX } from './cloudevents';
 import { ERROR_CODES, type ErrorCode } from './errors';
 import { EventEnvelopeSchema, InboundEventSchema, ReplySchema, TRACEPARENT_PATTERN } from './envelope-schemas';
@@ -51,10 +64,25 @@ export const IPAM_ERRORS: Record<IpamKey, readonly ErrorCode[]> = {
   get: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
 };
 
-/** Event kinds of CONTRACT.md "Events": `orangery.evt.<area>.<what>`, type `io.orangery.<area>.<what>`. */
+type AgentKey = keyof typeof SUBJECTS.agent;
+
+/** Error codes each agent command can reply with (docs/docker-agent.md). */
+export const AGENT_ERRORS: Record<AgentKey, readonly ErrorCode[]> = {
+  create: ['INVALID_REQUEST', 'INSTANCE_CONFLICT', 'IP_IN_USE_ON_WIRE', 'IMAGE_NOT_FOUND', 'INSUFFICIENT_CAPACITY', 'INTERNAL'],
+  start: ['INVALID_REQUEST', 'NOT_FOUND', 'IP_IN_USE_ON_WIRE', 'INTERNAL'],
+  stop: ['INVALID_REQUEST', 'NOT_FOUND', 'INTERNAL'],
+  remove: ['INVALID_REQUEST', 'INTERNAL'],
+  get: ['INVALID_REQUEST', 'NOT_FOUND', 'INTERNAL'],
+  list: ['INVALID_REQUEST', 'INTERNAL'],
+};
+
+/**
+ * Event kinds of CONTRACT.md "Events": `orangery.evt.<area>.<what>`, type `io.orangery.<area>.<what>`;
+ * plus the project's own host.fenced and instance.disk_warning|disk_exceeded (docs/docker-agent.md).
+ */
 export const EVENT_KINDS = {
-  host: ['registered', 'lost', 'recovered', 'drained'],
-  instance: ['placed', 'running', 'stopped', 'failed', 'removed'],
+  host: ['registered', 'lost', 'recovered', 'drained', 'fenced'],
+  instance: ['placed', 'running', 'stopped', 'failed', 'removed', 'disk_warning', 'disk_exceeded'],
   ip: ['allocated', 'bound', 'released'],
   migration: ['started', 'completed', 'failed'],
   scale: ['completed', 'rejected'],
@@ -90,14 +118,65 @@ const EventHeaders = Type.Object(
   { description: 'NATS headers of an event' },
 );
 
-const upper = (s: string): string => s.charAt(0).toUpperCase() + s.slice(1);
+/** snake_case and lower case -> PascalCase: disk_warning -> DiskWarning. */
+const upper = (s: string): string => s.split('_').map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join('');
 const eventSchemaName = (area: string, what: string): string => `${upper(area)}${upper(what)}Event`;
+
+/** Published events, by `<area>.<what>`: who publishes them and their data. Every other kind is planned. */
+const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description?: string }> = {
+  'ip.allocated': { source: 'orangery/ipam', data: Allocation },
+  'ip.bound': { source: 'orangery/ipam', data: Allocation },
+  'ip.released': { source: 'orangery/ipam', data: Allocation },
+  'host.registered': {
+    source: 'orangery/docker-agent/<hostId>',
+    data: HostRegisteredData,
+    description:
+      'When the agent starts (with engine and uplink), and again with reregistered: true and fencedAt when NATS is ' +
+      'back after a self-fence. The instances it stopped then stay stopped: the control plane decides.',
+  },
+  'host.fenced': {
+    source: 'orangery/docker-agent/<hostId>',
+    data: HostFencedData,
+    description:
+      'The agent had no contact with NATS for ORANGERY_FENCE_AFTER_SECONDS and stopped every instance (each also gets ' +
+      'an instance.stopped). Queued in the agent and published once NATS is back.',
+  },
+  'instance.running': {
+    source: 'orangery/docker-agent/<hostId>',
+    data: InstanceEventData,
+    description:
+      'The container started (engine event). A starting agent also reports each instance it finds running, with adopted: true.',
+  },
+  'instance.stopped': {
+    source: 'orangery/docker-agent/<hostId>',
+    data: InstanceEventData,
+    description: 'The process exited 0, was stopped on request (reason "stopped on request") or by a self-fence.',
+  },
+  'instance.failed': {
+    source: 'orangery/docker-agent/<hostId>',
+    data: InstanceEventData,
+    description:
+      'The process exited non-zero or was OOM-killed (reason), or a create/start was refused before anything started ' +
+      '(code IMAGE_NOT_FOUND or IP_IN_USE_ON_WIRE, with reason and ip).',
+  },
+  'instance.removed': { source: 'orangery/docker-agent/<hostId>', data: InstanceEventData, description: 'The container is gone.' },
+  'instance.disk_warning': {
+    source: 'orangery/docker-agent/<hostId>',
+    data: InstanceDiskData,
+    description: "The container's writable layer passed 80% of resources.diskMb (checked every ORANGERY_DISK_CHECK_SECONDS).",
+  },
+  'instance.disk_exceeded': {
+    source: 'orangery/docker-agent/<hostId>',
+    data: InstanceDiskData,
+    description: 'The writable layer passed 100% of resources.diskMb; with policy stop the agent stops the instance.',
+  },
+};
 
 function eventSchemas(): Record<string, TSchema> {
   const out: Record<string, TSchema> = {};
   for (const [area, whats] of Object.entries(EVENT_KINDS)) {
     for (const what of whats) {
-      const data = area === 'ip' ? Allocation : PlannedPayload;
+      const data = EVENT_SOURCES[`${area}.${what}`]?.data ?? PlannedPayload;
       out[eventSchemaName(area, what)] = EventEnvelopeSchema(`${EVENT_TYPE_PREFIX}${area}.${what}`, data);
     }
   }
@@ -116,6 +195,13 @@ const NAMED_SCHEMAS = {
   PoolListReply: ReplySchema(PoolList),
   EmptyReply: ReplySchema(Type.Object({})),
   AllocationReply: ReplySchema(Allocation),
+  CreateInstanceCommand,
+  InstanceRef,
+  StopInstanceCommand,
+  ListInstancesCommand,
+  AgentInstanceReply: ReplySchema(AgentInstance),
+  AgentInstanceListReply: ReplySchema(AgentInstanceList),
+  Heartbeat,
   RequestHeaders,
   PlannedPayload,
   PlannedReply: ReplySchema(PlannedPayload),
@@ -137,8 +223,11 @@ interface RequestReply {
   /** channel and operation id */
   id: string;
   subject: string;
-  tag: 'ipam' | 'scheduler' | 'migrator';
+  tag: 'ipam' | 'scheduler' | 'migrator' | 'agents';
   queue: string;
+  /** description of the operation; the default says it is a core NATS request-reply served by `queue` */
+  serving?: string;
+  parameters?: Json;
   summary: string;
   description?: string;
   request: SchemaName;
@@ -277,7 +366,67 @@ function requestReplies(): RequestReply[] {
       errors: IPAM_ERRORS[key],
     }),
   );
-  return [...ipam, ...OPERATORS];
+  return [...ipam, ...OPERATORS, ...agentCommands()];
+}
+
+const AGENT_COMMANDS: Record<AgentKey, Pick<RequestReply, 'summary' | 'description' | 'request' | 'reply'>> = {
+  create: {
+    summary: 'Create an instance on this host, and start it unless start is false.',
+    description:
+      'The image must be on the engine already (agents pull nothing: IMAGE_NOT_FOUND, and an instance.failed event). ' +
+      'Before starting, the address is checked against the engine (another instance of ours holding it) and probed on ' +
+      'the wire with ARP; if anything answers, IP_IN_USE_ON_WIRE, nothing is left behind and instance.failed is ' +
+      'published. The same command again returns the instance (and starts it if it is not running); the same instance ' +
+      'id with another spec (image, resources, network, environment, command) is INSTANCE_CONFLICT. cpu beyond the ' +
+      "cores left after the host's reservation is INSUFFICIENT_CAPACITY.",
+    request: 'CreateInstanceCommand',
+    reply: 'AgentInstanceReply',
+  },
+  start: {
+    summary: 'Start a stopped or failed instance.',
+    description: 'Running already: returns it. The same duplicate-address checks as create run before the start.',
+    request: 'InstanceRef',
+    reply: 'AgentInstanceReply',
+  },
+  stop: {
+    summary: "Stop an instance (the image's stop signal, SIGTERM by default, then SIGKILL after timeoutSeconds).",
+    description: 'timeoutSeconds defaults to ORANGERY_STOP_TIMEOUT_SECONDS. Stopped already: returns it.',
+    request: 'StopInstanceCommand',
+    reply: 'AgentInstanceReply',
+  },
+  remove: {
+    summary: 'Remove an instance with its writable layer, killing it if it runs.',
+    description: 'An unknown instance is not an error: the reply has state removed.',
+    request: 'InstanceRef',
+    reply: 'AgentInstanceReply',
+  },
+  get: { summary: 'Get an instance as the engine sees it.', request: 'InstanceRef', reply: 'AgentInstanceReply' },
+  list: {
+    summary: 'List every instance the agent manages on this host.',
+    request: 'ListInstancesCommand',
+    reply: 'AgentInstanceListReply',
+  },
+};
+
+function agentCommands(): RequestReply[] {
+  const hostId = '{hostId}';
+  const queue = QUEUE_GROUPS.agent(hostId);
+  return (Object.keys(SUBJECTS.agent) as AgentKey[]).map(
+    (key): RequestReply => ({
+      id: `agent${upper(key)}`,
+      subject: SUBJECTS.agent[key](hostId),
+      tag: 'agents',
+      queue,
+      serving:
+        `Core NATS request-reply, served by the one agent of host {hostId} (queue group ${queue}: a second agent started ` +
+        'with the same host id shares the commands instead of doubling them). Every command is idempotent: the ' +
+        "engine's labels are the agent's only state, so a repeated command has one effect. Commands for one instance " +
+        'run one at a time. A refused command leaves the instance as it was (a refused create leaves none behind).',
+      parameters: { hostId: { description: `host id, ${HOST_ID_PATTERN}` } },
+      ...AGENT_COMMANDS[key],
+      errors: AGENT_ERRORS[key],
+    }),
+  );
 }
 
 interface Built {
@@ -293,6 +442,7 @@ function addRequestReply(out: Built, rr: RequestReply): void {
     title: rr.subject,
     summary: rr.summary,
     ...(rr.description ? { description: rr.description } : {}),
+    ...(rr.parameters ? { parameters: rr.parameters } : {}),
     messages: {
       request: { name: rr.request, title: `${rr.subject} request`, headers: schemaRef('RequestHeaders'), payload: schemaRef(rr.request) },
     },
@@ -310,7 +460,7 @@ function addRequestReply(out: Built, rr: RequestReply): void {
     action: 'receive',
     channel: { $ref: `#/channels/${rr.id}` },
     summary: rr.summary,
-    description: `Core NATS request-reply, served by queue group ${rr.queue}. A failed request changes no state.`,
+    description: rr.serving ?? `Core NATS request-reply, served by queue group ${rr.queue}. A failed request changes no state.`,
     tags: [{ name: rr.tag }],
     bindings: natsQueue(rr.queue),
     messages: [{ $ref: `#/channels/${rr.id}/messages/request` }],
@@ -328,13 +478,17 @@ function addEvents(out: Built): void {
     for (const what of whats) {
       const id = `evt${upper(area)}${upper(what)}`;
       const type = `${EVENT_TYPE_PREFIX}${area}.${what}`;
-      const planned = area === 'ip' ? {} : PLANNED;
+      const known = EVENT_SOURCES[`${area}.${what}`];
+      const planned = known ? {} : PLANNED;
       const schema = eventSchemaName(area, what);
+      const stream = `JetStream stream ${EVENTS_STREAM.name} (subjects ${EVENTS_STREAM.subjects.join(', ')}).`;
       out.channels[id] = {
         address: SUBJECTS.event(area, what),
         title: SUBJECTS.event(area, what),
         summary: `CloudEvent ${type}.`,
-        description: `JetStream stream ${EVENTS_STREAM.name} (subjects ${EVENTS_STREAM.subjects.join(', ')}).`,
+        description: known
+          ? `${known.description ? `${known.description} ` : ''}Published by ${known.source}. ${stream}`
+          : stream,
         messages: {
           event: {
             name: schema,
@@ -367,19 +521,20 @@ function addHeartbeatAndScale(out: Built): void {
     title: SUBJECTS.heartbeat('<hostId>'),
     summary: "An agent's heartbeat.",
     description:
-      'Core NATS, not JetStream and not an event. Every ORANGERY_HEARTBEAT_SECONDS (default 2); a host silent for ' +
-      'ORANGERY_LOST_AFTER_SECONDS (default 6) is lost.',
+      'Core NATS, not JetStream and not an event: nothing stores it, a missed one is simply missed. Every ' +
+      'ORANGERY_HEARTBEAT_SECONDS (default 2): the host facts of host.registered plus what its instances were ' +
+      'promised (allocated), what they use (usage), their count and whether the agent has fenced itself. A host ' +
+      'silent for ORANGERY_LOST_AFTER_SECONDS (default 6) is lost. The agent flushes after each heartbeat; a ' +
+      'successful flush is its proof of contact with NATS (self-fencing, docs/docker-agent.md).',
     parameters: { hostId: { description: `host id, ${HOST_ID_PATTERN}` } },
-    messages: { heartbeat: { name: 'Heartbeat', title: 'heartbeat', payload: schemaRef('PlannedPayload') } },
-    ...PLANNED,
+    messages: { heartbeat: { name: 'Heartbeat', title: 'heartbeat', payload: schemaRef('Heartbeat') } },
   };
   out.operations['heartbeat'] = {
     action: 'send',
     channel: { $ref: '#/channels/heartbeat' },
-    summary: 'A host agent (docker-agent, vmware-agent) publishes its heartbeat.',
+    summary: 'A host agent (docker-agent; the vmware-agent is planned) publishes its heartbeat.',
     tags: [{ name: 'agents' }],
     messages: [{ $ref: '#/channels/heartbeat/messages/heartbeat' }],
-    ...PLANNED,
   };
   out.channels['scaleRequest'] = {
     address: SUBJECTS.scale('{env}', '{app}'),
@@ -441,7 +596,10 @@ export function buildAsyncApi(): Record<string, unknown> {
         { name: 'migrator', description: 'VM <-> container migrations' },
         { name: 'scale', description: 'scale requests from upstream systems' },
         { name: 'events', description: `CloudEvents on ${SUBJECTS.eventsAll}` },
-        { name: 'agents', description: 'host agents' },
+        {
+          name: 'agents',
+          description: 'host agents: commands on orangery.agent.<hostId>.instance.*, heartbeats on orangery.hb.<hostId>',
+        },
       ],
     },
     defaultContentType: 'application/json',

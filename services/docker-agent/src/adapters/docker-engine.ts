@@ -141,9 +141,10 @@ export class DockerEngine implements Engine {
         CpusetCpus: plan.cpusetCpus,
         NanoCpus: plan.nanoCpus,
         CpuShares: plan.cpuShares,
-        // on-failure, never `always`: an engine that comes back after its host was failed
-        // over must not start old copies of instances that now run elsewhere.
-        RestartPolicy: { Name: 'on-failure', MaximumRetryCount: plan.restartMaxRetries },
+        // `no`: the agent restarts failed instances itself (AgentService.restartAfterFailure).
+        // Any engine policy, on-failure included, restarts containers when the daemon
+        // restarts, which after a failover would put an old copy of a moved IP on the wire.
+        RestartPolicy: { Name: 'no' },
         LogConfig: { Type: 'json-file', Config: { 'max-size': '10m', 'max-file': '3' } },
       },
       NetworkingConfig: {

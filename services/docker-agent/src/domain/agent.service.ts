@@ -28,6 +28,7 @@ export class AgentService {
   private readonly queues = new Map<string, Promise<unknown>>();
   /** containers we are stopping on purpose: their exit is `stopped`, not `failed` */
   readonly expectedStops = new Set<string>();
+  private readonly restarts = new Map<string, number>();
 
   constructor(
     private readonly engine: Engine,
@@ -67,15 +68,15 @@ export class AgentService {
         });
       }
       await this.refuseDuplicateIp(cmd.instanceId, cmd.network.ip);
-      // The wire probe takes about a second of silence; it runs while the container is
-      // being created, and the start waits for its verdict.
-      const probe = wantStart ? this.probeWire(cmd.instanceId, cmd.network.ip, cmd.network.vlan) : undefined;
-      probe?.catch(() => undefined);
       if (!(await this.engine.hasImage(cmd.image))) {
         const reason = `image ${cmd.image} is not on the engine of ${this.settings.hostId} (agents pull nothing)`;
         this.events.instance({ what: 'failed', instanceId: cmd.instanceId, data: { reason, code: 'IMAGE_NOT_FOUND', ip: cmd.network.ip } });
         throw new OrangeryError('IMAGE_NOT_FOUND', reason, { image: cmd.image });
       }
+      // The wire probe takes about a second of silence; it runs while the container is
+      // being created, and the start waits for its verdict.
+      const probe = wantStart ? this.probeWire(cmd.instanceId, cmd.network.ip, cmd.network.vlan) : undefined;
+      probe?.catch(() => undefined);
       const subnet = cidrOf(cmd.network.ip, cmd.network.prefixLength);
       const network = networkName(cmd.network, subnet);
       await this.engine.ensureNetwork({
@@ -84,11 +85,7 @@ export class AgentService {
         subnet,
         gateway: cmd.network.gateway,
       });
-      const plan = planContainer(
-        cmd,
-        { totalCpus: this.settings.totalCpus, reservedCpus: this.settings.reservedCpus },
-        this.settings.restartMaxRetries,
-      );
+      const plan = planContainer(cmd, { totalCpus: this.settings.totalCpus, reservedCpus: this.settings.reservedCpus });
       const id = await this.engine.create(plan, network);
       const created = (await this.engine.findByInstance(cmd.instanceId)) ?? {
         id,
@@ -117,6 +114,7 @@ export class AgentService {
     return this.serialize(instanceId, async () => {
       const c = await this.require(instanceId);
       if (stateOf(c) !== 'running') await this.startChecked(c);
+      this.restarts.delete(c.id);
       return this.describe((await this.engine.findByInstance(instanceId)) ?? c);
     });
   }
@@ -128,6 +126,7 @@ export class AgentService {
         this.expectedStops.add(c.id);
         await this.engine.stop(c.id, cmd.timeoutSeconds ?? this.settings.stopTimeoutSeconds);
       }
+      this.restarts.delete(c.id);
       return this.describe((await this.engine.findByInstance(cmd.instanceId)) ?? c);
     });
   }
@@ -151,6 +150,27 @@ export class AgentService {
   async list(): Promise<{ hostId: string; instances: AgentInstance[] }> {
     const all = await this.engine.listManaged();
     return { hostId: this.settings.hostId, instances: all.map((c) => this.describe(c)) };
+  }
+
+  /**
+   * The restart policy, kept by the agent rather than the engine: Docker restarts
+   * `on-failure` containers when the daemon itself restarts, which after a failover would
+   * put an old copy of a moved IP back on the wire before anyone could check. Here a failed
+   * instance is restarted (wire probe first) at most `restartMaxRetries` times, with
+   * backoff, and never while the host is fenced. Returns whether a restart was attempted.
+   */
+  async restartAfterFailure(containerId: string, instanceId: string, fenced: () => boolean): Promise<boolean> {
+    const attempts = (this.restarts.get(containerId) ?? 0) + 1;
+    if (attempts > this.settings.restartMaxRetries || fenced()) return false;
+    this.restarts.set(containerId, attempts);
+    await new Promise((r) => setTimeout(r, Math.min(30_000, 500 * 2 ** (attempts - 1))));
+    if (fenced()) return false;
+    await this.serialize(instanceId, async () => {
+      const c = await this.engine.findByInstance(instanceId);
+      if (!c || c.id !== containerId || stateOf(c) === 'running' || this.expectedStops.has(c.id)) return;
+      await this.startChecked(c);
+    });
+    return true;
   }
 
   /** Stops every running instance (self-fence); returns the instance ids stopped. */

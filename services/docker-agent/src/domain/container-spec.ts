@@ -85,7 +85,6 @@ export interface ContainerPlan {
   cpusetCpus: string;
   nanoCpus: number;
   cpuShares: number;
-  restartMaxRetries: number;
 }
 
 /** Container name: readable and unique per instance (docker names allow [a-zA-Z0-9_.-]). */
@@ -95,7 +94,7 @@ export const containerName = (instanceId: string): string => `orangery-${instanc
  * Everything the engine needs to run the instance, decided from the command and the
  * host's limits alone (pure, unit-tested).
  */
-export function planContainer(cmd: CreateInstanceCommand, host: HostLimits, restartMaxRetries = 3): ContainerPlan {
+export function planContainer(cmd: CreateInstanceCommand, host: HostLimits): ContainerPlan {
   const memoryMb = memoryLimitMb(cmd.resources.memoryMb, cmd.resources.heapMb);
   const usable = host.totalCpus - host.reservedCpus;
   const cpus = Math.min(cmd.resources.cpu, usable);
@@ -137,7 +136,6 @@ export function planContainer(cmd: CreateInstanceCommand, host: HostLimits, rest
     cpusetCpus: allowedCpuset(host.totalCpus, host.reservedCpus),
     nanoCpus: Math.round(cpus * 1e9),
     cpuShares: Math.max(2, Math.round(cmd.resources.cpu * 1024)),
-    restartMaxRetries,
   };
 }
 

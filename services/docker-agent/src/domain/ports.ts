@@ -59,6 +59,8 @@ export interface EventSink {
   host(what: string, data: Record<string, unknown>): void;
 }
 
+const STOP_EXIT_CODES = new Set([0, 130, 137, 143]);
+
 export function stateOf(c: ManagedContainer | undefined): AgentInstanceState {
   if (!c) return 'removed';
   switch (c.engineState) {
@@ -69,7 +71,9 @@ export function stateOf(c: ManagedContainer | undefined): AgentInstanceState {
     case 'created':
       return 'created';
     case 'exited':
-      return c.exitCode === 0 && !c.oomKilled ? 'stopped' : 'failed';
+      // 0, or the signals `docker stop` sends (SIGTERM 143, SIGINT 130, SIGKILL 137 after
+      // the grace period): a stop. Anything else, or the kernel's OOM killer: a failure.
+      return !c.oomKilled && c.exitCode !== undefined && STOP_EXIT_CODES.has(c.exitCode) ? 'stopped' : 'failed';
     default:
       return 'failed';
   }

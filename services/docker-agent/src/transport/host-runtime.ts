@@ -272,13 +272,20 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
       case 'die': {
         const exitCode = Number(labels['exitCode'] ?? -1);
         const expected = this.agent.expectedStops.delete(e.id);
-        if (expected) this.events.instance({ what: 'stopped', instanceId, data: { ...base, exitCode, reason: 'stopped on request' } });
-        else
-          this.events.instance({
-            what: exitCode === 0 && !oom.has(e.id) ? 'stopped' : 'failed',
-            instanceId,
-            data: { ...base, exitCode, ...(oom.delete(e.id) ? { reason: 'killed by the kernel: out of memory' } : {}) },
-          });
+        if (expected) {
+          this.events.instance({ what: 'stopped', instanceId, data: { ...base, exitCode, reason: 'stopped on request' } });
+          break;
+        }
+        const oomKilled = oom.delete(e.id);
+        if (exitCode === 0 && !oomKilled) {
+          this.events.instance({ what: 'stopped', instanceId, data: { ...base, exitCode, reason: 'exited by itself' } });
+          break;
+        }
+        this.events.instance({ what: 'failed', instanceId, data: { ...base, exitCode, ...(oomKilled ? { reason: 'killed by the kernel: out of memory' } : {}) } });
+        // A successful restart shows up as the engine's next `start` (instance.running).
+        void this.agent
+          .restartAfterFailure(e.id, instanceId, () => this.fence.fenced || this.stopping)
+          .catch((err: unknown) => this.logger.warn({ instanceId, err: String(err) }, 'restart after failure failed'));
         break;
       }
       case 'destroy':
