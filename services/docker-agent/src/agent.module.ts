@@ -51,7 +51,7 @@ export class AgentModule {
                 await new Promise((r) => setTimeout(r, delay));
               }
             }
-            return new AgentService(engine, new ArpingProbe(), events, {
+            return new AgentService(engine, new ArpingProbe(config.arpProbeSeconds), events, {
               hostId: config.hostId,
               uplink: config.uplink,
               reservedCpus: Math.min(config.reservedCpus, totalCpus - 1),

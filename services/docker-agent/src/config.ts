@@ -18,6 +18,7 @@ export interface AgentConfig {
   diskPolicy: 'report' | 'stop';
   restartMaxRetries: number;
   stopTimeoutSeconds: number;
+  arpProbeSeconds: number;
 }
 
 export function loadAgentConfig(env: Env): AgentConfig {
@@ -50,6 +51,9 @@ export function loadAgentConfig(env: Env): AgentConfig {
     diskPolicy: oneOf(env, 'ORANGERY_DISK_POLICY', 'report', ['report', 'stop'] as const),
     restartMaxRetries: intFrom(env, 'ORANGERY_RESTART_MAX_RETRIES', 3, 0, 100),
     stopTimeoutSeconds: intFrom(env, 'ORANGERY_STOP_TIMEOUT_SECONDS', 10, 0, 600),
+    // One ARP probe a second (iputils arping), listening for the whole time: two probes by
+    // default, so one lost frame cannot hide a live holder of the address.
+    arpProbeSeconds: intFrom(env, 'ORANGERY_ARP_PROBE_SECONDS', 2, 1, 10),
   };
 }
 

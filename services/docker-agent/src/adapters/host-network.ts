@@ -12,17 +12,15 @@ const IFACE = /^[A-Za-z0-9_.-]{1,15}$/;
  * are checked and passed as an argv array, never through a shell.
  */
 export class ArpingProbe implements ArpProbe {
-  constructor(
-    private readonly count = 2,
-    private readonly waitSeconds = 1,
-  ) {}
+  /** `seconds` probes, one a second, listening until the last second is over. */
+  constructor(private readonly seconds = 2) {}
 
   async inUse(iface: string, ip: string): Promise<boolean> {
     if (!IFACE.test(iface)) throw new Error(`bad interface name '${iface}'`);
     if (!isStrictIpv4(ip)) throw new Error(`bad IPv4 address '${ip}'`);
     try {
-      await run('arping', ['-D', '-q', '-c', String(this.count), '-w', String(this.waitSeconds + 1), '-I', iface, ip], {
-        timeout: (this.waitSeconds + 3) * 1000,
+      await run('arping', ['-D', '-q', '-c', String(this.seconds), '-w', String(this.seconds), '-I', iface, ip], {
+        timeout: (this.seconds + 3) * 1000,
       });
       return false;
     } catch (e) {

@@ -45,6 +45,7 @@ export function agentRoutes(hostId: string, agent: AgentService): Route[] {
 export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private responder: Responder | undefined;
   private facts: HostFacts | undefined;
+  private engineVersion = '';
   private fence: FenceClock;
   private timers: NodeJS.Timeout[] = [];
   private stopping = false;
@@ -67,6 +68,7 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
 
   async onApplicationBootstrap(): Promise<void> {
     const engineFacts = await this.waitForEngine();
+    this.engineVersion = engineFacts.version;
     this.facts = this.hostFacts(engineFacts);
     await ensureEventsStream(this.nc, this.logger);
     await this.adopt();
@@ -168,7 +170,7 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
     const fencedAt = this.fence.takeRecovery();
     if (fencedAt !== undefined) {
       this.logger.warn({ fencedAt: new Date(fencedAt).toISOString() }, 'NATS is back after a self-fence; re-registering');
-      this.events.host('registered', { ...this.facts, reregistered: true, fencedAt: new Date(fencedAt).toISOString() });
+      this.events.host('registered', { ...this.facts, engine: this.engineVersion, uplink: this.config.uplink, reregistered: true, fencedAt: new Date(fencedAt).toISOString() });
     }
   }
 
