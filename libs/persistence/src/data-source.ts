@@ -1,4 +1,4 @@
-import { DataSource, type MigrationInterface, type QueryRunner, type EntitySchema } from 'typeorm';
+import { DataSource, type MigrationInterface, type EntitySchema } from 'typeorm';
 import type { Logger } from '@orangery/telemetry';
 
 export interface DbConfig {
@@ -110,55 +110,10 @@ export async function initializeDatabase(
   }
 }
 
-export type Isolation = 'READ COMMITTED' | 'REPEATABLE READ' | 'SERIALIZABLE';
-
 export class DatabaseUnavailableError extends Error {
   constructor(cause: unknown) {
     super(`database unavailable: ${errorText(cause)}`);
     this.name = 'DatabaseUnavailableError';
-  }
-}
-
-/**
- * Runs `work` in one transaction and commits. Deadlocks and lock-wait timeouts are retried
- * at once (the database picked a victim; trying again is the documented remedy); a lost
- * connection is retried with backoff for up to `unavailableAfterMs`, then
- * DatabaseUnavailableError. `work` must therefore be safe to run again from scratch.
- */
-export async function inTransaction<T>(
-  ds: DataSource,
-  work: (qr: QueryRunner) => Promise<T>,
-  opts: { isolation?: Isolation; unavailableAfterMs?: number } = {},
-): Promise<T> {
-  const started = Date.now();
-  const deadline = started + (opts.unavailableAfterMs ?? 4_000);
-  let conflicts = 0;
-  let delay = 100;
-  for (;;) {
-    let qr: QueryRunner | undefined;
-    try {
-      qr = ds.createQueryRunner();
-      await qr.startTransaction(opts.isolation ?? 'READ COMMITTED');
-      const result = await work(qr);
-      await qr.commitTransaction();
-      return result;
-    } catch (e) {
-      if (qr?.isTransactionActive) await qr.rollbackTransaction().catch(() => undefined);
-      if (isConflict(e) && conflicts < 20) {
-        conflicts++;
-        await sleep(Math.random() * 5 * conflicts);
-        continue;
-      }
-      if (isConnectionError(e)) {
-        if (Date.now() + delay > deadline) throw new DatabaseUnavailableError(e);
-        await sleep(delay);
-        delay = Math.min(delay * 2, 1_000);
-        continue;
-      }
-      throw e;
-    } finally {
-      await qr?.release().catch(() => undefined);
-    }
   }
 }
 

@@ -43,9 +43,10 @@ export class SqlPool {
   }
 
   /**
-   * Runs `work` in one transaction and commits, with the retry rules of `inTransaction`:
-   * deadlocks and lock-wait timeouts at once, lost connections with backoff up to
-   * `unavailableAfterMs`, then DatabaseUnavailableError. `work` must be re-runnable.
+   * Runs `work` in one transaction and commits. Deadlocks and lock-wait timeouts are
+   * retried at once (the database picked a victim; running again is the documented
+   * remedy); a lost connection is retried with backoff up to `unavailableAfterMs`, then
+   * DatabaseUnavailableError. `work` must therefore be safe to run again from scratch.
    */
   async transaction<T>(work: (tx: SqlTx) => Promise<T>, unavailableAfterMs = 4_000): Promise<T> {
     return this.withRetry(async () => {
@@ -133,28 +134,15 @@ export class SqlTx {
 
   /** Runs one statement now and returns its rows (buffered writes go first, in order). */
   async query<R = unknown>(sql: string, params: unknown[] = []): Promise<R> {
-    const prefix: string[] = [];
-    const values: unknown[] = [];
-    if (this.transactional && !this.begun) {
-      prefix.push('START TRANSACTION');
-      this.begun = true;
-    }
-    for (const p of this.pending.splice(0)) {
-      prefix.push(p.sql);
-      values.push(...p.params);
-    }
-    if (prefix.length === 0) return (await this.send(sql, params)) as R;
-    const results = (await this.send([...prefix, sql].join(';\n'), [...values, ...params])) as unknown[];
-    return results[results.length - 1] as R;
+    const [rows] = await this.queryAll([{ sql, params }]);
+    return rows as R;
   }
 
-  /** Runs several statements in one round trip and returns each one's rows. */
+  /**
+   * Runs several statements in one round trip and returns each one's rows. START
+   * TRANSACTION (first statement of a transaction) and buffered writes go first, in order.
+   */
   async queryAll(statements: { sql: string; params?: unknown[] }[]): Promise<unknown[]> {
-    const first = statements.slice(0, -1);
-    for (const st of first) this.pending.push({ sql: st.sql, params: st.params ?? [] });
-    const skip = (this.transactional && !this.begun ? 1 : 0) + (this.pending.length - first.length);
-    const last = statements[statements.length - 1]!;
-    if (this.pending.length === 0 && skip === 0) return [await this.send(last.sql, last.params ?? [])];
     const stmts: string[] = [];
     const values: unknown[] = [];
     if (this.transactional && !this.begun) {
@@ -165,8 +153,12 @@ export class SqlTx {
       stmts.push(p.sql);
       values.push(...p.params);
     }
-    stmts.push(last.sql);
-    values.push(...(last.params ?? []));
+    const skip = stmts.length;
+    for (const st of statements) {
+      stmts.push(st.sql);
+      values.push(...(st.params ?? []));
+    }
+    if (stmts.length === 1) return [await this.send(stmts[0]!, values)];
     const results = (await this.send(stmts.join(';\n'), values)) as unknown[];
     return results.slice(skip);
   }

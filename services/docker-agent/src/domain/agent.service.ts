@@ -6,7 +6,7 @@ import {
   type StopInstanceCommand,
 } from '@orangery/contracts';
 import { cidrOf } from '@orangery/netaddr';
-import { LABEL, networkName, parentInterface, planContainer, specHash } from './container-spec';
+import { LABEL, memoryLimitMb, networkName, parentInterface, planContainer, specHash } from './container-spec';
 import { stateOf, type ArpProbe, type Engine, type EventSink, type ManagedContainer } from './ports';
 
 export interface AgentSettings {
@@ -73,18 +73,19 @@ export class AgentService {
         this.events.instance({ what: 'failed', instanceId: cmd.instanceId, data: { reason, code: 'IMAGE_NOT_FOUND', ip: cmd.network.ip } });
         throw new OrangeryError('IMAGE_NOT_FOUND', reason, { image: cmd.image });
       }
-      // The wire probe takes about a second of silence; it runs while the container is
-      // being created, and the start waits for its verdict.
-      const probe = wantStart ? this.probeWire(cmd.instanceId, cmd.network.ip, cmd.network.vlan) : undefined;
-      probe?.catch(() => undefined);
       const subnet = cidrOf(cmd.network.ip, cmd.network.prefixLength);
       const network = networkName(cmd.network, subnet);
+      // Before the probe: the network's creation is what makes <uplink>.<vlan> exist.
       await this.engine.ensureNetwork({
         name: network,
         parent: parentInterface(this.settings.uplink, cmd.network.vlan),
         subnet,
         gateway: cmd.network.gateway,
       });
+      // The wire probe takes seconds of silence; it runs while the container is being
+      // created, and the start waits for its verdict.
+      const probe = wantStart ? this.probeWire(cmd.instanceId, cmd.network.ip, cmd.network.vlan) : undefined;
+      probe?.catch(() => undefined);
       const plan = planContainer(cmd, { totalCpus: this.settings.totalCpus, reservedCpus: this.settings.reservedCpus });
       const id = await this.engine.create(plan, network);
       const created = (await this.engine.findByInstance(cmd.instanceId)) ?? {
@@ -99,6 +100,7 @@ export class AgentService {
         try {
           await probe;
           await this.refuseDuplicateIp(cmd.instanceId, cmd.network.ip);
+          this.refuseWhileFenced(cmd.instanceId);
           await this.engine.start(id);
         } catch (e) {
           // Nothing half-done: a container that could not start is not left behind.
@@ -173,16 +175,45 @@ export class AgentService {
     return true;
   }
 
-  /** Stops every running instance (self-fence); returns the instance ids stopped. */
-  async stopAll(timeoutSeconds: number): Promise<string[]> {
-    const running = (await this.engine.listManaged()).filter((c) => stateOf(c) === 'running');
+  /** While true, nothing starts on this host (self-fence); see HostRuntime. */
+  fenced = false;
+
+  /**
+   * Self-fence: from now on nothing starts, then every running instance is stopped, each
+   * through its own queue so a create or start in flight cannot slip a container past it.
+   * A stop that fails is tried again; the instances still running are reported apart.
+   */
+  async stopAll(timeoutSeconds: number): Promise<{ stopped: string[]; stillRunning: string[] }> {
+    this.fenced = true;
+    const stopped: string[] = [];
+    const stillRunning: string[] = [];
+    const all = await this.engine.listManaged();
+    const ids = new Set([...all.map((c) => c.labels[LABEL.instanceId] ?? c.id), ...this.queues.keys()]);
     await Promise.all(
-      running.map(async (c) => {
-        this.expectedStops.add(c.id);
-        await this.engine.stop(c.id, timeoutSeconds).catch(() => undefined);
-      }),
+      [...ids].map((instanceId) =>
+        this.serialize(instanceId, async () => {
+          for (let attempt = 1; ; attempt++) {
+            const c = await this.engine.findByInstance(instanceId).catch(() => undefined);
+            if (!c || stateOf(c) !== 'running') {
+              if (attempt > 1) stopped.push(instanceId);
+              return;
+            }
+            this.expectedStops.add(c.id);
+            try {
+              await this.engine.stop(c.id, timeoutSeconds);
+              stopped.push(instanceId);
+              return;
+            } catch {
+              if (attempt >= 3) {
+                stillRunning.push(instanceId);
+                return;
+              }
+            }
+          }
+        }),
+      ),
     );
-    return running.map((c) => c.labels[LABEL.instanceId] ?? c.id);
+    return { stopped, stillRunning };
   }
 
   /** What the instances on this host were promised (from labels). */
@@ -191,7 +222,8 @@ export class AgentService {
     const amounts = { cpu: 0, memoryMb: 0, diskMb: 0 };
     for (const c of all) {
       amounts.cpu += Number(c.labels[LABEL.cpu] ?? 0);
-      amounts.memoryMb += Number(c.labels[LABEL.memoryMb] ?? 0);
+      // the container's real limit: the heap's head room can raise it above what was asked
+      amounts.memoryMb += memoryLimitMb(Number(c.labels[LABEL.memoryMb] ?? 0), c.labels[LABEL.heapMb] ? Number(c.labels[LABEL.heapMb]) : undefined);
       amounts.diskMb += Number(c.labels[LABEL.diskMb] ?? 0);
     }
     amounts.cpu = Math.round(amounts.cpu * 1000) / 1000;
@@ -210,10 +242,9 @@ export class AgentService {
       (c) => c.labels[LABEL.ip] === ip && c.labels[LABEL.instanceId] !== instanceId && stateOf(c) !== 'stopped' && stateOf(c) !== 'failed',
     );
     if (other) {
-      throw new OrangeryError('IP_IN_USE_ON_WIRE', `${ip} is held by ${other.labels[LABEL.instanceId]} on this host`, {
-        ip,
-        holder: other.labels[LABEL.instanceId],
-      });
+      const reason = `${ip} is held by ${other.labels[LABEL.instanceId]} on this host; nothing was started`;
+      this.events.instance({ what: 'failed', instanceId, data: { reason, code: 'IP_IN_USE_ON_WIRE', ip } });
+      throw new OrangeryError('IP_IN_USE_ON_WIRE', reason, { ip, holder: other.labels[LABEL.instanceId] });
     }
   }
 
@@ -226,7 +257,18 @@ export class AgentService {
     const ip = c.labels[LABEL.ip] ?? '';
     await this.refuseDuplicateIp(instanceId, ip);
     await this.probeWire(instanceId, ip, Number(c.labels[LABEL.vlan] ?? 0));
+    // Checked last, right before the start: a fence may have come during the probe.
+    this.refuseWhileFenced(instanceId);
     await this.engine.start(c.id);
+  }
+
+  private refuseWhileFenced(instanceId: string): void {
+    if (this.fenced) {
+      throw new OrangeryError('UNAVAILABLE', `${this.settings.hostId} is fenced (no contact with NATS); ${instanceId} was not started`, {
+        instanceId,
+        retryable: true,
+      });
+    }
   }
 
   /** Throws IP_IN_USE_ON_WIRE (and publishes instance.failed) when something answers ARP for `ip`. */

@@ -51,9 +51,18 @@ export function networkName(net: Pick<InstanceNetwork, 'vlan' | 'ip' | 'prefixLe
   return `orangery-v${net.vlan}-${subnet.replace('/', '_')}`;
 }
 
+/** JSON with object keys sorted: the same value always gives the same text. */
+function canonicalJson(value: unknown): string {
+  return JSON.stringify(value, (_k, v: unknown) =>
+    v && typeof v === 'object' && !Array.isArray(v)
+      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+      : v,
+  );
+}
+
 /** A stable hash of what defines the instance; a create with another spec is a conflict. */
 export function specHash(cmd: CreateInstanceCommand): string {
-  const material = JSON.stringify([
+  const material = canonicalJson([
     cmd.image,
     cmd.resources.cpu,
     cmd.resources.memoryMb,
@@ -113,14 +122,15 @@ export function planContainer(cmd: CreateInstanceCommand, host: HostLimits): Con
   };
   if (cmd.resources.heapMb !== undefined) labels[LABEL.heapMb] = String(cmd.resources.heapMb);
   if (cmd.resources.diskMb !== undefined) labels[LABEL.diskMb] = String(cmd.resources.diskMb);
+  // The platform's own variables come last, so a caller's environment cannot override them.
   const env = [
+    ...Object.entries(cmd.environment ?? {}).map(([k, v]) => `${k}=${v}`),
     `ORANGERY_INSTANCE_ID=${cmd.instanceId}`,
     `ORANGERY_APP=${cmd.app}`,
     `ORANGERY_ENV=${cmd.env}`,
     `ORANGERY_SLOT=${cmd.slot}`,
     `ORANGERY_IP=${cmd.network.ip}`,
     ...(cmd.resources.heapMb ? [`ORANGERY_HEAP_MB=${cmd.resources.heapMb}`] : []),
-    ...Object.entries(cmd.environment ?? {}).map(([k, v]) => `${k}=${v}`),
   ];
   return {
     name: containerName(cmd.instanceId),

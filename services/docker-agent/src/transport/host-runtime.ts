@@ -169,6 +169,7 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
     this.fence.contact(Date.now());
     const fencedAt = this.fence.takeRecovery();
     if (fencedAt !== undefined) {
+      this.agent.fenced = false;
       this.logger.warn({ fencedAt: new Date(fencedAt).toISOString() }, 'NATS is back after a self-fence; re-registering');
       this.events.host('registered', { ...this.facts, engine: this.engineVersion, uplink: this.config.uplink, reregistered: true, fencedAt: new Date(fencedAt).toISOString() });
     }
@@ -177,9 +178,9 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
   private async checkFence(): Promise<void> {
     if (!this.fence.shouldFence(Date.now())) return;
     this.logger.error({ fenceAfterSeconds: this.config.fenceAfterSeconds }, 'no contact with NATS: self-fencing, stopping every instance');
-    const stopped = await this.agent.stopAll(2);
-    this.logger.error({ stopped }, 'self-fenced');
-    this.events.host('fenced', { at: new Date().toISOString(), stopped });
+    const { stopped, stillRunning } = await this.agent.stopAll(2);
+    this.logger.error({ stopped, stillRunning }, 'self-fenced');
+    this.events.host('fenced', { at: new Date().toISOString(), stopped, stillRunning });
     for (const instanceId of stopped) this.events.instance({ what: 'stopped', instanceId, data: { reason: 'self-fenced: no contact with NATS' } });
   }
 
@@ -286,7 +287,7 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
         this.events.instance({ what: 'failed', instanceId, data: { ...base, exitCode, ...(oomKilled ? { reason: 'killed by the kernel: out of memory' } : {}) } });
         // A successful restart shows up as the engine's next `start` (instance.running).
         void this.agent
-          .restartAfterFailure(e.id, instanceId, () => this.fence.fenced || this.stopping)
+          .restartAfterFailure(e.id, instanceId, () => this.agent.fenced || this.stopping)
           .catch((err: unknown) => this.logger.warn({ instanceId, err: String(err) }, 'restart after failure failed'));
         break;
       }

@@ -30,6 +30,12 @@ const sameOwner = (a: Owner | undefined, b: Owner): boolean =>
 
 const isLive = (r: AddressRecord): boolean => r.state === 'allocated' || r.state === 'bound';
 
+/** The most recently released of `rows` (affinity: an owner gets its last address back). */
+const latestReleased = (rows: readonly AddressRecord[]): AddressRecord | undefined =>
+  rows
+    .filter((r) => r.state === 'released')
+    .sort((a, b) => (b.releasedAt?.getTime() ?? 0) - (a.releasedAt?.getTime() ?? 0))[0];
+
 /**
  * The IPAM rules of CONTRACT.md. Correct under any number of replicas because every
  * decision is taken inside one database transaction over locked rows:
@@ -136,9 +142,7 @@ export class IpamService {
       chosen = await this.lockRequested(tx, pool, owner, wanted, now);
     } else {
       // Affinity: the owner's own most recently released address in this pool, cooldown or not.
-      chosen = mine
-        .filter((r) => r.poolId === pool.id && r.state === 'released')
-        .sort((a, b) => (b.releasedAt?.getTime() ?? 0) - (a.releasedAt?.getTime() ?? 0))[0];
+      chosen = latestReleased(mine.filter((r) => r.poolId === pool.id));
       chosen ??= await tx.lockNextAvailable(pool.id, now);
       if (!chosen) {
         const usage = await tx.usage(pool.id, now);
@@ -161,10 +165,7 @@ export class IpamService {
       backend: null,
       host: null,
     };
-    await tx.updateAddress(chosen.ip, after);
-    const allocation = toAllocation(after, pool);
-    await tx.audit(this.change('allocate', pool, chosen, allocation, ctx));
-    return allocation;
+    return this.commitChange(tx, 'allocate', pool, chosen, after, ctx);
   }
 
   private async lockRequested(tx: IpamTx, pool: PoolRecord, owner: Owner, ip: number, now: number): Promise<AddressRecord> {
@@ -209,10 +210,7 @@ export class IpamService {
         return toAllocation(row, pool);
       }
       const after: AddressRecord = { ...row, state: 'bound', instanceId: req.instanceId, backend: req.backend, host: req.host };
-      await tx.updateAddress(ip, after);
-      const allocation = toAllocation(after, pool);
-      await tx.audit(this.change('bind', pool, row, allocation, ctx));
-      return allocation;
+      return this.commitChange(tx, 'bind', pool, row, after, ctx);
     }, ctx.actor);
   }
 
@@ -232,10 +230,7 @@ export class IpamService {
         backend: null,
         host: null,
       };
-      await tx.updateAddress(row.ip, after);
-      const allocation = toAllocation(after, pool);
-      await tx.audit(this.change('release', pool, row, allocation, ctx));
-      return allocation;
+      return this.commitChange(tx, 'release', pool, row, after, ctx);
     }, ctx.actor);
   }
 
@@ -259,9 +254,7 @@ export class IpamService {
     const rows = await tx.lockOwnerAddresses(by.owner);
     const live = rows.find(isLive);
     if (live) return live;
-    const last = rows
-      .filter((r) => r.state === 'released')
-      .sort((a, b) => (b.releasedAt?.getTime() ?? 0) - (a.releasedAt?.getTime() ?? 0))[0];
+    const last = latestReleased(rows);
     if (!last) throw new OrangeryError('NOT_FOUND', `${instanceIdOf(by.owner)} holds no address`, { owner: by.owner });
     return last;
   }
@@ -281,6 +274,21 @@ export class IpamService {
   private async withUsage(tx: IpamTx, pool: PoolRecord): Promise<PoolWithUsage> {
     const u = await tx.usage(pool.id, this.clock.now());
     return { ...toPool(pool), size: pool.size, used: u.used, quarantined: u.quarantined, free: pool.size - u.used - u.quarantined };
+  }
+
+  /** Writes an address change with its audit row and event (in the same transaction). */
+  private async commitChange(
+    tx: IpamTx,
+    action: 'allocate' | 'bind' | 'release',
+    pool: PoolRecord,
+    before: AddressRecord,
+    next: AddressRecord,
+    ctx: CallContext,
+  ): Promise<Allocation> {
+    await tx.updateAddress(before.ip, next);
+    const after = toAllocation(next, pool);
+    await tx.audit(this.change(action, pool, before, after, ctx));
+    return after;
   }
 
   private change(
