@@ -167,6 +167,7 @@ export const HostFencedData = Type.Object(
     backend: Backend,
     at: Type.String({ format: 'date-time', description: 'when the agent fenced itself' }),
     stopped: Type.Array(Type.String(), { description: 'ids of the instances it stopped' }),
+    stillRunning: Type.Optional(Type.Array(Type.String(), { description: 'ids of the instances whose stop failed three times' })),
   },
   { description: 'Published once NATS is reachable again: events wait in the agent (in memory) meanwhile.' },
 );
