@@ -33,7 +33,7 @@ import { EVENTS_STREAM, QUEUE_GROUPS, SUBJECTS } from './subjects';
 /**
  * The project's AsyncAPI 3.0 document, built from the same TypeBox schemas that validate
  * requests at the edge, so validation and docs cannot drift apart. Pure: it returns an
- * object; tools/gen-asyncapi.mjs writes it to docs/asyncapi.yaml (`npm run docs:asyncapi`)
+ * object; tools/gen-asyncapi.ts writes it to docs/asyncapi.yaml (`npm run docs:asyncapi`)
  * and asyncapi.spec.ts fails when the committed file is stale.
  */
 
