@@ -22,8 +22,11 @@ const agentEnv = (s: LabServer): Record<string, string> => ({
   ORANGERY_HOST_LABELS: `rack=r${s.index}`,
 });
 
+// Server 2's agent runs the host shim, so this (root-namespace) process can reach its containers.
+const SHIM_IP = '198.18.255.2';
+
 async function startAgent(s: LabServer): Promise<ServiceProcess> {
-  const a = await ServiceProcess.start(dir, 'docker-agent', agentEnv(s));
+  const a = await ServiceProcess.start(dir, 'docker-agent', { ...agentEnv(s), ...(s.index === 2 ? { ORANGERY_HOST_SHIM_IP: SHIM_IP } : {}) });
   agents.set(s.id, a);
   return a;
 }
@@ -94,6 +97,18 @@ describe('docker-agent in the lab', () => {
     // the MAC on the wire is the allocation's
     const mac = await lab.docker(s1, ['inspect', '-f', '{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}', name(a.data)]);
     expect(mac.trim()).toBe(a.data.mac);
+  });
+
+  it('with the host shim, processes on the host reach the host\'s own macvlan containers', async () => {
+    // Only ever contact the container once its /32 route through the shim exists: without
+    // it the address would follow the machine's default route out of the lab.
+    const { execFile } = await import('node:child_process');
+    const routeDev = () =>
+      new Promise<string>((res) => execFile('ip', ['-o', 'route', 'show', '198.18.1.2/32'], (_e, out) => res(String(out ?? ''))));
+    const dev = await waitFor('the shim route to 198.18.1.2', async () => /dev (osh-[0-9a-f]{6})/.exec(await routeDev())?.[1], 10_000, 200);
+    expect(dev).toMatch(/^osh-/);
+    const body = await fetch(`http://198.18.1.2:${SVC_PORT}/`, { signal: AbortSignal.timeout(3_000) }).then((r) => r.text());
+    expect(body).toBe(SVC_INDEX);
   });
 
   it('sets the limits: memory above the heap, no swap, reserved cores excluded, visible in inspect and cgroups', async () => {

@@ -1,6 +1,7 @@
 import { hostname } from 'node:os';
 import { HOST_ID_PATTERN } from '@orangery/contracts';
 import { boolFrom, ConfigError, intFrom, labelsFrom, natsUrlFrom, oneOf, type Env } from '@orangery/service-kit';
+import { isStrictIpv4 } from '@orangery/netaddr';
 import { defaultRouteInterfaces, interfaceExists } from './adapters/host-network';
 
 export interface AgentConfig {
@@ -19,6 +20,8 @@ export interface AgentConfig {
   restartMaxRetries: number;
   stopTimeoutSeconds: number;
   arpProbeSeconds: number;
+  /** optional: the host's own address on the instance networks (host shim) */
+  hostShimIp: string | undefined;
 }
 
 export function loadAgentConfig(env: Env): AgentConfig {
@@ -54,7 +57,15 @@ export function loadAgentConfig(env: Env): AgentConfig {
     // One ARP probe a second (iputils arping), listening for the whole time: two probes by
     // default, so one lost frame cannot hide a live holder of the address.
     arpProbeSeconds: intFrom(env, 'ORANGERY_ARP_PROBE_SECONDS', 2, 1, 10),
+    hostShimIp: shimIpFrom(env),
   };
+}
+
+function shimIpFrom(env: Env): string | undefined {
+  const raw = env['ORANGERY_HOST_SHIM_IP']?.trim();
+  if (!raw) return undefined;
+  if (!isStrictIpv4(raw)) throw new ConfigError(`ORANGERY_HOST_SHIM_IP '${raw}' is not an IPv4 address`);
+  return raw;
 }
 
 /** The uplink must exist, and must not be the interface that carries the default route. */

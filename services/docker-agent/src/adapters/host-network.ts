@@ -54,3 +54,62 @@ export async function interfaceExists(name: string): Promise<boolean> {
     return false;
   }
 }
+
+/**
+ * The host shim: a macvlan interface of the host itself on a network's parent, so that
+ * processes on the host can reach the host's own containers (a macvlan parent cannot talk
+ * to its children). It gets one /32 address, and one /32 route per local container.
+ * Names are derived from the parent (`osh-` + 6 hex digits), so several agents sharing a
+ * namespace (the lab) do not collide.
+ */
+export class HostShim {
+  private readonly ready = new Map<string, Promise<string>>();
+
+  constructor(private readonly shimIp: string) {
+    if (!isStrictIpv4(shimIp)) throw new Error(`bad shim address '${shimIp}'`);
+  }
+
+  static nameFor(parent: string): string {
+    let h = 0x811c9dc5;
+    for (const ch of parent) h = Math.imul(h ^ ch.charCodeAt(0), 0x01000193) >>> 0;
+    return `osh-${h.toString(16).padStart(8, '0').slice(0, 6)}`;
+  }
+
+  private ensure(parent: string): Promise<string> {
+    if (!IFACE.test(parent)) return Promise.reject(new Error(`bad interface name '${parent}'`));
+    let p = this.ready.get(parent);
+    if (!p) {
+      const name = HostShim.nameFor(parent);
+      p = (async () => {
+        if (!(await interfaceExists(name))) {
+          await run('ip', ['link', 'add', name, 'link', parent, 'type', 'macvlan', 'mode', 'bridge']);
+        }
+        await run('ip', ['addr', 'replace', `${this.shimIp}/32`, 'dev', name]);
+        await run('ip', ['link', 'set', name, 'up']);
+        return name;
+      })();
+      p.catch(() => this.ready.delete(parent));
+      this.ready.set(parent, p);
+    }
+    return p;
+  }
+
+  async routeTo(parent: string, ip: string): Promise<void> {
+    if (!isStrictIpv4(ip)) throw new Error(`bad IPv4 address '${ip}'`);
+    const name = await this.ensure(parent);
+    await run('ip', ['route', 'replace', `${ip}/32`, 'dev', name]);
+  }
+
+  async unroute(parent: string, ip: string): Promise<void> {
+    if (!isStrictIpv4(ip)) return;
+    await run('ip', ['route', 'del', `${ip}/32`, 'dev', HostShim.nameFor(parent)]).catch(() => undefined);
+  }
+
+  /** Removes the shim interfaces this agent made (their routes go with them). */
+  async remove(): Promise<void> {
+    for (const parent of this.ready.keys()) {
+      await run('ip', ['link', 'del', HostShim.nameFor(parent)]).catch(() => undefined);
+    }
+    this.ready.clear();
+  }
+}

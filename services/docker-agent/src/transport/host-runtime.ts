@@ -16,7 +16,8 @@ import { CONFIG, LOGGER, NATS } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { AgentConfig } from '../config';
 import type { AgentService } from '../domain/agent.service';
-import { diskLevel, LABEL } from '../domain/container-spec';
+import { diskLevel, LABEL, parentInterface } from '../domain/container-spec';
+import { HostShim } from '../adapters/host-network';
 import { FenceClock } from '../domain/fencing';
 import { stateOf, type Engine, type EngineFacts } from '../domain/ports';
 import type { DockerEngine } from '../adapters/docker-engine';
@@ -54,6 +55,7 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
   private diskUsedMb = 0;
   private readonly diskLevels = new Map<string, string>();
   private eventsAbort: (() => void) | undefined;
+  private readonly shim: HostShim | undefined;
 
   constructor(
     @Inject(CONFIG) private readonly config: AgentConfig,
@@ -64,6 +66,17 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
     @Inject(LOGGER) private readonly logger: Logger,
   ) {
     this.fence = new FenceClock(config.fenceAfterSeconds * 1000, Date.now());
+    this.shim = config.hostShimIp ? new HostShim(config.hostShimIp) : undefined;
+  }
+
+  /** Host shim routes follow the containers: one /32 per running local instance. */
+  private shimRoute(labels: Record<string, string>, up: boolean): void {
+    if (!this.shim || !labels[LABEL.ip]) return;
+    const parent = parentInterface(this.config.uplink, Number(labels[LABEL.vlan] ?? 0));
+    const ip = labels[LABEL.ip];
+    (up ? this.shim.routeTo(parent, ip) : this.shim.unroute(parent, ip)).catch((err: unknown) =>
+      this.logger.warn({ err: String(err), ip }, 'host shim route failed'),
+    );
   }
 
   async onApplicationBootstrap(): Promise<void> {
@@ -89,6 +102,7 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
     this.eventsAbort?.();
     await this.responder?.drain();
     await this.events.flush(3_000);
+    await this.shim?.remove();
   }
 
   private every(ms: number, fn: () => Promise<void>): void {
@@ -143,6 +157,7 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
   private async adopt(): Promise<void> {
     const all = await this.engine.listManaged();
     for (const c of all) {
+      if (stateOf(c) === 'running') this.shimRoute(c.labels, true);
       const d = this.agent.describe(c);
       const what = d.state === 'running' ? 'running' : d.state === 'failed' ? 'failed' : 'stopped';
       this.events.instance({ what, instanceId: d.instanceId, data: { ...d, adopted: true } });
@@ -267,12 +282,14 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
     const base = { containerId: e.id, ip: labels[LABEL.ip], mac: labels[LABEL.mac] };
     switch (e.Action) {
       case 'start':
+        this.shimRoute(labels, true);
         this.events.instance({ what: 'running', instanceId, data: base });
         break;
       case 'oom':
         oom.add(e.id);
         break;
       case 'die': {
+        this.shimRoute(labels, false);
         const exitCode = Number(labels['exitCode'] ?? -1);
         const expected = this.agent.expectedStops.delete(e.id);
         if (expected) {
