@@ -16,8 +16,16 @@ run=$root/.run/dev
 logs=$run/logs
 mode=${1:-foreground}
 
-services() { # every service that exists and builds
-  for p in services/*/project.json; do [ -f "$p" ] && basename "$(dirname "$p")"; done
+services() { # every control-plane service that exists; host agents only when configured
+  local p name
+  for p in services/*/project.json; do
+    [ -f "$p" ] || continue
+    name=$(basename "$(dirname "$p")")
+    # An agent belongs next to a server's engine and uplink: run it when ORANGERY_UPLINK
+    # says which interface that is (and DOCKER_HOST which engine), never by guess.
+    if [ "$name" = docker-agent ] && [ -z "${ORANGERY_UPLINK:-}" ]; then continue; fi
+    echo "$name"
+  done
 }
 
 stop_services() {
@@ -72,6 +80,7 @@ Orangery is running.
   MariaDB     ${ORANGERY_DB_URL/:orangery@/:***@}
   services    $(services | tr '\n' ' ')
   logs        $logs/<service>.log (JSON lines)
+  agents      $( [ -n "${ORANGERY_UPLINK:-}" ] && echo "docker-agent on uplink $ORANGERY_UPLINK" || echo "none: set ORANGERY_UPLINK (and DOCKER_HOST) to run this machine's docker-agent")
   try         node tools/nats-req.mjs <subject> '<json>', e.g.
               node tools/nats-req.mjs orangery.ipam.pool.create '{"name":"lab","cidr":"198.18.0.0/24","gateway":"198.18.0.1"}'
 INFO

@@ -11,8 +11,27 @@ let client: ContractClient;
 const agents = new Map<string, ServiceProcess>();
 const FENCE_AFTER = 4;
 
+// NATS with users: the test client is an operator; each agent has a user that may only use
+// its own host's subjects (docs/docker-agent.md "Security").
+const agentUser = (hostId: string) => ({ user: `agent-${hostId}`, password: `pw-${hostId}` });
+const AUTH = `authorization {
+  users = [
+    { user: "operator", password: "operator" }
+${['olab-s1', 'olab-s2', 'olab-x']
+  .map(
+    (h) => `    { user: "${agentUser(h).user}", password: "${agentUser(h).password}", permissions: {
+        publish: { allow: ["orangery.hb.${h}", "orangery.evt.host.>", "orangery.evt.instance.>", "$JS.API.INFO",
+                           "$JS.API.STREAM.INFO.ORANGERY_EVENTS", "$JS.API.STREAM.CREATE.ORANGERY_EVENTS"] }
+        subscribe: { allow: ["orangery.agent.${h}.>", "_INBOX_${h}.>"] }
+        allow_responses: true } }`,
+  )
+  .join('\n')}
+  ]
+}`;
+const operatorUrl = () => nats.urlFor('operator', 'operator');
+
 const agentEnv = (s: LabServer): Record<string, string> => ({
-  ORANGERY_NATS_URL: nats.url,
+  ORANGERY_NATS_URL: nats.urlFor(agentUser(s.id).user, agentUser(s.id).password),
   ORANGERY_HOST_ID: s.id,
   DOCKER_HOST: s.dockerHost,
   ORANGERY_UPLINK: s.uplink,
@@ -51,8 +70,8 @@ const req = (s: LabServer, what: string, body: unknown, timeoutMs = 30_000) =>
   client.request(`orangery.agent.${s.id}.instance.${what}`, body, timeoutMs);
 
 beforeAll(async () => {
-  [lab, nats] = await Promise.all([Lab.setup({ servers: 2, legacyVms: 2 }), NatsServer.start(dir)]);
-  client = await ContractClient.connect(nats.url);
+  [lab, nats] = await Promise.all([Lab.setup({ servers: 2, legacyVms: 2 }), NatsServer.start(dir, AUTH)]);
+  client = await ContractClient.connect(operatorUrl());
   await Promise.all(lab.servers.map(startAgent));
 }, 300_000);
 
@@ -255,9 +274,34 @@ describe('docker-agent in the lab', () => {
     await nats.start();
     await agents.get(s1.id)!.waitForLog('NATS is back after a self-fence; re-registering', 30_000);
     await client.close();
-    client = await ContractClient.connect(nats.url);
+    client = await ContractClient.connect(operatorUrl());
     const fenced = await waitFor('host.fenced', async () => (await client.events('orangery.evt.host.fenced')).find((e) => e.subject === s1.id));
     expect(fenced.data.stopped).toContain('test:web:0');
+  });
+
+  it("an agent's NATS user reaches its own host's subjects only", async () => {
+    const { user, password } = agentUser('olab-s1');
+    const asAgent = await ContractClient.connect(nats.urlFor(user, password));
+    try {
+      // another host's commands: the server refuses the subscription, nothing arrives
+      let received = 0;
+      let refusal = '';
+      asAgent.nc.subscribe('orangery.agent.olab-s2.instance.list', {
+        callback: (err, msg) => {
+          if (err) refusal = err.message;
+          else if (msg) received++;
+        },
+      });
+      await asAgent.nc.flush();
+      await client.request('orangery.agent.olab-s2.instance.list', {});
+      await waitFor('the refusal', () => refusal !== '' && refusal, 3_000);
+      expect(refusal).toMatch(/permissions violation/i);
+      expect(received).toBe(0);
+      // another host's heartbeat and commands: publishing is refused
+      await expect(asAgent.request('orangery.agent.olab-s2.instance.list', {}, 2_000)).rejects.toThrow();
+    } finally {
+      await asAgent.close().catch(() => undefined);
+    }
   });
 
   it('refuses to start with an uplink that holds the default route, or one that does not exist', async () => {

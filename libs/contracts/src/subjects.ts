@@ -51,3 +51,6 @@ export const EVENTS_STREAM = {
   maxAgeSeconds: 7 * 24 * 3600,
   duplicateWindowSeconds: 120,
 } as const;
+
+/** The reply inbox prefix of a host's agent: its NATS user subscribes to `<prefix>.>` only. */
+export const agentInboxPrefix = (hostId: string): string => `_INBOX_${hostId}`;

@@ -7,6 +7,11 @@ export interface NatsOptions {
   servers: string;
   name: string;
   logger: Logger;
+  /**
+   * Inbox prefix for this client's replies. Agents use their own (`_INBOX_<hostId>`) so
+   * their NATS user may subscribe to its own inboxes only, not to everybody's `_INBOX.>`.
+   */
+  inboxPrefix?: string;
 }
 
 export function splitServers(servers: string): string[] {
@@ -16,16 +21,52 @@ export function splitServers(servers: string): string[] {
     .filter((s) => s !== '');
 }
 
+export interface NatsEndpoints {
+  servers: string[];
+  user?: string;
+  pass?: string;
+  token?: string;
+}
+
+/**
+ * Splits credentials out of `nats://user:password@host:port` (or `nats://token@host`), which
+ * the client does not read from server URLs itself: ORANGERY_NATS_URL is the only NATS
+ * setting of the contract, so an agent's user and password travel in it.
+ */
+export function natsEndpoints(servers: string): NatsEndpoints {
+  const out: NatsEndpoints = { servers: [] };
+  for (const raw of splitServers(servers)) {
+    const withScheme = raw.includes('://') ? raw : `nats://${raw}`;
+    let u: URL;
+    try {
+      u = new URL(withScheme);
+    } catch {
+      out.servers.push(raw);
+      continue;
+    }
+    if (u.username && u.password) {
+      out.user ??= decodeURIComponent(u.username);
+      out.pass ??= decodeURIComponent(u.password);
+    } else if (u.username) {
+      out.token ??= decodeURIComponent(u.username);
+    }
+    out.servers.push(`${u.protocol}//${u.host}`);
+  }
+  return out;
+}
+
 /**
  * Connects to NATS and keeps the connection for the life of the process: the first
  * connection is waited for as long as it takes (NATS being down at start is not a
  * configuration error), and later outages reconnect forever. Status changes are logged.
  */
 export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
-  const servers = splitServers(opts.servers);
-  opts.logger.info({ servers }, 'connecting to NATS');
+  const { servers, user, pass, token } = natsEndpoints(opts.servers);
+  opts.logger.info({ servers, user }, 'connecting to NATS');
   const nc = await connect({
     servers,
+    ...(user !== undefined ? { user, pass } : {}),
+    ...(token !== undefined ? { token } : {}),
     name: opts.name,
     waitOnFirstConnect: true,
     maxReconnectAttempts: -1,
@@ -33,6 +74,7 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     reconnectJitter: 250,
     pingInterval: 5_000,
     maxPingOut: 2,
+    ...(opts.inboxPrefix ? { inboxPrefix: opts.inboxPrefix } : {}),
   });
   opts.logger.info({ server: nc.getServer() }, 'connected to NATS');
   void (async () => {

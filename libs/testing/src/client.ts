@@ -1,4 +1,5 @@
 import { connect } from '@nats-io/transport-node';
+import { natsEndpoints } from '@orangery/messaging';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstream, jetstreamManager, AckPolicy, DeliverPolicy } from '@nats-io/jetstream';
 
@@ -7,7 +8,10 @@ export class ContractClient {
   private constructor(readonly nc: NatsConnection) {}
 
   static async connect(url: string): Promise<ContractClient> {
-    return new ContractClient(await connect({ servers: url, maxReconnectAttempts: -1, reconnectTimeWait: 200 }));
+    const { servers, user, pass } = natsEndpoints(url);
+    return new ContractClient(
+      await connect({ servers, ...(user !== undefined ? { user, pass } : {}), maxReconnectAttempts: -1, reconnectTimeWait: 200 }),
+    );
   }
 
   // eslint-disable-next-line @typescript-eslint/no-explicit-any

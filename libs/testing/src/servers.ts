@@ -31,11 +31,20 @@ export class NatsServer {
     this.url = `nats://127.0.0.1:${port}`;
   }
 
-  static async start(dir: HarnessDir): Promise<NatsServer> {
+  /** The URL with a user's credentials in it. */
+  urlFor(user: string, password: string): string {
+    return `nats://${encodeURIComponent(user)}:${encodeURIComponent(password)}@127.0.0.1:${this.port}`;
+  }
+
+  /** `extraConfig`: more nats-server configuration, e.g. an `authorization` block. */
+  static async start(dir: HarnessDir, extraConfig = ''): Promise<NatsServer> {
     const port = await freePort();
     const store = dir.sub('nats-js');
     const conf = join(dir.path, 'nats.conf');
-    writeFileSync(conf, `listen: 127.0.0.1:${port}\njetstream { store_dir: "${store}", max_memory_store: 64MB, max_file_store: 1GB }\n`);
+    writeFileSync(
+      conf,
+      `listen: 127.0.0.1:${port}\njetstream { store_dir: "${store}", max_memory_store: 64MB, max_file_store: 1GB }\n${extraConfig}\n`,
+    );
     const s = new NatsServer(dir, conf, port);
     await s.start();
     return s;

@@ -1,5 +1,6 @@
 import { Inject, Module, type DynamicModule, type OnApplicationShutdown } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { agentInboxPrefix } from '@orangery/contracts';
 import { connectNats, EventPublisher } from '@orangery/messaging';
 import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
@@ -31,7 +32,13 @@ export class AgentModule {
         { provide: ENGINE, useValue: engine },
         {
           provide: NATS,
-          useFactory: () => connectNats({ servers: config.natsUrl, name: replicaId(`docker-agent-${config.hostId}`), logger }),
+          useFactory: () =>
+            connectNats({
+              servers: config.natsUrl,
+              name: replicaId(`docker-agent-${config.hostId}`),
+              logger,
+              inboxPrefix: agentInboxPrefix(config.hostId),
+            }),
         },
         {
           provide: EVENTS,
