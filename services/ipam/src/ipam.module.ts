@@ -11,6 +11,7 @@ import { systemClock } from './domain/ports';
 import { MysqlIpamStore } from './adapters/mysql-ipam-store';
 import { OutboxRelay } from './adapters/outbox-relay';
 import { IpamInitial1732500000000 } from './adapters/migrations/1732500000000-ipam-initial';
+import { IpamOutboxCursor1732600000000 } from './adapters/migrations/1732600000000-ipam-outbox-cursor';
 import { IpamHandler } from './transport/ipam.handler';
 import { IPAM_SERVICE, IPAM_STORE, OUTBOX, SQL_POOL } from './tokens';
 
@@ -47,7 +48,7 @@ export class IpamModule {
             const ds = createDataSource({
               db: config.db,
               service: 'ipam',
-              migrations: [IpamInitial1732500000000],
+              migrations: [IpamInitial1732500000000, IpamOutboxCursor1732600000000],
               // migrations only; requests and the outbox use SQL_POOL
               poolSize: 2,
             });

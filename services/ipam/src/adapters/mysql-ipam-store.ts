@@ -259,8 +259,8 @@ class MysqlIpamTx implements IpamTx {
     const traceId = trace.getActiveSpan()?.spanContext().traceId ?? null;
     this.q.defer(
       `INSERT INTO ipam_audit (at, action, ip, pool_name, actor, replica, trace_id, before_json, after_json,
-         event_id, event_subject, event_json, event_pending)
-       VALUES (NOW(3), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+         event_id, event_subject, event_json)
+       VALUES (NOW(3), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
       [
         entry.action,
         entry.ip,
@@ -273,7 +273,6 @@ class MysqlIpamTx implements IpamTx {
         entry.event?.event.id ?? null,
         entry.event?.natsSubject ?? null,
         entry.event ? JSON.stringify(entry.event.event) : null,
-        entry.event ? new Date() : null,
       ],
     );
     if (entry.event) this.events.push(entry.event);

@@ -8,8 +8,8 @@ import type { MigrationInterface, QueryRunner } from 'typeorm';
  *   one index range scan: never-used rows have available_at = 0, released rows the end of
  *   their cooldown, live rows NULL (outside every `<= now` range).
  * - uq_live_owner makes "at most one live address per owner" a database fact.
- * - ipam_audit is both the audit trail and the transactional outbox: rows with
- *   event_pending set hold an event not yet acknowledged by JetStream.
+ * - ipam_audit is both the audit trail and the transactional outbox (read by a cursor
+ *   since 1732600000000).
  */
 export class IpamInitial1732500000000 implements MigrationInterface {
   name = 'IpamInitial1732500000000';
