@@ -8,7 +8,8 @@
  *  3. /16 pool creation time, and the latency of the first vs the 60,000th allocation.
  * Bounded: every phase runs for a fixed time or count and stops by itself.
  */
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createPool } from 'mysql2/promise';
 import { ContractClient, freshDatabase, HarnessDir, NatsServer, ServiceProcess } from '@orangery/testing';
 import { closedLoop, fmt, percentile, table, type LoadResult } from './lib';
@@ -19,6 +20,16 @@ const REPLICAS = [1, 3];
 const FILL = Number(process.env['BENCH_FILL'] ?? 60_000);
 
 const log = (msg: string) => process.stderr.write(`[bench:ipam] ${msg}\n`);
+
+/** CPU time (user + system, ms) a process has used so far, from /proc. */
+function cpuMs(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) * 10; // clock ticks of 10 ms (USER_HZ 100)
+  } catch {
+    return 0;
+  }
+}
 
 async function rawCeiling(dbUrl: string, connections: number): Promise<LoadResult> {
   const u = new URL(dbUrl);
@@ -52,6 +63,7 @@ async function main(): Promise<void> {
   const clients: ContractClient[] = [];
   try {
     const rows: (string | number)[][] = [];
+    const cpuRows: (string | number)[][] = [];
     const ceilings = new Map<number, LoadResult>();
     for (const n of CLIENTS) {
       const dbUrl = await freshDatabase('bench_raw');
@@ -66,8 +78,17 @@ async function main(): Promise<void> {
       const created = await clients[0]!.request('orangery.ipam.pool.create', { name: 'bench', cidr: '198.19.0.0/16', gateway: '198.19.0.1' }, 60_000);
       if (!created.ok) throw new Error(`pool.create failed: ${JSON.stringify(created)}`);
       let owner = 0;
+      const natsPid = Number(execFileSync('pgrep', ['-n', '-f', `nats-server -c ${dir.path}`]).toString().trim());
+      const dbPid = Number(readFileSync(`${process.env['ORANGERY_LOCAL_RUN_DIR']}/mysqld.pid`, 'utf8'));
+      const cpuOf = () => ({
+        ipam: procs.reduce((a, p) => a + cpuMs(p.pid), 0),
+        mariadb: cpuMs(dbPid),
+        nats: cpuMs(natsPid),
+        'load generator': cpuMs(process.pid),
+      });
       for (const n of CLIENTS) {
         log(`${replicas} replica(s), ${n} client(s), ${SECONDS} s`);
+        const cpuBefore = cpuOf();
         const r = await closedLoop(n, SECONDS, async (seq) => {
           const slot = owner++;
           const reply = await clients[seq % clients.length]!.request('orangery.ipam.allocate', {
@@ -76,6 +97,12 @@ async function main(): Promise<void> {
           });
           return reply.ok === true;
         });
+        const cpuAfter = cpuOf();
+        if (n === 64) {
+          for (const k of Object.keys(cpuAfter) as (keyof typeof cpuAfter)[]) {
+            cpuRows.push([replicas, k, fmt((cpuAfter[k] - cpuBefore[k]) / r.ops, 2), fmt((cpuAfter[k] - cpuBefore[k]) / 1000 / r.seconds, 2)]);
+          }
+        }
         const ceiling = ceilings.get(n)!;
         rows.push([replicas, n, fmt(r.perSecond, 0), fmt(r.p50, 2), fmt(r.p99, 2), r.errors, fmt(ceiling.perSecond, 0), fmt(r.perSecond / ceiling.perSecond, 2)]);
       }
@@ -128,7 +155,8 @@ async function main(): Promise<void> {
         ['failed allocations', failures],
       ],
     );
-    const out = `${main}\n\n${fill}\n`;
+    const cpu = table(['replicas', 'process (64 clients)', 'CPU ms per allocation', 'cores busy'], cpuRows);
+    const out = `${main}\n\n${cpu}\n\n${fill}\n`;
     process.stdout.write(`\n${out}`);
     mkdirSync('bench/results', { recursive: true });
     writeFileSync(

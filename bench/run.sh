@@ -17,3 +17,4 @@ for b in ipam agent; do
     node tools/run-ts.mjs "bench/$b.ts"
   fi
 done
+node tools/readme-bench.mjs

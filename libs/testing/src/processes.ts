@@ -16,18 +16,23 @@ const alive = (pid: number): boolean => {
   }
 };
 
-const cmdlineOf = (pid: number): string => {
+const procText = (pid: number, file: 'cmdline' | 'environ'): string => {
   try {
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+    return readFileSync(`/proc/${pid}/${file}`, 'utf8').replace(/\0/g, ' ');
   } catch {
     return '';
   }
 };
 
+/** The process was started for harness dir `dir`: its command line or environment names it. */
+const belongsTo = (pid: number, dir: string): boolean =>
+  procText(pid, 'cmdline').includes(dir) || procText(pid, 'environ').includes(`ORANGERY_HARNESS_DIR=${dir} `);
+
 /**
  * Removes what crashed earlier runs left behind: harness directories whose owning test
  * process is gone, and the processes they recorded. A process is only signalled when its
- * command line still names that directory, so a recycled PID is never touched.
+ * command line or environment still names that directory (services get it as
+ * ORANGERY_HARNESS_DIR), so a recycled PID is never touched.
  */
 export function cleanStaleHarnessDirs(): void {
   if (!existsSync(HARNESS_ROOT)) return;
@@ -39,7 +44,7 @@ export function cleanStaleHarnessDirs(): void {
     if (existsSync(pidFile)) {
       for (const line of readFileSync(pidFile, 'utf8').split('\n')) {
         const pid = Number(line.trim());
-        if (pid > 0 && alive(pid) && cmdlineOf(pid).includes(dir)) {
+        if (pid > 0 && alive(pid) && belongsTo(pid, dir)) {
           try {
             process.kill(pid, 'SIGKILL');
           } catch {
