@@ -62,7 +62,9 @@ npm run build --silent
 mkdir -p "$logs"
 stop_services >/dev/null
 for name in $(services); do
-  nohup node --enable-source-maps "dist/services/$name/main.js" >>"$logs/$name.log" 2>&1 &
+  # a fresh log per run (the last one kept as .prev): the ready check below reads it
+  [ -f "$logs/$name.log" ] && mv -f "$logs/$name.log" "$logs/$name.log.prev"
+  nohup node --enable-source-maps "dist/services/$name/main.js" >"$logs/$name.log" 2>&1 &
   echo $! >"$run/svc-$name.pid"
 done
 for name in $(services); do

@@ -16,7 +16,21 @@ export class IpamOutboxCursor1732600000000 implements MigrationInterface {
       last_id BIGINT UNSIGNED NOT NULL
     ) ENGINE=InnoDB`);
     await q.query('INSERT IGNORE INTO ipam_outbox_cursor (id, last_id) SELECT 1, COALESCE(MAX(id), 0) FROM ipam_audit');
-    await q.query('ALTER TABLE ipam_audit DROP INDEX uq_audit_event, DROP INDEX ix_audit_pending, DROP COLUMN event_pending');
+    // Conditional, and portable to MySQL (no DROP INDEX IF EXISTS there): a database made
+    // by an early build of the first migration lacks uq_audit_event.
+    const has = async (sql: string, params: string[]) => ((await q.query(sql, params)) as unknown[]).length > 0;
+    for (const index of ['uq_audit_event', 'ix_audit_pending']) {
+      const exists = await has(
+        'SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ? LIMIT 1',
+        ['ipam_audit', index],
+      );
+      if (exists) await q.query(`ALTER TABLE ipam_audit DROP INDEX ${index}`);
+    }
+    const column = await has(
+      'SELECT 1 FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ? LIMIT 1',
+      ['ipam_audit', 'event_pending'],
+    );
+    if (column) await q.query('ALTER TABLE ipam_audit DROP COLUMN event_pending');
   }
 
   async down(q: QueryRunner): Promise<void> {
