@@ -2,7 +2,7 @@ import { trace } from '@opentelemetry/api';
 import type { Backend, EventEnvelope, Owner } from '@orangery/contracts';
 import { OrangeryError } from '@orangery/contracts';
 import { DatabaseUnavailableError, isDuplicateKey, type SqlPool, type SqlTx } from '@orangery/persistence';
-import type { PoolPlan } from '../domain/pool-plan';
+import { poolRecordOf, type PoolPlan } from '../domain/pool-plan';
 import {
   OwnerConflict,
   type AddressPatch,
@@ -174,20 +174,7 @@ class MysqlIpamTx implements IpamTx {
       }
     }
     await flush();
-    return {
-      id,
-      name: plan.name,
-      cidrText: plan.cidr.text,
-      prefixLength: plan.cidr.prefixLength,
-      first: plan.cidr.first,
-      last: plan.cidr.last,
-      gateway: plan.gateway,
-      vlan: plan.vlan,
-      reserved: plan.reserved,
-      cooldownSeconds: plan.cooldownSeconds,
-      size: plan.size,
-      createdAt: now,
-    };
+    return poolRecordOf(plan, id, now);
   }
 
   async deletePool(poolId: number): Promise<void> {

@@ -12,6 +12,7 @@ import {
   type Cidr,
   type Range,
 } from '@orangery/netaddr';
+import type { PoolRecord } from './ports';
 
 /**
  * The largest pool this service supports: a /16 (65,536 addresses). Every allocatable
@@ -98,4 +99,22 @@ export function planPool(req: PoolCreateRequest): PoolPlan {
 export function classifyIp(plan: Pick<PoolPlan, 'cidr' | 'excluded'>, ip: number): IpClass {
   if (!cidrContains(plan.cidr, ip)) return 'outside';
   return plan.excluded.some((r) => ip >= r.start && ip <= r.end) ? 'reserved' : 'allocatable';
+}
+
+/** The stored form of a planned pool, once the store has given it an id. */
+export function poolRecordOf(plan: PoolPlan, id: number, createdAt: Date): PoolRecord {
+  return {
+    id,
+    name: plan.name,
+    cidrText: plan.cidr.text,
+    prefixLength: plan.cidr.prefixLength,
+    first: plan.cidr.first,
+    last: plan.cidr.last,
+    gateway: plan.gateway,
+    vlan: plan.vlan,
+    reserved: [...plan.reserved],
+    cooldownSeconds: plan.cooldownSeconds,
+    size: plan.size,
+    createdAt: new Date(createdAt),
+  };
 }

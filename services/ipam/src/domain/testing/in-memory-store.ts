@@ -1,5 +1,5 @@
 import type { Owner } from '@orangery/contracts';
-import type { PoolPlan } from '../pool-plan';
+import { poolRecordOf, type PoolPlan } from '../pool-plan';
 import {
   OwnerConflict,
   type AddressPatch,
@@ -68,20 +68,7 @@ class InMemoryTx implements IpamTx {
 
   async insertPool(plan: PoolPlan, now: Date): Promise<PoolRecord> {
     const id = this.state.nextPoolId++;
-    const pool: PoolRecord = {
-      id,
-      name: plan.name,
-      cidrText: plan.cidr.text,
-      prefixLength: plan.cidr.prefixLength,
-      first: plan.cidr.first,
-      last: plan.cidr.last,
-      gateway: plan.gateway,
-      vlan: plan.vlan,
-      reserved: [...plan.reserved],
-      cooldownSeconds: plan.cooldownSeconds,
-      size: plan.size,
-      createdAt: new Date(now),
-    };
+    const pool = poolRecordOf(plan, id, now);
     this.state.pools.set(id, pool);
     for (const r of plan.allocatable) {
       for (let ip = r.start; ip <= r.end; ip++) {
