@@ -173,12 +173,17 @@ export const HostFencedData = Type.Object(
 );
 export type HostFencedData = Static<typeof HostFencedData>;
 
+/** The fields every instance event of an agent starts with. */
+const instanceEventBase = {
+  instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }),
+  hostId: Type.String({ pattern: HOST_ID_PATTERN }),
+  backend: Backend,
+};
+
 /** `io.orangery.instance.running|stopped|failed|removed` as an agent publishes them. */
 export const InstanceEventData = Type.Object(
   {
-    instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }),
-    hostId: Type.String({ pattern: HOST_ID_PATTERN }),
-    backend: Backend,
+    ...instanceEventBase,
     containerId: Type.Optional(Type.String({ description: 'the engine id of the container (docker)' })),
     ip: Type.Optional(Type.String()),
     mac: Type.Optional(Type.String()),
@@ -204,9 +209,7 @@ export type InstanceEventData = Static<typeof InstanceEventData>;
 /** `io.orangery.instance.disk_warning|disk_exceeded`: the writable layer against resources.diskMb. */
 export const InstanceDiskData = Type.Object(
   {
-    instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }),
-    hostId: Type.String({ pattern: HOST_ID_PATTERN }),
-    backend: Backend,
+    ...instanceEventBase,
     usedMb: Type.Integer({ minimum: 0, description: "size of the container's writable layer" }),
     quotaMb: Type.Integer({ minimum: 1, description: 'resources.diskMb of the instance' }),
     policy: Type.Union([Type.Literal('report'), Type.Literal('stop')], {
