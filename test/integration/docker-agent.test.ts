@@ -166,9 +166,11 @@ describe('docker-agent in the lab', () => {
     expect(r.error.code).toBe('IP_IN_USE_ON_WIRE');
     expect((await req(s1, 'get', { instanceId: 'test:web:7' })).error.code).toBe('NOT_FOUND');
     expect(await lab.docker(s1, ['ps', '-a', '-q', '--filter', 'label=io.orangery.instance-id=test:web:7'])).toBe('');
-    await waitFor('instance.failed for test:web:7', async () =>
+    const failed = await waitFor('instance.failed for test:web:7', async () =>
       (await client.events('orangery.evt.instance.failed')).find((e) => e.subject === 'test:web:7' && e.data.code === 'IP_IN_USE_ON_WIRE'),
     );
+    // published while serving the command: it continues the command's trace
+    expect(failed.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/);
   });
 
   it('reports a container whose writable layer outgrows its disk quota', async () => {

@@ -1,5 +1,5 @@
 import { buildEvent, type EventEnvelope } from '@orangery/contracts';
-import type { EventPublisher } from '@orangery/messaging';
+import { currentTraceparent, type EventPublisher } from '@orangery/messaging';
 import type { Logger } from '@orangery/telemetry';
 import type { EventSink, InstanceEvent } from '../domain/ports';
 
@@ -30,7 +30,16 @@ export class EventQueue implements EventSink {
   }
 
   private push(area: string, what: string, subject: string, data: Record<string, unknown>): void {
-    const { natsSubject, event } = buildEvent({ area, what, source: `orangery/docker-agent/${this.hostId}`, subject, data });
+    // Inside a command the caller's trace is active: the event continues it.
+    const traceparent = currentTraceparent();
+    const { natsSubject, event } = buildEvent({
+      area,
+      what,
+      source: `orangery/docker-agent/${this.hostId}`,
+      subject,
+      data,
+      ...(traceparent ? { traceparent } : {}),
+    });
     if (this.queue.length >= MAX_QUEUED) {
       const dropped = this.queue.shift();
       this.logger.error({ dropped: dropped?.event.type }, 'event queue full; dropped the oldest event');
