@@ -20,6 +20,17 @@ class Connections implements OnApplicationShutdown {
   }
 }
 
+/** Stops every running managed container: no contact with NATS since the agent started. */
+async function fenceBeforeContact(engine: DockerEngine, logger: Logger): Promise<void> {
+  try {
+    const running = (await engine.listManaged()).filter((c) => c.engineState === 'running');
+    logger.error({ instances: running.length }, 'no contact with NATS since start: self-fencing, stopping every instance');
+    await Promise.all(running.map((c) => engine.stop(c.id, 2).catch(() => undefined)));
+  } catch (err) {
+    logger.error({ err: String(err) }, 'self-fence before first contact failed');
+  }
+}
+
 @Module({})
 export class AgentModule {
   static forRoot(config: AgentConfig, logger: Logger): DynamicModule {
@@ -32,13 +43,21 @@ export class AgentModule {
         { provide: ENGINE, useValue: engine },
         {
           provide: NATS,
-          useFactory: () =>
-            connectNats({
-              servers: config.natsUrl,
-              name: replicaId(`docker-agent-${config.hostId}`),
-              logger,
-              inboxPrefix: agentInboxPrefix(config.hostId),
-            }),
+          useFactory: async () => {
+            // An agent restarted during a partition must fence too: if NATS stays out of
+            // reach for fenceAfter from the start, what runs on the engine is stopped.
+            const fence = setTimeout(() => void fenceBeforeContact(engine, logger), config.fenceAfterSeconds * 1000);
+            try {
+              return await connectNats({
+                servers: config.natsUrl,
+                name: replicaId(`docker-agent-${config.hostId}`),
+                logger,
+                inboxPrefix: agentInboxPrefix(config.hostId),
+              });
+            } finally {
+              clearTimeout(fence);
+            }
+          },
         },
         {
           provide: EVENTS,
