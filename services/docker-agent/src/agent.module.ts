@@ -6,11 +6,12 @@ import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { AgentConfig } from './config';
 import { AgentService } from './domain/agent.service';
-import { DockerEngine } from './adapters/docker-engine';
+import { DockerEngine, waitForEngineFacts } from './adapters/docker-engine';
+import type { EngineFacts } from './domain/ports';
 import { ArpingProbe } from './adapters/host-network';
 import { EventQueue } from './adapters/event-queue';
 import { HostRuntime } from './transport/host-runtime';
-import { AGENT_SERVICE, ENGINE, EVENTS } from './tokens';
+import { AGENT_SERVICE, ENGINE, ENGINE_FACTS, EVENTS } from './tokens';
 
 class Connections implements OnApplicationShutdown {
   constructor(@Inject(NATS) private readonly nc: NatsConnection) {}
@@ -65,27 +66,22 @@ export class AgentModule {
           useFactory: (nc: NatsConnection) => new EventQueue(new EventPublisher(nc), config.hostId, logger),
         },
         {
+          provide: ENGINE_FACTS,
+          useFactory: () => waitForEngineFacts(engine, logger, config.dockerHost),
+        },
+        {
           provide: AGENT_SERVICE,
-          inject: [EVENTS],
-          useFactory: async (events: EventQueue) => {
-            // The CPU count comes from the engine; reservations apply to what it reports.
-            let totalCpus = 0;
-            for (let delay = 250; totalCpus === 0; delay = Math.min(delay * 2, 5_000)) {
-              totalCpus = await engine.facts().then((f) => f.cpus, () => 0);
-              if (totalCpus === 0) {
-                logger.warn({ dockerHost: config.dockerHost }, 'container engine not reachable yet; retrying');
-                await new Promise((r) => setTimeout(r, delay));
-              }
-            }
-            return new AgentService(engine, new ArpingProbe(config.arpProbeSeconds), events, {
+          inject: [EVENTS, ENGINE_FACTS],
+          // Reservations apply to the CPUs the engine reports; one core always stays usable.
+          useFactory: (events: EventQueue, facts: EngineFacts) =>
+            new AgentService(engine, new ArpingProbe(config.arpProbeSeconds), events, {
               hostId: config.hostId,
               uplink: config.uplink,
-              reservedCpus: Math.min(config.reservedCpus, totalCpus - 1),
-              totalCpus,
+              reservedCpus: Math.min(config.reservedCpus, facts.cpus - 1),
+              totalCpus: facts.cpus,
               restartMaxRetries: config.restartMaxRetries,
               stopTimeoutSeconds: config.stopTimeoutSeconds,
-            });
-          },
+            }),
         },
         Connections,
         HostRuntime,

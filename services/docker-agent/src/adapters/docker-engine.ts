@@ -1,6 +1,7 @@
 import Docker from 'dockerode';
 import { statfs } from 'node:fs/promises';
 import { LABEL, type ContainerPlan } from '../domain/container-spec';
+import type { Logger } from '@orangery/telemetry';
 import type { Engine, EngineFacts, ManagedContainer, NetworkSpec } from '../domain/ports';
 
 /** DOCKER_HOST (unix:///path, tcp://host:port) -> dockerode options. */
@@ -185,5 +186,20 @@ export class DockerEngine implements Engine {
     };
     const mem = (s.memory_stats?.usage ?? 0) - (s.memory_stats?.stats?.inactive_file ?? 0);
     return { memoryBytes: Math.max(0, mem), cpuNanos: s.cpu_stats?.cpu_usage?.total_usage ?? 0 };
+  }
+}
+
+/**
+ * The engine's facts, waiting as long as the engine is down (not a configuration error):
+ * the agent's capacity and CPU reservations are computed from what the engine reports.
+ */
+export async function waitForEngineFacts(engine: Engine, logger: Logger, dockerHost: string): Promise<EngineFacts> {
+  for (let delay = 250; ; delay = Math.min(delay * 2, 5_000)) {
+    try {
+      return await engine.facts();
+    } catch (err) {
+      logger.warn({ err: String(err), dockerHost, retryInMs: delay }, 'container engine not reachable yet; retrying');
+      await new Promise((r) => setTimeout(r, delay));
+    }
   }
 }

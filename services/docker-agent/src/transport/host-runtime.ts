@@ -22,7 +22,7 @@ import { FenceClock } from '../domain/fencing';
 import { stateOf, type Engine, type EngineFacts } from '../domain/ports';
 import type { DockerEngine } from '../adapters/docker-engine';
 import type { EventQueue } from '../adapters/event-queue';
-import { AGENT_SERVICE, ENGINE, EVENTS } from '../tokens';
+import { AGENT_SERVICE, ENGINE, ENGINE_FACTS, EVENTS } from '../tokens';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -64,6 +64,7 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
     @Inject(AGENT_SERVICE) private readonly agent: AgentService,
     @Inject(EVENTS) private readonly events: EventQueue,
     @Inject(LOGGER) private readonly logger: Logger,
+    @Inject(ENGINE_FACTS) private readonly engineFacts: EngineFacts,
   ) {
     this.fence = new FenceClock(config.fenceAfterSeconds * 1000, Date.now());
     this.shim = config.hostShimIp ? new HostShim(config.hostShimIp) : undefined;
@@ -80,7 +81,10 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
   }
 
   async onApplicationBootstrap(): Promise<void> {
-    const engineFacts = await this.waitForEngine();
+    const engineFacts = this.engineFacts;
+    if (this.config.reservedCpus >= engineFacts.cpus) {
+      this.logger.warn({ cpus: engineFacts.cpus, reserved: this.config.reservedCpus }, 'ORANGERY_RESERVED_CPUS leaves no core for instances; reserving all but one');
+    }
     this.engineVersion = engineFacts.version;
     this.facts = this.hostFacts(engineFacts);
     await ensureEventsStream(this.nc, this.logger);
@@ -116,23 +120,6 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
           .finally(() => (busy = false));
       }, ms),
     );
-  }
-
-  private async waitForEngine(): Promise<EngineFacts> {
-    let delay = 250;
-    for (;;) {
-      try {
-        const f = await this.engine.facts();
-        if (this.config.reservedCpus >= f.cpus) {
-          this.logger.warn({ cpus: f.cpus, reserved: this.config.reservedCpus }, 'ORANGERY_RESERVED_CPUS leaves no core for instances; reserving all but one');
-        }
-        return f;
-      } catch (err) {
-        this.logger.warn({ err: String(err), dockerHost: this.config.dockerHost, retryInMs: delay }, 'container engine not reachable yet; retrying');
-        await sleep(delay);
-        delay = Math.min(delay * 2, 5_000);
-      }
-    }
   }
 
   private hostFacts(f: EngineFacts): HostFacts {
