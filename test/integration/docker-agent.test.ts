@@ -182,7 +182,7 @@ describe('docker-agent in the lab', () => {
       (await client.events('orangery.evt.instance.disk_exceeded')).find((e) => e.subject === 'test:web:2'),
     20_000);
     expect(ev.data).toMatchObject({ hostId: 'olab-s2', quotaMb: 5, policy: 'report' });
-    expect(ev.data.usedMb).toBeGreaterThanOrEqual(8);
+    expect(ev.data.usedMb).toBeGreaterThan(5); // over the quota (the watcher may catch the write midway)
   });
 
   it('answers every malformed command with an error and stays up', async () => {
