@@ -17,6 +17,11 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
 fi
 
 step "starting NATS and MariaDB (test profile)"
+# Private ports: the profile's defaults, or free ones when another checkout holds those.
+free_port() { node -e "const s=require('net').createServer();s.listen(0,'127.0.0.1',()=>{console.log(s.address().port);s.close()})"; }
+busy() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
+if [ ! -s .run/test/nats.pid ] && busy "${ORANGERY_LOCAL_NATS_PORT:-14222}"; then export ORANGERY_LOCAL_NATS_PORT=$(free_port) ORANGERY_LOCAL_NATS_MONITOR_PORT=$(free_port); fi
+if [ ! -s .run/test/mysqld.pid ] && busy "${ORANGERY_LOCAL_DB_PORT:-13306}"; then export ORANGERY_LOCAL_DB_PORT=$(free_port); fi
 bash deploy/local/infra.sh down test --wipe >/dev/null 2>&1 || true
 trap 'bash deploy/local/infra.sh down test --wipe >/dev/null 2>&1 || true' EXIT
 bash deploy/local/infra.sh up test
