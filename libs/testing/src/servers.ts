@@ -51,6 +51,7 @@ export class NatsServer {
   }
 
   async start(): Promise<void> {
+    if (this.child && this.child.exitCode === null && this.child.signalCode === null) return;
     this.child = spawn('nats-server', ['-c', this.conf], { stdio: 'ignore' });
     this.dir.track(this.child);
     await waitFor(`nats-server on ${this.port}`, () => portAnswers(this.port), 10_000);
