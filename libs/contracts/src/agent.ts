@@ -24,6 +24,20 @@ export const Resources = Type.Object(
 );
 export type Resources = Static<typeof Resources>;
 
+/** Minimum head room above a JVM heap: metaspace, threads, direct buffers, the JVM itself. */
+export const MIN_HEADROOM_MB = 256;
+export const HEADROOM_RATIO = 0.25;
+
+/**
+ * The memory an instance really takes (the container's limit): what was asked, but never
+ * below heap + max(256 MiB, 25% of heap), so a JVM is not OOM-killed at its configured
+ * heap size. The agents enforce it and the scheduler reserves it, so both use this one.
+ */
+export function memoryLimitMb(memoryMb: number, heapMb: number | undefined): number {
+  if (!heapMb) return memoryMb;
+  return Math.max(memoryMb, heapMb + Math.max(MIN_HEADROOM_MB, Math.ceil(heapMb * HEADROOM_RATIO)));
+}
+
 export const InstanceNetwork = Type.Object(
   {
     ip: Ipv4,

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { CreateInstanceCommand, InstanceNetwork } from '@orangery/contracts';
+import { memoryLimitMb, type CreateInstanceCommand, type InstanceNetwork } from '@orangery/contracts';
 
 /** Labels that make the engine the only truth about what runs on a host. */
 export const LABEL = {
@@ -18,18 +18,8 @@ export const LABEL = {
   specHash: 'io.orangery.spec-hash',
 } as const;
 
-/** Minimum head room above the JVM heap: metaspace, threads, direct buffers, the JVM itself. */
-export const MIN_HEADROOM_MB = 256;
-export const HEADROOM_RATIO = 0.25;
-
-/**
- * The memory limit of a container: what was asked, but never below heap + max(256 MiB,
- * 25% of heap), so a JVM is not OOM-killed at its configured heap size.
- */
-export function memoryLimitMb(memoryMb: number, heapMb: number | undefined): number {
-  if (!heapMb) return memoryMb;
-  return Math.max(memoryMb, heapMb + Math.max(MIN_HEADROOM_MB, Math.ceil(heapMb * HEADROOM_RATIO)));
-}
+// The memory limit rule lives in the contracts: the scheduler reserves what the agent enforces.
+export { HEADROOM_RATIO, MIN_HEADROOM_MB, memoryLimitMb } from '@orangery/contracts';
 
 /** Cores instances may use: all but the first `reserved` ones, which stay with the host. */
 export function allowedCpuset(totalCpus: number, reservedCpus: number): string {
