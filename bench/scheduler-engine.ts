@@ -15,6 +15,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { memoryLimitMb, type Backend } from '@orangery/contracts';
 import { Inventory, placeMany, type HostView, type PlacementPolicy, type PlacementRequest } from '../services/scheduler/src/domain/placement';
+import { mulberry32 } from '../services/scheduler/src/domain/placement/testing/fleet';
 import { fmt, table } from './lib';
 
 const INSTANCES = Number(process.env['BENCH_INSTANCES'] ?? 10_000);
@@ -27,18 +28,6 @@ const APPS = 200;
 const ENVS = ['prod', 'staging', 'qa', 'dev', 'perf', 'uat', 'demo', 'test', 'preprod', 'sandbox', 'training', 'dr'];
 
 const log = (msg: string) => process.stderr.write(`[bench:scheduler] ${msg}\n`);
-
-/** mulberry32: a small seeded PRNG, so fleets and requests are the same on every run. */
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const pick = <T>(rnd: () => number, items: readonly T[]): T => items[Math.floor(rnd() * items.length)]!;
 
