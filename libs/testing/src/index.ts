@@ -2,3 +2,4 @@ export * from './processes';
 export * from './servers';
 export * from './services';
 export * from './client';
+export * from './simulated-fleet';

@@ -1,0 +1,709 @@
+import { randomBytes } from 'node:crypto';
+import { connect } from '@nats-io/transport-node';
+import { headers as newHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
+import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
+import {
+  buildEvent,
+  CreateInstanceCommand,
+  decode,
+  errorReply,
+  HOST_ID_PATTERN,
+  InstanceRef,
+  isOrangeryError,
+  ListInstancesCommand,
+  memoryLimitMb,
+  okReply,
+  OrangeryError,
+  parseJsonObject,
+  StopInstanceCommand,
+  SUBJECTS,
+  type AgentInstance,
+  type Amounts,
+  type ErrorCode,
+  type EventEnvelope,
+  type Heartbeat,
+  type HostFacts,
+  type Reply,
+} from '@orangery/contracts';
+import { ensureEventsStream, natsEndpoints } from '@orangery/messaging';
+import { pino } from 'pino';
+
+export type SimulatedCommand = 'create' | 'start' | 'stop' | 'remove' | 'get' | 'list';
+export type SimulatedMutation = 'create' | 'start' | 'stop' | 'remove';
+
+export interface InjectedFailure {
+  code: ErrorCode;
+  message: string;
+  /** merged into the error's `details` (which always names the instanceId) */
+  details?: Record<string, unknown>;
+}
+
+export interface SimulatedFleetOptions {
+  /** one NATS connection for the whole fleet */
+  natsUrl: string;
+  /** how many hosts, e.g. 1000 */
+  hosts: number;
+  /** host ids are `${idPrefix}${n}`, n from 1, zero-padded to at least 4 digits: `sim-0001` */
+  idPrefix?: string;
+  /** default docker */
+  backend?: 'docker' | 'vmware';
+  /** per host, after reservations; default 32 cores, 128 GiB, 1 TiB */
+  capacity?: Amounts;
+  /** labels of the host at `index` (0-based position in hostIds), e.g. racks */
+  labels?: (index: number) => Record<string, string>;
+  /** default 2; each host heartbeats once per interval, the hosts spread over it */
+  heartbeatSeconds?: number;
+  /** delay before a command is answered (and applied); default 0: at once */
+  replyDelayMs?: number | ((hostId: string, command: SimulatedCommand) => number);
+  /**
+   * Injected failures, consulted after the command validated and before it has any effect;
+   * the command is refused with this error and changes nothing. IMAGE_NOT_FOUND and
+   * IP_IN_USE_ON_WIRE on create/start also publish `instance.failed`, as the agent does.
+   */
+  fail?: (hostId: string, command: SimulatedMutation, instanceId: string) => InjectedFailure | undefined;
+  /**
+   * A host cut from NATS: no heartbeats, no replies (callers time out), its events wait.
+   * Asked continuously, so a host can go silent and come back.
+   */
+  silent?: (hostId: string) => boolean;
+  /**
+   * Like the agent's ORANGERY_FENCE_AFTER_SECONDS (default 10): a host silent this long
+   * since its last heartbeat stops its running instances; when it is back it publishes
+   * host.fenced, instance.stopped per instance and host.registered (reregistered).
+   */
+  fenceAfterSeconds?: number;
+  /**
+   * Duplicate-address checks before every start (default true), as the agent does them:
+   * another live instance with the IP on the same host, or a running one on any other
+   * host of the fleet (which would answer the ARP probe), refuses with IP_IN_USE_ON_WIRE.
+   */
+  arpProbe?: boolean;
+  /** JetStream publishes in flight at once (default 256); order of sending is kept */
+  maxEventsInFlight?: number;
+}
+
+const DEFAULT_CAPACITY: Amounts = { cpu: 32, memoryMb: 131_072, diskMb: 1_048_576 };
+/** the docker-agent's defaults: ORANGERY_RESERVED_CPUS=1, ORANGERY_RESERVED_MEMORY_MB=1024 */
+const RESERVED: Amounts = { cpu: 1, memoryMb: 1024, diskMb: 0 };
+const COMMANDS = new Set<string>(['create', 'start', 'stop', 'remove', 'get', 'list']);
+const REFUSAL_EVENT_CODES = new Set<ErrorCode>(['IMAGE_NOT_FOUND', 'IP_IN_USE_ON_WIRE']);
+/** exit codes the agent reports: a JVM ending on SIGTERM, and SIGKILL (remove, fence) */
+const EXIT_SIGTERM = 143;
+const EXIT_SIGKILL = 137;
+
+interface SimInstance {
+  host: SimHost;
+  data: AgentInstance;
+  /** what makes two creates "the same spec" (the agent's spec hash, unhashed) */
+  spec: string;
+}
+
+interface QueuedEvent {
+  subject: string;
+  event: EventEnvelope;
+}
+
+interface SimHost {
+  id: string;
+  index: number;
+  facts: HostFacts;
+  seq: number;
+  instances: Map<string, SimInstance>;
+  /** the agent's fence clock starts at its last successful heartbeat */
+  lastContact: number;
+  fencedAt: number | undefined;
+  /** events raised while the host is silent: the agent keeps them in memory until NATS is back */
+  pending: QueuedEvent[];
+}
+
+/** The agent's spec hash material, with keys sorted so field order does not matter. */
+function specOf(cmd: CreateInstanceCommand): string {
+  return JSON.stringify(
+    [
+      cmd.image,
+      cmd.resources.cpu,
+      cmd.resources.memoryMb,
+      cmd.resources.heapMb ?? null,
+      cmd.resources.diskMb ?? null,
+      cmd.network,
+      cmd.environment ?? {},
+      cmd.command ?? null,
+    ],
+    (_k, v: unknown) =>
+      v && typeof v === 'object' && !Array.isArray(v)
+        ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+        : v,
+  );
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/**
+ * JetStream publishing that does not wait for each ack before sending the next: up to
+ * `max` publishes in flight. Messages leave in queue order on one connection, so the
+ * stream stores them in that order; a failed publish is retried with the same message id
+ * (stored once), which is the only way an event can land after a later one.
+ */
+class EventOutbox {
+  private readonly queue: QueuedEvent[] = [];
+  private head = 0;
+  private inFlight = 0;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private readonly idleWaiters: (() => void)[] = [];
+  published = 0;
+  failures = 0;
+
+  constructor(
+    private readonly js: JetStreamClient,
+    private readonly max: number,
+  ) {}
+
+  push(e: QueuedEvent): void {
+    this.queue.push(e);
+    this.pump();
+  }
+
+  get pending(): number {
+    return this.queue.length - this.head + this.inFlight;
+  }
+
+  private pump(): void {
+    if (this.retryTimer) return;
+    while (this.inFlight < this.max && this.head < this.queue.length) {
+      const next = this.queue[this.head++]!;
+      this.inFlight++;
+      const h = newHeaders();
+      h.set('Content-Type', 'application/cloudevents+json');
+      if (next.event.traceparent) h.set('traceparent', next.event.traceparent);
+      this.js.publish(next.subject, JSON.stringify(next.event), { msgID: next.event.id, headers: h }).then(
+        () => {
+          this.inFlight--;
+          this.published++;
+          this.settled();
+        },
+        () => {
+          this.inFlight--;
+          this.failures++;
+          // Back to the front and a pause: NATS is away or JetStream is slow.
+          this.queue.splice(this.head, 0, next);
+          this.retryTimer ??= setTimeout(() => {
+            this.retryTimer = undefined;
+            this.pump();
+          }, 500);
+          this.settled();
+        },
+      );
+    }
+    // Keep the array from growing without bound: drop what has been handed out.
+    if (this.head > 4096 && this.head * 2 > this.queue.length) {
+      this.queue.splice(0, this.head);
+      this.head = 0;
+    }
+  }
+
+  private settled(): void {
+    this.pump();
+    if (this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /** Resolves once everything pushed so far is acked, or after `ms` (false then). */
+  async idle(ms: number): Promise<boolean> {
+    if (this.pending === 0) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const done = await Promise.race([
+      new Promise<boolean>((r) => this.idleWaiters.push(() => r(true))),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), ms))),
+    ]);
+    clearTimeout(timer);
+    return done;
+  }
+
+  close(): void {
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
+  }
+}
+
+/**
+ * A fleet of simulated host agents on one NATS connection, speaking the docker-agent's
+ * wire protocol (docs/docker-agent.md): registration, heartbeats, the instance commands
+ * with the same validation, idempotency, errors and events. Instances are records in
+ * memory; nothing runs. For scheduler tests and the end-to-end scheduler benchmark.
+ *
+ * Cheap by design: one wildcard subscription for every host's commands, heartbeats from a
+ * few timers (each host once per interval, spread), events published without waiting for
+ * each ack in turn.
+ */
+export class SimulatedFleet {
+  readonly hostIds: readonly string[];
+  private readonly hosts = new Map<string, SimHost>();
+  /** every instance of the fleet by IP, for the duplicate-address checks */
+  private readonly byIp = new Map<string, Set<SimInstance>>();
+  private readonly counts: Record<SimulatedCommand, number> = { create: 0, start: 0, stop: 0, remove: 0, get: 0, list: 0 };
+  private readonly timers: NodeJS.Timeout[] = [];
+  private sub: Subscription | undefined;
+  private readonly inFlight = new Set<Promise<void>>();
+  /** per-instance command chains, used only when replies are delayed */
+  private readonly chains = new Map<string, Promise<void>>();
+  private stopped = false;
+  private readonly backend: 'docker' | 'vmware';
+  private readonly source: (hostId: string) => string;
+
+  private constructor(
+    private readonly nc: NatsConnection,
+    private readonly outbox: EventOutbox,
+    private readonly opts: SimulatedFleetOptions,
+  ) {
+    this.backend = opts.backend ?? 'docker';
+    this.source = (hostId) => `orangery/${this.backend}-agent/${hostId}`;
+    const capacity = opts.capacity ?? DEFAULT_CAPACITY;
+    const reserved = this.backend === 'docker' ? RESERVED : { cpu: 0, memoryMb: 0, diskMb: 0 };
+    const total = { cpu: capacity.cpu + reserved.cpu, memoryMb: capacity.memoryMb + reserved.memoryMb, diskMb: capacity.diskMb };
+    const prefix = opts.idPrefix ?? 'sim-';
+    const width = Math.max(4, String(opts.hosts).length);
+    const pattern = new RegExp(HOST_ID_PATTERN);
+    const ids: string[] = [];
+    const now = Date.now();
+    for (let index = 0; index < opts.hosts; index++) {
+      const id = `${prefix}${String(index + 1).padStart(width, '0')}`;
+      if (!pattern.test(id)) throw new Error(`host id '${id}' does not match ${HOST_ID_PATTERN}: change idPrefix`);
+      ids.push(id);
+      this.hosts.set(id, {
+        id,
+        index,
+        facts: {
+          hostId: id,
+          backend: this.backend,
+          capacity: { ...capacity },
+          total,
+          reserved,
+          labels: opts.labels?.(index) ?? {},
+          vlans: 'any',
+        },
+        seq: 0,
+        instances: new Map(),
+        lastContact: now,
+        fencedAt: undefined,
+        pending: [],
+      });
+    }
+    this.hostIds = ids;
+  }
+
+  static async start(opts: SimulatedFleetOptions): Promise<SimulatedFleet> {
+    if (!Number.isInteger(opts.hosts) || opts.hosts < 1) throw new Error(`hosts must be a positive integer, got ${opts.hosts}`);
+    const { servers, user, pass, token } = natsEndpoints(opts.natsUrl);
+    const nc = await connect({
+      servers,
+      ...(user !== undefined ? { user, pass } : {}),
+      ...(token !== undefined ? { token } : {}),
+      name: 'orangery-simulated-fleet',
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 200,
+    });
+    let fleet: SimulatedFleet | undefined;
+    try {
+      await ensureEventsStream(nc, pino({ level: 'silent' }));
+      const outbox = new EventOutbox(jetstream(nc, { timeout: 10_000 }), opts.maxEventsInFlight ?? 256);
+      fleet = new SimulatedFleet(nc, outbox, opts);
+      await fleet.register();
+      return fleet;
+    } catch (e) {
+      if (fleet) await fleet.stop().catch(() => undefined);
+      else await nc.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** Registration, then commands, then heartbeats: the agent's order at start. */
+  private async register(): Promise<void> {
+    for (const host of this.hosts.values()) {
+      this.emit(host, 'host', 'registered', host.id, {
+        ...host.facts,
+        ...(this.backend === 'docker' ? { engine: 'simulated-fleet' } : {}),
+      });
+    }
+    if (!(await this.outbox.idle(60_000))) throw new Error('the fleet could not publish host.registered in 60 s');
+    this.sub = this.nc.subscribe('orangery.agent.*.instance.*', {
+      callback: (err, msg) => {
+        if (!err) this.onCommand(msg);
+      },
+    });
+    this.startHeartbeats();
+    this.timers.push(setInterval(() => this.checkSilence(), 250));
+  }
+
+  /** The hosts are spread over the interval: a few timer ticks, each heartbeating a slice. */
+  private startHeartbeats(): void {
+    const intervalMs = (this.opts.heartbeatSeconds ?? 2) * 1000;
+    const slices = Math.max(1, Math.min(this.hostIds.length, Math.round(intervalMs / 50)));
+    const all = [...this.hosts.values()];
+    let tick = 0;
+    this.timers.push(
+      setInterval(() => {
+        const slice = tick++ % slices;
+        for (let i = slice; i < all.length; i += slices) this.heartbeat(all[i]!);
+      }, intervalMs / slices),
+    );
+  }
+
+  private heartbeat(host: SimHost): void {
+    if (this.isSilent(host)) return;
+    const allocated = { cpu: 0, memoryMb: 0, diskMb: 0 };
+    for (const { data } of host.instances.values()) {
+      const r = data.resources;
+      if (!r) continue;
+      allocated.cpu += r.cpu;
+      allocated.memoryMb += memoryLimitMb(r.memoryMb, r.heapMb);
+      allocated.diskMb += r.diskMb ?? 0;
+    }
+    allocated.cpu = Math.round(allocated.cpu * 1000) / 1000;
+    const hb: Heartbeat = {
+      ...host.facts,
+      time: new Date().toISOString(),
+      seq: host.seq++,
+      allocated,
+      usage: { ...allocated },
+      instances: host.instances.size,
+      fenced: false,
+    };
+    this.nc.publish(SUBJECTS.heartbeat(host.id), JSON.stringify(hb));
+    host.lastContact = Date.now();
+  }
+
+  private isSilent(host: SimHost): boolean {
+    return this.opts.silent?.(host.id) ?? false;
+  }
+
+  /** Self-fence of silent hosts, and what a host that is back publishes (agent's HostRuntime). */
+  private checkSilence(): void {
+    const fenceAfterMs = (this.opts.fenceAfterSeconds ?? 10) * 1000;
+    const now = Date.now();
+    for (const host of this.hosts.values()) {
+      if (this.isSilent(host)) {
+        if (host.fencedAt === undefined && now - host.lastContact >= fenceAfterMs) this.fence(host, now);
+        continue;
+      }
+      if (host.fencedAt !== undefined) {
+        const fencedAt = new Date(host.fencedAt).toISOString();
+        host.fencedAt = undefined;
+        host.lastContact = now;
+        this.emit(host, 'host', 'registered', host.id, { ...host.facts, reregistered: true, fencedAt });
+      }
+      if (host.pending.length > 0) for (const e of host.pending.splice(0)) this.outbox.push(e);
+    }
+  }
+
+  private fence(host: SimHost, now: number): void {
+    host.fencedAt = now;
+    const stopped: string[] = [];
+    for (const inst of host.instances.values()) {
+      if (inst.data.state !== 'running') continue;
+      inst.data.state = 'stopped';
+      inst.data.exitCode = EXIT_SIGKILL;
+      stopped.push(inst.data.instanceId);
+    }
+    this.emit(host, 'host', 'fenced', host.id, { at: new Date(now).toISOString(), stopped, stillRunning: [] });
+    for (const instanceId of stopped) this.instanceEvent(host, 'stopped', instanceId, { reason: 'self-fenced: no contact with NATS' });
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // events
+
+  private emit(host: SimHost, area: string, what: string, subject: string, data: Record<string, unknown>, traceparent?: string): void {
+    const { natsSubject, event } = buildEvent({
+      area,
+      what,
+      source: this.source(host.id),
+      subject,
+      data: area === 'host' ? { hostId: host.id, backend: this.backend, ...data } : data,
+      ...(traceparent ? { traceparent } : {}),
+    });
+    const queued = { subject: natsSubject, event: event as EventEnvelope };
+    // A host cut from NATS keeps its events until it is back, in order.
+    if (this.isSilent(host) || host.pending.length > 0) host.pending.push(queued);
+    else this.outbox.push(queued);
+  }
+
+  private instanceEvent(host: SimHost, what: string, instanceId: string, data: Record<string, unknown>, traceparent?: string): void {
+    this.emit(host, 'instance', what, instanceId, { instanceId, hostId: host.id, backend: this.backend, ...data }, traceparent);
+  }
+
+  private lifecycle(inst: SimInstance, what: 'running' | 'stopped' | 'failed' | 'removed', extra: Record<string, unknown>, traceparent?: string): void {
+    const d = inst.data;
+    this.instanceEvent(
+      inst.host,
+      what,
+      d.instanceId,
+      { ...(d.containerId ? { containerId: d.containerId } : {}), ip: d.ip, mac: d.mac, ...extra },
+      traceparent,
+    );
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // commands
+
+  private onCommand(msg: Msg): void {
+    if (this.stopped) return;
+    // orangery.agent.<hostId>.instance.<command>; hosts of other fleets or real agents are not ours
+    const parts = msg.subject.split('.');
+    const host = this.hosts.get(parts[2] ?? '');
+    const command = parts[4] ?? '';
+    if (!host || !COMMANDS.has(command) || this.isSilent(host)) return;
+    const cmd = command as SimulatedCommand;
+    this.counts[cmd]++;
+    const traceparent = msg.headers?.get('traceparent') || undefined;
+    const delay = typeof this.opts.replyDelayMs === 'function' ? this.opts.replyDelayMs(host.id, cmd) : (this.opts.replyDelayMs ?? 0);
+    if (delay <= 0 && this.chains.size === 0) {
+      this.answer(msg, this.execute(host, cmd, msg, traceparent));
+      return;
+    }
+    // Commands for one instance apply in order of arrival, as the agent's per-instance queue does.
+    const key = cmd === 'list' || cmd === 'get' ? undefined : this.instanceKey(host, msg);
+    const prev = key ? this.chains.get(key) : undefined;
+    const run = async () => {
+      await (prev ?? Promise.resolve());
+      if (delay > 0) await sleep(delay);
+      if (this.stopped || this.isSilent(host)) return;
+      this.answer(msg, this.execute(host, cmd, msg, traceparent));
+    };
+    const p = run().catch(() => undefined);
+    if (key) {
+      this.chains.set(key, p);
+      void p.then(() => {
+        if (this.chains.get(key) === p) this.chains.delete(key);
+      });
+    }
+    this.inFlight.add(p);
+    void p.then(() => this.inFlight.delete(p));
+  }
+
+  private instanceKey(host: SimHost, msg: Msg): string | undefined {
+    try {
+      const id = parseJsonObject(msg.data)['instanceId'];
+      return typeof id === 'string' ? `${host.id}/${id}` : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  private answer(msg: Msg, reply: Reply<unknown>): void {
+    if (!msg.reply) return;
+    try {
+      msg.respond(JSON.stringify(reply));
+    } catch {
+      // the connection is closing
+    }
+  }
+
+  private execute(host: SimHost, command: SimulatedCommand, msg: Msg, traceparent: string | undefined): Reply<unknown> {
+    try {
+      const body = parseJsonObject(msg.data);
+      switch (command) {
+        case 'create':
+          return okReply(this.create(host, decode(CreateInstanceCommand, body), traceparent));
+        case 'start':
+          return okReply(this.startInstance(host, decode(InstanceRef, body).instanceId, traceparent));
+        case 'stop':
+          return okReply(this.stopInstance(host, decode(StopInstanceCommand, body).instanceId, traceparent));
+        case 'remove':
+          return okReply(this.remove(host, decode(InstanceRef, body).instanceId, traceparent));
+        case 'get':
+          return okReply(this.require(host, decode(InstanceRef, body).instanceId).data);
+        case 'list':
+          decode(ListInstancesCommand, body);
+          return okReply({ hostId: host.id, instances: [...host.instances.values()].map((i) => i.data) });
+      }
+    } catch (e) {
+      if (isOrangeryError(e)) return errorReply(e.toBody());
+      return errorReply({ code: 'INTERNAL', message: `simulated fleet: ${String(e)}` });
+    }
+  }
+
+  private injected(host: SimHost, command: SimulatedMutation, instanceId: string, ip: string | undefined, traceparent?: string): void {
+    const f = this.opts.fail?.(host.id, command, instanceId);
+    if (!f) return;
+    if ((command === 'create' || command === 'start') && REFUSAL_EVENT_CODES.has(f.code)) {
+      this.instanceEvent(host, 'failed', instanceId, { reason: f.message, code: f.code, ...(ip ? { ip } : {}) }, traceparent);
+    }
+    throw new OrangeryError(f.code, f.message, { instanceId, ...f.details });
+  }
+
+  private create(host: SimHost, cmd: CreateInstanceCommand, traceparent?: string): AgentInstance {
+    this.injected(host, 'create', cmd.instanceId, cmd.network.ip, traceparent);
+    const wantStart = cmd.start ?? true;
+    const spec = specOf(cmd);
+    const existing = host.instances.get(cmd.instanceId);
+    if (existing) {
+      if (existing.spec !== spec) {
+        throw new OrangeryError('INSTANCE_CONFLICT', `${cmd.instanceId} already exists on ${host.id} with another spec; remove it first`, {
+          instanceId: cmd.instanceId,
+          ip: existing.data.ip,
+        });
+      }
+      if (wantStart && existing.data.state !== 'running') this.startChecked(existing, traceparent);
+      return existing.data;
+    }
+    const capacity = host.facts.capacity.cpu;
+    if (cmd.resources.cpu > capacity) {
+      throw new OrangeryError('INSUFFICIENT_CAPACITY', `asks ${cmd.resources.cpu} CPUs; ${host.id} offers ${capacity} to instances`, {
+        cpu: cmd.resources.cpu,
+        available: capacity,
+      });
+    }
+    this.refuseDuplicateIp(host, cmd.instanceId, cmd.network.ip, wantStart, traceparent);
+    const inst: SimInstance = {
+      host,
+      spec,
+      data: {
+        instanceId: cmd.instanceId,
+        env: cmd.env,
+        app: cmd.app,
+        slot: cmd.slot,
+        hostId: host.id,
+        // AgentInstance's schema only knows docker (see the final note of the fleet's docs)
+        backend: this.backend as 'docker',
+        ...(this.backend === 'docker' ? { containerId: randomBytes(32).toString('hex') } : {}),
+        state: wantStart ? 'running' : 'created',
+        ip: cmd.network.ip,
+        mac: cmd.network.mac,
+        image: cmd.image,
+        resources: { ...cmd.resources },
+      },
+    };
+    host.instances.set(cmd.instanceId, inst);
+    let sameIp = this.byIp.get(cmd.network.ip);
+    if (!sameIp) this.byIp.set(cmd.network.ip, (sameIp = new Set()));
+    sameIp.add(inst);
+    if (wantStart) this.lifecycle(inst, 'running', {}, traceparent);
+    return inst.data;
+  }
+
+  private startInstance(host: SimHost, instanceId: string, traceparent?: string): AgentInstance {
+    this.injected(host, 'start', instanceId, host.instances.get(instanceId)?.data.ip, traceparent);
+    const inst = this.require(host, instanceId);
+    if (inst.data.state !== 'running') this.startChecked(inst, traceparent);
+    return inst.data;
+  }
+
+  private startChecked(inst: SimInstance, traceparent?: string): void {
+    this.refuseDuplicateIp(inst.host, inst.data.instanceId, inst.data.ip, true, traceparent);
+    inst.data.state = 'running';
+    delete inst.data.exitCode;
+    delete inst.data.reason;
+    this.lifecycle(inst, 'running', {}, traceparent);
+  }
+
+  private stopInstance(host: SimHost, instanceId: string, traceparent?: string): AgentInstance {
+    this.injected(host, 'stop', instanceId, undefined, traceparent);
+    const inst = this.require(host, instanceId);
+    if (inst.data.state === 'running') {
+      inst.data.state = 'stopped';
+      inst.data.exitCode = EXIT_SIGTERM;
+      this.lifecycle(inst, 'stopped', { exitCode: EXIT_SIGTERM, reason: 'stopped on request' }, traceparent);
+    }
+    return inst.data;
+  }
+
+  private remove(host: SimHost, instanceId: string, traceparent?: string): AgentInstance {
+    this.injected(host, 'remove', instanceId, undefined, traceparent);
+    const inst = host.instances.get(instanceId);
+    if (!inst) {
+      // Removing an unknown instance is not an error: the agent describes "no container".
+      const [env = '', app = '', slot = '0'] = instanceId.split(':');
+      return { instanceId, env, app, slot: Number(slot), hostId: host.id, backend: this.backend as 'docker', state: 'removed', ip: '', mac: '', image: '' };
+    }
+    const out: AgentInstance = { ...inst.data, state: 'removed' };
+    // The engine's `die` of a removed running container is an expected stop, then `destroy`.
+    if (inst.data.state === 'running') this.lifecycle(inst, 'stopped', { exitCode: EXIT_SIGKILL, reason: 'stopped on request' }, traceparent);
+    host.instances.delete(instanceId);
+    const sameIp = this.byIp.get(inst.data.ip);
+    sameIp?.delete(inst);
+    if (sameIp?.size === 0) this.byIp.delete(inst.data.ip);
+    this.lifecycle(inst, 'removed', {}, traceparent);
+    return out;
+  }
+
+  private require(host: SimHost, instanceId: string): SimInstance {
+    const inst = host.instances.get(instanceId);
+    if (!inst) throw new OrangeryError('NOT_FOUND', `no instance ${instanceId} on ${host.id}`, { instanceId });
+    return inst;
+  }
+
+  /**
+   * The agent's two checks before a start: its own engine (another live instance with the
+   * IP on this host; always, even for start: false) and, before a start, the ARP probe,
+   * which any running instance of the fleet on another host answers.
+   */
+  private refuseDuplicateIp(host: SimHost, instanceId: string, ip: string, starting: boolean, traceparent?: string): void {
+    if (this.opts.arpProbe === false) return;
+    const holders = this.byIp.get(ip);
+    if (!holders) return;
+    for (const other of holders) {
+      if (other.host === host) {
+        if (other.data.instanceId === instanceId || other.data.state === 'stopped' || other.data.state === 'failed') continue;
+        const reason = `${ip} is held by ${other.data.instanceId} on this host; nothing was started`;
+        this.instanceEvent(host, 'failed', instanceId, { reason, code: 'IP_IN_USE_ON_WIRE', ip }, traceparent);
+        throw new OrangeryError('IP_IN_USE_ON_WIRE', reason, { ip, holder: other.data.instanceId });
+      }
+      if (starting && other.data.state === 'running') {
+        const iface = `sim0.${ip}`;
+        const reason = `${ip} answers ARP on ${iface}: another endpoint holds it; nothing was started`;
+        this.instanceEvent(host, 'failed', instanceId, { reason, code: 'IP_IN_USE_ON_WIRE', ip }, traceparent);
+        throw new OrangeryError('IP_IN_USE_ON_WIRE', reason, { ip, iface });
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // what tests look at
+
+  /** What the fleet (or one host) "runs", any state; copies. */
+  instances(hostId?: string): AgentInstance[] {
+    const hosts = hostId === undefined ? [...this.hosts.values()] : [this.hosts.get(hostId)].filter((h) => h !== undefined);
+    return hosts.flatMap((h) => [...h.instances.values()].map((i) => structuredClone(i.data)));
+  }
+
+  /** Commands received per kind (those of silent hosts are not counted). */
+  commandCounts(): Record<string, number> {
+    return { ...this.counts };
+  }
+
+  /** Events still waiting for their JetStream ack (or for a silent host to come back). */
+  pendingEvents(): number {
+    let n = this.outbox.pending;
+    for (const h of this.hosts.values()) n += h.pending.length;
+    return n;
+  }
+
+  /**
+   * The process of every running copy of the instance dies (exit 1): state `failed` and
+   * `instance.failed`, like the agent after its restarts ran out (the fleet does not
+   * restart anything). Throws when no copy is running.
+   */
+  failInstance(instanceId: string, reason?: string): void {
+    let failed = 0;
+    for (const host of this.hosts.values()) {
+      const inst = host.instances.get(instanceId);
+      if (!inst || inst.data.state !== 'running') continue;
+      inst.data.state = 'failed';
+      inst.data.exitCode = 1;
+      if (reason !== undefined) inst.data.reason = reason;
+      this.lifecycle(inst, 'failed', { exitCode: 1, ...(reason !== undefined ? { reason } : {}) });
+      failed++;
+    }
+    if (failed === 0) throw new Error(`failInstance: no running copy of ${instanceId} in the fleet`);
+  }
+
+  /** Stops answering and heartbeating, publishes the queued events (up to 5 s), closes NATS. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    for (const t of this.timers) clearInterval(t);
+    this.sub?.unsubscribe();
+    await Promise.allSettled([...this.inFlight]);
+    await this.outbox.idle(5_000);
+    this.outbox.close();
+    await this.nc.close().catch(() => undefined);
+  }
+}
