@@ -98,7 +98,7 @@ export const AgentInstance = Type.Object({
   app: Type.String(),
   slot: Type.Integer(),
   hostId: Type.String({ pattern: HOST_ID_PATTERN }),
-  backend: Type.Literal('docker'),
+  backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]),
   containerId: Type.Optional(Type.String()),
   state: InstanceState,
   ip: Type.String(),

@@ -8,3 +8,4 @@ export * from './ipam';
 export * from './envelope-schemas';
 export * from './asyncapi';
 export * from './agent';
+export * from './scheduler';

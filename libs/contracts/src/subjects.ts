@@ -9,6 +9,9 @@ export const SUBJECTS = {
     bind: 'orangery.ipam.bind',
     release: 'orangery.ipam.release',
     get: 'orangery.ipam.get',
+    // Project additions to contract v1 (docs/ipam.md "Batch requests").
+    allocateBatch: 'orangery.ipam.allocate.batch',
+    bindBatch: 'orangery.ipam.bind.batch',
   },
   scheduler: {
     hostsList: 'orangery.scheduler.hosts.list',
@@ -50,6 +53,19 @@ export const EVENTS_STREAM = {
   // Dashboards replay a week of history; the dedupe window covers outbox re-publishing.
   maxAgeSeconds: 7 * 24 * 3600,
   duplicateWindowSeconds: 120,
+} as const;
+
+/**
+ * Scale requests (CONTRACT.md "Scale requests"): stored until acked by the scheduler and
+ * kept a week for audit; publishers may set Nats-Msg-Id to dedupe their own retries.
+ */
+export const SCALE_STREAM = {
+  name: 'ORANGERY_SCALE',
+  subjects: ['orangery.scale.>'],
+  maxAgeSeconds: 7 * 24 * 3600,
+  duplicateWindowSeconds: 120,
+  /** the scheduler's durable consumer */
+  consumer: 'orangery-scheduler',
 } as const;
 
 /** The reply inbox prefix of a host's agent: its NATS user subscribes to `<prefix>.>` only. */

@@ -1,2 +1,3 @@
 export * from './data-source';
 export * from './sql-pool';
+export * from './outbox';

@@ -3,3 +3,4 @@ export * from './servers';
 export * from './services';
 export * from './client';
 export * from './simulated-fleet';
+export * from './scale';

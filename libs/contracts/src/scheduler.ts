@@ -1,0 +1,137 @@
+import { Type, type Static } from '@sinclair/typebox';
+import { Resources } from './agent';
+import { EVENT_TYPE_PREFIX } from './cloudevents';
+import { InboundEventSchema } from './envelope-schemas';
+import { Name } from './ipam';
+import { HOST_ID_PATTERN, INSTANCE_ID_PATTERN, MAX_SLOT } from './names';
+
+/**
+ * Scale requests (CONTRACT.md "Scale requests") and the scheduler's operator queries
+ * (CONTRACT.md "Operators"). One source for validation at the edge and for
+ * docs/asyncapi.yaml. Unknown fields in `data` are refused like in every request of the
+ * platform; CloudEvents extension attributes on the envelope are allowed.
+ */
+const strict = { additionalProperties: false } as const;
+
+export const SCALE_REQUESTED_TYPE = `${EVENT_TYPE_PREFIX}scale.requested`;
+/** slots are 0..9999, so an app has at most 10,000 replicas */
+export const MAX_REPLICAS = MAX_SLOT + 1;
+
+export const ScaleBackend = Type.Union([Type.Literal('auto'), Type.Literal('docker'), Type.Literal('vmware')], {
+  description: 'auto (default) compares docker and vmware hosts by free capacity',
+});
+export type ScaleBackend = Static<typeof ScaleBackend>;
+
+export const ScaleRequestData = Type.Object(
+  {
+    app: Name,
+    env: Name,
+    replicas: Type.Integer({ minimum: 0, maximum: MAX_REPLICAS }),
+    resources: Resources,
+    image: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9][A-Za-z0-9._/:@-]*$', description: 'for containers' }),
+    ),
+    template: Type.Optional(
+      Type.String({ minLength: 1, maxLength: 80, pattern: '^[A-Za-z0-9][A-Za-z0-9._ -]*$', description: "for VMs: a template VM's name in vCenter" }),
+    ),
+    backend: Type.Optional(ScaleBackend),
+    pool: Name,
+    spread: Type.Optional(
+      Type.Union([Type.Literal('host'), Type.Literal('none')], { description: 'host (default): at most one instance of the app per host while others fit' }),
+    ),
+    environment: Type.Optional(
+      Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0,127}$' }), Type.String({ maxLength: 4096 }), {
+        description: 'project addition: environment variables of every instance',
+      }),
+    ),
+  },
+  strict,
+);
+export type ScaleRequestData = Static<typeof ScaleRequestData>;
+
+/** The envelope is open: CloudEvents extension attributes are allowed. */
+export const ScaleRequestedEvent = InboundEventSchema(SCALE_REQUESTED_TYPE, ScaleRequestData);
+
+/** `data` of io.orangery.scale.completed. */
+export const ScaleCompletedData = Type.Object({
+  requestId: Type.String({ description: "the request's CloudEvents id" }),
+  env: Type.String(),
+  app: Type.String(),
+  replicas: Type.Integer({ description: 'slots 0..replicas-1, each running' }),
+  instances: Type.Array(
+    Type.Object({ id: Type.String(), slot: Type.Integer(), host: Type.String(), backend: Type.String(), ip: Type.String() }),
+  ),
+});
+export type ScaleCompletedData = Static<typeof ScaleCompletedData>;
+
+export const SCALE_REJECTION_CODES = ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'INSUFFICIENT_CAPACITY', 'SUPERSEDED', 'START_FAILED'] as const;
+export type ScaleRejectionCode = (typeof SCALE_REJECTION_CODES)[number];
+
+/** `data` of io.orangery.scale.rejected. */
+export const ScaleRejectedData = Type.Object({
+  requestId: Type.String({ description: "the request's CloudEvents id (or js-<stream sequence> when it had none)" }),
+  env: Type.Optional(Type.String()),
+  app: Type.Optional(Type.String()),
+  reason: Type.Object({
+    code: Type.Unsafe<ScaleRejectionCode>({ type: 'string', enum: [...SCALE_REJECTION_CODES] }),
+    message: Type.String(),
+    details: Type.Optional(Type.Record(Type.String(), Type.Unknown())),
+  }),
+});
+export type ScaleRejectedData = Static<typeof ScaleRejectedData>;
+
+/** `data` of io.orangery.instance.placed (published by the scheduler). */
+export const InstancePlacedData = Type.Object({
+  instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }),
+  env: Type.String(),
+  app: Type.String(),
+  slot: Type.Integer(),
+  hostId: Type.String({ pattern: HOST_ID_PATTERN }),
+  backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]),
+  requestId: Type.Optional(Type.String({ description: 'the scale request the placement serves' })),
+  attempt: Type.Integer({ minimum: 1, description: '1 for the first placement of this slot, more after a failed start elsewhere' }),
+});
+export type InstancePlacedData = Static<typeof InstancePlacedData>;
+
+// ---- operator queries ------------------------------------------------------------------
+
+export const HostsListRequest = Type.Object({}, strict);
+
+const Amounts = Type.Object({ cpu: Type.Number(), memoryMb: Type.Integer(), diskMb: Type.Integer() });
+
+export const HostSummary = Type.Object({
+  id: Type.String(),
+  backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]),
+  state: Type.Union([Type.Literal('ready'), Type.Literal('draining'), Type.Literal('lost')]),
+  capacity: Amounts,
+  allocated: Amounts,
+  usage: Amounts,
+  labels: Type.Record(Type.String(), Type.String()),
+  lastHeartbeat: Type.Optional(Type.String({ format: 'date-time', description: 'project addition' })),
+  instances: Type.Optional(Type.Integer({ description: 'project addition: instances the scheduler placed there' })),
+});
+export type HostSummary = Static<typeof HostSummary>;
+export const HostsListData = Type.Object({ hosts: Type.Array(HostSummary) });
+export type HostsListData = Static<typeof HostsListData>;
+
+export const InstancesListRequest = Type.Object({ env: Type.Optional(Name), app: Type.Optional(Name) }, strict);
+export type InstancesListRequest = Static<typeof InstancesListRequest>;
+
+export const INSTANCE_STATES = ['placed', 'starting', 'running', 'stopped', 'failed', 'removed'] as const;
+export type InstanceLifecycleState = (typeof INSTANCE_STATES)[number];
+
+export const InstanceSummary = Type.Object({
+  id: Type.String(),
+  env: Type.String(),
+  app: Type.String(),
+  slot: Type.Integer({ minimum: 0, maximum: MAX_SLOT }),
+  state: Type.Unsafe<InstanceLifecycleState>({ type: 'string', enum: [...INSTANCE_STATES] }),
+  backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware'), Type.Null()]),
+  host: Type.Union([Type.String(), Type.Null()]),
+  ip: Type.Union([Type.String(), Type.Null()]),
+  mac: Type.Union([Type.String(), Type.Null()]),
+  error: Type.Optional(Type.String({ description: "project addition: the last start failure's reason" })),
+});
+export type InstanceSummary = Static<typeof InstanceSummary>;
+export const InstancesListData = Type.Object({ instances: Type.Array(InstanceSummary) });
+export type InstancesListData = Static<typeof InstancesListData>;

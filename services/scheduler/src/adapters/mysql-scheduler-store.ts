@@ -1,0 +1,274 @@
+import { buildEvent, memoryLimitMb, type Amounts, type HostSummary, type InstanceSummary } from '@orangery/contracts';
+import type { OutboxRelay, PendingEvent, SqlPool, SqlTx } from '@orangery/persistence';
+import type { Logger } from '@orangery/telemetry';
+import type { HostEntry } from '../domain/host-book';
+import type { AppRecord, SlotRecord } from '../domain/model';
+import { NotLeaderError, type Changes, type SchedulerStore } from '../domain/ports';
+
+interface Pending {
+  changes: Changes;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+/** Journal writes gathered into one transaction while the previous one commits. */
+const MAX_GROUP = 400;
+
+/**
+ * The scheduler's journal on MySQL/MariaDB. Writes are group-committed: every change
+ * that arrives while a transaction is in flight goes into the next one (one epoch check,
+ * multi-row statements, one COMMIT round trip), so thousands of slot transitions a second
+ * cost tens of transactions. Each transaction first checks the leader epoch under a share
+ * lock: a replica that lost leadership cannot write (fencing token).
+ */
+export class MysqlSchedulerStore implements SchedulerStore {
+  private epoch: number | undefined;
+  private readonly queue: Pending[] = [];
+  private flushing = false;
+
+  constructor(
+    private readonly sql: SqlPool,
+    private readonly outbox: OutboxRelay,
+    private readonly source: string,
+    private readonly logger: Logger,
+  ) {}
+
+  /** The epoch this replica leads in (undefined: not leading; every commit fails). */
+  setEpoch(epoch: number | undefined): void {
+    this.epoch = epoch;
+  }
+
+  async load(): Promise<{ apps: AppRecord[]; slots: SlotRecord[] }> {
+    return this.sql.read(async (q) => {
+      const [apps, slots] = (await q.queryAll([
+        { sql: 'SELECT record FROM sched_app' },
+        { sql: 'SELECT record FROM sched_instance' },
+      ])) as [{ record: unknown }[], { record: unknown }[]];
+      return { apps: apps.map((r) => json<AppRecord>(r.record)), slots: slots.map((r) => json<SlotRecord>(r.record)) };
+    });
+  }
+
+  async requestSeen(requestId: string): Promise<boolean> {
+    const rows = await this.sql.read((q) => q.query<unknown[]>('SELECT 1 FROM sched_request WHERE request_id = ? LIMIT 1', [requestId]));
+    return rows.length > 0;
+  }
+
+  commit(changes: Changes): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ changes, resolve, reject });
+      if (!this.flushing) void this.flush();
+    });
+  }
+
+  private async flush(): Promise<void> {
+    this.flushing = true;
+    try {
+      while (this.queue.length > 0) {
+        const group = this.queue.splice(0, MAX_GROUP);
+        try {
+          const events = await this.write(group.map((p) => p.changes));
+          for (const p of group) p.resolve();
+          void this.outbox.publishCommitted(events);
+        } catch (e) {
+          if (e instanceof NotLeaderError || group.length === 1) {
+            for (const p of group) p.reject(e);
+            continue;
+          }
+          // One bad change must not fail the others: write them one by one.
+          this.logger.warn({ err: String(e), changes: group.length }, 'group commit failed; writing its changes one by one');
+          for (const p of group) {
+            try {
+              void this.outbox.publishCommitted(await this.write([p.changes]));
+              p.resolve();
+            } catch (err) {
+              p.reject(err);
+            }
+          }
+        }
+      }
+    } finally {
+      this.flushing = false;
+    }
+  }
+
+  private async write(all: Changes[]): Promise<PendingEvent[]> {
+    const epoch = this.epoch;
+    if (epoch === undefined) throw new NotLeaderError();
+    const events: PendingEvent[] = [];
+    for (const c of all) for (const e of c.events ?? []) events.push(buildEvent({ ...e, source: e.source || this.source }));
+    await this.sql.transaction(async (tx) => {
+      const [row] = await tx.query<{ epoch: number }[]>('SELECT epoch FROM sched_leader WHERE id = 1 LOCK IN SHARE MODE');
+      if (!row || Number(row.epoch) !== epoch) throw new NotLeaderError();
+      this.statements(tx, all, events);
+    });
+    return events;
+  }
+
+  private statements(tx: SqlTx, all: Changes[], events: PendingEvent[]): void {
+    const apps = all.flatMap((c) => c.apps ?? []);
+    const slots = all.flatMap((c) => c.slots ?? []);
+    const deletes = all.flatMap((c) => c.deleteSlots ?? []);
+    const requests = all.flatMap((c) => c.requests ?? []);
+    if (apps.length > 0) {
+      tx.defer(
+        `INSERT INTO sched_app (env, app, request_id, seq, outcome, record) VALUES ${rows(apps.length, 6)}
+         ON DUPLICATE KEY UPDATE request_id = VALUES(request_id), seq = VALUES(seq), outcome = VALUES(outcome), record = VALUES(record)`,
+        apps.flatMap((a) => [a.env, a.app, a.requestId, a.seq, a.outcome, JSON.stringify(a)]),
+      );
+    }
+    if (requests.length > 0) {
+      tx.defer(
+        `INSERT INTO sched_request (request_id, env, app, seq, outcome, reason, decided_at) VALUES ${rows(requests.length, 7)}
+         ON DUPLICATE KEY UPDATE outcome = VALUES(outcome), reason = VALUES(reason), decided_at = VALUES(decided_at)`,
+        requests.flatMap((r) => [
+          r.requestId,
+          r.env,
+          r.app,
+          r.seq,
+          r.outcome,
+          r.reason === undefined ? null : JSON.stringify(r.reason),
+          r.outcome === 'accepted' ? null : new Date(),
+        ]),
+      );
+    }
+    if (slots.length > 0) {
+      tx.defer(
+        `INSERT INTO sched_instance (id, env, app, slot, state, phase, backend, host_id, ip, mac, cpu, memory_mb, disk_mb, record)
+         VALUES ${rows(slots.length, 14)}
+         ON DUPLICATE KEY UPDATE state = VALUES(state), phase = VALUES(phase), backend = VALUES(backend), host_id = VALUES(host_id),
+           ip = VALUES(ip), mac = VALUES(mac), cpu = VALUES(cpu), memory_mb = VALUES(memory_mb), disk_mb = VALUES(disk_mb), record = VALUES(record)`,
+        slots.flatMap((s) => {
+          const d = demand(s);
+          return [s.id, s.env, s.app, s.slot, s.state, s.phase, s.backend, s.hostId, s.ip, s.mac, d.cpu, d.memoryMb, d.diskMb, JSON.stringify(s)];
+        }),
+      );
+    }
+    // deletes after upserts: a slot updated then removed in one group ends removed
+    if (deletes.length > 0) tx.defer(`DELETE FROM sched_instance WHERE id IN (${deletes.map(() => '?').join(', ')})`, deletes);
+    if (events.length > 0) {
+      tx.defer(
+        `INSERT INTO sched_outbox (event_subject, event_json) VALUES ${rows(events.length, 2)}`,
+        events.flatMap((e) => [e.natsSubject, JSON.stringify(e.event)]),
+      );
+    }
+  }
+
+  // ---- hosts and the operators' read side (any replica) ----------------------------------
+
+  /** Saves what agents report (not fenced by the epoch: a stale copy of facts harms nothing). */
+  async saveHosts(hosts: readonly HostEntry[]): Promise<void> {
+    if (hosts.length === 0) return;
+    await this.sql.transaction(async (tx) => {
+      tx.defer(
+        `INSERT INTO sched_host (id, backend, fenced, facts, usage_json, last_seen) VALUES ${rows(hosts.length, 6)}
+         ON DUPLICATE KEY UPDATE backend = VALUES(backend), fenced = VALUES(fenced), facts = VALUES(facts),
+           usage_json = VALUES(usage_json), last_seen = GREATEST(last_seen, VALUES(last_seen))`,
+        hosts.flatMap((h) => [h.id, h.backend, h.fenced ? 1 : 0, JSON.stringify(h.facts), JSON.stringify(h.usage), new Date(h.lastSeen)]),
+      );
+    });
+  }
+
+  async listHosts(lostAfterMs: number): Promise<HostSummary[]> {
+    return this.sql.read(async (q) => {
+      const [hosts, sums] = (await q.queryAll([
+        { sql: 'SELECT id, backend, drain, fenced, facts, usage_json, last_seen, TIMESTAMPDIFF(MICROSECOND, last_seen, NOW(3)) AS silent_us FROM sched_host ORDER BY id' },
+        {
+          sql: `SELECT host_id, SUM(cpu) AS cpu, SUM(memory_mb) AS memory_mb, SUM(disk_mb) AS disk_mb, COUNT(*) AS n
+                FROM sched_instance WHERE host_id IS NOT NULL GROUP BY host_id`,
+        },
+      ])) as [HostRow[], SumRow[]];
+      const byHost = new Map(sums.map((s) => [s.host_id, s]));
+      return hosts.map((h) => {
+        const facts = json<{ capacity: Amounts; labels: Record<string, string> }>(h.facts);
+        const s = byHost.get(h.id);
+        const lost = Number(h.fenced) === 1 || Number(h.silent_us) / 1000 > lostAfterMs;
+        return {
+          id: h.id,
+          backend: h.backend,
+          state: lost ? 'lost' : Number(h.drain) === 1 ? 'draining' : 'ready',
+          capacity: facts.capacity,
+          allocated: { cpu: round3(Number(s?.cpu ?? 0)), memoryMb: Number(s?.memory_mb ?? 0), diskMb: Number(s?.disk_mb ?? 0) },
+          usage: json<Amounts>(h.usage_json),
+          labels: facts.labels,
+          lastHeartbeat: new Date(h.last_seen).toISOString(),
+          instances: Number(s?.n ?? 0),
+        } satisfies HostSummary;
+      });
+    });
+  }
+
+  async listInstances(filter: { env?: string; app?: string }): Promise<InstanceSummary[]> {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    for (const col of ['env', 'app'] as const) {
+      const v = filter[col];
+      if (v === undefined) continue;
+      where.push(`${col} = ?`);
+      params.push(v);
+    }
+    const rowsOut = await this.sql.read((q) =>
+      q.query<InstanceRow[]>(
+        `SELECT id, env, app, slot, state, backend, host_id, ip, mac, JSON_UNQUOTE(JSON_EXTRACT(record, '$.lastError.message')) AS error
+         FROM sched_instance ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY env, app, slot`,
+        params,
+      ),
+    );
+    return rowsOut.map((r) => ({
+      id: r.id,
+      env: r.env,
+      app: r.app,
+      slot: Number(r.slot),
+      state: r.state as InstanceSummary['state'],
+      backend: r.backend as InstanceSummary['backend'],
+      host: r.host_id,
+      ip: r.ip,
+      mac: r.mac,
+      ...(r.error && r.error !== 'null' && r.state !== 'running' ? { error: r.error } : {}),
+    }));
+  }
+}
+
+interface HostRow {
+  id: string;
+  backend: 'docker' | 'vmware';
+  drain: number;
+  fenced: number;
+  facts: unknown;
+  usage_json: unknown;
+  last_seen: Date;
+  silent_us: number;
+}
+interface SumRow {
+  host_id: string;
+  cpu: number;
+  memory_mb: number;
+  disk_mb: number;
+  n: number;
+}
+interface InstanceRow {
+  id: string;
+  env: string;
+  app: string;
+  slot: number;
+  state: string;
+  backend: string | null;
+  host_id: string | null;
+  ip: string | null;
+  mac: string | null;
+  error: string | null;
+}
+
+const rows = (n: number, cols: number): string => {
+  const one = `(${new Array(cols).fill('?').join(', ')})`;
+  return new Array(n).fill(one).join(', ');
+};
+
+/** mysql2 returns JSON columns parsed on MySQL and as text on MariaDB (JSON is LONGTEXT there). */
+const json = <T>(v: unknown): T => (typeof v === 'string' ? (JSON.parse(v) as T) : (v as T));
+
+const round3 = (n: number): number => Math.round(n * 1000) / 1000;
+
+function demand(s: SlotRecord): Amounts {
+  const r = s.spec.resources;
+  return { cpu: r.cpu, memoryMb: memoryLimitMb(r.memoryMb, r.heapMb), diskMb: r.diskMb ?? 0 };
+}

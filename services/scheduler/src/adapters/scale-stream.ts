@@ -1,0 +1,101 @@
+import { AckPolicy, DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type ConsumerMessages } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { SCALE_STREAM } from '@orangery/contracts';
+import type { Logger } from '@orangery/telemetry';
+import type { ScaleMessage } from '../domain/scale-intake';
+
+const nanos = (s: number): number => s * 1_000_000_000;
+/** A leader killed mid-request: its unacked messages go to the next leader after this. */
+const ACK_WAIT_SECONDS = 15;
+const MAX_IN_FLIGHT = 256;
+
+/** Creates the scale stream and the scheduler's durable consumer (idempotent; replicas may race). */
+export async function ensureScaleStream(nc: NatsConnection, logger: Logger): Promise<void> {
+  const jsm = await jetstreamManager(nc);
+  try {
+    await jsm.streams.info(SCALE_STREAM.name);
+  } catch {
+    try {
+      await jsm.streams.add({
+        name: SCALE_STREAM.name,
+        subjects: [...SCALE_STREAM.subjects],
+        retention: RetentionPolicy.Limits,
+        storage: StorageType.File,
+        discard: DiscardPolicy.Old,
+        max_age: nanos(SCALE_STREAM.maxAgeSeconds),
+        duplicate_window: nanos(SCALE_STREAM.duplicateWindowSeconds),
+      });
+      logger.info({ stream: SCALE_STREAM.name }, 'created the scale stream');
+    } catch (e) {
+      await jsm.streams.info(SCALE_STREAM.name).catch(() => {
+        throw e;
+      });
+    }
+  }
+  try {
+    await jsm.consumers.info(SCALE_STREAM.name, SCALE_STREAM.consumer);
+  } catch {
+    await jsm.consumers
+      .add(SCALE_STREAM.name, {
+        durable_name: SCALE_STREAM.consumer,
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        ack_wait: nanos(ACK_WAIT_SECONDS),
+        max_ack_pending: 4 * MAX_IN_FLIGHT,
+        filter_subject: 'orangery.scale.>',
+      })
+      .catch(async (e: unknown) => {
+        await jsm.consumers.info(SCALE_STREAM.name, SCALE_STREAM.consumer).catch(() => {
+          throw e;
+        });
+      });
+  }
+}
+
+export type ScaleVerdict = 'ack' | 'retry' | 'abandon';
+
+/**
+ * Pulls scale requests for the leader. Every message is answered: ack once its fate is
+ * journaled, nak with a delay when it could not be judged now (ipam or the database away),
+ * and on leadership loss nothing (the next leader gets it after the ack wait). A message
+ * that cannot even be parsed is judged too (INVALID_REQUEST) and acked: a poison message
+ * never blocks the stream.
+ */
+export class ScaleConsumer {
+  private messages: ConsumerMessages | undefined;
+  private readonly inFlight = new Set<Promise<void>>();
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly handle: (m: ScaleMessage) => Promise<ScaleVerdict>,
+    private readonly logger: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    const js = jetstream(this.nc);
+    const consumer = await js.consumers.get(SCALE_STREAM.name, SCALE_STREAM.consumer);
+    this.messages = await consumer.consume({ max_messages: MAX_IN_FLIGHT });
+    void (async () => {
+      for await (const m of this.messages!) {
+        while (this.inFlight.size >= MAX_IN_FLIGHT) await Promise.race(this.inFlight);
+        const traceparent = m.headers?.get('traceparent') || undefined;
+        const p = this.handle({ seq: m.seq, subject: m.subject, body: m.data, ...(traceparent ? { traceparent } : {}) })
+          .then((v) => {
+            if (v === 'ack') m.ack();
+            else if (v === 'retry') m.nak(2_000);
+          })
+          .catch((err: unknown) => {
+            this.logger.error({ err: String(err), seq: m.seq }, 'scale request handling failed; redelivering');
+            m.nak(5_000);
+          })
+          .finally(() => this.inFlight.delete(p));
+        this.inFlight.add(p);
+      }
+    })().catch((err: unknown) => this.logger.warn({ err: String(err) }, 'scale consumer stopped'));
+  }
+
+  async stop(): Promise<void> {
+    await this.messages?.close().catch(() => undefined);
+    await Promise.allSettled([...this.inFlight]);
+  }
+}

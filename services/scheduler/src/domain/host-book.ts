@@ -1,0 +1,231 @@
+import type { Amounts, Backend, Heartbeat, HostFacts } from '@orangery/contracts';
+import { Inventory, needOf, type AppRef, type HostState, type HostView } from './placement';
+
+/** A host as the leader knows it: the agent's facts and live figures, and what we placed there. */
+export interface HostEntry {
+  readonly id: string;
+  backend: Backend;
+  facts: HostFacts;
+  /** draining is set by operators (migrator); lost is derived from lastSeen */
+  drain: boolean;
+  lastSeen: number;
+  usage: Amounts;
+  agentAllocated: Amounts;
+  fenced: boolean;
+  /** what the scheduler's slots take there, and which apps they belong to */
+  readonly placed: Map<string, { ref: AppRef; demand: Amounts }>;
+}
+
+const zero = (): Amounts => ({ cpu: 0, memoryMb: 0, diskMb: 0 });
+
+/** How often at most live usage alone rebuilds the placement inventory. */
+const USAGE_REBUILD_MS = 1_000;
+
+/**
+ * The fleet for placement: hosts from agents' heartbeats (docker-agents and the
+ * vmware-agent alike: the backend is a field, so a new backend plugs in without touching
+ * the core) plus the scheduler's own reservations. Keeps one placement Inventory current:
+ * reservations are applied to it at once (so two decisions in a row never overcommit a
+ * host), and it is rebuilt when hosts come, go or change, and at most once a second for
+ * usage figures.
+ */
+export class HostBook {
+  private readonly hosts = new Map<string, HostEntry>();
+  private cached: Inventory | undefined;
+  private structuralChange = true;
+  private usageChange = false;
+  private builtAt = 0;
+
+  constructor(
+    private readonly lostAfterMs: number,
+    private readonly now: () => number,
+  ) {}
+
+  get size(): number {
+    return this.hosts.size;
+  }
+
+  get(id: string): HostEntry | undefined {
+    return this.hosts.get(id);
+  }
+
+  all(): IterableIterator<HostEntry> {
+    return this.hosts.values();
+  }
+
+  stateOf(h: HostEntry): HostState {
+    if (this.now() - h.lastSeen > this.lostAfterMs || h.fenced) return 'lost';
+    return h.drain ? 'draining' : 'ready';
+  }
+
+  isLost(id: string): boolean {
+    const h = this.hosts.get(id);
+    return !h || this.stateOf(h) === 'lost';
+  }
+
+  /** Since when a host has been silent (ms), 0 when it is not. */
+  silentFor(id: string): number {
+    const h = this.hosts.get(id);
+    return h ? Math.max(0, this.now() - h.lastSeen) : Number.POSITIVE_INFINITY;
+  }
+
+  /** A heartbeat (or registration facts): returns true when the host is new or came back. */
+  heartbeat(hb: Heartbeat | (HostFacts & { time?: string })): boolean {
+    const known = this.hosts.get(hb.hostId);
+    const wasLost = known ? this.stateOf(known) === 'lost' : true;
+    const facts: HostFacts = {
+      hostId: hb.hostId,
+      backend: hb.backend,
+      capacity: hb.capacity,
+      total: hb.total,
+      reserved: hb.reserved,
+      labels: hb.labels,
+      vlans: hb.vlans,
+    };
+    if (!known) {
+      this.hosts.set(hb.hostId, {
+        id: hb.hostId,
+        backend: hb.backend,
+        facts,
+        drain: false,
+        lastSeen: this.now(),
+        usage: 'usage' in hb ? hb.usage : zero(),
+        agentAllocated: 'allocated' in hb ? hb.allocated : zero(),
+        fenced: 'fenced' in hb ? hb.fenced : false,
+        placed: new Map(),
+      });
+      this.structuralChange = true;
+      return true;
+    }
+    if (JSON.stringify(known.facts) !== JSON.stringify(facts)) this.structuralChange = true;
+    known.facts = facts;
+    known.backend = hb.backend;
+    known.lastSeen = this.now();
+    if ('usage' in hb) {
+      known.usage = hb.usage;
+      known.agentAllocated = hb.allocated;
+      if (known.fenced !== hb.fenced) this.structuralChange = true;
+      known.fenced = hb.fenced;
+      this.usageChange = true;
+    }
+    if (wasLost) this.structuralChange = true;
+    return wasLost;
+  }
+
+  /** Marks hosts whose heartbeats stopped; returns the ids that just became lost. */
+  sweep(lastStates: Map<string, HostState>): string[] {
+    const lost: string[] = [];
+    for (const h of this.hosts.values()) {
+      const s = this.stateOf(h);
+      if (lastStates.get(h.id) !== s) {
+        this.structuralChange = true;
+        if (s === 'lost') lost.push(h.id);
+        lastStates.set(h.id, s);
+      }
+    }
+    return lost;
+  }
+
+  setDrain(id: string, drain: boolean): void {
+    const h = this.hosts.get(id);
+    if (h && h.drain !== drain) {
+      h.drain = drain;
+      this.structuralChange = true;
+    }
+  }
+
+  /** Records a slot on a host (a host not heard of yet gets a placeholder: it shows as lost). */
+  reserve(hostId: string, slotId: string, ref: AppRef, demand: Amounts): void {
+    const h = this.hosts.get(hostId) ?? this.placeholder(hostId);
+    if (h.placed.has(slotId)) return;
+    h.placed.set(slotId, { ref, demand });
+    const inv = this.cached;
+    const i = inv?.indexOf(hostId);
+    if (inv && i !== undefined && !this.structuralChange) {
+      inv.take(i, needFor(demand), +1);
+      inv.count(`${ref.env}:${ref.app}`, i, +1);
+    } else {
+      this.structuralChange = true;
+    }
+  }
+
+  unreserve(hostId: string, slotId: string): void {
+    const h = this.hosts.get(hostId);
+    const p = h?.placed.get(slotId);
+    if (!h || !p) return;
+    h.placed.delete(slotId);
+    const inv = this.cached;
+    const i = inv?.indexOf(hostId);
+    if (inv && i !== undefined && !this.structuralChange) {
+      inv.take(i, needFor(p.demand), -1);
+      inv.count(`${p.ref.env}:${p.ref.app}`, i, -1);
+    } else {
+      this.structuralChange = true;
+    }
+  }
+
+  /** What the scheduler's slots take on a host. */
+  allocated(h: HostEntry): Amounts {
+    const sum = zero();
+    for (const { demand } of h.placed.values()) {
+      sum.cpu += demand.cpu;
+      sum.memoryMb += demand.memoryMb;
+      sum.diskMb += demand.diskMb;
+    }
+    return sum;
+  }
+
+  /** The placement engine's view, kept current (see the class comment). */
+  inventory(): Inventory {
+    const stale = this.structuralChange || (this.usageChange && this.now() - this.builtAt >= USAGE_REBUILD_MS);
+    if (this.cached && !stale) return this.cached;
+    const views: HostView[] = [];
+    for (const h of this.hosts.values()) views.push(this.viewOf(h));
+    this.cached = Inventory.of(views);
+    this.structuralChange = false;
+    this.usageChange = false;
+    this.builtAt = this.now();
+    return this.cached;
+  }
+
+  private viewOf(h: HostEntry): HostView {
+    const own = this.allocated(h);
+    // Live usage counts when it is above what we reserved (load the scheduler did not
+    // place: other processes, containers started by hand), so "idle" means idle.
+    const allocated: Amounts = {
+      cpu: Math.max(own.cpu, h.usage.cpu),
+      memoryMb: Math.max(own.memoryMb, h.usage.memoryMb),
+      diskMb: Math.max(own.diskMb, h.usage.diskMb),
+    };
+    return {
+      id: h.id,
+      backend: h.backend,
+      state: this.stateOf(h),
+      capacity: h.facts.capacity,
+      allocated,
+      labels: h.facts.labels,
+      vlans: h.facts.vlans,
+      instances: [...h.placed.values()].map((p) => p.ref),
+    };
+  }
+
+  private placeholder(id: string): HostEntry {
+    const h: HostEntry = {
+      id,
+      backend: 'docker',
+      facts: { hostId: id, backend: 'docker', capacity: zero(), total: zero(), reserved: zero(), labels: {}, vlans: [] },
+      drain: false,
+      lastSeen: Number.NEGATIVE_INFINITY,
+      usage: zero(),
+      agentAllocated: zero(),
+      fenced: false,
+      placed: new Map(),
+    };
+    this.hosts.set(id, h);
+    this.structuralChange = true;
+    return h;
+  }
+}
+
+/** A demand is already at the real memory limit, so needOf's heap rule changes nothing. */
+const needFor = (d: Amounts) => needOf(d);

@@ -1,0 +1,92 @@
+import type { AgentInstance, Backend, CreateInstanceCommand, NewEvent, Owner } from '@orangery/contracts';
+import type { AppRecord, SlotRecord } from './model';
+
+/**
+ * What the scheduler's core needs from the outside. The adapters (MySQL, NATS) implement
+ * these; the unit tests fake them.
+ */
+
+/** One atomic write of the journal, checked against the leader's epoch (fencing token). */
+export interface Changes {
+  apps?: AppRecord[];
+  slots?: SlotRecord[];
+  deleteSlots?: string[];
+  /** scale requests seen, with their outcome once decided (dedupe of redeliveries) */
+  requests?: { requestId: string; env: string; app: string; seq: number; outcome: 'accepted' | 'completed' | 'rejected'; reason?: unknown }[];
+  /** events to publish once committed (transactional outbox) */
+  events?: NewEvent<unknown>[];
+}
+
+export interface SchedulerStore {
+  /** Everything the leader needs in memory. */
+  load(): Promise<{ apps: AppRecord[]; slots: SlotRecord[] }>;
+  /** Writes atomically, or throws NotLeaderError when another replica has taken over. */
+  commit(changes: Changes): Promise<void>;
+  /** Whether a scale request id was seen already. */
+  requestSeen(requestId: string): Promise<boolean>;
+}
+
+export class NotLeaderError extends Error {
+  constructor() {
+    super('this replica is no longer the scheduler leader');
+    this.name = 'NotLeaderError';
+  }
+}
+
+export interface PoolInfo {
+  name: string;
+  vlan: number;
+}
+
+export interface AllocationInfo {
+  ip: string;
+  mac: string;
+  prefixLength: number;
+  gateway: string;
+  vlan: number;
+}
+
+/** Errors of the ports carry a contract code; `transient` ones are worth retrying later. */
+export class PortError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly transient: boolean,
+    readonly details?: Record<string, unknown>,
+  ) {
+    super(message);
+    this.name = 'PortError';
+  }
+}
+
+export interface IpamPort {
+  /** undefined when the pool does not exist */
+  pool(name: string): Promise<PoolInfo | undefined>;
+  /** idempotent per owner: the slot's address, the same one every time */
+  allocate(pool: string, owner: Owner): Promise<AllocationInfo>;
+  bind(ip: string, instanceId: string, backend: Backend, host: string): Promise<void>;
+  /** NOT_FOUND is success: nothing to give back */
+  release(owner: Owner): Promise<void>;
+}
+
+export interface AgentPort {
+  create(hostId: string, command: CreateInstanceCommand): Promise<AgentInstance>;
+  start(hostId: string, instanceId: string): Promise<AgentInstance>;
+  /** succeeds when the instance is gone (also when it never existed) */
+  remove(hostId: string, instanceId: string): Promise<void>;
+  get(hostId: string, instanceId: string): Promise<AgentInstance | undefined>;
+  list(hostId: string): Promise<AgentInstance[]>;
+}
+
+export interface Clock {
+  now(): number;
+}
+
+export const systemClock: Clock = { now: () => Date.now() };
+
+/** The core logs through this (pino in the service, silent in unit tests). */
+export interface CoreLog {
+  info(fields: Record<string, unknown>, msg: string): void;
+  warn(fields: Record<string, unknown>, msg: string): void;
+  debug(fields: Record<string, unknown>, msg: string): void;
+}

@@ -1,0 +1,124 @@
+import {
+  decode,
+  isOrangeryError,
+  NAME_PATTERN,
+  parseJsonObject,
+  ScaleRequestedEvent,
+  type Backend,
+  type ScaleRequestData,
+} from '@orangery/contracts';
+
+/**
+ * The edge of the scale stream: turns a stored message into a request the core can judge,
+ * or into the INVALID_REQUEST rejection it deserves. Pure.
+ */
+
+export interface ScaleMessage {
+  /** the JetStream stream sequence: orders requests for the same app */
+  readonly seq: number;
+  readonly subject: string;
+  readonly body: Uint8Array | string;
+  readonly traceparent?: string;
+}
+
+export interface ValidScale {
+  readonly ok: true;
+  readonly requestId: string;
+  readonly seq: number;
+  readonly data: ScaleRequestData;
+  readonly traceparent?: string;
+}
+
+export interface InvalidScale {
+  readonly ok: false;
+  readonly requestId: string;
+  readonly seq: number;
+  readonly env?: string;
+  readonly app?: string;
+  readonly message: string;
+  readonly details: Record<string, unknown>;
+  readonly traceparent?: string;
+}
+
+const NAME = new RegExp(NAME_PATTERN);
+
+/** `orangery.scale.<env>.<app>` -> env, app (when they are valid names). */
+export function subjectNames(subject: string): { env?: string; app?: string } {
+  const parts = subject.split('.');
+  if (parts.length !== 4 || parts[0] !== 'orangery' || parts[1] !== 'scale') return {};
+  const [, , env, app] = parts as [string, string, string, string];
+  return NAME.test(env) && NAME.test(app) ? { env, app } : {};
+}
+
+export function parseScale(msg: ScaleMessage): ValidScale | InvalidScale {
+  const names = subjectNames(msg.subject);
+  let body: Record<string, unknown> | undefined;
+  // A request without a usable id still gets its one rejection, under the stream's sequence.
+  let requestId = `js-${msg.seq}`;
+  const invalid = (message: string, details: Record<string, unknown>): InvalidScale => ({
+    ok: false,
+    requestId,
+    seq: msg.seq,
+    ...names,
+    message,
+    details,
+    ...(msg.traceparent ? { traceparent: msg.traceparent } : {}),
+  });
+  try {
+    body = parseJsonObject(msg.body);
+  } catch (e) {
+    return invalid(isOrangeryError(e) ? e.message : 'the request is not a JSON object', { field: '' });
+  }
+  if (typeof body['id'] === 'string' && body['id'] !== '' && body['id'].length <= 255) requestId = body['id'];
+  let event;
+  try {
+    event = decode(ScaleRequestedEvent, body);
+  } catch (e) {
+    if (isOrangeryError(e)) return invalid(e.message, e.details ?? {});
+    throw e;
+  }
+  const { data } = event;
+  if (names.env !== undefined && (names.env !== data.env || names.app !== data.app)) {
+    return invalid(`data names ${data.env}/${data.app} but the request was published on ${msg.subject}`, {
+      field: 'data.app',
+      reason: 'must match the subject orangery.scale.<env>.<app>',
+    });
+  }
+  if (names.env === undefined) return invalid(`subject '${msg.subject}' is not orangery.scale.<env>.<app>`, { field: '' });
+  if (data.resources.heapMb !== undefined && data.resources.heapMb > data.resources.memoryMb * 64) {
+    return invalid('field data.resources.heapMb: is implausibly larger than memoryMb', { field: 'data.resources.heapMb' });
+  }
+  const traceparent = event.traceparent ?? msg.traceparent;
+  return { ok: true, requestId, seq: msg.seq, data, ...(traceparent ? { traceparent } : {}) };
+}
+
+/**
+ * The backends a request may use: what it asked (auto = both), what it brings an artifact
+ * for (an image for containers, a template for VMs), and the env's policy. Empty means
+ * the request cannot run anywhere: the reason says why.
+ */
+export function backendsFor(
+  data: Pick<ScaleRequestData, 'backend' | 'image' | 'template' | 'env'>,
+  envPolicy: readonly Backend[] | undefined,
+): { backends: Backend[]; reason?: string; field?: string } {
+  const asked: Backend[] = data.backend === undefined || data.backend === 'auto' ? ['docker', 'vmware'] : [data.backend];
+  const withArtifact = asked.filter((b) => (b === 'docker' ? data.image !== undefined : data.template !== undefined));
+  if (withArtifact.length === 0) {
+    const field = asked.length === 1 && asked[0] === 'vmware' ? 'data.template' : 'data.image';
+    return {
+      backends: [],
+      field,
+      reason:
+        data.backend === 'docker'
+          ? 'backend docker needs an image'
+          : data.backend === 'vmware'
+            ? 'backend vmware needs a template'
+            : 'give an image (containers) or a template (VMs)',
+    };
+  }
+  const allowed = envPolicy ? withArtifact.filter((b) => envPolicy.includes(b)) : withArtifact;
+  if (allowed.length === 0) {
+    return { backends: [], field: 'data.backend', reason: `env '${data.env}' allows only ${envPolicy!.join(', ')}` };
+  }
+  return { backends: allowed };
+}

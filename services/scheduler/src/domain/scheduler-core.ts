@@ -1,0 +1,816 @@
+import {
+  instanceIdOf,
+  memoryLimitMb,
+  ownerOfInstanceId,
+  type AgentInstance,
+  type Backend,
+  type CreateInstanceCommand,
+  type Heartbeat,
+  type HostFacts,
+  type InstancePlacedData,
+  type NewEvent,
+  type ScaleCompletedData,
+  type ScaleRejectedData,
+  type ScaleRejectionCode,
+} from '@orangery/contracts';
+import { HostBook } from './host-book';
+import { appKeyOf, type AppRecord, type AppSpec, type Demand, type SlotError, type SlotRecord, type SlotSpec } from './model';
+import { place, type HostState, type PlacementPolicy, type PlacementRequest } from './placement';
+import { NotLeaderError, PortError, type AgentPort, type Changes, type Clock, type CoreLog, type IpamPort, type SchedulerStore } from './ports';
+import { backendsFor, parseScale, type ScaleMessage } from './scale-intake';
+import { KeyedMutex, Semaphore } from './sync';
+
+export interface CoreSettings {
+  /** CloudEvents source of what the scheduler publishes */
+  readonly source: string;
+  readonly policy: PlacementPolicy;
+  /** hosts a slot is tried on before its start counts as failed (START_FAILED) */
+  readonly startAttempts: number;
+  /** an agent's `failed` is final after this long (the agent restarts a crashed instance a few times first) */
+  readonly failedGraceMs: number;
+  /** nothing that ran on a silent host is taken as gone before fenceAfter + margin */
+  readonly fenceMarginMs: number;
+  readonly lostAfterMs: number;
+  /** slots worked on at once */
+  readonly concurrency: number;
+  /** env -> the only backends its instances may use */
+  readonly envBackends: (env: string) => readonly Backend[] | undefined;
+}
+
+export interface CorePorts {
+  readonly store: SchedulerStore;
+  readonly ipam: IpamPort;
+  readonly agents: AgentPort;
+  readonly clock: Clock;
+  readonly log: CoreLog;
+}
+
+/** A scale message could not be judged now (ipam or the database away): redeliver it later. */
+export class RetryLater extends Error {
+  constructor(reason: string) {
+    super(reason);
+    this.name = 'RetryLater';
+  }
+}
+
+type Step = 'again' | 'done' | number;
+
+const BACKOFF_MAX_MS = 10_000;
+const UNPLACEABLE_RETRY_MS = 5_000;
+const FAILED_RETRY_MS = 30_000;
+
+const demandOf = (r: SlotSpec['resources']): Demand => ({
+  cpu: r.cpu,
+  memoryMb: memoryLimitMb(r.memoryMb, r.heapMb),
+  diskMb: r.diskMb ?? 0,
+});
+
+const errorOf = (e: unknown): SlotError =>
+  e instanceof PortError ? { code: e.code, message: e.message } : { code: 'INTERNAL', message: e instanceof Error ? e.message : String(e) };
+
+const isTransient = (e: unknown): boolean => e instanceof PortError && e.transient;
+
+/**
+ * The leader's brain: judges scale requests, keeps each app's slots converging on its
+ * desired state, and follows what agents report. Level-triggered: every step reads the
+ * current records and does the next thing; a step that fails is simply run again later, and
+ * a new leader starting from the journal picks up where the old one stopped (every
+ * external call is idempotent: allocate per owner, create per instance id and spec, bind,
+ * remove, release).
+ *
+ * Records change only through `save`, which journals first (fenced by the leader epoch)
+ * and updates memory after the commit.
+ */
+export class SchedulerCore {
+  readonly hosts: HostBook;
+  private readonly apps = new Map<string, AppRecord>();
+  private readonly slots = new Map<string, SlotRecord>();
+  private readonly slotsByApp = new Map<string, Set<string>>();
+  private readonly appLock = new KeyedMutex();
+  private readonly workLimit: Semaphore;
+  private readonly running = new Set<string>();
+  private readonly again = new Set<string>();
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+  private readonly verifying = new Map<string, NodeJS.Timeout>();
+  private readonly appChecks = new Set<string>();
+  private appCheckTimer: NodeJS.Timeout | undefined;
+  private readonly hostStates = new Map<string, HostState>();
+  private stopped = false;
+  private inFlight = 0;
+
+  constructor(
+    private readonly ports: CorePorts,
+    private readonly settings: CoreSettings,
+    /** called once when a write finds another leader: the service steps down */
+    private readonly onDeposed: () => void = () => undefined,
+  ) {
+    this.hosts = new HostBook(settings.lostAfterMs, () => ports.clock.now());
+    this.workLimit = new Semaphore(settings.concurrency);
+  }
+
+  // ---- lifecycle ------------------------------------------------------------------------
+
+  /** Loads the journal (a new leader) and starts converging every app. */
+  async start(): Promise<void> {
+    const { apps, slots } = await this.ports.store.load();
+    for (const a of apps) this.apps.set(appKeyOf(a), a);
+    for (const s of slots) this.putSlot(s);
+    this.ports.log.info({ apps: apps.length, slots: slots.length }, 'leader state loaded');
+    for (const key of this.apps.keys()) void this.reconcileApp(key);
+  }
+
+  /** Stops taking work; resolves when no step is in progress any more. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const t of this.timers.values()) clearTimeout(t);
+    for (const t of this.verifying.values()) clearTimeout(t);
+    clearTimeout(this.appCheckTimer);
+    this.timers.clear();
+    this.verifying.clear();
+    for (let i = 0; i < 300 && (this.running.size > 0 || this.inFlight > 0); i++) await new Promise((r) => setTimeout(r, 20));
+  }
+
+  /** Level-triggered sweep: every app and every host, on a timer. */
+  tick(): void {
+    if (this.stopped) return;
+    this.hosts.sweep(this.hostStates);
+    for (const key of this.apps.keys()) void this.reconcileApp(key);
+  }
+
+  // ---- read side (the leader answers from memory only in tests; replicas read the DB) --
+
+  app(env: string, app: string): AppRecord | undefined {
+    return this.apps.get(`${env}:${app}`);
+  }
+
+  slotList(): SlotRecord[] {
+    return [...this.slots.values()];
+  }
+
+  busy(): number {
+    return this.running.size + this.timers.size;
+  }
+
+  // ---- scale requests ---------------------------------------------------------------------
+
+  /**
+   * Judges one stored scale request. Returns when its fate is journaled (accepted, or
+   * rejected with its event in the outbox): the caller acks then. Throws RetryLater when
+   * it cannot be judged now; the caller redelivers.
+   */
+  async handleScale(msg: ScaleMessage): Promise<void> {
+    const parsed = parseScale(msg);
+    if (await this.ports.store.requestSeen(parsed.requestId)) return;
+    if (!parsed.ok) {
+      await this.rejectRequest(parsed.requestId, parsed.seq, parsed.env, parsed.app, 'INVALID_REQUEST', parsed.message, parsed.details, parsed.traceparent);
+      return;
+    }
+    const { data, requestId, seq, traceparent } = parsed;
+    const key = appKeyOf(data);
+    await this.appLock.run(key, async () => {
+      const current = this.apps.get(key);
+      if (current?.requestId === requestId) return; // the same request again: it changes nothing
+      const reject = (code: ScaleRejectionCode, message: string, details?: Record<string, unknown>) =>
+        this.rejectRequest(requestId, seq, data.env, data.app, code, message, details, traceparent);
+      if (current && seq < current.seq) {
+        return reject('SUPERSEDED', `a newer request (${current.requestId}) for ${key} was accepted first`, { by: current.requestId });
+      }
+      const { backends, reason, field } = backendsFor(data, this.settings.envBackends(data.env));
+      if (backends.length === 0) return reject('INVALID_REQUEST', `field '${field}': ${reason}`, { field, reason });
+      let pool;
+      try {
+        pool = await this.ports.ipam.pool(data.pool);
+      } catch (e) {
+        throw new RetryLater(`ipam: ${errorOf(e).message}`);
+      }
+      if (!pool) return reject('POOL_NOT_FOUND', `pool '${data.pool}' does not exist`, { pool: data.pool });
+
+      const spec: AppSpec = {
+        replicas: data.replicas,
+        resources: data.resources,
+        ...(data.image !== undefined ? { image: data.image } : {}),
+        ...(data.template !== undefined ? { template: data.template } : {}),
+        backends,
+        pool: data.pool,
+        vlan: pool.vlan,
+        spread: data.spread ?? 'host',
+        ...(data.environment ? { environment: data.environment } : {}),
+      };
+      const next: AppRecord = {
+        env: data.env,
+        app: data.app,
+        requestId,
+        seq,
+        spec,
+        stable: current?.stable ?? null,
+        outcome: 'pending',
+        backend: data.backend ?? 'auto',
+        ...(traceparent ? { traceparent } : {}),
+      };
+      // Place every slot that has no record yet, all or nothing: a request that does not
+      // fit is rejected with the shortfall and changes nothing.
+      const placed: SlotRecord[] = [];
+      const missing = this.missingSlots(key, spec.replicas);
+      for (const slot of missing) {
+        const decision = place(this.placementRequest(next, []), this.hosts.inventory());
+        if (!decision.ok) {
+          for (const s of placed) this.hosts.unreserve(s.hostId!, s.id);
+          return reject('INSUFFICIENT_CAPACITY', `${decision.reason.message} (${placed.length} of ${missing.length} new instances fit)`, {
+            ...decision.reason.details,
+            requested: missing.length,
+            fit: placed.length,
+          });
+        }
+        const s = this.newSlot(next, slot, decision.hostId);
+        this.hosts.reserve(decision.hostId, s.id, next, demandOf(s.spec.resources));
+        placed.push(s);
+      }
+      const changes: Changes = {
+        apps: [next],
+        slots: placed,
+        requests: [{ requestId, env: data.env, app: data.app, seq, outcome: 'accepted' }],
+        events: placed.map((s) => this.placedEvent(s, next)),
+      };
+      if (current?.outcome === 'pending') {
+        changes.requests!.push({ requestId: current.requestId, env: data.env, app: data.app, seq: current.seq, outcome: 'rejected' });
+        changes.events!.push(
+          this.rejectedEvent(current.requestId, data.env, data.app, 'SUPERSEDED', `request ${requestId} replaced it`, { by: requestId }, current.traceparent),
+        );
+      }
+      try {
+        await this.save(changes);
+      } catch (e) {
+        for (const s of placed) this.hosts.unreserve(s.hostId!, s.id);
+        throw e instanceof NotLeaderError ? e : new RetryLater(`database: ${errorOf(e).message}`);
+      }
+      this.apps.set(key, next);
+      for (const s of placed) this.putSlot(s);
+      this.ports.log.info({ app: key, requestId, replicas: spec.replicas, placed: placed.length }, 'scale request accepted');
+      for (const id of this.slotsByApp.get(key) ?? []) this.kick(id);
+      this.checkAppSoon(key);
+    });
+  }
+
+  private async rejectRequest(
+    requestId: string,
+    seq: number,
+    env: string | undefined,
+    app: string | undefined,
+    code: ScaleRejectionCode,
+    message: string,
+    details: Record<string, unknown> | undefined,
+    traceparent: string | undefined,
+  ): Promise<void> {
+    try {
+      await this.save({
+        requests: [{ requestId, env: env ?? '', app: app ?? '', seq, outcome: 'rejected', reason: { code, message } }],
+        events: [this.rejectedEvent(requestId, env, app, code, message, details, traceparent)],
+      });
+    } catch (e) {
+      throw e instanceof NotLeaderError ? e : new RetryLater(`database: ${errorOf(e).message}`);
+    }
+    this.ports.log.info({ requestId, app: env && app ? `${env}:${app}` : undefined, code, message }, 'scale request rejected');
+  }
+
+  // ---- app-level convergence -------------------------------------------------------------
+
+  /** Gives every desired slot a record, wakes every slot with work, checks completion. */
+  private async reconcileApp(key: string): Promise<void> {
+    if (this.stopped) return;
+    await this.appLock.run(key, async () => {
+      const app = this.apps.get(key);
+      if (!app) return;
+      const missing = this.missingSlots(key, app.spec.replicas);
+      if (missing.length > 0) {
+        const fresh: SlotRecord[] = [];
+        for (const slot of missing) {
+          const decision = place(this.placementRequest(app, []), this.hosts.inventory());
+          const s = this.newSlot(app, slot, decision.ok ? decision.hostId : null);
+          if (s.hostId) this.hosts.reserve(s.hostId, s.id, app, demandOf(s.spec.resources));
+          fresh.push(s);
+        }
+        try {
+          await this.save({ slots: fresh, events: fresh.filter((s) => s.hostId).map((s) => this.placedEvent(s, app)) });
+          for (const s of fresh) this.putSlot(s);
+        } catch (e) {
+          for (const s of fresh) if (s.hostId) this.hosts.unreserve(s.hostId, s.id);
+          this.ports.log.warn({ app: key, err: errorOf(e).message }, 'could not record new slots; will retry');
+        }
+      }
+      for (const id of this.slotsByApp.get(key) ?? []) {
+        const s = this.slots.get(id)!;
+        if (s.phase !== null || s.slot >= app.spec.replicas) this.kick(id);
+      }
+    });
+    this.checkAppSoon(key);
+  }
+
+  private missingSlots(key: string, replicas: number): number[] {
+    const have = this.slotsByApp.get(key);
+    const out: number[] = [];
+    for (let slot = 0; slot < replicas; slot++) {
+      const [env, app] = key.split(':') as [string, string];
+      if (!have?.has(instanceIdOf({ env, app, slot }))) out.push(slot);
+    }
+    return out;
+  }
+
+  private checkAppSoon(key: string): void {
+    this.appChecks.add(key);
+    if (this.appCheckTimer || this.stopped) return;
+    this.appCheckTimer = setTimeout(() => {
+      this.appCheckTimer = undefined;
+      const keys = [...this.appChecks];
+      this.appChecks.clear();
+      for (const k of keys) void this.checkApp(k).catch((e: unknown) => this.ports.log.warn({ app: k, err: errorOf(e).message }, 'completion check failed'));
+    }, 20);
+  }
+
+  /** A pending request is completed when every slot 0..N-1 runs and nothing above N is left. */
+  private async checkApp(key: string): Promise<void> {
+    await this.appLock.run(key, async () => {
+      const app = this.apps.get(key);
+      if (!app || app.outcome !== 'pending') return;
+      const ids = this.slotsByApp.get(key) ?? new Set<string>();
+      if (ids.size !== app.spec.replicas) return;
+      const instances: ScaleCompletedData['instances'] = [];
+      for (const id of ids) {
+        const s = this.slots.get(id)!;
+        if (s.slot >= app.spec.replicas || s.state !== 'running' || s.phase !== null) return;
+        instances.push({ id, slot: s.slot, host: s.hostId!, backend: s.backend!, ip: s.ip! });
+      }
+      instances.sort((a, b) => a.slot - b.slot);
+      const done: AppRecord = { ...app, outcome: 'completed', stable: app.spec };
+      const data: ScaleCompletedData = { requestId: app.requestId, env: app.env, app: app.app, replicas: app.spec.replicas, instances };
+      await this.save({
+        apps: [done],
+        requests: [{ requestId: app.requestId, env: app.env, app: app.app, seq: app.seq, outcome: 'completed' }],
+        events: [this.event('scale', 'completed', key, data, app.traceparent, `scale-completed:${app.requestId}`)],
+      });
+      this.apps.set(key, done);
+      this.ports.log.info({ app: key, requestId: app.requestId, replicas: app.spec.replicas }, 'scale request completed');
+    });
+  }
+
+  /**
+   * Ends the app's pending request in a rejection and falls back to the last completed
+   * spec (none: zero replicas): a rejected request leaves nothing behind.
+   */
+  private async rejectPending(key: string, requestId: string, code: ScaleRejectionCode, message: string, details: Record<string, unknown>): Promise<void> {
+    await this.appLock.run(key, async () => {
+      const app = this.apps.get(key);
+      if (!app || app.outcome !== 'pending' || app.requestId !== requestId) return;
+      const fallback: AppSpec = app.stable ?? { ...app.spec, replicas: 0 };
+      const next: AppRecord = { ...app, spec: fallback, outcome: 'rejected' };
+      await this.save({
+        apps: [next],
+        requests: [{ requestId, env: app.env, app: app.app, seq: app.seq, outcome: 'rejected', reason: { code, message } }],
+        events: [this.rejectedEvent(requestId, app.env, app.app, code, message, details, app.traceparent)],
+      });
+      this.apps.set(key, next);
+      this.ports.log.warn({ app: key, requestId, code, message, replicas: fallback.replicas }, 'scale request rejected; back to the last completed state');
+    });
+    void this.reconcileApp(key);
+  }
+
+  // ---- slot workers -----------------------------------------------------------------------
+
+  /** Runs the slot's next steps now (or after `delayMs`); one worker per slot at a time. */
+  kick(id: string, delayMs = 0): void {
+    if (this.stopped) return;
+    if (delayMs > 0) {
+      if (!this.timers.has(id)) {
+        this.timers.set(
+          id,
+          setTimeout(() => {
+            this.timers.delete(id);
+            this.kick(id);
+          }, delayMs),
+        );
+      }
+      return;
+    }
+    if (this.running.has(id)) {
+      this.again.add(id);
+      return;
+    }
+    this.running.add(id);
+    void this.workLimit
+      .run(() => this.work(id))
+      .catch((e: unknown) => {
+        if (e instanceof NotLeaderError) return;
+        this.ports.log.warn({ instanceId: id, err: errorOf(e).message }, 'slot step failed; will retry');
+        this.kick(id, 1_000);
+      })
+      .finally(() => {
+        this.running.delete(id);
+        if (this.again.delete(id)) this.kick(id);
+      });
+  }
+
+  private async work(id: string): Promise<void> {
+    for (let n = 0; n < 50 && !this.stopped; n++) {
+      const next = await this.step(id);
+      if (next === 'done') return;
+      if (typeof next === 'number') return this.kick(id, next);
+    }
+  }
+
+  private async step(id: string): Promise<Step> {
+    const s = this.slots.get(id);
+    if (!s) return 'done';
+    const key = appKeyOf(s);
+    const app = this.apps.get(key);
+    const desired = app !== undefined && s.slot < app.spec.replicas;
+    if (!desired) return this.stepRemove(s);
+    if (s.phase === 'remove' || s.phase === 'replace') return this.stepReplace(s, app);
+    if (s.phase === 'create') return this.stepCreate(s, app);
+    return 'done';
+  }
+
+  /** Off its host (confirmed by the agent, or the host silent past its self-fence), IP back, record gone. */
+  private async stepRemove(s: SlotRecord): Promise<Step> {
+    if (s.phase !== 'remove') {
+      await this.update(s, { phase: 'remove' });
+      return 'again';
+    }
+    if (s.hostId) {
+      const gone = await this.removeFrom(s.hostId, s.id);
+      if (!gone) return this.backoff(s);
+    }
+    try {
+      await this.ports.ipam.release(ownerOf(s));
+    } catch (e) {
+      this.ports.log.warn({ instanceId: s.id, err: errorOf(e).message }, 'ip release failed; will retry');
+      return this.backoff(s);
+    }
+    await this.save({ deleteSlots: [s.id] });
+    this.dropSlot(s);
+    this.ports.log.info({ instanceId: s.id, host: s.hostId, ip: s.ip }, 'instance removed');
+    const key = appKeyOf(s);
+    const app = this.apps.get(key);
+    // desired again meanwhile (scaled up while it was being removed): place it anew
+    if (app && s.slot < app.spec.replicas) void this.reconcileApp(key);
+    else this.checkAppSoon(key);
+    return 'done';
+  }
+
+  /** A failed copy (or one removed while wanted again): take it off its host, then create anew, same IP. */
+  private async stepReplace(s: SlotRecord, app: AppRecord): Promise<Step> {
+    if (s.hostId) {
+      const gone = await this.removeFrom(s.hostId, s.id);
+      if (!gone) return this.backoff(s);
+      this.hosts.unreserve(s.hostId, s.id);
+    }
+    await this.update(s, {
+      phase: 'create',
+      state: 'placed',
+      hostId: null,
+      backend: null,
+      tried: s.hostId && s.phase === 'replace' ? [s.hostId] : [],
+      attempts: 0,
+      spec: this.slotSpec(app.spec),
+      requestId: app.outcome === 'pending' ? app.requestId : s.requestId,
+    });
+    return 'again';
+  }
+
+  private async stepCreate(s: SlotRecord, app: AppRecord): Promise<Step> {
+    if (!s.hostId) return this.placeSlot(s, app);
+    const hostId = s.hostId;
+    if (this.hosts.isLost(hostId)) {
+      return this.attemptFailed(s, hostId, new PortError('UNAVAILABLE', `host ${hostId} is lost (no heartbeat)`, true));
+    }
+    let alloc;
+    try {
+      alloc = await this.ports.ipam.allocate(s.spec.pool, ownerOf(s));
+    } catch (e) {
+      if (isTransient(e)) return this.backoff(s);
+      // POOL_NOT_FOUND, POOL_EXHAUSTED...: no other host changes that
+      return this.slotFailed(s, app, { ...errorOf(e), host: hostId });
+    }
+    if (s.ip !== alloc.ip || s.state !== 'starting') {
+      s = await this.update(s, { state: 'starting', ip: alloc.ip, mac: alloc.mac });
+    }
+    const backend = s.backend ?? this.hosts.get(hostId)?.backend ?? 'docker';
+    let inst: AgentInstance;
+    try {
+      inst = await this.ports.agents.create(hostId, this.createCommand(s, alloc));
+    } catch (e) {
+      return this.attemptFailed(s, hostId, e);
+    }
+    if (inst.state !== 'running') {
+      return this.attemptFailed(s, hostId, new PortError('START_FAILED', inst.reason ?? `the instance is ${inst.state} after create`, false));
+    }
+    try {
+      await this.ports.ipam.bind(alloc.ip, s.id, backend, hostId);
+    } catch (e) {
+      this.ports.log.warn({ instanceId: s.id, err: errorOf(e).message }, 'ip bind failed; will retry');
+      return this.backoff(s);
+    }
+    await this.update(s, { state: 'running', phase: null, backend, tried: [], attempts: 0, lastError: null });
+    this.checkAppSoon(appKeyOf(s));
+    return 'done';
+  }
+
+  private async placeSlot(s: SlotRecord, app: AppRecord): Promise<Step> {
+    if (s.attempts >= this.settings.startAttempts) return this.slotFailed(s, app);
+    const decision = place(this.placementRequest(app, s.tried), this.hosts.inventory());
+    if (!decision.ok) {
+      if (s.tried.length > 0) return this.slotFailed(s, app);
+      if (app.outcome === 'pending') {
+        await this.rejectPending(appKeyOf(app), app.requestId, 'INSUFFICIENT_CAPACITY', decision.reason.message, { ...decision.reason.details, slot: s.slot });
+        return 'again';
+      }
+      return UNPLACEABLE_RETRY_MS;
+    }
+    const spec = this.slotSpec(app.spec);
+    this.hosts.reserve(decision.hostId, s.id, app, demandOf(spec.resources));
+    try {
+      const next = await this.update(
+        s,
+        { hostId: decision.hostId, backend: this.hosts.get(decision.hostId)?.backend ?? null, state: 'placed', attempts: s.attempts + 1, spec },
+        (n) => [this.placedEvent(n, app)],
+      );
+      this.ports.log.debug({ instanceId: next.id, host: decision.hostId, attempt: next.attempts }, 'placed');
+    } catch (e) {
+      this.hosts.unreserve(decision.hostId, s.id);
+      throw e;
+    }
+    return 'again';
+  }
+
+  /** A start on `hostId` did not work: clean up there, give its resources back, try elsewhere. */
+  private async attemptFailed(s: SlotRecord, hostId: string, e: unknown): Promise<Step> {
+    const err = { ...errorOf(e), host: hostId };
+    this.ports.log.warn({ instanceId: s.id, host: hostId, code: err.code, err: err.message }, 'start failed on this host');
+    // A create that timed out may still finish: the agent serializes per instance, so a
+    // remove sent now runs after it. A silent host is cleaned when it comes back.
+    await this.ports.agents.remove(hostId, s.id).catch(() => undefined);
+    this.hosts.unreserve(hostId, s.id);
+    const next = await this.update(s, { hostId: null, backend: null, state: 'placed', tried: [...s.tried, hostId], lastError: err });
+    return Math.min(200 * 2 ** next.attempts, BACKOFF_MAX_MS);
+  }
+
+  /** No eligible host left for this slot: the pending request fails; otherwise try again later. */
+  private async slotFailed(s: SlotRecord, app: AppRecord, error?: SlotError): Promise<Step> {
+    const last = error ?? s.lastError ?? { code: 'INSUFFICIENT_CAPACITY', message: 'no eligible host left to try' };
+    if (app.outcome === 'pending') {
+      const failing = [...(this.slotsByApp.get(appKeyOf(app)) ?? [])]
+        .map((id) => this.slots.get(id)!)
+        .filter((x) => x.slot < app.spec.replicas && x.state !== 'running');
+      const slots: Record<string, SlotError | null> = {};
+      for (const x of failing) slots[String(x.slot)] = x.id === s.id ? last : x.lastError;
+      await this.rejectPending(appKeyOf(app), app.requestId, 'START_FAILED', `slot ${s.slot} could not be started: ${last.message}`, {
+        slots,
+        tried: s.tried,
+      });
+      return 'again';
+    }
+    await this.update(s, { state: 'failed', tried: [], attempts: 0, lastError: last });
+    return FAILED_RETRY_MS;
+  }
+
+  /** true when the instance is off `hostId`: the agent says so, or the host has been silent past its self-fence. */
+  private async removeFrom(hostId: string, id: string): Promise<boolean> {
+    try {
+      await this.ports.agents.remove(hostId, id);
+      return true;
+    } catch (e) {
+      if (this.hosts.silentFor(hostId) > this.settings.fenceMarginMs) return true;
+      this.ports.log.warn({ instanceId: id, host: hostId, err: errorOf(e).message }, 'remove failed; will retry');
+      return false;
+    }
+  }
+
+  private backoff(s: SlotRecord): number {
+    return Math.min(500 * 2 ** Math.min(s.attempts, 5), BACKOFF_MAX_MS);
+  }
+
+  // ---- observations -----------------------------------------------------------------------
+
+  heartbeat(hb: Heartbeat): void {
+    if (this.hosts.heartbeat(hb)) {
+      this.ports.log.info({ host: hb.hostId, backend: hb.backend }, 'host is ready');
+      this.hostStates.set(hb.hostId, 'ready');
+    }
+  }
+
+  registered(facts: HostFacts): void {
+    this.hosts.heartbeat(facts);
+  }
+
+  /** An agent's instance event: anything that leaves a running slot not running is checked. */
+  instanceEvent(what: string, instanceId: string, hostId: string): void {
+    const s = this.slots.get(instanceId);
+    if (!s || s.hostId !== hostId || s.phase !== null) return;
+    if (what === 'failed') this.verifyLater(instanceId, this.settings.failedGraceMs);
+    else if (what === 'stopped') this.verifyLater(instanceId, 1_000);
+    else if (what === 'removed') this.verifyLater(instanceId, 0);
+  }
+
+  /** Anti-entropy: what an agent says runs on its host against the records. */
+  agentList(hostId: string, instances: readonly AgentInstance[]): void {
+    const seen = new Set<string>();
+    for (const inst of instances) {
+      seen.add(inst.instanceId);
+      const s = this.slots.get(inst.instanceId);
+      if (!s || s.hostId !== hostId) {
+        // Not ours there: a leftover of a failed attempt, a removed slot, or a copy from
+        // before a failover. The record is the truth; the copy goes.
+        this.ports.log.warn({ instanceId: inst.instanceId, host: hostId, state: inst.state }, 'removing an instance no record places there');
+        void this.ports.agents.remove(hostId, inst.instanceId).catch(() => undefined);
+        continue;
+      }
+      if (s.phase === null && inst.state !== 'running') this.verifyLater(s.id, inst.state === 'failed' ? this.settings.failedGraceMs : 1_000);
+    }
+    for (const id of this.slotsOn(hostId)) {
+      const s = this.slots.get(id)!;
+      if (s.phase === null && !seen.has(id)) this.verifyLater(id, 0);
+    }
+  }
+
+  private slotsOn(hostId: string): string[] {
+    return [...(this.hosts.get(hostId)?.placed.keys() ?? [])];
+  }
+
+  private verifyLater(id: string, delayMs: number): void {
+    if (this.verifying.has(id) || this.stopped) return;
+    this.verifying.set(
+      id,
+      setTimeout(() => {
+        this.verifying.delete(id);
+        void this.verify(id).catch((e: unknown) => this.ports.log.warn({ instanceId: id, err: errorOf(e).message }, 'verify failed'));
+      }, delayMs),
+    );
+  }
+
+  /** Asks the agent how the instance really is, and acts: restart a stopped one, replace a failed one, recreate a missing one. */
+  private async verify(id: string): Promise<void> {
+    const s = this.slots.get(id);
+    if (!s || s.phase !== null || !s.hostId) return;
+    const inst = await this.ports.agents.get(s.hostId, id);
+    const now = this.slots.get(id);
+    if (now !== s) return; // changed meanwhile: that change decides
+    if (!inst || inst.state === 'removed') {
+      this.ports.log.warn({ instanceId: id, host: s.hostId }, 'instance is gone from its host; creating it again');
+      await this.update(s, { phase: 'create', state: 'placed' });
+      this.kick(id);
+    } else if (inst.state === 'failed') {
+      this.ports.log.warn({ instanceId: id, host: s.hostId, reason: inst.reason }, 'instance failed; replacing it');
+      await this.update(s, { phase: 'replace', state: 'failed', lastError: { code: 'FAILED', message: inst.reason ?? `exit code ${inst.exitCode ?? '?'}`, host: s.hostId } });
+      this.kick(id);
+    } else if (inst.state === 'stopped' || inst.state === 'created') {
+      this.ports.log.warn({ instanceId: id, host: s.hostId }, 'instance stopped by itself; starting it again');
+      try {
+        const started = await this.ports.agents.start(s.hostId, id);
+        if (started.state !== 'running') throw new PortError('START_FAILED', started.reason ?? `still ${started.state}`, false);
+      } catch (e) {
+        await this.update(s, { phase: 'replace', state: 'failed', lastError: { ...errorOf(e), host: s.hostId } });
+        this.kick(id);
+      }
+    }
+  }
+
+  // ---- records ----------------------------------------------------------------------------
+
+  private async save(changes: Changes): Promise<void> {
+    this.inFlight++;
+    try {
+      await this.ports.store.commit(changes);
+    } catch (e) {
+      if (e instanceof NotLeaderError && !this.stopped) {
+        this.stopped = true;
+        this.onDeposed();
+      }
+      throw e;
+    } finally {
+      this.inFlight--;
+    }
+  }
+
+  private async update(s: SlotRecord, patch: Partial<SlotRecord>, events?: (next: SlotRecord) => NewEvent<unknown>[]): Promise<SlotRecord> {
+    const next: SlotRecord = { ...s, ...patch };
+    await this.save({ slots: [next], ...(events ? { events: events(next) } : {}) });
+    this.slots.set(next.id, next);
+    return next;
+  }
+
+  private putSlot(s: SlotRecord): void {
+    this.slots.set(s.id, s);
+    const key = appKeyOf(s);
+    let set = this.slotsByApp.get(key);
+    if (!set) this.slotsByApp.set(key, (set = new Set()));
+    set.add(s.id);
+    if (s.hostId) this.hosts.reserve(s.hostId, s.id, s, demandOf(s.spec.resources));
+  }
+
+  private dropSlot(s: SlotRecord): void {
+    this.slots.delete(s.id);
+    this.slotsByApp.get(appKeyOf(s))?.delete(s.id);
+    if (s.hostId) this.hosts.unreserve(s.hostId, s.id);
+  }
+
+  private newSlot(app: AppRecord, slot: number, hostId: string | null): SlotRecord {
+    return {
+      id: instanceIdOf({ env: app.env, app: app.app, slot }),
+      env: app.env,
+      app: app.app,
+      slot,
+      state: 'placed',
+      phase: 'create',
+      backend: hostId ? (this.hosts.get(hostId)?.backend ?? null) : null,
+      hostId,
+      ip: null,
+      mac: null,
+      spec: this.slotSpec(app.spec),
+      tried: [],
+      attempts: hostId ? 1 : 0,
+      lastError: null,
+      requestId: app.requestId,
+    };
+  }
+
+  private slotSpec(spec: AppSpec): SlotSpec {
+    return {
+      resources: spec.resources,
+      ...(spec.image !== undefined ? { image: spec.image } : {}),
+      ...(spec.template !== undefined ? { template: spec.template } : {}),
+      pool: spec.pool,
+      vlan: spec.vlan,
+      ...(spec.environment ? { environment: spec.environment } : {}),
+    };
+  }
+
+  private placementRequest(app: AppRecord, tried: readonly string[]): PlacementRequest {
+    const { spec } = app;
+    return {
+      env: app.env,
+      app: app.app,
+      resources: spec.resources,
+      backend: spec.backends.length === 1 ? spec.backends[0]! : 'auto',
+      allowedBackends: spec.backends,
+      vlan: spec.vlan,
+      spread: spec.spread,
+      policy: this.settings.policy,
+      excludeHosts: tried,
+    };
+  }
+
+  private createCommand(s: SlotRecord, alloc: { ip: string; mac: string; prefixLength: number; gateway: string; vlan: number }): CreateInstanceCommand {
+    if (!s.spec.image) throw new PortError('INVALID_REQUEST', 'the slot has no image for a container', false);
+    return {
+      instanceId: s.id,
+      env: s.env,
+      app: s.app,
+      slot: s.slot,
+      image: s.spec.image,
+      resources: s.spec.resources,
+      network: { ip: alloc.ip, mac: alloc.mac, prefixLength: alloc.prefixLength, gateway: alloc.gateway, vlan: alloc.vlan },
+      ...(s.spec.environment ? { environment: s.spec.environment } : {}),
+    };
+  }
+
+  // ---- events -----------------------------------------------------------------------------
+
+  /** `id` is given for outcomes: one id per request and outcome, so a re-published copy is stored once. */
+  private event<T>(area: string, what: string, subject: string, data: T, traceparent?: string, id?: string): NewEvent<unknown> {
+    return { area, what, source: this.settings.source, subject, data, ...(traceparent ? { traceparent } : {}), ...(id ? { id } : {}) };
+  }
+
+  private placedEvent(s: SlotRecord, app: AppRecord): NewEvent<unknown> {
+    const data: InstancePlacedData = {
+      instanceId: s.id,
+      env: s.env,
+      app: s.app,
+      slot: s.slot,
+      hostId: s.hostId!,
+      backend: s.backend ?? 'docker',
+      ...(s.requestId ? { requestId: s.requestId } : {}),
+      attempt: Math.max(1, s.attempts),
+    };
+    return this.event('instance', 'placed', s.id, data, app.traceparent);
+  }
+
+  private rejectedEvent(
+    requestId: string,
+    env: string | undefined,
+    app: string | undefined,
+    code: ScaleRejectionCode,
+    message: string,
+    details: Record<string, unknown> | undefined,
+    traceparent: string | undefined,
+  ): NewEvent<unknown> {
+    const data: ScaleRejectedData = {
+      requestId,
+      ...(env ? { env } : {}),
+      ...(app ? { app } : {}),
+      reason: { code, message, ...(details ? { details } : {}) },
+    };
+    return this.event('scale', 'rejected', env && app ? `${env}:${app}` : requestId, data, traceparent, `scale-rejected:${requestId}`);
+  }
+}
+
+function ownerOf(s: SlotRecord) {
+  return ownerOfInstanceId(s.id) ?? { env: s.env, app: s.app, slot: s.slot };
+}

@@ -1,0 +1,9 @@
+import { runService } from '@orangery/service-kit';
+import { loadSchedulerConfig } from './config';
+import { SchedulerModule } from './scheduler.module';
+
+void runService({
+  name: 'scheduler',
+  loadConfig: loadSchedulerConfig,
+  module: (config, logger) => SchedulerModule.forRoot(config, logger),
+});
