@@ -10,9 +10,11 @@ export {
   LAB_GATEWAY,
   LAB_PROBE,
   LAB_SUBNET,
+  LAB_VM_NETWORK,
   type LabOptions,
   type LabServer,
   type LabVm,
 } from './lab';
 export { LAB_IMAGES, SVC_INDEX, SVC_PORT } from './images';
-export { DOCKER_CLI, LAB_PREFIX, LAB_RUN_DIR, labResidue, type CleanupReport, type LabResidue, type RunResult } from './sys';
+export { DOCKER_CLI, LAB_PREFIX, LAB_RUN_DIR, labResidue, labVcsimProcesses, type CleanupReport, type LabResidue, type RunResult } from './sys';
+export { buildVcsim, VCSIM_MAIN, type LabVcenter, type VcenterOptions } from './vcsim';

@@ -1,9 +1,19 @@
 // The lab: a small data centre on one Linux machine (see README.md next to this file).
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { isAbsolute, join } from 'node:path';
 import { REPO_ROOT, waitFor } from '@orangery/testing';
-import { buildImageTars, importImages } from './images';
+import { buildImageTars, importImages, LAB_IMAGES } from './images';
+import {
+  buildVcsim,
+  createMacvlanNetwork,
+  removeVcsimContainers,
+  VCSIM_DEB_PACKAGES,
+  VcsimProcess,
+  type LabVcenter,
+  type VcenterOptions,
+} from './vcsim';
 import {
   alive,
   ARPING,
@@ -40,6 +50,10 @@ export const LAB_DIR = join(REPO_ROOT, '.run', 'lab');
 const OWNER_FILE = join(LAB_RUN_DIR, 'lab.json');
 const PIDS_FILE = join(LAB_RUN_DIR, 'pids');
 const MAX_SERVERS = 16;
+/** The ESXi engine's run dir is s<ESXI_INDEX> so the generic engine sweep covers it. */
+const ESXI_INDEX = MAX_SERVERS + 1;
+/** The docker macvlan network on the ESXi engine that vcsim's VM containers join. */
+export const LAB_VM_NETWORK = `${LAB_PREFIX}-vmnet`;
 const MAX_VMS = 100;
 
 /** One simulated physical server: its own dockerd and one uplink on the fabric. */
@@ -78,6 +92,8 @@ export interface LabVm {
 export interface LabOptions {
   servers: number;
   legacyVms?: number;
+  /** vCenter (vcsim) plus one more engine, the "ESXi" server, whose VM containers sit on the fabric. */
+  vcenter?: boolean | VcenterOptions;
 }
 
 /** The lab owns only 198.18.0.0/15: nothing else is ever probed or contacted. */
@@ -93,10 +109,10 @@ function assertLabAddress(ip: string): void {
 
 const DEB_PACKAGES = ['docker.io', 'iputils-arping', 'busybox-static'];
 
-/** Installs the lab's Debian packages that are missing (apt-get, as root). */
-export async function ensureLabPackages(): Promise<string[]> {
+/** Installs the lab's Debian packages that are missing (apt-get, as root); `extra` for options (vcsim's Go). */
+export async function ensureLabPackages(extra: readonly string[] = []): Promise<string[]> {
   const missing: string[] = [];
-  for (const p of DEB_PACKAGES) {
+  for (const p of [...DEB_PACKAGES, ...extra]) {
     const r = await run('dpkg-query', ['-W', '-f=${Status}', p]);
     if (r.code !== 0 || !r.stdout.includes('install ok installed')) missing.push(p);
   }
@@ -157,7 +173,11 @@ export class Lab {
   readonly fabric = LAB_FABRIC;
   /** What setup removed of an earlier run. */
   leftovers: CleanupReport = { processes: [], interfaces: [], netns: [], mounts: [], cgroups: [], dirs: [] };
-  readonly timings = { setupMs: 0, teardownMs: 0 };
+  readonly timings = { setupMs: 0, teardownMs: 0, vcsimBuildMs: 0, vcsimStartMs: 0 };
+  /** Set with `vcenter` in the options: the lab's vCenter and its ESXi engine. */
+  vcenter: LabVcenter | undefined;
+  private vcsim: VcsimProcess | undefined;
+  private vcsimStart: ((override?: Omit<VcenterOptions, 'user' | 'password'>) => Promise<VcsimProcess>) | undefined;
   private readonly engines = new Map<string, ChildProcess>();
   private done = false;
 
@@ -165,6 +185,8 @@ export class Lab {
     readonly servers: readonly LabServer[],
     readonly vms: readonly LabVm[],
     readonly labDir: string,
+    /** The "ESXi" server (vcenter option): an engine like the others, not in `servers`. */
+    readonly esxi: LabServer | undefined = undefined,
   ) {}
 
   /**
@@ -180,12 +202,20 @@ export class Lab {
     if (!Number.isInteger(nVms) || nVms < 0 || nVms > MAX_VMS) throw new Error(`legacyVms: 0..${MAX_VMS}`);
     if (process.getuid?.() !== 0) throw new Error('the lab needs root (network namespaces, bridges, dockerd)');
 
-    await ensureLabPackages();
+    const asked = opts.vcenter === true ? {} : opts.vcenter || undefined;
+    // Credentials fixed for the lab's life: a restarted vcsim accepts the same ones.
+    const vcOpts: VcenterOptions | undefined = asked && {
+      ...asked,
+      user: asked.user ?? 'orangery@vsphere.local',
+      password: asked.password ?? randomBytes(12).toString('base64url'),
+    };
+    await ensureLabPackages(vcOpts ? VCSIM_DEB_PACKAGES : []);
     const leftovers = await cleanLabLeftovers(labDir);
 
     const servers = Array.from({ length: nServers }, (_, k) => serverSpec(k + 1, labDir));
     const vms = Array.from({ length: nVms }, (_, k) => vmSpec(k + 1));
-    const lab = new Lab(servers, vms, labDir);
+    const esxi = vcOpts ? { ...serverSpec(ESXI_INDEX, labDir), id: `${LAB_PREFIX}-esxi` } : undefined;
+    const lab = new Lab(servers, vms, labDir, esxi);
     lab.leftovers = leftovers;
     current = lab;
     mkdirSync(LAB_RUN_DIR, { recursive: true });
@@ -202,8 +232,10 @@ export class Lab {
 
       const images = buildImageTars(join(labDir, 'images'));
       images.catch(() => undefined); // awaited below; avoid an unhandled rejection meanwhile
+      const vcsimBinary = vcOpts ? buildVcsim() : undefined;
+      vcsimBinary?.catch(() => undefined);
       await Promise.all([
-        ...servers.map(async (s) => {
+        ...[...servers, ...(esxi ? [esxi] : [])].map(async (s) => {
           await ip(['link', 'add', s.uplink, 'type', 'veth', 'peer', 'name', s.fabricPort]);
           await ip(['link', 'set', s.fabricPort, 'master', LAB_FABRIC]);
           await ip(['link', 'set', s.fabricPort, 'up']);
@@ -214,6 +246,14 @@ export class Lab {
         ...vms.map((vm) => plugNetns(vm.netns, vm.fabricPort, `${vm.ip}/16`)),
       ]);
       await images;
+      if (vcOpts && esxi && vcsimBinary) {
+        const built = await vcsimBinary;
+        lab.timings.vcsimBuildMs = built.ms;
+        await createMacvlanNetwork(esxi.dockerHost, LAB_VM_NETWORK, LAB_SUBNET, LAB_GATEWAY, esxi.uplink);
+        lab.vcsimStart = (override = {}) =>
+          VcsimProcess.start(built.binary, { ...vcOpts, ...override }, esxi, LAB_VM_NETWORK, LAB_IMAGES.busybox, labDir, PIDS_FILE);
+        await lab.startVcenter();
+      }
     } catch (e) {
       await lab.teardown().catch(() => undefined);
       throw e;
@@ -227,8 +267,33 @@ export class Lab {
     this.done = true;
   }
 
+  /**
+   * Starts vcsim (vcenter option) after removing containers a killed vcsim left; a fresh
+   * inventory each time. `override` changes options for this start (port, delays, tls...).
+   */
+  async startVcenter(override?: Omit<VcenterOptions, 'user' | 'password'>): Promise<LabVcenter> {
+    if (!this.vcsimStart || !this.esxi) throw new Error('this lab has no vcenter (Lab.setup({ vcenter: true }))');
+    if (this.vcsim?.running) return this.vcsim.info;
+    const t0 = Date.now();
+    await removeVcsimContainers(this.esxi.dockerHost);
+    this.vcsim = await this.vcsimStart(override);
+    this.vcenter = this.vcsim.info;
+    this.timings.vcsimStartMs = Date.now() - t0;
+    return this.vcenter;
+  }
+
+  /** Stops vcsim by PID: SIGTERM removes its VMs' containers; SIGKILL leaves them (a crash). */
+  async stopVcenter(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+    await this.vcsim?.stop(signal);
+  }
+
+  get vcenterRunning(): boolean {
+    return this.vcsim?.running ?? false;
+  }
+
   server(s: LabServer | string): LabServer {
-    const found = typeof s === 'string' ? this.servers.find((x) => x.id === s) : this.servers.find((x) => x.id === s.id);
+    const all = this.esxi ? [...this.servers, this.esxi] : this.servers;
+    const found = typeof s === 'string' ? all.find((x) => x.id === s) : all.find((x) => x.id === s.id);
     if (!found) throw new Error(`no lab server ${typeof s === 'string' ? s : s.id}`);
     return found;
   }
@@ -367,8 +432,9 @@ export class Lab {
     if (this.done) return;
     this.done = true;
     const t0 = Date.now();
+    await this.vcsim?.stop().catch(() => undefined);
     await Promise.all(
-      this.servers.map(async (s) => {
+      [...this.servers, ...(this.esxi ? [this.esxi] : [])].map(async (s) => {
         if (this.enginePid(s) === undefined) return;
         const ids = (await run(DOCKER_CLI, ['-H', s.dockerHost, 'ps', '-aq'], { timeoutMs: 10_000 })).stdout.split('\n').filter(Boolean);
         if (ids.length > 0) await run(DOCKER_CLI, ['-H', s.dockerHost, 'rm', '-f', ...ids], { timeoutMs: 30_000 });

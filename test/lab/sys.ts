@@ -125,6 +125,11 @@ export function labEngineProcesses(): number[] {
   return allPids().filter((p) => p !== process.pid && engineComms.test(commOf(p)) && cmdlineOf(p).includes(`${LAB_RUN_DIR}/`));
 }
 
+/** The lab's vcsim (this run's or a crashed one's): its command line names its pid file under <run>/vcsim/. */
+export function labVcsimProcesses(): number[] {
+  return allPids().filter((p) => p !== process.pid && alive(p) && cmdlineOf(p).includes(`-pidfile ${LAB_RUN_DIR}/vcsim/`));
+}
+
 // ---------------------------------------------------------------- cgroups
 
 /** Cgroup directories named olab-* at the top of every hierarchy (v1 controllers and v2). */
@@ -257,7 +262,7 @@ export async function labResidue(labDirs: readonly string[] = []): Promise<LabRe
   return {
     interfaces: await labInterfaces(),
     netns: await labNetns(),
-    processes: [...new Set([...labEngineProcesses(), ...labCgroupProcesses()])],
+    processes: [...new Set([...labVcsimProcesses(), ...labEngineProcesses(), ...labCgroupProcesses()])],
     mounts: mountsUnder(dirs),
     cgroups: labCgroupDirs(),
     dirs: dirs.filter((d) => existsSync(d)),
@@ -313,6 +318,11 @@ export async function sweepLab(labDirs: readonly string[]): Promise<CleanupRepor
   for (const d of labDirs) assertLabDir(d);
   const report: CleanupReport = { processes: [], interfaces: [], netns: [], mounts: [], cgroups: [], dirs: [] };
   const note = (pids: number[]) => report.processes.push(...pids.filter((p) => !report.processes.includes(p)));
+
+  // 0. vcsim first, while the ESXi engine still runs: on SIGTERM it removes its VMs' containers.
+  const sims = labVcsimProcesses();
+  note(sims);
+  await killPids(sims, 20_000);
 
   // 1. Engines: remove their containers quickly (rm -f = SIGKILL), then SIGTERM dockerd.
   const engines = recordedEnginePids();

@@ -210,7 +210,8 @@ export function decodeValue(node: XmlNode, elementName?: string): VimValue {
   if (fields.length === 0) {
     const ref = toMoRef(node);
     if (ref) return ref;
-    return declared ? { $type: stripXsd(declared) } : text(node);
+    // A typed leaf with text is an enum value (xsi:type="VirtualMachinePowerState").
+    return declared && text(node) === '' ? { $type: stripXsd(declared) } : text(node);
   }
   const obj: VimObject = declared ? { $type: stripXsd(declared) } : {};
   const counts = new Map<string, number>();

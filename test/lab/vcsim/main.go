@@ -43,6 +43,8 @@ func main() {
 	useTLS := flag.Bool("tls", false, "serve https with a self-signed certificate")
 	dsDir := flag.String("datastore-dir", "", "directory backing datastore1 (default: a temp dir)")
 	idle := flag.Duration("session-idle", 0, "expire sessions idle this long (0 = never)")
+	pidFile := flag.String("pidfile", "", "write the process id here (the lab finds its vcsim by this path)")
+	delays := flag.String("method-delay", "", `JSON map of vim25 method to delay in ms, e.g. {"CloneVM_Task":2000}`)
 	flag.Parse()
 
 	host, _, err := net.SplitHostPort(*listen)
@@ -63,6 +65,11 @@ func main() {
 	if err := m.Create(); err != nil {
 		log.Fatalf("model: %v", err)
 	}
+	if *pidFile != "" {
+		if err := os.WriteFile(*pidFile, []byte(fmt.Sprintf("%d\n", os.Getpid())), 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
 	m.Service.Listen = &url.URL{Host: *listen, User: url.UserPassword(user, pass)}
 	if *useTLS {
 		m.Service.TLS = new(tls.Config)
@@ -81,6 +88,13 @@ func main() {
 		log.Fatalf("inventory: %v", err)
 	}
 	cancel()
+	// Delays apply from here on (the model keeps a pointer to its DelayConfig), so building
+	// the site is never slowed down.
+	if *delays != "" {
+		if err := json.Unmarshal([]byte(*delays), &m.DelayConfig.MethodDelay); err != nil {
+			log.Fatalf("-method-delay: %v", err)
+		}
+	}
 
 	shown := *server.URL
 	shown.User = nil
@@ -94,6 +108,9 @@ func main() {
 	m.Remove()
 	server.Close()
 	os.RemoveAll(dir)
+	if *pidFile != "" {
+		os.Remove(*pidFile)
+	}
 }
 
 func must(err error) {
