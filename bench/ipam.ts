@@ -5,7 +5,10 @@
  *  1. the raw MariaDB ceiling: single-row INSERT + COMMIT from N connections;
  *  2. allocations/s and p50/p99 at 1, 16, 64 concurrent clients with 1 and 3 replicas,
  *     as a ratio of the ceiling at the same connection count;
- *  3. /16 pool creation time, and the latency of the first vs the 60,000th allocation.
+ *  3. allocate.batch of BATCH items from BATCH_CLIENTS clients with 1 and 3 replicas:
+ *     addresses/s, p50/p99 per batch, CPU per address, and the ratio to the singles at 64
+ *     clients measured in the same run;
+ *  4. /16 pool creation time, and the latency of the first vs the 60,000th allocation.
  * Bounded: every phase runs for a fixed time or count and stops by itself.
  */
 import { execFileSync } from 'node:child_process';
@@ -18,6 +21,10 @@ const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 8);
 const CLIENTS = [1, 16, 64];
 const REPLICAS = [1, 3];
 const FILL = Number(process.env['BENCH_FILL'] ?? 60_000);
+const BATCH = 100;
+const BATCH_CLIENTS = 4;
+// A /16 holds 65,533 addresses: at most 5 s of batches keeps far from exhausting it.
+const BATCH_SECONDS = Math.min(SECONDS, 5);
 
 const log = (msg: string) => process.stderr.write(`[bench:ipam] ${msg}\n`);
 
@@ -63,6 +70,7 @@ async function main(): Promise<void> {
   const clients: ContractClient[] = [];
   try {
     const rows: (string | number)[][] = [];
+    const batchRows: (string | number)[][] = [];
     const cpuRows: (string | number)[][] = [];
     const ceilings = new Map<number, LoadResult>();
     for (const n of CLIENTS) {
@@ -78,6 +86,7 @@ async function main(): Promise<void> {
       const created = await clients[0]!.request('orangery.ipam.pool.create', { name: 'bench', cidr: '198.19.0.0/16', gateway: '198.19.0.1' }, 60_000);
       if (!created.ok) throw new Error(`pool.create failed: ${JSON.stringify(created)}`);
       let owner = 0;
+      let singlesAt64 = NaN;
       const natsPid = Number(execFileSync('pgrep', ['-n', '-f', `nats-server -c ${dir.path}`]).toString().trim());
       const dbPid = Number(readFileSync(`${process.env['ORANGERY_LOCAL_RUN_DIR']}/mysqld.pid`, 'utf8'));
       const cpuOf = () => ({
@@ -105,7 +114,44 @@ async function main(): Promise<void> {
         }
         const ceiling = ceilings.get(n)!;
         rows.push([replicas, n, fmt(r.perSecond, 0), fmt(r.p50, 2), fmt(r.p99, 2), r.errors, fmt(ceiling.perSecond, 0), fmt(r.perSecond / ceiling.perSecond, 2)]);
+        if (n === 64) singlesAt64 = r.perSecond;
       }
+
+      // allocate.batch in its own /16 (the singles' pool is partly used by now).
+      const batchPool = await clients[0]!.request('orangery.ipam.pool.create', { name: 'bench-batch', cidr: '198.18.0.0/16', gateway: '198.18.0.1' }, 60_000);
+      if (!batchPool.ok) throw new Error(`pool.create failed: ${JSON.stringify(batchPool)}`);
+      log(`${replicas} replica(s), allocate.batch of ${BATCH} from ${BATCH_CLIENTS} clients, ${BATCH_SECONDS} s`);
+      let batchOwner = 0;
+      const cpuBeforeBatch = cpuOf();
+      const b = await closedLoop(BATCH_CLIENTS, BATCH_SECONDS, async (seq) => {
+        const items = Array.from({ length: BATCH }, () => {
+          const slot = batchOwner++;
+          return { pool: 'bench-batch', owner: { env: 'batch', app: `a${Math.floor(slot / 10_000)}`, slot: slot % 10_000 } };
+        });
+        const reply = await clients[seq % clients.length]!.request('orangery.ipam.allocate.batch', { items }, 30_000);
+        return reply.ok === true && (reply.data.results as { ok: boolean }[]).every((x) => x.ok);
+      });
+      const cpuAfterBatch = cpuOf();
+      const addresses = b.ops * BATCH;
+      for (const k of Object.keys(cpuAfterBatch) as (keyof typeof cpuAfterBatch)[]) {
+        cpuRows.push([
+          replicas,
+          `${k} (batch of ${BATCH})`,
+          fmt((cpuAfterBatch[k] - cpuBeforeBatch[k]) / addresses, 2),
+          fmt((cpuAfterBatch[k] - cpuBeforeBatch[k]) / 1000 / b.seconds, 2),
+        ]);
+      }
+      batchRows.push([
+        replicas,
+        BATCH_CLIENTS,
+        fmt(b.perSecond, 1),
+        fmt(addresses / b.seconds, 0),
+        fmt(b.p50, 2),
+        fmt(b.p99, 2),
+        b.errors,
+        fmt(singlesAt64, 0),
+        fmt(addresses / b.seconds / singlesAt64, 1),
+      ]);
       await Promise.all(procs.map((p) => p.terminate()));
     }
 
@@ -155,8 +201,22 @@ async function main(): Promise<void> {
         ['failed allocations', failures],
       ],
     );
-    const cpu = table(['replicas', 'process (64 clients)', 'CPU ms per allocation', 'cores busy'], cpuRows);
-    const out = `${main}\n\n${cpu}\n\n${fill}\n`;
+    const batch = table(
+      [
+        'replicas',
+        `allocate.batch of ${BATCH}, clients`,
+        'batches/s',
+        'addresses/s',
+        'p50 ms per batch',
+        'p99 ms per batch',
+        'errors',
+        'singles alloc/s (64 clients, same run)',
+        'ratio',
+      ],
+      batchRows,
+    );
+    const cpu = table(['replicas', 'process (64 clients, or batches)', 'CPU ms per allocation', 'cores busy'], cpuRows);
+    const out = `${main}\n\n${batch}\n\n${cpu}\n\n${fill}\n`;
     process.stdout.write(`\n${out}`);
     mkdirSync('bench/results', { recursive: true });
     writeFileSync(

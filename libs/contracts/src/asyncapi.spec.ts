@@ -17,7 +17,17 @@ import { AGENT_ERRORS, buildAsyncApi, IPAM_ERRORS } from './asyncapi';
 import { buildEvent } from './cloudevents';
 import { errorReply, okReply } from './envelope';
 import { ERROR_CODES } from './errors';
-import { AddressLookupRequest, AllocateRequest, BindRequest, EmptyRequest, PoolCreateRequest, PoolNameRequest, type Allocation } from './ipam';
+import {
+  AddressLookupRequest,
+  AllocateBatchRequest,
+  AllocateRequest,
+  BindBatchRequest,
+  BindRequest,
+  EmptyRequest,
+  PoolCreateRequest,
+  PoolNameRequest,
+  type Allocation,
+} from './ipam';
 import { QUEUE_GROUPS, SUBJECTS } from './subjects';
 
 type Json = Record<string, unknown>;
@@ -32,6 +42,9 @@ const VALIDATED_WITH: Record<keyof typeof SUBJECTS.ipam, TSchema> = {
   bind: BindRequest,
   release: AddressLookupRequest,
   get: AddressLookupRequest,
+  // through decodeBatch, which accepts exactly what these accept (bad items answered one by one)
+  allocateBatch: AllocateBatchRequest,
+  bindBatch: BindBatchRequest,
 };
 
 /** What each agent command decodes its request with (services/docker-agent/src/transport/host-runtime.ts). */
@@ -223,6 +236,13 @@ describe('buildAsyncApi', () => {
 
     const poolDelete = ajv.compile(requestReplyOf(SUBJECTS.ipam.poolDelete).reply);
     expect(poolDelete(okReply({}))).toBe(true);
+
+    const batch = ajv.compile(requestReplyOf(SUBJECTS.ipam.allocateBatch).reply);
+    const results = [okReply(allocation), errorReply({ code: 'IP_TAKEN', message: 'taken', details: { ip: allocation.ip } })];
+    expect(batch(okReply({ results })), JSON.stringify(batch.errors)).toBe(true);
+    expect(batch(okReply({ results: [{ ok: true, data: { ...allocation, state: 'lost' } }] }))).toBe(false);
+    expect(batch(okReply({ results: [allocation] }))).toBe(false);
+    expect(ajv.compile(requestReplyOf(SUBJECTS.ipam.bindBatch).reply)(okReply({ results }))).toBe(true);
 
     const channelId = channelIdOf(SUBJECTS.event('ip', 'bound'))!;
     const message = deref((channels[channelId]!['messages'] as Json)['event']);

@@ -17,8 +17,11 @@ import { ERROR_CODES, type ErrorCode } from './errors';
 import { EventEnvelopeSchema, InboundEventSchema, ReplySchema, TRACEPARENT_PATTERN } from './envelope-schemas';
 import {
   AddressLookupRequest,
+  AllocateBatchRequest,
   AllocateRequest,
   Allocation,
+  AllocationBatch,
+  BindBatchRequest,
   BindRequest,
   EmptyRequest,
   Pool,
@@ -62,6 +65,19 @@ export const IPAM_ERRORS: Record<IpamKey, readonly ErrorCode[]> = {
   bind: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   release: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   get: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
+  // The codes of a batch's own reply and of its items' results (those of the single subject).
+  allocateBatch: [
+    'INVALID_REQUEST',
+    'POOL_NOT_FOUND',
+    'POOL_EXHAUSTED',
+    'IP_OUT_OF_POOL',
+    'IP_RESERVED',
+    'IP_TAKEN',
+    'OWNER_HAS_IP',
+    'UNAVAILABLE',
+    'INTERNAL',
+  ],
+  bindBatch: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
 };
 
 type AgentKey = keyof typeof SUBJECTS.agent;
@@ -190,11 +206,14 @@ const NAMED_SCHEMAS = {
   AllocateRequest,
   BindRequest,
   AddressLookupRequest,
+  AllocateBatchRequest,
+  BindBatchRequest,
   PoolReply: ReplySchema(Pool),
   PoolWithUsageReply: ReplySchema(PoolWithUsage),
   PoolListReply: ReplySchema(PoolList),
   EmptyReply: ReplySchema(Type.Object({})),
   AllocationReply: ReplySchema(Allocation),
+  AllocationBatchReply: ReplySchema(AllocationBatch),
   CreateInstanceCommand,
   InstanceRef,
   StopInstanceCommand,
@@ -289,6 +308,30 @@ const IPAM: Record<IpamKey, Pick<RequestReply, 'summary' | 'description' | 'requ
     description: 'Give exactly one of ip or owner.',
     request: 'AddressLookupRequest',
     reply: 'AllocationReply',
+  },
+  allocateBatch: {
+    summary: 'Allocate addresses for up to 500 owners at once (project addition, docs/ipam.md "Batch requests").',
+    description:
+      'Not in CONTRACT.md: a project addition that changes nothing existing. items are exactly orangery.ipam.allocate ' +
+      'requests (1 to 500); data.results has one reply per item, in item order, each exactly what the single subject ' +
+      'would reply. A malformed envelope (not an object, items missing, empty or longer than 500, an unknown field) is ' +
+      'INVALID_REQUEST for the whole request; a malformed item is INVALID_REQUEST in its own result only, with ' +
+      'details.field like items[3].owner.slot. Several items for one owner are answered as singles sent in item ' +
+      'order would be (the same address, or OWNER_HAS_IP). The whole batch is one database transaction: all of its ' +
+      'changes commit or none do (UNAVAILABLE or INTERNAL for the whole request), and every item is idempotent on retry. ' +
+      'One ip.allocated event and audit row per address that changed, as for singles.',
+    request: 'AllocateBatchRequest',
+    reply: 'AllocationBatchReply',
+  },
+  bindBatch: {
+    summary: 'Bind up to 500 allocated addresses at once (project addition, docs/ipam.md "Batch requests").',
+    description:
+      'Not in CONTRACT.md: a project addition that changes nothing existing. items are exactly orangery.ipam.bind ' +
+      'requests (1 to 500); data.results has one reply per item, in item order, with the same rules for malformed ' +
+      'envelopes and items as orangery.ipam.allocate.batch. Items for one ip apply in item order, as singles would. ' +
+      'One transaction per batch; one ip.bound event and audit row per change, as for singles.',
+    request: 'BindBatchRequest',
+    reply: 'AllocationBatchReply',
   },
 };
 

@@ -1,4 +1,5 @@
-import { Type, type Static } from '@sinclair/typebox';
+import { Type, type Static, type TArray, type TObject, type TSchema } from '@sinclair/typebox';
+import { ReplySchema } from './envelope-schemas';
 import { MAX_SLOT, NAME_PATTERN, HOST_ID_PATTERN } from './names';
 
 /**
@@ -103,3 +104,33 @@ export type PoolWithUsage = Static<typeof PoolWithUsage>;
 /** `pool.list` reply data. */
 export const PoolList = Type.Object({ pools: Type.Array(PoolWithUsage) });
 export type PoolList = Static<typeof PoolList>;
+
+// ---- batch requests (project addition, docs/ipam.md "Batch requests") -------------------
+
+/** Most items one batch request may carry. */
+export const MAX_BATCH_ITEMS = 500;
+
+/** A batch request schema: `{ items: [ <item>, ... ] }` with 1..MAX_BATCH_ITEMS items. */
+export type BatchRequestSchema<T extends TSchema> = TObject<{ items: TArray<T> }>;
+
+/**
+ * `{ items: [...] }` of 1..MAX_BATCH_ITEMS items, each exactly the single request. What it
+ * accepts is what `decodeBatch` accepts; decodeBatch reports a bad item in that item's
+ * result instead of refusing the whole request.
+ */
+export const BatchRequest = <T extends TSchema>(item: T, description: string): BatchRequestSchema<T> =>
+  Type.Object(
+    { items: Type.Array(item, { minItems: 1, maxItems: MAX_BATCH_ITEMS, description }) },
+    strict,
+  );
+
+export const AllocateBatchRequest = BatchRequest(AllocateRequest, 'each item is exactly an orangery.ipam.allocate request');
+export type AllocateBatchRequest = Static<typeof AllocateBatchRequest>;
+export const BindBatchRequest = BatchRequest(BindRequest, 'each item is exactly an orangery.ipam.bind request');
+export type BindBatchRequest = Static<typeof BindBatchRequest>;
+
+/** Reply data of a batch: one single-request reply per item, in item order. */
+export const AllocationBatch = Type.Object({
+  results: Type.Array(ReplySchema(Allocation), { description: "one reply per item, in the request's item order" }),
+});
+export type AllocationBatch = Static<typeof AllocationBatch>;

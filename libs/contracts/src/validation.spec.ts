@@ -1,8 +1,18 @@
 import { describe, it, expect } from 'vitest';
 import type { TSchema } from '@sinclair/typebox';
 import { OrangeryError } from './errors';
-import { AddressLookupRequest, AllocateRequest, BindRequest, EmptyRequest, PoolCreateRequest, PoolNameRequest } from './ipam';
-import { decode, parseJsonObject } from './validation';
+import {
+  AddressLookupRequest,
+  AllocateBatchRequest,
+  AllocateRequest,
+  BindBatchRequest,
+  BindRequest,
+  EmptyRequest,
+  MAX_BATCH_ITEMS,
+  PoolCreateRequest,
+  PoolNameRequest,
+} from './ipam';
+import { decode, decodeBatch, parseJsonObject } from './validation';
 
 type Json = Record<string, unknown>;
 
@@ -304,5 +314,44 @@ describe('parseJsonObject', () => {
     const e = errorOf(() => parseJsonObject(raw));
     expect(e.code).toBe('INVALID_REQUEST');
     expect(e.details).toMatchObject({ field: '' });
+  });
+});
+
+describe('decodeBatch', () => {
+  const item = (slot: unknown) => ({ pool: 'net', owner: { env: 'prod', app: 'web', slot } });
+
+  it.each([
+    ['items missing', {}, 'items'],
+    ['items empty', { items: [] }, 'items'],
+    ['items not an array', { items: 'x' }, 'items'],
+    ['too many items', { items: Array.from({ length: MAX_BATCH_ITEMS + 1 }, (_, i) => item(i)) }, 'items'],
+    ['an unknown field', { items: [item(0)], extra: 1 }, 'extra'],
+  ])('refuses the whole batch when %s', (_label, value, field) => {
+    const e = errorOf(() => decodeBatch(AllocateBatchRequest, value));
+    expect(e.code).toBe('INVALID_REQUEST');
+    expect(e.details).toMatchObject({ field });
+  });
+
+  it('accepts MAX_BATCH_ITEMS items, and what the documented schema accepts', () => {
+    const items = Array.from({ length: MAX_BATCH_ITEMS }, (_, i) => item(i % 10_000));
+    expect(decodeBatch(AllocateBatchRequest, { items }).every((d) => d.ok)).toBe(true);
+    expect(() => decode(AllocateBatchRequest, { items })).not.toThrow();
+  });
+
+  it('answers each bad item alone with an indexed field and path', () => {
+    const decoded = decodeBatch(AllocateBatchRequest, { items: [item(0), item('1'), null, { ...item(3), x: 1 }] });
+    expect(decoded.map((d) => d.ok)).toEqual([true, false, false, false]);
+    const details = decoded.map((d) => (d.ok ? undefined : d.error.details));
+    expect(details[1]).toMatchObject({ field: 'items[1].owner.slot', path: '/items/1/owner/slot' });
+    expect(details[2]).toMatchObject({ field: 'items[2]', path: '/items/2' });
+    expect(details[3]).toMatchObject({ field: 'items[3].x' });
+    expect(decoded[1]!.ok ? '' : decoded[1]!.error.message).toContain("'items[1].owner.slot'");
+  });
+
+  it('decodes bind items with the bind schema', () => {
+    const good = { ip: '198.18.0.2', instanceId: 'prod:web:0', backend: 'vmware', host: 'esx-1' };
+    const decoded = decodeBatch(BindBatchRequest, { items: [good, { ...good, host: 'ESX' }] });
+    expect(decoded[0]).toEqual({ ok: true, value: good });
+    expect(decoded[1]!.ok ? undefined : decoded[1]!.error.details).toMatchObject({ field: 'items[1].host' });
   });
 });

@@ -1,7 +1,8 @@
 import Ajv, { type ErrorObject, type ValidateFunction } from 'ajv';
 import addFormats from 'ajv-formats';
-import type { Static, TSchema } from '@sinclair/typebox';
-import { invalidRequest } from './errors';
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
+import { invalidRequest, OrangeryError } from './errors';
+import type { BatchRequestSchema } from './ipam';
 
 // One Ajv instance for the process: schemas compile once, on first use.
 const ajv = new Ajv({ allErrors: false, strict: true, coerceTypes: false, useDefaults: false });
@@ -50,6 +51,48 @@ export function decode<S extends TSchema>(schema: S, value: unknown): Static<S> 
   const first = validate.errors?.[0];
   if (!first) throw invalidRequest('', 'does not match the schema');
   throw invalidRequest(fieldOf(first), reasonOf(first), first.instancePath ? { path: first.instancePath } : {});
+}
+
+/** One item of a batch after validation: the typed request, or the error of that item alone. */
+export type DecodedItem<T> = { ok: true; value: T } | { ok: false; error: OrangeryError };
+
+// The envelope of a batch schema with its items left unchecked (checked one by one after).
+const envelopes = new WeakMap<TSchema, TSchema>();
+
+/**
+ * Validates a batch request `{ items: [...] }`. A bad envelope (not an object, items
+ * missing, empty or too long, an unknown field) throws INVALID_REQUEST for the whole
+ * request; a bad item becomes that item's INVALID_REQUEST, whose `details.field` is indexed
+ * (`items[3].owner.slot`) and `details.path` the JSON pointer (`/items/3/owner/slot`).
+ */
+export function decodeBatch<T extends TSchema>(schema: BatchRequestSchema<T>, value: unknown): DecodedItem<Static<T>>[] {
+  let envelope = envelopes.get(schema);
+  if (!envelope) {
+    const items = schema.properties.items;
+    envelope = Type.Object(
+      { items: Type.Array(Type.Unknown(), { minItems: items.minItems, maxItems: items.maxItems }) },
+      { additionalProperties: false },
+    );
+    envelopes.set(schema, envelope);
+  }
+  const { items } = decode(envelope, value) as { items: unknown[] };
+  const itemSchema = schema.properties.items.items;
+  return items.map((item, i): DecodedItem<Static<T>> => {
+    try {
+      return { ok: true, value: decode(itemSchema, item) };
+    } catch (e) {
+      if (!(e instanceof OrangeryError)) throw e;
+      const details = e.details ?? {};
+      const field = String(details['field'] ?? '');
+      const reason = String(details['reason'] ?? e.message);
+      return {
+        ok: false,
+        error: invalidRequest(field === '' ? `items[${i}]` : `items[${i}].${field}`, reason, {
+          path: `/items/${i}${typeof details['path'] === 'string' ? details['path'] : ''}`,
+        }),
+      };
+    }
+  });
 }
 
 /** Parses a message body that must be a JSON object. */

@@ -220,35 +220,87 @@ class MysqlIpamTx implements IpamTx {
   }
 
   async updateAddress(ip: number, p: AddressPatch): Promise<void> {
-    const live = p.state === 'allocated' || p.state === 'bound';
     // Sent with COMMIT; a duplicate live owner surfaces there (MysqlIpamStore maps it).
-    this.q.defer(
-        `UPDATE ipam_address SET state = ?, owner_key = ?, owner_env = ?, owner_app = ?, owner_slot = ?, live_owner = ?,
-           available_at = ?, released_at = ?, instance_id = ?, backend = ?, host = ? WHERE ip = ?`,
-        [
-          p.state,
-          p.owner ? ownerKey(p.owner) : null,
-          p.owner?.env ?? null,
-          p.owner?.app ?? null,
-          p.owner?.slot ?? null,
-          live && p.owner ? ownerKey(p.owner) : null,
-          p.availableAt,
-          p.releasedAt,
-          p.instanceId,
-          p.backend,
-          p.host,
-          ip,
-        ],
-      );
+    this.q.defer(`UPDATE ipam_address SET ${UPDATE_COLUMNS.map((c) => `${c} = ?`).join(', ')} WHERE ip = ?`, [...addressValues(p), ip]);
   }
 
   async audit(entry: AuditEntry): Promise<void> {
+    await this.auditAll([entry]);
+  }
+
+  async openAllocations(poolNames: readonly string[], owners: readonly Owner[]): Promise<{ pools: PoolRecord[]; mine: AddressRecord[] }> {
+    // One round trip, as openAllocation. Owner keys sorted: concurrent batches lock
+    // overlapping owners in the same (index) order, which keeps deadlocks rare.
+    const keys = [...new Set(owners.map(ownerKey))].sort();
+    const [pools, mine] = (await this.q.queryAll([
+      { sql: 'SELECT * FROM ipam_pool WHERE name IN (?) ORDER BY name LOCK IN SHARE MODE', params: [[...poolNames]] },
+      { sql: `SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE owner_key IN (?) ORDER BY owner_key FOR UPDATE`, params: [keys] },
+    ])) as [PoolRow[], AddressRow[]];
+    return { pools: pools.map(toPoolRecord), mine: mine.map(toAddress) };
+  }
+
+  async lockAddresses(ips: readonly number[]): Promise<AddressRecord[]> {
+    if (ips.length === 0) return [];
+    const rows = await this.rows<AddressRow>(`SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE ip IN (?) ORDER BY ip FOR UPDATE`, [
+      [...ips],
+    ]);
+    return rows.map(toAddress);
+  }
+
+  async lockNextAvailableMany(poolId: number, nowMs: number, limit: number, excluding: readonly number[]): Promise<AddressRecord[]> {
+    const n = Math.floor(limit);
+    if (!(n > 0)) return [];
+    const rows = await this.rows<AddressRow>(
+      `SELECT ${ADDRESS_COLUMNS} FROM ipam_address FORCE INDEX (ix_pick)
+       WHERE pool_id = ? AND available_at <= ?${excluding.length > 0 ? ' AND ip NOT IN (?)' : ''}
+       ORDER BY available_at, ip LIMIT ${n} FOR UPDATE SKIP LOCKED`,
+      excluding.length > 0 ? [poolId, nowMs, [...excluding]] : [poolId, nowMs],
+    );
+    return rows.map(toAddress);
+  }
+
+  async openBinds(ips: readonly number[]): Promise<{ rows: AddressRecord[]; pools: PoolRecord[] }> {
+    if (ips.length === 0) return { rows: [], pools: [] };
+    const [rows, pools] = (await this.q.queryAll([
+      { sql: `SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE ip IN (?) ORDER BY ip FOR UPDATE`, params: [[...ips]] },
+      { sql: 'SELECT * FROM ipam_pool WHERE id IN (SELECT pool_id FROM ipam_address WHERE ip IN (?))', params: [[...ips]] },
+    ])) as [AddressRow[], PoolRow[]];
+    return { rows: rows.map(toAddress), pools: pools.map(toPoolRecord) };
+  }
+
+  async findPoolsByIds(ids: readonly number[]): Promise<PoolRecord[]> {
+    if (ids.length === 0) return [];
+    return (await this.rows<PoolRow>('SELECT * FROM ipam_pool WHERE id IN (?)', [[...ids]])).map(toPoolRecord);
+  }
+
+  async updateAddresses(changes: readonly { ip: number; patch: AddressPatch }[]): Promise<void> {
+    if (changes.length === 0) return;
+    if (changes.length === 1) return this.updateAddress(changes[0]!.ip, changes[0]!.patch);
+    // One UPDATE for every row: a column that differs between rows is a CASE over the ip.
+    // The unique index on live_owner is checked row by row, as for single updates.
+    const values = changes.map((c) => addressValues(c.patch));
+    const sets: string[] = [];
+    const params: unknown[] = [];
+    UPDATE_COLUMNS.forEach((column, k) => {
+      const first = values[0]![k];
+      if (values.every((v) => sameValue(v[k], first))) {
+        sets.push(`${column} = ?`);
+        params.push(first);
+        return;
+      }
+      sets.push(`${column} = CASE ip ${changes.map(() => 'WHEN ? THEN ?').join(' ')} END`);
+      changes.forEach((c, i) => params.push(c.ip, values[i]![k]));
+    });
+    params.push(changes.map((c) => c.ip));
+    this.q.defer(`UPDATE ipam_address SET ${sets.join(', ')} WHERE ip IN (?)`, params);
+  }
+
+  async auditAll(entries: readonly AuditEntry[]): Promise<void> {
+    if (entries.length === 0) return;
     const traceId = trace.getActiveSpan()?.spanContext().traceId ?? null;
-    this.q.defer(
-      `INSERT INTO ipam_audit (at, action, ip, pool_name, actor, replica, trace_id, before_json, after_json,
-         event_id, event_subject, event_json)
-       VALUES (NOW(3), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-      [
+    const params: unknown[] = [];
+    for (const entry of entries) {
+      params.push(
         entry.action,
         entry.ip,
         entry.poolName,
@@ -260,11 +312,53 @@ class MysqlIpamTx implements IpamTx {
         entry.event?.event.id ?? null,
         entry.event?.natsSubject ?? null,
         entry.event ? JSON.stringify(entry.event.event) : null,
-      ],
+      );
+      if (entry.event) this.events.push(entry.event);
+    }
+    // Sent with the next query or COMMIT; rows get ids in this order (the outbox cursor's order).
+    this.q.defer(
+      `INSERT INTO ipam_audit (at, action, ip, pool_name, actor, replica, trace_id, before_json, after_json,
+         event_id, event_subject, event_json)
+       VALUES ${entries.map(() => '(NOW(3), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ')}`,
+      params,
     );
-    if (entry.event) this.events.push(entry.event);
   }
 }
+
+const UPDATE_COLUMNS = [
+  'state',
+  'owner_key',
+  'owner_env',
+  'owner_app',
+  'owner_slot',
+  'live_owner',
+  'available_at',
+  'released_at',
+  'instance_id',
+  'backend',
+  'host',
+] as const;
+
+/** The values of UPDATE_COLUMNS for a patch, in that order. */
+function addressValues(p: AddressPatch): unknown[] {
+  const live = p.state === 'allocated' || p.state === 'bound';
+  return [
+    p.state,
+    p.owner ? ownerKey(p.owner) : null,
+    p.owner?.env ?? null,
+    p.owner?.app ?? null,
+    p.owner?.slot ?? null,
+    live && p.owner ? ownerKey(p.owner) : null,
+    p.availableAt,
+    p.releasedAt,
+    p.instanceId,
+    p.backend,
+    p.host,
+  ];
+}
+
+const sameValue = (a: unknown, b: unknown): boolean =>
+  a instanceof Date && b instanceof Date ? a.getTime() === b.getTime() : a === b;
 
 /**
  * MySQL/MariaDB implementation of the IPAM store, on the lean SqlPool (an allocation is three

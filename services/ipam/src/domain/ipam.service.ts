@@ -1,7 +1,6 @@
 import {
-  buildEvent,
-  instanceIdOf,
   invalidRequest,
+  instanceIdOf,
   OrangeryError,
   type AddressLookupRequest,
   type AllocateRequest,
@@ -11,30 +10,34 @@ import {
   type PoolCreateRequest,
   type Pool,
   type PoolWithUsage,
+  type Reply,
 } from '@orangery/contracts';
-import { intToIpv4, ipv4ToInt, macForIpv4 } from '@orangery/netaddr';
-import { classifyIp, planPool } from './pool-plan';
-import { OwnerConflict, type AddressRecord, type AuditEntry, type Clock, type IpamStore, type IpamTx, type PoolRecord } from './ports';
+import { ipv4ToInt } from '@orangery/netaddr';
+import {
+  allocatedTo,
+  auditEntryOf,
+  bindChangesNothing,
+  checkRequestable,
+  checkRequestedRow,
+  isLive,
+  latestReleased,
+  notBindable,
+  ownerHasIp,
+  poolExhausted,
+  poolNotFound,
+  poolVanished,
+  toAllocation,
+  toPool,
+  type CallContext,
+} from './allocation-rules';
+import { AllocationBatch, bindBatchInTx } from './ipam-batch';
+import { planPool } from './pool-plan';
+import { OwnerConflict, type AddressRecord, type Clock, type IpamStore, type IpamTx, type PoolRecord } from './ports';
 
-export const EVENT_SOURCE = 'orangery/ipam';
+export { EVENT_SOURCE, toAllocation, toPool, type CallContext } from './allocation-rules';
 
-/** Context of the caller, for the audit trail and events. */
-export interface CallContext {
-  traceparent?: string;
-  /** the caller's own name for itself (header Orangery-Actor), kept in the audit trail */
-  actor?: string;
-}
-
-const sameOwner = (a: Owner | undefined, b: Owner): boolean =>
-  a !== undefined && a.env === b.env && a.app === b.app && a.slot === b.slot;
-
-const isLive = (r: AddressRecord): boolean => r.state === 'allocated' || r.state === 'bound';
-
-/** The most recently released of `rows` (affinity: an owner gets its last address back). */
-const latestReleased = (rows: readonly AddressRecord[]): AddressRecord | undefined =>
-  rows
-    .filter((r) => r.state === 'released')
-    .sort((a, b) => (b.releasedAt?.getTime() ?? 0) - (a.releasedAt?.getTime() ?? 0))[0];
+/** A batch is retried this often when a concurrent request gave one of its fresh owners an address first. */
+const BATCH_OWNER_CONFLICT_RETRIES = 8;
 
 /**
  * The IPAM rules of CONTRACT.md. Correct under any number of replicas because every
@@ -126,16 +129,11 @@ export class IpamService {
   ): Promise<Allocation> {
     const now = this.clock.now();
     const { pool, mine } = await tx.openAllocation(poolName, owner);
-    if (!pool) throw new OrangeryError('POOL_NOT_FOUND', `pool '${poolName}' does not exist`, { pool: poolName });
+    if (!pool) throw poolNotFound(poolName);
     const live = mine.find(isLive);
     if (live) {
       if (live.poolId === pool.id && (wanted === undefined || wanted === live.ip)) return toAllocation(live, pool);
-      const holding = live.poolId === pool.id ? pool : await tx.findPoolById(live.poolId);
-      throw new OrangeryError(
-        'OWNER_HAS_IP',
-        `${instanceIdOf(owner)} already holds ${intToIpv4(live.ip)} in pool '${holding?.name ?? '?'}'; release it first`,
-        { pool: holding?.name, ip: intToIpv4(live.ip) },
-      );
+      throw ownerHasIp(owner, live, live.poolId === pool.id ? pool : await tx.findPoolById(live.poolId));
     }
     let chosen: AddressRecord | undefined;
     if (wanted !== undefined) {
@@ -144,58 +142,15 @@ export class IpamService {
       // Affinity: the owner's own most recently released address in this pool, cooldown or not.
       chosen = latestReleased(mine.filter((r) => r.poolId === pool.id));
       chosen ??= await tx.lockNextAvailable(pool.id, now);
-      if (!chosen) {
-        const usage = await tx.usage(pool.id, now);
-        throw new OrangeryError('POOL_EXHAUSTED', `pool '${pool.name}' has no free address`, {
-          pool: pool.name,
-          size: pool.size,
-          used: usage.used,
-          quarantined: usage.quarantined,
-          ...(usage.nextAvailableAt !== null ? { nextAvailableAt: new Date(usage.nextAvailableAt).toISOString() } : {}),
-        });
-      }
+      if (!chosen) throw poolExhausted(pool, await tx.usage(pool.id, now));
     }
-    const after: AddressRecord = {
-      ...chosen,
-      state: 'allocated',
-      owner,
-      availableAt: null,
-      releasedAt: null,
-      instanceId: null,
-      backend: null,
-      host: null,
-    };
+    const after = allocatedTo(chosen, owner);
     return this.commitChange(tx, 'allocate', pool, chosen, after, ctx);
   }
 
   private async lockRequested(tx: IpamTx, pool: PoolRecord, owner: Owner, ip: number, now: number): Promise<AddressRecord> {
-    const ipText = intToIpv4(ip);
-    const cls = classifyIp(planOf(pool), ip);
-    if (cls === 'outside') {
-      throw new OrangeryError('IP_OUT_OF_POOL', `${ipText} is not inside pool '${pool.name}' (${pool.cidrText})`, {
-        ip: ipText,
-        pool: pool.name,
-        cidr: pool.cidrText,
-      });
-    }
-    if (cls === 'reserved') {
-      throw new OrangeryError('IP_RESERVED', `${ipText} is the network, broadcast, gateway or a reserved address of pool '${pool.name}'`, {
-        ip: ipText,
-        pool: pool.name,
-      });
-    }
-    const row = await tx.lockAddress(ip);
-    if (!row) throw new OrangeryError('INTERNAL', `pool '${pool.name}' has no row for ${ipText}`);
-    if (isLive(row)) {
-      throw new OrangeryError('IP_TAKEN', `${ipText} is held by another instance`, { ip: ipText, owner: row.owner });
-    }
-    if (row.state === 'released' && !sameOwner(row.owner, owner) && (row.availableAt ?? 0) > now) {
-      throw new OrangeryError('IP_TAKEN', `${ipText} was released recently and is in cooldown for its former owner`, {
-        ip: ipText,
-        availableAt: new Date(row.availableAt ?? 0).toISOString(),
-      });
-    }
-    return row;
+    checkRequestable(pool, ip);
+    return checkRequestedRow(pool, owner, ip, await tx.lockAddress(ip), now);
   }
 
   async bind(req: BindRequest, ctx: CallContext = {}): Promise<Allocation> {
@@ -203,15 +158,40 @@ export class IpamService {
     return this.store.transaction(async (tx) => {
       const row = await tx.lockAddress(ip);
       if (!row || !isLive(row)) {
-        throw new OrangeryError('NOT_FOUND', `${req.ip} is not allocated; allocate it before binding`, { ip: req.ip });
+        throw notBindable(req.ip);
       }
       const pool = await this.requirePoolById(tx, row.poolId);
-      if (row.state === 'bound' && row.instanceId === req.instanceId && row.backend === req.backend && row.host === req.host) {
+      if (bindChangesNothing(row, req)) {
         return toAllocation(row, pool);
       }
       const after: AddressRecord = { ...row, state: 'bound', instanceId: req.instanceId, backend: req.backend, host: req.host };
       return this.commitChange(tx, 'bind', pool, row, after, ctx);
     }, ctx.actor);
+  }
+
+  /**
+   * `allocate` for many items at once, in one transaction: each item's result is what the
+   * single request would have replied (ipam-batch.ts says in which order they are served).
+   * All of the batch's changes commit together or not at all.
+   */
+  async allocateBatch(reqs: readonly AllocateRequest[], ctx: CallContext = {}): Promise<Reply<Allocation>[]> {
+    if (reqs.length === 0) return [];
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.store.transaction((tx) => new AllocationBatch(tx, this.clock.now(), reqs, ctx).run(), ctx.actor);
+      } catch (e) {
+        // A single or another batch gave one of our fresh owners an address first: the whole
+        // batch runs again and now finds that owner's row (each item is idempotent).
+        if (e instanceof OwnerConflict && attempt < BATCH_OWNER_CONFLICT_RETRIES) continue;
+        throw e;
+      }
+    }
+  }
+
+  /** `bind` for many items at once, in one transaction, each item as the single request. */
+  async bindBatch(reqs: readonly BindRequest[], ctx: CallContext = {}): Promise<Reply<Allocation>[]> {
+    if (reqs.length === 0) return [];
+    return this.store.transaction((tx) => bindBatchInTx(tx, this.clock.now(), reqs, ctx), ctx.actor);
   }
 
   async release(req: AddressLookupRequest, ctx: CallContext = {}): Promise<Allocation> {
@@ -261,13 +241,13 @@ export class IpamService {
 
   private async requirePool(tx: IpamTx, name: string, lock: 'none' | 'share' | 'update'): Promise<PoolRecord> {
     const pool = await tx.findPool(name, lock);
-    if (!pool) throw new OrangeryError('POOL_NOT_FOUND', `pool '${name}' does not exist`, { pool: name });
+    if (!pool) throw poolNotFound(name);
     return pool;
   }
 
   private async requirePoolById(tx: IpamTx, id: number): Promise<PoolRecord> {
     const pool = await tx.findPoolById(id);
-    if (!pool) throw new OrangeryError('INTERNAL', `pool #${id} vanished under a live address`);
+    if (!pool) throw poolVanished(id);
     return pool;
   }
 
@@ -287,34 +267,8 @@ export class IpamService {
   ): Promise<Allocation> {
     await tx.updateAddress(before.ip, next);
     const after = toAllocation(next, pool);
-    await tx.audit(this.change(action, pool, before, after, ctx));
+    await tx.audit(auditEntryOf(action, pool, before, after, ctx, this.clock.now()));
     return after;
-  }
-
-  private change(
-    action: 'allocate' | 'bind' | 'release',
-    pool: PoolRecord,
-    before: AddressRecord,
-    after: Allocation,
-    ctx: CallContext,
-  ): AuditEntry {
-    const what = action === 'allocate' ? 'allocated' : action === 'bind' ? 'bound' : 'released';
-    return {
-      action,
-      ip: before.ip,
-      poolName: pool.name,
-      before: before.state === 'free' ? null : toAllocation(before, pool),
-      after,
-      event: buildEvent({
-        area: 'ip',
-        what,
-        source: EVENT_SOURCE,
-        subject: after.ip,
-        data: after,
-        time: new Date(this.clock.now()),
-        ...(ctx.traceparent ? { traceparent: ctx.traceparent } : {}),
-      }),
-    };
   }
 }
 
@@ -325,45 +279,3 @@ function lookupKey(req: AddressLookupRequest): { ip: number; text: string } | { 
   throw invalidRequest('ip', 'is required (or owner)');
 }
 
-function planOf(pool: PoolRecord) {
-  return planPool({
-    name: pool.name,
-    cidr: pool.cidrText,
-    gateway: intToIpv4(pool.gateway),
-    vlan: pool.vlan,
-    reserved: pool.reserved,
-    cooldownSeconds: pool.cooldownSeconds,
-  });
-}
-
-export function toPool(p: PoolRecord): Pool {
-  return {
-    name: p.name,
-    cidr: p.cidrText,
-    gateway: intToIpv4(p.gateway),
-    vlan: p.vlan,
-    reserved: p.reserved,
-    cooldownSeconds: p.cooldownSeconds,
-    prefixLength: p.prefixLength,
-    createdAt: p.createdAt.toISOString(),
-  };
-}
-
-export function toAllocation(r: AddressRecord, pool: PoolRecord): Allocation {
-  if (!r.owner) throw new OrangeryError('INTERNAL', `address ${intToIpv4(r.ip)} has no owner`);
-  const a: Allocation = {
-    ip: intToIpv4(r.ip),
-    pool: pool.name,
-    prefixLength: pool.prefixLength,
-    gateway: intToIpv4(pool.gateway),
-    vlan: pool.vlan,
-    mac: macForIpv4(r.ip),
-    owner: { env: r.owner.env, app: r.owner.app, slot: r.owner.slot },
-    state: r.state === 'free' ? 'released' : r.state,
-  };
-  if (r.instanceId) a.instanceId = r.instanceId;
-  if (r.backend) a.backend = r.backend;
-  if (r.host) a.host = r.host;
-  if (r.state === 'released' && r.releasedAt) a.releasedAt = r.releasedAt.toISOString();
-  return a;
-}

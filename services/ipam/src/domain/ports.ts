@@ -77,6 +77,29 @@ export interface IpamTx {
   /** throws OwnerConflict when another transaction gave `owner` a live address meanwhile */
   updateAddress(ip: number, patch: AddressPatch): Promise<void>;
   audit(entry: AuditEntry): Promise<void>;
+
+  // ---- batches: the same operations over many rows, in as few round trips as possible ----
+
+  /**
+   * Starts a batch allocation: the named pools under a shared lock (missing names are
+   * absent from `pools`) and every row whose current or last owner is one of `owners`,
+   * locked for update.
+   */
+  openAllocations(poolNames: readonly string[], owners: readonly Owner[]): Promise<{ pools: PoolRecord[]; mine: AddressRecord[] }>;
+  /** The rows of `ips` that exist, locked for update. */
+  lockAddresses(ips: readonly number[]): Promise<AddressRecord[]>;
+  /**
+   * Like lockNextAvailable, for up to `limit` addresses in pick order, never one of
+   * `excluding` (rows this transaction has already given out but not yet written).
+   */
+  lockNextAvailableMany(poolId: number, nowMs: number, limit: number, excluding: readonly number[]): Promise<AddressRecord[]>;
+  /** Starts a batch bind: the rows of `ips` that exist, locked for update, and their pools. */
+  openBinds(ips: readonly number[]): Promise<{ rows: AddressRecord[]; pools: PoolRecord[] }>;
+  findPoolsByIds(ids: readonly number[]): Promise<PoolRecord[]>;
+  /** Many updateAddress at once (one ip at most once); throws OwnerConflict likewise. */
+  updateAddresses(changes: readonly { ip: number; patch: AddressPatch }[]): Promise<void>;
+  /** Many audit entries at once, in order. */
+  auditAll(entries: readonly AuditEntry[]): Promise<void>;
 }
 
 /** Raised by updateAddress: the owner's live address was created concurrently. */

@@ -2,9 +2,15 @@ import { Inject, type BeforeApplicationShutdown, type OnApplicationBootstrap } f
 import type { NatsConnection } from '@nats-io/nats-core';
 import {
   AddressLookupRequest,
+  AllocateBatchRequest,
   AllocateRequest,
+  BindBatchRequest,
   BindRequest,
   decode,
+  decodeBatch,
+  errorReply,
+  type DecodedItem,
+  type Reply,
   EmptyRequest,
   PoolCreateRequest,
   PoolNameRequest,
@@ -23,6 +29,20 @@ const callContext = (ctx: RequestContext): CallContext => {
   return { ...(traceparent ? { traceparent } : {}), ...(ctx.actor ? { actor: ctx.actor.slice(0, 255) } : {}) };
 };
 
+/**
+ * Runs the well-formed items of a batch through `serve` and merges its results with the
+ * malformed items' INVALID_REQUEST, in item order.
+ */
+async function serveBatch<T, R>(
+  items: DecodedItem<T>[],
+  serve: (valid: T[]) => Promise<Reply<R>[]>,
+): Promise<{ results: Reply<R>[] }> {
+  const valid = items.flatMap((item) => (item.ok ? [item.value] : []));
+  const served = valid.length > 0 ? await serve(valid) : [];
+  let next = 0;
+  return { results: items.map((item) => (item.ok ? served[next++]! : errorReply(item.error.toBody()))) };
+}
+
 /** Maps the `orangery.ipam.*` subjects onto the domain: decode and validate, call, reply. */
 export function ipamRoutes(ipam: IpamService): Route[] {
   const s = SUBJECTS.ipam;
@@ -35,6 +55,14 @@ export function ipamRoutes(ipam: IpamService): Route[] {
     { subject: s.bind, handler: (b, c) => ipam.bind(decode(BindRequest, b), callContext(c)) },
     { subject: s.release, handler: (b, c) => ipam.release(decode(AddressLookupRequest, b), callContext(c)) },
     { subject: s.get, handler: async (b) => ipam.get(decode(AddressLookupRequest, b)) },
+    {
+      subject: s.allocateBatch,
+      handler: async (b, c) => serveBatch(decodeBatch(AllocateBatchRequest, b), (items) => ipam.allocateBatch(items, callContext(c))),
+    },
+    {
+      subject: s.bindBatch,
+      handler: async (b, c) => serveBatch(decodeBatch(BindBatchRequest, b), (items) => ipam.bindBatch(items, callContext(c))),
+    },
   ];
 }
 

@@ -137,6 +137,48 @@ class InMemoryTx implements IpamTx {
     this.audits.push(structuredClone(entry));
   }
 
+  async openAllocations(poolNames: readonly string[], owners: readonly Owner[]): Promise<{ pools: PoolRecord[]; mine: AddressRecord[] }> {
+    this.store.roundTrips++;
+    const pools = [...this.state.pools.values()].filter((p) => poolNames.includes(p.name));
+    const mine = [...this.state.addresses.values()].filter((r) => owners.some((o) => sameOwner(r.owner, o)));
+    return structuredClone({ pools, mine });
+  }
+
+  async lockAddresses(ips: readonly number[]): Promise<AddressRecord[]> {
+    this.store.roundTrips++;
+    return structuredClone(ips.flatMap((ip) => this.state.addresses.get(ip) ?? []));
+  }
+
+  async lockNextAvailableMany(poolId: number, nowMs: number, limit: number, excluding: readonly number[]): Promise<AddressRecord[]> {
+    this.store.roundTrips++;
+    const skip = new Set(excluding);
+    const candidates = this.rowsOf(poolId).filter((r) => r.availableAt !== null && r.availableAt <= nowMs && !skip.has(r.ip));
+    candidates.sort((a, b) => a.availableAt! - b.availableAt! || a.ip - b.ip);
+    return structuredClone(candidates.slice(0, limit));
+  }
+
+  async openBinds(ips: readonly number[]): Promise<{ rows: AddressRecord[]; pools: PoolRecord[] }> {
+    this.store.roundTrips++;
+    const rows = ips.flatMap((ip) => this.state.addresses.get(ip) ?? []);
+    const poolIds = new Set(rows.map((r) => r.poolId));
+    return structuredClone({ rows, pools: [...this.state.pools.values()].filter((p) => poolIds.has(p.id)) });
+  }
+
+  async findPoolsByIds(ids: readonly number[]): Promise<PoolRecord[]> {
+    this.store.roundTrips++;
+    return structuredClone(ids.flatMap((id) => this.state.pools.get(id) ?? []));
+  }
+
+  async updateAddresses(changes: readonly { ip: number; patch: AddressPatch }[]): Promise<void> {
+    if (new Set(changes.map((c) => c.ip)).size !== changes.length) throw new Error('updateAddresses: an ip appears twice');
+    // Row by row, like the unique index checks a multi-row UPDATE.
+    for (const c of changes) await this.updateAddress(c.ip, c.patch);
+  }
+
+  async auditAll(entries: readonly AuditEntry[]): Promise<void> {
+    for (const e of entries) await this.audit(e);
+  }
+
   private rowsOf(poolId: number): AddressRecord[] {
     return [...this.state.addresses.values()].filter((r) => r.poolId === poolId);
   }
@@ -155,6 +197,8 @@ export class InMemoryIpamStore implements IpamStore {
   readonly audits: AuditEntry[] = [];
   readonly hooks: StoreHooks = {};
   transactions = 0;
+  /** reads the batch methods made (the MySQL store sends each as one round trip) */
+  roundTrips = 0;
   private state: StoreState = { pools: new Map(), addresses: new Map(), nextPoolId: 1 };
   private queue: Promise<unknown> = Promise.resolve();
 
