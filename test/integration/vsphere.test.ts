@@ -8,7 +8,7 @@ import {
   VsphereTransportError,
   type NetworkInfo,
 } from '@orangery/vsphere';
-import { Lab, LAB_IMAGES, SVC_INDEX, SVC_PORT } from '../lab';
+import { Lab, LAB_IMAGES, labResidue, SVC_INDEX, SVC_PORT } from '../lab';
 
 // The vSphere client against the lab's real vCenter simulator: a VM cloned with
 // extraConfig RUN.container runs as a container on the lab's ESXi engine, on the fabric,
@@ -51,6 +51,7 @@ describe('libs/vsphere against vcsim in the lab', () => {
     }
     await client?.logout();
     await lab?.teardown();
+    if (lab) expect(await labResidue([lab.labDir])).toEqual({ interfaces: [], netns: [], processes: [], mounts: [], cgroups: [], dirs: [] });
   }, 120_000);
 
   it('logs in and reads the service content', async () => {
