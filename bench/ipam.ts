@@ -15,7 +15,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createPool } from 'mysql2/promise';
 import { ContractClient, freshDatabase, HarnessDir, NatsServer, ServiceProcess } from '@orangery/testing';
-import { closedLoop, fmt, percentile, table, type LoadResult } from './lib';
+import { closedLoop, cpuMs, fmt, percentile, table, type LoadResult } from './lib';
 
 const SECONDS = Number(process.env['BENCH_SECONDS'] ?? 8);
 const CLIENTS = [1, 16, 64];
@@ -28,15 +28,6 @@ const BATCH_SECONDS = Math.min(SECONDS, 5);
 
 const log = (msg: string) => process.stderr.write(`[bench:ipam] ${msg}\n`);
 
-/** CPU time (user + system, ms) a process has used so far, from /proc. */
-function cpuMs(pid: number): number {
-  try {
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-    return (Number(f[11]) + Number(f[12])) * 10; // clock ticks of 10 ms (USER_HZ 100)
-  } catch {
-    return 0;
-  }
-}
 
 async function rawCeiling(dbUrl: string, connections: number): Promise<LoadResult> {
   const u = new URL(dbUrl);

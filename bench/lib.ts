@@ -1,4 +1,15 @@
-/** Small helpers shared by the benchmarks: percentiles, timed loops, tables. */
+/** Small helpers shared by the benchmarks: percentiles, timed loops, tables, CPU time. */
+import { readFileSync } from 'node:fs';
+
+/** CPU time (user + system, ms) a process has used so far, from /proc. */
+export function cpuMs(pid: number): number {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return (Number(f[11]) + Number(f[12])) * 10; // clock ticks of 10 ms (USER_HZ 100)
+  } catch {
+    return 0;
+  }
+}
 
 export function percentile(sortedMs: readonly number[], p: number): number {
   if (sortedMs.length === 0) return NaN;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# npm run bench [name]: runs the benchmarks (all, or one: ipam) on real servers, like npm test.
+# npm run bench [name]: runs the benchmarks (all, or one: ipam, agent, scheduler) on real servers, like npm test.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -11,10 +11,14 @@ bash deploy/local/infra.sh up test
 eval "$(bash deploy/local/infra.sh env test)"
 npm run build --silent
 which=${1:-all}
-for b in ipam agent; do
+# name -> scripts (bench/<script>.ts), run in this order
+declare -A scripts=([ipam]="ipam" [agent]="agent" [scheduler]="scheduler-engine scheduler-e2e")
+for b in ipam agent scheduler; do
   if [ "$which" = all ] || [ "$which" = "$b" ]; then
-    echo "=== bench:$b ==="
-    node tools/run-ts.mjs "bench/$b.ts"
+    for script in ${scripts[$b]}; do
+      echo "=== bench:$b ($script) ==="
+      node tools/run-ts.mjs "bench/$script.ts"
+    done
   fi
 done
 node tools/readme-bench.mjs

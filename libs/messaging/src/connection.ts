@@ -74,6 +74,10 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     reconnectJitter: 250,
     pingInterval: 5_000,
     maxPingOut: 2,
+    // Measured: with async traces on, every request (JetStream publishes included) builds
+    // an Error with a stack up front, ~0.1 ms of CPU each; our callers map failures to
+    // their own errors (NoReplyError, PortError) and never read those stacks.
+    noAsyncTraces: true,
     ...(opts.inboxPrefix ? { inboxPrefix: opts.inboxPrefix } : {}),
   });
   opts.logger.info({ server: nc.getServer() }, 'connected to NATS');

@@ -298,6 +298,7 @@ export class SimulatedFleet {
       ...(user !== undefined ? { user, pass } : {}),
       ...(token !== undefined ? { token } : {}),
       name: 'orangery-simulated-fleet',
+      noAsyncTraces: true, // no stack captured per request: the fleet must be cheap
       maxReconnectAttempts: -1,
       reconnectTimeWait: 200,
     });
