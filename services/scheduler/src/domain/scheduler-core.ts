@@ -96,6 +96,8 @@ export class SchedulerCore {
   private appCheckTimer: NodeJS.Timeout | undefined;
   private readonly hostStates = new Map<string, HostState>();
   private stopped = false;
+  /** the journal is in memory: before that, every instance an agent lists looks like an orphan */
+  private loaded = false;
   private inFlight = 0;
 
   constructor(
@@ -115,6 +117,7 @@ export class SchedulerCore {
     const { apps, slots } = await this.ports.store.load();
     for (const a of apps) this.apps.set(appKeyOf(a), a);
     for (const s of slots) this.putSlot(s);
+    this.loaded = true;
     this.ports.log.info({ apps: apps.length, slots: slots.length }, 'leader state loaded');
     for (const key of this.apps.keys()) void this.reconcileApp(key);
   }
@@ -611,6 +614,9 @@ export class SchedulerCore {
 
   /** Anti-entropy: what an agent says runs on its host against the records. */
   agentList(hostId: string, instances: readonly AgentInstance[]): void {
+    // A deposed core's records are stale, and a core not started yet has none: either would
+    // remove instances the (new) leader placed.
+    if (this.stopped || !this.loaded) return;
     const seen = new Set<string>();
     for (const inst of instances) {
       seen.add(inst.instanceId);
