@@ -177,13 +177,9 @@ describe('buildAsyncApi', () => {
 
   it('has a channel for every other subject, planned where the service does not exist yet', () => {
     const planned = [
-      ...Object.values(SUBJECTS.scheduler),
       ...Object.values(SUBJECTS.migrator),
-      SUBJECTS.scale('{env}', '{app}'),
       ...['lost', 'recovered', 'drained'].map((what) => SUBJECTS.event('host', what)),
-      SUBJECTS.event('instance', 'placed'),
       ...['started', 'completed', 'failed'].map((what) => SUBJECTS.event('migration', what)),
-      ...['completed', 'rejected'].map((what) => SUBJECTS.event('scale', what)),
     ];
     for (const address of planned) {
       const id = channelIdOf(address);
@@ -192,6 +188,10 @@ describe('buildAsyncApi', () => {
     }
     const live = [
       SUBJECTS.heartbeat('{hostId}'),
+      ...Object.values(SUBJECTS.scheduler),
+      SUBJECTS.scale('{env}', '{app}'),
+      SUBJECTS.event('instance', 'placed'),
+      ...['completed', 'rejected'].map((what) => SUBJECTS.event('scale', what)),
       ...['allocated', 'bound', 'released'].map((what) => SUBJECTS.event('ip', what)),
       ...['registered', 'fenced'].map((what) => SUBJECTS.event('host', what)),
       ...['running', 'stopped', 'failed', 'removed', 'disk_warning', 'disk_exceeded'].map((what) => SUBJECTS.event('instance', what)),

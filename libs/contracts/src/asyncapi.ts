@@ -13,8 +13,18 @@ import {
   StopInstanceCommand,
 } from './agent';
 import { EVENT_TYPE_PREFIX } from './cloudevents';
+import {
+  HostsListData,
+  HostsListRequest,
+  InstancePlacedData,
+  InstancesListData,
+  InstancesListRequest,
+  ScaleCompletedData,
+  ScaleRejectedData,
+  ScaleRequestedEvent,
+} from './scheduler';
 import { ERROR_CODES, type ErrorCode } from './errors';
-import { EventEnvelopeSchema, InboundEventSchema, ReplySchema, TRACEPARENT_PATTERN } from './envelope-schemas';
+import { EventEnvelopeSchema, ReplySchema, TRACEPARENT_PATTERN } from './envelope-schemas';
 import {
   AddressLookupRequest,
   AllocateBatchRequest,
@@ -181,6 +191,23 @@ const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description
     data: InstanceDiskData,
     description: "The container's writable layer passed 80% of resources.diskMb (checked every ORANGERY_DISK_CHECK_SECONDS).",
   },
+  'instance.placed': {
+    source: 'orangery/scheduler/<replica>',
+    data: InstancePlacedData,
+    description: 'The scheduler chose a host for the slot (journaled before the agent is asked); attempt > 1 after a failed start elsewhere.',
+  },
+  'scale.completed': {
+    source: 'orangery/scheduler/<replica>',
+    data: ScaleCompletedData,
+    description: 'Every slot 0..replicas-1 runs and nothing above is left. Event id scale-completed:<requestId>.',
+  },
+  'scale.rejected': {
+    source: 'orangery/scheduler/<replica>',
+    data: ScaleRejectedData,
+    description:
+      'reason.code INVALID_REQUEST, POOL_NOT_FOUND, INSUFFICIENT_CAPACITY (details.shortfall), SUPERSEDED (details.by) or ' +
+      'START_FAILED (details.slots: each unstarted slot\'s last error). Event id scale-rejected:<requestId>.',
+  },
   'instance.disk_exceeded': {
     source: 'orangery/docker-agent/<hostId>',
     data: InstanceDiskData,
@@ -224,7 +251,11 @@ const NAMED_SCHEMAS = {
   RequestHeaders,
   PlannedPayload,
   PlannedReply: ReplySchema(PlannedPayload),
-  ScaleRequestedEvent: InboundEventSchema(`${EVENT_TYPE_PREFIX}scale.requested`, PlannedPayload),
+  ScaleRequestedEvent,
+  HostsListRequest,
+  HostsListReply: ReplySchema(HostsListData),
+  InstancesListRequest,
+  InstancesListReply: ReplySchema(InstancesListData),
   EventHeaders,
 } satisfies Record<string, TSchema>;
 type SchemaName = keyof typeof NAMED_SCHEMAS;
@@ -345,9 +376,9 @@ const OPERATORS: RequestReply[] = [
     description:
       'Request {}. Data: { hosts: [{ id, backend, state, capacity, allocated, usage, labels }] }; state is ready, ' +
       'draining or lost; capacity, allocated and usage are { cpu, memoryMb, diskMb }.',
-    request: 'PlannedPayload',
-    reply: 'PlannedReply',
-    planned: true,
+    request: 'HostsListRequest',
+    reply: 'HostsListReply',
+    errors: ['INVALID_REQUEST'],
   },
   {
     id: 'schedulerInstancesList',
@@ -358,9 +389,9 @@ const OPERATORS: RequestReply[] = [
     description:
       'Request { env?, app? }. Data: { instances: [{ id, env, app, slot, state, backend, host, ip, mac }] }; state is ' +
       'placed, starting, running, stopped or failed (removed instances leave the list).',
-    request: 'PlannedPayload',
-    reply: 'PlannedReply',
-    planned: true,
+    request: 'InstancesListRequest',
+    reply: 'InstancesListReply',
+    errors: ['INVALID_REQUEST'],
   },
   {
     id: 'migratorMigrationsGet',
@@ -600,7 +631,7 @@ function addHeartbeatAndScale(out: Built): void {
         payload: schemaRef('ScaleRequestedEvent'),
       },
     },
-    ...PLANNED,
+    
   };
   out.operations['scaleRequest'] = {
     action: 'receive',
@@ -608,7 +639,7 @@ function addHeartbeatAndScale(out: Built): void {
     summary: 'The scheduler consumes scale requests.',
     tags: [{ name: 'scale' }],
     messages: [{ $ref: '#/channels/scaleRequest/messages/scaleRequested' }],
-    ...PLANNED,
+    
   };
 }
 
