@@ -202,6 +202,21 @@ describe('reservations', () => {
     expect(cached.free('b').cpu).toBeLessThan(8 - 2 + 1e-9);
   });
 
+  it('stays exact when live usage is above, then below, what the scheduler placed', () => {
+    book.heartbeat(heartbeat('a', { usage: amounts(4, 8192, 10) }));
+    clock.advance(2_000); // let the usage rebuild happen once
+    book.inventory();
+    // own 1 < usage 4: taking it changes nothing; own 5 > usage 4: only the excess counts
+    book.reserve('a', 'prod:web:0', web, amounts(1, 1024));
+    book.reserve('a', 'prod:web:1', web, amounts(4, 8192));
+    expect(seen(book.inventory())).toEqual(seen(fresh(book)));
+    book.unreserve('a', 'prod:web:1');
+    const cached = book.inventory();
+    expect(seen(cached)).toEqual(seen(fresh(book)));
+    // back below usage: the host is as full as its usage says (8 - 4), not 8 - 1
+    expect(cached.free('a').cpu).toBeCloseTo(4, 9);
+  });
+
   it('a reservation on a host never heard of makes a lost placeholder and reaches the inventory', () => {
     book.reserve('ghost', 'prod:web:3', web, amounts(1, 1024));
     expect(stateOf('ghost')).toBe('lost');

@@ -1,5 +1,5 @@
 import type { Amounts, Backend, Heartbeat, HostFacts } from '@orangery/contracts';
-import { Inventory, needOf, type AppRef, type HostState, type HostView } from './placement';
+import { Inventory, toMillicores, type AppRef, type HostState, type HostView } from './placement';
 
 /** A host as the leader knows it: the agent's facts and live figures, and what we placed there. */
 export interface HostEntry {
@@ -14,6 +14,8 @@ export interface HostEntry {
   fenced: boolean;
   /** what the scheduler's slots take there, and which apps they belong to */
   readonly placed: Map<string, { ref: AppRef; demand: Amounts }>;
+  /** the sum of `placed` demands, kept with it */
+  readonly own: Amounts;
 }
 
 const zero = (): Amounts => ({ cpu: 0, memoryMb: 0, diskMb: 0 });
@@ -93,6 +95,7 @@ export class HostBook {
         agentAllocated: 'allocated' in hb ? hb.allocated : zero(),
         fenced: 'fenced' in hb ? hb.fenced : false,
         placed: new Map(),
+        own: zero(),
       });
       this.structuralChange = true;
       return true;
@@ -139,14 +142,7 @@ export class HostBook {
     const h = this.hosts.get(hostId) ?? this.placeholder(hostId);
     if (h.placed.has(slotId)) return;
     h.placed.set(slotId, { ref, demand });
-    const inv = this.cached;
-    const i = inv?.indexOf(hostId);
-    if (inv && i !== undefined && !this.structuralChange) {
-      inv.take(i, needFor(demand), +1);
-      inv.count(`${ref.env}:${ref.app}`, i, +1);
-    } else {
-      this.structuralChange = true;
-    }
+    this.applyToCache(h, ref, demand, +1);
   }
 
   unreserve(hostId: string, slotId: string): void {
@@ -154,25 +150,34 @@ export class HostBook {
     const p = h?.placed.get(slotId);
     if (!h || !p) return;
     h.placed.delete(slotId);
+    this.applyToCache(h, p.ref, p.demand, -1);
+  }
+
+  /**
+   * Changes the host's own total and the cached inventory alike. The inventory's "used" is
+   * max(own, live usage) per resource (viewOf), so what changes in it is the change of
+   * that maximum, not the demand itself: exact whether usage is above own or not.
+   */
+  private applyToCache(h: HostEntry, ref: AppRef, demand: Amounts, sign: 1 | -1): void {
+    const before = { ...h.own };
+    h.own.cpu += sign * demand.cpu;
+    h.own.memoryMb += sign * demand.memoryMb;
+    h.own.diskMb += sign * demand.diskMb;
     const inv = this.cached;
-    const i = inv?.indexOf(hostId);
-    if (inv && i !== undefined && !this.structuralChange) {
-      inv.take(i, needFor(p.demand), -1);
-      inv.count(`${p.ref.env}:${p.ref.app}`, i, -1);
-    } else {
+    const i = inv?.indexOf(h.id);
+    if (!inv || i === undefined || this.structuralChange) {
       this.structuralChange = true;
+      return;
     }
+    const used = (own: Amounts, k: keyof Amounts) => Math.max(own[k], h.usage[k]);
+    const cpuMilli = toMillicores(used(h.own, 'cpu')) - toMillicores(used(before, 'cpu'));
+    inv.take(i, { cpuMilli, memoryMb: used(h.own, 'memoryMb') - used(before, 'memoryMb'), diskMb: used(h.own, 'diskMb') - used(before, 'diskMb') }, 1);
+    inv.count(`${ref.env}:${ref.app}`, i, sign);
   }
 
   /** What the scheduler's slots take on a host. */
   allocated(h: HostEntry): Amounts {
-    const sum = zero();
-    for (const { demand } of h.placed.values()) {
-      sum.cpu += demand.cpu;
-      sum.memoryMb += demand.memoryMb;
-      sum.diskMb += demand.diskMb;
-    }
-    return sum;
+    return { ...h.own };
   }
 
   /** The placement engine's view, kept current (see the class comment). */
@@ -220,6 +225,7 @@ export class HostBook {
       agentAllocated: zero(),
       fenced: false,
       placed: new Map(),
+      own: zero(),
     };
     this.hosts.set(id, h);
     this.structuralChange = true;
@@ -227,5 +233,3 @@ export class HostBook {
   }
 }
 
-/** A demand is already at the real memory limit, so needOf's heap rule changes nothing. */
-const needFor = (d: Amounts) => needOf(d);

@@ -493,7 +493,11 @@ export class SchedulerCore {
       return this.slotFailed(s, app, { ...errorOf(e), host: hostId });
     }
     if (s.ip !== alloc.ip || s.state !== 'starting') {
-      s = await this.update(s, { state: 'starting', ip: alloc.ip, mac: alloc.mac });
+      // Memory only: nothing a new leader needs (the record already names the host, and
+      // allocate is idempotent), and one journal write less per instance. The next write
+      // (running, or a failed attempt) carries it; until then other replicas list `placed`.
+      s = { ...s, state: 'starting', ip: alloc.ip, mac: alloc.mac };
+      this.slots.set(s.id, s);
     }
     const backend = s.backend ?? this.hosts.get(hostId)?.backend ?? 'docker';
     let inst: AgentInstance;
