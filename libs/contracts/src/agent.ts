@@ -56,7 +56,10 @@ export const CreateInstanceCommand = Type.Object(
     env: Type.String({ pattern: NAME_PATTERN }),
     app: Type.String({ pattern: NAME_PATTERN }),
     slot: Type.Integer({ minimum: 0, maximum: MAX_SLOT }),
-    image: Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9][A-Za-z0-9._/:@-]*$' }),
+    /** containers (docker-agent): required there */
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9][A-Za-z0-9._/:@-]*$' })),
+    /** VMs (vmware-agent): the template VM's name in vCenter; required there */
+    template: Type.Optional(Type.String({ minLength: 1, maxLength: 80, pattern: '^[A-Za-z0-9][A-Za-z0-9._ -]*$' })),
     resources: Resources,
     network: InstanceNetwork,
     /** start after creating (default true); the ARP probe runs before any start */
@@ -68,6 +71,10 @@ export const CreateInstanceCommand = Type.Object(
   strict,
 );
 export type CreateInstanceCommand = Static<typeof CreateInstanceCommand>;
+/** What a docker-agent accepts: a create with an image. */
+export type ContainerCreateCommand = CreateInstanceCommand & { image: string };
+/** What the vmware-agent accepts: a create with a template. */
+export type VmCreateCommand = CreateInstanceCommand & { template: string };
 
 export const InstanceRef = Type.Object({ instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }) }, strict);
 export type InstanceRef = Static<typeof InstanceRef>;
@@ -103,7 +110,8 @@ export const AgentInstance = Type.Object({
   state: InstanceState,
   ip: Type.String(),
   mac: Type.String(),
-  image: Type.String(),
+  image: Type.Optional(Type.String({ description: 'containers' })),
+  template: Type.Optional(Type.String({ description: 'VMs: the template it was cloned from' })),
   resources: Type.Optional(Resources),
   limits: Type.Optional(
     Type.Object({ memoryMb: Type.Integer(), cpuset: Type.String(), cpus: Type.Number(), memorySwappiness: Type.Integer() }),

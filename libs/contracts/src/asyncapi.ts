@@ -447,6 +447,7 @@ const AGENT_COMMANDS: Record<AgentKey, Pick<RequestReply, 'summary' | 'descripti
   create: {
     summary: 'Create an instance on this host, and start it unless start is false.',
     description:
+      'A container (docker-agent) needs image, a VM (vmware-agent) needs template; the other is INVALID_REQUEST. ' +
       'The image must be on the engine already (agents pull nothing: IMAGE_NOT_FOUND, and an instance.failed event). ' +
       'Before starting, the address is checked against the engine (another instance of ours holding it) and probed on ' +
       'the wire with ARP; if anything answers, IP_IN_USE_ON_WIRE, nothing is left behind and instance.failed is ' +

@@ -568,7 +568,8 @@ export class SimulatedFleet {
         state: wantStart ? 'running' : 'created',
         ip: cmd.network.ip,
         mac: cmd.network.mac,
-        image: cmd.image,
+        ...(cmd.image !== undefined ? { image: cmd.image } : {}),
+        ...(cmd.template !== undefined ? { template: cmd.template } : {}),
         resources: { ...cmd.resources },
       },
     };

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, it, expect, vi } from 'vitest';
-import { AgentInstanceList, decode, OrangeryError, type CreateInstanceCommand } from '@orangery/contracts';
+import { AgentInstanceList, decode, OrangeryError, type ContainerCreateCommand as CreateInstanceCommand } from '@orangery/contracts';
 import { AgentService, type AgentSettings } from './agent.service';
 import { LABEL, planContainer } from './container-spec';
 import { deferred, FakeArpProbe, FakeEngine, RecordingEvents } from './testing/fake-engine';

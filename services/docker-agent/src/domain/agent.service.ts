@@ -2,7 +2,7 @@ import {
   OrangeryError,
   type AgentInstance,
   type Amounts,
-  type CreateInstanceCommand,
+  type ContainerCreateCommand,
   type StopInstanceCommand,
 } from '@orangery/contracts';
 import { cidrOf } from '@orangery/netaddr';
@@ -47,7 +47,7 @@ export class AgentService {
     return next;
   }
 
-  create(cmd: CreateInstanceCommand): Promise<AgentInstance> {
+  create(cmd: ContainerCreateCommand): Promise<AgentInstance> {
     return this.serialize(cmd.instanceId, async () => {
       const wantStart = cmd.start ?? true;
       const existing = await this.engine.findByInstance(cmd.instanceId);

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import type { CreateInstanceCommand } from '@orangery/contracts';
+import type { ContainerCreateCommand as CreateInstanceCommand } from '@orangery/contracts';
 import {
   allowedCpuset,
   containerName,

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { memoryLimitMb, type CreateInstanceCommand, type InstanceNetwork } from '@orangery/contracts';
+import { memoryLimitMb, type ContainerCreateCommand, type CreateInstanceCommand, type InstanceNetwork } from '@orangery/contracts';
 
 /** Labels that make the engine the only truth about what runs on a host. */
 export const LABEL = {
@@ -93,7 +93,7 @@ export const containerName = (instanceId: string): string => `orangery-${instanc
  * Everything the engine needs to run the instance, decided from the command and the
  * host's limits alone (pure, unit-tested).
  */
-export function planContainer(cmd: CreateInstanceCommand, host: HostLimits): ContainerPlan {
+export function planContainer(cmd: ContainerCreateCommand, host: HostLimits): ContainerPlan {
   const memoryMb = memoryLimitMb(cmd.resources.memoryMb, cmd.resources.heapMb);
   const usable = host.totalCpus - host.reservedCpus;
   const cpus = Math.min(cmd.resources.cpu, usable);

@@ -2,6 +2,8 @@ import { Inject, type BeforeApplicationShutdown, type OnApplicationBootstrap } f
 import type { NatsConnection } from '@nats-io/nats-core';
 import {
   CreateInstanceCommand,
+  invalidRequest,
+  type ContainerCreateCommand,
   decode,
   InstanceRef,
   ListInstancesCommand,
@@ -29,7 +31,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export function agentRoutes(hostId: string, agent: AgentService): Route[] {
   const s = SUBJECTS.agent;
   return [
-    { subject: s.create(hostId), handler: (b) => agent.create(decode(CreateInstanceCommand, b)) },
+    { subject: s.create(hostId), handler: (b) => agent.create(containerCommand(decode(CreateInstanceCommand, b))) },
     { subject: s.start(hostId), handler: (b) => agent.start(decode(InstanceRef, b).instanceId) },
     { subject: s.stop(hostId), handler: (b) => agent.stop(decode(StopInstanceCommand, b)) },
     { subject: s.remove(hostId), handler: (b) => agent.remove(decode(InstanceRef, b).instanceId) },
@@ -306,4 +308,11 @@ interface EngineEvent {
   id?: string;
   Action?: string;
   Actor?: { Attributes?: Record<string, string> };
+}
+
+/** The command schema serves both backends: a container needs an image (a template is for VMs). */
+function containerCommand(cmd: CreateInstanceCommand): ContainerCreateCommand {
+  if (cmd.image === undefined) throw invalidRequest('image', 'is required: a container is made from an image');
+  if (cmd.template !== undefined) throw invalidRequest('template', 'is for VMs: a docker-agent makes containers from an image');
+  return cmd as ContainerCreateCommand;
 }

@@ -502,7 +502,7 @@ export class SchedulerCore {
     const backend = s.backend ?? this.hosts.get(hostId)?.backend ?? 'docker';
     let inst: AgentInstance;
     try {
-      inst = await this.ports.agents.create(hostId, this.createCommand(s, alloc));
+      inst = await this.ports.agents.create(hostId, this.createCommand(s, alloc, backend));
     } catch (e) {
       return this.attemptFailed(s, hostId, e);
     }
@@ -767,14 +767,20 @@ export class SchedulerCore {
     };
   }
 
-  private createCommand(s: SlotRecord, alloc: { ip: string; mac: string; prefixLength: number; gateway: string; vlan: number }): CreateInstanceCommand {
-    if (!s.spec.image) throw new PortError('INVALID_REQUEST', 'the slot has no image for a container', false);
+  /** The same command for both backends: an image for a container, a template for a VM. */
+  private createCommand(
+    s: SlotRecord,
+    alloc: { ip: string; mac: string; prefixLength: number; gateway: string; vlan: number },
+    backend: Backend,
+  ): CreateInstanceCommand {
+    const artifact = backend === 'docker' ? s.spec.image : s.spec.template;
+    if (!artifact) throw new PortError('INVALID_REQUEST', `the slot has no ${backend === 'docker' ? 'image' : 'template'} for ${backend}`, false);
     return {
       instanceId: s.id,
       env: s.env,
       app: s.app,
       slot: s.slot,
-      image: s.spec.image,
+      ...(backend === 'docker' ? { image: artifact } : { template: artifact }),
       resources: s.spec.resources,
       network: { ip: alloc.ip, mac: alloc.mac, prefixLength: alloc.prefixLength, gateway: alloc.gateway, vlan: alloc.vlan },
       ...(s.spec.environment ? { environment: s.spec.environment } : {}),

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import type { CreateInstanceCommand } from '@orangery/contracts';
+import type { ContainerCreateCommand as CreateInstanceCommand } from '@orangery/contracts';
 import { LABEL, planContainer } from '../container-spec';
 import { stateOf } from '../ports';
 import { FakeArpProbe, FakeEngine } from './fake-engine';

@@ -292,7 +292,8 @@ export class FakeAgents implements AgentPort {
         state: outcome?.state ?? 'running',
         ip: command.network.ip,
         mac: command.network.mac,
-        image: command.image,
+        ...(command.image !== undefined ? { image: command.image } : {}),
+        ...(command.template !== undefined ? { template: command.template } : {}),
         resources: command.resources,
         ...(outcome ? { reason: outcome.reason } : {}),
       };
