@@ -167,6 +167,24 @@ export async function cleanLabLeftovers(labDir = LAB_DIR): Promise<CleanupReport
   return sweepLab(dirs);
 }
 
+/**
+ * cleanLabLeftovers, but when another live process owns the lab, waits for it up to
+ * ORANGERY_LAB_WAIT_SECONDS (default 0: fail at once, as CI runs one test file at a time;
+ * developers running test files side by side set it to queue them).
+ */
+async function cleanWhenFree(labDir: string): Promise<CleanupReport> {
+  const waitMs = Math.max(0, Number(process.env['ORANGERY_LAB_WAIT_SECONDS'] ?? 0) || 0) * 1000;
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      return await cleanLabLeftovers(labDir);
+    } catch (e) {
+      if (!(e instanceof Error) || !e.message.includes('the lab is in use') || Date.now() > deadline) throw e;
+      await new Promise((r) => setTimeout(r, 2_000));
+    }
+  }
+}
+
 export class Lab {
   readonly subnet = LAB_SUBNET;
   readonly gateway = LAB_GATEWAY;
@@ -210,7 +228,7 @@ export class Lab {
       password: asked.password ?? randomBytes(12).toString('base64url'),
     };
     await ensureLabPackages(vcOpts ? VCSIM_DEB_PACKAGES : []);
-    const leftovers = await cleanLabLeftovers(labDir);
+    const leftovers = await cleanWhenFree(labDir);
 
     const servers = Array.from({ length: nServers }, (_, k) => serverSpec(k + 1, labDir));
     const vms = Array.from({ length: nVms }, (_, k) => vmSpec(k + 1));
