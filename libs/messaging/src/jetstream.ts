@@ -6,36 +6,46 @@ import type { Logger } from '@orangery/telemetry';
 
 const nanos = (seconds: number): number => seconds * 1_000_000_000;
 
+export interface StreamSpec {
+  readonly name: string;
+  readonly subjects: readonly string[];
+  readonly maxAgeSeconds: number;
+  readonly duplicateWindowSeconds: number;
+}
+
 /**
- * Creates ORANGERY_EVENTS if it does not exist. Every service calls this at start; the
- * configuration is one constant, so replicas racing here create the same stream and the
+ * Creates a stream if it does not exist. Every service that needs one calls this at start;
+ * the configuration is one constant, so replicas racing here create the same stream and the
  * loser's "already in use" is success.
  */
-export async function ensureEventsStream(nc: NatsConnection, logger: Logger): Promise<void> {
+export async function ensureStream(nc: NatsConnection, spec: StreamSpec, logger: Logger): Promise<void> {
   const jsm = await jetstreamManager(nc);
   try {
-    await jsm.streams.info(EVENTS_STREAM.name);
+    await jsm.streams.info(spec.name);
     return;
   } catch {
     // not found: create below
   }
   try {
     await jsm.streams.add({
-      name: EVENTS_STREAM.name,
-      subjects: [...EVENTS_STREAM.subjects],
+      name: spec.name,
+      subjects: [...spec.subjects],
       retention: RetentionPolicy.Limits,
       storage: StorageType.File,
       discard: DiscardPolicy.Old,
-      max_age: nanos(EVENTS_STREAM.maxAgeSeconds),
-      duplicate_window: nanos(EVENTS_STREAM.duplicateWindowSeconds),
+      max_age: nanos(spec.maxAgeSeconds),
+      duplicate_window: nanos(spec.duplicateWindowSeconds),
     });
-    logger.info({ stream: EVENTS_STREAM.name }, 'created the events stream');
+    logger.info({ stream: spec.name }, 'created a stream');
   } catch (e) {
-    await jsm.streams.info(EVENTS_STREAM.name).catch(() => {
+    await jsm.streams.info(spec.name).catch(() => {
       throw e;
     });
   }
 }
+
+/** ORANGERY_EVENTS (CONTRACT.md "Events"): every service that publishes ensures it. */
+export const ensureEventsStream = (nc: NatsConnection, logger: Logger): Promise<void> => ensureStream(nc, EVENTS_STREAM, logger);
 
 /**
  * Publishes a CloudEvent into JetStream and waits for the stream's ack. The event id is the

@@ -1,34 +1,17 @@
-import { Inject, Module, type DynamicModule, type OnApplicationShutdown } from '@nestjs/common';
+import { Module, type DynamicModule } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/nats-core';
-import type { DataSource } from 'typeorm';
 import { connectNats, EventPublisher } from '@orangery/messaging';
-import { createDataSource, initializeDatabase, SqlPool } from '@orangery/persistence';
-import { CONFIG, DATA_SOURCE, LOGGER, NATS, replicaId } from '@orangery/service-kit';
+import { createDataSource, initializeDatabase, OutboxRelay, SqlPool } from '@orangery/persistence';
+import { CONFIG, DATA_SOURCE, DatabaseServiceConnections, LOGGER, NATS, replicaId, SQL_POOL } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { IpamConfig } from './config';
 import { IpamService } from './domain/ipam.service';
 import { systemClock } from './domain/ports';
 import { MysqlIpamStore } from './adapters/mysql-ipam-store';
-import { OutboxRelay } from './adapters/outbox-relay';
 import { IpamInitial1732500000000 } from './adapters/migrations/1732500000000-ipam-initial';
 import { IpamOutboxCursor1732600000000 } from './adapters/migrations/1732600000000-ipam-outbox-cursor';
 import { IpamHandler } from './transport/ipam.handler';
-import { IPAM_SERVICE, IPAM_STORE, OUTBOX, SQL_POOL } from './tokens';
-
-/** Closes the connections last, after the handler has drained (Nest's shutdown order). */
-class Connections implements OnApplicationShutdown {
-  constructor(
-    @Inject(NATS) private readonly nc: NatsConnection,
-    @Inject(DATA_SOURCE) private readonly ds: DataSource,
-    @Inject(SQL_POOL) private readonly sql: SqlPool,
-  ) {}
-
-  async onApplicationShutdown(): Promise<void> {
-    await this.nc.drain().catch(() => undefined);
-    await this.sql.end().catch(() => undefined);
-    if (this.ds.isInitialized) await this.ds.destroy().catch(() => undefined);
-  }
-}
+import { IPAM_SERVICE, IPAM_STORE, OUTBOX } from './tokens';
 
 @Module({})
 export class IpamModule {
@@ -64,7 +47,7 @@ export class IpamModule {
         {
           provide: OUTBOX,
           inject: [SQL_POOL, NATS],
-          useFactory: (sql: SqlPool, nc: NatsConnection) => new OutboxRelay(sql, new EventPublisher(nc), logger),
+          useFactory: (sql: SqlPool, nc: NatsConnection) => new OutboxRelay(sql, new EventPublisher(nc), logger, { events: 'ipam_audit', cursor: 'ipam_outbox_cursor' }),
         },
         {
           provide: IPAM_STORE,
@@ -76,7 +59,7 @@ export class IpamModule {
           inject: [IPAM_STORE],
           useFactory: (store: MysqlIpamStore) => new IpamService(store, systemClock),
         },
-        Connections,
+        DatabaseServiceConnections,
         IpamHandler,
       ],
     };

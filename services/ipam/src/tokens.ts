@@ -1,4 +1,3 @@
 export const IPAM_SERVICE = Symbol('IPAM_SERVICE');
 export const IPAM_STORE = Symbol('IPAM_STORE');
 export const OUTBOX = Symbol('OUTBOX');
-export const SQL_POOL = Symbol('SQL_POOL');

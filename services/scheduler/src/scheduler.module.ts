@@ -1,30 +1,14 @@
-import { Inject, Module, type DynamicModule, type OnApplicationShutdown } from '@nestjs/common';
+import { Module, type DynamicModule } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/nats-core';
-import type { DataSource } from 'typeorm';
 import { connectNats, EventPublisher } from '@orangery/messaging';
 import { createDataSource, initializeDatabase, OutboxRelay, SqlPool } from '@orangery/persistence';
-import { CONFIG, DATA_SOURCE, LOGGER, NATS, replicaId } from '@orangery/service-kit';
+import { CONFIG, DATA_SOURCE, DatabaseServiceConnections, LOGGER, NATS, replicaId, SQL_POOL } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { SchedulerConfig } from './config';
 import { MysqlSchedulerStore } from './adapters/mysql-scheduler-store';
 import { SchedulerInitial1732700000000 } from './adapters/migrations/1732700000000-scheduler-initial';
 import { SchedulerRuntime } from './transport/scheduler.runtime';
-import { OUTBOX, SQL_POOL, STORE } from './tokens';
-
-/** Closes the connections last, after the runtime has drained (Nest's shutdown order). */
-class Connections implements OnApplicationShutdown {
-  constructor(
-    @Inject(NATS) private readonly nc: NatsConnection,
-    @Inject(DATA_SOURCE) private readonly ds: DataSource,
-    @Inject(SQL_POOL) private readonly sql: SqlPool,
-  ) {}
-
-  async onApplicationShutdown(): Promise<void> {
-    await this.nc.drain().catch(() => undefined);
-    await this.sql.end().catch(() => undefined);
-    if (this.ds.isInitialized) await this.ds.destroy().catch(() => undefined);
-  }
-}
+import { OUTBOX, STORE } from './tokens';
 
 @Module({})
 export class SchedulerModule {
@@ -55,7 +39,7 @@ export class SchedulerModule {
           inject: [SQL_POOL, OUTBOX],
           useFactory: (sql: SqlPool, outbox: OutboxRelay) => new MysqlSchedulerStore(sql, outbox, `orangery/scheduler/${replicaId('scheduler')}`, logger),
         },
-        Connections,
+        DatabaseServiceConnections,
         SchedulerRuntime,
       ],
     };

@@ -1,7 +1,7 @@
 import { trace } from '@opentelemetry/api';
 import type { Backend, EventEnvelope, Owner } from '@orangery/contracts';
 import { OrangeryError } from '@orangery/contracts';
-import { DatabaseUnavailableError, isDuplicateKey, type SqlPool, type SqlTx } from '@orangery/persistence';
+import { DatabaseUnavailableError, isDuplicateKey, type OutboxRelay, type SqlPool, type SqlTx } from '@orangery/persistence';
 import { poolRecordOf, type PoolPlan } from '../domain/pool-plan';
 import {
   OwnerConflict,
@@ -13,7 +13,6 @@ import {
   type PoolRecord,
   type PoolUsage,
 } from '../domain/ports';
-import type { OutboxRelay } from './outbox-relay';
 
 /** Rows per INSERT when a pool's addresses are created (a /16 is 14 statements). */
 const INSERT_BATCH = 5_000;

@@ -21,7 +21,7 @@ import { currentTraceparent, ensureEventsStream, Responder, type RequestContext,
 import { LOGGER, NATS } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { IpamService, CallContext } from '../domain/ipam.service';
-import type { OutboxRelay } from '../adapters/outbox-relay';
+import type { OutboxRelay } from '@orangery/persistence';
 import { IPAM_SERVICE, OUTBOX } from '../tokens';
 
 const callContext = (ctx: RequestContext): CallContext => {

@@ -1,4 +1,5 @@
-import { AckPolicy, DeliverPolicy, DiscardPolicy, jetstream, jetstreamManager, RetentionPolicy, StorageType, type ConsumerMessages } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from '@nats-io/jetstream';
+import { ensureStream } from '@orangery/messaging';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SCALE_STREAM } from '@orangery/contracts';
 import type { Logger } from '@orangery/telemetry';
@@ -11,27 +12,8 @@ const MAX_IN_FLIGHT = 256;
 
 /** Creates the scale stream and the scheduler's durable consumer (idempotent; replicas may race). */
 export async function ensureScaleStream(nc: NatsConnection, logger: Logger): Promise<void> {
+  await ensureStream(nc, SCALE_STREAM, logger);
   const jsm = await jetstreamManager(nc);
-  try {
-    await jsm.streams.info(SCALE_STREAM.name);
-  } catch {
-    try {
-      await jsm.streams.add({
-        name: SCALE_STREAM.name,
-        subjects: [...SCALE_STREAM.subjects],
-        retention: RetentionPolicy.Limits,
-        storage: StorageType.File,
-        discard: DiscardPolicy.Old,
-        max_age: nanos(SCALE_STREAM.maxAgeSeconds),
-        duplicate_window: nanos(SCALE_STREAM.duplicateWindowSeconds),
-      });
-      logger.info({ stream: SCALE_STREAM.name }, 'created the scale stream');
-    } catch (e) {
-      await jsm.streams.info(SCALE_STREAM.name).catch(() => {
-        throw e;
-      });
-    }
-  }
   try {
     await jsm.consumers.info(SCALE_STREAM.name, SCALE_STREAM.consumer);
   } catch {

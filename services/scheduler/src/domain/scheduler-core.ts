@@ -55,6 +55,17 @@ export class RetryLater extends Error {
 
 type Step = 'again' | 'done' | number;
 
+/** What a scale.rejected event says (env and app are unknown for a request that is not even JSON). */
+interface Rejection {
+  readonly requestId: string;
+  readonly env?: string | undefined;
+  readonly app?: string | undefined;
+  readonly code: ScaleRejectionCode;
+  readonly message: string;
+  readonly details?: Record<string, unknown> | undefined;
+  readonly traceparent?: string | undefined;
+}
+
 const BACKOFF_MAX_MS = 10_000;
 const UNPLACEABLE_RETRY_MS = 5_000;
 const FAILED_RETRY_MS = 30_000;
@@ -165,7 +176,7 @@ export class SchedulerCore {
     const parsed = parseScale(msg);
     if (await this.ports.store.requestSeen(parsed.requestId)) return;
     if (!parsed.ok) {
-      await this.rejectRequest(parsed.requestId, parsed.seq, parsed.env, parsed.app, 'INVALID_REQUEST', parsed.message, parsed.details, parsed.traceparent);
+      await this.rejectRequest(parsed.seq, { ...parsed, code: 'INVALID_REQUEST' });
       return;
     }
     const { data, requestId, seq, traceparent } = parsed;
@@ -174,7 +185,7 @@ export class SchedulerCore {
       const current = this.apps.get(key);
       if (current?.requestId === requestId) return; // the same request again: it changes nothing
       const reject = (code: ScaleRejectionCode, message: string, details?: Record<string, unknown>) =>
-        this.rejectRequest(requestId, seq, data.env, data.app, code, message, details, traceparent);
+        this.rejectRequest(seq, { requestId, env: data.env, app: data.app, code, message, details, traceparent });
       if (current && seq < current.seq) {
         return reject('SUPERSEDED', `a newer request (${current.requestId}) for ${key} was accepted first`, { by: current.requestId });
       }
@@ -237,7 +248,15 @@ export class SchedulerCore {
       if (current?.outcome === 'pending') {
         changes.requests!.push({ requestId: current.requestId, env: data.env, app: data.app, seq: current.seq, outcome: 'rejected' });
         changes.events!.push(
-          this.rejectedEvent(current.requestId, data.env, data.app, 'SUPERSEDED', `request ${requestId} replaced it`, { by: requestId }, current.traceparent),
+          this.rejectedEvent({
+            requestId: current.requestId,
+            env: data.env,
+            app: data.app,
+            code: 'SUPERSEDED',
+            message: `request ${requestId} replaced it`,
+            details: { by: requestId },
+            traceparent: current.traceparent,
+          }),
         );
       }
       try {
@@ -254,25 +273,16 @@ export class SchedulerCore {
     });
   }
 
-  private async rejectRequest(
-    requestId: string,
-    seq: number,
-    env: string | undefined,
-    app: string | undefined,
-    code: ScaleRejectionCode,
-    message: string,
-    details: Record<string, unknown> | undefined,
-    traceparent: string | undefined,
-  ): Promise<void> {
+  private async rejectRequest(seq: number, r: Rejection  ): Promise<void> {
     try {
       await this.save({
-        requests: [{ requestId, env: env ?? '', app: app ?? '', seq, outcome: 'rejected', reason: { code, message } }],
-        events: [this.rejectedEvent(requestId, env, app, code, message, details, traceparent)],
+        requests: [{ requestId: r.requestId, env: r.env ?? '', app: r.app ?? '', seq, outcome: 'rejected', reason: { code: r.code, message: r.message } }],
+        events: [this.rejectedEvent(r)],
       });
     } catch (e) {
       throw e instanceof NotLeaderError ? e : new RetryLater(`database: ${errorOf(e).message}`);
     }
-    this.ports.log.info({ requestId, app: env && app ? `${env}:${app}` : undefined, code, message }, 'scale request rejected');
+    this.ports.log.info({ requestId: r.requestId, app: r.env && r.app ? `${r.env}:${r.app}` : undefined, code: r.code, message: r.message }, 'scale request rejected');
   }
 
   // ---- app-level convergence -------------------------------------------------------------
@@ -368,7 +378,7 @@ export class SchedulerCore {
       await this.save({
         apps: [next],
         requests: [{ requestId, env: app.env, app: app.app, seq: app.seq, outcome: 'rejected', reason: { code, message } }],
-        events: [this.rejectedEvent(requestId, app.env, app.app, code, message, details, app.traceparent)],
+        events: [this.rejectedEvent({ requestId, env: app.env, app: app.app, code, message, details, traceparent: app.traceparent })],
       });
       this.apps.set(key, next);
       this.ports.log.warn({ app: key, requestId, code, message, replicas: fallback.replicas }, 'scale request rejected; back to the last completed state');
@@ -808,15 +818,7 @@ export class SchedulerCore {
     return this.event('instance', 'placed', s.id, data, app.traceparent);
   }
 
-  private rejectedEvent(
-    requestId: string,
-    env: string | undefined,
-    app: string | undefined,
-    code: ScaleRejectionCode,
-    message: string,
-    details: Record<string, unknown> | undefined,
-    traceparent: string | undefined,
-  ): NewEvent<unknown> {
+  private rejectedEvent({ requestId, env, app, code, message, details, traceparent }: Rejection  ): NewEvent<unknown> {
     const data: ScaleRejectedData = {
       requestId,
       ...(env ? { env } : {}),
