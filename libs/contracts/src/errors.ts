@@ -22,6 +22,9 @@ export const ERROR_CODES = [
   // a command for an instance id that exists with another spec; the instance is unknown.
   'IMAGE_NOT_FOUND',
   'INSTANCE_CONFLICT',
+  // Project addition for the vmware-agent (docs/vmware-agent.md): the template a VM is to
+  // be cloned from is not in vCenter (the VM counterpart of IMAGE_NOT_FOUND).
+  'TEMPLATE_NOT_FOUND',
   // Project additions (documented in docs/ipam.md): a dependency (database) is down and
   // the request was not applied; the caller may retry. INTERNAL: a bug, logged with a trace id.
   'UNAVAILABLE',

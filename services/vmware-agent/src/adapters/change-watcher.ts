@@ -1,0 +1,102 @@
+import { asMoRef, extraConfigOf, asString, type MoRef, type VsphereClient } from '@orangery/vsphere';
+
+export interface VmChange {
+  ref: string;
+  kind: 'enter' | 'modify' | 'leave';
+  powerState?: string;
+  extraConfig?: Record<string, string>;
+}
+
+export interface WatchHandlers {
+  /** A full picture follows (first update set of a new filter): what is not in it is gone. */
+  resync(vms: VmChange[], hosts: { ref: string; connectionState: string }[]): void;
+  vm(change: VmChange): void;
+  host(ref: string, connectionState: string): void;
+  error(err: unknown): void;
+}
+
+/**
+ * vCenter's changes through the PropertyCollector (WaitForUpdatesEx): VMs' power state and
+ * labels, hosts' connection state. Two container views, one per type: vcsim 0.24 panics on
+ * a destroyed VM when one filter covers VMs and hosts from the root folder. Filters belong
+ * to the session: after an error or a re-login they are made again and the first update
+ * set (everything, as `enter`) becomes a resync.
+ */
+export class ChangeWatcher {
+  private stopped = false;
+
+  constructor(
+    private readonly client: VsphereClient,
+    private readonly roots: { vms: MoRef; hosts: MoRef },
+    private readonly handlers: WatchHandlers,
+    private readonly waitSeconds = 10,
+  ) {}
+
+  stop(): void {
+    this.stopped = true;
+  }
+
+  async run(): Promise<void> {
+    while (!this.stopped) {
+      const views: MoRef[] = [];
+      const filters: MoRef[] = [];
+      try {
+        const generation = this.client.sessionGeneration;
+        const vmView = await this.view(this.roots.vms, 'VirtualMachine');
+        views.push(vmView);
+        const hostView = await this.view(this.roots.hosts, 'HostSystem');
+        views.push(hostView);
+        filters.push(await this.client.createFilter({ propSet: [{ type: 'VirtualMachine', pathSet: ['runtime.powerState', 'config.extraConfig'] }], objectSet: [viewSet(vmView)] }));
+        filters.push(await this.client.createFilter({ propSet: [{ type: 'HostSystem', pathSet: ['runtime.connectionState'] }], objectSet: [viewSet(hostView)] }));
+        let version = '';
+        while (!this.stopped && generation === this.client.sessionGeneration) {
+          const set = await this.client.waitForUpdates(version, { maxWaitSeconds: this.waitSeconds });
+          if (!set) continue;
+          const vms: VmChange[] = [];
+          const hosts: { ref: string; connectionState: string }[] = [];
+          for (const f of set.filterSets) {
+            for (const o of f.objects) {
+              if (o.obj.type === 'HostSystem') {
+                const st = o.changes.find((c) => c.name === 'runtime.connectionState');
+                if (st) hosts.push({ ref: o.obj.value, connectionState: asString(st.val) ?? 'unknown' });
+                continue;
+              }
+              if (o.obj.type !== 'VirtualMachine') continue;
+              const change: VmChange = { ref: o.obj.value, kind: o.kind };
+              for (const c of o.changes) {
+                if (c.name === 'runtime.powerState') change.powerState = asString(c.val);
+                if (c.name === 'config.extraConfig') change.extraConfig = extraConfigOf(c.val);
+              }
+              vms.push(change);
+            }
+          }
+          if (version === '') this.handlers.resync(vms, hosts);
+          else {
+            for (const h of hosts) this.handlers.host(h.ref, h.connectionState);
+            for (const v of vms) this.handlers.vm(v);
+          }
+          version = set.version;
+          if (set.truncated) continue;
+        }
+      } catch (err) {
+        if (this.stopped) return;
+        this.handlers.error(err);
+        await new Promise((r) => setTimeout(r, 1_000));
+      } finally {
+        // views die with the session anyway; best effort when it is still alive
+        for (const f of filters) void this.client.destroyFilter(f).catch(() => undefined);
+        for (const v of views) void this.client.call('DestroyView', v).catch(() => undefined);
+      }
+    }
+  }
+
+  private async view(root: MoRef, type: string): Promise<MoRef> {
+    const ref = asMoRef(await this.client.callValue('CreateContainerView', this.client.serviceContent.viewManager, { container: root, type: [type], recursive: true }));
+    if (!ref) throw new Error('CreateContainerView returned no view');
+    return ref;
+  }
+}
+
+function viewSet(view: MoRef) {
+  return { obj: view, skip: true, selectSet: [{ name: 'view', type: 'ContainerView', path: 'view', skip: false }] };
+}

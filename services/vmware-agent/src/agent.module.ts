@@ -1,0 +1,57 @@
+import { Inject, Module, type DynamicModule, type OnApplicationShutdown } from '@nestjs/common';
+import type { NatsConnection } from '@nats-io/nats-core';
+import { connectNats, EventPublisher } from '@orangery/messaging';
+import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
+import type { Logger } from '@orangery/telemetry';
+import type { VmwareAgentConfig } from './config';
+import { VmwareAgentService } from './domain/vmware-agent.service';
+import { EventQueue } from './adapters/event-queue';
+import type { VsphereVcenter } from './adapters/vsphere-vcenter';
+import { VmwareRuntime } from './transport/vmware-runtime';
+import { AGENT_SERVICE, EVENTS, VCENTER } from './tokens';
+
+class Connections implements OnApplicationShutdown {
+  constructor(@Inject(NATS) private readonly nc: NatsConnection) {}
+
+  async onApplicationShutdown(): Promise<void> {
+    await this.nc.drain().catch(() => undefined);
+  }
+}
+
+@Module({})
+export class VmwareAgentModule {
+  /** `vcenter` is connected and logged in already (main's preflight: a wrong password exits 2 there). */
+  static forRoot(config: VmwareAgentConfig, logger: Logger, vcenter: VsphereVcenter): DynamicModule {
+    return {
+      module: VmwareAgentModule,
+      providers: [
+        { provide: CONFIG, useValue: config },
+        { provide: LOGGER, useValue: logger },
+        { provide: VCENTER, useValue: vcenter },
+        {
+          provide: NATS,
+          useFactory: () => connectNats({ servers: config.natsUrl, name: replicaId('vmware-agent'), logger }),
+        },
+        {
+          provide: EVENTS,
+          inject: [NATS],
+          useFactory: (nc: NatsConnection) => new EventQueue(new EventPublisher(nc), logger),
+        },
+        {
+          provide: AGENT_SERVICE,
+          inject: [EVENTS],
+          useFactory: (events: EventQueue) =>
+            new VmwareAgentService(vcenter, events, {
+              extraConfig: config.extraConfig,
+              guestIpTimeoutMs: config.guestIpTimeoutSeconds * 1000,
+              stopTimeoutSeconds: config.stopTimeoutSeconds,
+              tasksPerHost: config.tasksPerHost,
+              queuePerHost: config.queuePerHost,
+            }),
+        },
+        Connections,
+        VmwareRuntime,
+      ],
+    };
+  }
+}

@@ -1,0 +1,300 @@
+import { invalidRequest, OrangeryError, type AgentInstance, type Amounts, type StopInstanceCommand, type VmCreateCommand } from '@orangery/contracts';
+import { memoryLimitMb } from '@orangery/contracts';
+import { HostLimiter } from './host-limiter';
+import { stateOfVm, type EsxiHost, type EventSink, type Vcenter, type Vm } from './ports';
+import { labelsOf, planVm, specHash, type VmLabels } from './vm-spec';
+
+export interface VmwareAgentSettings {
+  /** ORANGERY_VCENTER_EXTRA_CONFIG: VMX keys with placeholders */
+  extraConfig: Readonly<Record<string, string>>;
+  /** a create or start answers `running` when the guest reports its IP, or after this with the power on */
+  guestIpTimeoutMs: number;
+  /** default grace between the guest shutdown and the power-off */
+  stopTimeoutSeconds: number;
+  tasksPerHost: number;
+  queuePerHost: number;
+  /** how often power state and guest IP are polled while waiting */
+  pollMs?: number;
+}
+
+export type ManagedVm = Vm & { labels: VmLabels };
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * The vmware-agent's commands, for every ESXi host of one vCenter. Every command is
+ * idempotent: the VMs' guestinfo labels are the only state, so a command sent twice has
+ * one effect and a restarted agent knows everything. Commands for one instance run one at
+ * a time; vCenter tasks are bounded per ESXi host (HostLimiter).
+ */
+export class VmwareAgentService {
+  private readonly queues = new Map<string, Promise<unknown>>();
+  private readonly hosts = new Map<string, EsxiHost>();
+  /** addresses being given to a VM right now: two creates cannot both find one free */
+  private readonly claims = new Map<string, string>();
+  /** VMs we power off on purpose: their power-off is `stopped on request` */
+  readonly expectedStops = new Set<string>();
+  readonly limiter: HostLimiter;
+  private readonly pollMs: number;
+
+  constructor(
+    private readonly vc: Vcenter,
+    private readonly events: EventSink,
+    private readonly settings: VmwareAgentSettings,
+  ) {
+    this.limiter = new HostLimiter(settings.tasksPerHost, settings.queuePerHost);
+    this.pollMs = settings.pollMs ?? 250;
+  }
+
+  /** The ESXi hosts this agent serves (from the inventory; the runtime keeps it fresh). */
+  setHosts(hosts: ReadonlyMap<string, EsxiHost>): void {
+    this.hosts.clear();
+    for (const [id, h] of hosts) this.hosts.set(id, h);
+  }
+
+  private serialize<T>(instanceId: string, work: () => Promise<T>): Promise<T> {
+    const prev = this.queues.get(instanceId) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(work);
+    this.queues.set(instanceId, next);
+    void next
+      .finally(() => {
+        if (this.queues.get(instanceId) === next) this.queues.delete(instanceId);
+      })
+      .catch(() => undefined);
+    return next;
+  }
+
+  create(hostId: string, cmd: VmCreateCommand): Promise<AgentInstance> {
+    return this.serialize(cmd.instanceId, async () => {
+      const host = this.requireHost(hostId);
+      const wantStart = cmd.start ?? true;
+      const all = await this.vc.vms();
+      const existing = managed(all).find((v) => v.labels.instanceId === cmd.instanceId);
+      if (existing) {
+        if (existing.labels.specHash !== specHash(cmd, hostId)) {
+          throw new OrangeryError(
+            'INSTANCE_CONFLICT',
+            `${cmd.instanceId} already exists as VM ${existing.name} on ${existing.labels.hostId} with another spec; remove it first`,
+            { instanceId: cmd.instanceId, ip: existing.labels.ip, hostId: existing.labels.hostId, vmId: existing.ref },
+          );
+        }
+        if (!wantStart || existing.powerState === 'poweredOn') return this.describe(existing);
+        return this.describe(await this.startChecked(existing, all));
+      }
+      this.refuseDuplicateIp(cmd.instanceId, cmd.network.ip, all);
+      const templateRef = await this.vc.findTemplate(cmd.template);
+      if (!templateRef) {
+        const reason = `template ${cmd.template} is not in vCenter`;
+        this.events.instance({ what: 'failed', hostId, instanceId: cmd.instanceId, data: { reason, code: 'TEMPLATE_NOT_FOUND', ip: cmd.network.ip } });
+        throw new OrangeryError('TEMPLATE_NOT_FOUND', reason, { template: cmd.template });
+      }
+      const portGroup = await this.vc.portGroupFor(host.ref, cmd.network.vlan);
+      if (!portGroup) throw invalidRequest('network.vlan', `${hostId} reaches no port group with VLAN ${cmd.network.vlan}`, { hostId, vlan: cmd.network.vlan });
+      const plan = planVm(cmd, hostId, this.settings.extraConfig);
+      return this.withClaim(cmd.instanceId, cmd.network.ip, async () => {
+        const ref = await this.limiter.run(hostId, () => this.vc.clone(templateRef, host.ref, portGroup, plan));
+        const cloned = await this.vc.vm(ref);
+        const labels = cloned ? labelsOf(cloned.extraConfig) : undefined;
+        if (!cloned || !labels) throw new OrangeryError('INTERNAL', `the clone ${plan.name} of ${cmd.template} did not keep its labels`, { vmId: ref });
+        const vm: ManagedVm = { ...cloned, labels };
+        if (!wantStart) return this.describe(vm);
+        try {
+          return this.describe(await this.powerOnAndWait(vm));
+        } catch (e) {
+          // Nothing half-done: a VM that could not start is not left behind (a create that
+          // fails because vCenter went away leaves it, and the next create finds it).
+          await this.vc.powerOff(ref).catch(() => undefined);
+          await this.vc.destroy(ref).catch(() => undefined);
+          throw e;
+        }
+      });
+    });
+  }
+
+  start(hostId: string, instanceId: string): Promise<AgentInstance> {
+    return this.serialize(instanceId, async () => {
+      const all = await this.vc.vms();
+      const vm = this.require(all, hostId, instanceId);
+      if (vm.powerState === 'poweredOn') return this.describe(vm);
+      return this.describe(await this.startChecked(vm, all));
+    });
+  }
+
+  stop(hostId: string, cmd: StopInstanceCommand): Promise<AgentInstance> {
+    return this.serialize(cmd.instanceId, async () => {
+      const vm = this.require(await this.vc.vms(), hostId, cmd.instanceId);
+      if (vm.powerState !== 'poweredOn') return this.describe(vm);
+      this.expectedStops.add(vm.ref);
+      const graceMs = (cmd.timeoutSeconds ?? this.settings.stopTimeoutSeconds) * 1000;
+      await this.limiter.run(hostId, async () => {
+        // The guest shuts down cleanly when it can; a guest that cannot (no tools) or does
+        // not within the grace period is powered off.
+        if (graceMs > 0 && (await this.vc.shutdownGuest(vm.ref))) {
+          const deadline = Date.now() + graceMs;
+          while (Date.now() < deadline) {
+            const now = await this.vc.vm(vm.ref);
+            if (!now || now.powerState !== 'poweredOn') return;
+            await sleep(Math.min(this.pollMs * 2, Math.max(0, deadline - Date.now())));
+          }
+        }
+        const now = await this.vc.vm(vm.ref);
+        if (now?.powerState === 'poweredOn') await this.vc.powerOff(vm.ref);
+      });
+      const after = await this.vc.vm(vm.ref);
+      return this.describe(after ? { ...after, labels: vm.labels } : undefined, vm);
+    });
+  }
+
+  remove(hostId: string, instanceId: string): Promise<AgentInstance> {
+    return this.serialize(instanceId, async () => {
+      const vm = managed(await this.vc.vms()).find((v) => v.labels.instanceId === instanceId && v.labels.hostId === hostId);
+      if (!vm) return this.describeMissing(hostId, instanceId);
+      this.expectedStops.add(vm.ref);
+      await this.limiter.run(hostId, async () => {
+        if (vm.powerState !== 'poweredOff') await this.vc.powerOff(vm.ref);
+        await this.vc.destroy(vm.ref);
+      });
+      return { ...this.describe(vm), state: 'removed' };
+    });
+  }
+
+  async get(hostId: string, instanceId: string): Promise<AgentInstance> {
+    return this.describe(this.require(await this.vc.vms(), hostId, instanceId));
+  }
+
+  async list(hostId: string): Promise<{ hostId: string; instances: AgentInstance[] }> {
+    return { hostId, instances: managedOn(await this.vc.vms(), hostId).map((v) => this.describe(v)) };
+  }
+
+  /** What the instances placed on a host were promised (from labels), and how many there are. */
+  allocated(vms: readonly Vm[], hostId: string): { amounts: Amounts; count: number } {
+    const on = managedOn(vms, hostId);
+    const amounts = { cpu: 0, memoryMb: 0, diskMb: 0 };
+    for (const { labels: l } of on) {
+      amounts.cpu += l.cpu;
+      amounts.memoryMb += memoryLimitMb(l.memoryMb, l.heapMb);
+      amounts.diskMb += l.diskMb ?? 0;
+    }
+    amounts.cpu = Math.round(amounts.cpu * 1000) / 1000;
+    return { amounts, count: on.length };
+  }
+
+  describe(vm: ManagedVm | undefined, fallback?: ManagedVm): AgentInstance {
+    const v = vm ?? fallback!;
+    const l = v.labels;
+    const out: AgentInstance & { vmId: string; vmName: string } = {
+      instanceId: l.instanceId,
+      env: l.env,
+      app: l.app,
+      slot: l.slot,
+      hostId: l.hostId,
+      backend: 'vmware',
+      state: stateOfVm(vm),
+      ip: l.ip,
+      mac: l.mac,
+      template: l.template,
+      resources: {
+        cpu: l.cpu,
+        memoryMb: l.memoryMb,
+        ...(l.heapMb !== undefined ? { heapMb: l.heapMb } : {}),
+        ...(l.diskMb !== undefined ? { diskMb: l.diskMb } : {}),
+      },
+      vmId: v.ref,
+      vmName: v.name,
+    };
+    return out;
+  }
+
+  private describeMissing(hostId: string, instanceId: string): AgentInstance {
+    const [env = '', app = '', slot = '0'] = instanceId.split(':');
+    return { instanceId, env, app, slot: Number(slot), hostId, backend: 'vmware', state: 'removed', ip: '', mac: '' };
+  }
+
+  private requireHost(hostId: string): EsxiHost {
+    const host = this.hosts.get(hostId);
+    if (!host) throw new OrangeryError('NOT_FOUND', `no ESXi host ${hostId} in this vCenter`, { hostId });
+    if (host.connectionState !== 'connected') {
+      throw new OrangeryError('UNAVAILABLE', `ESXi host ${hostId} is ${host.connectionState} in vCenter; nothing was created`, { hostId, retryable: true });
+    }
+    return host;
+  }
+
+  private require(vms: readonly Vm[], hostId: string, instanceId: string): ManagedVm {
+    const vm = managedOn(vms, hostId).find((v) => v.labels.instanceId === instanceId);
+    if (!vm) throw new OrangeryError('NOT_FOUND', `no instance ${instanceId} on ${hostId}`, { instanceId });
+    return vm;
+  }
+
+  private async withClaim<T>(instanceId: string, ip: string, work: () => Promise<T>): Promise<T> {
+    this.claims.set(ip, instanceId);
+    try {
+      return await work();
+    } finally {
+      if (this.claims.get(ip) === instanceId) this.claims.delete(ip);
+    }
+  }
+
+  /**
+   * Duplicate addresses, as far as vCenter can tell: another powered-on Orangery VM with
+   * the address, any powered-on VM whose guest reports it, or a create giving it out right
+   * now. (The wire itself is not probed: see docs/vmware-agent.md.)
+   */
+  private refuseDuplicateIp(instanceId: string, ip: string, vms: readonly Vm[]): void {
+    let holder: string | undefined;
+    for (const v of vms) {
+      if (v.template || v.powerState !== 'poweredOn') continue;
+      const l = labelsOf(v.extraConfig);
+      if (l && l.instanceId === instanceId) continue;
+      if ((l && l.ip === ip) || v.guestIp === ip) {
+        holder = l?.instanceId ?? `VM ${v.name}`;
+        break;
+      }
+    }
+    const claimant = this.claims.get(ip);
+    if (!holder && claimant && claimant !== instanceId) holder = claimant;
+    if (holder) {
+      const reason = `${ip} is held by ${holder} in vCenter; nothing was started`;
+      const hostId = managed(vms).find((v) => v.labels.instanceId === instanceId)?.labels.hostId;
+      this.events.instance({ what: 'failed', hostId: hostId ?? '', instanceId, data: { reason, code: 'IP_IN_USE_ON_WIRE', ip } });
+      throw new OrangeryError('IP_IN_USE_ON_WIRE', reason, { ip, holder });
+    }
+  }
+
+  /** Must run under the instance's queue: two starts of one instance cannot both find the address free. */
+  private async startChecked(vm: ManagedVm, vms: readonly Vm[]): Promise<ManagedVm> {
+    this.refuseDuplicateIp(vm.labels.instanceId, vm.labels.ip, vms);
+    return this.withClaim(vm.labels.instanceId, vm.labels.ip, () => this.powerOnAndWait(vm));
+  }
+
+  /** Power on, then wait for the guest to report the IP (or the timeout, with the power on). */
+  private async powerOnAndWait(vm: ManagedVm): Promise<ManagedVm> {
+    this.expectedStops.delete(vm.ref);
+    await this.limiter.run(vm.labels.hostId, () => this.vc.powerOn(vm.ref));
+    const deadline = Date.now() + this.settings.guestIpTimeoutMs;
+    let last: Vm | undefined;
+    for (;;) {
+      last = await this.vc.vm(vm.ref);
+      if (!last) throw new OrangeryError('START_FAILED', `VM ${vm.name} of ${vm.labels.instanceId} disappeared while starting`, { vmId: vm.ref });
+      if (last.powerState !== 'poweredOn') {
+        throw new OrangeryError('START_FAILED', `VM ${vm.name} of ${vm.labels.instanceId} is ${last.powerState} right after its power-on`, { vmId: vm.ref });
+      }
+      if (last.guestIp === vm.labels.ip || Date.now() >= deadline) break;
+      await sleep(this.pollMs);
+    }
+    return { ...last, labels: vm.labels };
+  }
+}
+
+export function managed(vms: readonly Vm[]): ManagedVm[] {
+  const out: ManagedVm[] = [];
+  for (const v of vms) {
+    if (v.template) continue;
+    const labels = labelsOf(v.extraConfig);
+    if (labels) out.push({ ...v, labels });
+  }
+  return out;
+}
+
+export function managedOn(vms: readonly Vm[], hostId: string): ManagedVm[] {
+  return managed(vms).filter((v) => v.labels.hostId === hostId);
+}
