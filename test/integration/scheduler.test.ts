@@ -13,6 +13,8 @@ let client: ContractClient;
 let scale: ScaleWatcher;
 let fleet: SimulatedFleet;
 const schedulers: ServiceProcess[] = [];
+/** hosts that neither heartbeat nor answer (a dead server, or one cut from the network) */
+const silenced = new Set<string>();
 const HOSTS = 4;
 const CAPACITY = { cpu: 8, memoryMb: 16_384, diskMb: 100_000 };
 
@@ -87,6 +89,8 @@ beforeAll(async () => {
     heartbeatSeconds: 1,
     labels: (i) => ({ rack: `r${i % 2}` }),
     replyDelayMs: (_h, cmd) => (cmd === 'create' ? 30 : 0),
+    silent: (h) => silenced.has(h),
+    fenceAfterSeconds: 3,
     fail: (_h, cmd, id) => (cmd === 'create' && id.startsWith('test:broken:') ? { code: 'IMAGE_NOT_FOUND', message: 'image missing:1 is not on the engine' } : undefined),
   });
   schedulers.push(await ServiceProcess.start(dir, 'scheduler', schedulerEnv()));
@@ -227,6 +231,27 @@ describe('scheduler with simulated agents', () => {
     expect(back.ip).toBe(zero.ip);
     expect(back.mac).toBe(zero.mac);
     expect(fleetCopies().get(zero.id)).toEqual([back.host]);
+  });
+
+  it('replaces the instances of a host silent past its self-fence, with their IPs; its copies go when it returns', async () => {
+    const before = await instances('web');
+    const victim = before[0].host as string;
+    silenced.add(victim);
+    const moved = await waitFor('web off the silent host', async () => {
+      const now = await instances('web');
+      return now.length === before.length && now.every((i) => i.state === 'running' && i.host !== victim) ? now : undefined;
+    }, 30_000);
+    expect(moved.map((i) => [i.slot, i.ip, i.mac])).toEqual(before.map((i) => [i.slot, i.ip, i.mac]));
+    const hosts = (await client.request('orangery.scheduler.hosts.list', {})).data.hosts;
+    expect(hosts.find((h: { id: string }) => h.id === victim).state).toBe('lost');
+    silenced.delete(victim);
+    await waitFor('no copy left on the returned host', () =>
+      fleet.instances(victim).every((i) => i.state === 'removed' || !i.instanceId.startsWith('test:web:')), 30_000);
+    for (const [id, where] of fleetCopies()) expect(where, id).toHaveLength(1);
+    await waitFor('the host ready again', async () => {
+      const r = await client.request('orangery.scheduler.hosts.list', {});
+      return r.data.hosts.find((h: { id: string }) => h.id === victim).state === 'ready';
+    }, 15_000);
   });
 
   it('two replicas under a burst of 20 apps: every slot placed once, no host overcommitted', async () => {

@@ -42,7 +42,7 @@ function fresh(b: HostBook): Inventory {
       backend: h.backend,
       state: b.stateOf(h),
       capacity: h.facts.capacity,
-      allocated: { cpu: Math.max(own.cpu, h.usage.cpu), memoryMb: Math.max(own.memoryMb, h.usage.memoryMb), diskMb: Math.max(own.diskMb, h.usage.diskMb) },
+      allocated: { cpu: own.cpu + b.foreign(h).cpu, memoryMb: own.memoryMb + b.foreign(h).memoryMb, diskMb: own.diskMb + b.foreign(h).diskMb },
       labels: h.facts.labels,
       vlans: h.facts.vlans,
       instances: [...h.placed.values()].map((p) => p.ref),
@@ -202,18 +202,16 @@ describe('reservations', () => {
     expect(cached.free('b').cpu).toBeLessThan(8 - 2 + 1e-9);
   });
 
-  it('stays exact when live usage is above, then below, what the scheduler placed', () => {
-    book.heartbeat(heartbeat('a', { usage: amounts(4, 8192, 10) }));
+  it('stays exact with foreign load on the host', () => {
+    book.heartbeat(heartbeat('a', { usage: amounts(3, 8192, 10), allocated: amounts(1, 1024, 0) }));
     clock.advance(2_000); // let the usage rebuild happen once
     book.inventory();
-    // own 1 < usage 4: taking it changes nothing; own 5 > usage 4: only the excess counts
     book.reserve('a', 'prod:web:0', web, amounts(1, 1024));
-    book.reserve('a', 'prod:web:1', web, amounts(4, 8192));
-    expect(seen(book.inventory())).toEqual(seen(fresh(book)));
-    book.unreserve('a', 'prod:web:1');
+    book.reserve('a', 'prod:web:1', web, amounts(2, 2048));
+    book.unreserve('a', 'prod:web:0');
     const cached = book.inventory();
     expect(seen(cached)).toEqual(seen(fresh(book)));
-    // back below usage: the host is as full as its usage says (8 - 4), not 8 - 1
+    // 8 cores - own 2 - foreign (3 used - 1 given to its instances) = 4
     expect(cached.free('a').cpu).toBeCloseTo(4, 9);
   });
 
@@ -246,13 +244,19 @@ describe('reservations', () => {
 });
 
 describe('live usage', () => {
-  it('usage above what the scheduler placed counts as allocated', () => {
-    book.heartbeat(heartbeat('a', { usage: amounts(6, 4096, 50) }));
+  it('load beyond what the agent gave its instances counts on top of what the scheduler placed', () => {
+    book.heartbeat(heartbeat('a', { usage: amounts(6, 4096, 50), allocated: amounts(1, 8192, 0) }));
     book.reserve('a', 'prod:web:0', web, amounts(1, 8192));
     clock.advance(1_000);
-    book.heartbeat(heartbeat('a', { usage: amounts(6, 4096, 50) }));
-    // cpu: usage 6 > own 1; memory: own 8192 > usage 4096; disk: usage 50 > own 0
+    book.heartbeat(heartbeat('a', { usage: amounts(6, 4096, 50), allocated: amounts(1, 8192, 0) }));
+    // cpu: own 1 + (6 - 1) foreign; memory: usage below the agent's allocation, no foreign load; disk: 50 foreign
     expect(book.inventory().free('a')).toEqual(amounts(2, 16_384 - 8192, 102_350));
+  });
+
+  it('usage that lags a removal (reported with the allocation it belongs to) frees nothing less', () => {
+    book.heartbeat(heartbeat('a', { usage: amounts(4, 4096, 0), allocated: amounts(4, 4096, 0) }));
+    clock.advance(1_000);
+    expect(book.inventory().free('a')).toEqual(amounts(8, 16_384, 102_400));
   });
 
   it('usage alone rebuilds the inventory at most once a second', () => {

@@ -12,6 +12,8 @@ export interface HostEntry {
   usage: Amounts;
   agentAllocated: Amounts;
   fenced: boolean;
+  /** known only from the journal (no heartbeat since this leader started): never placed on */
+  placeholder: boolean;
   /** what the scheduler's slots take there, and which apps they belong to */
   readonly placed: Map<string, { ref: AppRef; demand: Amounts }>;
   /** the sum of `placed` demands, kept with it */
@@ -56,7 +58,7 @@ export class HostBook {
   }
 
   stateOf(h: HostEntry): HostState {
-    if (this.now() - h.lastSeen > this.lostAfterMs || h.fenced) return 'lost';
+    if (h.placeholder || this.now() - h.lastSeen > this.lostAfterMs || h.fenced) return 'lost';
     return h.drain ? 'draining' : 'ready';
   }
 
@@ -65,7 +67,7 @@ export class HostBook {
     return !h || this.stateOf(h) === 'lost';
   }
 
-  /** Since when a host has been silent (ms), 0 when it is not. */
+  /** How long a host has been silent (ms): since its last heartbeat, or since it was first named. */
   silentFor(id: string): number {
     const h = this.hosts.get(id);
     return h ? Math.max(0, this.now() - h.lastSeen) : Number.POSITIVE_INFINITY;
@@ -94,6 +96,7 @@ export class HostBook {
         usage: 'usage' in hb ? hb.usage : zero(),
         agentAllocated: 'allocated' in hb ? hb.allocated : zero(),
         fenced: 'fenced' in hb ? hb.fenced : false,
+        placeholder: false,
         placed: new Map(),
         own: zero(),
       });
@@ -101,6 +104,8 @@ export class HostBook {
       return true;
     }
     if (JSON.stringify(known.facts) !== JSON.stringify(facts)) this.structuralChange = true;
+    if (known.placeholder) this.structuralChange = true;
+    known.placeholder = false;
     known.facts = facts;
     known.backend = hb.backend;
     known.lastSeen = this.now();
@@ -153,13 +158,8 @@ export class HostBook {
     this.applyToCache(h, p.ref, p.demand, -1);
   }
 
-  /**
-   * Changes the host's own total and the cached inventory alike. The inventory's "used" is
-   * max(own, live usage) per resource (viewOf), so what changes in it is the change of
-   * that maximum, not the demand itself: exact whether usage is above own or not.
-   */
+  /** Changes the host's own total and the cached inventory alike (foreign load is constant between heartbeats). */
   private applyToCache(h: HostEntry, ref: AppRef, demand: Amounts, sign: 1 | -1): void {
-    const before = { ...h.own };
     h.own.cpu += sign * demand.cpu;
     h.own.memoryMb += sign * demand.memoryMb;
     h.own.diskMb += sign * demand.diskMb;
@@ -169,10 +169,21 @@ export class HostBook {
       this.structuralChange = true;
       return;
     }
-    const used = (own: Amounts, k: keyof Amounts) => Math.max(own[k], h.usage[k]);
-    const cpuMilli = toMillicores(used(h.own, 'cpu')) - toMillicores(used(before, 'cpu'));
-    inv.take(i, { cpuMilli, memoryMb: used(h.own, 'memoryMb') - used(before, 'memoryMb'), diskMb: used(h.own, 'diskMb') - used(before, 'diskMb') }, 1);
+    inv.take(i, { cpuMilli: toMillicores(demand.cpu), memoryMb: demand.memoryMb, diskMb: demand.diskMb }, sign);
     inv.count(`${ref.env}:${ref.app}`, i, sign);
+  }
+
+  /**
+   * Load on the host beyond what its agent's instances were given (processes outside
+   * Orangery, containers started by hand): live usage less the agent's allocations, both
+   * from the same heartbeat, so a figure that lags an instance's removal cannot inflate it.
+   */
+  foreign(h: HostEntry): Amounts {
+    return {
+      cpu: Math.max(0, h.usage.cpu - h.agentAllocated.cpu),
+      memoryMb: Math.max(0, h.usage.memoryMb - h.agentAllocated.memoryMb),
+      diskMb: Math.max(0, h.usage.diskMb - h.agentAllocated.diskMb),
+    };
   }
 
   /** What the scheduler's slots take on a host. */
@@ -194,14 +205,10 @@ export class HostBook {
   }
 
   private viewOf(h: HostEntry): HostView {
+    // What the scheduler placed, plus load it did not place, so "idle" means idle.
     const own = this.allocated(h);
-    // Live usage counts when it is above what we reserved (load the scheduler did not
-    // place: other processes, containers started by hand), so "idle" means idle.
-    const allocated: Amounts = {
-      cpu: Math.max(own.cpu, h.usage.cpu),
-      memoryMb: Math.max(own.memoryMb, h.usage.memoryMb),
-      diskMb: Math.max(own.diskMb, h.usage.diskMb),
-    };
+    const foreign = this.foreign(h);
+    const allocated: Amounts = { cpu: own.cpu + foreign.cpu, memoryMb: own.memoryMb + foreign.memoryMb, diskMb: own.diskMb + foreign.diskMb };
     return {
       id: h.id,
       backend: h.backend,
@@ -220,10 +227,14 @@ export class HostBook {
       backend: 'docker',
       facts: { hostId: id, backend: 'docker', capacity: zero(), total: zero(), reserved: zero(), labels: {}, vlans: [] },
       drain: false,
-      lastSeen: Number.NEGATIVE_INFINITY,
+      // Silent since now, not since ever: a host the journal names but whose heartbeat has
+      // not arrived yet (this leader just started) gets a whole fence period to show up
+      // before its instances are taken for lost.
+      lastSeen: this.now(),
       usage: zero(),
       agentAllocated: zero(),
       fenced: false,
+      placeholder: true,
       placed: new Map(),
       own: zero(),
     };

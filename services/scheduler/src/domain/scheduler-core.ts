@@ -148,7 +148,33 @@ export class SchedulerCore {
   tick(): void {
     if (this.stopped) return;
     this.hosts.sweep(this.hostStates);
+    this.replaceFenced();
     for (const key of this.apps.keys()) void this.reconcileApp(key);
+  }
+
+  /**
+   * Instances of a host silent for longer than fenceAfter + margin are replaced elsewhere
+   * with their IPs: its agent, cut off that long, has stopped them itself (self-fence), so
+   * starting the IP again cannot put two copies on the wire (and the new host's agent probes
+   * the wire first). Before that, nothing moves: a slow host is not a dead one. What the
+   * host still holds when it comes back is removed by anti-entropy, never started.
+   */
+  private replaceFenced(): void {
+    for (const h of this.hosts.all()) {
+      if (this.hosts.silentFor(h.id) <= this.settings.fenceMarginMs) continue;
+      for (const id of [...h.placed.keys()]) {
+        const s = this.slots.get(id);
+        if (!s || s.hostId !== h.id || s.phase !== null) continue;
+        this.ports.log.warn({ instanceId: id, host: h.id, silentMs: this.hosts.silentFor(h.id) }, 'host silent past its self-fence: replacing its instance');
+        void this.update(s, {
+          phase: 'replace',
+          state: 'failed',
+          lastError: { code: 'HOST_LOST', message: `host ${h.id} has been silent past its self-fence`, host: h.id },
+        })
+          .then(() => this.kick(id))
+          .catch((e: unknown) => this.ports.log.warn({ instanceId: id, err: errorOf(e).message }, 'could not record the replacement; will retry'));
+      }
+    }
   }
 
   // ---- read side (the leader answers from memory only in tests; replicas read the DB) --
@@ -590,6 +616,8 @@ export class SchedulerCore {
 
   /** true when the instance is off `hostId`: the agent says so, or the host has been silent past its self-fence. */
   private async removeFrom(hostId: string, id: string): Promise<boolean> {
+    // fenced by now: asking a dead host would only wait for a timeout
+    if (this.hosts.silentFor(hostId) > this.settings.fenceMarginMs) return true;
     try {
       await this.ports.agents.remove(hostId, id);
       return true;
