@@ -81,34 +81,41 @@ export class VmwareAgentService {
         if (!wantStart || existing.powerState === 'poweredOn') return this.describe(existing);
         return this.describe(await this.startChecked(existing, all));
       }
-      this.refuseDuplicateIp(cmd.instanceId, cmd.network.ip, all);
-      const templateRef = await this.vc.findTemplate(cmd.template);
-      if (!templateRef) {
-        const reason = `template ${cmd.template} is not in vCenter`;
-        this.events.instance({ what: 'failed', hostId, instanceId: cmd.instanceId, data: { reason, code: 'TEMPLATE_NOT_FOUND', ip: cmd.network.ip } });
-        throw new OrangeryError('TEMPLATE_NOT_FOUND', reason, { template: cmd.template });
+      const release = this.claimAddress(cmd.instanceId, cmd.network.ip, all);
+      try {
+        return await this.cloneAndStart(hostId, host, cmd, wantStart);
+      } finally {
+        release();
       }
-      const portGroup = await this.vc.portGroupFor(host.ref, cmd.network.vlan);
-      if (!portGroup) throw invalidRequest('network.vlan', `${hostId} reaches no port group with VLAN ${cmd.network.vlan}`, { hostId, vlan: cmd.network.vlan });
-      const plan = planVm(cmd, hostId, this.settings.extraConfig);
-      return this.withClaim(cmd.instanceId, cmd.network.ip, async () => {
-        const ref = await this.limiter.run(hostId, () => this.vc.clone(templateRef, host.ref, portGroup, plan));
-        const cloned = await this.vc.vm(ref);
-        const labels = cloned ? labelsOf(cloned.extraConfig) : undefined;
-        if (!cloned || !labels) throw new OrangeryError('INTERNAL', `the clone ${plan.name} of ${cmd.template} did not keep its labels`, { vmId: ref });
-        const vm: ManagedVm = { ...cloned, labels };
-        if (!wantStart) return this.describe(vm);
-        try {
-          return this.describe(await this.powerOnAndWait(vm));
-        } catch (e) {
-          // Nothing half-done: a VM that could not start is not left behind (a create that
-          // fails because vCenter went away leaves it, and the next create finds it).
-          await this.vc.powerOff(ref).catch(() => undefined);
-          await this.vc.destroy(ref).catch(() => undefined);
-          throw e;
-        }
-      });
     });
+  }
+
+  /** After the address was claimed: template, port group, clone, power-on. */
+  private async cloneAndStart(hostId: string, host: EsxiHost, cmd: VmCreateCommand, wantStart: boolean): Promise<AgentInstance> {
+    const templateRef = await this.vc.findTemplate(cmd.template);
+    if (!templateRef) {
+      const reason = `template ${cmd.template} is not in vCenter`;
+      this.events.instance({ what: 'failed', hostId, instanceId: cmd.instanceId, data: { reason, code: 'TEMPLATE_NOT_FOUND', ip: cmd.network.ip } });
+      throw new OrangeryError('TEMPLATE_NOT_FOUND', reason, { template: cmd.template });
+    }
+    const portGroup = await this.vc.portGroupFor(host.ref, cmd.network.vlan);
+    if (!portGroup) throw invalidRequest('network.vlan', `${hostId} reaches no port group with VLAN ${cmd.network.vlan}`, { hostId, vlan: cmd.network.vlan });
+    const plan = planVm(cmd, hostId, this.settings.extraConfig);
+    const ref = await this.limiter.run(hostId, () => this.vc.clone(templateRef, host.ref, portGroup, plan));
+    const cloned = await this.vc.vm(ref);
+    const labels = cloned ? labelsOf(cloned.extraConfig) : undefined;
+    if (!cloned || !labels) throw new OrangeryError('INTERNAL', `the clone ${plan.name} of ${cmd.template} did not keep its labels`, { vmId: ref });
+    const vm: ManagedVm = { ...cloned, labels };
+    if (!wantStart) return this.describe(vm);
+    try {
+      return this.describe(await this.powerOnAndWait(vm));
+    } catch (e) {
+      // Nothing half-done: a VM that could not start is not left behind (a create that
+      // fails because vCenter went away leaves it, and the next create finds it).
+      await this.vc.powerOff(ref).catch(() => undefined);
+      await this.vc.destroy(ref).catch(() => undefined);
+      throw e;
+    }
   }
 
   start(hostId: string, instanceId: string): Promise<AgentInstance> {
@@ -225,13 +232,16 @@ export class VmwareAgentService {
     return vm;
   }
 
-  private async withClaim<T>(instanceId: string, ip: string, work: () => Promise<T>): Promise<T> {
+  /**
+   * Checks the address and claims it in one synchronous step (no await in between), so of
+   * two commands racing for one address exactly one goes on. Returns the release.
+   */
+  private claimAddress(instanceId: string, ip: string, vms: readonly Vm[]): () => void {
+    this.refuseDuplicateIp(instanceId, ip, vms);
     this.claims.set(ip, instanceId);
-    try {
-      return await work();
-    } finally {
+    return () => {
       if (this.claims.get(ip) === instanceId) this.claims.delete(ip);
-    }
+    };
   }
 
   /**
@@ -262,8 +272,12 @@ export class VmwareAgentService {
 
   /** Must run under the instance's queue: two starts of one instance cannot both find the address free. */
   private async startChecked(vm: ManagedVm, vms: readonly Vm[]): Promise<ManagedVm> {
-    this.refuseDuplicateIp(vm.labels.instanceId, vm.labels.ip, vms);
-    return this.withClaim(vm.labels.instanceId, vm.labels.ip, () => this.powerOnAndWait(vm));
+    const release = this.claimAddress(vm.labels.instanceId, vm.labels.ip, vms);
+    try {
+      return await this.powerOnAndWait(vm);
+    } finally {
+      release();
+    }
   }
 
   /** Power on, then wait for the guest to report the IP (or the timeout, with the power on). */
