@@ -254,6 +254,55 @@ describe('scheduler with simulated agents', () => {
     }, 15_000);
   });
 
+  it('slot API: a held slot is left alone while a migration copies it, then follows commit; errors are clear', async () => {
+    const api = (what: string, body: unknown) => client.requestWithRetry(`orangery.scheduler.${what}`, body);
+    const [one] = (await instances('web')).filter((i) => i.slot === 1);
+    expect((await api('slot.get', { instanceId: 'test:web:99' })).error.code).toBe('NOT_FOUND');
+    const held = await api('slot.hold', { instanceId: one.id, by: 'mig-1' });
+    expect(held.data).toMatchObject({ id: one.id, hostId: one.host, ip: one.ip, hold: { by: 'mig-1' }, spec: { image: 'svc:1', pool: 'sim' } });
+    expect((await api('slot.hold', { instanceId: one.id, by: 'mig-2' })).error.code).toBe('INSTANCE_CONFLICT');
+    const tooSmall = fleet.hostIds.find((h) => h !== one.host)!;
+    const target = await api('slot.reserve', { instanceId: one.id, by: 'mig-1', exclude: [tooSmall] });
+    expect(target.ok, JSON.stringify(target)).toBe(true);
+    expect(target.data.hostId).not.toBe(one.host);
+    expect(target.data.hostId).not.toBe(tooSmall);
+    // what a migrator does: a copy on the target (the old one is stopped first in real life)
+    const alloc = (await ipamOwner('web', 1)).data;
+    const created = await client.request(`orangery.agent.${target.data.hostId}.instance.create`, {
+      instanceId: one.id, env: 'test', app: 'web', slot: 1, image: 'svc:1', resources: small,
+      network: { ip: alloc.ip, mac: alloc.mac, prefixLength: alloc.prefixLength, gateway: alloc.gateway, vlan: alloc.vlan },
+    });
+    // the old copy is still running: the simulated wire refuses a second holder of the IP
+    expect(created.ok ? 'ok' : created.error.code).toBe('IP_IN_USE_ON_WIRE');
+    await client.request(`orangery.agent.${one.host}.instance.stop`, { instanceId: one.id });
+    const again = await client.request(`orangery.agent.${target.data.hostId}.instance.create`, {
+      instanceId: one.id, env: 'test', app: 'web', slot: 1, image: 'svc:1', resources: small,
+      network: { ip: alloc.ip, mac: alloc.mac, prefixLength: alloc.prefixLength, gateway: alloc.gateway, vlan: alloc.vlan },
+    });
+    expect(again.ok, JSON.stringify(again)).toBe(true);
+    // anti-entropy runs every 2 s: neither copy of a held slot is touched, the stopped one is not restarted
+    await new Promise((r) => setTimeout(r, 4_500));
+    expect(fleetCopies().get(one.id)?.sort()).toEqual([one.host, target.data.hostId].sort());
+    expect(fleet.instances(one.host).find((i) => i.instanceId === one.id)?.state).toBe('stopped');
+    await client.request(`orangery.agent.${one.host}.instance.remove`, { instanceId: one.id });
+    const committed = await api('slot.commit', { instanceId: one.id, by: 'mig-1' });
+    expect(committed.data).toMatchObject({ hostId: target.data.hostId, hold: null, ip: one.ip });
+    const now = (await instances('web')).find((i) => i.slot === 1);
+    expect(now).toMatchObject({ host: target.data.hostId, ip: one.ip, state: 'running' });
+    expect((await api('slot.commit', { instanceId: one.id, by: 'mig-1' })).error.code).toBe('INSTANCE_CONFLICT');
+    // a target that cannot take it: no host but one allowed, and that one too small
+    expect((await api('slot.hold', { instanceId: one.id, by: 'mig-3' })).ok).toBe(true);
+    const none = await api('slot.reserve', { instanceId: one.id, by: 'mig-3', toHost: one.host, toBackend: 'vmware' });
+    expect(none.error).toMatchObject({ code: 'INVALID_REQUEST', details: { field: 'toBackend' } });
+    const released = await api('slot.release', { instanceId: one.id, by: 'mig-3' });
+    expect(released.data.hold).toBeNull();
+    const drained = await api('host.drain', { hostId: one.host, drain: true });
+    expect(drained.data).toMatchObject({ hostId: one.host, state: 'draining' });
+    const listed = (await client.request('orangery.scheduler.hosts.list', {})).data.hosts.find((h: { id: string }) => h.id === one.host);
+    expect(listed.state).toBe('draining');
+    expect((await api('host.drain', { hostId: one.host, drain: false })).data.state).toBe('ready');
+  });
+
   it('two replicas under a burst of 20 apps: every slot placed once, no host overcommitted', async () => {
     schedulers.push(await ServiceProcess.start(dir, 'scheduler', schedulerEnv()));
     const ids = await Promise.all(Array.from({ length: 20 }, (_, n) => scale.publish(request(`burst-${n}`, 3, { resources: { cpu: 0.25, memoryMb: 256 } }))));

@@ -14,8 +14,13 @@ import {
 } from './agent';
 import { EVENT_TYPE_PREFIX } from './cloudevents';
 import {
+  HostDrainRequest,
   HostsListData,
   HostsListRequest,
+  SlotGetRequest,
+  SlotHoldRequest,
+  SlotReserveRequest,
+  SlotView,
   InstancePlacedData,
   InstancesListData,
   InstancesListRequest,
@@ -256,6 +261,13 @@ const NAMED_SCHEMAS = {
   HostsListReply: ReplySchema(HostsListData),
   InstancesListRequest,
   InstancesListReply: ReplySchema(InstancesListData),
+  SlotGetRequest,
+  SlotHoldRequest,
+  SlotReserveRequest,
+  HostDrainRequest,
+  SlotViewReply: ReplySchema(SlotView),
+  SlotTargetReply: ReplySchema(Type.Object({ hostId: Type.String(), backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]) })),
+  HostDrainReply: ReplySchema(Type.Object({ hostId: Type.String(), state: Type.String() })),
   EventHeaders,
 } satisfies Record<string, TSchema>;
 type SchemaName = keyof typeof NAMED_SCHEMAS;
@@ -392,6 +404,41 @@ const OPERATORS: RequestReply[] = [
     request: 'InstancesListRequest',
     reply: 'InstancesListReply',
     errors: ['INVALID_REQUEST'],
+  },
+  ...(
+    [
+      ['get', 'Read a slot: where it is, its network, spec and hold.', 'SlotGetRequest'],
+      ['hold', 'A migration takes the slot over; the scheduler leaves it alone until commit or release.', 'SlotHoldRequest'],
+      ['reserve', 'Place and reserve the held slot\'s target (never its current host nor exclude); data { hostId, backend }.', 'SlotReserveRequest'],
+      ['commit', 'The migration moved the instance to its target: the record follows and the scheduler manages it again.', 'SlotHoldRequest'],
+      ['release', 'The migration gave up (the old copy is back): the target is dropped and the hold cleared.', 'SlotHoldRequest'],
+    ] as const
+  ).map(
+    ([what, summary, request]): RequestReply => ({
+      id: `schedulerSlot${upper(what)}`,
+      subject: SUBJECTS.schedulerSlot[what],
+      tag: 'scheduler',
+      queue: QUEUE_GROUPS.scheduler,
+      summary,
+      description:
+        'Internal, for the migrator; served by the scheduler leader only (no responders while a leader is being elected). ' +
+        'Errors: NOT_FOUND, INSTANCE_CONFLICT (held by another migration, or not held), UNAVAILABLE (busy: retry), ' +
+        'INSUFFICIENT_CAPACITY (reserve), INVALID_REQUEST.',
+      request,
+      reply: what === 'reserve' ? 'SlotTargetReply' : 'SlotViewReply',
+      errors: ['INVALID_REQUEST', 'NOT_FOUND', 'INSTANCE_CONFLICT', 'UNAVAILABLE', ...(what === 'reserve' ? (['INSUFFICIENT_CAPACITY'] as const) : [])],
+    }),
+  ),
+  {
+    id: 'schedulerHostDrain',
+    subject: SUBJECTS.schedulerSlot.hostDrain,
+    tag: 'scheduler',
+    queue: QUEUE_GROUPS.scheduler,
+    summary: 'Set a host draining (no new placements) or back; internal, for the migrator.',
+    description: 'Served by the scheduler leader only. Data { hostId, state }.',
+    request: 'HostDrainRequest',
+    reply: 'HostDrainReply',
+    errors: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE'],
   },
   {
     id: 'migratorMigrationsGet',

@@ -135,3 +135,54 @@ export const InstanceSummary = Type.Object({
 export type InstanceSummary = Static<typeof InstanceSummary>;
 export const InstancesListData = Type.Object({ instances: Type.Array(InstanceSummary) });
 export type InstancesListData = Static<typeof InstancesListData>;
+
+// ---- the leader's slot API for the migrator (internal) --------------------------------
+
+const InstanceIdField = Type.String({ pattern: INSTANCE_ID_PATTERN });
+const HolderField = Type.String({ minLength: 1, maxLength: 128, pattern: '^[!-~]+$', description: 'who holds the slot: a migration id' });
+
+export const SlotGetRequest = Type.Object({ instanceId: InstanceIdField }, strict);
+export const SlotHoldRequest = Type.Object({ instanceId: InstanceIdField, by: HolderField }, strict);
+export type SlotHoldRequest = Static<typeof SlotHoldRequest>;
+export const SlotReserveRequest = Type.Object(
+  {
+    instanceId: InstanceIdField,
+    by: HolderField,
+    toHost: Type.Optional(Type.String({ pattern: HOST_ID_PATTERN })),
+    toBackend: Type.Optional(Type.Union([Type.Literal('docker'), Type.Literal('vmware')])),
+    exclude: Type.Optional(Type.Array(Type.String({ pattern: HOST_ID_PATTERN }), { maxItems: 1000 })),
+  },
+  strict,
+);
+export type SlotReserveRequest = Static<typeof SlotReserveRequest>;
+export const HostDrainRequest = Type.Object({ hostId: Type.String({ pattern: HOST_ID_PATTERN }), drain: Type.Boolean() }, strict);
+export type HostDrainRequest = Static<typeof HostDrainRequest>;
+
+export const SlotView = Type.Object({
+  id: Type.String(),
+  env: Type.String(),
+  app: Type.String(),
+  slot: Type.Integer(),
+  state: Type.String(),
+  phase: Type.Union([Type.String(), Type.Null()]),
+  backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware'), Type.Null()]),
+  hostId: Type.Union([Type.String(), Type.Null()]),
+  ip: Type.Union([Type.String(), Type.Null()]),
+  mac: Type.Union([Type.String(), Type.Null()]),
+  spec: Type.Object({
+    resources: Resources,
+    image: Type.Optional(Type.String()),
+    template: Type.Optional(Type.String()),
+    pool: Type.String(),
+    vlan: Type.Integer(),
+    environment: Type.Optional(Type.Record(Type.String(), Type.String())),
+  }),
+  hold: Type.Union([
+    Type.Null(),
+    Type.Object({
+      by: Type.String(),
+      target: Type.Optional(Type.Object({ hostId: Type.String(), backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]) })),
+    }),
+  ]),
+});
+export type SlotView = Static<typeof SlotView>;

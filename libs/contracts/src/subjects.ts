@@ -17,6 +17,15 @@ export const SUBJECTS = {
     hostsList: 'orangery.scheduler.hosts.list',
     instancesList: 'orangery.scheduler.instances.list',
   },
+  /** The scheduler leader's slot API for the migrator (internal; docs/scheduler.md "Slot API"). */
+  schedulerSlot: {
+    get: 'orangery.scheduler.slot.get',
+    hold: 'orangery.scheduler.slot.hold',
+    reserve: 'orangery.scheduler.slot.reserve',
+    commit: 'orangery.scheduler.slot.commit',
+    release: 'orangery.scheduler.slot.release',
+    hostDrain: 'orangery.scheduler.host.drain',
+  },
   migrator: {
     migrationsGet: 'orangery.migrator.migrations.get',
     migrate: 'orangery.migrator.migrate',

@@ -38,13 +38,18 @@ export class MysqlSchedulerStore implements SchedulerStore {
     this.epoch = epoch;
   }
 
-  async load(): Promise<{ apps: AppRecord[]; slots: SlotRecord[] }> {
+  async load(): Promise<{ apps: AppRecord[]; slots: SlotRecord[]; drained: string[] }> {
     return this.sql.read(async (q) => {
-      const [apps, slots] = (await q.queryAll([
+      const [apps, slots, drained] = (await q.queryAll([
         { sql: 'SELECT record FROM sched_app' },
         { sql: 'SELECT record FROM sched_instance' },
-      ])) as [{ record: unknown }[], { record: unknown }[]];
-      return { apps: apps.map((r) => json<AppRecord>(r.record)), slots: slots.map((r) => json<SlotRecord>(r.record)) };
+        { sql: 'SELECT id FROM sched_host WHERE drain = 1' },
+      ])) as [{ record: unknown }[], { record: unknown }[], { id: string }[]];
+      return {
+        apps: apps.map((r) => json<AppRecord>(r.record)),
+        slots: slots.map((r) => json<SlotRecord>(r.record)),
+        drained: drained.map((r) => r.id),
+      };
     });
   }
 
@@ -141,6 +146,14 @@ export class MysqlSchedulerStore implements SchedulerStore {
           const d = demand(s);
           return [s.id, s.env, s.app, s.slot, s.state, s.phase, s.backend, s.hostId, s.ip, s.mac, d.cpu, d.memoryMb, d.diskMb, JSON.stringify(s)];
         }),
+      );
+    }
+    const drains = all.flatMap((c) => c.hostDrains ?? []);
+    if (drains.length > 0) {
+      tx.defer(
+        `INSERT INTO sched_host (id, backend, drain, facts, usage_json, last_seen) VALUES ${rows(drains.length, 6)}
+         ON DUPLICATE KEY UPDATE drain = VALUES(drain)`,
+        drains.flatMap((d) => [d.hostId, d.backend, d.drain ? 1 : 0, JSON.stringify(d.facts), JSON.stringify(d.usage), new Date()]),
       );
     }
     // deletes after upserts: a slot updated then removed in one group ends removed

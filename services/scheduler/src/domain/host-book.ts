@@ -35,6 +35,8 @@ const USAGE_REBUILD_MS = 1_000;
  */
 export class HostBook {
   private readonly hosts = new Map<string, HostEntry>();
+  /** drained host ids, also for hosts not heard from yet (a new leader loads them first) */
+  private readonly drained = new Set<string>();
   private cached: Inventory | undefined;
   private structuralChange = true;
   private usageChange = false;
@@ -91,7 +93,7 @@ export class HostBook {
         id: hb.hostId,
         backend: hb.backend,
         facts,
-        drain: false,
+        drain: this.drained.has(hb.hostId),
         lastSeen: this.now(),
         usage: 'usage' in hb ? hb.usage : zero(),
         agentAllocated: 'allocated' in hb ? hb.allocated : zero(),
@@ -135,6 +137,8 @@ export class HostBook {
   }
 
   setDrain(id: string, drain: boolean): void {
+    if (drain) this.drained.add(id);
+    else this.drained.delete(id);
     const h = this.hosts.get(id);
     if (h && h.drain !== drain) {
       h.drain = drain;
@@ -226,7 +230,7 @@ export class HostBook {
       id,
       backend: 'docker',
       facts: { hostId: id, backend: 'docker', capacity: zero(), total: zero(), reserved: zero(), labels: {}, vlans: [] },
-      drain: false,
+      drain: this.drained.has(id),
       // Silent since now, not since ever: a host the journal names but whose heartbeat has
       // not arrived yet (this leader just started) gets a whole fence period to show up
       // before its instances are taken for lost.

@@ -81,6 +81,14 @@ export interface SlotRecord {
   readonly lastError: SlotError | null;
   /** the request this slot's placement serves */
   readonly requestId: string | null;
+  /** a migration owns the slot for now: the scheduler leaves it alone (absent in older records) */
+  readonly hold?: SlotHold | null;
+}
+
+/** A migration's claim on a slot, and the target it reserved. */
+export interface SlotHold {
+  readonly by: string;
+  readonly target?: { readonly hostId: string; readonly backend: Backend };
 }
 
 /** The resources a slot takes on its host: cpu in cores, memory at the container's real limit. */

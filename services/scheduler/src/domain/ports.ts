@@ -1,4 +1,4 @@
-import type { AgentInstance, Backend, CreateInstanceCommand, NewEvent, Owner } from '@orangery/contracts';
+import type { AgentInstance, Amounts, Backend, CreateInstanceCommand, HostFacts, NewEvent, Owner } from '@orangery/contracts';
 import type { AppRecord, SlotRecord } from './model';
 
 /**
@@ -13,13 +13,15 @@ export interface Changes {
   deleteSlots?: string[];
   /** scale requests seen, with their outcome once decided (dedupe of redeliveries) */
   requests?: { requestId: string; env: string; app: string; seq: number; outcome: 'accepted' | 'completed' | 'rejected'; reason?: unknown }[];
+  /** hosts set to draining (or back) by the migrator */
+  hostDrains?: { hostId: string; drain: boolean; backend: Backend; facts: HostFacts; usage: Amounts }[];
   /** events to publish once committed (transactional outbox) */
   events?: NewEvent<unknown>[];
 }
 
 export interface SchedulerStore {
   /** Everything the leader needs in memory. */
-  load(): Promise<{ apps: AppRecord[]; slots: SlotRecord[] }>;
+  load(): Promise<{ apps: AppRecord[]; slots: SlotRecord[]; drained?: string[] }>;
   /** Writes atomically, or throws NotLeaderError when another replica has taken over. */
   commit(changes: Changes): Promise<void>;
   /** Whether a scale request id was seen already. */

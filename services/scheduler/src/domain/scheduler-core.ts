@@ -12,6 +12,7 @@ import {
   type ScaleCompletedData,
   type ScaleRejectedData,
   type ScaleRejectionCode,
+  type SlotView,
 } from '@orangery/contracts';
 import { HostBook } from './host-book';
 import { appKeyOf, type AppRecord, type AppSpec, type Demand, type SlotError, type SlotRecord, type SlotSpec } from './model';
@@ -125,7 +126,8 @@ export class SchedulerCore {
 
   /** Loads the journal (a new leader) and starts converging every app. */
   async start(): Promise<void> {
-    const { apps, slots } = await this.ports.store.load();
+    const { apps, slots, drained } = await this.ports.store.load();
+    for (const id of drained ?? []) this.hosts.setDrain(id, true);
     for (const a of apps) this.apps.set(appKeyOf(a), a);
     for (const s of slots) this.putSlot(s);
     this.loaded = true;
@@ -164,7 +166,7 @@ export class SchedulerCore {
       if (this.hosts.silentFor(h.id) <= this.settings.fenceMarginMs) continue;
       for (const id of [...h.placed.keys()]) {
         const s = this.slots.get(id);
-        if (!s || s.hostId !== h.id || s.phase !== null) continue;
+        if (!s || s.hostId !== h.id || s.phase !== null || s.hold) continue;
         this.ports.log.warn({ instanceId: id, host: h.id, silentMs: this.hosts.silentFor(h.id) }, 'host silent past its self-fence: replacing its instance');
         void this.update(s, {
           phase: 'replace',
@@ -457,7 +459,8 @@ export class SchedulerCore {
 
   private async step(id: string): Promise<Step> {
     const s = this.slots.get(id);
-    if (!s) return 'done';
+    // held by a migration: it decides; the scheduler resumes after commit or release
+    if (!s || s.hold) return 'done';
     const key = appKeyOf(s);
     const app = this.apps.get(key);
     const desired = app !== undefined && s.slot < app.spec.replicas;
@@ -648,7 +651,7 @@ export class SchedulerCore {
   /** An agent's instance event: anything that leaves a running slot not running is checked. */
   instanceEvent(what: string, instanceId: string, hostId: string): void {
     const s = this.slots.get(instanceId);
-    if (!s || s.hostId !== hostId || s.phase !== null) return;
+    if (!s || s.hostId !== hostId || s.phase !== null || s.hold) return;
     if (what === 'failed') this.verifyLater(instanceId, this.settings.failedGraceMs);
     else if (what === 'stopped') this.verifyLater(instanceId, 1_000);
     else if (what === 'removed') this.verifyLater(instanceId, 0);
@@ -663,6 +666,7 @@ export class SchedulerCore {
     for (const inst of instances) {
       seen.add(inst.instanceId);
       const s = this.slots.get(inst.instanceId);
+      if (s?.hold) continue; // a migration has copies on two hosts for a while
       if (!s || s.hostId !== hostId) {
         // Not ours there: a leftover of a failed attempt, a removed slot, or a copy from
         // before a failover. The record is the truth; the copy goes.
@@ -673,8 +677,8 @@ export class SchedulerCore {
       if (s.phase === null && inst.state !== 'running') this.verifyLater(s.id, inst.state === 'failed' ? this.settings.failedGraceMs : 1_000);
     }
     for (const id of this.slotsOn(hostId)) {
-      const s = this.slots.get(id)!;
-      if (s.phase === null && !seen.has(id)) this.verifyLater(id, 0);
+      const s = this.slots.get(id);
+      if (s && s.phase === null && !s.hold && !seen.has(id)) this.verifyLater(id, 0);
     }
   }
 
@@ -696,7 +700,7 @@ export class SchedulerCore {
   /** Asks the agent how the instance really is, and acts: restart a stopped one, replace a failed one, recreate a missing one. */
   private async verify(id: string): Promise<void> {
     const s = this.slots.get(id);
-    if (!s || s.phase !== null || !s.hostId) return;
+    if (!s || s.phase !== null || !s.hostId || s.hold) return;
     const inst = await this.ports.agents.get(s.hostId, id);
     const now = this.slots.get(id);
     if (now !== s) return; // changed meanwhile: that change decides
@@ -718,6 +722,122 @@ export class SchedulerCore {
         this.kick(id);
       }
     }
+  }
+
+  // ---- the slot API for the migrator (docs/scheduler.md "Slot API") -------------------
+
+  slotView(id: string): SlotView {
+    const s = this.slots.get(id);
+    if (!s) throw new PortError('NOT_FOUND', `no instance ${id}`, false, { instanceId: id });
+    return {
+      id: s.id,
+      env: s.env,
+      app: s.app,
+      slot: s.slot,
+      state: s.state,
+      phase: s.phase,
+      backend: s.backend,
+      hostId: s.hostId,
+      ip: s.ip,
+      mac: s.mac,
+      spec: s.spec,
+      hold: s.hold ?? null,
+    };
+  }
+
+  /** A migration takes the slot over: the scheduler leaves it alone until commit or release. */
+  async hold(id: string, by: string): Promise<SlotView> {
+    const s = this.heldBy(id, by, true);
+    if (!s.hold) {
+      if (s.phase !== null || this.running.has(id)) {
+        throw new PortError('UNAVAILABLE', `instance ${id} is busy (${s.phase ?? 'a step is running'}); try again shortly`, true, { phase: s.phase });
+      }
+      if (!s.hostId || s.state !== 'running') throw new PortError('INSTANCE_CONFLICT', `instance ${id} is ${s.state}, not running: nothing to move`, false, { state: s.state });
+      await this.update(s, { hold: { by } });
+      this.ports.log.info({ instanceId: id, by }, 'slot held for a migration');
+    }
+    return this.slotView(id);
+  }
+
+  /** Places and reserves the held slot's target (never its current host nor `exclude`). */
+  async reserveTarget(id: string, by: string, opts: { toHost?: string; toBackend?: Backend; exclude?: readonly string[] }): Promise<{ hostId: string; backend: Backend }> {
+    const s = this.heldBy(id, by, false);
+    if (s.hold?.target) return s.hold.target;
+    const app = this.apps.get(appKeyOf(s));
+    if (!app) throw new PortError('NOT_FOUND', `no app record for ${id}`, false);
+    const backends = opts.toBackend ? [opts.toBackend] : app.spec.backends;
+    for (const b of backends) {
+      if (!(b === 'docker' ? s.spec.image ?? app.spec.image : s.spec.template ?? app.spec.template)) {
+        throw new PortError('INVALID_REQUEST', `field 'toBackend': ${id} has no ${b === 'docker' ? 'image' : 'template'} for ${b}`, false, { field: 'toBackend' });
+      }
+    }
+    if (opts.toHost !== undefined && !this.hosts.get(opts.toHost)) throw new PortError('NOT_FOUND', `no host ${opts.toHost}`, false, { hostId: opts.toHost });
+    const exclude = new Set([s.hostId!, ...(opts.exclude ?? [])]);
+    if (opts.toHost !== undefined) for (const h of this.hosts.all()) if (h.id !== opts.toHost) exclude.add(h.id);
+    const request: PlacementRequest = {
+      ...this.placementRequest(app, [...exclude]),
+      resources: s.spec.resources,
+      backend: backends.length === 1 ? backends[0]! : 'auto',
+      allowedBackends: backends,
+    };
+    const decision = place(request, this.hosts.inventory());
+    if (!decision.ok) {
+      throw new PortError('INSUFFICIENT_CAPACITY', `no host can take ${id}: ${decision.reason.message}`, false, { ...decision.reason.details });
+    }
+    const target = { hostId: decision.hostId, backend: this.hosts.get(decision.hostId)!.backend };
+    this.hosts.reserve(target.hostId, targetKey(id), s, demandOf(s.spec.resources));
+    try {
+      await this.update(s, { hold: { by, target } });
+    } catch (e) {
+      this.hosts.unreserve(target.hostId, targetKey(id));
+      throw e;
+    }
+    return target;
+  }
+
+  /** The migration moved the instance to its target: the record follows, and the scheduler takes over again. */
+  async commitTarget(id: string, by: string): Promise<SlotView> {
+    const s = this.heldBy(id, by, false);
+    const target = s.hold?.target;
+    if (!target) throw new PortError('INSTANCE_CONFLICT', `no target reserved for ${id}`, false);
+    await this.update(s, { hostId: target.hostId, backend: target.backend, state: 'running', phase: null, hold: null, tried: [], attempts: 0, lastError: null });
+    if (s.hostId) this.hosts.unreserve(s.hostId, id);
+    this.hosts.unreserve(target.hostId, targetKey(id));
+    this.hosts.reserve(target.hostId, id, s, demandOf(s.spec.resources));
+    this.ports.log.info({ instanceId: id, by, from: s.hostId, to: target.hostId }, 'slot moved by a migration');
+    return this.slotView(id);
+  }
+
+  /** The migration gave up (the old copy is back): drop the target, manage the slot again. */
+  async releaseHold(id: string, by: string): Promise<SlotView> {
+    const s = this.slots.get(id);
+    if (!s) throw new PortError('NOT_FOUND', `no instance ${id}`, false, { instanceId: id });
+    if (!s.hold) return this.slotView(id);
+    if (s.hold.by !== by) throw new PortError('INSTANCE_CONFLICT', `instance ${id} is held by ${s.hold.by}`, false, { heldBy: s.hold.by });
+    await this.update(s, { hold: null });
+    if (s.hold.target) this.hosts.unreserve(s.hold.target.hostId, targetKey(id));
+    this.kick(id);
+    return this.slotView(id);
+  }
+
+  async setDrain(hostId: string, drain: boolean): Promise<{ hostId: string; state: HostState }> {
+    const h = this.hosts.get(hostId);
+    if (!h) throw new PortError('NOT_FOUND', `no host ${hostId}`, false, { hostId });
+    await this.save({ hostDrains: [{ hostId, drain, backend: h.backend, facts: h.facts, usage: h.usage }] });
+    this.hosts.setDrain(hostId, drain);
+    return { hostId, state: this.hosts.stateOf(h) };
+  }
+
+  /** The slot, held by `by` (or free, when `orFree`). */
+  private heldBy(id: string, by: string, orFree: boolean): SlotRecord {
+    const s = this.slots.get(id);
+    if (!s) throw new PortError('NOT_FOUND', `no instance ${id}`, false, { instanceId: id });
+    if (s.hold ? s.hold.by !== by : !orFree) {
+      throw new PortError('INSTANCE_CONFLICT', s.hold ? `instance ${id} is held by ${s.hold.by}` : `instance ${id} is not held by ${by}`, false, {
+        heldBy: s.hold?.by ?? null,
+      });
+    }
+    return s;
   }
 
   // ---- records ----------------------------------------------------------------------------
@@ -751,6 +871,7 @@ export class SchedulerCore {
     if (!set) this.slotsByApp.set(key, (set = new Set()));
     set.add(s.id);
     if (s.hostId) this.hosts.reserve(s.hostId, s.id, s, demandOf(s.spec.resources));
+    if (s.hold?.target) this.hosts.reserve(s.hold.target.hostId, targetKey(s.id), s, demandOf(s.spec.resources));
   }
 
   private dropSlot(s: SlotRecord): void {
@@ -856,6 +977,9 @@ export class SchedulerCore {
     return this.event('scale', 'rejected', env && app ? `${env}:${app}` : requestId, data, traceparent, `scale-rejected:${requestId}`);
   }
 }
+
+/** The reservation of a migration's target, next to the slot's own on its current host. */
+const targetKey = (id: string): string => `${id}#target`;
 
 function ownerOf(s: SlotRecord) {
   return ownerOfInstanceId(s.id) ?? { env: s.env, app: s.app, slot: s.slot };

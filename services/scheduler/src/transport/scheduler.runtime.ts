@@ -3,7 +3,13 @@ import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import {
   decode,
   Heartbeat,
+  HostDrainRequest,
   HostFacts,
+  OrangeryError,
+  SlotGetRequest,
+  SlotHoldRequest,
+  SlotReserveRequest,
+  type ErrorCode,
   HostsListRequest,
   InstancesListRequest,
   parseJsonObject,
@@ -20,7 +26,7 @@ import type { MysqlSchedulerStore } from '../adapters/mysql-scheduler-store';
 import { NatsAgents, NatsIpam } from '../adapters/nats-ports';
 import { ensureScaleStream, ScaleConsumer, type ScaleVerdict } from '../adapters/scale-stream';
 import { RetryLater, SchedulerCore } from '../domain/scheduler-core';
-import { NotLeaderError, systemClock } from '../domain/ports';
+import { NotLeaderError, PortError, systemClock } from '../domain/ports';
 import { OUTBOX, STORE } from '../tokens';
 
 const HOST_FLUSH_MS = 2_000;
@@ -29,6 +35,7 @@ const LIST_CONCURRENCY = 8;
 /** What only the leader runs: the core, its subscriptions, the scale consumer, the timers. */
 interface Leading {
   core: SchedulerCore;
+  slotApi: Responder;
   subs: Subscription[];
   consumer: ScaleConsumer;
   timers: NodeJS.Timeout[];
@@ -111,12 +118,15 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     await core.start();
     const consumer = new ScaleConsumer(this.nc, (m) => this.judge(core, m), this.logger);
     await consumer.start();
+    // The slot API is the leader's alone: no responders while there is no leader.
+    const slotApi = new Responder(this.nc, QUEUE_GROUPS.scheduler, this.logger);
+    slotApi.serve(slotRoutes(core));
     const timers = [
       setInterval(() => core.tick(), c.reconcileSeconds * 1000),
       setInterval(() => void this.flushHosts(core, dirtyHosts), HOST_FLUSH_MS),
       setInterval(() => void this.antiEntropy(core), c.antiEntropySeconds * 1000),
     ];
-    this.leading = { core, subs, consumer, timers, dirtyHosts };
+    this.leading = { core, slotApi, subs, consumer, timers, dirtyHosts };
     this.logger.info({ epoch }, 'leading: consuming scale requests');
   }
 
@@ -127,6 +137,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     if (!l) return;
     for (const t of l.timers) clearInterval(t);
     for (const s of l.subs) s.unsubscribe();
+    await l.slotApi.drain();
     await l.consumer.stop();
     await l.core.stop();
   }
@@ -221,4 +232,37 @@ function pick(v: unknown, keys: string[]): Record<string, unknown> | undefined {
   if (typeof v !== 'object' || v === null) return undefined;
   const o = v as Record<string, unknown>;
   return Object.fromEntries(keys.filter((k) => k in o).map((k) => [k, o[k]]));
+}
+
+/** The migrator's view of slots (docs/scheduler.md "Slot API"): port errors become contract errors. */
+function slotRoutes(core: SchedulerCore): Route[] {
+  const s = SUBJECTS.schedulerSlot;
+  const contract = async <T>(work: () => Promise<T>): Promise<T> => {
+    try {
+      return await work();
+    } catch (e) {
+      if (e instanceof PortError) throw new OrangeryError(e.code as ErrorCode, e.message, e.details);
+      if (e instanceof NotLeaderError) throw new OrangeryError('UNAVAILABLE', 'the scheduler leader is changing; try again', {});
+      throw e;
+    }
+  };
+  return [
+    { subject: s.get, handler: async (b) => contract(async () => core.slotView(decode(SlotGetRequest, b).instanceId)) },
+    { subject: s.hold, handler: async (b) => contract(() => { const r = decode(SlotHoldRequest, b); return core.hold(r.instanceId, r.by); }) },
+    {
+      subject: s.reserve,
+      handler: async (b) =>
+        contract(() => {
+          const r = decode(SlotReserveRequest, b);
+          return core.reserveTarget(r.instanceId, r.by, {
+            ...(r.toHost !== undefined ? { toHost: r.toHost } : {}),
+            ...(r.toBackend !== undefined ? { toBackend: r.toBackend } : {}),
+            ...(r.exclude !== undefined ? { exclude: r.exclude } : {}),
+          });
+        }),
+    },
+    { subject: s.commit, handler: async (b) => contract(() => { const r = decode(SlotHoldRequest, b); return core.commitTarget(r.instanceId, r.by); }) },
+    { subject: s.release, handler: async (b) => contract(() => { const r = decode(SlotHoldRequest, b); return core.releaseHold(r.instanceId, r.by); }) },
+    { subject: s.hostDrain, handler: async (b) => contract(() => { const r = decode(HostDrainRequest, b); return core.setDrain(r.hostId, r.drain); }) },
+  ];
 }
