@@ -24,6 +24,8 @@ services() { # every control-plane service that exists; host agents only when co
     # An agent belongs next to a server's engine and uplink: run it when ORANGERY_UPLINK
     # says which interface that is (and DOCKER_HOST which engine), never by guess.
     if [ "$name" = docker-agent ] && [ -z "${ORANGERY_UPLINK:-}" ]; then continue; fi
+    # The vmware-agent needs a vCenter: run it when ORANGERY_VCENTER_URL names one.
+    if [ "$name" = vmware-agent ] && [ -z "${ORANGERY_VCENTER_URL:-}" ]; then continue; fi
     echo "$name"
   done
 }
