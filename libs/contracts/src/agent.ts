@@ -195,6 +195,18 @@ export const HostFencedData = Type.Object(
 );
 export type HostFencedData = Static<typeof HostFencedData>;
 
+/** `io.orangery.host.disconnected` (vmware-agent): vCenter lost the ESXi host. */
+export const HostDisconnectedData = Type.Object(
+  {
+    hostId: Type.String({ pattern: HOST_ID_PATTERN }),
+    backend: Backend,
+    connectionState: Type.String({ description: "vCenter's runtime.connectionState: disconnected or notResponding" }),
+    esxi: Type.Optional(Type.String({ description: "the host's name in vCenter" })),
+  },
+  { description: 'Heartbeats of the host stop until it is connected again (then host.registered with reregistered: true).' },
+);
+export type HostDisconnectedData = Static<typeof HostDisconnectedData>;
+
 /** The fields every instance event of an agent starts with. */
 const instanceEventBase = {
   instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }),

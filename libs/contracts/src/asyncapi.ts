@@ -4,6 +4,7 @@ import {
   AgentInstanceList,
   CreateInstanceCommand,
   Heartbeat,
+  HostDisconnectedData,
   HostFencedData,
   HostRegisteredData,
   InstanceDiskData,
@@ -97,22 +98,27 @@ export const IPAM_ERRORS: Record<IpamKey, readonly ErrorCode[]> = {
 
 type AgentKey = keyof typeof SUBJECTS.agent;
 
-/** Error codes each agent command can reply with (docs/docker-agent.md). */
+/**
+ * Error codes each agent command can reply with (docs/docker-agent.md, docs/vmware-agent.md:
+ * TEMPLATE_NOT_FOUND and START_FAILED are the vmware-agent's; UNAVAILABLE is a fenced
+ * docker-agent or an unreachable vCenter, both retryable).
+ */
 export const AGENT_ERRORS: Record<AgentKey, readonly ErrorCode[]> = {
-  create: ['INVALID_REQUEST', 'INSTANCE_CONFLICT', 'IP_IN_USE_ON_WIRE', 'IMAGE_NOT_FOUND', 'INSUFFICIENT_CAPACITY', 'INTERNAL'],
-  start: ['INVALID_REQUEST', 'NOT_FOUND', 'IP_IN_USE_ON_WIRE', 'INTERNAL'],
-  stop: ['INVALID_REQUEST', 'NOT_FOUND', 'INTERNAL'],
-  remove: ['INVALID_REQUEST', 'INTERNAL'],
-  get: ['INVALID_REQUEST', 'NOT_FOUND', 'INTERNAL'],
-  list: ['INVALID_REQUEST', 'INTERNAL'],
+  create: ['INVALID_REQUEST', 'INSTANCE_CONFLICT', 'IP_IN_USE_ON_WIRE', 'IMAGE_NOT_FOUND', 'TEMPLATE_NOT_FOUND', 'INSUFFICIENT_CAPACITY', 'START_FAILED', 'UNAVAILABLE', 'INTERNAL'],
+  start: ['INVALID_REQUEST', 'NOT_FOUND', 'IP_IN_USE_ON_WIRE', 'START_FAILED', 'UNAVAILABLE', 'INTERNAL'],
+  stop: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
+  remove: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
+  get: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
+  list: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
 };
 
 /**
  * Event kinds of CONTRACT.md "Events": `orangery.evt.<area>.<what>`, type `io.orangery.<area>.<what>`;
- * plus the project's own host.fenced and instance.disk_warning|disk_exceeded (docs/docker-agent.md).
+ * plus the project's own host.fenced and instance.disk_warning|disk_exceeded (docs/docker-agent.md)
+ * and host.disconnected (docs/vmware-agent.md).
  */
 export const EVENT_KINDS = {
-  host: ['registered', 'lost', 'recovered', 'drained', 'fenced'],
+  host: ['registered', 'lost', 'recovered', 'drained', 'fenced', 'disconnected'],
   instance: ['placed', 'running', 'stopped', 'failed', 'removed', 'disk_warning', 'disk_exceeded'],
   ip: ['allocated', 'bound', 'released'],
   migration: ['started', 'completed', 'failed'],
@@ -159,7 +165,7 @@ const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description
   'ip.bound': { source: 'orangery/ipam', data: Allocation },
   'ip.released': { source: 'orangery/ipam', data: Allocation },
   'host.registered': {
-    source: 'orangery/docker-agent/<hostId>',
+    source: 'orangery/docker-agent/<hostId> or orangery/vmware-agent/<esxiHostId>',
     data: HostRegisteredData,
     description:
       'When the agent starts (with engine and uplink), and again with reregistered: true and fencedAt when NATS is ' +
@@ -173,24 +179,33 @@ const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description
       'an instance.stopped). Queued in the agent and published once NATS is back.',
   },
   'instance.running': {
-    source: 'orangery/docker-agent/<hostId>',
+    source: 'orangery/docker-agent/<hostId> or orangery/vmware-agent/<esxiHostId>',
     data: InstanceEventData,
     description:
-      'The container started (engine event). A starting agent also reports each instance it finds running, with adopted: true.',
+      'The container started (engine event) or the VM powered on (vCenter change). A starting agent also reports each instance it finds running, with adopted: true.',
   },
   'instance.stopped': {
-    source: 'orangery/docker-agent/<hostId>',
+    source: 'orangery/docker-agent/<hostId> or orangery/vmware-agent/<esxiHostId>',
     data: InstanceEventData,
-    description: 'The process exited 0, was stopped on request (reason "stopped on request") or by a self-fence.',
+    description:
+      'The process exited 0, was stopped on request (reason "stopped on request") or by a self-fence; a VM powered off ' +
+      '(on request, or "poweredOff in vCenter" when someone else did it).',
   },
   'instance.failed': {
-    source: 'orangery/docker-agent/<hostId>',
+    source: 'orangery/docker-agent/<hostId> or orangery/vmware-agent/<esxiHostId>',
     data: InstanceEventData,
     description:
       'The process exited non-zero or was OOM-killed (reason), or a create/start was refused before anything started ' +
-      '(code IMAGE_NOT_FOUND or IP_IN_USE_ON_WIRE, with reason and ip).',
+      '(code IMAGE_NOT_FOUND, TEMPLATE_NOT_FOUND or IP_IN_USE_ON_WIRE, with reason and ip).',
   },
-  'instance.removed': { source: 'orangery/docker-agent/<hostId>', data: InstanceEventData, description: 'The container is gone.' },
+  'instance.removed': { source: 'orangery/docker-agent/<hostId> or orangery/vmware-agent/<esxiHostId>', data: InstanceEventData, description: 'The container (or the VM) is gone.' },
+  'host.disconnected': {
+    source: 'orangery/vmware-agent/<esxiHostId>',
+    data: HostDisconnectedData,
+    description:
+      "vCenter reports the ESXi host no longer connected (disconnected, notResponding): its heartbeats stop and creates on it " +
+      'are refused (UNAVAILABLE). A host.registered with reregistered: true follows when it is connected again.',
+  },
   'instance.disk_warning': {
     source: 'orangery/docker-agent/<hostId>',
     data: InstanceDiskData,
@@ -654,7 +669,7 @@ function addHeartbeatAndScale(out: Built): void {
   out.operations['heartbeat'] = {
     action: 'send',
     channel: { $ref: '#/channels/heartbeat' },
-    summary: 'A host agent (docker-agent; the vmware-agent is planned) publishes its heartbeat.',
+    summary: 'A host agent (docker-agent; the vmware-agent for each ESXi host of its vCenter) publishes its heartbeat.',
     tags: [{ name: 'agents' }],
     messages: [{ $ref: '#/channels/heartbeat/messages/heartbeat' }],
   };

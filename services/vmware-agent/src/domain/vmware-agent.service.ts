@@ -43,7 +43,7 @@ export class VmwareAgentService {
     private readonly settings: VmwareAgentSettings,
   ) {
     this.limiter = new HostLimiter(settings.tasksPerHost, settings.queuePerHost);
-    this.pollMs = settings.pollMs ?? 250;
+    this.pollMs = settings.pollMs ?? 100;
   }
 
   /** The ESXi hosts this agent serves (from the inventory; the runtime keeps it fresh). */
