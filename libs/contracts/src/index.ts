@@ -9,3 +9,4 @@ export * from './envelope-schemas';
 export * from './asyncapi';
 export * from './agent';
 export * from './scheduler';
+export * from './migrator';

@@ -1,0 +1,187 @@
+import { randomUUID } from 'node:crypto';
+import {
+  OrangeryError,
+  ownerOfInstanceId,
+  type DrainReplyData,
+  type ErrorCode,
+  type MigrateReplyData,
+  type MigrateRequest,
+  type MigrationView,
+} from '@orangery/contracts';
+import type { DrainRecord, MigrationRecord } from './model';
+import { viewOf } from './model';
+import { PortError, type Clock, type DomainLog, type MigrationStore, type SchedulerPort } from './ports';
+import { finishStep, isTransient, migrationEvent } from './steps';
+
+export interface RequestOptions {
+  source: string;
+  /** how long a request waits for the scheduler leader (no leader, slot busy) before UNAVAILABLE */
+  requestRetryMs: number;
+}
+
+const iso = (ms: number): string => new Date(ms).toISOString();
+export const newMigrationId = (): string => `m-${randomUUID()}`;
+
+/** Codes of the scheduler's slot API that a caller of migrate may see as they are. */
+const PASSED_ON = new Set<string>(['NOT_FOUND', 'INSUFFICIENT_CAPACITY', 'INSTANCE_CONFLICT', 'INVALID_REQUEST', 'UNAVAILABLE']);
+
+function asContractError(e: unknown): OrangeryError {
+  if (e instanceof OrangeryError) return e;
+  if (e instanceof PortError) {
+    const code = (PASSED_ON.has(e.code) ? e.code : e.transient ? 'UNAVAILABLE' : 'INTERNAL') as ErrorCode;
+    return new OrangeryError(code, e.message, e.details);
+  }
+  return new OrangeryError('INTERNAL', e instanceof Error ? e.message : String(e));
+}
+
+/**
+ * The operators' requests: migrate (hold + reserve inside the request, so "no such
+ * instance" and "no capacity" are the reply and nothing moves), drain, and migrations.get.
+ * Accepted migrations are handed to `accepted` (the worker) to run.
+ */
+export class MigrationService {
+  constructor(
+    private readonly deps: { scheduler: SchedulerPort; store: MigrationStore; clock: Clock; log: DomainLog },
+    private readonly owner: string,
+    private readonly opts: RequestOptions,
+    private readonly accepted: (m: MigrationRecord) => void,
+    private readonly drainQueued: () => void = () => undefined,
+  ) {}
+
+  /** Retries what says "try again shortly" (no scheduler leader, slot busy) within the request's budget. */
+  private async patiently<T>(call: () => Promise<T>): Promise<T> {
+    const deadline = this.deps.clock.now() + this.opts.requestRetryMs;
+    let delay = 100;
+    for (;;) {
+      try {
+        return await call();
+      } catch (e) {
+        if (!isTransient(e) || this.deps.clock.now() + delay > deadline) throw e;
+        await this.deps.clock.sleep(delay);
+        delay = Math.min(delay * 2, 1_000);
+      }
+    }
+  }
+
+  async migrate(req: MigrateRequest): Promise<MigrateReplyData> {
+    const { scheduler, store, clock } = this.deps;
+    const owner = ownerOfInstanceId(req.instanceId)!;
+    const before = await this.patiently(() => scheduler.slotGet(req.instanceId)).catch((e: unknown) => {
+      throw asContractError(e);
+    });
+    if (!before) throw new OrangeryError('NOT_FOUND', `no instance ${req.instanceId}`, { instanceId: req.instanceId });
+    if (!before.hostId || !before.backend) {
+      throw new OrangeryError('INVALID_REQUEST', `${req.instanceId} is not placed on any host yet`, { field: 'instanceId', state: before.state });
+    }
+    if (req.toHost !== undefined && req.toHost === before.hostId) {
+      throw new OrangeryError('INVALID_REQUEST', `${req.instanceId} is on ${req.toHost} already`, { field: 'toHost' });
+    }
+    const now = clock.now();
+    const m: MigrationRecord = {
+      id: newMigrationId(),
+      instanceId: req.instanceId,
+      env: owner.env,
+      app: owner.app,
+      request: { ...(req.toHost !== undefined ? { toHost: req.toHost } : {}), ...(req.toBackend !== undefined ? { toBackend: req.toBackend } : {}) },
+      from: { hostId: before.hostId, backend: before.backend },
+      to: null,
+      state: 'running',
+      step: 'hold',
+      rollingBack: false,
+      steps: [],
+      createdAt: iso(now),
+      updatedAt: iso(now),
+    };
+    // On record before the hold: a replica dying here leaves a migration another resumes
+    // (and releases, if it cannot go on), never a hold nobody knows about.
+    await store.insert(m, this.owner);
+    let held = false;
+    try {
+      m.steps.push({ name: 'hold', state: 'running', attempts: 1, startedAt: iso(now) });
+      const view = await this.patiently(() => scheduler.hold(req.instanceId, m.id));
+      held = true;
+      if (view.hostId && view.backend) m.from = { hostId: view.hostId, backend: view.backend };
+      finishStep(m, clock.now(), 'reserve');
+      m.steps.push({ name: 'reserve', state: 'running', attempts: 1, startedAt: iso(clock.now()) });
+      m.to = await this.patiently(() =>
+        scheduler.reserve(req.instanceId, m.id, {
+          ...(req.toHost !== undefined ? { toHost: req.toHost } : {}),
+          ...(req.toBackend !== undefined ? { toBackend: req.toBackend } : {}),
+        }),
+      );
+      finishStep(m, clock.now(), 'stop-old');
+    } catch (e) {
+      const err = asContractError(e);
+      await this.refuse(m, held, err);
+      throw err;
+    }
+    await store.save(m, this.owner, [migrationEvent(m, 'started', this.opts.source, clock.now())]);
+    this.deps.log.info({ migrationId: m.id, instanceId: m.instanceId, from: m.from, to: m.to }, 'migration started');
+    this.accepted(m);
+    return { migrationId: m.id };
+  }
+
+  /** A refused request leaves nothing: the hold released, the record deleted. */
+  private async refuse(m: MigrationRecord, held: boolean, err: OrangeryError): Promise<void> {
+    try {
+      // A hold whose reply was lost may exist even when the call failed: release is idempotent.
+      if (held || err.code === 'UNAVAILABLE') await this.patiently(() => this.deps.scheduler.release(m.instanceId, m.id)).catch(() => undefined);
+      await this.deps.store.discard(m.id, this.owner);
+    } catch (e) {
+      // Left as it is, the record is resumed later by a replica, which releases the hold.
+      this.deps.log.warn({ migrationId: m.id, err: String(e) }, 'could not clean up a refused migration; it will be rolled back later');
+    }
+  }
+
+  /**
+   * Marks the host draining, then queues one migration per instance on it. A drain's
+   * migrations of one app run one after the other (`after`), different apps at once.
+   */
+  async drain(hostId: string): Promise<DrainReplyData> {
+    const { scheduler, store, clock } = this.deps;
+    await this.patiently(() => scheduler.hostDrain(hostId, true)).catch((e: unknown) => {
+      throw asContractError(e);
+    });
+    const all = await this.patiently(() => scheduler.instances()).catch((e: unknown) => {
+      throw asContractError(e);
+    });
+    const now = clock.now();
+    const drainId = `d-${randomUUID()}`;
+    const lastOfApp = new Map<string, string>();
+    const migrations: MigrationRecord[] = [];
+    for (const inst of all.filter((i) => i.host === hostId).sort((a, b) => (a.id < b.id ? -1 : 1))) {
+      const appKey = `${inst.env}:${inst.app}`;
+      const after = lastOfApp.get(appKey);
+      const m: MigrationRecord = {
+        id: newMigrationId(),
+        instanceId: inst.id,
+        env: inst.env,
+        app: inst.app,
+        request: {},
+        from: inst.backend ? { hostId, backend: inst.backend } : null,
+        to: null,
+        state: 'running',
+        step: 'queued',
+        rollingBack: false,
+        steps: [],
+        drainId,
+        ...(after !== undefined ? { after } : {}),
+        createdAt: iso(now),
+        updatedAt: iso(now),
+      };
+      lastOfApp.set(appKey, m.id);
+      migrations.push(m);
+    }
+    const drain: DrainRecord = { id: drainId, hostId, state: 'running', migrationIds: migrations.map((m) => m.id), createdAt: iso(now) };
+    await store.insertDrain(drain, migrations);
+    this.deps.log.info({ drainId, hostId, migrations: migrations.length }, 'drain started');
+    this.drainQueued();
+    return { migrationIds: drain.migrationIds, drainId };
+  }
+
+  async get(migrationId: string): Promise<MigrationView> {
+    const m = await this.deps.store.get(migrationId);
+    if (!m) throw new OrangeryError('NOT_FOUND', `no migration ${migrationId}`, { migrationId });
+    return viewOf(m);
+  }
+}

@@ -1,0 +1,72 @@
+import type { Backend, MigrationReason, MigrationState, MigrationStep, MigrationView, Placement } from '@orangery/contracts';
+
+/**
+ * The saga's steps, in order. Forward: break before make (the old copy is confirmed off
+ * before the new one is created with the same IP and MAC). Rollback (a failure after the
+ * old copy was stopped): the target copy is removed, the old one started again, the
+ * scheduler's hold released. Each step is idempotent, so a migrator killed anywhere runs the
+ * step it was in again on resume.
+ */
+export const FORWARD_STEPS = ['hold', 'reserve', 'stop-old', 'create-new', 'await-running', 'bind', 'remove-old', 'commit'] as const;
+export const ROLLBACK_STEPS = ['remove-new', 'start-old', 'release'] as const;
+export type ForwardStep = (typeof FORWARD_STEPS)[number];
+export type RollbackStep = (typeof ROLLBACK_STEPS)[number];
+/** `queued`: a drain's migration waiting for the previous one of its app to end. */
+export type StepName = 'queued' | ForwardStep | RollbackStep | 'done';
+
+export interface MigrationRecord {
+  readonly id: string;
+  readonly instanceId: string;
+  readonly env: string;
+  readonly app: string;
+  /** what the operator asked for */
+  readonly request: { toHost?: string; toBackend?: Backend };
+  from: Placement | null;
+  to: Placement | null;
+  state: MigrationState;
+  /** the step to run next (or running now) */
+  step: StepName;
+  /** set once the forward path gave up after the old copy may have been stopped */
+  rollingBack: boolean;
+  /** how the old copy was confirmed off: its agent said so, or its host was silent long enough */
+  oldStopped?: 'ack' | 'fenced' | 'absent';
+  /** the new copy was (possibly) created: a rollback must remove it */
+  createdNew?: boolean;
+  /** the slot's address (from ipam), the same on both copies */
+  address?: { ip: string; mac: string; prefixLength: number; gateway: string; vlan: number };
+  steps: MigrationStep[];
+  error?: MigrationReason;
+  /** why the forward path failed (kept while rolling back, becomes `error`) */
+  failure?: MigrationReason;
+  drainId?: string;
+  /** a drain's migration runs only after this one (the previous of its app) has ended */
+  after?: string;
+  readonly createdAt: string;
+  updatedAt: string;
+}
+
+export interface DrainRecord {
+  readonly id: string;
+  readonly hostId: string;
+  state: 'running' | 'completed' | 'failed';
+  readonly migrationIds: string[];
+  readonly createdAt: string;
+}
+
+export const isTerminal = (m: Pick<MigrationRecord, 'state'>): boolean => m.state !== 'running';
+
+export function viewOf(m: MigrationRecord): MigrationView {
+  return {
+    id: m.id,
+    instanceId: m.instanceId,
+    from: m.from,
+    to: m.to,
+    state: m.state,
+    steps: m.steps.map((s) => ({ ...s })),
+    ...(m.error ? { error: m.error } : {}),
+    step: m.step,
+    ...(m.drainId ? { drainId: m.drainId } : {}),
+    createdAt: m.createdAt,
+    updatedAt: m.updatedAt,
+  };
+}

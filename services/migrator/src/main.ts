@@ -1,0 +1,9 @@
+import { runService } from '@orangery/service-kit';
+import { loadMigratorConfig } from './config';
+import { MigratorModule } from './migrator.module';
+
+void runService({
+  name: 'migrator',
+  loadConfig: loadMigratorConfig,
+  module: (config, logger) => MigratorModule.forRoot(config, logger),
+});

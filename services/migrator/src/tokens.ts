@@ -1,0 +1,2 @@
+export const STORE = Symbol('MIGRATION_STORE');
+export const OUTBOX = Symbol('OUTBOX');
