@@ -94,7 +94,13 @@ export class MigrationSaga {
         }
         out = SKIPPABLE.has(m.step)
           ? { kind: 'next', step: this.after(m), skipped: true, note: `gave up after ${entry.attempts} attempts (${reasonOf(attempted.error).message}); the scheduler cleans up once it manages the slot again` }
-          : { kind: 'fail', error: attempted.error };
+          : {
+              kind: 'fail',
+              error:
+                m.step === 'await-running'
+                  ? failure('START_FAILED', `not running after ${Math.round(spent / 1000)} s: ${reasonOf(attempted.error).message}`)
+                  : attempted.error,
+            };
       }
       await this.apply(m, owner, out);
     }
