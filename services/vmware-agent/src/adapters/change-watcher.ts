@@ -1,9 +1,13 @@
-import { asMoRef, extraConfigOf, asString, type MoRef, type VsphereClient } from '@orangery/vsphere';
+import { asBoolean, asMoRef, extraConfigOf, asString, type MoRef, type VsphereClient } from '@orangery/vsphere';
 
 export interface VmChange {
   ref: string;
   kind: 'enter' | 'modify' | 'leave';
+  name?: string;
+  template?: boolean;
   powerState?: string;
+  /** present (maybe undefined) when the guest's IP changed */
+  guestIp?: string | undefined;
   extraConfig?: Record<string, string>;
 }
 
@@ -16,8 +20,8 @@ export interface WatchHandlers {
 }
 
 /**
- * vCenter's changes through the PropertyCollector (WaitForUpdatesEx): VMs' power state and
- * labels, hosts' connection state. Two container views, one per type: vcsim 0.24 panics on
+ * vCenter's changes through the PropertyCollector (WaitForUpdatesEx): VMs' name, power
+ * state, guest IP and labels, hosts' connection state. Two container views, one per type: vcsim 0.24 panics on
  * a destroyed VM when one filter covers VMs and hosts from the root folder. Filters belong
  * to the session: after an error or a re-login they are made again and the first update
  * set (everything, as `enter`) becomes a resync.
@@ -46,7 +50,7 @@ export class ChangeWatcher {
         views.push(vmView);
         const hostView = await this.view(this.roots.hosts, 'HostSystem');
         views.push(hostView);
-        filters.push(await this.client.createFilter({ propSet: [{ type: 'VirtualMachine', pathSet: ['runtime.powerState', 'config.extraConfig'] }], objectSet: [viewSet(vmView)] }));
+        filters.push(await this.client.createFilter({ propSet: [{ type: 'VirtualMachine', pathSet: ['name', 'config.template', 'runtime.powerState', 'guest.ipAddress', 'config.extraConfig'] }], objectSet: [viewSet(vmView)] }));
         filters.push(await this.client.createFilter({ propSet: [{ type: 'HostSystem', pathSet: ['runtime.connectionState'] }], objectSet: [viewSet(hostView)] }));
         let version = '';
         while (!this.stopped && generation === this.client.sessionGeneration) {
@@ -64,6 +68,9 @@ export class ChangeWatcher {
               if (o.obj.type !== 'VirtualMachine') continue;
               const change: VmChange = { ref: o.obj.value, kind: o.kind };
               for (const c of o.changes) {
+                if (c.name === 'name') change.name = asString(c.val);
+                if (c.name === 'config.template') change.template = asBoolean(c.val);
+                if (c.name === 'guest.ipAddress') change.guestIp = asString(c.val) || undefined;
                 if (c.name === 'runtime.powerState') change.powerState = asString(c.val);
                 if (c.name === 'config.extraConfig') change.extraConfig = extraConfigOf(c.val);
               }

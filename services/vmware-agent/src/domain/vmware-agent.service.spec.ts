@@ -165,6 +165,31 @@ describe('VmwareAgentService.create', () => {
   });
 });
 
+describe('VmwareAgentService with the change-stream index', () => {
+  it('creates read the index (no listing) once it is in sync, and keep it current themselves', async () => {
+    const { vc, agent } = world();
+    agent.index.reset(await vc.vms());
+    vc.calls.length = 0;
+    const c = cmd();
+    const first = await agent.create(H1, c);
+    expect(vc.calls).not.toContain('vms');
+    // written through: a second create finds the VM before any change event came
+    expect(await agent.create(H1, c)).toEqual(first);
+    expect(vc.vmsByRef.size).toBe(1);
+    expect(await codeOf(agent.create(H2, { ...cmd(1), network: c.network }))).toBe('IP_IN_USE_ON_WIRE');
+    await agent.remove(H1, c.instanceId);
+    expect(agent.index.list()).toEqual([]);
+  });
+
+  it('lists vCenter again when the stream broke', async () => {
+    const { vc, agent } = world();
+    agent.index.reset([]);
+    agent.index.invalidate();
+    await agent.create(H1, cmd());
+    expect(vc.calls).toContain('vms');
+  });
+});
+
 describe('VmwareAgentService stop, start, remove, get, list', () => {
   it('stop asks the guest first, powers off after the grace period, and is idempotent', async () => {
     const { vc, agent } = world();

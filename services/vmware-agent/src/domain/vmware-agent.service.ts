@@ -1,6 +1,7 @@
 import { invalidRequest, OrangeryError, type AgentInstance, type Amounts, type StopInstanceCommand, type VmCreateCommand } from '@orangery/contracts';
 import { memoryLimitMb } from '@orangery/contracts';
 import { HostLimiter } from './host-limiter';
+import { VmIndex } from './vm-index';
 import { stateOfVm, type EsxiHost, type EventSink, type Vcenter, type Vm } from './ports';
 import { labelsOf, planVm, specHash, type VmLabels } from './vm-spec';
 
@@ -41,6 +42,8 @@ export class VmwareAgentService {
     private readonly vc: Vcenter,
     private readonly events: EventSink,
     private readonly settings: VmwareAgentSettings,
+    /** fed by vCenter's change stream (runtime); creates read it while it is in sync */
+    readonly index: VmIndex = new VmIndex(),
   ) {
     this.limiter = new HostLimiter(settings.tasksPerHost, settings.queuePerHost);
     this.pollMs = settings.pollMs ?? 100;
@@ -50,6 +53,11 @@ export class VmwareAgentService {
   setHosts(hosts: ReadonlyMap<string, EsxiHost>): void {
     this.hosts.clear();
     for (const [id, h] of hosts) this.hosts.set(id, h);
+  }
+
+  /** Every VM of the datacenter: from the change stream when in sync, else one listing. */
+  async snapshot(): Promise<Vm[]> {
+    return this.index.ready ? this.index.list() : this.vc.vms();
   }
 
   private serialize<T>(instanceId: string, work: () => Promise<T>): Promise<T> {
@@ -68,7 +76,7 @@ export class VmwareAgentService {
     return this.serialize(cmd.instanceId, async () => {
       const host = this.requireHost(hostId);
       const wantStart = cmd.start ?? true;
-      const all = await this.vc.vms();
+      const all = await this.snapshot();
       const existing = managed(all).find((v) => v.labels.instanceId === cmd.instanceId);
       if (existing) {
         if (existing.labels.specHash !== specHash(cmd, hostId)) {
@@ -103,6 +111,7 @@ export class VmwareAgentService {
     const plan = planVm(cmd, hostId, this.settings.extraConfig);
     const ref = await this.limiter.run(hostId, () => this.vc.clone(templateRef, host.ref, portGroup, plan));
     const cloned = await this.vc.vm(ref);
+    if (cloned) this.index.upsert(cloned);
     const labels = cloned ? labelsOf(cloned.extraConfig) : undefined;
     if (!cloned || !labels) throw new OrangeryError('INTERNAL', `the clone ${plan.name} of ${cmd.template} did not keep its labels`, { vmId: ref });
     const vm: ManagedVm = { ...cloned, labels };
@@ -113,7 +122,10 @@ export class VmwareAgentService {
       // Nothing half-done: a VM that could not start is not left behind (a create that
       // fails because vCenter went away leaves it, and the next create finds it).
       await this.vc.powerOff(ref).catch(() => undefined);
-      await this.vc.destroy(ref).catch(() => undefined);
+      await this.vc.destroy(ref).then(
+        () => this.index.remove(ref),
+        () => undefined,
+      );
       throw e;
     }
   }
@@ -148,6 +160,7 @@ export class VmwareAgentService {
         if (now?.powerState === 'poweredOn') await this.vc.powerOff(vm.ref);
       });
       const after = await this.vc.vm(vm.ref);
+      if (after) this.index.upsert(after);
       return this.describe(after ? { ...after, labels: vm.labels } : undefined, vm);
     });
   }
@@ -161,6 +174,7 @@ export class VmwareAgentService {
         if (vm.powerState !== 'poweredOff') await this.vc.powerOff(vm.ref);
         await this.vc.destroy(vm.ref);
       });
+      this.index.remove(vm.ref);
       return { ...this.describe(vm), state: 'removed' };
     });
   }
@@ -295,6 +309,7 @@ export class VmwareAgentService {
       if (last.guestIp === vm.labels.ip || Date.now() >= deadline) break;
       await sleep(this.pollMs);
     }
+    this.index.upsert(last);
     return { ...last, labels: vm.labels };
   }
 }

@@ -93,6 +93,7 @@ export class VmwareRuntime implements OnApplicationBootstrap, BeforeApplicationS
       vm: (c) => this.onVmChange(c),
       host: (ref, state) => this.onHostState(ref, state),
       error: (err) => {
+        this.agent.index.invalidate();
         if (Date.now() - this.lastWatchError > 10_000) this.logger.warn({ err: String(err) }, 'vCenter change tracking interrupted; retrying');
         this.lastWatchError = Date.now();
       },
@@ -182,7 +183,8 @@ export class VmwareRuntime implements OnApplicationBootstrap, BeforeApplicationS
 
   private async heartbeat(): Promise<void> {
     try {
-      this.lastVms = { vms: await this.vc.vms(), at: Date.now() };
+      // from the change stream when in sync: a listing would wait for every power-on in flight
+      this.lastVms = { vms: await this.agent.snapshot(), at: Date.now() };
     } catch (err) {
       this.logger.debug({ err: String(err) }, 'VM list for the heartbeat failed');
     }
@@ -214,16 +216,31 @@ export class VmwareRuntime implements OnApplicationBootstrap, BeforeApplicationS
 
   private onResync(vms: VmChange[], hosts: { ref: string; connectionState: string }[]): void {
     for (const h of hosts) this.onHostState(h.ref, h.connectionState);
+    this.agent.index.reset(
+      vms.map((v) => ({
+        ref: v.ref,
+        name: v.name ?? v.ref,
+        powerState: (v.powerState ?? 'poweredOff') as Vm['powerState'],
+        template: v.template ?? false,
+        guestIp: v.guestIp,
+        extraConfig: v.extraConfig ?? {},
+      })),
+    );
     const present = new Set<string>();
     for (const v of vms) {
       present.add(v.ref);
-      this.onVmChange({ ...v, kind: this.known.has(v.ref) ? 'modify' : 'enter' });
+      this.onVmChange({ ...v, kind: this.known.has(v.ref) ? 'modify' : 'enter' }, true);
     }
     // Gone while nobody watched (vCenter restarted, session lost): removed.
     for (const ref of [...this.known.keys()]) if (!present.has(ref)) this.onVmChange({ ref, kind: 'leave' });
   }
 
-  private onVmChange(c: VmChange): void {
+  private onVmChange(c: VmChange, resync = false): void {
+    if (c.kind === 'leave') this.agent.index.remove(c.ref);
+    else if (!resync) {
+      const { ref, kind: _kind, powerState, ...rest } = c;
+      this.agent.index.patch(ref, { ...rest, ...(powerState ? { powerState: powerState as Vm['powerState'] } : {}) });
+    }
     const before = this.known.get(c.ref);
     if (c.kind === 'leave') {
       if (!before) return;
