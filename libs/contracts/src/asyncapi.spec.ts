@@ -29,6 +29,7 @@ import {
   type Allocation,
 } from './ipam';
 import { QUEUE_GROUPS, SUBJECTS } from './subjects';
+import { DrainRequest, MigrateRequest, MigrationGetRequest } from './migrator';
 
 type Json = Record<string, unknown>;
 
@@ -168,6 +169,46 @@ describe('buildAsyncApi', () => {
     }
   });
 
+  it('has a request-reply operation for every migrator subject, whose request schema is the validation schema', () => {
+    const validatedWith: Record<keyof typeof SUBJECTS.migrator, TSchema> = {
+      migrate: MigrateRequest,
+      drain: DrainRequest,
+      migrationsGet: MigrationGetRequest,
+    };
+    for (const [key, subject] of Object.entries(SUBJECTS.migrator) as [keyof typeof SUBJECTS.migrator, string][]) {
+      const { op, request } = requestReplyOf(subject);
+      expect(op['action'], subject).toBe('receive');
+      expect(request, `${subject} request schema`).toEqual(JSON.parse(JSON.stringify(validatedWith[key])));
+      expect(op['bindings'], subject).toEqual({ nats: { queue: QUEUE_GROUPS.migrator, bindingVersion: '0.1.0' } });
+      expect(op['x-orangery-errors'], subject).toContain('INVALID_REQUEST');
+    }
+    const ajv = new Ajv({ strict: false });
+    addFormats(ajv);
+    const migrate = ajv.compile(requestReplyOf(SUBJECTS.migrator.migrate).reply);
+    expect(migrate(okReply({ migrationId: 'm-0c8e4b8e-2f0e-4a43-9a57-2f3f4a1c7b10' }))).toBe(true);
+    const get = ajv.compile(requestReplyOf(SUBJECTS.migrator.migrationsGet).reply);
+    const view = {
+      id: 'm-0c8e4b8e-2f0e-4a43-9a57-2f3f4a1c7b10',
+      instanceId: 'prod:pay-gateway:2',
+      from: { hostId: 'node-1', backend: 'docker' },
+      to: { hostId: 'esx-2', backend: 'vmware' },
+      state: 'failed',
+      steps: [{ name: 'hold', state: 'done', attempts: 1, startedAt: new Date().toISOString(), finishedAt: new Date().toISOString() }],
+      error: { code: 'IP_IN_USE_ON_WIRE', message: 'answers ARP' },
+    };
+    expect(get(okReply(view)), JSON.stringify(get.errors)).toBe(true);
+    expect(get(okReply({ ...view, state: 'lost' }))).toBe(false);
+    const event = ajv.compile(payloadOf(SUBJECTS.event('migration', 'failed')));
+    const { event: failed } = buildEvent({
+      area: 'migration',
+      what: 'failed',
+      source: 'orangery/migrator/x',
+      subject: view.id,
+      data: { migrationId: view.id, instanceId: view.instanceId, from: view.from, to: view.to, reason: view.error },
+    });
+    expect(event(failed), JSON.stringify(event.errors)).toBe(true);
+  });
+
   it('lists only known error codes, INVALID_REQUEST on every IPAM and agent subject', () => {
     for (const codes of [...Object.values(IPAM_ERRORS), ...Object.values(AGENT_ERRORS)]) {
       expect(codes).toContain('INVALID_REQUEST');
@@ -175,17 +216,8 @@ describe('buildAsyncApi', () => {
     }
   });
 
-  it('has a channel for every other subject, planned where the service does not exist yet', () => {
-    const planned = [
-      ...Object.values(SUBJECTS.migrator),
-      ...['lost', 'recovered', 'drained'].map((what) => SUBJECTS.event('host', what)),
-      ...['started', 'completed', 'failed'].map((what) => SUBJECTS.event('migration', what)),
-    ];
-    for (const address of planned) {
-      const id = channelIdOf(address);
-      expect(id, `no channel for ${address}`).toBeDefined();
-      expect(channels[id!]!['x-orangery-status'], address).toBe('planned');
-    }
+  it('has a channel for every other subject, and none is planned any more', () => {
+    for (const [id, channel] of Object.entries(channels)) expect(channel['x-orangery-status'], id).toBeUndefined();
     const live = [
       SUBJECTS.heartbeat('{hostId}'),
       ...Object.values(SUBJECTS.scheduler),
@@ -193,7 +225,9 @@ describe('buildAsyncApi', () => {
       SUBJECTS.event('instance', 'placed'),
       ...['completed', 'rejected'].map((what) => SUBJECTS.event('scale', what)),
       ...['allocated', 'bound', 'released'].map((what) => SUBJECTS.event('ip', what)),
-      ...['registered', 'fenced'].map((what) => SUBJECTS.event('host', what)),
+      ...['registered', 'fenced', 'lost', 'recovered', 'drained'].map((what) => SUBJECTS.event('host', what)),
+      ...Object.values(SUBJECTS.migrator),
+      ...['started', 'completed', 'failed'].map((what) => SUBJECTS.event('migration', what)),
       ...['running', 'stopped', 'failed', 'removed', 'disk_warning', 'disk_exceeded'].map((what) => SUBJECTS.event('instance', what)),
     ];
     for (const address of live) {

@@ -47,6 +47,18 @@ import {
   PoolWithUsage,
 } from './ipam';
 import { HOST_ID_PATTERN, NAME_PATTERN } from './names';
+import {
+  DrainReplyData,
+  DrainRequest,
+  HostDrainedData,
+  HostLostData,
+  HostRecoveredData,
+  MigrateReplyData,
+  MigrateRequest,
+  MigrationEventData,
+  MigrationGetRequest,
+  MigrationView,
+} from './migrator';
 import { EVENTS_STREAM, QUEUE_GROUPS, SUBJECTS } from './subjects';
 
 /**
@@ -161,6 +173,44 @@ const eventSchemaName = (area: string, what: string): string => `${upper(area)}$
 
 /** Published events, by `<area>.<what>`: who publishes them and their data. Every other kind is planned. */
 const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description?: string }> = {
+  'host.lost': {
+    source: 'orangery/migrator/<replica>',
+    data: HostLostData,
+    description:
+      'No heartbeat for ORANGERY_LOST_AFTER_SECONDS. Event id host-lost:<hostId>:<time of the last heartbeat>: every ' +
+      'migrator replica publishes it, JetStream stores it once. The scheduler replaces the instances of a host silent ' +
+      'past fenceAfter + margin.',
+  },
+  'host.recovered': {
+    source: 'orangery/migrator/<replica>',
+    data: HostRecoveredData,
+    description: 'Heartbeats resumed after host.lost. Event id host-recovered:<hostId>:<silentSince>.',
+  },
+  'host.drained': {
+    source: 'orangery/migrator/<replica>',
+    data: HostDrainedData,
+    description:
+      'Every migration of an orangery.migrator.drain completed: nothing of Orangery runs on the host (it stays draining). ' +
+      'Not published when one of them failed (see its migration.failed). Event id host-drained:<drainId>.',
+  },
+  'migration.started': {
+    source: 'orangery/migrator/<replica>',
+    data: MigrationEventData,
+    description: 'The target is reserved and the saga goes on to stop the old copy. Event id migration-started:<migrationId>.',
+  },
+  'migration.completed': {
+    source: 'orangery/migrator/<replica>',
+    data: MigrationEventData,
+    description: 'The instance runs on the target with the same IP and MAC, ipam is bound there, the old copy is removed. Event id migration-completed:<migrationId>.',
+  },
+  'migration.failed': {
+    source: 'orangery/migrator/<replica>',
+    data: MigrationEventData,
+    description:
+      'reason says why; whatever was done is undone (the target copy removed, the old one started again, the hold ' +
+      'released). A drain migration refused before anything moved (no capacity) gets this event without started. ' +
+      'Event id migration-failed:<migrationId>.',
+  },
   'ip.allocated': { source: 'orangery/ipam', data: Allocation },
   'ip.bound': { source: 'orangery/ipam', data: Allocation },
   'ip.released': { source: 'orangery/ipam', data: Allocation },
@@ -283,6 +333,12 @@ const NAMED_SCHEMAS = {
   SlotViewReply: ReplySchema(SlotView),
   SlotTargetReply: ReplySchema(Type.Object({ hostId: Type.String(), backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]) })),
   HostDrainReply: ReplySchema(Type.Object({ hostId: Type.String(), state: Type.String() })),
+  MigrateRequest,
+  MigrateReply: ReplySchema(MigrateReplyData),
+  DrainRequest,
+  DrainReply: ReplySchema(DrainReplyData),
+  MigrationGetRequest,
+  MigrationReply: ReplySchema(MigrationView),
   EventHeaders,
 } satisfies Record<string, TSchema>;
 type SchemaName = keyof typeof NAMED_SCHEMAS;
@@ -462,10 +518,13 @@ const OPERATORS: RequestReply[] = [
     queue: QUEUE_GROUPS.migrator,
     summary: 'Get a migration.',
     description:
-      'Request { migrationId }. Data: { id, instanceId, from, to, state, steps, error? }; state is running, completed or failed.',
-    request: 'PlannedPayload',
-    reply: 'PlannedReply',
-    planned: true,
+      'Request { migrationId }. Data: { id, instanceId, from, to, state, steps, error? }; state is running, completed or ' +
+      'failed; from and to are { hostId, backend }; steps lists every step run so far (hold, reserve, stop-old, ' +
+      'create-new, await-running, bind, remove-old, commit; a rollback: remove-new, start-old, release) with its ' +
+      'attempts and timestamps. step, drainId, createdAt and updatedAt are project additions.',
+    request: 'MigrationGetRequest',
+    reply: 'MigrationReply',
+    errors: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   },
   {
     id: 'migratorMigrate',
@@ -473,10 +532,16 @@ const OPERATORS: RequestReply[] = [
     tag: 'migrator',
     queue: QUEUE_GROUPS.migrator,
     summary: 'Migrate an instance to another backend or host.',
-    description: 'Request { instanceId, toBackend?: "docker" | "vmware", toHost? }. Data: { migrationId }.',
-    request: 'PlannedPayload',
-    reply: 'PlannedReply',
-    planned: true,
+    description:
+      'Request { instanceId, toBackend?: "docker" | "vmware", toHost? }. Data: { migrationId }. The slot is held and ' +
+      'its target reserved before the reply, so NOT_FOUND (no such instance or host), INSUFFICIENT_CAPACITY ' +
+      '(details.shortfall), INVALID_REQUEST (no artifact for toBackend, already on toHost) and INSTANCE_CONFLICT (another ' +
+      'migration holds it, or it is not running) are the reply and nothing moves. Then, break before make: the old copy ' +
+      'is stopped and confirmed off before the new one starts with the same IP and MAC. UNAVAILABLE: no scheduler leader ' +
+      'answered within 8 s.',
+    request: 'MigrateRequest',
+    reply: 'MigrateReply',
+    errors: ['INVALID_REQUEST', 'NOT_FOUND', 'INSUFFICIENT_CAPACITY', 'INSTANCE_CONFLICT', 'UNAVAILABLE', 'INTERNAL'],
   },
   {
     id: 'migratorDrain',
@@ -484,10 +549,13 @@ const OPERATORS: RequestReply[] = [
     tag: 'migrator',
     queue: QUEUE_GROUPS.migrator,
     summary: 'Drain a host: migrate every instance away.',
-    description: 'Request { hostId }. Data: { migrationIds: [...] }.',
-    request: 'PlannedPayload',
-    reply: 'PlannedReply',
-    planned: true,
+    description:
+      'Request { hostId }. Data: { migrationIds: [...], drainId } (drainId: project addition). The host is set draining ' +
+      '(no new placements) first, then one migration per instance on it is queued; those of one app run one at a time. ' +
+      'host.drained when all completed. NOT_FOUND for an unknown host.',
+    request: 'DrainRequest',
+    reply: 'DrainReply',
+    errors: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   },
 ];
 
