@@ -14,6 +14,8 @@ let migrator: ServiceProcess;
 const silenced = new Set<string>();
 /** per-command reply delays, changed by tests (a slow fleet) */
 const delays: Partial<Record<string, number>> = {};
+/** instance ids whose next creates the fleet refuses (as an image missing on the target would) */
+const refuseCreate = new Set<string>();
 const HOSTS = 4;
 const CAPACITY = { cpu: 8, memoryMb: 16_384, diskMb: 100_000 };
 
@@ -103,9 +105,10 @@ beforeAll(async () => {
     replyDelayMs: (_h, cmd) => delays[cmd] ?? 0,
     silent: (h) => silenced.has(h),
     fenceAfterSeconds: 3,
+    fail: (_h, cmd, id) => (cmd === 'create' && refuseCreate.has(id) ? { code: 'IMAGE_NOT_FOUND', message: 'image svc:1 is not on the engine' } : undefined),
   });
   const scheduler = await ServiceProcess.start(dir, 'scheduler', schedulerEnv());
-  await scheduler.waitForLog('leading: consuming scale requests', 30_000);
+  await scheduler.waitForLog('leading: consuming scale requests', 60_000);
   migrator = await ServiceProcess.start(dir, 'migrator', migratorEnv());
   await waitFor('4 ready hosts', async () => {
     const res = await client.request('orangery.scheduler.hosts.list', {});
@@ -174,6 +177,30 @@ describe('migrator with simulated agents', () => {
     await scaleAndWait(request('big', 0, { resources: { cpu: 7.5, memoryMb: 1024 }, spread: 'none' }));
   });
 
+  it('rolls back when the target refuses the create: the old copy runs again where it was, migration.failed with the reason', async () => {
+    const [first] = await instances('web');
+    refuseCreate.add(first!.id);
+    try {
+      const r = await client.request('orangery.migrator.migrate', { instanceId: first!.id });
+      expect(r.ok, JSON.stringify(r)).toBe(true);
+      const id: string = r.data.migrationId;
+      const m = await ended(id);
+      expect(m, JSON.stringify(m)).toMatchObject({ state: 'failed', error: { code: 'IMAGE_NOT_FOUND' } });
+      expect(m.steps.map((s: { name: string; state: string }) => `${s.name}:${s.state}`)).toEqual([
+        'hold:done', 'reserve:done', 'stop-old:done', 'create-new:failed', 'remove-new:done', 'start-old:done', 'release:done',
+      ]);
+      expect(copiesOf(first!.id)).toEqual([first!.host]);
+      expect(fleet.instances(first!.host).find((i) => i.instanceId === first!.id)?.state).toBe('running');
+      expect((await instances('web')).find((i) => i.id === first!.id)).toMatchObject({ host: first!.host, ip: first!.ip, state: 'running' });
+      expect((await client.request('orangery.scheduler.slot.get', { instanceId: first!.id })).data.hold).toBeNull();
+      const failed = await waitFor('migration.failed', async () =>
+        (await client.events('orangery.evt.migration.failed')).find((e) => e.subject === id), 20_000);
+      expect(failed.data).toMatchObject({ instanceId: first!.id, reason: { code: 'IMAGE_NOT_FOUND' } });
+    } finally {
+      refuseCreate.delete(first!.id);
+    }
+  });
+
   it('a migrator killed mid-saga completes the migration after its restart, with one migration.completed', async () => {
     const [, before] = await instances('web');
     delays['create'] = 2_500;
@@ -238,5 +265,9 @@ describe('migrator with simulated agents', () => {
       (await client.events('orangery.evt.host.recovered')).find((e) => e.subject === empty), 20_000);
     expect(recovered.data).toMatchObject({ hostId: empty });
     expect((await client.events('orangery.evt.host.lost')).filter((e) => e.subject === empty).length).toBe(1);
+  });
+
+  it('exits 0 on SIGTERM', async () => {
+    expect(await migrator.terminate()).toBe(0);
   });
 });
