@@ -8,7 +8,7 @@ import type { AgentConfig } from './config';
 import { AgentService } from './domain/agent.service';
 import { DockerEngine, waitForEngineFacts } from './adapters/docker-engine';
 import type { EngineFacts } from './domain/ports';
-import { ArpingProbe } from './adapters/host-network';
+import { ArpingProbe, GratuitousArp } from './adapters/host-network';
 import { EventQueue } from './adapters/event-queue';
 import { HostRuntime } from './transport/host-runtime';
 import { AGENT_SERVICE, ENGINE, ENGINE_FACTS, EVENTS } from './tokens';
@@ -35,7 +35,8 @@ async function fenceBeforeContact(engine: DockerEngine, logger: Logger): Promise
 @Module({})
 export class AgentModule {
   static forRoot(config: AgentConfig, logger: Logger): DynamicModule {
-    const engine = new DockerEngine(config.dockerHost);
+    const garp = new GratuitousArp((msg, fields) => logger.warn(fields, msg));
+    const engine = new DockerEngine(config.dockerHost, (pid, ip) => garp.announce(pid, ip));
     return {
       module: AgentModule,
       providers: [

@@ -17,7 +17,11 @@ const statusCode = (e: unknown): number | undefined => (e as { statusCode?: numb
 export class DockerEngine implements Engine {
   readonly docker: Docker;
 
-  constructor(dockerHost: string) {
+  constructor(
+    dockerHost: string,
+    /** told the container's PID and IP after each start it made (see GratuitousArp) */
+    private readonly onStarted?: (pid: number, ip: string) => void,
+  ) {
     this.docker = new Docker(dockerOptions(dockerHost));
   }
 
@@ -160,6 +164,12 @@ export class DockerEngine implements Engine {
       await this.docker.getContainer(id).start();
     } catch (e) {
       if (statusCode(e) !== 304) throw e; // 304: already running
+      return;
+    }
+    if (this.onStarted) {
+      const i = await this.docker.getContainer(id).inspect().catch(() => undefined);
+      const ip = i?.Config.Labels?.[LABEL.ip];
+      if (i?.State.Pid && ip) this.onStarted(i.State.Pid, ip);
     }
   }
 
