@@ -2,11 +2,13 @@
  * vmware-agent benchmark (npm run bench:vmware): clone + power-on until `running` for 20
  * VMs with 1, 4 and 8 in flight, through the agent (create commands over NATS, reply once
  * vCenter reports the guest IP) and, in the same run against the same vcsim, through
- * libs/vsphere directly with the same vCenter work (CloneVM_Task with the same extraConfig,
+ * libs/vsphere directly with the same vCenter work (CloneVM_Task with RUN.container (the
+ * agent adds its ~20 guestinfo labels), the same
  * NIC and MAC, CustomizeVM_Task, PowerOnVM_Task, then reading guest.ipAddress every 100 ms,
  * the agent's poll interval). vcsim runs each VM as a container on the lab's ESXi engine
- * (RUN.container), as in the tests. Rounds alternate raw / agent; everything is removed
- * between rounds (not timed). Bounded: 6 rounds of 20 VMs, each create given 60 s.
+ * (RUN.container), as in the tests. Everything is removed between rounds (not timed); each
+ * round starts once the engine has no VM container left, and the order of the two paths
+ * alternates between levels. Bounded: 6 rounds of 20 VMs, each create given 60 s.
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { macForIpv4 } from '@orangery/netaddr';
@@ -136,16 +138,31 @@ async function main(): Promise<void> {
       return r;
     };
 
+    /** Between rounds: vcsim removes a destroyed VM's container after the call returns; wait until the engine is idle. */
+    const settle = async () => {
+      const deadline = Date.now() + 60_000;
+      while ((await lab.docker(lab.esxi!, ['ps', '-aq', '--filter', 'name=^vcsim-'])).trim() !== '' && Date.now() < deadline) {
+        await new Promise((res) => setTimeout(res, 250));
+      }
+      await new Promise((res) => setTimeout(res, 1_000));
+    };
+
     // warm-up: one VM each way (connections, caches, the image's first start)
     await rawRound(2, 2);
     await agentRound(2, 2);
     const rows: (string | number)[][] = [];
     const summary: (string | number)[][] = [];
     for (const inFlight of LEVELS) {
-      log(`${N} VMs, ${inFlight} in flight: raw SOAP`);
-      const r = await rawRound(inFlight);
-      log(`${N} VMs, ${inFlight} in flight: vmware-agent`);
-      const a = await agentRound(inFlight);
+      // the order alternates, and each round starts on an idle engine
+      let r: Round | undefined;
+      let a: Round | undefined;
+      for (const path of inFlight === 4 ? ['agent', 'raw'] : ['raw', 'agent']) {
+        await settle();
+        log(`${N} VMs, ${inFlight} in flight: ${path}`);
+        if (path === 'raw') r = await rawRound(inFlight);
+        else a = await agentRound(inFlight);
+      }
+      if (!r || !a) throw new Error('a round did not run');
       for (const [path, x] of [['raw libs/vsphere', r], ['vmware-agent', a]] as const) {
         rows.push([inFlight, path, N, fmt(x.wallMs / 1000, 2), fmt((N * 1000) / x.wallMs, 2), fmt(percentile(x.perVm, 50), 0), fmt(percentile(x.perVm, 99), 0), fmt(mean(x.perVm), 0)]);
       }

@@ -120,6 +120,7 @@ describe('vmware-agent against vcsim in the lab', () => {
     expect(await lab.vmHttpGet(vm, cmds[0]!.network.ip, SVC_PORT)).toBe(SVC_INDEX);
     // idempotent: the same create again is the same VM
     const again = await req(HOSTS[0]!, 'create', cmds[0]);
+    expect(again.ok, JSON.stringify(again)).toBe(true);
     expect(again.data.vmId).toBe(replies[0].data.vmId);
     const list = await req(HOSTS[0]!, 'list', {});
     expect(list.data.instances.map((i: { instanceId: string }) => i.instanceId).sort()).toEqual(['it:web:0', 'it:web:3']);

@@ -181,6 +181,17 @@ describe('VmwareAgentService with the change-stream index', () => {
     expect(agent.index.list()).toEqual([]);
   });
 
+  it('a stale index (power state behind vCenter) does not mislead a repeated create', async () => {
+    const { vc, agent } = world();
+    agent.index.reset(await vc.vms());
+    const c = cmd();
+    const first = await agent.create(H1, c);
+    // the clone's `enter` (powered off) arriving after the agent's own write
+    agent.index.patch(first['vmId' as keyof typeof first] as string, { powerState: 'poweredOff' });
+    expect(await agent.create(H1, c)).toEqual(first);
+    expect(vc.calls.filter((m) => m === 'powerOn')).toHaveLength(1);
+  });
+
   it('lists vCenter again when the stream broke', async () => {
     const { vc, agent } = world();
     agent.index.reset([]);

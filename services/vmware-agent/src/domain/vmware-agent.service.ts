@@ -60,6 +60,33 @@ export class VmwareAgentService {
     return this.index.ready ? this.index.list() : this.vc.vms();
   }
 
+  /**
+   * The change stream may lag behind vCenter by an update or two (a clone's `enter` with
+   * the power off can arrive after the agent's own write of the power-on). Decisions rest
+   * on the VMs that matter, so those are read again from vCenter: the instance's own VM and
+   * any VM with the address. Rare, and one VM each: cheap where a listing is not.
+   */
+  private async freshFor(instanceId: string, ip: string, vms: readonly Vm[]): Promise<Vm[]> {
+    if (!this.index.ready) return [...vms];
+    const out: Vm[] = [];
+    for (const v of vms) {
+      const l = labelsOf(v.extraConfig);
+      const matters = !v.template && (l?.instanceId === instanceId || l?.ip === ip || v.guestIp === ip);
+      if (!matters) {
+        out.push(v);
+        continue;
+      }
+      const now = await this.vc.vm(v.ref);
+      if (now) {
+        this.index.upsert(now);
+        out.push(now);
+      } else {
+        this.index.remove(v.ref);
+      }
+    }
+    return out;
+  }
+
   private serialize<T>(instanceId: string, work: () => Promise<T>): Promise<T> {
     const prev = this.queues.get(instanceId) ?? Promise.resolve();
     const next = prev.catch(() => undefined).then(work);
@@ -76,7 +103,7 @@ export class VmwareAgentService {
     return this.serialize(cmd.instanceId, async () => {
       const host = this.requireHost(hostId);
       const wantStart = cmd.start ?? true;
-      const all = await this.snapshot();
+      const all = await this.freshFor(cmd.instanceId, cmd.network.ip, await this.snapshot());
       const existing = managed(all).find((v) => v.labels.instanceId === cmd.instanceId);
       if (existing) {
         if (existing.labels.specHash !== specHash(cmd, hostId)) {
@@ -110,11 +137,9 @@ export class VmwareAgentService {
     if (!portGroup) throw invalidRequest('network.vlan', `${hostId} reaches no port group with VLAN ${cmd.network.vlan}`, { hostId, vlan: cmd.network.vlan });
     const plan = planVm(cmd, hostId, this.settings.extraConfig);
     const ref = await this.limiter.run(hostId, () => this.vc.clone(templateRef, host.ref, portGroup, plan));
-    const cloned = await this.vc.vm(ref);
-    if (cloned) this.index.upsert(cloned);
-    const labels = cloned ? labelsOf(cloned.extraConfig) : undefined;
-    if (!cloned || !labels) throw new OrangeryError('INTERNAL', `the clone ${plan.name} of ${cmd.template} did not keep its labels`, { vmId: ref });
-    const vm: ManagedVm = { ...cloned, labels };
+    // What the clone is, we know: no read of it (each call counts when vCenter is busy).
+    const vm: ManagedVm = { ref, name: plan.name, powerState: 'poweredOff', template: false, guestIp: undefined, extraConfig: plan.extraConfig, labels: labelsOf(plan.extraConfig)! };
+    this.index.upsert(vm);
     if (!wantStart) return this.describe(vm);
     try {
       return this.describe(await this.powerOnAndWait(vm));
