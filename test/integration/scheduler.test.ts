@@ -289,7 +289,9 @@ describe('scheduler with simulated agents', () => {
     expect(committed.data).toMatchObject({ hostId: target.data.hostId, hold: null, ip: one.ip });
     const now = (await instances('web')).find((i) => i.slot === 1);
     expect(now).toMatchObject({ host: target.data.hostId, ip: one.ip, state: 'running' });
-    expect((await api('slot.commit', { instanceId: one.id, by: 'mig-1' })).error.code).toBe('INSTANCE_CONFLICT');
+    // a repeated commit (a migrator resuming after a crash) gets the same answer
+    expect((await api('slot.commit', { instanceId: one.id, by: 'mig-1' })).data).toMatchObject({ hostId: target.data.hostId, hold: null });
+    expect((await api('slot.commit', { instanceId: one.id, by: 'mig-9' })).error.code).toBe('INSTANCE_CONFLICT');
     // a target that cannot take it: no host but one allowed, and that one too small
     expect((await api('slot.hold', { instanceId: one.id, by: 'mig-3' })).ok).toBe(true);
     const none = await api('slot.reserve', { instanceId: one.id, by: 'mig-3', toHost: one.host, toBackend: 'vmware' });

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { DataSource, type MigrationInterface, type EntitySchema } from 'typeorm';
 import type { Logger } from '@orangery/telemetry';
 
@@ -96,7 +97,9 @@ export async function initializeDatabase(
   }
   const qr = ds.createQueryRunner();
   try {
-    const lock = `orangery:${service}:migrations`;
+    // server-wide name: the database is part of it (at most 64 characters, so hashed when long)
+    const full = `orangery:${service}:migrations:${ds.options.database as string}`;
+    const lock = full.length <= 64 ? full : `orangery:${service}:migrations:${createHash('sha256').update(full).digest('hex').slice(0, 24)}`;
     const [row] = (await qr.query('SELECT GET_LOCK(?, 120) AS got', [lock])) as { got: number }[];
     if (!row || Number(row.got) !== 1) throw new Error('could not take the migrations lock within 120 s');
     try {

@@ -1,8 +1,17 @@
+import { createHash } from 'node:crypto';
 import mysql from 'mysql2/promise';
 import type { DbConfig } from '@orangery/persistence';
 import type { Logger } from '@orangery/telemetry';
 
-const LOCK = 'orangery:scheduler:leader';
+/**
+ * Named locks are server-wide in MySQL, not per database: the name carries the database,
+ * or two deployments sharing one server would share one leader (found when a benchmark and
+ * a test ran side by side). At most 64 characters: long names are hashed.
+ */
+export function leaderLockName(database: string): string {
+  const name = `orangery:scheduler:leader:${database}`;
+  return name.length <= 64 ? name : `orangery:scheduler:leader:${createHash('sha256').update(database).digest('hex').slice(0, 32)}`;
+}
 const CHECK_EVERY_MS = 1_000;
 
 export interface LeaderHooks {
@@ -26,13 +35,16 @@ export class LeaderElection {
   private leading = false;
   private checking = false;
   private stopped = false;
+  private readonly lock: string;
 
   constructor(
     private readonly db: DbConfig,
     private readonly replica: string,
     private readonly hooks: LeaderHooks,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    this.lock = leaderLockName(db.database);
+  }
 
   get isLeader(): boolean {
     return this.leading;
@@ -64,7 +76,7 @@ export class LeaderElection {
   private async campaign(): Promise<void> {
     try {
       this.conn ??= await this.connect();
-      const [rows] = await this.conn.query<mysql.RowDataPacket[]>('SELECT GET_LOCK(?, 0) AS got', [LOCK]);
+      const [rows] = await this.conn.query<mysql.RowDataPacket[]>('SELECT GET_LOCK(?, 0) AS got', [this.lock]);
       if (Number(rows[0]?.['got']) !== 1) return;
       await this.conn.query('UPDATE sched_leader SET epoch = epoch + 1, holder = ?, since = NOW(3) WHERE id = 1', [this.replica]);
       const [e] = await this.conn.query<mysql.RowDataPacket[]>('SELECT epoch FROM sched_leader WHERE id = 1');
@@ -85,7 +97,7 @@ export class LeaderElection {
 
   private async confirm(): Promise<void> {
     try {
-      const [rows] = await this.conn!.query<mysql.RowDataPacket[]>('SELECT IS_USED_LOCK(?) = CONNECTION_ID() AS mine', [LOCK]);
+      const [rows] = await this.conn!.query<mysql.RowDataPacket[]>('SELECT IS_USED_LOCK(?) = CONNECTION_ID() AS mine', [this.lock]);
       if (Number(rows[0]?.['mine']) === 1) return;
       await this.stepDown('the leader lock is held by another connection');
     } catch (err) {
@@ -99,7 +111,7 @@ export class LeaderElection {
     this.leading = false;
     this.logger.warn({ reason }, 'no longer the scheduler leader');
     await this.hooks.deposed().catch((err: unknown) => this.logger.error({ err: String(err) }, 'error while stepping down'));
-    await this.conn?.query('SELECT RELEASE_LOCK(?)', [LOCK]).catch(() => undefined);
+    await this.conn?.query('SELECT RELEASE_LOCK(?)', [this.lock]).catch(() => undefined);
     await this.dropConnection();
   }
 

@@ -83,6 +83,8 @@ export interface SlotRecord {
   readonly requestId: string | null;
   /** a migration owns the slot for now: the scheduler leaves it alone (absent in older records) */
   readonly hold?: SlotHold | null;
+  /** the last migration that committed a move of this slot (a repeated commit is answered, not refused) */
+  readonly movedBy?: string;
 }
 
 /** A migration's claim on a slot, and the target it reserved. */

@@ -797,10 +797,12 @@ export class SchedulerCore {
 
   /** The migration moved the instance to its target: the record follows, and the scheduler takes over again. */
   async commitTarget(id: string, by: string): Promise<SlotView> {
+    const done = this.slots.get(id);
+    if (done && !done.hold && done.movedBy === by) return this.slotView(id); // committed already
     const s = this.heldBy(id, by, false);
     const target = s.hold?.target;
     if (!target) throw new PortError('INSTANCE_CONFLICT', `no target reserved for ${id}`, false);
-    await this.update(s, { hostId: target.hostId, backend: target.backend, state: 'running', phase: null, hold: null, tried: [], attempts: 0, lastError: null });
+    await this.update(s, { hostId: target.hostId, backend: target.backend, state: 'running', phase: null, hold: null, movedBy: by, tried: [], attempts: 0, lastError: null });
     if (s.hostId) this.hosts.unreserve(s.hostId, id);
     this.hosts.unreserve(target.hostId, targetKey(id));
     this.hosts.reserve(target.hostId, id, s, demandOf(s.spec.resources));
