@@ -169,4 +169,40 @@ describe('scheduler with docker and vmware hosts in the lab', () => {
     await reachable(list);
     expect((await scaleAndWait(request('autoctr', 0))).type).toBe('io.orangery.scale.completed');
   });
+
+  it('vcsim killed mid-clone: the scheduler retries once vCenter is back, the request completes, no IP leaked', async () => {
+    // back to roomy ESXi hosts and a full docker host, then a vCenter whose clones take 3 s
+    await Promise.all([dockerAgent.terminate(), vmwareAgent.terminate()]);
+    const port = Number(new URL(lab.vcenter!.url).port);
+    await lab.stopVcenter();
+    await lab.startVcenter({ port, methodDelayMs: { CloneVM_Task: 3_000 } });
+    [dockerAgent, vmwareAgent] = await Promise.all([
+      ServiceProcess.start(dir, 'docker-agent', dockerEnv(256)),
+      ServiceProcess.start(dir, 'vmware-agent', vmwareEnv(0)),
+    ]);
+    await hostsReady((hosts) => hosts.every((h) => (h.backend === 'vmware' ? h.capacity.memoryMb > 1024 : h.capacity.memoryMb <= 256)));
+    const id = await scale.publish(request('crashvc', 2, { backend: 'vmware', image: undefined }));
+    await new Promise((r) => setTimeout(r, 1_500));
+    await lab.stopVcenter('SIGKILL');
+    await new Promise((r) => setTimeout(r, 1_000));
+    await lab.startVcenter({ port });
+    const out = await scale.outcome(id, 180_000);
+    expect(out.type, JSON.stringify(out.data)).toBe('io.orangery.scale.completed');
+    expect(scale.seen(id)).toHaveLength(1);
+    const list = await instances('crashvc');
+    expect(list.map((i) => [i.slot, i.state, i.backend])).toEqual([
+      [0, 'running', 'vmware'],
+      [1, 'running', 'vmware'],
+    ]);
+    await reachable(list);
+    for (const i of list) {
+      const a = await client.request('orangery.ipam.get', { owner: { env: 'lab', app: 'crashvc', slot: i.slot } });
+      expect(a.data).toMatchObject({ ip: i.ip, state: 'bound', backend: 'vmware', host: i.host });
+    }
+    // exactly the two VMs in vCenter, nothing left over from the killed clones
+    const vms: string[] = [];
+    for (const h of ESXI) vms.push(...(await client.request(`orangery.agent.${h}.instance.list`, {})).data.instances.map((i: { instanceId: string }) => i.instanceId));
+    expect(vms.sort()).toEqual(['lab:crashvc:0', 'lab:crashvc:1']);
+    expect(vmwareAgent.child.exitCode).toBeNull();
+  });
 });

@@ -33,6 +33,7 @@ const agentEnv = (over: Record<string, string> = {}): Record<string, string> => 
     ORANGERY_VCENTER_GUEST_IP_TIMEOUT_SECONDS: '10',
     ORANGERY_VCENTER_CALL_TIMEOUT_SECONDS: '20',
     ORANGERY_VCENTER_INVENTORY_SECONDS: '5',
+    ORANGERY_VCENTER_RETRY_SECONDS: '3',
     ...over,
   };
 };
@@ -214,7 +215,8 @@ describe('vmware-agent against vcsim in the lab', () => {
     const reply = await pending;
     expect(reply.ok).toBe(false);
     expect(reply.error.code).toBe('UNAVAILABLE');
-    expect(reply.error.message).toMatch(/cloning orangery-it-slow-0 from centos7-jdk8: .*unreachable/);
+    // the agent tried again for ORANGERY_VCENTER_RETRY_SECONDS (3 here) before answering
+    expect(reply.error.message).toMatch(/vCenter at http:\/\/127\.0\.0\.1:\d+ unreachable: .*\(still after 3 s of retries\)/);
     expect(reply.error.details).toMatchObject({ retryable: true });
     expect(agent.child.exitCode).toBeNull();
     await lab.startVcenter({ port: Number(port) });

@@ -47,6 +47,7 @@ export class VmwareAgentModule {
               stopTimeoutSeconds: config.stopTimeoutSeconds,
               tasksPerHost: config.tasksPerHost,
               queuePerHost: config.queuePerHost,
+              unavailableRetryMs: config.retrySeconds * 1000,
             }),
         },
         Connections,

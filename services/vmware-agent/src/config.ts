@@ -19,6 +19,7 @@ export interface VmwareAgentConfig {
   guestIpTimeoutSeconds: number;
   stopTimeoutSeconds: number;
   inventorySeconds: number;
+  retrySeconds: number;
   reservedCpus: number;
   reservedMemoryMb: number;
   customization: 'after-clone' | 'clone-spec';
@@ -59,6 +60,8 @@ export function loadVmwareAgentConfig(env: Env): VmwareAgentConfig {
     guestIpTimeoutSeconds: intFrom(env, 'ORANGERY_VCENTER_GUEST_IP_TIMEOUT_SECONDS', 20, 0, 3600),
     stopTimeoutSeconds: intFrom(env, 'ORANGERY_STOP_TIMEOUT_SECONDS', 30, 0, 600),
     inventorySeconds: intFrom(env, 'ORANGERY_VCENTER_INVENTORY_SECONDS', 30, 1, 3600),
+    // below the scheduler's 30 s command timeout, with room for the work itself
+    retrySeconds: intFrom(env, 'ORANGERY_VCENTER_RETRY_SECONDS', 15, 0, 3600),
     reservedCpus: intFrom(env, 'ORANGERY_VCENTER_RESERVED_CPUS', 0, 0, 1024),
     reservedMemoryMb: intFrom(env, 'ORANGERY_VCENTER_RESERVED_MEMORY_MB', 0, 0, 4_194_304),
     customization: oneOf(env, 'ORANGERY_VCENTER_CUSTOMIZATION', 'after-clone', ['after-clone', 'clone-spec'] as const),

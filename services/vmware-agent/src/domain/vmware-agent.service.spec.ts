@@ -154,6 +154,23 @@ describe('VmwareAgentService.create', () => {
     expect((await agent.create(H1, cmd(2))).state).toBe('running');
   });
 
+  it('vCenter unreachable: the command is run again from the top within the retry budget, then UNAVAILABLE', async () => {
+    const { vc, agent } = world({ unavailableRetryMs: 3_000 });
+    const down = () => new OrangeryError('UNAVAILABLE', 'cloning: vCenter at x unreachable: connection lost', { vcenter: 'x', retryable: true });
+    vc.failNext('clone', down());
+    const t0 = Date.now();
+    expect((await agent.create(H1, cmd(0))).state).toBe('running');
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(900);
+    expect(vc.vmsByRef.size).toBe(1);
+    const realVms = vc.vms.bind(vc);
+    vc.vms = async () => Promise.reject(down());
+    const err = await agent.start(H1, 'prod:pay:0').catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'UNAVAILABLE', message: expect.stringMatching(/still after 3 s of retries/) });
+    vc.vms = realVms;
+    // a full host queue is answered at once
+    expect(await codeOf(new VmwareAgentService(vc, new RecordingEvents(), { extraConfig: {}, guestIpTimeoutMs: 10, stopTimeoutSeconds: 1, tasksPerHost: 1, queuePerHost: 0, unavailableRetryMs: 3_000 }).create('nope', cmd(1)))).toBe('NOT_FOUND');
+  }, 10_000);
+
   it('a VM the guest powers off right after power-on is START_FAILED', async () => {
     const { vc, agent } = world();
     const realPowerOn = vc.powerOn.bind(vc);

@@ -16,6 +16,8 @@ export interface VmwareAgentSettings {
   queuePerHost: number;
   /** how often power state and guest IP are polled while waiting */
   pollMs?: number;
+  /** a command that finds vCenter unreachable is run again from the top for this long (0: answer at once) */
+  unavailableRetryMs?: number;
 }
 
 export type ManagedVm = Vm & { labels: VmLabels };
@@ -87,9 +89,33 @@ export class VmwareAgentService {
     return out;
   }
 
+  /**
+   * vCenter restarts and network blips are short; a command that found vCenter unreachable
+   * is run again from the top (every command starts by looking up what exists, so this is
+   * safe even after a clone cut off mid-call) until `unavailableRetryMs` has passed. Only
+   * the vCenter adapter's UNAVAILABLE (with `details.vcenter`) counts; a full host queue or
+   * a disconnected host is answered at once.
+   */
+  private async persist<T>(work: () => Promise<T>): Promise<T> {
+    const budget = this.settings.unavailableRetryMs ?? 0;
+    const deadline = Date.now() + budget;
+    for (;;) {
+      try {
+        return await work();
+      } catch (e) {
+        const vcenterDown = e instanceof OrangeryError && e.code === 'UNAVAILABLE' && e.details?.['vcenter'] !== undefined;
+        if (!vcenterDown) throw e;
+        if (Date.now() + 1_000 > deadline) {
+          throw budget > 0 ? new OrangeryError('UNAVAILABLE', `${e.message} (still after ${Math.round(budget / 1000)} s of retries)`, e.details) : e;
+        }
+        await sleep(1_000);
+      }
+    }
+  }
+
   private serialize<T>(instanceId: string, work: () => Promise<T>): Promise<T> {
     const prev = this.queues.get(instanceId) ?? Promise.resolve();
-    const next = prev.catch(() => undefined).then(work);
+    const next = prev.catch(() => undefined).then(() => this.persist(work));
     this.queues.set(instanceId, next);
     void next
       .finally(() => {
