@@ -174,7 +174,7 @@ describe('failover in the lab', () => {
       return now?.host === other.id && now.state === 'running' ? now : undefined;
     }, 60_000, 250);
     expect([moved.ip, moved.mac]).toEqual([before.ip, before.mac]);
-    const answer = await waitFor('the moved instance answers the legacy VM', async () => (await lab.vmHttpGet(lab.vms[0]!, moved.ip, SVC_PORT, '/', 1_000)) ?? undefined, 20_000, 200);
+    const answer = await waitFor('the moved instance answers the legacy VM', async () => (await lab.vmHttpGet(lab.vms[0]!, moved.ip, SVC_PORT)) ?? undefined, 20_000, 200);
     expect(answer).toBe(SVC_INDEX);
     const max = await watcher.stop();
     expect(max).toBe(1);
@@ -211,7 +211,7 @@ describe('failover in the lab', () => {
     expect(after.map((i) => [i.slot, i.ip, i.mac])).toEqual(before.map((i) => [i.slot, i.ip, i.mac]));
     // `running` means the process runs; the service in it may need a moment to listen
     for (const i of after) {
-      const got = await waitFor(`${i.ip} answers the legacy VM`, async () => (await lab.vmHttpGet(lab.vms[0]!, i.ip, SVC_PORT, '/', 1_000)) ?? undefined, 20_000, 200);
+      const got = await waitFor(`${i.ip} answers the legacy VM`, async () => (await lab.vmHttpGet(lab.vms[0]!, i.ip, SVC_PORT)) ?? undefined, 20_000, 200);
       expect(got).toBe(SVC_INDEX);
     }
     // the server comes back: what it still holds goes, nothing of it starts

@@ -1,0 +1,139 @@
+import { readFileSync } from 'node:fs';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ContractClient, freshDatabase, HarnessDir, NatsServer, ScaleWatcher, ServiceProcess, waitFor } from '@orangery/testing';
+import { Lab, LAB_GATEWAY, LAB_IMAGES, SVC_INDEX, SVC_PORT } from '../lab';
+
+// The seed's promise, all real: one instance moves container -> VM (vcsim, its VM a real
+// endpoint on the fabric) -> container through the migrator, keeping its IP and MAC at every
+// step, and a legacy VM reaches it afterwards.
+const dir = new HarnessDir('migration-lab');
+let lab: Lab;
+let nats: NatsServer;
+let dbUrl: string;
+let client: ContractClient;
+let scale: ScaleWatcher;
+
+const totalMemoryMb = Math.floor(Number(/MemTotal:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))![1]) / 1024);
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+async function instance(): Promise<any> {
+  const r = await client.requestWithRetry('orangery.scheduler.instances.list', { env: 'lab', app: 'mover' });
+  return r.data.instances[0];
+}
+
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+async function migrate(body: Record<string, unknown>): Promise<any> {
+  const r = await client.requestWithRetry('orangery.migrator.migrate', body, 5, 10_000);
+  expect(r.ok, JSON.stringify(r)).toBe(true);
+  return waitFor(`migration ${r.data.migrationId} to end`, async () => {
+    const m = await client.request('orangery.migrator.migrations.get', { migrationId: r.data.migrationId });
+    return m.ok && m.data.state !== 'running' ? m.data : undefined;
+  }, 120_000, 250);
+}
+
+async function answers(ip: string): Promise<string | undefined> {
+  return waitFor(`${ip} answers the legacy VM`, async () => (await lab.vmHttpGet(lab.vms[0]!, ip, SVC_PORT)) ?? undefined, 30_000, 250);
+}
+
+beforeAll(async () => {
+  [lab, nats, dbUrl] = await Promise.all([Lab.setup({ servers: 1, legacyVms: 1, vcenter: true }), NatsServer.start(dir), freshDatabase('migration_lab')]);
+  client = await ContractClient.connect(nats.url);
+  scale = new ScaleWatcher(client.nc);
+  const base = { ORANGERY_NATS_URL: nats.url, ORANGERY_HEARTBEAT_SECONDS: '1' };
+  await ServiceProcess.start(dir, 'ipam', { ...base, ORANGERY_DB_URL: dbUrl });
+  const pool = await client.request('orangery.ipam.pool.create', {
+    name: 'lab-net',
+    cidr: '198.18.0.0/16',
+    gateway: LAB_GATEWAY,
+    reserved: ['198.18.0.2-198.18.0.255', '198.18.255.0-198.18.255.254'],
+    cooldownSeconds: 0,
+  });
+  expect(pool.ok, JSON.stringify(pool)).toBe(true);
+  const s = lab.servers[0]!;
+  const vc = lab.vcenter!;
+  await Promise.all([
+    ServiceProcess.start(dir, 'docker-agent', {
+      ...base,
+      ORANGERY_HOST_ID: s.id,
+      DOCKER_HOST: s.dockerHost,
+      ORANGERY_UPLINK: s.uplink,
+      ORANGERY_RESERVED_CPUS: '0',
+      ORANGERY_RESERVED_MEMORY_MB: String(Math.max(0, totalMemoryMb - 2048)),
+    }),
+    ServiceProcess.start(dir, 'vmware-agent', {
+      ...base,
+      ORANGERY_VCENTER_URL: vc.url,
+      ORANGERY_VCENTER_USER: vc.user,
+      ORANGERY_VCENTER_PASSWORD: vc.password,
+      ORANGERY_VCENTER_EXTRA_CONFIG: JSON.stringify({
+        'RUN.container': JSON.stringify(['--tmpfs', '/sys/class', '--network', vc.macvlanNetwork, '--ip', '{ip}', '--mac-address', '{mac}', LAB_IMAGES.svc]),
+      }),
+    }),
+  ]);
+  const scheduler = await ServiceProcess.start(dir, 'scheduler', { ...base, ORANGERY_DB_URL: dbUrl, ORANGERY_LOST_AFTER_SECONDS: '4', ORANGERY_ANTI_ENTROPY_SECONDS: '5' });
+  await ServiceProcess.start(dir, 'migrator', { ...base, ORANGERY_DB_URL: dbUrl, ORANGERY_LOST_AFTER_SECONDS: '4' });
+  await waitFor('a scheduler leader', () => scheduler.hasLog('leading: consuming scale requests'), 60_000);
+  await waitFor('4 hosts ready (1 docker, 3 ESXi)', async () => {
+    const r = await client.request('orangery.scheduler.hosts.list', {});
+    return r.ok && r.data.hosts.filter((h: { state: string }) => h.state === 'ready').length === 4;
+  }, 30_000, 250);
+}, 300_000);
+
+afterAll(async () => {
+  scale?.close();
+  await client?.close();
+  await dir.cleanup();
+  await lab?.teardown();
+}, 120_000);
+
+describe('migration between backends in the lab', () => {
+  it('container -> VM -> container: IP and MAC identical at every step, reachable afterwards, nothing left behind', async () => {
+    const id = await scale.publish({
+      env: 'lab',
+      app: 'mover',
+      replicas: 1,
+      resources: { cpu: 0.5, memoryMb: 256 },
+      image: LAB_IMAGES.svc,
+      template: 'centos7-jdk8',
+      backend: 'docker',
+      pool: 'lab-net',
+      spread: 'host',
+    });
+    // backend docker first; the app has a template too, so it may move to a VM
+    expect((await scale.outcome(id, 120_000)).type).toBe('io.orangery.scale.completed');
+    const first = await instance();
+    expect(first).toMatchObject({ backend: 'docker', host: lab.servers[0]!.id, state: 'running' });
+    expect(await answers(first.ip)).toBe(SVC_INDEX);
+
+    const toVm = await migrate({ instanceId: first.id, toBackend: 'vmware' });
+    expect(toVm.state, JSON.stringify(toVm)).toBe('completed');
+    const onVm = await instance();
+    expect(onVm).toMatchObject({ backend: 'vmware', ip: first.ip, mac: first.mac, state: 'running' });
+    expect(await answers(first.ip)).toBe(SVC_INDEX);
+    const bound = await client.request('orangery.ipam.get', { ip: first.ip });
+    expect(bound.data).toMatchObject({ state: 'bound', backend: 'vmware', host: onVm.host, mac: first.mac });
+    // the container is gone from the docker server
+    const left = await lab.docker(lab.servers[0]!, ['ps', '-a', '--filter', 'label=io.orangery.app=mover', '--format', '{{.Names}}']);
+    expect(left.trim()).toBe('');
+
+    const back = await migrate({ instanceId: first.id, toBackend: 'docker' });
+    expect(back.state, JSON.stringify(back)).toBe('completed');
+    const again = await instance();
+    expect(again).toMatchObject({ backend: 'docker', host: lab.servers[0]!.id, ip: first.ip, mac: first.mac, state: 'running' });
+    expect(await answers(first.ip)).toBe(SVC_INDEX);
+    expect((await client.request('orangery.ipam.get', { ip: first.ip })).data).toMatchObject({ backend: 'docker', host: lab.servers[0]!.id });
+    const mac = await lab.docker(lab.servers[0]!, ['inspect', '-f', '{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}', 'orangery-lab-mover-0']);
+    expect(mac.trim()).toBe(first.mac);
+    const vms = await client.request(`orangery.agent.${onVm.host}.instance.list`, {});
+    expect(vms.data.instances.filter((i: { instanceId: string }) => i.instanceId === first.id)).toEqual([]);
+  });
+
+  it('a migrate request for an unknown instance or to a backend the app cannot use: clear error, nothing moves', async () => {
+    const unknown = await client.request('orangery.migrator.migrate', { instanceId: 'lab:nope:0' });
+    expect(unknown.error.code).toBe('NOT_FOUND');
+    const before = await instance();
+    const noHost = await client.request('orangery.migrator.migrate', { instanceId: before.id, toHost: 'no-such-host' });
+    expect(noHost.ok).toBe(false);
+    expect(await instance()).toMatchObject({ host: before.host, ip: before.ip, state: 'running' });
+  });
+});
