@@ -63,3 +63,19 @@ export function invalidRequest(field: string, reason: string, extra: Record<stri
   const where = field === '' ? 'request' : `field '${field}'`;
   return new OrangeryError('INVALID_REQUEST', `${where}: ${reason}`, { field, reason, ...extra });
 }
+
+/**
+ * An error a service's port (ipam, an agent, the scheduler...) answered, as its caller's
+ * domain sees it: the contract code, and whether trying again later may succeed.
+ */
+export class PortError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly transient: boolean,
+    readonly details?: Record<string, unknown>,
+  ) {
+    super(message);
+    this.name = 'PortError';
+  }
+}

@@ -3,3 +3,4 @@ export * from './trace-headers';
 export * from './responder';
 export * from './requester';
 export * from './jetstream';
+export * from './event-buffer';

@@ -1,6 +1,6 @@
 import { errors, type NatsConnection } from '@nats-io/nats-core';
 import { context } from '@opentelemetry/api';
-import type { Reply } from '@orangery/contracts';
+import { PortError, type Reply } from '@orangery/contracts';
 import { headersWithTrace } from './trace-headers';
 
 /** Why a request got no reply: nobody serves the subject, or the server was too slow. */
@@ -33,4 +33,27 @@ export async function requestJson<T = unknown>(
     if (e instanceof errors.TimeoutError) throw new NoReplyError(subject, 'timeout');
     throw e;
   }
+}
+
+/** Codes that say "try again later" rather than "this will not work". */
+export const TRANSIENT_CODES: ReadonlySet<string> = new Set(['UNAVAILABLE', 'INTERNAL']);
+
+/**
+ * requestJson for a service's ports: no reply (nobody serves the subject now, or too slow)
+ * becomes a transient PortError UNAVAILABLE; the reply envelope is returned as it is.
+ */
+export async function callContract<T>(nc: NatsConnection, subject: string, body: unknown, timeoutMs: number): Promise<Reply<T>> {
+  try {
+    return await requestJson<T>(nc, subject, body, timeoutMs);
+  } catch (e) {
+    if (e instanceof NoReplyError) throw new PortError('UNAVAILABLE', e.message, true, { subject, kind: e.kind });
+    throw new PortError('UNAVAILABLE', `${subject}: ${e instanceof Error ? e.message : String(e)}`, true);
+  }
+}
+
+/** The data of an ok reply, or the reply's error as a PortError (transient for UNAVAILABLE, INTERNAL, or as `transient` says). */
+export function unwrapReply<T>(r: Reply<T>, transient: (code: string) => boolean = (c) => TRANSIENT_CODES.has(c)): T {
+  if (r.ok) return r.data;
+  const { code, message, details } = r.error;
+  throw new PortError(code, message, transient(code), details);
 }

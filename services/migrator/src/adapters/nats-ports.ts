@@ -11,27 +11,11 @@ import {
   type Reply,
   type SlotView,
 } from '@orangery/contracts';
-import { NoReplyError, requestJson } from '@orangery/messaging';
-import { PortError, type AddressInfo, type AgentPort, type IpamPort, type SchedulerPort } from '../domain/ports';
+import { callContract, unwrapReply } from '@orangery/messaging';
+import { type AddressInfo, type AgentPort, type IpamPort, type SchedulerPort } from '../domain/ports';
 
-/** Codes that say "try again later" rather than "this will not work". */
-const TRANSIENT = new Set(['UNAVAILABLE', 'INTERNAL']);
-
-async function call<T>(nc: NatsConnection, subject: string, body: unknown, timeoutMs: number): Promise<Reply<T>> {
-  try {
-    return await requestJson<T>(nc, subject, body, timeoutMs);
-  } catch (e) {
-    // No responders: the service (for the slot API: the scheduler leader) is not there now.
-    if (e instanceof NoReplyError) throw new PortError('UNAVAILABLE', e.message, true, { subject, kind: e.kind });
-    throw new PortError('UNAVAILABLE', `${subject}: ${e instanceof Error ? e.message : String(e)}`, true);
-  }
-}
-
-function unwrap<T>(r: Reply<T>): T {
-  if (r.ok) return r.data;
-  const { code, message, details } = r.error;
-  throw new PortError(code, message, TRANSIENT.has(code), details);
-}
+const call = callContract;
+const unwrap = <T>(r: Reply<T>): T => unwrapReply(r);
 
 /** The scheduler leader's slot API and its operator query. */
 export class NatsScheduler implements SchedulerPort {

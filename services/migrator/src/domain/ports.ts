@@ -7,17 +7,7 @@ import type { DrainRecord, MigrationRecord } from './model';
  */
 
 /** Errors of the ports carry a contract code; `transient` ones are worth retrying. */
-export class PortError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly transient: boolean,
-    readonly details?: Record<string, unknown>,
-  ) {
-    super(message);
-    this.name = 'PortError';
-  }
-}
+export { PortError } from '@orangery/contracts';
 
 /** The scheduler leader's slot API (docs/scheduler.md "Slot API"); no leader = transient. */
 export interface SchedulerPort {

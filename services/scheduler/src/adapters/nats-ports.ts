@@ -10,24 +10,14 @@ import {
   type Owner,
   type Reply,
 } from '@orangery/contracts';
-import { NoReplyError, requestJson } from '@orangery/messaging';
+import { callContract, TRANSIENT_CODES, unwrapReply } from '@orangery/messaging';
 import { PortError, type AgentPort, type AllocationInfo, type IpamPort, type PoolInfo } from '../domain/ports';
 
-/** Codes that say "try again later" rather than "this will not work". */
-const TRANSIENT = new Set(['UNAVAILABLE', 'INTERNAL']);
-
-async function call<T>(nc: NatsConnection, subject: string, body: unknown, timeoutMs: number): Promise<Reply<T>> {
-  try {
-    return await requestJson<T>(nc, subject, body, timeoutMs);
-  } catch (e) {
-    if (e instanceof NoReplyError) throw new PortError('UNAVAILABLE', e.message, true, { subject, kind: e.kind });
-    throw new PortError('UNAVAILABLE', `${subject}: ${e instanceof Error ? e.message : String(e)}`, true);
-  }
-}
+const call = callContract;
+const TRANSIENT = TRANSIENT_CODES;
 
 function fail(reply: Extract<Reply<unknown>, { ok: false }>, transient: (code: string) => boolean): never {
-  const { code, message, details } = reply.error;
-  throw new PortError(code, message, transient(code), details);
+  return unwrapReply(reply, transient);
 }
 
 /** Items per batch request (ipam accepts up to 500) and how long the first one waits for company. */

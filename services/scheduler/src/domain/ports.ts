@@ -49,17 +49,7 @@ export interface AllocationInfo {
 }
 
 /** Errors of the ports carry a contract code; `transient` ones are worth retrying later. */
-export class PortError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-    readonly transient: boolean,
-    readonly details?: Record<string, unknown>,
-  ) {
-    super(message);
-    this.name = 'PortError';
-  }
-}
+export { PortError } from '@orangery/contracts';
 
 export interface IpamPort {
   /** undefined when the pool does not exist */
