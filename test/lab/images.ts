@@ -20,6 +20,12 @@ const SVC_START = `#!/bin/sh
 # orangery/svc:lab entry: a static HTTP service on :8080 that stops at once on SIGTERM
 # (a shell as PID 1 would otherwise ignore it and docker stop would wait its full timeout).
 mkdir -p /data
+# Announce the address (unsolicited ARP), as an ESXi port group's "notify switches" does
+# when a VM powers on or moves: vcsim runs VMs as containers and announces nothing, so
+# without this a VM taking over an IP (same MAC, other port) stays unreachable until the
+# fabric forgets the old port. The docker-agent announces its containers itself.
+addr=$(ip -4 addr show dev eth0 2>/dev/null | awk '/inet /{split($2, a, "/"); print a[1]; exit}')
+[ -n "$addr" ] && arping -U -c 2 -I eth0 "$addr" >/dev/null 2>&1 &
 httpd -f -p 8080 -h /www &
 pid=$!
 trap 'kill "$pid" 2>/dev/null; exit 0' TERM INT

@@ -1,3 +1,4 @@
 export * from './config';
 export * from './bootstrap';
 export * from './connections';
+export * from './periodic';

@@ -14,7 +14,7 @@ import {
   type HostFacts,
 } from '@orangery/contracts';
 import { ensureEventsStream, Responder, type Route } from '@orangery/messaging';
-import { CONFIG, LOGGER, NATS } from '@orangery/service-kit';
+import { CONFIG, LOGGER, NATS, PeriodicTasks } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { AgentConfig } from '../config';
 import type { AgentService } from '../domain/agent.service';
@@ -50,7 +50,7 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
   private facts: HostFacts | undefined;
   private engineVersion = '';
   private fence: FenceClock;
-  private timers: NodeJS.Timeout[] = [];
+  private readonly periodic = new PeriodicTasks((err) => this.logger.warn({ err: String(err) }, 'periodic task failed'));
   private stopping = false;
   private seq = 0;
   private lastCpu = new Map<string, { nanos: number; at: number }>();
@@ -95,33 +95,20 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
     this.responder = new Responder(this.nc, QUEUE_GROUPS.agent(this.config.hostId), this.logger);
     this.responder.serve(agentRoutes(this.config.hostId, this.agent));
     this.fence.contact(Date.now());
-    this.every(this.config.heartbeatSeconds * 1000, () => this.heartbeat());
-    this.every(250, () => this.checkFence());
-    this.every(this.config.diskCheckSeconds * 1000, () => this.checkDisks());
+    this.periodic.every(this.config.heartbeatSeconds * 1000, () => this.heartbeat());
+    this.periodic.every(250, () => this.checkFence());
+    this.periodic.every(this.config.diskCheckSeconds * 1000, () => this.checkDisks());
     void this.followEngineEvents();
     this.logger.info({ hostId: this.config.hostId, capacity: this.facts.capacity, uplink: this.config.uplink }, 'host registered');
   }
 
   async beforeApplicationShutdown(): Promise<void> {
     this.stopping = true;
-    for (const t of this.timers) clearInterval(t);
+    this.periodic.stop();
     this.eventsAbort?.();
     await this.responder?.drain();
     await this.events.flush(3_000);
     await this.shim?.remove();
-  }
-
-  private every(ms: number, fn: () => Promise<void>): void {
-    let busy = false;
-    this.timers.push(
-      setInterval(() => {
-        if (busy || this.stopping) return;
-        busy = true;
-        fn()
-          .catch((err: unknown) => this.logger.warn({ err: String(err) }, 'periodic task failed'))
-          .finally(() => (busy = false));
-      }, ms),
-    );
   }
 
   private hostFacts(f: EngineFacts): HostFacts {

@@ -189,10 +189,6 @@ export class SchedulerCore {
     return [...this.slots.values()];
   }
 
-  busy(): number {
-    return this.running.size + this.timers.size;
-  }
-
   // ---- scale requests ---------------------------------------------------------------------
 
   /**

@@ -14,7 +14,7 @@ import {
   type VmCreateCommand,
 } from '@orangery/contracts';
 import { ensureEventsStream, Responder, type Route } from '@orangery/messaging';
-import { CONFIG, LOGGER, NATS } from '@orangery/service-kit';
+import { CONFIG, LOGGER, NATS, PeriodicTasks } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { VmwareAgentConfig } from '../config';
 import { managed, type VmwareAgentService } from '../domain/vmware-agent.service';
@@ -68,9 +68,8 @@ export class VmwareRuntime implements OnApplicationBootstrap, BeforeApplicationS
   private readonly known = new Map<string, KnownVm>();
   private readonly seq = new Map<string, number>();
   private lastVms: { vms: Vm[]; at: number } | undefined;
-  private timers: NodeJS.Timeout[] = [];
+  private readonly periodic = new PeriodicTasks((err) => this.logger.warn({ err: String(err) }, 'periodic task failed'));
   private watcher: ChangeWatcher | undefined;
-  private stopping = false;
   private lastWatchError = 0;
 
   constructor(
@@ -86,8 +85,8 @@ export class VmwareRuntime implements OnApplicationBootstrap, BeforeApplicationS
     await ensureEventsStream(this.nc, this.logger);
     await this.refreshInventory();
     await this.adopt();
-    this.every(this.config.heartbeatSeconds * 1000, () => this.heartbeat());
-    this.every(this.config.inventorySeconds * 1000, () => this.refreshInventory());
+    this.periodic.every(this.config.heartbeatSeconds * 1000, () => this.heartbeat());
+    this.periodic.every(this.config.inventorySeconds * 1000, () => this.refreshInventory());
     this.watcher = new ChangeWatcher(this.vc.client, this.vc.watchRoots, {
       resync: (vms, hosts) => this.onResync(vms, hosts),
       vm: (c) => this.onVmChange(c),
@@ -103,25 +102,11 @@ export class VmwareRuntime implements OnApplicationBootstrap, BeforeApplicationS
   }
 
   async beforeApplicationShutdown(): Promise<void> {
-    this.stopping = true;
     this.watcher?.stop();
-    for (const t of this.timers) clearInterval(t);
+    this.periodic.stop();
     await Promise.all([...this.responders.values()].map((r) => r.drain()));
     await this.events.flush(3_000);
     await this.vc.logout().catch(() => undefined);
-  }
-
-  private every(ms: number, fn: () => Promise<void>): void {
-    let busy = false;
-    this.timers.push(
-      setInterval(() => {
-        if (busy || this.stopping) return;
-        busy = true;
-        fn()
-          .catch((err: unknown) => this.logger.warn({ err: String(err) }, 'periodic task failed'))
-          .finally(() => (busy = false));
-      }, ms),
-    );
   }
 
   private facts(h: EsxiHost): HostFacts {
