@@ -16,6 +16,7 @@ const statusCode = (e: unknown): number | undefined => (e as { statusCode?: numb
 /** The container engine through dockerode (Docker Engine API; Debian's daemon speaks 1.41). */
 export class DockerEngine implements Engine {
   readonly docker: Docker;
+  private readonly ensuring = new Map<string, Promise<void>>();
 
   constructor(
     dockerHost: string,
@@ -104,7 +105,21 @@ export class DockerEngine implements Engine {
     }
   }
 
-  async ensureNetwork(spec: NetworkSpec): Promise<void> {
+  /**
+   * One network creation per parent interface at a time: two creates racing on a fresh host
+   * (two instances started at once) made the second fail before the first one's network
+   * existed (the macvlan driver refuses a parent already being taken), an INTERNAL error
+   * the scheduler then retried elsewhere. Callers for the same parent share the one in flight.
+   */
+  ensureNetwork(spec: NetworkSpec): Promise<void> {
+    const inFlight = this.ensuring.get(spec.parent);
+    if (inFlight) return inFlight.catch(() => undefined).then(() => this.ensureNetwork(spec));
+    const p = this.ensureNetworkNow(spec).finally(() => this.ensuring.delete(spec.parent));
+    this.ensuring.set(spec.parent, p);
+    return p;
+  }
+
+  private async ensureNetworkNow(spec: NetworkSpec): Promise<void> {
     try {
       await this.docker.getNetwork(spec.name).inspect();
       return;
