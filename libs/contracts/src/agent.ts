@@ -90,6 +90,33 @@ export type StopInstanceCommand = Static<typeof StopInstanceCommand>;
 
 export const ListInstancesCommand = Type.Object({}, strict);
 
+/** At most this many addresses in one wire probe (they are probed in parallel, ~300 ms in all). */
+export const MAX_PROBE_IPS = 256;
+
+/**
+ * `orangery.agent.<hostId>.wire.probe` (v1.1): the agent sends RFC 5227 ARP probes (sender
+ * 0.0.0.0, so no neighbour learns anything) for each address on its interface of `vlan`
+ * and says which ones answered. The scheduler asks a live agent on the VLAN before it takes
+ * a silent host's instances for gone, and before a VM is started with an IP.
+ */
+export const ProbeWireCommand = Type.Object(
+  {
+    vlan: Type.Integer({ minimum: 0, maximum: 4094 }),
+    ips: Type.Array(Type.String({ format: 'ipv4' }), { minItems: 1, maxItems: MAX_PROBE_IPS, uniqueItems: true }),
+  },
+  strict,
+);
+export type ProbeWireCommand = Static<typeof ProbeWireCommand>;
+
+export const ProbeWireResult = Type.Object({
+  hostId: Type.String({ pattern: HOST_ID_PATTERN }),
+  vlan: Type.Integer(),
+  /** the interface the probes went out of */
+  iface: Type.String(),
+  results: Type.Array(Type.Object({ ip: Type.String(), answered: Type.Boolean() })),
+});
+export type ProbeWireResult = Static<typeof ProbeWireResult>;
+
 export const InstanceState = Type.Union([
   Type.Literal('created'),
   Type.Literal('running'),
@@ -145,7 +172,16 @@ export const Heartbeat = Type.Intersect([
     allocated: Amounts,
     usage: Amounts,
     instances: Type.Integer(),
+    /** the agent stopped its instances (self-fence: its instance network was isolated) */
     fenced: Type.Boolean(),
+    /** v1.1, docker-agent: no isolation address answers ARP right now (fenced follows after ORANGERY_FENCE_AFTER_SECONDS) */
+    isolated: Type.Optional(Type.Boolean()),
+    /** v1.1, vmware-agent: vCenter's runtime.connectionState of the ESXi host */
+    connectionState: Type.Optional(Type.Union([Type.Literal('connected'), Type.Literal('disconnected'), Type.Literal('notResponding')])),
+    /** v1.1, vmware-agent: the ESXi host is in maintenance mode */
+    maintenance: Type.Optional(Type.Boolean()),
+    /** v1.1, vmware-agent: vSphere HA protects the host's cluster (HA restarts its VMs; Orangery clones no second copy) */
+    haProtected: Type.Optional(Type.Boolean()),
   }),
 ]);
 export type Heartbeat = Static<typeof Heartbeat>;
@@ -194,6 +230,53 @@ export const HostFencedData = Type.Object(
   { description: 'Published once NATS is reachable again: events wait in the agent (in memory) meanwhile.' },
 );
 export type HostFencedData = Static<typeof HostFencedData>;
+
+/** `io.orangery.host.isolated` (v1.1): no isolation address answered for ORANGERY_FENCE_AFTER_SECONDS; the agent stopped its instances. */
+export const HostIsolatedData = Type.Object(
+  {
+    hostId: Type.String({ pattern: HOST_ID_PATTERN }),
+    backend: Backend,
+    at: Type.String({ format: 'date-time', description: 'when the agent fenced itself' }),
+    isolationAddresses: Type.Array(Type.String(), { description: 'the addresses it probed, none of which answered' }),
+    stopped: Type.Array(Type.String(), { description: 'ids of the instances it stopped' }),
+    stillRunning: Type.Optional(Type.Array(Type.String(), { description: 'ids of the instances whose stop failed three times' })),
+  },
+  { description: 'Published at once when NATS is reachable, else queued in the agent until it is.' },
+);
+export type HostIsolatedData = Static<typeof HostIsolatedData>;
+
+/** `io.orangery.instance.orphaned` (v1.1): a copy found where no record places it, stopped and kept. */
+export const InstanceOrphanedData = Type.Object(
+  {
+    instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }),
+    host: Type.String({ pattern: HOST_ID_PATTERN }),
+    backend: Backend,
+    keptUntil: Type.String({ format: 'date-time', description: 'removed (a VM destroyed) after this, never before' }),
+    state: Type.Optional(Type.String({ description: 'what the agent reported after the stop' })),
+    reason: Type.Optional(Type.String()),
+  },
+  { description: 'The copy is never started again; the record places the instance elsewhere (or nowhere).' },
+);
+export type InstanceOrphanedData = Static<typeof InstanceOrphanedData>;
+
+/** `io.orangery.host.unknown` (v1.1, scheduler): the agent is silent but its instances answer on the wire (or its backend owns restarts). */
+export const HostUnknownData = Type.Object({
+  hostId: Type.String({ pattern: HOST_ID_PATTERN }),
+  backend: Backend,
+  silentSeconds: Type.Number(),
+  reason: Type.String({ description: 'why nothing of it is replaced' }),
+  answering: Type.Optional(Type.Array(Type.String(), { description: 'instance IPs that answered ARP' })),
+});
+export type HostUnknownData = Static<typeof HostUnknownData>;
+
+/** `io.orangery.fleet.failover_paused|failover_resumed` (v1.1, scheduler). */
+export const FleetFailoverData = Type.Object({
+  backend: Backend,
+  hosts: Type.Integer({ description: "the backend's hosts" }),
+  silent: Type.Integer({ description: 'how many of them are silent' }),
+  silentHosts: Type.Array(Type.String(), { maxItems: 100 }),
+});
+export type FleetFailoverData = Static<typeof FleetFailoverData>;
 
 /** `io.orangery.host.disconnected` (vmware-agent): vCenter lost the ESXi host. */
 export const HostDisconnectedData = Type.Object(

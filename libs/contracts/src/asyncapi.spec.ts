@@ -9,6 +9,7 @@ import {
   CreateInstanceCommand,
   InstanceRef,
   ListInstancesCommand,
+  ProbeWireCommand,
   StopInstanceCommand,
   type AgentInstance,
   type Heartbeat,
@@ -56,6 +57,7 @@ const AGENT_VALIDATED_WITH: Record<keyof typeof SUBJECTS.agent, TSchema> = {
   remove: InstanceRef,
   get: InstanceRef,
   list: ListInstancesCommand,
+  probe: ProbeWireCommand,
 };
 
 const doc = buildAsyncApi();

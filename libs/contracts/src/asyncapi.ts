@@ -5,6 +5,12 @@ import {
   CreateInstanceCommand,
   Heartbeat,
   HostDisconnectedData,
+  HostIsolatedData,
+  HostUnknownData,
+  FleetFailoverData,
+  InstanceOrphanedData,
+  ProbeWireCommand,
+  ProbeWireResult,
   HostFencedData,
   HostRegisteredData,
   InstanceDiskData,
@@ -122,6 +128,7 @@ export const AGENT_ERRORS: Record<AgentKey, readonly ErrorCode[]> = {
   remove: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
   get: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   list: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
+  probe: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
 };
 
 /**
@@ -130,8 +137,9 @@ export const AGENT_ERRORS: Record<AgentKey, readonly ErrorCode[]> = {
  * and host.disconnected (docs/vmware-agent.md).
  */
 export const EVENT_KINDS = {
-  host: ['registered', 'lost', 'recovered', 'drained', 'fenced', 'disconnected'],
-  instance: ['placed', 'running', 'stopped', 'failed', 'removed', 'disk_warning', 'disk_exceeded'],
+  host: ['registered', 'unknown', 'lost', 'recovered', 'drained', 'isolated', 'fenced', 'disconnected'],
+  instance: ['placed', 'running', 'stopped', 'failed', 'removed', 'orphaned', 'disk_warning', 'disk_exceeded'],
+  fleet: ['failover_paused', 'failover_resumed'],
   ip: ['allocated', 'bound', 'released'],
   migration: ['started', 'completed', 'failed'],
   scale: ['completed', 'rejected'],
@@ -174,17 +182,17 @@ const eventSchemaName = (area: string, what: string): string => `${upper(area)}$
 /** Published events, by `<area>.<what>`: who publishes them and their data. Every other kind is planned. */
 const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description?: string }> = {
   'host.lost': {
-    source: 'orangery/migrator/<replica>',
+    source: 'orangery/scheduler',
     data: HostLostData,
     description:
-      'No heartbeat for ORANGERY_LOST_AFTER_SECONDS. Event id host-lost:<hostId>:<time of the last heartbeat>: every ' +
-      'migrator replica publishes it, JetStream stores it once. The scheduler replaces the instances of a host silent ' +
-      'past fenceAfter + margin.',
+      'v1.1: the host is silent past ORANGERY_FENCE_AFTER_SECONDS + margin AND its instances are off the wire (ARP probes ' +
+      'from another agent on their VLAN), or its agent reports it isolated and its instances stopped: the scheduler ' +
+      'replaces its instances with their IPs and MACs. Event id host-lost:<hostId>:<time of the last heartbeat>.',
   },
   'host.recovered': {
-    source: 'orangery/migrator/<replica>',
+    source: 'orangery/scheduler',
     data: HostRecoveredData,
-    description: 'Heartbeats resumed after host.lost. Event id host-recovered:<hostId>:<silentSince>.',
+    description: 'v1.1: heartbeats resumed after host.unknown or host.lost. Event id host-recovered:<hostId>:<silentSince>.',
   },
   'host.drained': {
     source: 'orangery/migrator/<replica>',
@@ -249,6 +257,37 @@ const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description
       '(code IMAGE_NOT_FOUND, TEMPLATE_NOT_FOUND or IP_IN_USE_ON_WIRE, with reason and ip).',
   },
   'instance.removed': { source: 'orangery/docker-agent/<hostId> or orangery/vmware-agent/<esxiHostId>', data: InstanceEventData, description: 'The container (or the VM) is gone.' },
+  'host.isolated': {
+    source: 'orangery/docker-agent/<hostId>',
+    data: HostIsolatedData,
+    description:
+      'v1.1: no isolation address (ORANGERY_ISOLATION_ADDRESSES, default the gateways of the pools its instances use) ' +
+      'answered ARP for ORANGERY_FENCE_AFTER_SECONDS: the agent stopped every instance, whether or not NATS was reachable.',
+  },
+  'host.unknown': {
+    source: 'orangery/scheduler',
+    data: HostUnknownData,
+    description:
+      'v1.1: the agent is silent past ORANGERY_LOST_AFTER_SECONDS but its instances still answer on the wire (or the backend ' +
+      'owns restarts, or failover is paused): nothing of it is replaced. Event id host-unknown:<hostId>:<silence number>.',
+  },
+  'instance.orphaned': {
+    source: 'orangery/scheduler',
+    data: InstanceOrphanedData,
+    description:
+      'v1.1: a copy found where no record places it (a returning host, an agent restarted after a move) was stopped (a VM ' +
+      'powered off) and is kept until keptUntil (ORANGERY_LEFTOVER_RETENTION_HOURS); it is never started.',
+  },
+  'fleet.failover_paused': {
+    source: 'orangery/scheduler',
+    data: FleetFailoverData,
+    description: "v1.1: more than half of a backend's hosts are silent: a mass silence is more likely the control plane's own partition, so no host of that backend is declared lost.",
+  },
+  'fleet.failover_resumed': {
+    source: 'orangery/scheduler',
+    data: FleetFailoverData,
+    description: "v1.1: fewer than half of the backend's hosts are silent again: failover of that backend resumes.",
+  },
   'host.disconnected': {
     source: 'orangery/vmware-agent/<esxiHostId>',
     data: HostDisconnectedData,
@@ -317,6 +356,8 @@ const NAMED_SCHEMAS = {
   ListInstancesCommand,
   AgentInstanceReply: ReplySchema(AgentInstance),
   AgentInstanceListReply: ReplySchema(AgentInstanceList),
+  ProbeWireCommand,
+  ProbeWireReply: ReplySchema(ProbeWireResult),
   Heartbeat,
   RequestHeaders,
   PlannedPayload,
@@ -610,6 +651,13 @@ const AGENT_COMMANDS: Record<AgentKey, Pick<RequestReply, 'summary' | 'descripti
     summary: 'List every instance the agent manages on this host.',
     request: 'ListInstancesCommand',
     reply: 'AgentInstanceListReply',
+  },
+  probe: {
+    summary: 'v1.1: RFC 5227 ARP probes (sender 0.0.0.0) for up to 256 addresses on one VLAN; which ones answered.',
+    description:
+      "The docker-agent probes from <uplink>.<vlan> (the uplink for VLAN 0). Its own containers' addresses are reported as answered without a probe (a macvlan parent cannot see its children).",
+    request: 'ProbeWireCommand',
+    reply: 'ProbeWireReply',
   },
 };
 

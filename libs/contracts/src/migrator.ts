@@ -96,6 +96,12 @@ export const HostLostData = Type.Object({
   backend: Type.Optional(BackendField),
   lastHeartbeat: Type.String({ description: "the last heartbeat's time (the agent's clock)" }),
   lostAfterSeconds: Type.Integer(),
+  /** v1.1: how long the host had been silent when it was declared lost */
+  silentSeconds: Type.Optional(Type.Number()),
+  /** v1.1: the instance IPs found off the wire (ARP probes from another agent on their VLAN) */
+  offWire: Type.Optional(Type.Array(Type.String())),
+  /** v1.1: the agent that probed them; absent when the host had no instance (or its agent confirmed them stopped) */
+  probedBy: Type.Optional(Type.String()),
 });
 export type HostLostData = Static<typeof HostLostData>;
 

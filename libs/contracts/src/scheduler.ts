@@ -102,7 +102,7 @@ const Amounts = Type.Object({ cpu: Type.Number(), memoryMb: Type.Integer(), disk
 export const HostSummary = Type.Object({
   id: Type.String(),
   backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]),
-  state: Type.Union([Type.Literal('ready'), Type.Literal('draining'), Type.Literal('lost')]),
+  state: Type.Union([Type.Literal('ready'), Type.Literal('draining'), Type.Literal('unknown'), Type.Literal('lost')]),
   capacity: Amounts,
   allocated: Amounts,
   usage: Amounts,

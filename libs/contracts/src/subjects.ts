@@ -39,6 +39,8 @@ export const SUBJECTS = {
     remove: (hostId: string) => `orangery.agent.${hostId}.instance.remove`,
     get: (hostId: string) => `orangery.agent.${hostId}.instance.get`,
     list: (hostId: string) => `orangery.agent.${hostId}.instance.list`,
+    /** v1.1: ARP probes for addresses on one VLAN (ProbeWireCommand) */
+    probe: (hostId: string) => `orangery.agent.${hostId}.wire.probe`,
   },
   scale: (env: string, app: string) => `orangery.scale.${env}.${app}`,
   scaleAll: 'orangery.scale.>',
