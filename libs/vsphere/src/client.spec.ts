@@ -1,7 +1,8 @@
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { VsphereClient } from './client';
-import { VsphereFault, VsphereLoginError, VsphereTaskError, VsphereTransportError } from './errors';
+import { VsphereFault, VsphereLoginError, VsphereTaskError, VsphereTimeoutError, VsphereTransportError } from './errors';
+import type { SoapRequest, SoapTransport } from './transport';
 import { replay, type ReplayStep } from './testing/replay';
 import { moRef } from './xml';
 
@@ -95,6 +96,65 @@ describe('VsphereClient on recorded vcsim responses', () => {
     expect(hosts[0]!.cpu.totalMhz).toBe(hosts[0]!.cpu.cores * hosts[0]!.cpu.mhzPerCore);
     expect(hosts[0]!.memory.totalMb).toBeGreaterThan(0);
     expect(transport.requests[3]!.body).toContain('<selectSet xsi:type="TraversalSpec"><name>view</name><type>ContainerView</type><path>view</path>');
+  });
+
+  it('host states: connection, maintenance and the cluster\'s HA flag in one retrieval; the view is kept for the next read', async () => {
+    const { c, transport } = client([
+      ...LOGIN,
+      { method: 'CreateContainerView', reply: 'CreateContainerView-host-states' },
+      { method: 'RetrievePropertiesEx', reply: 'RetrievePropertiesEx-host-states' },
+      // edited by hand from the recording (vcsim 0.24 cannot turn HA on nor disconnect a host)
+      { method: 'RetrievePropertiesEx', reply: 'RetrievePropertiesEx-host-states-ha' },
+    ]);
+    await c.login();
+    const first = await c.inventory.hostStates(undefined, { timeoutMs: 2_000 });
+    expect(first.map((h) => [h.name, h.connectionState, h.inMaintenanceMode, h.haEnabled])).toEqual([
+      ['esx01.lab.local', 'connected', false, false],
+      ['esx02.lab.local', 'connected', false, false],
+      ['esx03.lab.local', 'connected', false, false],
+    ]);
+    const second = await c.inventory.hostStates(undefined, { timeoutMs: 2_000 });
+    expect(second.map((h) => [h.name, h.connectionState, h.inMaintenanceMode, h.haEnabled])).toEqual([
+      ['esx01.lab.local', 'connected', false, true],
+      ['esx02.lab.local', 'notResponding', false, true],
+      ['esx03.lab.local', 'connected', true, true],
+    ]);
+    expect(transport.left()).toBe(0);
+    expect(transport.requests[3]!.body).toContain('<pathSet>configuration.dasConfig.enabled</pathSet>');
+    // every call of the read carries what is left of the 2 s, none the client's 60 s
+    for (const r of transport.requests.slice(2)) expect(r.timeoutMs).toBeLessThanOrEqual(2_000);
+  });
+
+  it('host states: a view that died with its session is made again, once', async () => {
+    const { c, transport } = client([
+      ...LOGIN,
+      { method: 'CreateContainerView', reply: 'CreateContainerView-host-states' },
+      { method: 'RetrievePropertiesEx', reply: 'RetrievePropertiesEx-host-states' },
+      { method: 'RetrievePropertiesEx', reply: 'RetrievePropertiesEx-view-gone' },
+      { method: 'CreateContainerView', reply: 'CreateContainerView-host-states' },
+      { method: 'RetrievePropertiesEx', reply: 'RetrievePropertiesEx-host-states' },
+    ]);
+    await c.login();
+    await c.inventory.hostStates();
+    expect(await c.inventory.hostStates()).toHaveLength(3);
+    expect(transport.left()).toBe(0);
+  });
+
+  it('a read with a budget: a frozen vCenter is a VsphereTimeoutError within it, and a spent budget sends nothing more', async () => {
+    const never: SoapTransport = (req) => new Promise((_, reject) => setTimeout(() => reject(new VsphereTimeoutError(`${req.method}: no answer`, req.method)), req.timeoutMs));
+    const steps = replay([...LOGIN]);
+    const requests: SoapRequest[] = [];
+    const t: SoapTransport = (req) => (requests.push(req), steps.left() > 0 ? steps(req) : never(req));
+    const c = new VsphereClient({ url: URL_, username: 'fixture-user', password: PASSWORD, transport: t, keepAliveMs: 0 });
+    await c.login();
+    const t0 = Date.now();
+    await expect(c.inventory.hostStates(undefined, { timeoutMs: 200 })).rejects.toBeInstanceOf(VsphereTimeoutError);
+    await expect(c.listObjects('VirtualMachine', ['name'], undefined, { timeoutMs: 200 })).rejects.toBeInstanceOf(VsphereTimeoutError);
+    expect(Date.now() - t0).toBeLessThan(1_500);
+    expect(requests.slice(2).map((r) => [r.method, r.timeoutMs <= 200])).toEqual([
+      ['CreateContainerView', true],
+      ['CreateContainerView', true],
+    ]);
   });
 
   it('reads a VM: power state, extraConfig, NIC, CPU and memory', async () => {

@@ -325,21 +325,22 @@ export class VsphereClient {
 
   // ------------------------------------------------------------ PropertyCollector
 
-  /** RetrievePropertiesEx, following ContinueRetrievePropertiesEx tokens to the end. */
-  async retrieve(specs: readonly FilterSpec[], opts: { maxObjects?: number } = {}): Promise<ObjectContent[]> {
+  /**
+   * RetrievePropertiesEx, following ContinueRetrievePropertiesEx tokens to the end.
+   * `timeoutMs` bounds the whole retrieval (every page), not each call.
+   */
+  async retrieve(specs: readonly FilterSpec[], opts: { maxObjects?: number; timeoutMs?: number } = {}): Promise<ObjectContent[]> {
     const pc = this.serviceContent.propertyCollector;
+    const left = deadlineOf(opts.timeoutMs, 'RetrievePropertiesEx');
     const out: ObjectContent[] = [];
-    let res = await this.call('RetrievePropertiesEx', pc, {
-      specSet: specs.map(filterSpec),
-      options: { maxObjects: opts.maxObjects },
-    });
+    let res = await this.call('RetrievePropertiesEx', pc, { specSet: specs.map(filterSpec), options: { maxObjects: opts.maxObjects } }, { timeoutMs: left() });
     for (;;) {
       const rv = kid(res, 'returnval');
       if (!rv) break;
       out.push(...kids(rv, 'objects').map(objectContent));
       const token = childText(rv, 'token');
       if (!token) break;
-      res = await this.call('ContinueRetrievePropertiesEx', pc, { token });
+      res = await this.call('ContinueRetrievePropertiesEx', pc, { token }, { timeoutMs: left() });
     }
     return out;
   }
@@ -351,26 +352,25 @@ export class VsphereClient {
     return found.props;
   }
 
-  /** Every object of `type` below `root` (default: the root folder), with `pathSet`. */
-  async listObjects(type: string, pathSet: readonly string[], root?: MoRef): Promise<ObjectContent[]> {
-    const view = asMoRef(
-      await this.callValue('CreateContainerView', this.serviceContent.viewManager, {
-        container: root ?? this.serviceContent.rootFolder,
-        type: [type],
-        recursive: true,
-      }),
-    );
-    if (!view) throw new VsphereFault('InvalidResponse', 'CreateContainerView returned no view', 'CreateContainerView');
+  /**
+   * Every object of `type` below `root` (default: the root folder), with `pathSet`.
+   * `timeoutMs` bounds the view and the retrieval together.
+   */
+  async listObjects(type: string, pathSet: readonly string[], root?: MoRef, opts: { timeoutMs?: number } = {}): Promise<ObjectContent[]> {
+    const left = deadlineOf(opts.timeoutMs, `listing ${type}`);
+    const view = await this.containerView(root ?? this.serviceContent.rootFolder, [type], left());
     try {
-      return await this.retrieve([
-        {
-          propSet: [{ type, pathSet }],
-          objectSet: [{ obj: view, skip: true, selectSet: [{ name: 'view', type: 'ContainerView', path: 'view', skip: false }] }],
-        },
-      ]);
+      return await this.retrieve([viewSpec(view, { [type]: pathSet })], { timeoutMs: left() });
     } finally {
       await this.call('DestroyView', view).catch(() => undefined);
     }
+  }
+
+  /** ViewManager.CreateContainerView: every object of `types` below `root`, recursively. */
+  async containerView(root: MoRef, types: readonly string[], timeoutMs?: number): Promise<MoRef> {
+    const view = asMoRef(await this.callValue('CreateContainerView', this.serviceContent.viewManager, { container: root, type: [...types], recursive: true }, { timeoutMs }));
+    if (!view) throw new VsphereFault('InvalidResponse', 'CreateContainerView returned no view', 'CreateContainerView');
+    return view;
   }
 
   /** PropertyCollector.CreateFilter for WaitForUpdatesEx (filters belong to the session). */
@@ -449,6 +449,29 @@ export class VsphereClient {
     if (!task) throw new VsphereFault('InvalidResponse', `${method} returned no task`, method);
     return this.waitForTask(task, opts);
   }
+}
+
+/**
+ * The time left of an overall budget, for each call in turn: undefined without a budget
+ * (each call gets the client's own timeout); a spent budget is a VsphereTimeoutError before
+ * any call leaves.
+ */
+function deadlineOf(timeoutMs: number | undefined, what: string): () => number | undefined {
+  if (timeoutMs === undefined) return () => undefined;
+  const deadline = Date.now() + timeoutMs;
+  return () => {
+    const left = deadline - Date.now();
+    if (left > 0) return left;
+    throw new VsphereTimeoutError(`${what}: no answer from vCenter within ${timeoutMs} ms`, what);
+  };
+}
+
+/** A retrieval of `paths` (type -> property paths) from every object a container view holds. */
+export function viewSpec(view: MoRef, paths: Readonly<Record<string, readonly string[]>>): FilterSpec {
+  return {
+    propSet: Object.entries(paths).map(([type, pathSet]) => ({ type, pathSet })),
+    objectSet: [{ obj: view, skip: true, selectSet: [{ name: 'view', type: 'ContainerView', path: 'view', skip: false }] }],
+  };
 }
 
 // ---------------------------------------------------------------- encoding and decoding

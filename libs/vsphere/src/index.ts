@@ -15,7 +15,7 @@ export {
   type WaitTaskOptions,
 } from './client';
 export { VsphereFault, VsphereLoginError, VsphereTaskError, VsphereTimeoutError, VsphereTransportError } from './errors';
-export { InventoryApi, type ClusterInfo, type DatacenterInfo, type DatastoreInfo, type HostInfo, type NetworkInfo } from './inventory';
+export { InventoryApi, type ClusterInfo, type DatacenterInfo, type DatastoreInfo, type HostInfo, type HostState, type NetworkInfo } from './inventory';
 export { httpTransport, type HttpTransportOptions, type SoapRequest, type SoapResponse, type SoapTransport } from './transport';
 export {
   customizationSpec,

@@ -1,6 +1,7 @@
 // Inventory reads: datacenters, ESXi hosts (capacity and live usage), clusters, datastores,
 // and networks with their VLAN ids (distributed port groups and standard port groups).
-import type { VsphereClient } from './client';
+import { viewSpec, type VsphereClient } from './client';
+import { VsphereFault } from './errors';
 import { asArray, asBoolean, asMoRef, asNumber, asObject, asString, pick, type MoRef, type VimValue } from './xml';
 
 export interface DatacenterInfo {
@@ -26,6 +27,19 @@ export interface HostInfo {
   cpu: { packages: number; cores: number; threads: number; mhzPerCore: number; totalMhz: number; usedMhz: number };
   memory: { totalMb: number; usedMb: number };
   uptimeSeconds?: number;
+}
+
+/** What vCenter says of an ESXi host right now: cheap enough to read every heartbeat. */
+export interface HostState {
+  ref: MoRef;
+  name: string;
+  /** `connected`, `disconnected` or `notResponding` (vCenter's HostSystemConnectionState) */
+  connectionState: string;
+  inMaintenanceMode: boolean;
+  /** The cluster (ClusterComputeResource) or standalone ComputeResource. */
+  parent?: MoRef;
+  /** vSphere HA is on for the host's cluster (`configuration.dasConfig.enabled`); false for standalone hosts */
+  haEnabled: boolean;
 }
 
 export interface ClusterInfo {
@@ -67,7 +81,62 @@ const MB = 1024 * 1024;
 const num = (v: VimValue | undefined) => asNumber(v) ?? 0;
 
 export class InventoryApi {
+  /** hostStates' container view, kept for the session it was made in */
+  #stateView: { root: string; generation: number; view: MoRef } | undefined;
+
   constructor(private readonly client: VsphereClient) {}
+
+  /**
+   * Every ESXi host below `root` (default: the root folder) with its connection state,
+   * maintenance mode and its cluster's HA setting, in one RetrievePropertiesEx: the
+   * container view is made once per session and kept, so a call that times out (a frozen
+   * vCenter) leaves nothing behind on vCenter, and the next one costs one round trip.
+   * `timeoutMs` bounds the whole read.
+   */
+  async hostStates(root?: MoRef, opts: { timeoutMs?: number } = {}): Promise<HostState[]> {
+    const deadline = opts.timeoutMs === undefined ? undefined : Date.now() + opts.timeoutMs;
+    const left = () => (deadline === undefined ? undefined : Math.max(1, deadline - Date.now()));
+    const from = root ?? this.client.serviceContent.rootFolder;
+    const paths = {
+      HostSystem: ['name', 'parent', 'runtime.connectionState', 'runtime.inMaintenanceMode'],
+      ClusterComputeResource: ['configuration.dasConfig.enabled'],
+    };
+    let rows;
+    for (let attempt = 0; ; attempt++) {
+      const view = await this.#viewFor(from, left());
+      try {
+        rows = await this.client.retrieve([viewSpec(view, paths)], { timeoutMs: left() });
+        break;
+      } catch (e) {
+        // The view died with its session (vCenter restarted, session expired): make it again, once.
+        if (attempt > 0 || !(e instanceof VsphereFault) || e.faultName !== 'ManagedObjectNotFound') throw e;
+        this.#stateView = undefined;
+      }
+    }
+    const haOn = new Set(rows.filter((r) => r.obj.type === 'ClusterComputeResource' && asBoolean(r.props['configuration.dasConfig.enabled']) === true).map((r) => r.obj.value));
+    return rows
+      .filter((r) => r.obj.type === 'HostSystem')
+      .map(({ obj, props: p }) => {
+        const parent = asMoRef(p.parent);
+        return {
+          ref: obj,
+          name: asString(p.name) ?? obj.value,
+          connectionState: asString(p['runtime.connectionState']) ?? 'unknown',
+          inMaintenanceMode: asBoolean(p['runtime.inMaintenanceMode']) ?? false,
+          parent,
+          haEnabled: parent !== undefined && haOn.has(parent.value),
+        };
+      });
+  }
+
+  async #viewFor(root: MoRef, timeoutMs: number | undefined): Promise<MoRef> {
+    const generation = this.client.sessionGeneration;
+    const kept = this.#stateView;
+    if (kept && kept.root === root.value && kept.generation === generation) return kept.view;
+    const view = await this.client.containerView(root, ['HostSystem', 'ClusterComputeResource'], timeoutMs);
+    this.#stateView = { root: root.value, generation, view };
+    return view;
+  }
 
   async datacenters(): Promise<DatacenterInfo[]> {
     const rows = await this.client.listObjects('Datacenter', ['name', 'vmFolder', 'hostFolder', 'datastoreFolder', 'networkFolder']);
