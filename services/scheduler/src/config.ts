@@ -10,6 +10,7 @@ export interface SchedulerConfig {
   lostAfterSeconds: number;
   fenceAfterSeconds: number;
   fenceMarginSeconds: number;
+  leftoverRetentionHours: number;
   policy: PlacementPolicy;
   startAttempts: number;
   failedGraceSeconds: number;
@@ -53,6 +54,7 @@ export function loadSchedulerConfig(env: Env): SchedulerConfig {
     lostAfterSeconds,
     fenceAfterSeconds: intFrom(env, 'ORANGERY_FENCE_AFTER_SECONDS', 10, 2, 3600),
     fenceMarginSeconds: intFrom(env, 'ORANGERY_FENCE_MARGIN_SECONDS', 5, 0, 3600),
+    leftoverRetentionHours: intFrom(env, 'ORANGERY_LEFTOVER_RETENTION_HOURS', 24, 0, 24 * 365),
     policy: oneOf(env, 'ORANGERY_PLACEMENT_POLICY', 'least-loaded', ['least-loaded', 'binpack'] as const),
     startAttempts: intFrom(env, 'ORANGERY_START_ATTEMPTS', 3, 1, 100),
     failedGraceSeconds: intFrom(env, 'ORANGERY_FAILED_GRACE_SECONDS', 15, 0, 3600),

@@ -7,6 +7,7 @@ import type { Logger } from '@orangery/telemetry';
 import type { SchedulerConfig } from './config';
 import { MysqlSchedulerStore } from './adapters/mysql-scheduler-store';
 import { SchedulerInitial1732700000000 } from './adapters/migrations/1732700000000-scheduler-initial';
+import { SchedulerHostVerdict1733400000000 } from './adapters/migrations/1733400000000-scheduler-host-verdict';
 import { SchedulerRuntime } from './transport/scheduler.runtime';
 import { OUTBOX, STORE } from './tokens';
 
@@ -22,7 +23,7 @@ export class SchedulerModule {
         {
           provide: DATA_SOURCE,
           useFactory: async () => {
-            const ds = createDataSource({ db: config.db, service: 'scheduler', migrations: [SchedulerInitial1732700000000], poolSize: 2 });
+            const ds = createDataSource({ db: config.db, service: 'scheduler', migrations: [SchedulerInitial1732700000000, SchedulerHostVerdict1733400000000], poolSize: 2 });
             await initializeDatabase(ds, 'scheduler', logger);
             return ds;
           },

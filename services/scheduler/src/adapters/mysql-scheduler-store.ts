@@ -173,10 +173,18 @@ export class MysqlSchedulerStore implements SchedulerStore {
     if (hosts.length === 0) return;
     await this.sql.transaction(async (tx) => {
       tx.defer(
-        `INSERT INTO sched_host (id, backend, fenced, facts, usage_json, last_seen) VALUES ${rows(hosts.length, 6)}
+        `INSERT INTO sched_host (id, backend, fenced, facts, usage_json, last_seen, verdict) VALUES ${rows(hosts.length, 7)}
          ON DUPLICATE KEY UPDATE backend = VALUES(backend), fenced = VALUES(fenced), facts = VALUES(facts),
-           usage_json = VALUES(usage_json), last_seen = GREATEST(last_seen, VALUES(last_seen))`,
-        hosts.flatMap((h) => [h.id, h.backend, h.fenced ? 1 : 0, JSON.stringify(h.facts), JSON.stringify(h.usage), new Date(h.lastSeen)]),
+           usage_json = VALUES(usage_json), last_seen = GREATEST(last_seen, VALUES(last_seen)), verdict = VALUES(verdict)`,
+        hosts.flatMap((h) => [
+          h.id,
+          h.backend,
+          h.fenced ? 1 : 0,
+          JSON.stringify(h.facts),
+          JSON.stringify(h.usage),
+          new Date(h.lastBeatWall),
+          h.judged ?? '',
+        ]),
       );
     });
   }
@@ -184,7 +192,7 @@ export class MysqlSchedulerStore implements SchedulerStore {
   async listHosts(lostAfterMs: number): Promise<HostSummary[]> {
     return this.sql.read(async (q) => {
       const [hosts, sums] = (await q.queryAll([
-        { sql: 'SELECT id, backend, drain, fenced, facts, usage_json, last_seen, TIMESTAMPDIFF(MICROSECOND, last_seen, NOW(3)) AS silent_us FROM sched_host ORDER BY id' },
+        { sql: 'SELECT id, backend, drain, fenced, facts, usage_json, last_seen, verdict, TIMESTAMPDIFF(MICROSECOND, last_seen, NOW(3)) AS silent_us FROM sched_host ORDER BY id' },
         {
           sql: `SELECT host_id, SUM(cpu) AS cpu, SUM(memory_mb) AS memory_mb, SUM(disk_mb) AS disk_mb, COUNT(*) AS n
                 FROM sched_instance WHERE host_id IS NOT NULL GROUP BY host_id`,
@@ -194,11 +202,14 @@ export class MysqlSchedulerStore implements SchedulerStore {
       return hosts.map((h) => {
         const facts = json<{ capacity: Amounts; labels: Record<string, string> }>(h.facts);
         const s = byHost.get(h.id);
-        const lost = Number(h.fenced) === 1 || Number(h.silent_us) / 1000 > lostAfterMs;
+        // The leader's verdict decides lost; a silent host without one is unknown (nothing of it moves).
+        const silent = Number(h.silent_us) / 1000 > lostAfterMs || h.verdict !== '';
+        const state: HostSummary['state'] =
+          Number(h.fenced) === 1 || (silent && h.verdict === 'lost') ? 'lost' : silent ? 'unknown' : Number(h.drain) === 1 ? 'draining' : 'ready';
         return {
           id: h.id,
           backend: h.backend,
-          state: lost ? 'lost' : Number(h.drain) === 1 ? 'draining' : 'ready',
+          state,
           capacity: facts.capacity,
           allocated: { cpu: round3(Number(s?.cpu ?? 0)), memoryMb: Number(s?.memory_mb ?? 0), diskMb: Number(s?.disk_mb ?? 0) },
           usage: json<Amounts>(h.usage_json),
@@ -249,6 +260,7 @@ interface HostRow {
   facts: unknown;
   usage_json: unknown;
   last_seen: Date;
+  verdict: string;
   silent_us: number;
 }
 interface SumRow {

@@ -4,6 +4,7 @@ import {
   SUBJECTS,
   type AgentInstance,
   type AgentInstanceList,
+  type ProbeWireResult,
   type Allocation,
   type Backend,
   type CreateInstanceCommand,
@@ -117,5 +118,18 @@ export class NatsAgents implements AgentPort {
   async list(hostId: string): Promise<AgentInstance[]> {
     const r = await call<AgentInstanceList>(this.nc, SUBJECTS.agent.list(hostId), {}, this.timeoutMs);
     return r.ok ? r.data.instances : fail(r, (c) => TRANSIENT.has(c));
+  }
+
+  async stop(hostId: string, instanceId: string): Promise<AgentInstance | undefined> {
+    const r = await call<AgentInstance>(this.nc, SUBJECTS.agent.stop(hostId), { instanceId }, this.createTimeoutMs);
+    if (r.ok) return r.data;
+    if (r.error.code === 'NOT_FOUND') return undefined;
+    return fail(r, (c) => TRANSIENT.has(c));
+  }
+
+  async probe(hostId: string, vlan: number, ips: readonly string[]): Promise<Map<string, boolean>> {
+    const r = await call<ProbeWireResult>(this.nc, SUBJECTS.agent.probe(hostId), { vlan, ips }, this.timeoutMs);
+    if (!r.ok) return fail(r, (c) => TRANSIENT.has(c));
+    return new Map(r.data.results.map((x) => [x.ip, x.answered]));
   }
 }

@@ -60,7 +60,7 @@ describe('host states', () => {
   it('a first heartbeat makes a host ready and reports it as new', () => {
     expect(book.heartbeat(heartbeat('a'))).toBe(true);
     expect(stateOf('a')).toBe('ready');
-    expect(book.isLost('a')).toBe(false);
+    expect(book.isDown('a')).toBe(false);
     expect(book.size).toBe(1);
   });
 
@@ -77,14 +77,35 @@ describe('host states', () => {
     expect(book.get('a')!.usage).toEqual(amounts(0, 0));
   });
 
-  it('a host is lost only after lostAfterMs without a heartbeat', () => {
+  it('a host silent past lostAfterMs is unknown (down, not lost) until the failover judge says lost', () => {
     book.heartbeat(heartbeat('a'));
     clock.advance(LOST_AFTER_MS);
     expect(stateOf('a')).toBe('ready');
     clock.advance(1);
-    expect(stateOf('a')).toBe('lost');
-    expect(book.isLost('a')).toBe(true);
+    expect(stateOf('a')).toBe('unknown');
+    expect(book.isDown('a')).toBe(true);
     expect(book.silentFor('a')).toBe(LOST_AFTER_MS + 1);
+    book.judge('a', 'lost');
+    expect(stateOf('a')).toBe('lost');
+  });
+
+  it('a heartbeat clears the verdict: a lost host that beats again is ready', () => {
+    book.heartbeat(heartbeat('a'));
+    clock.advance(LOST_AFTER_MS + 1);
+    book.judge('a', 'lost');
+    book.heartbeat(heartbeat('a'));
+    expect(book.get('a')!.judged).toBeUndefined();
+    expect(stateOf('a')).toBe('ready');
+  });
+
+  it('a vmware host that vCenter reports not responding counts as silent although its agent beats', () => {
+    book.heartbeat(heartbeat('esx', { backend: 'vmware', connectionState: 'notResponding' }));
+    clock.advance(LOST_AFTER_MS + 1);
+    book.heartbeat(heartbeat('esx', { backend: 'vmware', connectionState: 'notResponding' }));
+    expect(book.isSilent(book.get('esx')!)).toBe(true);
+    expect(stateOf('esx')).toBe('unknown');
+    book.heartbeat(heartbeat('esx', { backend: 'vmware', connectionState: 'connected' }));
+    expect(stateOf('esx')).toBe('ready');
   });
 
   it('a lost host that beats again is back, and says so once', () => {
@@ -116,29 +137,33 @@ describe('host states', () => {
     expect(book.inventory().state[0]).toBe(0);
   });
 
-  it('a lost host stays lost while draining', () => {
+  it('a silent host is unknown (not draining) while draining', () => {
     book.heartbeat(heartbeat('a'));
     book.setDrain('a', true);
     clock.advance(LOST_AFTER_MS + 1);
-    expect(stateOf('a')).toBe('lost');
+    expect(stateOf('a')).toBe('unknown');
   });
 
   it('an unknown host is lost and has been silent for ever', () => {
-    expect(book.isLost('nope')).toBe(true);
+    expect(book.isDown('nope')).toBe(true);
     expect(book.silentFor('nope')).toBe(Number.POSITIVE_INFINITY);
   });
 
-  it('sweep reports a host once when it becomes lost, and the inventory then shows it lost', () => {
+  it('sweep notes a host that falls silent, and the inventory then shows it unknown', () => {
     book.heartbeat(heartbeat('a'));
     book.heartbeat(heartbeat('b'));
-    const states = new Map<string, 'ready' | 'draining' | 'lost'>();
-    expect(book.sweep(states)).toEqual([]);
+    const states = new Map<string, 'ready' | 'draining' | 'unknown' | 'lost'>();
+    book.sweep(states);
+    expect(states.get('a')).toBe('ready');
     expect(book.inventory().state[book.inventory().indexOf('a')!]).toBe(0);
     clock.advance(LOST_AFTER_MS - 1);
     book.heartbeat(heartbeat('b'));
     clock.advance(2);
-    expect(book.sweep(states)).toEqual(['a']);
-    expect(book.sweep(states)).toEqual([]);
+    book.sweep(states);
+    expect(states.get('a')).toBe('unknown');
+    book.judge('a', 'lost');
+    book.sweep(states);
+    expect(states.get('a')).toBe('lost');
     const inv = book.inventory();
     expect(inv.state[inv.indexOf('a')!]).toBe(2);
     expect(inv.state[inv.indexOf('b')!]).toBe(0);
@@ -215,12 +240,12 @@ describe('reservations', () => {
     expect(cached.free('a').cpu).toBeCloseTo(4, 9);
   });
 
-  it('a reservation on a host never heard of makes a lost placeholder and reaches the inventory', () => {
+  it('a reservation on a host never heard of makes an unknown placeholder and reaches the inventory', () => {
     book.reserve('ghost', 'prod:web:3', web, amounts(1, 1024));
-    expect(stateOf('ghost')).toBe('lost');
+    expect(stateOf('ghost')).toBe('unknown');
     const inv = book.inventory();
     expect(inv.ids).toContain('ghost');
-    expect(seen(inv)['ghost']).toMatchObject({ state: 2, web: 1 });
+    expect(seen(inv)['ghost']).toMatchObject({ state: 3, web: 1 });
     expect(seen(inv)).toEqual(seen(fresh(book)));
   });
 

@@ -12,6 +12,16 @@ export interface HostEntry {
   usage: Amounts;
   agentAllocated: Amounts;
   fenced: boolean;
+  /** the agent says no isolation address answers right now (docker-agent, v1.1) */
+  isolated: boolean;
+  /** vmware: since when (monotonic) vCenter has reported the ESXi host not connected */
+  downSince: number | undefined;
+  /** vmware: vSphere HA restarts this host's VMs; Orangery never clones a second copy */
+  haProtected: boolean;
+  /** wall-clock time of the last heartbeat (for hosts.list and events; decisions use lastSeen) */
+  lastBeatWall: number;
+  /** the failover judge's verdict while the host is silent; cleared by its next heartbeat */
+  judged: 'unknown' | 'lost' | undefined;
   /** known only from the journal (no heartbeat since this leader started): never placed on */
   placeholder: boolean;
   /** what the scheduler's slots take there, and which apps they belong to */
@@ -44,7 +54,9 @@ export class HostBook {
 
   constructor(
     private readonly lostAfterMs: number,
+    /** monotonic: every duration is measured on it */
     private readonly now: () => number,
+    private readonly wallNow: () => number = Date.now,
   ) {}
 
   get size(): number {
@@ -59,26 +71,48 @@ export class HostBook {
     return this.hosts.values();
   }
 
+  /**
+   * A fenced host (its agent stopped its instances on isolation) is lost: they move once the
+   * agent confirms each stopped. A silent one is unknown until the failover judge finds its
+   * instances off the wire (then lost). A host named only by the journal is unknown until
+   * its first heartbeat: never placed on, never failed over before its silence is judged.
+   */
   stateOf(h: HostEntry): HostState {
-    if (h.placeholder || this.now() - h.lastSeen > this.lostAfterMs || h.fenced) return 'lost';
+    if (h.fenced) return 'lost';
+    if (this.isSilent(h)) return h.judged === 'lost' ? 'lost' : 'unknown';
+    if (h.placeholder) return 'unknown';
     return h.drain ? 'draining' : 'ready';
   }
 
-  isLost(id: string): boolean {
+  /** Nothing can be asked of the host now (silent, judged or not, or fenced). */
+  isDown(id: string): boolean {
     const h = this.hosts.get(id);
-    return !h || this.stateOf(h) === 'lost';
+    if (!h) return true;
+    const s = this.stateOf(h);
+    return s === 'lost' || s === 'unknown';
+  }
+
+  /** Silent past lostAfter: no heartbeat (or, vmware, vCenter says the host is not connected). */
+  isSilent(h: HostEntry): boolean {
+    return this.silentForEntry(h) > this.lostAfterMs;
   }
 
   /** How long a host has been silent (ms): since its last heartbeat, or since it was first named. */
   silentFor(id: string): number {
     const h = this.hosts.get(id);
-    return h ? Math.max(0, this.now() - h.lastSeen) : Number.POSITIVE_INFINITY;
+    return h ? this.silentForEntry(h) : Number.POSITIVE_INFINITY;
+  }
+
+  private silentForEntry(h: HostEntry): number {
+    const now = this.now();
+    return Math.max(0, now - h.lastSeen, h.downSince !== undefined ? now - h.downSince : 0);
   }
 
   /** A heartbeat (or registration facts): returns true when the host is new or came back. */
   heartbeat(hb: Heartbeat | (HostFacts & { time?: string })): boolean {
     const known = this.hosts.get(hb.hostId);
-    const wasLost = known ? this.stateOf(known) === 'lost' : true;
+    const wasLost = known ? this.isDown(known.id) : true;
+    const notConnected = 'connectionState' in hb && hb.connectionState !== undefined && hb.connectionState !== 'connected';
     const facts: HostFacts = {
       hostId: hb.hostId,
       backend: hb.backend,
@@ -98,6 +132,11 @@ export class HostBook {
         usage: 'usage' in hb ? hb.usage : zero(),
         agentAllocated: 'allocated' in hb ? hb.allocated : zero(),
         fenced: 'fenced' in hb ? hb.fenced : false,
+        isolated: 'isolated' in hb ? hb.isolated === true : false,
+        downSince: notConnected ? this.now() : undefined,
+        haProtected: 'haProtected' in hb ? hb.haProtected === true : false,
+        lastBeatWall: this.wallNow(),
+        judged: undefined,
         placeholder: false,
         placed: new Map(),
         own: zero(),
@@ -111,6 +150,12 @@ export class HostBook {
     known.facts = facts;
     known.backend = hb.backend;
     known.lastSeen = this.now();
+    known.lastBeatWall = this.wallNow();
+    if (notConnected) known.downSince ??= this.now();
+    else if ('connectionState' in hb) known.downSince = undefined;
+    if (!this.isSilent(known)) known.judged = undefined;
+    if ('haProtected' in hb) known.haProtected = hb.haProtected === true;
+    if ('isolated' in hb) known.isolated = hb.isolated === true;
     if ('usage' in hb) {
       known.usage = hb.usage;
       known.agentAllocated = hb.allocated;
@@ -122,18 +167,23 @@ export class HostBook {
     return wasLost;
   }
 
-  /** Marks hosts whose heartbeats stopped; returns the ids that just became lost. */
-  sweep(lastStates: Map<string, HostState>): string[] {
-    const lost: string[] = [];
+  /** Notes state changes (silences, judgements) so the next inventory reflects them. */
+  sweep(lastStates: Map<string, HostState>): void {
     for (const h of this.hosts.values()) {
       const s = this.stateOf(h);
       if (lastStates.get(h.id) !== s) {
         this.structuralChange = true;
-        if (s === 'lost') lost.push(h.id);
         lastStates.set(h.id, s);
       }
     }
-    return lost;
+  }
+
+  /** The failover judge's verdict on a silent host. */
+  judge(id: string, verdict: 'unknown' | 'lost'): void {
+    const h = this.hosts.get(id);
+    if (!h || h.judged === verdict) return;
+    h.judged = verdict;
+    this.structuralChange = true;
   }
 
   setDrain(id: string, drain: boolean): void {
@@ -238,6 +288,11 @@ export class HostBook {
       usage: zero(),
       agentAllocated: zero(),
       fenced: false,
+      isolated: false,
+      downSince: undefined,
+      haProtected: false,
+      lastBeatWall: this.wallNow(),
+      judged: undefined,
       placeholder: true,
       placed: new Map(),
       own: zero(),

@@ -68,13 +68,21 @@ export interface AgentPort {
   remove(hostId: string, instanceId: string): Promise<void>;
   get(hostId: string, instanceId: string): Promise<AgentInstance | undefined>;
   list(hostId: string): Promise<AgentInstance[]>;
+  /** stops (a VM: powers off) and keeps the instance; undefined when the host has no such instance */
+  stop(hostId: string, instanceId: string): Promise<AgentInstance | undefined>;
+  /** ARP probes from `hostId`'s interface on `vlan`: ip -> whether something answered */
+  probe(hostId: string, vlan: number, ips: readonly string[]): Promise<Map<string, boolean>>;
 }
 
 export interface Clock {
   now(): number;
 }
 
-export const systemClock: Clock = { now: () => Date.now() };
+/**
+ * Durations (silence, fence deadlines) are measured on the monotonic clock: a wall-clock
+ * step (NTP, an operator's `date -s`) must neither fail a host over nor hold one back.
+ */
+export const systemClock: Clock = { now: () => performance.now() };
 
 /** The core logs through this (pino in the service, silent in unit tests). */
 export interface CoreLog {

@@ -17,6 +17,7 @@ const SETTINGS: CoreSettings = {
   startAttempts: 2,
   failedGraceMs: 300,
   fenceMarginMs: 12_000,
+  leftoverRetentionMs: 24 * 3_600_000,
   // hosts beat once in these tests: time passing must not make them lost
   lostAfterMs: 3_600_000,
   concurrency: 4,
@@ -548,7 +549,10 @@ describe('observations', () => {
 
     await settle();
     expect(slotOf(0)).toMatchObject({ hostId: other, ip, state: 'running', phase: null });
-    expect(onAgents(['a', 'b'])).toEqual({ 'prod:web:0': [other] });
+    // the failed copy is stopped and kept (its logs are evidence), never started again
+    expect(onAgents(['a', 'b'])).toEqual({ 'prod:web:0': [host, other] });
+    expect(w.agents.instancesOn(host)).toEqual([expect.objectContaining({ instanceId: 'prod:web:0', state: 'failed' })]);
+    expect(w.store.eventsOf('instance', 'orphaned').map((e) => e.data)).toEqual([expect.objectContaining({ instanceId: 'prod:web:0', host })]);
     expect(w.ipam.ofOwner('prod:web:0')).toMatchObject({ ip, state: 'bound', host: other });
     expect(free(host)).toEqual(FULL);
     expect(placements().at(-1)?.data).toMatchObject({ hostId: other, slot: 0 });
@@ -562,7 +566,7 @@ describe('observations', () => {
     w.core.instanceEvent('failed', 'prod:web:0', host);
     await settle(1_000);
     expect(slotOf(0)).toMatchObject({ state: 'failed', hostId: null, lastError: { code: 'FAILED', message: 'OOM killed' } });
-    expect(w.agents.instancesOn(host)).toEqual([]);
+    expect(w.agents.instancesOn(host)).toEqual([expect.objectContaining({ state: 'failed', ip })]);
     await settle(40_000);
     expect(slotOf(0)).toMatchObject({ hostId: host, ip, state: 'running', phase: null });
     expect(w.agents.instancesOn(host)).toEqual([expect.objectContaining({ state: 'running', ip })]);
@@ -600,16 +604,41 @@ describe('observations', () => {
     expect(slotOf(0)).toMatchObject({ hostId: host, state: 'running' });
   });
 
-  it('an instance the agent lists but no record places there is removed', async () => {
-    const { host } = await runningOne();
+  it('an instance the agent lists but no record places there is stopped and kept, then removed after the retention', async () => {
+    await world(['a', 'b'], { leftoverRetentionMs: 60_000 });
+    await scale(1, { replicas: 1 });
+    await settle();
+    const host = slotOf(0)!.hostId!;
     const other = host === 'a' ? 'b' : 'a';
     w.agents.plant(host, { instanceId: 'prod:old:0', env: 'prod', app: 'old', slot: 0 });
-    // a stale copy of our own slot on the wrong host
+    // a stale copy of our own slot on the wrong host (a returning host, after a failover)
     w.agents.plant(other, { instanceId: 'prod:web:0', env: 'prod', app: 'web', slot: 0 });
     w.core.agentList(host, w.agents.instancesOn(host));
     w.core.agentList(other, w.agents.instancesOn(other));
     await settle();
-    expect(onAgents(['a', 'b'])).toEqual({ 'prod:web:0': [host] });
+    const running = (h: string) => w.agents.instancesOn(h).filter((i) => i.state === 'running').map((i) => i.instanceId);
+    expect(running(host)).toEqual(['prod:web:0']);
+    expect(running(other)).toEqual([]);
+    expect(w.agents.callsOf('remove')).toEqual([]);
+    expect(w.agents.callsOf('start')).toEqual([]);
+    const orphaned = w.store.eventsOf<{ instanceId: string; host: string; keptUntil: string }>('instance', 'orphaned').map((e) => e.data);
+    expect(orphaned.map((d) => [d.instanceId, d.host]).sort()).toEqual([
+      ['prod:old:0', host],
+      ['prod:web:0', other],
+    ].sort());
+    expect(Date.parse(orphaned[0]!.keptUntil) - Date.now()).toBeGreaterThan(50_000);
+    // seen again within the retention: kept, announced once
+    w.core.agentList(other, w.agents.instancesOn(other));
+    await settle(1_000);
+    expect(w.agents.instancesOn(other)).toHaveLength(1);
+    expect(w.store.eventsOf('instance', 'orphaned')).toHaveLength(2);
+    // past it: removed
+    await settle(60_000);
+    w.core.agentList(other, w.agents.instancesOn(other));
+    w.core.agentList(host, w.agents.instancesOn(host));
+    await settle(1_000);
+    expect(w.agents.instancesOn(other)).toEqual([]);
+    expect(w.agents.instancesOn(host).map((i) => i.instanceId)).toEqual(['prod:web:0']);
     expect(slotOf(0)).toMatchObject({ hostId: host, state: 'running' });
     expect(w.core.slotList()).toHaveLength(1);
   });

@@ -7,6 +7,7 @@ import {
   type CreateInstanceCommand,
   type Heartbeat,
   type HostFacts,
+  type InstanceOrphanedData,
   type InstancePlacedData,
   type NewEvent,
   type ScaleCompletedData,
@@ -14,6 +15,7 @@ import {
   type ScaleRejectionCode,
   type SlotView,
 } from '@orangery/contracts';
+import { FailoverJudge } from './failover-judge';
 import { HostBook } from './host-book';
 import { appKeyOf, type AppRecord, type AppSpec, type Demand, type SlotError, type SlotRecord, type SlotSpec } from './model';
 import { place, type HostState, type PlacementPolicy, type PlacementRequest } from './placement';
@@ -31,6 +33,8 @@ export interface CoreSettings {
   readonly failedGraceMs: number;
   /** nothing that ran on a silent host is taken as gone before fenceAfter + margin */
   readonly fenceMarginMs: number;
+  /** a copy found where no record places it is stopped and kept this long before removal */
+  readonly leftoverRetentionMs: number;
   readonly lostAfterMs: number;
   /** slots worked on at once */
   readonly concurrency: number;
@@ -42,7 +46,10 @@ export interface CorePorts {
   readonly store: SchedulerStore;
   readonly ipam: IpamPort;
   readonly agents: AgentPort;
+  /** monotonic: durations only */
   readonly clock: Clock;
+  /** wall clock: timestamps in events (keptUntil) */
+  readonly wallClock?: Clock;
   readonly log: CoreLog;
 }
 
@@ -111,6 +118,9 @@ export class SchedulerCore {
   /** the journal is in memory: before that, every instance an agent lists looks like an orphan */
   private loaded = false;
   private inFlight = 0;
+  readonly failover: FailoverJudge;
+  /** leftovers kept on hosts (`host/instanceId` -> wall-clock ms until which they are kept) */
+  private readonly leftovers = new Map<string, number>();
 
   constructor(
     private readonly ports: CorePorts,
@@ -118,8 +128,19 @@ export class SchedulerCore {
     /** called once when a write finds another leader: the service steps down */
     private readonly onDeposed: () => void = () => undefined,
   ) {
-    this.hosts = new HostBook(settings.lostAfterMs, () => ports.clock.now());
+    this.hosts = new HostBook(settings.lostAfterMs, () => ports.clock.now(), () => this.wallNow());
     this.workLimit = new Semaphore(settings.concurrency);
+    this.failover = new FailoverJudge(
+      this.hosts,
+      { source: settings.source, lostAfterMs: settings.lostAfterMs, fenceDeadlineMs: settings.fenceMarginMs },
+      {
+        agents: ports.agents,
+        log: ports.log,
+        emit: (events) => this.save({ events }),
+        addressesOn: (hostId) => this.addressesOn(hostId),
+        lost: (hostId) => this.replaceAll(hostId, { code: 'HOST_LOST', message: `host ${hostId} is silent and its instances are off the wire`, host: hostId }),
+      },
+    );
   }
 
   // ---- lifecycle ------------------------------------------------------------------------
@@ -149,33 +170,45 @@ export class SchedulerCore {
   /** Level-triggered sweep: every app and every host, on a timer. */
   tick(): void {
     if (this.stopped) return;
-    this.hosts.sweep(this.hostStates);
-    this.replaceFenced();
+    this.sweepHosts();
     for (const key of this.apps.keys()) void this.reconcileApp(key);
   }
 
-  /**
-   * Instances of a host silent for longer than fenceAfter + margin are replaced elsewhere
-   * with their IPs: its agent, cut off that long, has stopped them itself (self-fence), so
-   * starting the IP again cannot put two copies on the wire (and the new host's agent probes
-   * the wire first). Before that, nothing moves: a slow host is not a dead one. What the
-   * host still holds when it comes back is removed by anti-entropy, never started.
-   */
-  private replaceFenced(): void {
+  /** Host states, failover verdicts, isolated hosts' instances: cheap, run every second. */
+  sweepHosts(): void {
+    if (this.stopped || !this.loaded) return;
+    this.hosts.sweep(this.hostStates);
+    this.failover.sweep();
     for (const h of this.hosts.all()) {
-      if (this.hosts.silentFor(h.id) <= this.settings.fenceMarginMs) continue;
-      for (const id of [...h.placed.keys()]) {
-        const s = this.slots.get(id);
-        if (!s || s.hostId !== h.id || s.phase !== null || s.hold) continue;
-        this.ports.log.warn({ instanceId: id, host: h.id, silentMs: this.hosts.silentFor(h.id) }, 'host silent past its self-fence: replacing its instance');
-        void this.update(s, {
-          phase: 'replace',
-          state: 'failed',
-          lastError: { code: 'HOST_LOST', message: `host ${h.id} has been silent past its self-fence`, host: h.id },
-        })
-          .then(() => this.kick(id))
-          .catch((e: unknown) => this.ports.log.warn({ instanceId: id, err: errorOf(e).message }, 'could not record the replacement; will retry'));
-      }
+      // The agent stopped everything itself (its instance network was isolated) and says so:
+      // each instance moves once the agent confirms it stopped (stepReplace asks).
+      if (h.fenced && !this.hosts.isSilent(h)) this.replaceAll(h.id, { code: 'HOST_ISOLATED', message: `host ${h.id} fenced itself: its instance network is isolated`, host: h.id });
+    }
+  }
+
+  private wallNow(): number {
+    return (this.ports.wallClock ?? { now: () => Date.now() }).now();
+  }
+
+  /** The addresses the records place on a host (what must be off the wire before it is lost). */
+  private addressesOn(hostId: string): { instanceId: string; ip: string; vlan: number }[] {
+    const out: { instanceId: string; ip: string; vlan: number }[] = [];
+    for (const id of this.slotsOn(hostId)) {
+      const s = this.slots.get(id);
+      if (s && s.hostId === hostId && s.ip) out.push({ instanceId: s.id, ip: s.ip, vlan: s.spec.vlan });
+    }
+    return out;
+  }
+
+  /** Marks every settled slot of a host for replacement elsewhere with its IP. */
+  private replaceAll(hostId: string, lastError: SlotError): void {
+    for (const id of this.slotsOn(hostId)) {
+      const s = this.slots.get(id);
+      if (!s || s.hostId !== hostId || s.phase !== null || s.hold) continue;
+      this.ports.log.warn({ instanceId: id, host: hostId, code: lastError.code }, 'replacing an instance of a lost host');
+      void this.update(s, { phase: 'replace', state: 'failed', lastError })
+        .then(() => this.kick(id))
+        .catch((e: unknown) => this.ports.log.warn({ instanceId: id, err: errorOf(e).message }, 'could not record the replacement; will retry'));
     }
   }
 
@@ -473,7 +506,7 @@ export class SchedulerCore {
       return 'again';
     }
     if (s.hostId) {
-      const gone = await this.removeFrom(s.hostId, s.id);
+      const gone = await this.offHost(s.hostId, s.id, 'remove');
       if (!gone) return this.backoff(s);
     }
     try {
@@ -496,7 +529,7 @@ export class SchedulerCore {
   /** A failed copy (or one removed while wanted again): take it off its host, then create anew, same IP. */
   private async stepReplace(s: SlotRecord, app: AppRecord): Promise<Step> {
     if (s.hostId) {
-      const gone = await this.removeFrom(s.hostId, s.id);
+      const gone = await this.offHost(s.hostId, s.id, 'keep');
       if (!gone) return this.backoff(s);
       this.hosts.unreserve(s.hostId, s.id);
     }
@@ -516,8 +549,8 @@ export class SchedulerCore {
   private async stepCreate(s: SlotRecord, app: AppRecord): Promise<Step> {
     if (!s.hostId) return this.placeSlot(s, app);
     const hostId = s.hostId;
-    if (this.hosts.isLost(hostId)) {
-      return this.attemptFailed(s, hostId, new PortError('UNAVAILABLE', `host ${hostId} is lost (no heartbeat)`, true));
+    if (this.hosts.isDown(hostId)) {
+      return this.attemptFailed(s, hostId, new PortError('UNAVAILABLE', `host ${hostId} is ${this.hosts.stateOf(this.hosts.get(hostId)!)} (no heartbeat, or fenced)`, true));
     }
     let alloc;
     try {
@@ -535,6 +568,11 @@ export class SchedulerCore {
       this.slots.set(s.id, s);
     }
     const backend = s.backend ?? this.hosts.get(hostId)?.backend ?? 'docker';
+    if (backend !== 'docker') {
+      // A VM cannot probe the wire before it boots: a live agent on the VLAN does it for it.
+      const refused = await this.probeForVm(s, hostId, alloc.ip, alloc.vlan);
+      if (refused !== undefined) return refused;
+    }
     let inst: AgentInstance;
     try {
       inst = await this.ports.agents.create(hostId, this.createCommand(s, alloc, backend));
@@ -553,6 +591,24 @@ export class SchedulerCore {
     await this.update(s, { state: 'running', phase: null, backend, tried: [], attempts: 0, lastError: null });
     this.checkAppSoon(appKeyOf(s));
     return 'done';
+  }
+
+  /** undefined: the address is silent (or no agent can tell: logged); otherwise the step to return. */
+  private async probeForVm(s: SlotRecord, hostId: string, ip: string, vlan: number): Promise<Step | undefined> {
+    const prober = this.failover.proberFor(hostId, vlan);
+    if (!prober) {
+      this.ports.log.warn({ instanceId: s.id, ip, vlan }, 'no live docker-agent on the VLAN to probe the wire before a VM start; starting without one');
+      return undefined;
+    }
+    let answers: Map<string, boolean>;
+    try {
+      answers = await this.ports.agents.probe(prober, vlan, [ip]);
+    } catch (e) {
+      this.ports.log.warn({ instanceId: s.id, ip, prober, err: errorOf(e).message }, 'wire probe before a VM start failed; will retry');
+      return this.backoff(s);
+    }
+    if (answers.get(ip) === false) return undefined;
+    return this.attemptFailed(s, hostId, new PortError('IP_IN_USE_ON_WIRE', `${ip} answers ARP on VLAN ${vlan} (probed by ${prober}): nothing was started`, false, { ip, prober }));
   }
 
   private async placeSlot(s: SlotRecord, app: AppRecord): Promise<Step> {
@@ -613,18 +669,41 @@ export class SchedulerCore {
     return FAILED_RETRY_MS;
   }
 
-  /** true when the instance is off `hostId`: the agent says so, or the host has been silent past its self-fence. */
-  private async removeFrom(hostId: string, id: string): Promise<boolean> {
-    // fenced by now: asking a dead host would only wait for a timeout
-    if (this.hosts.silentFor(hostId) > this.settings.fenceMarginMs) return true;
+  /**
+   * True when the instance is off `hostId`: its agent confirms it (removed; or, for `keep`,
+   * stopped and kept as a leftover), or the host is judged lost (silent AND its addresses
+   * off the wire). A silent host that is not judged lost is waited for: its copy may be
+   * serving, and starting the IP elsewhere would make two.
+   */
+  private async offHost(hostId: string, id: string, how: 'remove' | 'keep'): Promise<boolean> {
+    const h = this.hosts.get(hostId);
+    if (h && this.hosts.isSilent(h)) return h.judged === 'lost';
     try {
-      await this.ports.agents.remove(hostId, id);
+      if (how === 'remove') {
+        await this.ports.agents.remove(hostId, id);
+        return true;
+      }
+      const inst = await this.ports.agents.stop(hostId, id);
+      if (inst?.state === 'running') return false;
+      if (inst) this.keepLeftover(hostId, id, inst.backend, inst.state, 'replaced elsewhere');
       return true;
     } catch (e) {
-      if (this.hosts.silentFor(hostId) > this.settings.fenceMarginMs) return true;
-      this.ports.log.warn({ instanceId: id, host: hostId, err: errorOf(e).message }, 'remove failed; will retry');
+      this.ports.log.warn({ instanceId: id, host: hostId, how, err: errorOf(e).message }, 'could not take the instance off its host; will retry');
       return false;
     }
+  }
+
+  /** A copy no record places on `hostId` is kept (stopped) until the retention ends; announced once. */
+  private keepLeftover(hostId: string, instanceId: string, backend: Backend, state: string, reason: string): void {
+    const key = `${hostId}/${instanceId}`;
+    if (this.leftovers.has(key)) return;
+    const keptUntil = this.wallNow() + this.settings.leftoverRetentionMs;
+    this.leftovers.set(key, keptUntil);
+    const data: InstanceOrphanedData = { instanceId, host: hostId, backend, keptUntil: new Date(keptUntil).toISOString(), state, reason };
+    this.ports.log.warn({ ...data }, 'leftover copy stopped and kept');
+    void this.save({ events: [this.event('instance', 'orphaned', instanceId, data, undefined, `instance-orphaned:${hostId}:${instanceId}:${keptUntil}`)] }).catch(
+      (e: unknown) => this.ports.log.warn({ instanceId, err: errorOf(e).message }, 'could not journal instance.orphaned'),
+    );
   }
 
   private backoff(s: SlotRecord): number {
@@ -634,9 +713,19 @@ export class SchedulerCore {
   // ---- observations -----------------------------------------------------------------------
 
   heartbeat(hb: Heartbeat): void {
+    const before = this.hosts.get(hb.hostId);
+    const judged = before?.judged;
+    const silentSince = before ? new Date(before.lastBeatWall).toISOString() : undefined;
     if (this.hosts.heartbeat(hb)) {
       this.ports.log.info({ host: hb.hostId, backend: hb.backend }, 'host is ready');
-      this.hostStates.set(hb.hostId, 'ready');
+      this.hostStates.set(hb.hostId, this.hosts.stateOf(this.hosts.get(hb.hostId)!));
+    }
+    if (judged !== undefined && this.hosts.get(hb.hostId)?.judged === undefined && silentSince && !this.stopped) {
+      this.ports.log.warn({ host: hb.hostId, was: judged }, 'host heard from again');
+      const data = { hostId: hb.hostId, backend: hb.backend, lastHeartbeat: hb.time, silentSince };
+      void this.save({ events: [this.event('host', 'recovered', hb.hostId, data, undefined, `host-recovered:${hb.hostId}:${silentSince}`)] }).catch(
+        (e: unknown) => this.ports.log.warn({ host: hb.hostId, err: errorOf(e).message }, 'could not journal host.recovered'),
+      );
     }
   }
 
@@ -665,9 +754,9 @@ export class SchedulerCore {
       if (s?.hold) continue; // a migration has copies on two hosts for a while
       if (!s || s.hostId !== hostId) {
         // Not ours there: a leftover of a failed attempt, a removed slot, or a copy from
-        // before a failover. The record is the truth; the copy goes.
-        this.ports.log.warn({ instanceId: inst.instanceId, host: hostId, state: inst.state }, 'removing an instance no record places there');
-        void this.ports.agents.remove(hostId, inst.instanceId).catch(() => undefined);
+        // before a failover. The record is the truth: the copy is stopped (a VM powered off)
+        // and kept for the retention period, never started, removed only after it.
+        this.handleLeftover(hostId, inst);
         continue;
       }
       if (s.phase === null && inst.state !== 'running') this.verifyLater(s.id, inst.state === 'failed' ? this.settings.failedGraceMs : 1_000);
@@ -675,6 +764,28 @@ export class SchedulerCore {
     for (const id of this.slotsOn(hostId)) {
       const s = this.slots.get(id);
       if (s && s.phase === null && !s.hold && !seen.has(id)) this.verifyLater(id, 0);
+    }
+  }
+
+  private handleLeftover(hostId: string, inst: AgentInstance): void {
+    const key = `${hostId}/${inst.instanceId}`;
+    if (inst.state === 'running') {
+      this.ports.log.warn({ instanceId: inst.instanceId, host: hostId }, 'stopping a copy no record places there');
+      void this.ports.agents
+        .stop(hostId, inst.instanceId)
+        .then((after) => after && this.keepLeftover(hostId, inst.instanceId, inst.backend, after.state, 'found where no record places it'))
+        .catch((e: unknown) => this.ports.log.warn({ instanceId: inst.instanceId, host: hostId, err: errorOf(e).message }, 'could not stop a leftover; will retry'));
+      return;
+    }
+    const keptUntil = this.leftovers.get(key);
+    if (keptUntil === undefined) {
+      this.keepLeftover(hostId, inst.instanceId, inst.backend, inst.state, 'found where no record places it');
+    } else if (this.wallNow() > keptUntil) {
+      this.ports.log.info({ instanceId: inst.instanceId, host: hostId }, 'removing a leftover past its retention');
+      void this.ports.agents
+        .remove(hostId, inst.instanceId)
+        .then(() => this.leftovers.delete(key))
+        .catch((e: unknown) => this.ports.log.warn({ instanceId: inst.instanceId, host: hostId, err: errorOf(e).message }, 'could not remove a leftover; will retry'));
     }
   }
 

@@ -30,6 +30,8 @@ import { NotLeaderError, PortError, systemClock } from '../domain/ports';
 import { OUTBOX, STORE } from '../tokens';
 
 const HOST_FLUSH_MS = 2_000;
+/** how often host silences are judged (cheap: in memory, probes only for silent hosts) */
+const HOST_SWEEP_MS = 1_000;
 const LIST_CONCURRENCY = 8;
 
 /** What only the leader runs: the core, its subscriptions, the scale consumer, the timers. */
@@ -52,6 +54,8 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
   private election: LeaderElection | undefined;
   private leading: Leading | undefined;
   private readonly replica = replicaId('scheduler');
+  /** the verdicts last written to sched_host, by host */
+  private readonly savedVerdicts = new Map<string, string>();
 
   constructor(
     @Inject(NATS) private readonly nc: NatsConnection,
@@ -98,13 +102,14 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     const c = this.config;
     this.store.setEpoch(epoch);
     const core = new SchedulerCore(
-      { store: this.store, ipam: new NatsIpam(this.nc), agents: new NatsAgents(this.nc, c.agentTimeoutSeconds * 1000), clock: systemClock, log: this.logger },
+      { store: this.store, ipam: new NatsIpam(this.nc), agents: new NatsAgents(this.nc, c.agentTimeoutSeconds * 1000), clock: systemClock, wallClock: { now: () => Date.now() }, log: this.logger },
       {
         source: `orangery/scheduler/${this.replica}`,
         policy: c.policy,
         startAttempts: c.startAttempts,
         failedGraceMs: c.failedGraceSeconds * 1000,
         fenceMarginMs: (c.fenceAfterSeconds + c.fenceMarginSeconds) * 1000,
+        leftoverRetentionMs: c.leftoverRetentionHours * 3_600_000,
         lostAfterMs: c.lostAfterSeconds * 1000,
         concurrency: c.concurrency,
         envBackends: (env) => c.envBackends[env],
@@ -123,6 +128,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     slotApi.serve(slotRoutes(core));
     const timers = [
       setInterval(() => core.tick(), c.reconcileSeconds * 1000),
+      setInterval(() => core.sweepHosts(), HOST_SWEEP_MS),
       setInterval(() => void this.flushHosts(core, dirtyHosts), HOST_FLUSH_MS),
       setInterval(() => void this.antiEntropy(core), c.antiEntropySeconds * 1000),
     ];
@@ -200,8 +206,13 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
   }
 
   private async flushHosts(core: SchedulerCore, dirty: Set<string>): Promise<void> {
+    // Silent hosts send nothing: a change of the leader's verdict on one is a change too.
+    for (const h of core.hosts.all()) {
+      if ((h.judged ?? '') !== (this.savedVerdicts.get(h.id) ?? '')) dirty.add(h.id);
+    }
     const ids = [...dirty];
     dirty.clear();
+    for (const id of ids) this.savedVerdicts.set(id, core.hosts.get(id)?.judged ?? '');
     const entries = ids.map((id) => core.hosts.get(id)).filter((h) => h !== undefined);
     await this.store.saveHosts(entries).catch((err: unknown) => {
       for (const id of ids) dirty.add(id);
@@ -211,7 +222,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
 
   /** Compares what every reachable agent runs with the records (orphans, missing, failed). */
   private async antiEntropy(core: SchedulerCore): Promise<void> {
-    const hosts = [...core.hosts.all()].filter((h) => !core.hosts.isLost(h.id)).map((h) => h.id);
+    const hosts = [...core.hosts.all()].filter((h) => !core.hosts.isDown(h.id)).map((h) => h.id);
     for (let i = 0; i < hosts.length; i += LIST_CONCURRENCY) {
       if (this.leading?.core !== core) return;
       await Promise.all(hosts.slice(i, i + LIST_CONCURRENCY).map((id) => this.listHost(core, id)));

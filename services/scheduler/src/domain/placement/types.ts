@@ -7,7 +7,8 @@ import type { Amounts, Backend, Resources } from '@orangery/contracts';
  * INSUFFICIENT_CAPACITY). Committing a placement (ipam, agent) happens elsewhere.
  */
 
-export type HostState = 'ready' | 'draining' | 'lost';
+/** unknown: silent, but its instances may still serve (nothing of it moves); lost: silent and off the wire */
+export type HostState = 'ready' | 'draining' | 'unknown' | 'lost';
 
 /** The env and app of an instance: what spread counts. */
 export interface AppRef {

@@ -223,7 +223,7 @@ export const macOf = (ip: string): string =>
 
 // ---- agents -------------------------------------------------------------------------------------
 
-export type AgentOp = 'create' | 'start' | 'remove' | 'get' | 'list';
+export type AgentOp = 'create' | 'start' | 'stop' | 'remove' | 'get' | 'list' | 'probe';
 export interface AgentCall {
   readonly op: AgentOp;
   readonly hostId: string;
@@ -298,6 +298,9 @@ export class FakeAgents implements AgentPort {
         ...(outcome ? { reason: outcome.reason } : {}),
       };
       on.set(command.instanceId, inst);
+    } else if (inst.state !== 'running' && !this.outcomes.some((o) => o.match(call))) {
+      // like the docker-agent: a kept copy with the same spec is started again (after its wire probe)
+      inst.state = 'running';
     }
     this.afterEffect(call);
     return { ...inst };
@@ -311,6 +314,31 @@ export class FakeAgents implements AgentPort {
     if (!inst) throw new PortError('NOT_FOUND', `no instance ${instanceId} on ${hostId}`, false);
     inst.state = 'running';
     return { ...inst };
+  }
+
+  /** Hosts cut off the wire (dead, or their uplink cut): their instances answer no ARP probe. */
+  readonly offWire = new Set<string>();
+
+  async stop(hostId: string, instanceId: string): Promise<AgentInstance | undefined> {
+    const call: AgentCall = { op: 'stop', hostId, instanceId };
+    this.check(call);
+    await Promise.resolve();
+    const inst = this.hosts.get(hostId)?.get(instanceId);
+    if (!inst) return undefined;
+    if (inst.state === 'running') inst.state = 'stopped';
+    return { ...inst };
+  }
+
+  /** Like the docker-agent: an address answers while a running instance holds it on a host that is on the wire. */
+  async probe(hostId: string, _vlan: number, ips: readonly string[]): Promise<Map<string, boolean>> {
+    this.check({ op: 'probe', hostId });
+    await Promise.resolve();
+    const live = new Set<string>();
+    for (const [h, on] of this.hosts) {
+      if (this.offWire.has(h)) continue;
+      for (const inst of on.values()) if (inst.state === 'running') live.add(inst.ip);
+    }
+    return new Map(ips.map((ip) => [ip, live.has(ip)]));
   }
 
   async remove(hostId: string, instanceId: string): Promise<void> {
