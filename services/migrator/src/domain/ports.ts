@@ -45,10 +45,13 @@ export interface IpamPort {
   bind(ip: string, instanceId: string, backend: Backend, host: string): Promise<void>;
 }
 
-/** How long a host has been silent, from the heartbeats this replica follows. */
+/** Whether a host is gone (v1.1: silent AND its instances off the wire, as the scheduler judges it). */
 export interface Liveness {
-  /** ms since its last heartbeat; since this replica started following when it never saw one */
-  silentForMs(hostId: string): number;
+  /**
+   * ms since the host's last heartbeat while the scheduler judges it `lost`; 0 otherwise
+   * (silence alone proves nothing: a frozen or partitioned agent's instances still serve)
+   */
+  goneForMs(hostId: string): number;
 }
 
 /** Thrown by the store when another replica holds the migration's lease now. */

@@ -115,7 +115,7 @@ describe('MigrationSaga', () => {
     expect(w.agents.copy('h1', ID)?.state).toBe('running');
   });
 
-  it('counts a host silent past fenceAfter + margin as confirmed off, and leaves its leftover to the scheduler', async () => {
+  it('counts a host the scheduler judged lost (silent AND off the wire) past fenceAfter + margin as confirmed off, and leaves its leftover to the scheduler', async () => {
     const w = world();
     const m = await accept(w);
     w.liveness.silentMs.set('h1', 16_000);

@@ -185,7 +185,7 @@ export class MigrationSaga {
       }
       case 'stop-old': {
         const from = m.from!;
-        const silent = liveness.silentForMs(from.hostId);
+        const silent = liveness.goneForMs(from.hostId);
         if (silent >= this.opts.fenceDeadlineMs) {
           m.oldStopped = 'fenced';
           return next('create-new', `host ${from.hostId} silent for ${Math.round(silent / 1000)} s, past fenceAfter + margin: its agent has stopped it`);
@@ -245,7 +245,7 @@ export class MigrationSaga {
       }
       case 'remove-old': {
         const from = m.from!;
-        if (m.oldStopped === 'fenced' && liveness.silentForMs(from.hostId) >= this.opts.fenceDeadlineMs) {
+        if (m.oldStopped === 'fenced' && liveness.goneForMs(from.hostId) >= this.opts.fenceDeadlineMs) {
           return skip('commit', `host ${from.hostId} is unreachable: the scheduler removes the leftover when it returns`);
         }
         await agents.remove(from.hostId, id);
@@ -274,7 +274,7 @@ export class MigrationSaga {
         if (m.oldStopped === 'fenced' || m.oldStopped === 'absent') {
           return skip('release', m.oldStopped === 'fenced' ? `host ${from.hostId} is unreachable` : `there was no copy on ${from.hostId}`);
         }
-        if (liveness.silentForMs(from.hostId) >= this.opts.fenceDeadlineMs) return skip('release', `host ${from.hostId} is unreachable`);
+        if (liveness.goneForMs(from.hostId) >= this.opts.fenceDeadlineMs) return skip('release', `host ${from.hostId} is unreachable`);
         try {
           await agents.start(from.hostId, id);
         } catch (e) {

@@ -1,7 +1,7 @@
 import { Inject, type BeforeApplicationShutdown, type OnApplicationBootstrap } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { decode, DrainRequest, MigrateRequest, MigrationGetRequest, QUEUE_GROUPS, SUBJECTS } from '@orangery/contracts';
-import { ensureEventsStream, EventPublisher, Responder, type Route } from '@orangery/messaging';
+import { ensureEventsStream, Responder, type Route } from '@orangery/messaging';
 import type { OutboxRelay } from '@orangery/persistence';
 import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
@@ -46,7 +46,7 @@ export class MigratorRuntime implements OnApplicationBootstrap, BeforeApplicatio
     const c = this.config;
     await ensureEventsStream(this.nc, this.logger);
     this.outbox.start();
-    this.watch = new HostWatch(this.nc, new EventPublisher(this.nc), c.lostAfterSeconds * 1000, this.source, this.logger);
+    this.watch = new HostWatch(this.nc, this.logger);
     this.watch.start();
     const scheduler = new NatsScheduler(this.nc);
     const saga = new MigrationSaga(

@@ -226,7 +226,7 @@ export class FakeIpam implements IpamPort {
 
 export class FakeLiveness implements Liveness {
   readonly silentMs = new Map<string, number>();
-  silentForMs(hostId: string): number {
+  goneForMs(hostId: string): number {
     return this.silentMs.get(hostId) ?? 0;
   }
 }
