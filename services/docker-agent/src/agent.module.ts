@@ -1,17 +1,31 @@
 import { Inject, Module, type DynamicModule, type OnApplicationShutdown } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { agentInboxPrefix } from '@orangery/contracts';
-import { connectNats, EventPublisher } from '@orangery/messaging';
+import { connectNats } from '@orangery/messaging';
 import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { AgentConfig } from './config';
 import { AgentService } from './domain/agent.service';
+import { parentInterface } from './domain/container-spec';
+import { hostFactsOf, UsageMeter } from './domain/host-report';
+import type { EngineFacts, MonotonicClock } from './domain/ports';
+import { SelfFence } from './domain/self-fence';
+import { WireProbeService } from './domain/wire-probe';
 import { DockerEngine, waitForEngineFacts } from './adapters/docker-engine';
-import type { EngineFacts } from './domain/ports';
-import { ArpingProbe, GratuitousArp } from './adapters/host-network';
+import { ArpingProbe } from './adapters/arp-probe';
+import { GratuitousArp, SysfsLinkState } from './adapters/host-network';
 import { EventQueue } from './adapters/event-queue';
 import { HostRuntime } from './transport/host-runtime';
-import { AGENT_SERVICE, ENGINE, ENGINE_FACTS, EVENTS } from './tokens';
+import { IsolationWatch } from './transport/isolation-watch';
+import { AGENT_SERVICE, ENGINE, ENGINE_FACTS, EVENTS, SELF_FENCE, USAGE_METER, WIRE_PROBE } from './tokens';
+
+/** Engine calls on the heartbeat, fence and probe paths give up after this. */
+const ENGINE_TIMEOUT_MS = 2_000;
+/** How often the self-fence samples the wire. */
+const ISOLATION_CHECK_MS = 1_000;
+/** wire.probe: probes in flight at once. */
+const WIRE_PROBE_CONCURRENCY = 32;
+const ISOLATION_WATCH = Symbol('ISOLATION_WATCH');
 
 class Connections implements OnApplicationShutdown {
   constructor(@Inject(NATS) private readonly nc: NatsConnection) {}
@@ -21,51 +35,23 @@ class Connections implements OnApplicationShutdown {
   }
 }
 
-/** Stops every running managed container: no contact with NATS since the agent started. */
-async function fenceBeforeContact(engine: DockerEngine, logger: Logger): Promise<void> {
-  try {
-    const running = (await engine.listManaged()).filter((c) => c.engineState === 'running');
-    logger.error({ instances: running.length }, 'no contact with NATS since start: self-fencing, stopping every instance');
-    await Promise.all(running.map((c) => engine.stop(c.id, 2).catch(() => undefined)));
-  } catch (err) {
-    logger.error({ err: String(err) }, 'self-fence before first contact failed');
-  }
-}
-
 @Module({})
 export class AgentModule {
   static forRoot(config: AgentConfig, logger: Logger): DynamicModule {
     const garp = new GratuitousArp((msg, fields) => logger.warn(fields, msg));
     const engine = new DockerEngine(config.dockerHost, (pid, ip) => garp.announce(pid, ip));
+    const probe = new ArpingProbe({ windowMs: config.arpProbeMs });
+    const link = new SysfsLinkState();
+    // performance.now: a wall-clock step (NTP, an operator) must neither fence nor delay a fence.
+    const clock: MonotonicClock = { now: () => performance.now() };
     return {
       module: AgentModule,
       providers: [
         { provide: CONFIG, useValue: config },
         { provide: LOGGER, useValue: logger },
         { provide: ENGINE, useValue: engine },
-        {
-          provide: NATS,
-          useFactory: async () => {
-            // An agent restarted during a partition must fence too: if NATS stays out of
-            // reach for fenceAfter from the start, what runs on the engine is stopped.
-            const fence = setTimeout(() => void fenceBeforeContact(engine, logger), config.fenceAfterSeconds * 1000);
-            try {
-              return await connectNats({
-                servers: config.natsUrl,
-                name: replicaId(`docker-agent-${config.hostId}`),
-                logger,
-                inboxPrefix: agentInboxPrefix(config.hostId),
-              });
-            } finally {
-              clearTimeout(fence);
-            }
-          },
-        },
-        {
-          provide: EVENTS,
-          inject: [NATS],
-          useFactory: (nc: NatsConnection) => new EventQueue(new EventPublisher(nc), config.hostId, logger),
-        },
+        // Before NATS: the self-fence may have events to queue before the first connection.
+        { provide: EVENTS, useFactory: () => new EventQueue(config.hostId, logger) },
         {
           provide: ENGINE_FACTS,
           useFactory: () => waitForEngineFacts(engine, logger, config.dockerHost),
@@ -75,13 +61,76 @@ export class AgentModule {
           inject: [EVENTS, ENGINE_FACTS],
           // Reservations apply to the CPUs the engine reports; one core always stays usable.
           useFactory: (events: EventQueue, facts: EngineFacts) =>
-            new AgentService(engine, new ArpingProbe(config.arpProbeSeconds), events, {
+            new AgentService(engine, probe, events, {
               hostId: config.hostId,
               uplink: config.uplink,
               reservedCpus: Math.min(config.reservedCpus, facts.cpus - 1),
               totalCpus: facts.cpus,
               restartMaxRetries: config.restartMaxRetries,
               stopTimeoutSeconds: config.stopTimeoutSeconds,
+              engineTimeoutMs: ENGINE_TIMEOUT_MS,
+            }),
+        },
+        {
+          provide: SELF_FENCE,
+          inject: [AGENT_SERVICE, EVENTS, ENGINE_FACTS],
+          useFactory: (agent: AgentService, events: EventQueue, facts: EngineFacts) =>
+            new SelfFence(
+              {
+                agent,
+                engine,
+                probe,
+                link,
+                events,
+                clock,
+                wallTime: () => new Date(),
+                log: logger,
+                onRecovered: (fencedAt) =>
+                  events.host('registered', { ...hostFactsOf(config, facts), engine: facts.version, uplink: config.uplink, reregistered: true, fencedAt }),
+              },
+              {
+                uplink: config.uplink,
+                fenceAfterMs: config.fenceAfterSeconds * 1000,
+                checkIntervalMs: ISOLATION_CHECK_MS,
+                engineTimeoutMs: ENGINE_TIMEOUT_MS,
+                probeTimeoutMs: config.arpProbeMs + 1_500,
+                addresses: config.isolationAddresses?.map((a) => ({ ip: a.ip, iface: parentInterface(config.uplink, a.vlan) })),
+                stopGraceSeconds: 2,
+              },
+            ),
+        },
+        {
+          provide: ISOLATION_WATCH,
+          inject: [SELF_FENCE],
+          useFactory: (selfFence: SelfFence) => new IsolationWatch(selfFence, logger, ISOLATION_CHECK_MS),
+        },
+        {
+          provide: NATS,
+          inject: [ISOLATION_WATCH, EVENTS],
+          useFactory: async (watch: IsolationWatch, events: EventQueue) => {
+            // The self-fence runs from here on, whether NATS is reachable or not: an agent
+            // restarted on an isolated network fences without ever connecting, and one cut
+            // from NATS alone keeps its instances running.
+            watch.start();
+            const nc = await connectNats({
+              servers: config.natsUrl,
+              name: replicaId(`docker-agent-${config.hostId}`),
+              logger,
+              inboxPrefix: agentInboxPrefix(config.hostId),
+            });
+            events.attach(nc);
+            return nc;
+          },
+        },
+        { provide: USAGE_METER, useFactory: () => new UsageMeter(engine, clock, ENGINE_TIMEOUT_MS) },
+        {
+          provide: WIRE_PROBE,
+          useFactory: () =>
+            new WireProbeService(engine, probe, link, {
+              hostId: config.hostId,
+              uplink: config.uplink,
+              concurrency: WIRE_PROBE_CONCURRENCY,
+              engineTimeoutMs: ENGINE_TIMEOUT_MS,
             }),
         },
         Connections,

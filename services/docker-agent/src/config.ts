@@ -3,6 +3,7 @@ import { HOST_ID_PATTERN } from '@orangery/contracts';
 import { boolFrom, ConfigError, intFrom, labelsFrom, natsUrlFrom, oneOf, type Env } from '@orangery/service-kit';
 import { isStrictIpv4 } from '@orangery/netaddr';
 import { defaultRouteInterfaces, interfaceExists } from './adapters/host-network';
+import { parentInterface } from './domain/container-spec';
 
 export interface AgentConfig {
   natsUrl: string;
@@ -19,7 +20,10 @@ export interface AgentConfig {
   diskPolicy: 'report' | 'stop';
   restartMaxRetries: number;
   stopTimeoutSeconds: number;
-  arpProbeSeconds: number;
+  /** the duplicate-address probe's window (ms): 3 ARP probes spread over it */
+  arpProbeMs: number;
+  /** ORANGERY_ISOLATION_ADDRESSES; undefined: the gateways of the engine's managed networks */
+  isolationAddresses: { ip: string; vlan: number }[] | undefined;
   /** optional: the host's own address on the instance networks (host shim) */
   hostShimIp: string | undefined;
 }
@@ -54,11 +58,42 @@ export function loadAgentConfig(env: Env): AgentConfig {
     diskPolicy: oneOf(env, 'ORANGERY_DISK_POLICY', 'report', ['report', 'stop'] as const),
     restartMaxRetries: intFrom(env, 'ORANGERY_RESTART_MAX_RETRIES', 3, 0, 100),
     stopTimeoutSeconds: intFrom(env, 'ORANGERY_STOP_TIMEOUT_SECONDS', 10, 0, 600),
-    // One ARP probe a second (iputils arping), listening for the whole time: two probes by
-    // default, so one lost frame cannot hide a live holder of the address.
-    arpProbeSeconds: intFrom(env, 'ORANGERY_ARP_PROBE_SECONDS', 2, 1, 10),
+    arpProbeMs: arpProbeMsFrom(env),
+    isolationAddresses: isolationAddressesFrom(env, uplink),
     hostShimIp: shimIpFrom(env),
   };
+}
+
+/**
+ * Three ARP probes spread over ORANGERY_ARP_PROBE_MS (300: 100 ms apart, so one lost frame
+ * cannot hide a live holder of the address). ORANGERY_ARP_PROBE_SECONDS, the knob of the
+ * whole-second arping probe before v1.1, is still accepted when the _MS one is not set.
+ */
+function arpProbeMsFrom(env: Env): number {
+  if (env['ORANGERY_ARP_PROBE_MS']?.trim()) return intFrom(env, 'ORANGERY_ARP_PROBE_MS', 300, 100, 10_000);
+  if (env['ORANGERY_ARP_PROBE_SECONDS']?.trim()) return intFrom(env, 'ORANGERY_ARP_PROBE_SECONDS', 2, 1, 10) * 1000;
+  return 300;
+}
+
+/** `ip` or `ip@vlan`, comma separated: probed on the uplink, or on `<uplink>.<vlan>`. */
+function isolationAddressesFrom(env: Env, uplink: string): { ip: string; vlan: number }[] | undefined {
+  const raw = env['ORANGERY_ISOLATION_ADDRESSES']?.trim();
+  if (!raw) return undefined;
+  const out: { ip: string; vlan: number }[] = [];
+  for (const item of raw.split(',').map((x) => x.trim())) {
+    const m = /^([0-9.]+)(?:@(\d{1,4}))?$/.exec(item);
+    const vlan = m?.[2] === undefined ? 0 : Number(m[2]);
+    if (!m || !isStrictIpv4(m[1]!) || vlan > 4094) {
+      throw new ConfigError(`ORANGERY_ISOLATION_ADDRESSES: '${item}' is not an IPv4 address (optionally @vlan, 0..4094); expected e.g. 10.0.0.1,10.0.100.1@100`);
+    }
+    try {
+      parentInterface(uplink, vlan);
+    } catch (e) {
+      throw new ConfigError(`ORANGERY_ISOLATION_ADDRESSES: '${item}': ${(e as Error).message}`);
+    }
+    if (!out.some((a) => a.ip === m[1] && a.vlan === vlan)) out.push({ ip: m[1]!, vlan });
+  }
+  return out;
 }
 
 function shimIpFrom(env: Env): string | undefined {

@@ -2,7 +2,7 @@ import Docker from 'dockerode';
 import { statfs } from 'node:fs/promises';
 import { LABEL, type ContainerPlan } from '../domain/container-spec';
 import type { Logger } from '@orangery/telemetry';
-import type { Engine, EngineFacts, ManagedContainer, NetworkSpec } from '../domain/ports';
+import type { Engine, EngineFacts, EngineNetwork, ManagedContainer, NetworkSpec } from '../domain/ports';
 
 /** DOCKER_HOST (unix:///path, tcp://host:port) -> dockerode options. */
 export function dockerOptions(dockerHost: string): Docker.DockerOptions {
@@ -202,6 +202,17 @@ export class DockerEngine implements Engine {
     } catch (e) {
       if (statusCode(e) !== 404) throw e;
     }
+  }
+
+  /** The macvlan networks the agent made (labelled managed), with their parent and gateway. */
+  async listNetworks(): Promise<EngineNetwork[]> {
+    const list = await this.docker.listNetworks({ filters: { label: [`${LABEL.managed}=true`], driver: ['macvlan'] } });
+    const out: EngineNetwork[] = [];
+    for (const n of list) {
+      const parent = n.Options?.['parent'];
+      if (parent) out.push({ name: n.Name, parent, gateway: n.IPAM?.Config?.find((c) => c.Gateway)?.Gateway });
+    }
+    return out;
   }
 
   async usage(id: string): Promise<{ memoryBytes: number; cpuNanos: number }> {

@@ -1,32 +1,44 @@
 import { execFile } from 'node:child_process';
+import { access, readFile } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { isStrictIpv4 } from '@orangery/netaddr';
-import type { ArpProbe } from '../domain/ports';
+import type { LinkState } from '../domain/ports';
 
 const run = promisify(execFile);
 const IFACE = /^[A-Za-z0-9_.-]{1,15}$/;
 
 /**
- * Duplicate-address detection with iputils' arping (RFC 5227 probe: sender 0.0.0.0, so no
- * cache anywhere learns a false mapping). Exit 0: nobody answered; 1: someone did. Arguments
- * are checked and passed as an argv array, never through a shell.
+ * The uplink's state from sysfs: a file read, no process, so the self-fence can look at it
+ * every second for nothing. `carrier` reads 1 or 0, and fails (EINVAL) on an interface
+ * that is administratively down; operstate then says `down`. An interface that is gone
+ * has no carrier either.
  */
-export class ArpingProbe implements ArpProbe {
-  /** `seconds` probes, one a second, listening until the last second is over. */
-  constructor(private readonly seconds = 2) {}
+export class SysfsLinkState implements LinkState {
+  constructor(private readonly root = '/sys/class/net') {}
 
-  async inUse(iface: string, ip: string): Promise<boolean> {
-    if (!IFACE.test(iface)) throw new Error(`bad interface name '${iface}'`);
-    if (!isStrictIpv4(ip)) throw new Error(`bad IPv4 address '${ip}'`);
+  async carrier(iface: string): Promise<boolean | undefined> {
+    if (!IFACE.test(iface)) return undefined;
     try {
-      await run('arping', ['-D', '-q', '-c', String(this.seconds), '-w', String(this.seconds), '-I', iface, ip], {
-        timeout: (this.seconds + 3) * 1000,
-      });
-      return false;
+      return (await readFile(`${this.root}/${iface}/carrier`, 'utf8')).trim() === '1';
     } catch (e) {
-      const code = (e as { code?: number | string }).code;
-      if (code === 1) return true;
-      throw new Error(`arping on ${iface} failed: ${(e as Error).message.split('\n')[0]}`);
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT') return false;
+      try {
+        const state = (await readFile(`${this.root}/${iface}/operstate`, 'utf8')).trim();
+        return state === 'down' || state === 'lowerlayerdown' || state === 'notpresent' ? false : undefined;
+      } catch {
+        return undefined;
+      }
+    }
+  }
+
+  async exists(iface: string): Promise<boolean> {
+    if (!IFACE.test(iface)) return false;
+    try {
+      await access(`${this.root}/${iface}`);
+      return true;
+    } catch {
+      return false;
     }
   }
 }

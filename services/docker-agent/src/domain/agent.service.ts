@@ -8,6 +8,9 @@ import {
 import { cidrOf } from '@orangery/netaddr';
 import { LABEL, memoryLimitMb, networkName, parentInterface, planContainer, specHash } from './container-spec';
 import { stateOf, type ArpProbe, type Engine, type EventSink, type ManagedContainer } from './ports';
+import { withTimeout } from './timeouts';
+
+const DEFAULT_ENGINE_TIMEOUT_MS = 2_000;
 
 export interface AgentSettings {
   hostId: string;
@@ -16,6 +19,8 @@ export interface AgentSettings {
   totalCpus: number;
   restartMaxRetries: number;
   stopTimeoutSeconds: number;
+  /** engine calls on the self-fence path give up after this (default 2000 ms; a stop gets its grace on top) */
+  engineTimeoutMs?: number;
 }
 
 /**
@@ -175,32 +180,49 @@ export class AgentService {
     return true;
   }
 
-  /** While true, nothing starts on this host (self-fence); see HostRuntime. */
+  /** While true, nothing starts on this host (self-fence: its instance network is isolated); see SelfFence. */
   fenced = false;
+
+  /**
+   * At agent start: reports every managed container as it is (events with `adopted: true`)
+   * and changes nothing. A container found stopped or failed stays so: after a move its IP
+   * may be live elsewhere, and only the control plane may start it again.
+   */
+  async adopt(): Promise<{ instances: number; running: ManagedContainer[] }> {
+    const all = await this.engine.listManaged();
+    for (const c of all) {
+      const d = this.describe(c);
+      const what = d.state === 'running' ? 'running' : d.state === 'failed' ? 'failed' : 'stopped';
+      this.events.instance({ what, instanceId: d.instanceId, data: { ...d, adopted: true } });
+    }
+    return { instances: all.length, running: all.filter((c) => stateOf(c) === 'running') };
+  }
 
   /**
    * Self-fence: from now on nothing starts, then every running instance is stopped, each
    * through its own queue so a create or start in flight cannot slip a container past it.
    * A stop that fails is tried again; the instances still running are reported apart.
+   * Every engine call has a timeout: a hung engine makes the fence report, not hang.
    */
   async stopAll(timeoutSeconds: number): Promise<{ stopped: string[]; stillRunning: string[] }> {
     this.fenced = true;
     const stopped: string[] = [];
     const stillRunning: string[] = [];
-    const all = await this.engine.listManaged();
+    const limit = this.settings.engineTimeoutMs ?? DEFAULT_ENGINE_TIMEOUT_MS;
+    const all = await withTimeout(this.engine.listManaged(), limit, 'the engine (list containers)');
     const ids = new Set([...all.map((c) => c.labels[LABEL.instanceId] ?? c.id), ...this.queues.keys()]);
     await Promise.all(
       [...ids].map((instanceId) =>
         this.serialize(instanceId, async () => {
           for (let attempt = 1; ; attempt++) {
-            const c = await this.engine.findByInstance(instanceId).catch(() => undefined);
+            const c = await withTimeout(this.engine.findByInstance(instanceId), limit, 'the engine (inspect)').catch(() => undefined);
             if (!c || stateOf(c) !== 'running') {
               if (attempt > 1) stopped.push(instanceId);
               return;
             }
             this.expectedStops.add(c.id);
             try {
-              await this.engine.stop(c.id, timeoutSeconds);
+              await withTimeout(this.engine.stop(c.id, timeoutSeconds), timeoutSeconds * 1000 + limit, 'the engine (stop)');
               stopped.push(instanceId);
               return;
             } catch {
@@ -219,15 +241,7 @@ export class AgentService {
   /** What the instances on this host were promised (from labels). */
   async allocated(): Promise<{ amounts: Amounts; count: number }> {
     const all = await this.engine.listManaged();
-    const amounts = { cpu: 0, memoryMb: 0, diskMb: 0 };
-    for (const c of all) {
-      amounts.cpu += Number(c.labels[LABEL.cpu] ?? 0);
-      // the container's real limit: the heap's head room can raise it above what was asked
-      amounts.memoryMb += memoryLimitMb(Number(c.labels[LABEL.memoryMb] ?? 0), c.labels[LABEL.heapMb] ? Number(c.labels[LABEL.heapMb]) : undefined);
-      amounts.diskMb += Number(c.labels[LABEL.diskMb] ?? 0);
-    }
-    amounts.cpu = Math.round(amounts.cpu * 1000) / 1000;
-    return { amounts, count: all.length };
+    return { amounts: allocatedOf(all), count: all.length };
   }
 
   private async require(instanceId: string): Promise<ManagedContainer> {
@@ -264,7 +278,7 @@ export class AgentService {
 
   private refuseWhileFenced(instanceId: string): void {
     if (this.fenced) {
-      throw new OrangeryError('UNAVAILABLE', `${this.settings.hostId} is fenced (no contact with NATS); ${instanceId} was not started`, {
+      throw new OrangeryError('UNAVAILABLE', `${this.settings.hostId} is fenced (its instance network is isolated); ${instanceId} was not started`, {
         instanceId,
         retryable: true,
       });
@@ -310,4 +324,17 @@ export class AgentService {
     }
     return out;
   }
+}
+
+/** What the given containers were promised, from their labels (any state: a stopped one keeps its place). */
+export function allocatedOf(containers: readonly ManagedContainer[]): Amounts {
+  const amounts = { cpu: 0, memoryMb: 0, diskMb: 0 };
+  for (const c of containers) {
+    amounts.cpu += Number(c.labels[LABEL.cpu] ?? 0);
+    // the container's real limit: the heap's head room can raise it above what was asked
+    amounts.memoryMb += memoryLimitMb(Number(c.labels[LABEL.memoryMb] ?? 0), c.labels[LABEL.heapMb] ? Number(c.labels[LABEL.heapMb]) : undefined);
+    amounts.diskMb += Number(c.labels[LABEL.diskMb] ?? 0);
+  }
+  amounts.cpu = Math.round(amounts.cpu * 1000) / 1000;
+  return amounts;
 }

@@ -40,12 +40,40 @@ export interface Engine {
   remove(id: string): Promise<void>;
   /** memory bytes and cumulative CPU nanoseconds of a running container */
   usage(id: string): Promise<{ memoryBytes: number; cpuNanos: number }>;
+  /** the managed macvlan networks: their parent interface and their IPAM gateway */
+  listNetworks(): Promise<EngineNetwork[]>;
+}
+
+export interface EngineNetwork {
+  name: string;
+  /** `<uplink>` or `<uplink>.<vlan>` */
+  parent: string;
+  gateway: string | undefined;
 }
 
 /** Duplicate-address detection on the wire (ARP, RFC 5227 probe). */
 export interface ArpProbe {
   /** true when some endpoint answers for `ip` on `iface` */
   inUse(iface: string, ip: string): Promise<boolean>;
+}
+
+/** The host's links, read cheaply (sysfs): no process, no engine. */
+export interface LinkState {
+  /** false: no carrier (cable out, peer down, interface down or gone); undefined: unreadable */
+  carrier(iface: string): Promise<boolean | undefined>;
+  exists(iface: string): Promise<boolean>;
+}
+
+/** Milliseconds on a clock that never steps (performance.now): fencing must not follow the wall clock. */
+export interface MonotonicClock {
+  now(): number;
+}
+
+/** An address the agent probes to tell its own isolation from a control-plane outage. */
+export interface IsolationTarget {
+  ip: string;
+  /** the interface of its VLAN: parentInterface(uplink, vlan) */
+  iface: string;
 }
 
 export interface InstanceEvent {

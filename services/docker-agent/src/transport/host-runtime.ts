@@ -7,10 +7,10 @@ import {
   decode,
   InstanceRef,
   ListInstancesCommand,
+  ProbeWireCommand,
   QUEUE_GROUPS,
   StopInstanceCommand,
   SUBJECTS,
-  type Heartbeat,
   type HostFacts,
 } from '@orangery/contracts';
 import { ensureEventsStream, Responder, type Route } from '@orangery/messaging';
@@ -19,16 +19,18 @@ import type { Logger } from '@orangery/telemetry';
 import type { AgentConfig } from '../config';
 import type { AgentService } from '../domain/agent.service';
 import { diskLevel, LABEL, parentInterface } from '../domain/container-spec';
+import { heartbeatOf, hostFactsOf, type UsageMeter } from '../domain/host-report';
+import type { SelfFence } from '../domain/self-fence';
+import type { WireProbeService } from '../domain/wire-probe';
 import { HostShim } from '../adapters/host-network';
-import { FenceClock } from '../domain/fencing';
-import { stateOf, type Engine, type EngineFacts } from '../domain/ports';
+import type { Engine, EngineFacts } from '../domain/ports';
 import type { DockerEngine } from '../adapters/docker-engine';
 import type { EventQueue } from '../adapters/event-queue';
-import { AGENT_SERVICE, ENGINE, ENGINE_FACTS, EVENTS } from '../tokens';
+import { AGENT_SERVICE, ENGINE, ENGINE_FACTS, EVENTS, SELF_FENCE, USAGE_METER, WIRE_PROBE } from '../tokens';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export function agentRoutes(hostId: string, agent: AgentService): Route[] {
+export function agentRoutes(hostId: string, agent: AgentService, wire: Pick<WireProbeService, 'probeWire'>): Route[] {
   const s = SUBJECTS.agent;
   return [
     { subject: s.create(hostId), handler: (b) => agent.create(containerCommand(decode(CreateInstanceCommand, b))) },
@@ -37,24 +39,25 @@ export function agentRoutes(hostId: string, agent: AgentService): Route[] {
     { subject: s.remove(hostId), handler: (b) => agent.remove(decode(InstanceRef, b).instanceId) },
     { subject: s.get(hostId), handler: (b) => agent.get(decode(InstanceRef, b).instanceId) },
     { subject: s.list(hostId), handler: async (b) => (decode(ListInstancesCommand, b), agent.list()) },
+    { subject: s.probe(hostId), handler: (b) => wire.probeWire(decode(ProbeWireCommand, b)) },
   ];
 }
 
 /**
- * Everything the agent does on its own: registration and adoption at start, heartbeats,
- * the self-fence, the disk watcher and engine events. Wiring only; decisions live in the
- * domain (AgentService, FenceClock, diskLevel).
+ * What the agent does on its own once NATS is there: adoption and registration at start,
+ * heartbeats, the disk watcher and engine events. Timers and publishing only; decisions
+ * live in the domain (AgentService, UsageMeter, diskLevel). The self-fence does not run
+ * here: it runs from before the first NATS connection (see AgentModule) and never
+ * depends on NATS.
  */
 export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private responder: Responder | undefined;
   private facts: HostFacts | undefined;
-  private engineVersion = '';
-  private fence: FenceClock;
   private readonly periodic = new PeriodicTasks((err) => this.logger.warn({ err: String(err) }, 'periodic task failed'));
   private stopping = false;
   private seq = 0;
-  private lastCpu = new Map<string, { nanos: number; at: number }>();
   private diskUsedMb = 0;
+  private usageRefresh: Promise<void> | undefined;
   private readonly diskLevels = new Map<string, string>();
   private eventsAbort: (() => void) | undefined;
   private readonly shim: HostShim | undefined;
@@ -67,8 +70,10 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
     @Inject(EVENTS) private readonly events: EventQueue,
     @Inject(LOGGER) private readonly logger: Logger,
     @Inject(ENGINE_FACTS) private readonly engineFacts: EngineFacts,
+    @Inject(SELF_FENCE) private readonly selfFence: SelfFence,
+    @Inject(USAGE_METER) private readonly usage: UsageMeter,
+    @Inject(WIRE_PROBE) private readonly wire: WireProbeService,
   ) {
-    this.fence = new FenceClock(config.fenceAfterSeconds * 1000, Date.now());
     this.shim = config.hostShimIp ? new HostShim(config.hostShimIp) : undefined;
   }
 
@@ -87,16 +92,22 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
     if (this.config.reservedCpus >= engineFacts.cpus) {
       this.logger.warn({ cpus: engineFacts.cpus, reserved: this.config.reservedCpus }, 'ORANGERY_RESERVED_CPUS leaves no core for instances; reserving all but one');
     }
-    this.engineVersion = engineFacts.version;
-    this.facts = this.hostFacts(engineFacts);
+    this.facts = hostFactsOf(this.config, engineFacts);
     await ensureEventsStream(this.nc, this.logger);
-    await this.adopt();
+    // Adoption starts nothing: what is stopped stays stopped (the control plane decides).
+    const adopted = await this.agent.adopt();
+    for (const c of adopted.running) this.shimRoute(c.labels, true);
+    this.logger.info({ instances: adopted.instances, running: adopted.running.length }, 'adopted the instances on the engine');
     this.events.host('registered', { ...this.facts, engine: engineFacts.version, uplink: this.config.uplink });
     this.responder = new Responder(this.nc, QUEUE_GROUPS.agent(this.config.hostId), this.logger);
-    this.responder.serve(agentRoutes(this.config.hostId, this.agent));
-    this.fence.contact(Date.now());
-    this.periodic.every(this.config.heartbeatSeconds * 1000, () => this.heartbeat());
-    this.periodic.every(250, () => this.checkFence());
+    this.responder.serve(agentRoutes(this.config.hostId, this.agent, this.wire));
+    this.refreshUsage();
+    // The heartbeat never waits for the engine: it sends the latest measurement, and the
+    // next measurement is started beside it (engine calls with timeouts).
+    this.periodic.every(this.config.heartbeatSeconds * 1000, async () => {
+      this.heartbeat();
+      this.refreshUsage();
+    });
     this.periodic.every(this.config.diskCheckSeconds * 1000, () => this.checkDisks());
     void this.followEngineEvents();
     this.logger.info({ hostId: this.config.hostId, capacity: this.facts.capacity, uplink: this.config.uplink }, 'host registered');
@@ -111,89 +122,23 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
     await this.shim?.remove();
   }
 
-  private hostFacts(f: EngineFacts): HostFacts {
-    const reservedCpus = Math.min(this.config.reservedCpus, f.cpus - 1);
-    const reserved = { cpu: reservedCpus, memoryMb: this.config.reservedMemoryMb, diskMb: 0 };
-    return {
-      hostId: this.config.hostId,
-      backend: 'docker',
-      total: { cpu: f.cpus, memoryMb: f.memoryMb, diskMb: f.diskMb },
-      reserved,
-      capacity: {
-        cpu: f.cpus - reserved.cpu,
-        memoryMb: Math.max(0, f.memoryMb - reserved.memoryMb),
-        diskMb: f.diskMb,
-      },
-      labels: this.config.labels,
-      vlans: 'any',
-    };
-  }
-
-  /** Restart safety: report what runs, change nothing. */
-  private async adopt(): Promise<void> {
-    const all = await this.engine.listManaged();
-    for (const c of all) {
-      if (stateOf(c) === 'running') this.shimRoute(c.labels, true);
-      const d = this.agent.describe(c);
-      const what = d.state === 'running' ? 'running' : d.state === 'failed' ? 'failed' : 'stopped';
-      this.events.instance({ what, instanceId: d.instanceId, data: { ...d, adopted: true } });
-    }
-    this.logger.info({ instances: all.length, running: all.filter((c) => stateOf(c) === 'running').length }, 'adopted the instances on the engine');
-  }
-
-  private async heartbeat(): Promise<void> {
+  private heartbeat(): void {
     if (!this.facts) return;
-    const { amounts, count } = await this.agent.allocated();
-    const usage = await this.usage();
-    const hb: Heartbeat = {
-      ...this.facts,
-      time: new Date().toISOString(),
-      seq: this.seq++,
-      allocated: amounts,
-      usage,
-      instances: count,
-      fenced: this.fence.fenced,
-    };
-    this.nc.publish(SUBJECTS.heartbeat(this.config.hostId), JSON.stringify(hb));
-    // A flush is a round trip to the server: proof of contact, unlike a buffered publish.
-    await Promise.race([this.nc.flush(), sleep(1_000).then(() => Promise.reject(new Error('flush timed out')))]);
-    this.fence.contact(Date.now());
-    const fencedAt = this.fence.takeRecovery();
-    if (fencedAt !== undefined) {
-      this.agent.fenced = false;
-      this.logger.warn({ fencedAt: new Date(fencedAt).toISOString() }, 'NATS is back after a self-fence; re-registering');
-      this.events.host('registered', { ...this.facts, engine: this.engineVersion, uplink: this.config.uplink, reregistered: true, fencedAt: new Date(fencedAt).toISOString() });
+    const hb = heartbeatOf(this.facts, this.seq++, this.usage.latest, { fenced: this.selfFence.fenced, isolated: this.selfFence.isolated }, new Date());
+    // A buffered publish: while NATS is away the client queues or drops it, nothing waits.
+    try {
+      this.nc.publish(SUBJECTS.heartbeat(this.config.hostId), JSON.stringify(hb));
+    } catch (err) {
+      this.logger.debug({ err: String(err) }, 'heartbeat not sent');
     }
   }
 
-  private async checkFence(): Promise<void> {
-    if (!this.fence.shouldFence(Date.now())) return;
-    this.logger.error({ fenceAfterSeconds: this.config.fenceAfterSeconds }, 'no contact with NATS: self-fencing, stopping every instance');
-    const { stopped, stillRunning } = await this.agent.stopAll(2);
-    this.logger.error({ stopped, stillRunning }, 'self-fenced');
-    this.events.host('fenced', { at: new Date().toISOString(), stopped, stillRunning });
-    for (const instanceId of stopped) this.events.instance({ what: 'stopped', instanceId, data: { reason: 'self-fenced: no contact with NATS' } });
-  }
-
-  private async usage(): Promise<{ cpu: number; memoryMb: number; diskMb: number }> {
-    const running = (await this.engine.listManaged()).filter((c) => c.engineState === 'running');
-    let memory = 0;
-    let cpu = 0;
-    const now = Date.now();
-    await Promise.all(
-      running.map(async (c) => {
-        try {
-          const u = await this.engine.usage(c.id);
-          memory += u.memoryBytes;
-          const prev = this.lastCpu.get(c.id);
-          if (prev && now > prev.at) cpu += (u.cpuNanos - prev.nanos) / ((now - prev.at) * 1e6);
-          this.lastCpu.set(c.id, { nanos: u.cpuNanos, at: now });
-        } catch {
-          // gone meanwhile
-        }
-      }),
-    );
-    return { cpu: Math.max(0, Math.round(cpu * 100) / 100), memoryMb: Math.round(memory / (1024 * 1024)), diskMb: this.diskUsedMb };
+  private refreshUsage(): void {
+    if (this.usageRefresh) return;
+    this.usageRefresh = this.usage
+      .refresh(this.diskUsedMb)
+      .catch((err: unknown) => this.logger.debug({ err: String(err) }, 'usage not measured; the heartbeat keeps the last figures'))
+      .finally(() => (this.usageRefresh = undefined));
   }
 
   /** overlayfs has no per-container quota: measure the writable layer and act on it. */

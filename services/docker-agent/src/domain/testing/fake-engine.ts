@@ -1,5 +1,5 @@
 import { LABEL, type ContainerPlan } from '../container-spec';
-import type { ArpProbe, Engine, EngineFacts, EventSink, InstanceEvent, ManagedContainer, NetworkSpec } from '../ports';
+import type { ArpProbe, Engine, EngineFacts, EngineNetwork, EventSink, InstanceEvent, ManagedContainer, NetworkSpec } from '../ports';
 
 /** What the fake keeps per container: what the port shows, plus what docker would know. */
 export interface FakeContainer extends ManagedContainer {
@@ -89,6 +89,10 @@ export class FakeEngine implements Engine {
     this.journal.push(`network ${spec.name}`);
     this.networks.set(spec.name, { ...spec });
     this.interfaces.add(spec.parent);
+  }
+
+  async listNetworks(): Promise<EngineNetwork[]> {
+    return [...this.networks.values()].map((n) => ({ name: n.name, parent: n.parent, gateway: n.gateway }));
   }
 
   async create(plan: ContainerPlan, network: string): Promise<string> {

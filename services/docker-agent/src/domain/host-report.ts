@@ -1,0 +1,105 @@
+import type { Amounts, Heartbeat, HostFacts } from '@orangery/contracts';
+import { allocatedOf } from './agent.service';
+import type { Engine, EngineFacts, MonotonicClock } from './ports';
+import { withTimeout } from './timeouts';
+
+export interface HostFactsSettings {
+  hostId: string;
+  reservedCpus: number;
+  reservedMemoryMb: number;
+  labels: Record<string, string>;
+}
+
+/** What the host offers: the engine's totals less the host's reservations (one core always stays usable). */
+export function hostFactsOf(s: HostFactsSettings, f: EngineFacts): HostFacts {
+  const reservedCpus = Math.min(s.reservedCpus, f.cpus - 1);
+  const reserved = { cpu: reservedCpus, memoryMb: s.reservedMemoryMb, diskMb: 0 };
+  return {
+    hostId: s.hostId,
+    backend: 'docker',
+    total: { cpu: f.cpus, memoryMb: f.memoryMb, diskMb: f.diskMb },
+    reserved,
+    capacity: {
+      cpu: f.cpus - reserved.cpu,
+      memoryMb: Math.max(0, f.memoryMb - reserved.memoryMb),
+      diskMb: f.diskMb,
+    },
+    labels: s.labels,
+    vlans: 'any',
+  };
+}
+
+export interface HostUsage {
+  allocated: Amounts;
+  instances: number;
+  usage: Amounts;
+}
+
+/**
+ * The heartbeat's numbers, measured apart from the heartbeat: a heartbeat publishes the
+ * latest measurement at once and never waits for the engine. Each engine call has a
+ * timeout; when the engine does not answer, the last known figures stand.
+ */
+export class UsageMeter {
+  private current: HostUsage = { allocated: { cpu: 0, memoryMb: 0, diskMb: 0 }, instances: 0, usage: { cpu: 0, memoryMb: 0, diskMb: 0 } };
+  private readonly lastCpu = new Map<string, { nanos: number; at: number }>();
+
+  constructor(
+    private readonly engine: Pick<Engine, 'listManaged' | 'usage'>,
+    private readonly clock: MonotonicClock,
+    private readonly timeoutMs: number,
+  ) {}
+
+  get latest(): HostUsage {
+    return this.current;
+  }
+
+  /** Measures again; throws (keeping the last figures) when the engine does not answer in time. */
+  async refresh(diskUsedMb: number): Promise<void> {
+    this.current = { ...this.current, usage: { ...this.current.usage, diskMb: diskUsedMb } };
+    const all = await withTimeout(this.engine.listManaged(), this.timeoutMs, 'the engine (list containers)');
+    const running = all.filter((c) => c.engineState === 'running');
+    let memory = 0;
+    let cpu = 0;
+    let complete = true;
+    await Promise.all(
+      running.map(async (c) => {
+        try {
+          const u = await withTimeout(this.engine.usage(c.id), this.timeoutMs, 'the engine (stats)');
+          const now = this.clock.now();
+          memory += u.memoryBytes;
+          const prev = this.lastCpu.get(c.id);
+          if (prev && now > prev.at) cpu += (u.cpuNanos - prev.nanos) / ((now - prev.at) * 1e6);
+          this.lastCpu.set(c.id, { nanos: u.cpuNanos, at: now });
+        } catch {
+          complete = false; // gone meanwhile, or the engine is slow: counted next time
+        }
+      }),
+    );
+    for (const id of this.lastCpu.keys()) if (!running.some((c) => c.id === id)) this.lastCpu.delete(id);
+    const usage = complete || running.length === 0
+      ? { cpu: Math.max(0, Math.round(cpu * 100) / 100), memoryMb: Math.round(memory / (1024 * 1024)), diskMb: diskUsedMb }
+      : this.current.usage; // a partial sum would under-report: keep the last whole one
+    this.current = { allocated: allocatedOf(all), instances: all.length, usage };
+  }
+}
+
+/** The heartbeat (CONTRACT.md "Heartbeat", v1.1: `isolated`). */
+export function heartbeatOf(
+  facts: HostFacts,
+  seq: number,
+  usage: HostUsage,
+  fence: { fenced: boolean; isolated: boolean },
+  time: Date,
+): Heartbeat {
+  return {
+    ...facts,
+    time: time.toISOString(),
+    seq,
+    allocated: usage.allocated,
+    usage: usage.usage,
+    instances: usage.instances,
+    fenced: fence.fenced,
+    isolated: fence.isolated,
+  };
+}
