@@ -53,6 +53,10 @@ export class ChangeWatcher {
         filters.push(await this.client.createFilter({ propSet: [{ type: 'VirtualMachine', pathSet: ['name', 'config.template', 'runtime.powerState', 'guest.ipAddress', 'config.extraConfig'] }], objectSet: [viewSet(vmView)] }));
         filters.push(await this.client.createFilter({ propSet: [{ type: 'HostSystem', pathSet: ['runtime.connectionState'] }], objectSet: [viewSet(hostView)] }));
         let version = '';
+        // The first update set is the full picture, but vCenter may send it in pieces
+        // (`truncated`): a resync on the first piece alone would report every VM of the
+        // others removed. So the pieces are gathered, merged per VM, and resynced once.
+        let initial: { vms: Map<string, VmChange>; hosts: Map<string, string> } | undefined = { vms: new Map(), hosts: new Map() };
         while (!this.stopped && generation === this.client.sessionGeneration) {
           const set = await this.client.waitForUpdates(version, { maxWaitSeconds: this.waitSeconds });
           if (!set) continue;
@@ -77,13 +81,21 @@ export class ChangeWatcher {
               vms.push(change);
             }
           }
-          if (version === '') this.handlers.resync(vms, hosts);
-          else {
-            for (const h of hosts) this.handlers.host(h.ref, h.connectionState);
-            for (const v of vms) this.handlers.vm(v);
-          }
           version = set.version;
-          if (set.truncated) continue;
+          if (initial) {
+            for (const h of hosts) initial.hosts.set(h.ref, h.connectionState);
+            for (const v of vms) {
+              if (v.kind === 'leave') initial.vms.delete(v.ref);
+              else initial.vms.set(v.ref, { ...initial.vms.get(v.ref), ...definedOf(v), kind: 'enter' });
+            }
+            if (set.truncated) continue;
+            const whole = initial;
+            initial = undefined;
+            this.handlers.resync([...whole.vms.values()], [...whole.hosts].map(([ref, connectionState]) => ({ ref, connectionState })));
+            continue;
+          }
+          for (const h of hosts) this.handlers.host(h.ref, h.connectionState);
+          for (const v of vms) this.handlers.vm(v);
         }
       } catch (err) {
         if (this.stopped) return;
@@ -102,6 +114,13 @@ export class ChangeWatcher {
     if (!ref) throw new Error('CreateContainerView returned no view');
     return ref;
   }
+}
+
+/** A change's fields that are set (a later piece must not blank what an earlier one said); `guestIp` kept when present. */
+function definedOf(v: VmChange): VmChange {
+  const out: VmChange = { ref: v.ref, kind: v.kind };
+  for (const [k, val] of Object.entries(v) as [keyof VmChange, unknown][]) if (val !== undefined || k === 'guestIp') (out as unknown as Record<string, unknown>)[k] = val;
+  return out;
 }
 
 function viewSet(view: MoRef) {

@@ -18,7 +18,7 @@ import {
   type NicDevice,
   type VsphereLogger,
 } from '@orangery/vsphere';
-import type { EsxiHost, Vcenter, Vm, VmPlan } from '../domain/ports';
+import type { EsxiHost, EsxiHostState, Vcenter, Vm, VmPlan } from '../domain/ports';
 
 export interface VcenterSettings {
   url: string;
@@ -178,12 +178,13 @@ export class VsphereVcenter implements Vcenter {
           ['name', 'parent', 'network', 'datastore', 'summary.hardware', 'summary.quickStats', 'runtime.connectionState', 'runtime.inMaintenanceMode'],
           dc.hostFolder,
         ),
-        this.client.listObjects('ComputeResource', ['name'], dc.hostFolder),
+        this.client.listObjects('ClusterComputeResource', ['name', 'configuration.dasConfig.enabled'], dc.hostFolder),
         this.client.listObjects('Datastore', ['summary'], dc.datastoreFolder ?? dc.hostFolder),
         this.client.inventory.networks(),
       ]);
       this.networks = networks;
-      const clusterName = new Map(clusters.filter((c) => c.obj.type === 'ClusterComputeResource').map((c) => [c.obj.value, asString(c.props.name)]));
+      const clusterName = new Map(clusters.map((c) => [c.obj.value, asString(c.props.name)]));
+      const haOn = new Set(clusters.filter((c) => asBoolean(c.props['configuration.dasConfig.enabled']) === true).map((c) => c.obj.value));
       const ds = new Map(
         datastores.map((d) => [d.obj.value, { cap: Number(pick(d.props.summary, 'capacity') ?? 0), free: Number(pick(d.props.summary, 'freeSpace') ?? 0) }]),
       );
@@ -205,6 +206,7 @@ export class VsphereVcenter implements Vcenter {
           datacenter: dc.name,
           connectionState: asString(p['runtime.connectionState']) ?? 'unknown',
           inMaintenanceMode: asBoolean(p['runtime.inMaintenanceMode']) ?? false,
+          haProtected: parent !== undefined && haOn.has(parent.value),
           cpuCores: cores,
           mhzPerCore: mhz,
           usedMhz: asNumber(pick(p['summary.quickStats'], 'overallCpuUsage')) ?? 0,
@@ -218,8 +220,21 @@ export class VsphereVcenter implements Vcenter {
     });
   }
 
-  async vms(): Promise<Vm[]> {
-    return this.guard('listing the VMs', async () => (await this.client.listObjects('VirtualMachine', VM_PROPS, this.dc!.vmFolder)).map(({ obj, props }) => vmOf(obj, props)));
+  async hostStates(timeoutMs: number): Promise<EsxiHostState[]> {
+    return this.guard('reading the ESXi hosts\' states', async () =>
+      (await this.client.inventory.hostStates(this.dc!.hostFolder, { timeoutMs })).map((h) => ({
+        ref: h.ref.value,
+        connectionState: h.connectionState,
+        inMaintenanceMode: h.inMaintenanceMode,
+        haProtected: h.haEnabled,
+      })),
+    );
+  }
+
+  async vms(timeoutMs?: number): Promise<Vm[]> {
+    return this.guard('listing the VMs', async () =>
+      (await this.client.listObjects('VirtualMachine', VM_PROPS, this.dc!.vmFolder, { timeoutMs })).map(({ obj, props }) => vmOf(obj, props)),
+    );
   }
 
   async vm(ref: string): Promise<Vm | undefined> {

@@ -10,6 +10,8 @@ export interface EsxiHost {
   datacenter: string;
   connectionState: string;
   inMaintenanceMode: boolean;
+  /** vSphere HA is on for the host's cluster: HA, not Orangery, restarts its VMs */
+  haProtected: boolean;
   cpuCores: number;
   mhzPerCore: number;
   usedMhz: number;
@@ -23,6 +25,15 @@ export interface EsxiHost {
 }
 
 export type PowerState = 'poweredOn' | 'poweredOff' | 'suspended';
+
+/** What vCenter says of an ESXi host right now (read for every heartbeat). */
+export interface EsxiHostState {
+  ref: string;
+  /** vCenter's runtime.connectionState: connected, disconnected or notResponding */
+  connectionState: string;
+  inMaintenanceMode: boolean;
+  haProtected: boolean;
+}
 
 /** A VM (or template) in the datacenter, with the keys of its extraConfig. */
 export interface Vm {
@@ -55,8 +66,13 @@ export interface VmPlan {
 export interface Vcenter {
   /** ESXi hosts of the datacenter, with capacity, live usage and VLANs. */
   hosts(): Promise<EsxiHost[]>;
-  /** Every VM of the datacenter (templates too), in one round trip. */
-  vms(): Promise<Vm[]>;
+  /**
+   * Every ESXi host's connection state, maintenance mode and HA protection, cheaply (the
+   * heartbeat's read): UNAVAILABLE when vCenter has not answered within `timeoutMs`.
+   */
+  hostStates(timeoutMs: number): Promise<EsxiHostState[]>;
+  /** Every VM of the datacenter (templates too), in one round trip; within `timeoutMs` when given. */
+  vms(timeoutMs?: number): Promise<Vm[]>;
   vm(ref: string): Promise<Vm | undefined>;
   /** The template's ref, or undefined when there is no template of that name. */
   findTemplate(name: string): Promise<string | undefined>;

@@ -311,3 +311,75 @@ describe('HostLimiter', () => {
     await expect(limiter.run('h', async () => 1)).resolves.toBe(1);
   });
 });
+
+describe('the agent destroys or powers off nothing on its own (v1.1 failure semantics)', () => {
+  const noAnswer = () => new OrangeryError('UNAVAILABLE', 'powering on: no answer from vCenter within 60000 ms', { vcenter: 'x', cause: 'timeout', retryable: true });
+
+  it('a create cut off by vCenter after the power-on left (no answer) leaves the VM as it is: not powered off, not destroyed; the retry finds it running', async () => {
+    const { vc, agent } = world({ unavailableRetryMs: 3_000 });
+    const realPowerOn = vc.powerOn.bind(vc);
+    let cut = true;
+    // vCenter runs the power-on, but its answer never comes back (frozen, then a timeout)
+    vc.powerOn = async (ref: string) => {
+      await realPowerOn(ref);
+      if (cut) {
+        cut = false;
+        throw noAnswer();
+      }
+    };
+    const done = await agent.create(H1, cmd(0));
+    expect(done.state).toBe('running');
+    expect(vc.vmsByRef.size).toBe(1);
+    expect(vc.calls.filter((m) => m === 'clone')).toHaveLength(1);
+    expect(vc.powerChanges.filter((c) => !c.startsWith('powerOn'))).toEqual([]);
+  }, 10_000);
+
+  it('a create answered UNAVAILABLE in the end still leaves its VM: the next create adopts it, nothing is cloned twice', async () => {
+    const { vc, agent } = world();
+    const c = cmd(0);
+    vc.failNext('vm', noAnswer()); // the first read after the power-on
+    expect(await codeOf(agent.create(H1, c))).toBe('UNAVAILABLE');
+    expect([...vc.vmsByRef.values()].map((v) => v.powerState)).toEqual(['poweredOn']);
+    expect(vc.calls).not.toContain('destroy');
+    expect(vc.calls).not.toContain('powerOff');
+    const again = await agent.create(H1, c);
+    expect(again).toMatchObject({ state: 'running', vmId: [...vc.vmsByRef.keys()][0] });
+    expect(vc.calls.filter((m) => m === 'clone')).toHaveLength(1);
+  });
+
+  it('a leftover (a copy no record places there) is powered off on the scheduler\'s stop and kept; only remove destroys', async () => {
+    const { vc, agent } = world();
+    await agent.create(H1, cmd(0));
+    const [ref] = [...vc.vmsByRef.keys()];
+    await agent.stop(H1, { instanceId: 'prod:pay:0', timeoutSeconds: 0 });
+    expect(vc.vmsByRef.get(ref!)?.powerState).toBe('poweredOff');
+    expect(vc.calls).not.toContain('destroy');
+    await agent.remove(H1, 'prod:pay:0');
+    expect(vc.powerChanges).toEqual([`powerOn ${ref}`, `powerOff ${ref}`, `destroy ${ref}`]);
+  });
+
+  it('a restarted agent adopts: every VM reported as it is, no power change, nothing destroyed, nothing started', async () => {
+    const { vc, agent } = world();
+    await agent.create(H1, cmd(0));
+    await agent.create(H2, cmd(1));
+    await agent.create(H2, cmd(2, { start: false })); // e.g. a leftover kept off
+    vc.addForeignVm('not-ours', '198.18.9.250');
+    vc.powerChanges.length = 0;
+    const events = new RecordingEvents();
+    const restarted = new VmwareAgentService(vc, events, { extraConfig: {}, guestIpTimeoutMs: 10, stopTimeoutSeconds: 1, tasksPerHost: 1, queuePerHost: 1 });
+    const adopted = await restarted.adopt();
+    expect(adopted.map((v) => [v.labels.instanceId, v.powerState])).toEqual([
+      ['prod:pay:0', 'poweredOn'],
+      ['prod:pay:1', 'poweredOn'],
+      ['prod:pay:2', 'poweredOff'],
+    ]);
+    expect(events.instances.map((e) => [e.what, e.instanceId, e.data['adopted']])).toEqual([
+      ['running', 'prod:pay:0', true],
+      ['running', 'prod:pay:1', true],
+      ['stopped', 'prod:pay:2', true],
+    ]);
+    expect(vc.powerChanges).toEqual([]);
+    expect(vc.vmsByRef.size).toBe(4);
+  });
+});
+

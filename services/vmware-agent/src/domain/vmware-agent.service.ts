@@ -57,9 +57,24 @@ export class VmwareAgentService {
     for (const [id, h] of hosts) this.hosts.set(id, h);
   }
 
-  /** Every VM of the datacenter: from the change stream when in sync, else one listing. */
-  async snapshot(): Promise<Vm[]> {
-    return this.index.ready ? this.index.list() : this.vc.vms();
+  /** Every VM of the datacenter: from the change stream when in sync, else one listing (within `timeoutMs` when given). */
+  async snapshot(timeoutMs?: number): Promise<Vm[]> {
+    return this.index.ready ? this.index.list() : this.vc.vms(timeoutMs);
+  }
+
+  /**
+   * Restart safety: reports every Orangery VM as it is (`instance.running` or
+   * `instance.stopped`, `adopted: true`) and changes nothing. A VM that no record places
+   * where it is (a copy from before a failover) is the scheduler's to judge: it may stop
+   * it, never this agent on its own, and nothing is powered on here.
+   */
+  async adopt(): Promise<ManagedVm[]> {
+    const mine = managed(await this.vc.vms());
+    for (const vm of mine) {
+      const d = this.describe(vm);
+      this.events.instance({ what: d.state === 'running' ? 'running' : 'stopped', hostId: d.hostId, instanceId: d.instanceId, data: { ...d, adopted: true } });
+    }
+    return mine;
   }
 
   /**
@@ -170,8 +185,13 @@ export class VmwareAgentService {
     try {
       return this.describe(await this.powerOnAndWait(vm));
     } catch (e) {
-      // Nothing half-done: a VM that could not start is not left behind (a create that
-      // fails because vCenter went away leaves it, and the next create finds it).
+      // Nothing half-done: a clone that vCenter said could not start (a fault, off right
+      // after its power-on, gone) never served and is not left behind. When vCenter did
+      // not answer (unreachable, timed out: did the power-on happen?) the VM is left as it
+      // is, on or off: destroying it once vCenter answers again would destroy a VM that
+      // may be serving. The command is run again from the top (persist) and finds it by
+      // its labels.
+      if (!startRefused(e)) throw e;
       await this.vc.powerOff(ref).catch(() => undefined);
       await this.vc.destroy(ref).then(
         () => this.index.remove(ref),
@@ -363,6 +383,12 @@ export class VmwareAgentService {
     this.index.upsert(last);
     return { ...last, labels: vm.labels };
   }
+}
+
+/** vCenter answered that the power-on did not happen or did not last (not: vCenter did not answer). */
+function startRefused(e: unknown): boolean {
+  if (!(e instanceof OrangeryError)) return false;
+  return e.code === 'START_FAILED' || e.code === 'INSUFFICIENT_CAPACITY' || e.code === 'INTERNAL';
 }
 
 export function managed(vms: readonly Vm[]): ManagedVm[] {

@@ -9,15 +9,14 @@ import {
   QUEUE_GROUPS,
   StopInstanceCommand,
   SUBJECTS,
-  type Heartbeat,
-  type HostFacts,
   type VmCreateCommand,
 } from '@orangery/contracts';
 import { ensureEventsStream, Responder, type Route } from '@orangery/messaging';
 import { CONFIG, LOGGER, NATS, PeriodicTasks } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { VmwareAgentConfig } from '../config';
-import { managed, type VmwareAgentService } from '../domain/vmware-agent.service';
+import type { VmwareAgentService } from '../domain/vmware-agent.service';
+import { HeartbeatSource, hostFacts } from '../domain/heartbeats';
 import type { EsxiHost, Vm } from '../domain/ports';
 import { hostIdFromName, labelsOf } from '../domain/vm-spec';
 import { ChangeWatcher, type VmChange } from '../adapters/change-watcher';
@@ -30,6 +29,14 @@ export function vmCommand(cmd: CreateInstanceCommand): VmCreateCommand {
   if (cmd.template === undefined) throw invalidRequest('template', 'is required: a VM is cloned from a template');
   if (cmd.image !== undefined) throw invalidRequest('image', 'is for containers: the vmware-agent clones VMs from a template');
   return cmd as VmCreateCommand;
+}
+
+/**
+ * The budget of one heartbeat round's vCenter reads: the heartbeat interval, but at least
+ * 2 s (a busy vCenter is not a dead one) and never more than one call's timeout.
+ */
+export function heartbeatReadTimeoutMs(config: Pick<VmwareAgentConfig, 'heartbeatSeconds' | 'callTimeoutSeconds'>): number {
+  return Math.min(config.callTimeoutSeconds * 1000, Math.max(2_000, config.heartbeatSeconds * 1000));
 }
 
 export function agentRoutes(hostId: string, agent: VmwareAgentService): Route[] {
@@ -52,9 +59,6 @@ interface KnownVm {
   powerState: string;
 }
 
-/** Heartbeats keep going from the last VM list this long while vCenter does not answer. */
-const STALE_AFTER_MS = 30_000;
-
 /**
  * Everything the agent does on its own: the ESXi hosts' registration, heartbeats and
  * command subscriptions (one queue group per host), adoption at start, and vCenter's
@@ -66,8 +70,9 @@ export class VmwareRuntime implements OnApplicationBootstrap, BeforeApplicationS
   private readonly hostIdOfRef = new Map<string, string>();
   private readonly responders = new Map<string, Responder>();
   private readonly known = new Map<string, KnownVm>();
-  private readonly seq = new Map<string, number>();
-  private lastVms: { vms: Vm[]; at: number } | undefined;
+  private readonly heartbeats: HeartbeatSource;
+  /** since when vCenter has not answered a heartbeat round (undefined: it answers) */
+  private vcenterSilentSince: number | undefined;
   private readonly periodic = new PeriodicTasks((err) => this.logger.warn({ err: String(err) }, 'periodic task failed'));
   private watcher: ChangeWatcher | undefined;
   private lastWatchError = 0;
@@ -79,7 +84,13 @@ export class VmwareRuntime implements OnApplicationBootstrap, BeforeApplicationS
     @Inject(AGENT_SERVICE) private readonly agent: VmwareAgentService,
     @Inject(EVENTS) private readonly events: EventQueue,
     @Inject(LOGGER) private readonly logger: Logger,
-  ) {}
+  ) {
+    this.heartbeats = new HeartbeatSource(vc, agent, {
+      reservedCpus: config.reservedCpus,
+      reservedMemoryMb: config.reservedMemoryMb,
+      readTimeoutMs: heartbeatReadTimeoutMs(config),
+    });
+  }
 
   async onApplicationBootstrap(): Promise<void> {
     await ensureEventsStream(this.nc, this.logger);
@@ -109,19 +120,8 @@ export class VmwareRuntime implements OnApplicationBootstrap, BeforeApplicationS
     await this.vc.logout().catch(() => undefined);
   }
 
-  private facts(h: EsxiHost): HostFacts {
-    const reserved = { cpu: Math.min(this.config.reservedCpus, h.cpuCores), memoryMb: Math.min(this.config.reservedMemoryMb, h.memoryMb), diskMb: 0 };
-    const labels: Record<string, string> = { esxi: h.name, datacenter: h.datacenter };
-    if (h.cluster) labels['cluster'] = h.cluster;
-    return {
-      hostId: hostIdFromName(h.name),
-      backend: 'vmware',
-      total: { cpu: h.cpuCores, memoryMb: h.memoryMb, diskMb: h.diskMb },
-      reserved,
-      capacity: { cpu: h.cpuCores - reserved.cpu, memoryMb: h.memoryMb - reserved.memoryMb, diskMb: h.diskMb },
-      labels,
-      vlans: h.vlans,
-    };
+  private facts(h: EsxiHost) {
+    return hostFacts(h, this.config);
   }
 
   /** ESXi hosts come and go with vCenter's inventory: each gets its subjects and its registration. */
@@ -153,48 +153,41 @@ export class VmwareRuntime implements OnApplicationBootstrap, BeforeApplicationS
     this.agent.setHosts(this.hosts);
   }
 
-  /** Restart safety: report what is there, change nothing. */
+  /** Restart safety: report what is there, change nothing (the domain's adopt powers nothing on or off). */
   private async adopt(): Promise<void> {
-    const vms = await this.vc.vms();
-    this.lastVms = { vms, at: Date.now() };
-    const mine = managed(vms);
+    const mine = await this.agent.adopt();
     for (const vm of mine) {
       this.known.set(vm.ref, { instanceId: vm.labels.instanceId, hostId: vm.labels.hostId, ip: vm.labels.ip, mac: vm.labels.mac, powerState: vm.powerState });
-      const d = this.agent.describe(vm);
-      this.events.instance({ what: d.state === 'running' ? 'running' : 'stopped', hostId: d.hostId, instanceId: d.instanceId, data: { ...d, adopted: true } });
     }
     this.logger.info({ instances: mine.length, running: mine.filter((v) => v.powerState === 'poweredOn').length }, 'adopted the VMs in vCenter');
   }
 
+  /**
+   * Heartbeats vouch for what vCenter says now: when it does not answer within the round's
+   * budget, none go out (the scheduler sees the hosts silent: unknown, nothing moves).
+   */
   private async heartbeat(): Promise<void> {
-    try {
-      // from the change stream when in sync: a listing would wait for every power-on in flight
-      this.lastVms = { vms: await this.agent.snapshot(), at: Date.now() };
-    } catch (err) {
-      this.logger.debug({ err: String(err) }, 'VM list for the heartbeat failed');
+    const round = await this.heartbeats.round(this.hosts);
+    if (!round) {
+      if (this.vcenterSilentSince === undefined) {
+        this.vcenterSilentSince = Date.now();
+        this.logger.warn({ vcenter: this.vc.client.url.host }, 'vCenter did not answer the heartbeat read in time; heartbeats stop until it does (the VMs are not touched)');
+      }
+      return;
     }
-    // No word from vCenter for a while: stop vouching for its hosts (the scheduler marks them lost).
-    if (!this.lastVms || Date.now() - this.lastVms.at > STALE_AFTER_MS) return;
-    for (const [hostId, h] of this.hosts) {
-      if (h.connectionState !== 'connected') continue;
-      const { amounts, count } = this.agent.allocated(this.lastVms.vms, hostId);
-      const seq = this.seq.get(hostId) ?? 0;
-      this.seq.set(hostId, seq + 1);
-      const hb: Heartbeat = {
-        ...this.facts(h),
-        time: new Date().toISOString(),
-        seq,
-        allocated: amounts,
-        usage: {
-          cpu: h.mhzPerCore > 0 ? Math.round((h.usedMhz / h.mhzPerCore) * 100) / 100 : 0,
-          memoryMb: h.usedMemoryMb,
-          diskMb: Math.max(0, h.diskMb - h.diskFreeMb),
-        },
-        instances: count,
-        fenced: false,
-      };
-      this.nc.publish(SUBJECTS.heartbeat(hostId), JSON.stringify(hb));
+    if (this.vcenterSilentSince !== undefined) {
+      this.logger.info({ silentMs: Date.now() - this.vcenterSilentSince }, 'vCenter answers again; heartbeats resume');
+      this.vcenterSilentSince = undefined;
     }
+    for (const st of round.states) {
+      const hostId = this.hostIdOfRef.get(st.ref);
+      const h = hostId ? this.hosts.get(hostId) : undefined;
+      if (!h) continue;
+      h.inMaintenanceMode = st.inMaintenanceMode;
+      h.haProtected = st.haProtected;
+      this.onHostState(st.ref, st.connectionState);
+    }
+    for (const hb of round.heartbeats) this.nc.publish(SUBJECTS.heartbeat(hb.hostId), JSON.stringify(hb));
   }
 
   // ------------------------------------------------------------ vCenter's changes
@@ -268,7 +261,7 @@ export class VmwareRuntime implements OnApplicationBootstrap, BeforeApplicationS
       this.logger.info({ hostId }, 'ESXi host connected again');
       this.events.host(hostId, 'registered', { ...this.facts(h), engine: this.vc.about, esxi: h.name, connectionState: state, reregistered: true });
     } else {
-      this.logger.warn({ hostId, connectionState: state }, 'ESXi host no longer connected to vCenter; heartbeats stop');
+      this.logger.warn({ hostId, connectionState: state }, 'ESXi host no longer connected to vCenter; its heartbeats say so');
       this.events.host(hostId, 'disconnected', { connectionState: state, esxi: h.name });
     }
   }

@@ -1,5 +1,5 @@
 import { OrangeryError } from '@orangery/contracts';
-import type { EsxiHost, EventSink, InstanceEvent, Vcenter, Vm, VmPlan } from '../ports';
+import type { EsxiHost, EsxiHostState, EventSink, InstanceEvent, Vcenter, Vm, VmPlan } from '../ports';
 
 export function esxiHost(name: string, over: Partial<EsxiHost> = {}): EsxiHost {
   return {
@@ -9,6 +9,7 @@ export function esxiHost(name: string, over: Partial<EsxiHost> = {}): EsxiHost {
     datacenter: 'dc-lab',
     connectionState: 'connected',
     inMaintenanceMode: false,
+    haProtected: false,
     cpuCores: 8,
     mhzPerCore: 2000,
     usedMhz: 1000,
@@ -24,7 +25,9 @@ export function esxiHost(name: string, over: Partial<EsxiHost> = {}): EsxiHost {
 /**
  * An in-memory vCenter: templates, port groups per host, VMs with extraConfig, power and a
  * guest that reports its customized IP once powered on (like vcsim). Failures are injected
- * per method (`failNext`), and every call is recorded.
+ * per method (`failNext`), every call is recorded, and `freeze()` makes every call hang
+ * (a SIGSTOPped vcsim) until `thaw()`, or fail as the adapter's timeout would when the
+ * call has one.
  */
 export class FakeVcenter implements Vcenter {
   readonly vmsByRef = new Map<string, Vm & { hostRef: string; customizedIp?: string; plan?: VmPlan }>();
@@ -32,11 +35,14 @@ export class FakeVcenter implements Vcenter {
   /** host ref -> vlan -> port group */
   readonly portGroups = new Map<string, Map<number, string>>();
   readonly calls: string[] = [];
+  /** Power changes and destroys asked of vCenter, in order (`powerOn vm-100`). */
+  readonly powerChanges: string[] = [];
   /** the guest reports its IP this many `vm()` reads after the power-on (0: at once; -1: never) */
   guestIpAfterReads = 0;
   /** the guest ignores ShutdownGuest (no tools behaviour beyond "accepted") */
   guestIgnoresShutdown = false;
   private readonly failures = new Map<string, OrangeryError>();
+  private frozen: { thawed: Promise<void>; thaw: () => void } | undefined;
   private nextRef = 100;
   private readonly readsSincePowerOn = new Map<string, number>();
 
@@ -48,8 +54,32 @@ export class FakeVcenter implements Vcenter {
     this.failures.set(method, err);
   }
 
-  private enter(method: keyof Vcenter): void {
+  freeze(): void {
+    if (this.frozen) return;
+    let thaw!: () => void;
+    const thawed = new Promise<void>((r) => (thaw = r));
+    this.frozen = { thawed, thaw };
+  }
+
+  thaw(): void {
+    this.frozen?.thaw();
+    this.frozen = undefined;
+  }
+
+
+  private async enter(method: keyof Vcenter, ref?: string, timeoutMs?: number): Promise<void> {
     this.calls.push(method);
+    if (ref) this.powerChanges.push(`${method} ${ref}`);
+    if (this.frozen) {
+      const { thawed } = this.frozen;
+      if (timeoutMs === undefined) await thawed;
+      else {
+        let timer: NodeJS.Timeout | undefined;
+        const late = await Promise.race([thawed.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs)))]);
+        clearTimeout(timer);
+        if (late) throw new OrangeryError('UNAVAILABLE', `${method}: no answer from vCenter within ${timeoutMs} ms`, { vcenter: 'fake', cause: 'timeout', retryable: true });
+      }
+    }
     const f = this.failures.get(method);
     if (f) {
       this.failures.delete(method);
@@ -64,17 +94,22 @@ export class FakeVcenter implements Vcenter {
   }
 
   async hosts(): Promise<EsxiHost[]> {
-    this.enter('hosts');
+    await this.enter('hosts');
     return this.hostList.map((h) => ({ ...h }));
   }
 
-  async vms(): Promise<Vm[]> {
-    this.enter('vms');
+  async hostStates(timeoutMs: number): Promise<EsxiHostState[]> {
+    await this.enter('hostStates', undefined, timeoutMs);
+    return this.hostList.map((h) => ({ ref: h.ref, connectionState: h.connectionState, inMaintenanceMode: h.inMaintenanceMode, haProtected: h.haProtected }));
+  }
+
+  async vms(timeoutMs?: number): Promise<Vm[]> {
+    await this.enter('vms', undefined, timeoutMs);
     return [...this.vmsByRef.values()].map((v) => this.view(v));
   }
 
   async vm(ref: string): Promise<Vm | undefined> {
-    this.enter('vm');
+    await this.enter('vm');
     const v = this.vmsByRef.get(ref);
     if (!v) return undefined;
     if (v.powerState === 'poweredOn') this.readsSincePowerOn.set(ref, (this.readsSincePowerOn.get(ref) ?? 0) + 1);
@@ -88,17 +123,17 @@ export class FakeVcenter implements Vcenter {
   }
 
   async findTemplate(name: string): Promise<string | undefined> {
-    this.enter('findTemplate');
+    await this.enter('findTemplate');
     return this.templates.get(name);
   }
 
   async portGroupFor(hostRef: string, vlan: number): Promise<string | undefined> {
-    this.enter('portGroupFor');
+    await this.enter('portGroupFor');
     return this.portGroups.get(hostRef)?.get(vlan);
   }
 
   async clone(templateRef: string, hostRef: string, portGroup: string, plan: VmPlan): Promise<string> {
-    this.enter('clone');
+    await this.enter('clone');
     if (![...this.templates.values()].includes(templateRef)) throw new OrangeryError('INTERNAL', `no template ${templateRef}`);
     if (!portGroup) throw new OrangeryError('INTERNAL', 'no port group');
     const ref = `vm-${this.nextRef++}`;
@@ -117,7 +152,7 @@ export class FakeVcenter implements Vcenter {
   }
 
   async powerOn(ref: string): Promise<void> {
-    this.enter('powerOn');
+    await this.enter('powerOn', ref);
     const v = this.must(ref);
     if (v.powerState === 'poweredOn') throw new OrangeryError('INTERNAL', 'InvalidPowerState');
     v.powerState = 'poweredOn';
@@ -125,20 +160,20 @@ export class FakeVcenter implements Vcenter {
   }
 
   async powerOff(ref: string): Promise<void> {
-    this.enter('powerOff');
+    await this.enter('powerOff', ref);
     const v = this.must(ref);
     v.powerState = 'poweredOff';
   }
 
   async shutdownGuest(ref: string): Promise<boolean> {
-    this.enter('shutdownGuest');
+    await this.enter('shutdownGuest', ref);
     const v = this.must(ref);
     if (!this.guestIgnoresShutdown) v.powerState = 'poweredOff';
     return true;
   }
 
   async destroy(ref: string): Promise<void> {
-    this.enter('destroy');
+    await this.enter('destroy', ref);
     const v = this.must(ref);
     if (v.powerState !== 'poweredOff') throw new OrangeryError('INTERNAL', 'InvalidPowerState');
     this.vmsByRef.delete(ref);
