@@ -528,6 +528,29 @@ describe('stopAll (self-fence)', () => {
   });
 });
 
+describe('adopt (agent start)', () => {
+  it('reports every container as it is and starts, stops or probes nothing: a stopped copy stays stopped', async () => {
+    const { engine, probe, events, agent } = setup();
+    engine.seed({ instanceId: 'prod:web:0', ip: '198.18.0.10' });
+    engine.seed({ instanceId: 'prod:web:1', ip: '198.18.0.11', engineState: 'exited', exitCode: 143 });
+    engine.seed({ instanceId: 'prod:web:2', ip: '198.18.0.12', engineState: 'exited', exitCode: 1 });
+    engine.seed({ instanceId: 'prod:web:3', ip: '198.18.0.13', engineState: 'created' });
+    const before = engine.snapshot();
+    const r = await agent.adopt();
+    expect(r.instances).toBe(4);
+    expect(r.running.map((c) => c.labels[LABEL.instanceId])).toEqual(['prod:web:0']);
+    expect(events.instances.map((e) => [e.instanceId, e.what, e.data['adopted']])).toEqual([
+      ['prod:web:0', 'running', true],
+      ['prod:web:1', 'stopped', true],
+      ['prod:web:2', 'failed', true],
+      ['prod:web:3', 'stopped', true],
+    ]);
+    expect(engine.calls).toMatchObject({ create: 0, start: 0, stop: 0, remove: 0 });
+    expect(probe.calls).toEqual([]);
+    expect(engine.snapshot()).toEqual(before);
+  });
+});
+
 describe('allocated', () => {
   it('sums cpu, memory limits and disk from the labels of every managed container, whatever its state', async () => {
     const { agent, engine } = setup();

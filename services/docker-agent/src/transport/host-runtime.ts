@@ -39,7 +39,7 @@ export function agentRoutes(hostId: string, agent: AgentService, wire: Pick<Wire
     { subject: s.remove(hostId), handler: (b) => agent.remove(decode(InstanceRef, b).instanceId) },
     { subject: s.get(hostId), handler: (b) => agent.get(decode(InstanceRef, b).instanceId) },
     { subject: s.list(hostId), handler: async (b) => (decode(ListInstancesCommand, b), agent.list()) },
-    { subject: s.probe(hostId), handler: (b) => wire.probeWire(decode(ProbeWireCommand, b)) },
+    { subject: s.probe(hostId), handler: async (b) => wire.probeWire(decode(ProbeWireCommand, b)) },
   ];
 }
 

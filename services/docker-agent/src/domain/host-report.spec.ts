@@ -1,0 +1,42 @@
+import { describe, expect, it } from 'vitest';
+import { heartbeatOf, hostFactsOf, UsageMeter } from './host-report';
+import { FakeEngine } from './testing/fake-engine';
+
+describe('UsageMeter: the heartbeat never waits for the engine', () => {
+  it('measures allocation, count and CPU between refreshes on the monotonic clock', async () => {
+    const engine = new FakeEngine();
+    engine.seed({ instanceId: 'prod:web:0', ip: '198.18.0.10', labels: { 'io.orangery.cpu': '2', 'io.orangery.memory-mb': '512' } });
+    let now = 1_000;
+    let nanos = 0;
+    engine.usage = async () => ({ memoryBytes: 256 * 1024 * 1024, cpuNanos: nanos });
+    const meter = new UsageMeter(engine, { now: () => now }, 100);
+    await meter.refresh(7);
+    nanos += 1_500_000_000; // 1.5 CPU-seconds in one second
+    now += 1_000;
+    await meter.refresh(7);
+    expect(meter.latest.instances).toBe(1);
+    expect(meter.latest.allocated.cpu).toBe(2);
+    expect(meter.latest.usage).toEqual({ cpu: 1.5, memoryMb: 256, diskMb: 7 });
+  });
+
+  it('a hung engine: refresh gives up after its timeout and the last figures stand', async () => {
+    const engine = new FakeEngine();
+    engine.seed({ instanceId: 'prod:web:0', ip: '198.18.0.10', labels: { 'io.orangery.cpu': '1' } });
+    const meter = new UsageMeter(engine, { now: () => 0 }, 50);
+    await meter.refresh(3);
+    const before = meter.latest;
+    engine.listManaged = () => new Promise(() => undefined);
+    const t0 = performance.now();
+    await expect(meter.refresh(3)).rejects.toThrow(/did not answer within 50 ms/);
+    expect(performance.now() - t0).toBeLessThan(1_000);
+    expect(meter.latest.allocated).toEqual(before.allocated);
+    expect(meter.latest.instances).toBe(1);
+  });
+
+  it('the heartbeat carries fenced and isolated', () => {
+    const facts = hostFactsOf({ hostId: 'srv-1', reservedCpus: 1, reservedMemoryMb: 1024, labels: {} }, { cpus: 4, memoryMb: 8192, diskMb: 100, version: 'x' });
+    const usage = { allocated: { cpu: 0, memoryMb: 0, diskMb: 0 }, instances: 0, usage: { cpu: 0, memoryMb: 0, diskMb: 0 } };
+    const hb = heartbeatOf(facts, 3, usage, { fenced: false, isolated: true }, new Date('2026-12-01T00:00:00Z'));
+    expect(hb).toMatchObject({ hostId: 'srv-1', seq: 3, fenced: false, isolated: true, capacity: { cpu: 3, memoryMb: 7168 } });
+  });
+});
