@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Subscription } from '@nats-io/nats-core';
 import { macForIpv4 } from '@orangery/netaddr';
 import { ContractClient, HarnessDir, NatsServer, ServiceProcess, waitFor } from '@orangery/testing';
+import { MoRef, VsphereClient } from '@orangery/vsphere';
 import { Lab, LAB_IMAGES, SVC_INDEX, SVC_PORT } from '../lab';
 
 // The vmware-agent as a real process against vcsim in the lab: its VMs run as containers on
@@ -15,6 +16,8 @@ let agent: ServiceProcess;
 let hbSub: Subscription;
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 const heartbeats = new Map<string, any>();
+/** when each heartbeat arrived (this process's clock) */
+const heartbeatTimes: number[] = [];
 const HOSTS = ['esx01-lab-local', 'esx02-lab-local', 'esx03-lab-local'];
 const TEMPLATE = 'centos7-jdk8';
 
@@ -54,6 +57,21 @@ function command(app: string, slot: number, ipN: number, extra: Record<string, u
 }
 
 const req = (hostId: string, what: string, body: unknown, timeoutMs = 30_000) => client.request(`orangery.agent.${hostId}.instance.${what}`, body, timeoutMs);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Every instance the agent lists, by id: its VM and state. */
+async function listed(): Promise<Map<string, string>> {
+  const out = new Map<string, string>();
+  for (const h of HOSTS) for (const i of (await req(h, 'list', {})).data.instances) out.set(i.instanceId, `${i.vmId} ${i.state}`);
+  return out;
+}
+
+/** How many instance events of each kind the stream holds (a change shows as a new one). */
+async function instanceEventCounts(): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const what of ['running', 'stopped', 'removed', 'failed']) out[what] = (await client.events(`orangery.evt.instance.${what}`)).length;
+  return out;
+}
 
 /** The containers behind the VMs on the ESXi engine: name -> id, state. */
 async function vmContainers(): Promise<Map<string, string>> {
@@ -77,7 +95,12 @@ async function neighbourMac(ip: string): Promise<string | undefined> {
 beforeAll(async () => {
   [lab, nats] = await Promise.all([Lab.setup({ servers: 0, legacyVms: 1, vcenter: true }), NatsServer.start(dir)]);
   client = await ContractClient.connect(nats.url);
-  hbSub = client.nc.subscribe('orangery.hb.*', { callback: (_e, m) => void heartbeats.set(m.subject.slice('orangery.hb.'.length), m.json()) });
+  hbSub = client.nc.subscribe('orangery.hb.*', {
+    callback: (_e, m) => {
+      heartbeats.set(m.subject.slice('orangery.hb.'.length), m.json());
+      heartbeatTimes.push(Date.now());
+    },
+  });
   agent = await ServiceProcess.start(dir, 'vmware-agent', agentEnv());
 }, 300_000);
 
@@ -94,6 +117,8 @@ describe('vmware-agent against vcsim in the lab', () => {
     for (const h of HOSTS) {
       const hb = heartbeats.get(h);
       expect(hb).toMatchObject({ hostId: h, backend: 'vmware', labels: { cluster: 'cluster-a', datacenter: 'dc-lab' }, vlans: [0, 100, 200], fenced: false });
+      // v1.1: vCenter's view of the host (vcsim 0.24 has no HA: dasConfig.enabled is unset)
+      expect(hb).toMatchObject({ connectionState: 'connected', maintenance: false, haProtected: false });
       expect(hb.capacity.cpu).toBeGreaterThan(0);
       expect(hb.capacity.memoryMb).toBeGreaterThan(1000);
       expect(hb.capacity.diskMb).toBeGreaterThan(0);
@@ -173,24 +198,35 @@ describe('vmware-agent against vcsim in the lab', () => {
     expect((await req(host, 'start', { instanceId: c.instanceId })).data.state).toBe('running');
   });
 
-  it('an agent killed and restarted adopts every VM: same VMs, same containers, nothing recreated or restarted', async () => {
-    const before = new Map<string, string>();
-    for (const h of HOSTS) for (const i of (await req(h, 'list', {})).data.instances) before.set(i.instanceId, i.vmId);
-    const containersBefore = await vmContainers();
+  it('an agent killed and restarted adopts every VM: same VMs, same containers, no power state changed (a stopped one stays off)', async () => {
+    // one VM off, as a leftover kept by the scheduler would be: the restarted agent must not start it
+    const off = command('web', 3, 4);
+    expect((await req(HOSTS[0]!, 'stop', { instanceId: off.instanceId, timeoutSeconds: 0 })).data.state).toBe('stopped');
+    await waitFor(`${off.network.ip} off the wire`, async () => !(await lab.vmPing(lab.vms[0]!, off.network.ip)), 10_000, 200);
+    const before = await listed();
     expect(before.size).toBe(5);
+    expect([...before.values()].filter((v) => v.endsWith(' stopped'))).toHaveLength(1);
+    const containersBefore = await vmContainers();
+    await sleep(2_000); // let the stop's events land before counting
+    const eventsBefore = await instanceEventCounts();
     await agent.kill9();
+    await sleep(5_000); // the agent away for a while: nothing in vCenter may notice
     agent = await ServiceProcess.start(dir, 'vmware-agent', agentEnv());
-    const after = new Map<string, string>();
-    for (const h of HOSTS) for (const i of (await req(h, 'list', {})).data.instances) {
-      after.set(i.instanceId, i.vmId);
-      expect(i.state).toBe('running');
-    }
-    expect(after).toEqual(before);
+    await waitFor('heartbeats again', () => HOSTS.every((h) => heartbeats.get(h)?.seq === 1), 15_000);
+    expect(await listed()).toEqual(before);
     expect(await vmContainers()).toEqual(containersBefore);
     const adopted = (await client.events('orangery.evt.instance.running')).filter((e) => e.data.adopted === true);
-    expect(new Set(adopted.map((e) => e.data.instanceId))).toEqual(new Set(before.keys()));
-    for (const ip of [1, 2, 3, 4, 5].map(ipOf)) expect(await lab.vmPing(lab.vms[0]!, ip)).toBe(true);
-  });
+    expect(new Set(adopted.map((e) => e.data.instanceId))).toEqual(new Set([...before.keys()].filter((id) => id !== off.instanceId)));
+    const adoptedOff = (await client.events('orangery.evt.instance.stopped')).filter((e) => e.data.adopted === true);
+    expect(adoptedOff.map((e) => e.data.instanceId)).toEqual([off.instanceId]);
+    // nothing but the adoption reports: no power change seen by vCenter's change stream
+    const eventsAfter = await instanceEventCounts();
+    expect(eventsAfter).toEqual({ ...eventsBefore, running: eventsBefore.running! + 4, stopped: eventsBefore.stopped! + 1 });
+    for (const ip of [1, 2, 3, 5].map(ipOf)) expect(await lab.vmPing(lab.vms[0]!, ip)).toBe(true);
+    expect(await lab.vmPing(lab.vms[0]!, off.network.ip)).toBe(false);
+    // back on for the tests that follow (the scheduler's start, not the agent's own)
+    expect((await req(HOSTS[0]!, 'start', { instanceId: off.instanceId })).data.state).toBe('running');
+  }, 90_000);
 
   it('remove powers off and destroys (the container goes), and is idempotent', async () => {
     const c = command('web', 4, 5);
@@ -203,6 +239,53 @@ describe('vmware-agent against vcsim in the lab', () => {
     expect([...(await vmContainers()).keys()].some((n) => n.startsWith('vcsim-orangery-it-web-4-'))).toBe(false);
     await waitFor('instance.removed', async () => (await client.events('orangery.evt.instance.removed')).some((e) => e.data.instanceId === c.instanceId), 10_000);
   });
+
+  it('maintenance mode in vCenter shows in the host\'s heartbeats, and nothing else changes', async () => {
+    const vc = lab.vcenter!;
+    const admin = await VsphereClient.connect({ url: vc.url, username: vc.user, password: vc.password, keepAliveMs: 0 });
+    try {
+      const esx02 = (await admin.inventory.hosts()).find((h) => h.name === 'esx02.lab.local')!;
+      await admin.runTask('EnterMaintenanceMode_Task', new MoRef('HostSystem', esx02.ref.value), { timeout: 0 });
+      await waitFor('maintenance: true in the heartbeat', () => heartbeats.get(HOSTS[1]!)?.maintenance === true, 10_000, 100);
+      expect(heartbeats.get(HOSTS[0]!)).toMatchObject({ maintenance: false, connectionState: 'connected' });
+      await admin.runTask('ExitMaintenanceMode_Task', new MoRef('HostSystem', esx02.ref.value), { timeout: 0 });
+      await waitFor('maintenance: false again', () => heartbeats.get(HOSTS[1]!)?.maintenance === false, 10_000, 100);
+    } finally {
+      await admin.logout();
+    }
+  });
+
+  it('vCenter frozen for 30 s (SIGSTOP): VMs keep running and answering, none stopped, re-created or destroyed; heartbeats stop, then resume; the agent stays up', async () => {
+    const before = await listed();
+    expect([...before.values()].every((v) => v.endsWith(' running'))).toBe(true);
+    const containersBefore = await vmContainers();
+    const eventsBefore = await instanceEventCounts();
+    const ips = [...before.keys()].map((id) => ipOf(Number(id.split(':')[2]) + 1));
+    const pid = lab.vcenter!.pid;
+    const frozenAt = Date.now();
+    process.kill(pid, 'SIGSTOP');
+    let thawedAt = 0;
+    try {
+      while (Date.now() - frozenAt < 30_000) {
+        for (const ip of ips) expect(await lab.vmPing(lab.vms[0]!, ip), `${ip} answers while vCenter is frozen`).toBe(true);
+        expect(agent.child.exitCode).toBeNull();
+        await sleep(3_000);
+      }
+    } finally {
+      process.kill(pid, 'SIGCONT');
+      thawedAt = Date.now();
+    }
+    // The agent knows nothing fresh while vCenter is frozen: after one read budget (2 s) and
+    // a round in flight, no heartbeat at all.
+    expect(heartbeatTimes.filter((t) => t > frozenAt + 4_000 && t < thawedAt)).toEqual([]);
+    await waitFor('heartbeats of every host after vCenter came back', () => HOSTS.every((h) => heartbeats.get(h)?.time && Date.parse(heartbeats.get(h).time) > thawedAt), 30_000, 200);
+    expect(agent.child.exitCode).toBeNull();
+    expect(await listed()).toEqual(before);
+    expect(await vmContainers()).toEqual(containersBefore);
+    await sleep(3_000); // whatever the change stream says after its resync has landed
+    expect(await instanceEventCounts()).toEqual(eventsBefore);
+    for (const ip of ips) expect(await lab.vmPing(lab.vms[0]!, ip)).toBe(true);
+  }, 120_000);
 
   it('vcsim restarted mid-clone: a clear UNAVAILABLE reply, the agent stays up and serves again', async () => {
     const port = new URL(lab.vcenter!.url).port;
