@@ -38,8 +38,15 @@ import {
 
 /** The lab's L2 segment; every lab address is in 198.18.0.0/15 (RFC 2544 benchmarking). */
 export const LAB_SUBNET = '198.18.0.0/16';
-/** The segment's gateway address: configured in docker networks, answered by nobody. */
+/**
+ * The segment's gateway address: configured in docker networks and held by the gateway
+ * namespace (LAB_GATEWAY_NETNS), so it answers ARP and ping like a real router's. The
+ * docker-agents probe it to tell isolation of their instance network from a control-plane
+ * outage (CONTRACT.md "Failure semantics").
+ */
 export const LAB_GATEWAY = '198.18.0.1';
+/** Network namespace holding LAB_GATEWAY/16 on the fabric (its port: `${LAB_GATEWAY_NETNS}f`). */
+export const LAB_GATEWAY_NETNS = `${LAB_PREFIX}-gw`;
 /** The Linux bridge that plays the physical L2 switch. */
 export const LAB_FABRIC = `${LAB_PREFIX}-fab`;
 /** Network namespace (and veth) used by arpProbe: on the fabric, no IP address. */
@@ -247,6 +254,7 @@ export class Lab {
       await ip(['link', 'set', LAB_FABRIC, 'type', 'bridge', 'forward_delay', '0', 'stp_state', '0']);
       await ip(['link', 'set', LAB_FABRIC, 'up']);
       await plugNetns(LAB_PROBE, `${LAB_PROBE}f`, undefined);
+      await plugNetns(LAB_GATEWAY_NETNS, `${LAB_GATEWAY_NETNS}f`, `${LAB_GATEWAY}/16`);
 
       const images = buildImageTars(join(labDir, 'images'));
       images.catch(() => undefined); // awaited below; avoid an unhandled rejection meanwhile
@@ -376,6 +384,15 @@ export class Lab {
 
   async restoreUplink(server: LabServer | string): Promise<void> {
     await ip(['link', 'set', this.server(server).fabricPort, 'up']);
+  }
+
+  /** Takes the gateway off the fabric (its port goes down): LAB_GATEWAY stops answering for everyone. */
+  async isolateGateway(): Promise<void> {
+    await ip(['link', 'set', `${LAB_GATEWAY_NETNS}f`, 'down']);
+  }
+
+  async restoreGateway(): Promise<void> {
+    await ip(['link', 'set', `${LAB_GATEWAY_NETNS}f`, 'up']);
   }
 
   /** PID of the server's dockerd, when running. */
