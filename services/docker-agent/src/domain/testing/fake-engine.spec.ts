@@ -90,6 +90,12 @@ describe('FakeEngine', () => {
     expect(engine.networks.size).toBe(1);
     expect([...engine.interfaces]).toEqual(['eth1', 'eth1.100']);
   });
+
+  it('listNetworks: the networks made, with their parent and gateway (as the adapter reads them from IPAM)', async () => {
+    const engine = new FakeEngine({ interfaces: ['eth1'] });
+    await engine.ensureNetwork({ ...NET, name: 'orangery-v100-198.18.0.0_24', parent: 'eth1.100', gateway: '198.18.0.254' });
+    expect(await engine.listNetworks()).toEqual([{ name: 'orangery-v100-198.18.0.0_24', parent: 'eth1.100', gateway: '198.18.0.254' }]);
+  });
 });
 
 describe('FakeArpProbe', () => {
