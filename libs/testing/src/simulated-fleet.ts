@@ -15,6 +15,7 @@ import {
   okReply,
   OrangeryError,
   parseJsonObject,
+  ProbeWireCommand,
   StopInstanceCommand,
   SUBJECTS,
   type AgentInstance,
@@ -242,6 +243,7 @@ export class SimulatedFleet {
   private readonly counts: Record<SimulatedCommand, number> = { create: 0, start: 0, stop: 0, remove: 0, get: 0, list: 0 };
   private readonly timers: NodeJS.Timeout[] = [];
   private sub: Subscription | undefined;
+  private probeSub: Subscription | undefined;
   private readonly inFlight = new Set<Promise<void>>();
   /** per-instance command chains, used only when replies are delayed */
   private readonly chains = new Map<string, Promise<void>>();
@@ -328,6 +330,11 @@ export class SimulatedFleet {
     this.sub = this.nc.subscribe('orangery.agent.*.instance.*', {
       callback: (err, msg) => {
         if (!err) this.onCommand(msg);
+      },
+    });
+    this.probeSub = this.nc.subscribe('orangery.agent.*.wire.probe', {
+      callback: (err, msg) => {
+        if (!err) this.onProbe(msg);
       },
     });
     this.startHeartbeats();
@@ -477,6 +484,28 @@ export class SimulatedFleet {
     }
     this.inFlight.add(p);
     void p.then(() => this.inFlight.delete(p));
+  }
+
+  /**
+   * The wire as the simulation has it: an address answers ARP while a running instance holds
+   * it on a host that is not silent (a silent simulated host is a dead one: off the wire).
+   */
+  private onProbe(msg: Msg): void {
+    const host = this.hosts.get(msg.subject.split('.')[2] ?? '');
+    if (!host || this.stopped || this.isSilent(host)) return;
+    let reply: Reply<unknown>;
+    try {
+      const cmd = decode(ProbeWireCommand, parseJsonObject(msg.data));
+      const live = new Set<string>();
+      for (const h of this.hosts.values()) {
+        if (this.isSilent(h)) continue;
+        for (const { data } of h.instances.values()) if (data.state === 'running') live.add(data.ip);
+      }
+      reply = okReply({ hostId: host.id, vlan: cmd.vlan, iface: `sim.${cmd.vlan}`, results: cmd.ips.map((ip) => ({ ip, answered: live.has(ip) })) });
+    } catch (e) {
+      reply = isOrangeryError(e) ? errorReply(e.toBody()) : errorReply({ code: 'INTERNAL', message: `simulated fleet: ${String(e)}` });
+    }
+    this.answer(msg, reply);
   }
 
   private instanceKey(host: SimHost, msg: Msg): string | undefined {
@@ -703,6 +732,7 @@ export class SimulatedFleet {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
     this.sub?.unsubscribe();
+    this.probeSub?.unsubscribe();
     await Promise.allSettled([...this.inFlight]);
     await this.outbox.idle(5_000);
     this.outbox.close();
