@@ -286,7 +286,7 @@ export const HostDisconnectedData = Type.Object(
     connectionState: Type.String({ description: "vCenter's runtime.connectionState: disconnected or notResponding" }),
     esxi: Type.Optional(Type.String({ description: "the host's name in vCenter" })),
   },
-  { description: 'Heartbeats of the host stop until it is connected again (then host.registered with reregistered: true).' },
+  { description: 'v1.1: the host keeps heartbeating with its connectionState while the vmware-agent can read vCenter; host.registered with reregistered: true follows when it is connected again.' },
 );
 export type HostDisconnectedData = Static<typeof HostDisconnectedData>;
 

@@ -292,7 +292,7 @@ const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description
     source: 'orangery/vmware-agent/<esxiHostId>',
     data: HostDisconnectedData,
     description:
-      "vCenter reports the ESXi host no longer connected (disconnected, notResponding): its heartbeats stop and creates on it " +
+      "vCenter reports the ESXi host no longer connected (disconnected, notResponding): its heartbeats go on with connectionState (v1.1) and creates on it " +
       'are refused (UNAVAILABLE). A host.registered with reregistered: true follows when it is connected again.',
   },
   'instance.disk_warning': {
