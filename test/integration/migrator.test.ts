@@ -251,7 +251,7 @@ describe('migrator with simulated agents', () => {
     expect(unknown).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } });
   });
 
-  it('host.lost (the scheduler's verdict: silent, nothing on the wire) and host.recovered reach the event stream once each', async () => {
+  it('host.lost (the scheduler verdict: silent, nothing on the wire) and host.recovered reach the event stream once each', async () => {
     const all = await instances();
     const empty = fleet.hostIds.find((h) => !all.some((i) => i.host === h)) ?? fleet.hostIds[HOSTS - 1]!;
     silenced.add(empty);
