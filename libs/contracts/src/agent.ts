@@ -200,7 +200,7 @@ export type AgentInstanceList = Static<typeof AgentInstanceList>;
 
 const Backend = Type.Union([Type.Literal('docker'), Type.Literal('vmware')]);
 
-/** `io.orangery.host.registered`: at start, and again when NATS is back after a self-fence. */
+/** `io.orangery.host.registered`: at start, and again when the instance network answers after a self-fence. */
 export const HostRegisteredData = Type.Composite(
   [
     HostFacts,
@@ -218,7 +218,7 @@ export const HostRegisteredData = Type.Composite(
 );
 export type HostRegisteredData = Static<typeof HostRegisteredData>;
 
-/** `io.orangery.host.fenced`: the agent lost NATS for ORANGERY_FENCE_AFTER_SECONDS and stopped its instances. */
+/** `io.orangery.host.fenced` (v1.0 only; v1.1 agents publish host.isolated): the agent lost NATS and stopped its instances. */
 export const HostFencedData = Type.Object(
   {
     hostId: Type.String({ pattern: HOST_ID_PATTERN }),

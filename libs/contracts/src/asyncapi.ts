@@ -226,15 +226,15 @@ const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description
     source: 'orangery/docker-agent/<hostId> or orangery/vmware-agent/<esxiHostId>',
     data: HostRegisteredData,
     description:
-      'When the agent starts (with engine and uplink), and again with reregistered: true and fencedAt when NATS is ' +
-      'back after a self-fence. The instances it stopped then stay stopped: the control plane decides.',
+      'When the agent starts (with engine and uplink), and again with reregistered: true and fencedAt when its instance ' +
+      'network answers again after a self-fence (v1.1). The instances it stopped then stay stopped: the control plane decides.',
   },
   'host.fenced': {
     source: 'orangery/docker-agent/<hostId>',
     data: HostFencedData,
     description:
-      'The agent had no contact with NATS for ORANGERY_FENCE_AFTER_SECONDS and stopped every instance (each also gets ' +
-      'an instance.stopped). Queued in the agent and published once NATS is back.',
+      'v1.0 only: agents before v1.1 fenced on loss of NATS and said so here. v1.1 agents never fence on a control-plane ' +
+      'outage; they publish host.isolated when their instance network is isolated. Kept so that v1.0 consumers still validate.',
   },
   'instance.running': {
     source: 'orangery/docker-agent/<hostId> or orangery/vmware-agent/<esxiHostId>',

@@ -68,9 +68,10 @@ export interface SimulatedFleetOptions {
    */
   silent?: (hostId: string) => boolean;
   /**
-   * Like the agent's ORANGERY_FENCE_AFTER_SECONDS (default 10): a host silent this long
-   * since its last heartbeat stops its running instances; when it is back it publishes
-   * host.fenced, instance.stopped per instance and host.registered (reregistered).
+   * A silent simulated host is a dead one (v1.1: off NATS and off the wire): this long
+   * (default 10) after its last heartbeat its running instances are down (stopped); when it
+   * is back it publishes instance.stopped per instance and host.registered (reregistered).
+   * The wire (wire.probe) sees its instances as gone at once.
    */
   fenceAfterSeconds?: number;
   /**
@@ -383,7 +384,7 @@ export class SimulatedFleet {
     return this.opts.silent?.(host.id) ?? false;
   }
 
-  /** Self-fence of silent hosts, and what a host that is back publishes (agent's HostRuntime). */
+  /** What a dead (silent) host loses, and what it publishes when it is back. */
   private checkSilence(): void {
     const fenceAfterMs = (this.opts.fenceAfterSeconds ?? 10) * 1000;
     const now = Date.now();
@@ -411,8 +412,7 @@ export class SimulatedFleet {
       inst.data.exitCode = EXIT_SIGKILL;
       stopped.push(inst.data.instanceId);
     }
-    this.emit(host, 'host', 'fenced', host.id, { at: new Date(now).toISOString(), stopped, stillRunning: [] });
-    for (const instanceId of stopped) this.instanceEvent(host, 'stopped', instanceId, { reason: 'self-fenced: no contact with NATS' });
+    for (const instanceId of stopped) this.instanceEvent(host, 'stopped', instanceId, { reason: 'the host was down (simulated)' });
   }
 
   // ---------------------------------------------------------------------------------------
