@@ -20,6 +20,7 @@ export class HostWatch implements Liveness {
   private readonly seenAt = new Map<string, number>();
   private readonly startedAt = performance.now();
   private lost = new Set<string>();
+  private probers: string[] = [];
   private sub: Subscription | undefined;
   private timer: NodeJS.Timeout | undefined;
 
@@ -45,6 +46,11 @@ export class HostWatch implements Liveness {
     return performance.now() - (this.seenAt.get(hostId) ?? this.startedAt);
   }
 
+  proberFor(exclude: readonly string[]): string | undefined {
+    const candidates = this.probers.filter((h) => !exclude.includes(h) && !this.lost.has(h));
+    return candidates.length > 0 ? candidates[Math.floor(Math.random() * candidates.length)] : undefined;
+  }
+
   private onBeat(subject: string, data: Uint8Array): void {
     let beat: Heartbeat;
     try {
@@ -63,6 +69,7 @@ export class HostWatch implements Liveness {
       const r = await callContract<{ hosts: HostSummary[] }>(this.nc, SUBJECTS.scheduler.hostsList, {}, VERDICTS_TIMEOUT_MS);
       if (!r.ok) throw new Error(`${r.error.code}: ${r.error.message}`);
       this.lost = new Set(r.data.hosts.filter((h) => h.state === 'lost').map((h) => h.id));
+      this.probers = r.data.hosts.filter((h) => h.state === 'ready' && h.backend === 'docker').map((h) => h.id);
     } catch (err) {
       // Keep the last verdicts: a host once lost stays so until it beats again (onBeat).
       this.logger.debug({ err: String(err) }, 'could not read the scheduler host verdicts');

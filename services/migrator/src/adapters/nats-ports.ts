@@ -8,6 +8,7 @@ import {
   type InstanceSummary,
   type Owner,
   type Placement,
+  type ProbeWireResult,
   type Reply,
   type SlotView,
 } from '@orangery/contracts';
@@ -88,6 +89,11 @@ export class NatsAgents implements AgentPort {
     const r = await call<AgentInstance>(this.nc, SUBJECTS.agent.get(hostId), { instanceId }, this.timeoutMs);
     if (!r.ok && r.error.code === 'NOT_FOUND') return undefined;
     return unwrap(r);
+  }
+
+  async probe(hostId: string, vlan: number, ips: readonly string[]): Promise<Map<string, boolean>> {
+    const r = unwrap(await call<ProbeWireResult>(this.nc, SUBJECTS.agent.probe(hostId), { vlan, ips }, this.timeoutMs));
+    return new Map(r.results.map((x) => [x.ip, x.answered]));
   }
 }
 

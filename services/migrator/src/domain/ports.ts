@@ -29,6 +29,8 @@ export interface AgentPort {
   /** succeeds when the instance is gone (also when it never existed) */
   remove(hostId: string, instanceId: string): Promise<void>;
   get(hostId: string, instanceId: string): Promise<AgentInstance | undefined>;
+  /** ARP probes from `hostId`'s interface on `vlan`: ip -> whether something answered */
+  probe(hostId: string, vlan: number, ips: readonly string[]): Promise<Map<string, boolean>>;
 }
 
 export interface AddressInfo {
@@ -52,6 +54,8 @@ export interface Liveness {
    * (silence alone proves nothing: a frozen or partitioned agent's instances still serve)
    */
   goneForMs(hostId: string): number;
+  /** a ready docker host (its agent can probe the wire on any VLAN) other than `exclude`, if any */
+  proberFor(exclude: readonly string[]): string | undefined;
 }
 
 /** Thrown by the store when another replica holds the migration's lease now. */

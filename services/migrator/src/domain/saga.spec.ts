@@ -154,6 +154,32 @@ describe('MigrationSaga', () => {
     expect(eventTypes(w).filter((t) => t === 'migration.completed').length).toBe(1);
   });
 
+  it('probes the wire through a live docker-agent before a VM start (the old copy confirmed off first)', async () => {
+    const w = world();
+    w.liveness.probers = ['d1'];
+    w.scheduler.nextTarget = { hostId: 'h2', backend: 'vmware' };
+    const m = await accept(w, { toBackend: 'vmware' });
+    await w.saga.run(m, 'replica-a');
+    const calls = outside(w.log);
+    expect(calls.indexOf('agent.stop h1')).toBeLessThan(calls.indexOf('agent.probe d1'));
+    expect(calls.indexOf('agent.probe d1')).toBeLessThan(calls.indexOf('agent.create h2'));
+    expect((await w.store.get(m.id))!.state).toBe('completed');
+  });
+
+  it('never starts a VM while its address answers on the wire: the migration rolls back, the old copy runs again', async () => {
+    const w = world();
+    w.liveness.probers = ['d1'];
+    // something else holds the address (same IP as the instance's)
+    w.agents.place('h9', 'prod:intruder:0');
+    w.scheduler.nextTarget = { hostId: 'h2', backend: 'vmware' };
+    const m = await accept(w, { toBackend: 'vmware' });
+    await w.saga.run(m, 'replica-a');
+    expect(outside(w.log)).not.toContain('agent.create h2');
+    const done = (await w.store.get(m.id))!;
+    expect(done.state).toBe('failed');
+    expect(w.agents.copy('h1', ID)?.state).toBe('running');
+  });
+
   it('a queued migration (from a drain) holds and reserves in the saga, and resumes from either', async () => {
     for (const step of ['hold', 'reserve'] as const) {
       const w = world();

@@ -221,6 +221,19 @@ export class MigrationSaga {
           network: { ip: a.ip, mac: a.mac, prefixLength: a.prefixLength, gateway: a.gateway, vlan: a.vlan },
           ...(slot.spec.environment && Object.keys(slot.spec.environment).length > 0 ? { environment: slot.spec.environment } : {}),
         };
+        if (to.backend !== 'docker' && !m.createdNew) {
+          // A VM cannot probe the wire before it boots: a live docker-agent does it for it.
+          // The old copy was confirmed off; an answer now means something else holds the IP.
+          const prober = liveness.proberFor([to.hostId, m.from?.hostId ?? '']);
+          if (prober) {
+            const answers = await agents.probe(prober, a.vlan, [a.ip]);
+            if (answers.get(a.ip) !== false) {
+              return retry(new PortError('IP_IN_USE_ON_WIRE', `${a.ip} answers ARP on VLAN ${a.vlan} (probed by ${prober}): the VM is not started`, true));
+            }
+          } else {
+            this.deps.log.warn({ migrationId: m.id, ip: a.ip }, 'no live docker-agent to probe the wire before a VM start; starting without one');
+          }
+        }
         if (!m.createdNew) {
           // Before the command leaves: a rollback must remove whatever it may have made.
           m.createdNew = true;

@@ -203,6 +203,14 @@ export class FakeAgents implements AgentPort {
     const i = this.copy(hostId, id);
     return i ? clone(i) : undefined;
   }
+
+  /** An address answers while a running copy anywhere holds it. */
+  async probe(hostId: string, _vlan: number, ips: readonly string[]): Promise<Map<string, boolean>> {
+    this.call('probe', hostId);
+    const live = new Set<string>();
+    for (const on of this.hosts.values()) for (const i of on.values()) if (i.state === 'running') live.add(i.ip);
+    return new Map(ips.map((ip) => [ip, live.has(ip)]));
+  }
 }
 
 export class FakeIpam implements IpamPort {
@@ -226,6 +234,11 @@ export class FakeIpam implements IpamPort {
 
 export class FakeLiveness implements Liveness {
   readonly silentMs = new Map<string, number>();
+  /** ready docker hosts that can probe the wire */
+  probers: string[] = [];
+  proberFor(exclude: readonly string[]): string | undefined {
+    return this.probers.find((h) => !exclude.includes(h));
+  }
   goneForMs(hostId: string): number {
     return this.silentMs.get(hostId) ?? 0;
   }
