@@ -164,6 +164,9 @@ describe('moving faults: only on evidence, same IPs, never two holders', () => {
       // kept, stopped, never started since it died with the engine
       if (!left) violations.push(`${m.id}: its copy on ${victim.id} was removed (v1.1: stopped and kept for the retention period)`);
       else if (left.running || left.startedAt !== m.startedAt) violations.push(`${m.id}: its copy on ${victim.id} was started again (StartedAt ${m.startedAt} -> ${left.startedAt})`);
+      // break before make: the replacement started after the old copy died with its engine
+      const neu = byName(after.containers, other.id, m.id);
+      if (left && neu && Date.parse(neu.startedAt) < Date.parse(left.finishedAt)) violations.push(`${m.id}: replacement started ${neu.startedAt} before the old copy stopped ${left.finishedAt}`);
     }
     violations.push(...FaultLab.unchangedOnly(before, after, staying.map((i) => i.id)));
     const o = fl.outcome(`${victim.id} dead, then back`, t0, (replacedAt - t0) / 1000, before, after, wire, violations);
