@@ -13,11 +13,12 @@
  *    agent) and both hosts are ready again before the next round; its old copy must stay
  *    stopped. Duplicates: ARP requests to which the watcher got two or more replies (copies
  *    share the MAC, so replies are counted, not MACs), over the watcher's whole life.
- * 2. Outages (BENCH_OUTAGES=0 leaves them out): each non-moving fault of issue 12 once, with
- *    CONTRACT.md's default timings, through FaultLab.observe (fault, recovery, fenceAfter +
- *    margin + 2 s of watching): the longest silence of any instance IP and the duplicates.
- *    The wall-clock step is included when libfaketime is there; vCenter frozen is not (this
- *    lab has no vCenter).
+ * 2. Outages: each non-moving fault of issue 12 once per profile (BENCH_OUTAGES: default,fast
+ *    by default; default, fast, or 0 for none), in a lab of its own with web x2 and api x2,
+ *    through FaultLab.observe (fault, recovery, fenceAfter + margin + 2 s of watching): the
+ *    longest silence of any instance IP and the duplicates. The wall-clock step is included
+ *    when libfaketime is there; vCenter frozen and vmware-agent killed are not (this lab has
+ *    no vCenter).
  * Prints the machine, the tables, met/not met; writes bench/results/failover.md; exits 1 on
  * any duplicate. Bounded: each failover waited for at most 90 s, the whole run at most
  * 30 + 3 x rounds minutes; progress on stderr. Ctrl-C cleans up (frozen processes resumed,
@@ -31,7 +32,8 @@ import { FaultLab, type FaultLabTimings, type FaultOutcome } from '../test/integ
 import { fmt, percentile, table } from './lib';
 
 const ROUNDS = Math.max(1, Math.min(100, Number(process.env['BENCH_ROUNDS'] ?? 20)));
-const OUTAGES = process.env['BENCH_OUTAGES'] !== '0';
+/** Profiles the outage table runs with: BENCH_OUTAGES=default,fast (the default), default, fast, or 0 for none. */
+const OUTAGE_PROFILES = (process.env['BENCH_OUTAGES'] ?? 'default,fast').split(',').filter((x) => x && x !== '0');
 /** The watcher's interval between two requests to one IP (FaultLab's default). */
 const TICK_S = 0.2;
 const started = Date.now();
@@ -53,6 +55,8 @@ const PROFILES: Profile[] = [
 interface ProfileResult {
   profile: Profile;
   times: number[];
+  /** Failover times in round order (NaN: not replaced within 90 s). */
+  order: number[];
   silences: number[];
   /** Over the watcher's whole life in this lab. */
   duplicates: number;
@@ -69,7 +73,7 @@ async function hostLoss(p: Profile): Promise<ProfileResult> {
   log(`${p.name}: starting the lab (heartbeat ${p.heartbeat} s, lostAfter ${p.lostAfter} s, fenceAfter ${p.fenceAfter} s, margin ${p.margin} s)`);
   const fl = await FaultLab.start({ label: `bench-fo-${p.name.split(' ')[0]}`, apps: [{ app: 'fo', replicas: 1 }], timings: p, log });
   current = fl;
-  const res: ProfileResult = { profile: p, times: [], silences: [], duplicates: 0, requests: 0, maxReplies: 0, problems: [] };
+  const res: ProfileResult = { profile: p, times: [], order: [], silences: [], duplicates: 0, requests: 0, maxReplies: 0, problems: [] };
   try {
     for (let round = 1; round <= ROUNDS; round++) {
       await fl.waitHostsReady(90_000);
@@ -95,8 +99,10 @@ async function hostLoss(p: Profile): Promise<ProfileResult> {
         ms = performance.now() - p0;
         res.times.push(ms);
       } catch (e) {
+        res.order.push(NaN);
         res.problems.push(`round ${round}: ${String(e)}`);
       }
+      if (!Number.isNaN(ms)) res.order.push(ms);
       // the dead server returns; its stopped copy must stay stopped (the watcher would see it)
       await fl.reviveHost(victim);
       await fl.waitHostsReady(90_000);
@@ -126,15 +132,16 @@ async function hostLoss(p: Profile): Promise<ProfileResult> {
 }
 
 interface OutageRow {
+  profile: Profile;
   outcome: FaultOutcome;
   /** Requests without any reply, over every instance IP. */
   unanswered: number;
 }
 
-async function outages(): Promise<{ rows: OutageRow[]; skipped: string[]; requests: number; duplicates: number }> {
+async function outages(p: Profile): Promise<{ rows: OutageRow[]; skipped: string[]; requests: number; duplicates: number }> {
   const faketime = FaultLab.faketimeAvailable;
-  log(`outages: starting the lab (CONTRACT.md defaults; web x2, api x2${faketime ? '; scheduler under libfaketime' : ''})`);
-  const fl = await FaultLab.start({ label: 'bench-fo-outages', timings: DEFAULTS, faketimeScheduler: faketime, log });
+  log(`outages, ${p.name}: starting the lab (web x2, api x2${faketime ? '; scheduler under libfaketime' : ''})`);
+  const fl = await FaultLab.start({ label: `bench-fo-out-${p.name.split(' ')[0]}`, apps: [{ app: 'web', replicas: 2 }, { app: 'api', replicas: 2 }], timings: p, faketimeScheduler: faketime, log });
   current = fl;
   const rows: OutageRow[] = [];
   const skipped = ['vCenter frozen 30 s (no vCenter in this lab)', 'vmware-agent killed 30 s (no vCenter in this lab)'];
@@ -161,8 +168,8 @@ async function outages(): Promise<{ rows: OutageRow[]; skipped: string[]; reques
     for (const [name, inject] of faults) {
       const o = await fl.observe(name, inject);
       const unanswered = Object.values(o.wire.ips).reduce((n, r) => n + (r.requests - r.answered), 0);
-      rows.push({ outcome: o, unanswered });
-      log(`outage ${name}: longest silence ${fmt(o.maxGap, 1)} s, ${unanswered} unanswered, ${o.duplicates} duplicate(s), ${o.violations.length} violation(s)`);
+      rows.push({ profile: p, outcome: o, unanswered });
+      log(`outage ${name} (${p.name}): longest silence ${fmt(o.maxGap, 1)} s, ${unanswered} unanswered, ${o.duplicates} duplicate(s), ${o.violations.length} violation(s)`);
       if (o.violations.length > 0) log(o.details);
     }
   } finally {
@@ -179,10 +186,24 @@ async function outages(): Promise<{ rows: OutageRow[]; skipped: string[]; reques
 async function main(): Promise<number> {
   const cpuList = cpus();
   const machine = `${cpuList.length} cores, ${cpuList[0]?.model.trim() ?? 'unknown CPU'}, Node ${process.version}`;
-  log(`machine: ${machine}; ${ROUNDS} round(s) per profile; outages ${OUTAGES ? 'on' : 'off'}`);
+  log(`machine: ${machine}; ${ROUNDS} round(s) per profile; outages with ${OUTAGE_PROFILES.join(', ') || 'none'}`);
   const results: ProfileResult[] = [];
   for (const p of PROFILES) results.push(await hostLoss(p));
-  const out = OUTAGES ? await outages() : undefined;
+  const outs = [];
+  for (const short of OUTAGE_PROFILES) {
+    const p = PROFILES.find((x) => x.name.split(' ')[0] === short);
+    if (!p) throw new Error(`BENCH_OUTAGES: unknown profile ${short} (default, fast)`);
+    outs.push(await outages(p));
+  }
+  const out =
+    outs.length === 0
+      ? undefined
+      : {
+          rows: outs.flatMap((o) => o.rows),
+          skipped: outs[0]!.skipped,
+          requests: outs.reduce((n, o) => n + o.requests, 0),
+          duplicates: outs.reduce((n, o) => n + o.duplicates, 0),
+        };
 
   const lossRows = results.map((r) => {
     const p95 = percentile(r.times, 95) / 1000;
@@ -193,21 +214,23 @@ async function main(): Promise<number> {
       fmt(percentile(r.times, 50) / 1000, 1),
       fmt(p95, 1),
       fmt((r.times[r.times.length - 1] ?? NaN) / 1000, 1),
-      `<= ${r.profile.target} (${r.profile.targetText}): ${p95 <= r.profile.target && r.times.length === ROUNDS ? 'met' : 'not met'}`,
+      `${r.profile.target} (${r.profile.targetText})`,
+      p95 <= r.profile.target && r.times.length === ROUNDS ? 'met' : '**not met**',
       `${fmt(percentile(r.silences, 50), 1)} / ${fmt(percentile(r.silences, 95), 1)}`,
       `${r.duplicates} of ${r.requests}`,
     ];
   });
   const lossTable = table(
-    ['profile', 'heartbeat / lost / fence / margin s', 'failovers', 'p50 s', 'p95 s', 'max s', 'target p95 s', 'wire silence p50 / p95 s', 'duplicates (ARP requests with 2+ replies)'],
+    ['profile', 'heartbeat / lost / fence / margin s', 'failovers', 'p50 s', 'p95 s', 'max s', 'target p95 s', 'target', 'wire silence p50 / p95 s', 'duplicates (ARP requests with 2+ replies)'],
     lossRows,
   );
   let outageTable = '';
   let outageNote = '';
   if (out) {
     outageTable = table(
-      ['fault (CONTRACT.md default timings)', 'longest silence s', 'unanswered requests', 'duplicates', 'moved', 'violations'],
+      ['profile', 'fault', 'longest silence s', 'unanswered requests', 'duplicates', 'moved', 'violations'],
       out.rows.map((r) => [
+        r.profile.name,
         r.outcome.fault,
         fmt(Math.max(0, r.outcome.maxGap - TICK_S), 1),
         `${r.unanswered} of ${Object.values(r.outcome.wire.ips).reduce((n, x) => n + x.requests, 0)}`,
@@ -219,10 +242,10 @@ async function main(): Promise<number> {
     const silent = out.rows.filter((r) => r.unanswered > 0);
     const dups = out.rows.reduce((n, r) => n + r.outcome.duplicates, 0);
     outageNote =
-      `Outages: one run each on 4 instances (web x2, api x2 over both servers), each fault followed by recovery and fenceAfter + margin + 2 s of watching; ` +
+      `Outages: one run of each fault per profile on 4 instances (web x2, api x2 over both servers), each fault followed by recovery and fenceAfter + margin + 2 s of watching; ` +
       `silence = the longest time between two answered ARP requests to one instance IP, less the 0.2 s between requests (0.0: every request answered). ` +
       `Target 0 s / 0 duplicates: ${silent.length === 0 && dups === 0 ? 'met' : `not met (${silent.length} fault(s) with unanswered requests, ${dups} duplicate(s))`}. ` +
-      `Watcher total over the outage lab: ${out.duplicates} duplicate(s) in ${out.requests} requests. Not run: ${out.skipped.join('; ')}.`;
+      `Watcher total over the outage labs: ${out.duplicates} duplicate(s) in ${out.requests} requests. Not run: ${out.skipped.join('; ')}.`;
   }
   const totalDuplicates = results.reduce((n, r) => n + r.duplicates, 0) + (out?.duplicates ?? 0);
   const problems = results.flatMap((r) => r.problems.map((x) => `${r.profile.name}: ${x}`));
@@ -233,7 +256,11 @@ async function main(): Promise<number> {
     results
       .map((r) => {
         const p95 = percentile(r.times, 95) / 1000;
-        return `${r.profile.name}: p95 ${fmt(p95, 1)} s against <= ${r.profile.target} s: ${p95 <= r.profile.target && r.times.length === ROUNDS ? 'met' : 'not met'} (nothing moves before fenceAfter + margin = ${r.profile.fenceAfter + r.profile.margin} s).`;
+        return (
+          `${r.profile.name}: p95 ${fmt(p95, 1)} s against <= ${r.profile.target} s: ${p95 <= r.profile.target && r.times.length === ROUNDS ? 'met' : 'not met'} ` +
+          `(nothing moves before the host has been silent for fenceAfter + margin = ${r.profile.fenceAfter + r.profile.margin} s since its last heartbeat); ` +
+          `rounds in order (s): ${r.order.map((ms) => fmt(ms / 1000, 1)).join(', ')}.`
+        );
       })
       .join(' ') +
     (problems.length > 0 ? ` Failed rounds: ${problems.join('; ')}.` : '') +
