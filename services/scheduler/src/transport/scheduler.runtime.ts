@@ -30,8 +30,8 @@ import { NotLeaderError, PortError, systemClock } from '../domain/ports';
 import { OUTBOX, STORE } from '../tokens';
 
 const HOST_FLUSH_MS = 2_000;
-/** how often host silences are judged (cheap: in memory, probes only for silent hosts) */
-const HOST_SWEEP_MS = 1_000;
+/** how often host silences are judged (cheap: in memory, probes only for silent hosts); a host past its deadline waits at most this long */
+const HOST_SWEEP_MS = 250;
 const LIST_CONCURRENCY = 8;
 
 /** What only the leader runs: the core, its subscriptions, the scale consumer, the timers. */
