@@ -21,7 +21,8 @@ import { appKeyOf, type AppRecord, type AppSpec, type Demand, type SlotError, ty
 import { place, type HostState, type PlacementPolicy, type PlacementRequest } from './placement';
 import { NotLeaderError, PortError, type AgentPort, type Changes, type Clock, type CoreLog, type IpamPort, type SchedulerStore } from './ports';
 import { backendsFor, parseScale, type ScaleMessage } from './scale-intake';
-import { KeyedMutex, Semaphore } from './sync';
+import { KeyedMutex } from './sync';
+import { DONE, requeue, terminal, WorkQueue, type Result } from './work-queue';
 
 export interface CoreSettings {
   /** CloudEvents source of what the scheduler publishes */
@@ -106,10 +107,7 @@ export class SchedulerCore {
   private readonly slots = new Map<string, SlotRecord>();
   private readonly slotsByApp = new Map<string, Set<string>>();
   private readonly appLock = new KeyedMutex();
-  private readonly workLimit: Semaphore;
-  private readonly running = new Set<string>();
-  private readonly again = new Set<string>();
-  private readonly timers = new Map<string, NodeJS.Timeout>();
+  private readonly queue: WorkQueue<string>;
   private readonly verifying = new Map<string, NodeJS.Timeout>();
   private readonly appChecks = new Set<string>();
   private appCheckTimer: NodeJS.Timeout | undefined;
@@ -129,7 +127,11 @@ export class SchedulerCore {
     private readonly onDeposed: () => void = () => undefined,
   ) {
     this.hosts = new HostBook(settings.lostAfterMs, () => ports.clock.now(), () => this.wallNow());
-    this.workLimit = new Semaphore(settings.concurrency);
+    this.queue = new WorkQueue<string>({
+      concurrency: settings.concurrency,
+      worker: (id) => this.work(id),
+      onError: (id, e) => this.ports.log.warn({ instanceId: id, err: errorOf(e).message }, 'slot step failed; will retry'),
+    });
     this.failover = new FailoverJudge(
       this.hosts,
       { source: settings.source, lostAfterMs: settings.lostAfterMs, fenceDeadlineMs: settings.fenceMarginMs },
@@ -159,12 +161,11 @@ export class SchedulerCore {
   /** Stops taking work; resolves when no step is in progress any more. */
   async stop(): Promise<void> {
     this.stopped = true;
-    for (const t of this.timers.values()) clearTimeout(t);
+    this.queue.stop();
     for (const t of this.verifying.values()) clearTimeout(t);
     clearTimeout(this.appCheckTimer);
-    this.timers.clear();
     this.verifying.clear();
-    for (let i = 0; i < 300 && (this.running.size > 0 || this.inFlight > 0); i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 300 && (this.queue.busy > 0 || this.inFlight > 0); i++) await new Promise((r) => setTimeout(r, 20));
   }
 
   /** Level-triggered sweep: every app and every host, on a timer. */
@@ -448,41 +449,20 @@ export class SchedulerCore {
   /** Runs the slot's next steps now (or after `delayMs`); one worker per slot at a time. */
   kick(id: string, delayMs = 0): void {
     if (this.stopped) return;
-    if (delayMs > 0) {
-      if (!this.timers.has(id)) {
-        this.timers.set(
-          id,
-          setTimeout(() => {
-            this.timers.delete(id);
-            this.kick(id);
-          }, delayMs),
-        );
-      }
-      return;
-    }
-    if (this.running.has(id)) {
-      this.again.add(id);
-      return;
-    }
-    this.running.add(id);
-    void this.workLimit
-      .run(() => this.work(id))
-      .catch((e: unknown) => {
-        if (e instanceof NotLeaderError) return;
-        this.ports.log.warn({ instanceId: id, err: errorOf(e).message }, 'slot step failed; will retry');
-        this.kick(id, 1_000);
-      })
-      .finally(() => {
-        this.running.delete(id);
-        if (this.again.delete(id)) this.kick(id);
-      });
+    this.queue.kick(id, delayMs);
   }
 
-  private async work(id: string): Promise<void> {
-    for (let n = 0; n < 50 && !this.stopped; n++) {
-      const next = await this.step(id);
-      if (next === 'done') return;
-      if (typeof next === 'number') return this.kick(id, next);
+  private async work(id: string): Promise<Result> {
+    try {
+      for (let n = 0; n < 50 && !this.stopped; n++) {
+        const next = await this.step(id);
+        if (next === 'done') return DONE;
+        if (typeof next === 'number') return requeue(next);
+      }
+      return DONE;
+    } catch (e) {
+      if (e instanceof NotLeaderError) return terminal('deposed');
+      throw e;
     }
   }
 
@@ -856,7 +836,7 @@ export class SchedulerCore {
   async hold(id: string, by: string): Promise<SlotView> {
     const s = this.heldBy(id, by, true);
     if (!s.hold) {
-      if (s.phase !== null || this.running.has(id)) {
+      if (s.phase !== null || this.queue.isRunning(id)) {
         throw new PortError('UNAVAILABLE', `instance ${id} is busy (${s.phase ?? 'a step is running'}); try again shortly`, true, { phase: s.phase });
       }
       if (!s.hostId || s.state !== 'running') throw new PortError('INSTANCE_CONFLICT', `instance ${id} is ${s.state}, not running: nothing to move`, false, { state: s.state });
