@@ -3,7 +3,7 @@ import type { HostBook } from './host-book';
 import type { Leftovers } from './leftovers';
 import { appKeyOf, type AppRecord, type SlotError, type SlotRecord } from './model';
 import { place, type PlacementPolicy } from './placement';
-import { NotLeaderError, PortError, type AgentPort, type CoreLog, type IpamPort } from './ports';
+import { NotLeaderError, PortError, type AgentPort, type AllocationInfo, type CoreLog, type IpamPort } from './ports';
 import type { SchedulerEvents } from './scheduler-events';
 import type { SlotBook } from './slot-book';
 import { createCommandOf, demandOf, errorOf, isTransient, ownerOf, placementRequestOf, slotSpecOf } from './slot-records';
@@ -158,6 +158,11 @@ export class SlotReconciler {
       s = { ...s, state: 'starting', ip: alloc.ip, mac: alloc.mac };
       this.book.remember(s);
     }
+    return this.startOn(s, hostId, alloc);
+  }
+
+  /** The slot's address is allocated: (a wire probe for a VM,) create on the host, bind, running. */
+  private async startOn(s: SlotRecord, hostId: string, alloc: AllocationInfo): Promise<Result> {
     const backend = s.backend ?? this.hosts.get(hostId)?.backend ?? 'docker';
     if (backend !== 'docker') {
       // A VM cannot probe the wire before it boots: a live agent on the VLAN does it for it.

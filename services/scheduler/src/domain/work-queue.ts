@@ -84,6 +84,11 @@ export class WorkQueue<K = string> {
       this.again.add(key);
       return;
     }
+    this.run(key);
+  }
+
+  /** One run of the key's worker (the key is not running): then what its Result, or its failure, asks. */
+  private run(key: K): void {
     this.running.add(key);
     void this.limit
       .run(() => this.options.worker(key))
