@@ -33,6 +33,19 @@ function probe(work: (key: string, run: number) => Promise<Result> | Result, con
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** A worker that takes 100 ms and counts how many of its runs overlap at most. */
+function slowWorker() {
+  let active = 0;
+  const seen = { most: 0 };
+  const work = async (): Promise<Result> => {
+    seen.most = Math.max(seen.most, ++active);
+    await sleep(100);
+    active--;
+    return DONE;
+  };
+  return { work, seen };
+}
+
 beforeEach(() => {
   vi.useFakeTimers();
   t0 = Date.now();
@@ -75,35 +88,23 @@ describe('WorkQueue', () => {
   });
 
   it('never runs two workers for one key: a kick during a run runs it once more afterwards', async () => {
-    let active = 0;
-    let most = 0;
-    const p = probe(async () => {
-      most = Math.max(most, ++active);
-      await sleep(100);
-      active--;
-      return DONE;
-    });
+    const { work, seen } = slowWorker();
+    const p = probe(work);
     p.queue.kick('a');
     p.queue.kick('a');
     p.queue.kick('a');
     await vi.advanceTimersByTimeAsync(1_000);
-    expect(most).toBe(1);
+    expect(seen.most).toBe(1);
     // three kicks while the first run lasts collapse into one more run
     expect(p.runs.get('a')).toEqual([0, 100]);
   });
 
   it('runs different keys concurrently, at most `concurrency` at once', async () => {
-    let active = 0;
-    let most = 0;
-    const p = probe(async () => {
-      most = Math.max(most, ++active);
-      await sleep(100);
-      active--;
-      return DONE;
-    }, 2);
+    const { work, seen } = slowWorker();
+    const p = probe(work, 2);
     for (const k of ['a', 'b', 'c', 'd']) p.queue.kick(k);
     await vi.advanceTimersByTimeAsync(1_000);
-    expect(most).toBe(2);
+    expect(seen.most).toBe(2);
     expect([...p.runs.values()].flat().sort((x, y) => x - y)).toEqual([0, 0, 100, 100]);
   });
 
