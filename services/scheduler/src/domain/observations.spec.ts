@@ -1,0 +1,136 @@
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import type { AgentInstance, InstanceOrphanedData } from '@orangery/contracts';
+import { HostBook } from './host-book';
+import { Leftovers } from './leftovers';
+import type { SlotRecord } from './model';
+import { Observations } from './observations';
+import { SchedulerEvents } from './scheduler-events';
+import { SlotBook } from './slot-book';
+import { heartbeat } from './testing/factories';
+import { FakeAgents, InMemorySchedulerStore, MemoryLog } from './testing/fakes';
+import { appRecord, runningSlot } from './testing/records';
+
+/**
+ * What agents report, turned into work: Observations and Leftovers against a real
+ * SlotBook, fake agents and fake timers; the slot workers are a spy (`kick`).
+ */
+
+const GRACE = 300;
+const RETENTION = 3_600_000;
+
+async function observationWorld(slots: SlotRecord[] = [runningSlot(0, 'a')], load = true) {
+  const store = new InMemorySchedulerStore();
+  store.apps.set('prod:web', appRecord({ spec: { ...appRecord().spec, replicas: 2 } }));
+  for (const s of slots) store.slots.set(s.id, s);
+  const hosts = new HostBook(3_600_000, () => Date.now(), () => Date.now());
+  const book = new SlotBook(store, hosts, () => undefined);
+  const agents = new FakeAgents();
+  const log = new MemoryLog();
+  const events = new SchedulerEvents('test');
+  const leftovers = new Leftovers({ agents, log, save: (c) => book.save(c), wallNow: () => Date.now() }, RETENTION, events);
+  const kick = vi.fn<(id: string) => void>();
+  const judgeSilentHosts = vi.fn();
+  const observations = new Observations(book, hosts, leftovers, events, { agents, log, kick, judgeSilentHosts }, { failedGraceMs: GRACE });
+  for (const h of ['a', 'b']) observations.heartbeat(heartbeat(h));
+  if (load) await book.load();
+  for (const s of slots) if (s.hostId) agents.plant(s.hostId, { instanceId: s.id, env: s.env, app: s.app, slot: s.slot, state: 'running' });
+  const listing = (host: string): AgentInstance[] => agents.instancesOn(host);
+  return { store, hosts, book, agents, observations, kick, judgeSilentHosts, listing, orphaned: () => store.eventsOf<InstanceOrphanedData>('instance', 'orphaned') };
+}
+
+beforeEach(() => {
+  vi.useFakeTimers();
+});
+
+afterEach(() => {
+  vi.useRealTimers();
+});
+
+describe('Observations', () => {
+  it('an instance that failed is replaced only after the grace period (the agent may restart it meanwhile)', async () => {
+    const w = await observationWorld();
+    w.agents.setState('a', 'prod:web:0', 'failed', 'exit 1');
+    w.observations.instanceEvent('failed', 'prod:web:0', 'a');
+    await vi.advanceTimersByTimeAsync(GRACE - 1);
+    expect(w.kick).not.toHaveBeenCalled();
+    await vi.advanceTimersByTimeAsync(1);
+    expect(w.book.slot('prod:web:0')).toMatchObject({ phase: 'replace', state: 'failed', lastError: { code: 'FAILED', message: 'exit 1', host: 'a' } });
+    expect(w.kick).toHaveBeenCalledWith('prod:web:0');
+  });
+
+  it('an instance that stopped by itself is started again where it is', async () => {
+    const w = await observationWorld();
+    w.agents.setState('a', 'prod:web:0', 'stopped');
+    w.observations.instanceEvent('stopped', 'prod:web:0', 'a');
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(w.agents.callsOf('start', 'a')).toHaveLength(1);
+    expect(w.book.slot('prod:web:0')?.phase).toBeNull();
+    expect(w.kick).not.toHaveBeenCalled();
+  });
+
+  it('an event about another host, or a slot with work under way, changes nothing', async () => {
+    const w = await observationWorld([runningSlot(0, 'a'), runningSlot(1, 'a', { phase: 'create' })]);
+    w.observations.instanceEvent('removed', 'prod:web:0', 'b');
+    w.observations.instanceEvent('removed', 'prod:web:1', 'a');
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(w.agents.callsOf('get')).toEqual([]);
+  });
+
+  it('a slot missing from its host’s list is created again', async () => {
+    const w = await observationWorld();
+    w.agents.vanish('a', 'prod:web:0');
+    w.observations.agentList('a', w.listing('a'));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(w.book.slot('prod:web:0')).toMatchObject({ phase: 'create', state: 'placed', hostId: 'a' });
+    expect(w.kick).toHaveBeenCalledWith('prod:web:0');
+  });
+
+  it('ignores agent lists before the journal is loaded (every instance would look like a leftover)', async () => {
+    const w = await observationWorld([runningSlot(0, 'a')], false);
+    w.observations.agentList('a', w.listing('a'));
+    await vi.advanceTimersByTimeAsync(10_000);
+    expect(w.agents.callsOf('stop')).toEqual([]);
+    expect(w.orphaned()).toEqual([]);
+  });
+
+  it('marks every settled slot of a host for replacement (failover), once recorded', async () => {
+    const w = await observationWorld([runningSlot(0, 'a'), runningSlot(1, 'a', { hold: { by: 'mig-1' } })]);
+    w.observations.replaceAll('a', { code: 'HOST_LOST', message: 'gone', host: 'a' });
+    await vi.advanceTimersByTimeAsync(0);
+    expect(w.book.slot('prod:web:0')).toMatchObject({ phase: 'replace', state: 'failed', lastError: { code: 'HOST_LOST' } });
+    expect(w.book.slot('prod:web:1')?.phase).toBeNull(); // held: the migration decides
+    expect(w.kick.mock.calls).toEqual([['prod:web:0']]);
+  });
+
+  it('sweepHosts asks the failover judge, and replaces the instances of a host that fenced itself', async () => {
+    const w = await observationWorld();
+    w.observations.heartbeat(heartbeat('a', { fenced: true }));
+    w.observations.sweepHosts();
+    await vi.advanceTimersByTimeAsync(0);
+    expect(w.judgeSilentHosts).toHaveBeenCalledTimes(1);
+    expect(w.book.slot('prod:web:0')).toMatchObject({ phase: 'replace', lastError: { code: 'HOST_ISOLATED' } });
+  });
+});
+
+describe('Leftovers', () => {
+  it('a running copy no record places is stopped and kept, announced once; removed only after the retention', async () => {
+    const w = await observationWorld([]);
+    w.agents.plant('b', { instanceId: 'prod:web:7', env: 'prod', app: 'web', slot: 7, state: 'running' });
+    w.observations.agentList('b', w.listing('b'));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(w.agents.instancesOn('b')[0]?.state).toBe('stopped');
+    expect(w.orphaned().map((e) => e.data)).toEqual([expect.objectContaining({ instanceId: 'prod:web:7', host: 'b', reason: 'found where no record places it' })]);
+
+    w.observations.agentList('b', w.listing('b'));
+    await vi.advanceTimersByTimeAsync(RETENTION);
+    expect(w.agents.callsOf('remove')).toEqual([]);
+    expect(w.orphaned()).toHaveLength(1);
+
+    // kept until the retention's last millisecond
+    await vi.advanceTimersByTimeAsync(1);
+    w.observations.agentList('b', w.listing('b'));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(w.agents.callsOf('remove', 'b')).toHaveLength(1);
+    expect(w.agents.instancesOn('b')).toEqual([]);
+  });
+});

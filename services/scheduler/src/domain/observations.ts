@@ -1,0 +1,176 @@
+import type { AgentInstance, Heartbeat, HostFacts } from '@orangery/contracts';
+import type { HostBook } from './host-book';
+import type { Leftovers } from './leftovers';
+import type { SlotError } from './model';
+import type { HostState } from './placement';
+import { PortError, type AgentPort, type CoreLog } from './ports';
+import type { SchedulerEvents } from './scheduler-events';
+import type { SlotBook } from './slot-book';
+import { errorOf } from './slot-records';
+
+export interface ObservationPorts {
+  readonly agents: Pick<AgentPort, 'get' | 'start'>;
+  readonly log: CoreLog;
+  /** wakes a slot's worker (the slot reconciler) */
+  readonly kick: (id: string) => void;
+  /** the failover judge's pass over the silent hosts (FailoverJudge.sweep) */
+  readonly judgeSilentHosts: () => void;
+}
+
+export interface ObservationSettings {
+  /** an agent's `failed` is final after this long (the agent restarts a crashed instance a few times first) */
+  readonly failedGraceMs: number;
+}
+
+/** How long a `stopped` (or a listing that is not running) waits before the agent is asked again. */
+const STOPPED_VERIFY_MS = 1_000;
+
+/**
+ * Where what the agents report is turned into work: heartbeats and registrations feed the
+ * host book; an instance event or an agent's list that disagrees with the records makes
+ * the scheduler ask the agent again (`verify`) and then restart, replace or recreate the
+ * instance; a copy no record places on a host is a leftover (Leftovers). The records stay
+ * the truth: an observation never changes a slot except through a phase its worker runs.
+ *
+ * Failover itself is decided in FailoverJudge; here, its verdict `lost` (and a host that
+ * fenced itself) marks the host's slots for replacement.
+ */
+export class Observations {
+  private readonly verifying = new Map<string, NodeJS.Timeout>();
+  /** each host's state at the last sweep, so the host book notices changes */
+  private readonly hostStates = new Map<string, HostState>();
+
+  constructor(
+    private readonly book: SlotBook,
+    private readonly hosts: HostBook,
+    private readonly leftovers: Pick<Leftovers, 'found'>,
+    private readonly events: SchedulerEvents,
+    private readonly ports: ObservationPorts,
+    private readonly settings: ObservationSettings,
+  ) {}
+
+  stop(): void {
+    for (const t of this.verifying.values()) clearTimeout(t);
+    this.verifying.clear();
+  }
+
+  // ---- hosts ------------------------------------------------------------------------------
+
+  /** Host states, failover verdicts, isolated hosts' instances: cheap, run every second. */
+  sweepHosts(): void {
+    if (this.book.stopped || !this.book.loaded) return;
+    this.hosts.sweep(this.hostStates);
+    this.ports.judgeSilentHosts();
+    for (const h of this.hosts.all()) {
+      // The agent stopped everything itself (its instance network was isolated) and says so:
+      // each instance moves once the agent confirms it stopped (stepReplace asks).
+      if (h.fenced && !this.hosts.isSilent(h)) this.replaceAll(h.id, { code: 'HOST_ISOLATED', message: `host ${h.id} fenced itself: its instance network is isolated`, host: h.id });
+    }
+  }
+
+  /** Marks every settled slot of a host for replacement elsewhere with its IP. */
+  replaceAll(hostId: string, lastError: SlotError): void {
+    for (const id of this.book.slotsOn(hostId)) {
+      const s = this.book.slot(id);
+      if (!s || s.hostId !== hostId || s.phase !== null || s.hold) continue;
+      this.ports.log.warn({ instanceId: id, host: hostId, code: lastError.code }, 'replacing an instance of a lost host');
+      void this.book
+        .update(s, { phase: 'replace', state: 'failed', lastError })
+        .then(() => this.ports.kick(id))
+        .catch((e: unknown) => this.ports.log.warn({ instanceId: id, err: errorOf(e).message }, 'could not record the replacement; will retry'));
+    }
+  }
+
+  heartbeat(hb: Heartbeat): void {
+    const before = this.hosts.get(hb.hostId);
+    const judged = before?.judged;
+    const silentSince = before ? new Date(before.lastBeatWall).toISOString() : undefined;
+    if (this.hosts.heartbeat(hb)) {
+      this.ports.log.info({ host: hb.hostId, backend: hb.backend }, 'host is ready');
+      this.hostStates.set(hb.hostId, this.hosts.stateOf(this.hosts.get(hb.hostId)!));
+    }
+    if (judged !== undefined && this.hosts.get(hb.hostId)?.judged === undefined && silentSince && !this.book.stopped) {
+      this.ports.log.warn({ host: hb.hostId, was: judged }, 'host heard from again');
+      const data = { hostId: hb.hostId, backend: hb.backend, lastHeartbeat: hb.time, silentSince };
+      void this.book
+        .save({ events: [this.events.event('host', 'recovered', hb.hostId, data, undefined, `host-recovered:${hb.hostId}:${silentSince}`)] })
+        .catch((e: unknown) => this.ports.log.warn({ host: hb.hostId, err: errorOf(e).message }, 'could not journal host.recovered'));
+    }
+  }
+
+  registered(facts: HostFacts): void {
+    this.hosts.heartbeat(facts);
+  }
+
+  // ---- instances --------------------------------------------------------------------------
+
+  /** An agent's instance event: anything that leaves a running slot not running is checked. */
+  instanceEvent(what: string, instanceId: string, hostId: string): void {
+    const s = this.book.slot(instanceId);
+    if (!s || s.hostId !== hostId || s.phase !== null || s.hold) return;
+    if (what === 'failed') this.verifyLater(instanceId, this.settings.failedGraceMs);
+    else if (what === 'stopped') this.verifyLater(instanceId, STOPPED_VERIFY_MS);
+    else if (what === 'removed') this.verifyLater(instanceId, 0);
+  }
+
+  /** Anti-entropy: what an agent says runs on its host against the records. */
+  agentList(hostId: string, instances: readonly AgentInstance[]): void {
+    // A deposed core's records are stale, and a core not started yet has none: either would
+    // remove instances the (new) leader placed.
+    if (this.book.stopped || !this.book.loaded) return;
+    const seen = new Set<string>();
+    for (const inst of instances) {
+      seen.add(inst.instanceId);
+      const s = this.book.slot(inst.instanceId);
+      if (s?.hold) continue; // a migration has copies on two hosts for a while
+      if (!s || s.hostId !== hostId) {
+        // Not ours there: stopped, kept for the retention period, never started (Leftovers).
+        this.leftovers.found(hostId, inst);
+        continue;
+      }
+      if (s.phase === null && inst.state !== 'running') this.verifyLater(s.id, inst.state === 'failed' ? this.settings.failedGraceMs : STOPPED_VERIFY_MS);
+    }
+    for (const id of this.book.slotsOn(hostId)) {
+      const s = this.book.slot(id);
+      if (s && s.phase === null && !s.hold && !seen.has(id)) this.verifyLater(id, 0);
+    }
+  }
+
+  private verifyLater(id: string, delayMs: number): void {
+    if (this.verifying.has(id) || this.book.stopped) return;
+    this.verifying.set(
+      id,
+      setTimeout(() => {
+        this.verifying.delete(id);
+        void this.verify(id).catch((e: unknown) => this.ports.log.warn({ instanceId: id, err: errorOf(e).message }, 'verify failed'));
+      }, delayMs),
+    );
+  }
+
+  /** Asks the agent how the instance really is, and acts: restart a stopped one, replace a failed one, recreate a missing one. */
+  private async verify(id: string): Promise<void> {
+    const s = this.book.slot(id);
+    if (!s || s.phase !== null || !s.hostId || s.hold) return;
+    const inst = await this.ports.agents.get(s.hostId, id);
+    const now = this.book.slot(id);
+    if (now !== s) return; // changed meanwhile: that change decides
+    if (!inst || inst.state === 'removed') {
+      this.ports.log.warn({ instanceId: id, host: s.hostId }, 'instance is gone from its host; creating it again');
+      await this.book.update(s, { phase: 'create', state: 'placed' });
+      this.ports.kick(id);
+    } else if (inst.state === 'failed') {
+      this.ports.log.warn({ instanceId: id, host: s.hostId, reason: inst.reason }, 'instance failed; replacing it');
+      await this.book.update(s, { phase: 'replace', state: 'failed', lastError: { code: 'FAILED', message: inst.reason ?? `exit code ${inst.exitCode ?? '?'}`, host: s.hostId } });
+      this.ports.kick(id);
+    } else if (inst.state === 'stopped' || inst.state === 'created') {
+      this.ports.log.warn({ instanceId: id, host: s.hostId }, 'instance stopped by itself; starting it again');
+      try {
+        const started = await this.ports.agents.start(s.hostId, id);
+        if (started.state !== 'running') throw new PortError('START_FAILED', started.reason ?? `still ${started.state}`, false);
+      } catch (e) {
+        await this.book.update(s, { phase: 'replace', state: 'failed', lastError: { ...errorOf(e), host: s.hostId } });
+        this.ports.kick(id);
+      }
+    }
+  }
+}

@@ -1,0 +1,144 @@
+import type { Backend, SlotView } from '@orangery/contracts';
+import type { HostBook } from './host-book';
+import { appKeyOf, type SlotRecord } from './model';
+import { place, type HostState, type PlacementPolicy, type PlacementRequest } from './placement';
+import { PortError, type CoreLog } from './ports';
+import type { SlotBook } from './slot-book';
+import { demandOf, placementRequestOf, slotViewOf, targetKey } from './slot-records';
+
+export interface LeasePorts {
+  readonly log: CoreLog;
+  /** wakes the slot's worker (after a release: the scheduler manages the slot again) */
+  readonly kick: (id: string) => void;
+  /** whether the slot's worker is running a step right now */
+  readonly isRunning: (id: string) => boolean;
+}
+
+/**
+ * The slot API for the migrator (docs/scheduler.md "Slot API"): a migration holds a slot
+ * (the reconciler leaves a held slot alone), reserves a target host for it, and either
+ * commits the move (the record follows the instance) or releases the hold (the old copy is
+ * back). Every call is idempotent for the same `by`, and refused for another migration.
+ *
+ * The target's reservation is kept under `targetKey(id)` next to the slot's own, so the
+ * capacity of both hosts is taken while both copies may exist.
+ */
+export class SlotLeases {
+  constructor(
+    private readonly book: SlotBook,
+    private readonly hosts: HostBook,
+    private readonly ports: LeasePorts,
+    private readonly policy: PlacementPolicy,
+  ) {}
+
+  slotView(id: string): SlotView {
+    const s = this.book.slot(id);
+    if (!s) throw new PortError('NOT_FOUND', `no instance ${id}`, false, { instanceId: id });
+    return slotViewOf(s);
+  }
+
+  /** A migration takes the slot over: the scheduler leaves it alone until commit or release. */
+  async hold(id: string, by: string): Promise<SlotView> {
+    const s = this.heldBy(id, by, true);
+    if (!s.hold) {
+      // a step under way could still change the slot's host or state under the migration
+      if (s.phase !== null || this.ports.isRunning(id)) {
+        throw new PortError('UNAVAILABLE', `instance ${id} is busy (${s.phase ?? 'a step is running'}); try again shortly`, true, { phase: s.phase });
+      }
+      if (!s.hostId || s.state !== 'running') throw new PortError('INSTANCE_CONFLICT', `instance ${id} is ${s.state}, not running: nothing to move`, false, { state: s.state });
+      await this.book.update(s, { hold: { by } });
+      this.ports.log.info({ instanceId: id, by }, 'slot held for a migration');
+    }
+    return this.slotView(id);
+  }
+
+  /** Places and reserves the held slot's target (never its current host nor `exclude`). */
+  async reserveTarget(id: string, by: string, opts: { toHost?: string; toBackend?: Backend; exclude?: readonly string[] }): Promise<{ hostId: string; backend: Backend }> {
+    const s = this.heldBy(id, by, false);
+    if (s.hold?.target) return s.hold.target;
+    const request = this.targetRequest(s, opts);
+    const decision = place(request, this.hosts.inventory());
+    if (!decision.ok) {
+      throw new PortError('INSUFFICIENT_CAPACITY', `no host can take ${id}: ${decision.reason.message}`, false, { ...decision.reason.details });
+    }
+    const target = { hostId: decision.hostId, backend: this.hosts.get(decision.hostId)!.backend };
+    this.hosts.reserve(target.hostId, targetKey(id), s, demandOf(s.spec.resources));
+    try {
+      await this.book.update(s, { hold: { by, target } });
+    } catch (e) {
+      this.hosts.unreserve(target.hostId, targetKey(id));
+      throw e;
+    }
+    return target;
+  }
+
+  /** Where the held slot may go: its app's backends (or `toBackend`), only `toHost` when given, never its host nor `exclude`. */
+  private targetRequest(s: SlotRecord, opts: { toHost?: string; toBackend?: Backend; exclude?: readonly string[] }): PlacementRequest {
+    const app = this.book.app(appKeyOf(s));
+    if (!app) throw new PortError('NOT_FOUND', `no app record for ${s.id}`, false);
+    const backends = opts.toBackend ? [opts.toBackend] : app.spec.backends;
+    for (const b of backends) {
+      if (!(b === 'docker' ? (s.spec.image ?? app.spec.image) : (s.spec.template ?? app.spec.template))) {
+        throw new PortError('INVALID_REQUEST', `field 'toBackend': ${s.id} has no ${b === 'docker' ? 'image' : 'template'} for ${b}`, false, { field: 'toBackend' });
+      }
+    }
+    if (opts.toHost !== undefined && !this.hosts.get(opts.toHost)) throw new PortError('NOT_FOUND', `no host ${opts.toHost}`, false, { hostId: opts.toHost });
+    const exclude = new Set([s.hostId!, ...(opts.exclude ?? [])]);
+    if (opts.toHost !== undefined) for (const h of this.hosts.all()) if (h.id !== opts.toHost) exclude.add(h.id);
+    return {
+      ...placementRequestOf(app, this.policy, [...exclude]),
+      resources: s.spec.resources,
+      backend: backends.length === 1 ? backends[0]! : 'auto',
+      allowedBackends: backends,
+    };
+  }
+
+  /** The migration moved the instance to its target: the record follows, and the scheduler takes over again. */
+  async commitTarget(id: string, by: string): Promise<SlotView> {
+    const done = this.book.slot(id);
+    if (done && !done.hold && done.movedBy === by) return this.slotView(id); // committed already
+    const s = this.heldBy(id, by, false);
+    const target = s.hold?.target;
+    if (!target) throw new PortError('INSTANCE_CONFLICT', `no target reserved for ${id}`, false);
+    await this.book.update(s, { hostId: target.hostId, backend: target.backend, state: 'running', phase: null, hold: null, movedBy: by, tried: [], attempts: 0, lastError: null });
+    // the reservations follow the record only after the commit: a failed write leaves both copies' capacity taken
+    if (s.hostId) this.hosts.unreserve(s.hostId, id);
+    this.hosts.unreserve(target.hostId, targetKey(id));
+    this.hosts.reserve(target.hostId, id, s, demandOf(s.spec.resources));
+    this.ports.log.info({ instanceId: id, by, from: s.hostId, to: target.hostId }, 'slot moved by a migration');
+    return this.slotView(id);
+  }
+
+  /** The migration gave up (the old copy is back): drop the target, manage the slot again. */
+  async releaseHold(id: string, by: string): Promise<SlotView> {
+    const s = this.book.slot(id);
+    if (!s) throw new PortError('NOT_FOUND', `no instance ${id}`, false, { instanceId: id });
+    if (!s.hold) return this.slotView(id);
+    if (s.hold.by !== by) throw new PortError('INSTANCE_CONFLICT', `instance ${id} is held by ${s.hold.by}`, false, { heldBy: s.hold.by });
+    await this.book.update(s, { hold: null });
+    if (s.hold.target) this.hosts.unreserve(s.hold.target.hostId, targetKey(id));
+    this.ports.kick(id);
+    return this.slotView(id);
+  }
+
+  /** An operator's drain (through the migrator): journaled, then nothing new is placed on the host. */
+  async setDrain(hostId: string, drain: boolean): Promise<{ hostId: string; state: HostState }> {
+    const h = this.hosts.get(hostId);
+    if (!h) throw new PortError('NOT_FOUND', `no host ${hostId}`, false, { hostId });
+    await this.book.save({ hostDrains: [{ hostId, drain, backend: h.backend, facts: h.facts, usage: h.usage }] });
+    this.hosts.setDrain(hostId, drain);
+    return { hostId, state: this.hosts.stateOf(h) };
+  }
+
+  /** The slot, held by `by` (or free, when `orFree`). */
+  private heldBy(id: string, by: string, orFree: boolean): SlotRecord {
+    const s = this.book.slot(id);
+    if (!s) throw new PortError('NOT_FOUND', `no instance ${id}`, false, { instanceId: id });
+    if (s.hold ? s.hold.by !== by : !orFree) {
+      throw new PortError('INSTANCE_CONFLICT', s.hold ? `instance ${id} is held by ${s.hold.by}` : `instance ${id} is not held by ${by}`, false, {
+        heldBy: s.hold?.by ?? null,
+      });
+    }
+    return s;
+  }
+}

@@ -1,0 +1,109 @@
+import { instanceIdOf, memoryLimitMb, ownerOfInstanceId, type Backend, type CreateInstanceCommand, type SlotView } from '@orangery/contracts';
+import type { AppRecord, AppSpec, Demand, SlotError, SlotRecord, SlotSpec } from './model';
+import type { PlacementPolicy, PlacementRequest } from './placement';
+import { PortError, type AllocationInfo } from './ports';
+
+/** Pure helpers over the records: what a slot is made of, takes, and is told. No state. */
+
+/** What a slot takes on its host: cpu in cores, memory at the container's real limit. */
+export const demandOf = (r: SlotSpec['resources']): Demand => ({
+  cpu: r.cpu,
+  memoryMb: memoryLimitMb(r.memoryMb, r.heapMb),
+  diskMb: r.diskMb ?? 0,
+});
+
+export const errorOf = (e: unknown): SlotError =>
+  e instanceof PortError ? { code: e.code, message: e.message } : { code: 'INTERNAL', message: e instanceof Error ? e.message : String(e) };
+
+export const isTransient = (e: unknown): boolean => e instanceof PortError && e.transient;
+
+/** The ipam owner of a slot's address. */
+export function ownerOf(s: SlotRecord) {
+  return ownerOfInstanceId(s.id) ?? { env: s.env, app: s.app, slot: s.slot };
+}
+
+/** The reservation of a migration's target, next to the slot's own on its current host. */
+export const targetKey = (id: string): string => `${id}#target`;
+
+/** The part of the app's spec a slot's instance is made of (taken when it is (re)placed). */
+export function slotSpecOf(spec: AppSpec): SlotSpec {
+  return {
+    resources: spec.resources,
+    ...(spec.image !== undefined ? { image: spec.image } : {}),
+    ...(spec.template !== undefined ? { template: spec.template } : {}),
+    pool: spec.pool,
+    vlan: spec.vlan,
+    ...(spec.environment ? { environment: spec.environment } : {}),
+  };
+}
+
+/** A slot's first record: to be created on `hostId` (its first attempt), or placed later when null. */
+export function newSlot(app: AppRecord, slot: number, hostId: string | null, backend: Backend | null): SlotRecord {
+  return {
+    id: instanceIdOf({ env: app.env, app: app.app, slot }),
+    env: app.env,
+    app: app.app,
+    slot,
+    state: 'placed',
+    phase: 'create',
+    backend: hostId ? backend : null,
+    hostId,
+    ip: null,
+    mac: null,
+    spec: slotSpecOf(app.spec),
+    tried: [],
+    attempts: hostId ? 1 : 0,
+    lastError: null,
+    requestId: app.requestId,
+  };
+}
+
+/** Where one instance of the app may go; `tried` are hosts never to use again in this round. */
+export function placementRequestOf(app: AppRecord, policy: PlacementPolicy, tried: readonly string[]): PlacementRequest {
+  const { spec } = app;
+  return {
+    env: app.env,
+    app: app.app,
+    resources: spec.resources,
+    backend: spec.backends.length === 1 ? spec.backends[0]! : 'auto',
+    allowedBackends: spec.backends,
+    vlan: spec.vlan,
+    spread: spec.spread,
+    policy,
+    excludeHosts: tried,
+  };
+}
+
+/** The same command for both backends: an image for a container, a template for a VM. */
+export function createCommandOf(s: SlotRecord, alloc: AllocationInfo, backend: Backend): CreateInstanceCommand {
+  const artifact = backend === 'docker' ? s.spec.image : s.spec.template;
+  if (!artifact) throw new PortError('INVALID_REQUEST', `the slot has no ${backend === 'docker' ? 'image' : 'template'} for ${backend}`, false);
+  return {
+    instanceId: s.id,
+    env: s.env,
+    app: s.app,
+    slot: s.slot,
+    ...(backend === 'docker' ? { image: artifact } : { template: artifact }),
+    resources: s.spec.resources,
+    network: { ip: alloc.ip, mac: alloc.mac, prefixLength: alloc.prefixLength, gateway: alloc.gateway, vlan: alloc.vlan },
+    ...(s.spec.environment ? { environment: s.spec.environment } : {}),
+  };
+}
+
+/** The slot API's view of a record (docs/scheduler.md "Slot API"). */
+export function slotViewOf(s: SlotRecord): SlotView {
+  return {
+    id: s.id,
+    env: s.env,
+    app: s.app,
+    slot: s.slot,
+    state: s.state,
+    phase: s.phase,
+    backend: s.backend,
+    hostId: s.hostId,
+    ip: s.ip,
+    mac: s.mac,
+    spec: s.spec,
+    hold: s.hold ?? null,
+  };
+}
