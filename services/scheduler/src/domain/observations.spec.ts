@@ -68,6 +68,20 @@ describe('Observations', () => {
     expect(w.kick).not.toHaveBeenCalled();
   });
 
+  it('a verify in flight when the replica is deposed starts nothing (the new leader decides)', async () => {
+    const w = await observationWorld();
+    w.agents.setState('a', 'prod:web:0', 'stopped');
+    const get = w.agents.get.bind(w.agents);
+    w.agents.get = async (hostId, id) => {
+      w.book.stop(); // deposed while the agent answers
+      return get(hostId, id);
+    };
+    w.observations.instanceEvent('stopped', 'prod:web:0', 'a');
+    await vi.advanceTimersByTimeAsync(1_000);
+    expect(w.agents.callsOf('get', 'a')).toHaveLength(1);
+    expect(w.agents.callsOf('start', 'a')).toEqual([]);
+  });
+
   it('an event about another host, or a slot with work under way, changes nothing', async () => {
     const w = await observationWorld([runningSlot(0, 'a'), runningSlot(1, 'a', { phase: 'create' })]);
     w.observations.instanceEvent('removed', 'prod:web:0', 'b');

@@ -152,6 +152,9 @@ export class Observations {
     const s = this.book.slot(id);
     if (!s || s.phase !== null || !s.hostId || s.hold) return;
     const inst = await this.ports.agents.get(s.hostId, id);
+    // Deposed meanwhile: the new leader's records decide, not ours (a start from here could
+    // restart a copy the new leader has just moved elsewhere).
+    if (this.book.stopped) return;
     const now = this.book.slot(id);
     if (now !== s) return; // changed meanwhile: that change decides
     if (!inst || inst.state === 'removed') {
