@@ -116,6 +116,16 @@ describe('Observations', () => {
     expect(w.kick.mock.calls).toEqual([['prod:web:0']]);
   });
 
+  it('a host judged lost that re-registers before its first heartbeat is announced recovered, once', async () => {
+    const w = await observationWorld();
+    w.hosts.judge('a', 'lost');
+    const { hostId, backend, capacity, total, reserved, labels, vlans } = heartbeat('a');
+    w.observations.registered({ hostId, backend, capacity, total, reserved, labels, vlans });
+    w.observations.heartbeat(heartbeat('a'));
+    await vi.advanceTimersByTimeAsync(10);
+    expect(w.store.eventsOf('host', 'recovered').map((e) => e.data)).toEqual([expect.objectContaining({ hostId: 'a' })]);
+  });
+
   it('sweepHosts asks the failover judge, and replaces the instances of a host that fenced itself', async () => {
     const w = await observationWorld();
     w.observations.heartbeat(heartbeat('a', { fenced: true }));

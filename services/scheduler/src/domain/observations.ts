@@ -82,6 +82,16 @@ export class Observations {
   }
 
   heartbeat(hb: Heartbeat): void {
+    this.heardFrom(hb, hb.time);
+  }
+
+  /** host.registered counts as being heard from, like a heartbeat (it may arrive first after a silence). */
+  registered(facts: HostFacts): void {
+    this.heardFrom(facts, new Date().toISOString());
+  }
+
+  /** A sign of life: the host's silence (and any verdict on it) ends, announced once with host.recovered. */
+  private heardFrom(hb: Heartbeat | HostFacts, at: string): void {
     const before = this.hosts.get(hb.hostId);
     const judged = before?.judged;
     const silentSince = before ? new Date(before.lastBeatWall).toISOString() : undefined;
@@ -91,15 +101,11 @@ export class Observations {
     }
     if (judged !== undefined && this.hosts.get(hb.hostId)?.judged === undefined && silentSince && !this.book.stopped) {
       this.ports.log.warn({ host: hb.hostId, was: judged }, 'host heard from again');
-      const data = { hostId: hb.hostId, backend: hb.backend, lastHeartbeat: hb.time, silentSince };
+      const data = { hostId: hb.hostId, backend: hb.backend, lastHeartbeat: at, silentSince };
       void this.book
         .save({ events: [this.events.event('host', 'recovered', hb.hostId, data, undefined, `host-recovered:${hb.hostId}:${silentSince}`)] })
         .catch((e: unknown) => this.ports.log.warn({ host: hb.hostId, err: errorOf(e).message }, 'could not journal host.recovered'));
     }
-  }
-
-  registered(facts: HostFacts): void {
-    this.hosts.heartbeat(facts);
   }
 
   // ---- instances --------------------------------------------------------------------------
