@@ -5,7 +5,7 @@ import { LABEL } from './container-spec';
 import { InstanceEvents } from './instance-events';
 import { silentDomainLog } from './testing/logs';
 import { FakeArpProbe, FakeEngine, RecordingEvents } from './testing/fake-engine';
-import type { HostRoutes } from './ports';
+import { exitOf, stateOf, type HostRoutes } from './ports';
 
 const IMAGE = 'orangery/service:1';
 const ID = 'prod:web:0';
@@ -63,13 +63,13 @@ describe('InstanceEvents', () => {
   beforeEach(() => vi.useFakeTimers({ toFake: ['setTimeout'], shouldAdvanceTime: true }));
   afterEach(() => vi.useRealTimers());
 
-  it.fails('a docker stop from outside the agent is a stop, as a listing says, and is not restarted', async () => {
+  it('a docker stop from outside the agent is a stop, as a listing says, and is not restarted', async () => {
     const w = await setup();
     await w.engine.stop(w.containerId, 10); // `docker stop`: SIGTERM, exit 143
     await w.settle();
     await vi.advanceTimersByTimeAsync(5_000);
     expect(w.events.instances.map((e) => e.what)).toEqual(['stopped']);
-    expect(w.events.instances[0]!.data).toMatchObject({ exitCode: 143 });
+    expect(w.events.instances[0]!.data).toMatchObject({ exitCode: 143, reason: 'stopped outside the agent (exit 143: a stop signal)' });
     expect((await w.agent.get(ID)).state).toBe('stopped');
     expect(w.engine.stateOfInstance(ID)).toBe('exited');
     await w.stop();
@@ -141,5 +141,29 @@ describe('InstanceEvents', () => {
     await w.settle();
     expect(w.events.instances).toEqual([]);
     await w.stop();
+  });
+});
+
+describe('exitOf: one rule for a listing and an event', () => {
+  it.each([
+    [0, false, 'stopped'],
+    [130, false, 'stopped'],
+    [137, false, 'stopped'],
+    [143, false, 'stopped'],
+    [1, false, 'failed'],
+    [3, false, 'failed'],
+    [255, false, 'failed'],
+    [undefined, false, 'failed'],
+    [137, true, 'failed'],
+    [0, true, 'failed'],
+  ] as const)('exit %s (OOM-killed: %s) is %s, in a listing and as an event', async (exitCode, oomKilled, verdict) => {
+    expect(exitOf(exitCode, oomKilled)).toBe(verdict);
+    expect(stateOf({ id: 'c1', image: IMAGE, labels: {}, engineState: 'exited', exitCode, oomKilled })).toBe(verdict);
+    const events = new RecordingEvents();
+    const agent = { expectedStops: new Set<string>(), fenced: false, restartAfterFailure: async () => false };
+    const watch = new InstanceEvents({ agent, events, routes: undefined, log: silentDomainLog }, { uplink: 'eth1' });
+    if (oomKilled) watch.on({ kind: 'oom', containerId: 'c1', labels: { [LABEL.instanceId]: ID } });
+    watch.on({ kind: 'die', containerId: 'c1', labels: { [LABEL.instanceId]: ID }, exitCode });
+    expect(events.instances.map((e) => e.what)).toEqual([verdict]);
   });
 });

@@ -1,6 +1,6 @@
 import type { AgentService } from './agent.service';
 import { LABEL, parentInterface } from './container-spec';
-import { type DomainLog, type EngineEvent, type EventSink, type HostRoutes, type ManagedContainer } from './ports';
+import { exitOf, type DomainLog, type EngineEvent, type EventSink, type HostRoutes, type ManagedContainer } from './ports';
 
 /**
  * What the engine's events of our containers mean: instance.running on a start,
@@ -70,8 +70,9 @@ export class InstanceEvents {
       this.deps.events.instance({ what: 'stopped', instanceId, data: { ...data, reason: 'stopped on request' } });
       return;
     }
-    if (exitCode === 0 && !oomKilled) {
-      this.deps.events.instance({ what: 'stopped', instanceId, data: { ...data, reason: 'exited by itself' } });
+    if (exitOf(exitCode, oomKilled) === 'stopped') {
+      const reason = exitCode === 0 ? 'exited by itself' : `stopped outside the agent (exit ${exitCode}: a stop signal)`;
+      this.deps.events.instance({ what: 'stopped', instanceId, data: { ...data, reason } });
       return;
     }
     this.deps.events.instance({ what: 'failed', instanceId, data: { ...data, ...(oomKilled ? { reason: 'killed by the kernel: out of memory' } : {}) } });
