@@ -7,17 +7,19 @@ import type { Logger } from '@orangery/telemetry';
 import type { AgentConfig } from './config';
 import { AgentService } from './domain/agent.service';
 import { parentInterface } from './domain/container-spec';
+import { HostMonitor } from './domain/host-monitor';
 import { hostFactsOf, UsageMeter } from './domain/host-report';
+import { InstanceEvents } from './domain/instance-events';
 import type { EngineFacts, MonotonicClock } from './domain/ports';
 import { SelfFence } from './domain/self-fence';
 import { WireProbeService } from './domain/wire-probe';
 import { DockerEngine, waitForEngineFacts } from './adapters/docker-engine';
 import { ArpingProbe } from './adapters/arp-probe';
-import { GratuitousArp, SysfsLinkState } from './adapters/host-network';
+import { GratuitousArp, HostShim, SysfsLinkState } from './adapters/host-network';
 import { EventQueue } from './adapters/event-queue';
 import { HostRuntime } from './transport/host-runtime';
 import { IsolationWatch } from './transport/isolation-watch';
-import { AGENT_SERVICE, ENGINE, ENGINE_FACTS, EVENTS, SELF_FENCE, USAGE_METER, WIRE_PROBE } from './tokens';
+import { AGENT_SERVICE, ENGINE, ENGINE_FACTS, EVENTS, HOST_MONITOR, HOST_ROUTES, INSTANCE_EVENTS, SELF_FENCE, USAGE_METER, WIRE_PROBE } from './tokens';
 
 /** Engine calls on the heartbeat, fence and probe paths give up after this. */
 const ENGINE_TIMEOUT_MS = 2_000;
@@ -123,6 +125,22 @@ export class AgentModule {
           },
         },
         { provide: USAGE_METER, useFactory: () => new UsageMeter(engine, clock, ENGINE_TIMEOUT_MS) },
+        {
+          provide: HOST_MONITOR,
+          inject: [AGENT_SERVICE, USAGE_METER, SELF_FENCE, EVENTS, ENGINE_FACTS],
+          useFactory: (agent: AgentService, usage: UsageMeter, fence: SelfFence, events: EventQueue, facts: EngineFacts) =>
+            new HostMonitor({ engine, agent, usage, fence, events, wallTime: () => new Date(), log: logger }, hostFactsOf(config, facts), {
+              diskPolicy: config.diskPolicy,
+            }),
+        },
+        // Routes from the host to its own instances, when ORANGERY_HOST_SHIM_IP asks for them.
+        { provide: HOST_ROUTES, useValue: config.hostShimIp ? new HostShim(config.hostShimIp) : null },
+        {
+          provide: INSTANCE_EVENTS,
+          inject: [AGENT_SERVICE, EVENTS, HOST_ROUTES],
+          useFactory: (agent: AgentService, events: EventQueue, routes: HostShim | null) =>
+            new InstanceEvents({ agent, events, routes: routes ?? undefined, log: logger }, { uplink: config.uplink }),
+        },
         {
           provide: WIRE_PROBE,
           useFactory: () =>

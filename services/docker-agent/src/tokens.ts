@@ -5,3 +5,6 @@ export const ENGINE_FACTS = Symbol('ENGINE_FACTS');
 export const SELF_FENCE = Symbol('SELF_FENCE');
 export const USAGE_METER = Symbol('USAGE_METER');
 export const WIRE_PROBE = Symbol('WIRE_PROBE');
+export const HOST_MONITOR = Symbol('HOST_MONITOR');
+export const INSTANCE_EVENTS = Symbol('INSTANCE_EVENTS');
+export const HOST_ROUTES = Symbol('HOST_ROUTES');

@@ -4,11 +4,15 @@ import { connectNats, EventPublisher } from '@orangery/messaging';
 import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { VmwareAgentConfig } from './config';
+import { EsxiHosts } from './domain/esxi-hosts';
+import { HeartbeatSource, heartbeatReadTimeoutMs } from './domain/heartbeats';
+import { VcenterChanges } from './domain/vcenter-changes';
 import { VmwareAgentService } from './domain/vmware-agent.service';
+import { ChangeWatcher } from './adapters/change-watcher';
 import { EventQueue } from './adapters/event-queue';
 import type { VsphereVcenter } from './adapters/vsphere-vcenter';
 import { VmwareRuntime } from './transport/vmware-runtime';
-import { AGENT_SERVICE, EVENTS, VCENTER } from './tokens';
+import { AGENT_SERVICE, CHANGE_WATCHER, ESXI_HOSTS, EVENTS, VCENTER, VCENTER_CHANGES } from './tokens';
 
 class Connections implements OnApplicationShutdown {
   constructor(@Inject(NATS) private readonly nc: NatsConnection) {}
@@ -49,6 +53,38 @@ export class VmwareAgentModule {
               queuePerHost: config.queuePerHost,
               unavailableRetryMs: config.retrySeconds * 1000,
             }),
+        },
+        {
+          provide: ESXI_HOSTS,
+          inject: [AGENT_SERVICE, EVENTS],
+          useFactory: (agent: VmwareAgentService, events: EventQueue) =>
+            new EsxiHosts(
+              {
+                agent,
+                heartbeats: new HeartbeatSource(vcenter, agent, {
+                  reservedCpus: config.reservedCpus,
+                  reservedMemoryMb: config.reservedMemoryMb,
+                  readTimeoutMs: heartbeatReadTimeoutMs(config),
+                }),
+                events,
+                engine: vcenter.about,
+                vcenter: vcenter.client.url.host,
+                now: () => performance.now(),
+                log: logger,
+              },
+              { reservedCpus: config.reservedCpus, reservedMemoryMb: config.reservedMemoryMb },
+            ),
+        },
+        {
+          provide: VCENTER_CHANGES,
+          inject: [AGENT_SERVICE, ESXI_HOSTS, EVENTS],
+          useFactory: (agent: VmwareAgentService, hosts: EsxiHosts, events: EventQueue) =>
+            new VcenterChanges({ agent, hosts, events, now: () => performance.now(), log: logger }),
+        },
+        {
+          provide: CHANGE_WATCHER,
+          inject: [VCENTER_CHANGES],
+          useFactory: (changes: VcenterChanges) => new ChangeWatcher(vcenter.client, vcenter.watchRoots, changes),
         },
         Connections,
         VmwareRuntime,

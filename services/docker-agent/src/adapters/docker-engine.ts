@@ -2,7 +2,7 @@ import Docker from 'dockerode';
 import { statfs } from 'node:fs/promises';
 import { LABEL, type ContainerPlan } from '../domain/container-spec';
 import type { Logger } from '@orangery/telemetry';
-import type { Engine, EngineFacts, EngineNetwork, ManagedContainer, NetworkSpec } from '../domain/ports';
+import type { Engine, EngineEvent, EngineFacts, EngineNetwork, ManagedContainer, NetworkSpec } from '../domain/ports';
 
 /** DOCKER_HOST (unix:///path, tcp://host:port) -> dockerode options. */
 export function dockerOptions(dockerHost: string): Docker.DockerOptions {
@@ -215,6 +215,26 @@ export class DockerEngine implements Engine {
     return out;
   }
 
+  async *events(signal: AbortSignal): AsyncGenerator<EngineEvent> {
+    if (signal.aborted) return;
+    const stream = (await this.docker.getEvents({
+      filters: JSON.stringify({ type: ['container'], label: [`${LABEL.managed}=true`], event: Object.keys(FOLLOWED) }),
+    })) as NodeJS.ReadableStream & { destroy?: () => void };
+    const abort = (): void => stream.destroy?.();
+    signal.addEventListener('abort', abort, { once: true });
+    try {
+      for await (const line of linesOf(stream as AsyncIterable<Buffer>)) {
+        const e = engineEventOf(line);
+        if (e) yield e;
+      }
+    } catch (err) {
+      if (!signal.aborted) throw err;
+    } finally {
+      signal.removeEventListener('abort', abort);
+      stream.destroy?.();
+    }
+  }
+
   async usage(id: string): Promise<{ memoryBytes: number; cpuNanos: number }> {
     const s = (await this.docker.getContainer(id).stats({ stream: false, 'one-shot': true } as never)) as unknown as {
       memory_stats?: { usage?: number; stats?: { inactive_file?: number } };
@@ -222,6 +242,42 @@ export class DockerEngine implements Engine {
     };
     const mem = (s.memory_stats?.usage ?? 0) - (s.memory_stats?.stats?.inactive_file ?? 0);
     return { memoryBytes: Math.max(0, mem), cpuNanos: s.cpu_stats?.cpu_usage?.total_usage ?? 0 };
+  }
+}
+
+/** The engine's actions we follow, and what they are called in the port. */
+const FOLLOWED = { start: 'start', die: 'die', oom: 'oom', destroy: 'destroy' } as const;
+
+/**
+ * One line of the engine's event stream (`GET /events`, newline-delimited JSON) as a port
+ * event; undefined for a line that is not JSON or not a container event we follow.
+ */
+export function engineEventOf(line: string): EngineEvent | undefined {
+  let raw: { id?: unknown; Action?: unknown; Actor?: { Attributes?: Record<string, string> } };
+  try {
+    raw = JSON.parse(line) as typeof raw;
+  } catch {
+    return undefined;
+  }
+  const kind = typeof raw.Action === 'string' ? FOLLOWED[raw.Action as keyof typeof FOLLOWED] : undefined;
+  if (!kind || typeof raw.id !== 'string' || !raw.id) return undefined;
+  const labels = { ...(raw.Actor?.Attributes ?? {}) };
+  if (kind !== 'die') return { kind, containerId: raw.id, labels };
+  const code = labels['exitCode'];
+  return { kind, containerId: raw.id, labels, exitCode: code !== undefined && code !== '' && Number.isFinite(Number(code)) ? Number(code) : undefined };
+}
+
+/** Splits a byte stream into its lines (the last one, unfinished, waits for the next chunk). */
+export async function* linesOf(chunks: AsyncIterable<Buffer | string>): AsyncGenerator<string> {
+  let buf = '';
+  for await (const chunk of chunks) {
+    buf += chunk.toString();
+    let nl: number;
+    while ((nl = buf.indexOf('\n')) >= 0) {
+      const line = buf.slice(0, nl).trim();
+      buf = buf.slice(nl + 1);
+      if (line) yield line;
+    }
   }
 }
 

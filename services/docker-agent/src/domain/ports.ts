@@ -42,7 +42,19 @@ export interface Engine {
   usage(id: string): Promise<{ memoryBytes: number; cpuNanos: number }>;
   /** the managed macvlan networks: their parent interface and their IPAM gateway */
   listNetworks(): Promise<EngineNetwork[]>;
+  /**
+   * The managed containers' lifecycle events, in the engine's order, until the engine ends
+   * the stream or `signal` aborts; throws when the engine cannot be reached. The caller
+   * follows again after an end (events in between are lost: listings stay the truth).
+   */
+  events(signal: AbortSignal): AsyncIterable<EngineEvent>;
 }
+
+/** A lifecycle event of a managed container, with the container's labels. */
+export type EngineEvent =
+  | { kind: 'start' | 'oom' | 'destroy'; containerId: string; labels: Record<string, string> }
+  /** `exitCode` undefined when the engine did not say */
+  | { kind: 'die'; containerId: string; labels: Record<string, string>; exitCode: number | undefined };
 
 export interface EngineNetwork {
   name: string;
@@ -76,6 +88,18 @@ export interface IsolationTarget {
   iface: string;
 }
 
+/** Routes from the host itself to its local instances (the host shim: a macvlan parent cannot reach its children). */
+export interface HostRoutes {
+  routeTo(parent: string, ip: string): Promise<void>;
+  unroute(parent: string, ip: string): Promise<void>;
+}
+
+export interface DomainLog {
+  debug(fields: Record<string, unknown>, msg: string): void;
+  info(fields: Record<string, unknown>, msg: string): void;
+  warn(fields: Record<string, unknown>, msg: string): void;
+}
+
 export interface InstanceEvent {
   what: 'running' | 'stopped' | 'failed' | 'removed' | 'disk_warning' | 'disk_exceeded';
   instanceId: string;
@@ -87,7 +111,20 @@ export interface EventSink {
   host(what: string, data: Record<string, unknown>): void;
 }
 
+/**
+ * The exit codes of a stop: 0, or the signals `docker stop` sends (SIGTERM 143, SIGINT 130,
+ * SIGKILL 137 after the grace period), whoever sent them.
+ */
 const STOP_EXIT_CODES = new Set([0, 130, 137, 143]);
+
+/**
+ * How a container's exit counts, the one rule for a listing (stateOf) and an engine event
+ * (InstanceEvents): a stop's exit code is a stop, anything else, or the kernel's OOM
+ * killer (whose SIGKILL also reads 137), a failure. An unknown code is a failure.
+ */
+export function exitOf(exitCode: number | undefined, oomKilled: boolean): 'stopped' | 'failed' {
+  return !oomKilled && exitCode !== undefined && STOP_EXIT_CODES.has(exitCode) ? 'stopped' : 'failed';
+}
 
 export function stateOf(c: ManagedContainer | undefined): AgentInstanceState {
   if (!c) return 'removed';
@@ -99,9 +136,7 @@ export function stateOf(c: ManagedContainer | undefined): AgentInstanceState {
     case 'created':
       return 'created';
     case 'exited':
-      // 0, or the signals `docker stop` sends (SIGTERM 143, SIGINT 130, SIGKILL 137 after
-      // the grace period): a stop. Anything else, or the kernel's OOM killer: a failure.
-      return !c.oomKilled && c.exitCode !== undefined && STOP_EXIT_CODES.has(c.exitCode) ? 'stopped' : 'failed';
+      return exitOf(c.exitCode, c.oomKilled);
     default:
       return 'failed';
   }

@@ -11,7 +11,8 @@ import {
 import type { DrainRecord, MigrationRecord } from './model';
 import { viewOf } from './model';
 import { PortError, type Clock, type DomainLog, type MigrationStore, type SchedulerPort } from './ports';
-import { finishStep, isTransient, migrationEvent } from './steps';
+import type { MigrationSaga } from './saga';
+import { isTransient } from './steps';
 
 export interface RequestOptions {
   source: string;
@@ -19,6 +20,7 @@ export interface RequestOptions {
   requestRetryMs: number;
 }
 
+type Attempted<T> = { value: T } | { retry: unknown };
 const iso = (ms: number): string => new Date(ms).toISOString();
 export const newMigrationId = (): string => `m-${randomUUID()}`;
 
@@ -35,13 +37,13 @@ function asContractError(e: unknown): OrangeryError {
 }
 
 /**
- * The operators' requests: migrate (hold + reserve inside the request, so "no such
- * instance" and "no capacity" are the reply and nothing moves), drain, and migrations.get.
+ * The operators' requests: migrate (the saga's hold and reserve inside the request, so "no
+ * such instance" and "no capacity" are the reply and nothing moves), drain, and migrations.get.
  * Accepted migrations are handed to `accepted` (the worker) to run.
  */
 export class MigrationService {
   constructor(
-    private readonly deps: { scheduler: SchedulerPort; store: MigrationStore; clock: Clock; log: DomainLog },
+    private readonly deps: { scheduler: SchedulerPort; store: MigrationStore; clock: Clock; log: DomainLog; saga: Pick<MigrationSaga, 'attempt' | 'record'> },
     private readonly owner: string,
     private readonly opts: RequestOptions,
     private readonly accepted: (m: MigrationRecord) => void,
@@ -49,17 +51,27 @@ export class MigrationService {
   ) {}
 
   /** Retries what says "try again shortly" (no scheduler leader, slot busy) within the request's budget. */
-  private async patiently<T>(call: () => Promise<T>): Promise<T> {
+  private patiently<T>(call: () => Promise<T>): Promise<T> {
+    return this.withinBudget<T>(async () => {
+      try {
+        return { value: await call() };
+      } catch (e) {
+        if (!isTransient(e)) throw e;
+        return { retry: e };
+      }
+    });
+  }
+
+  /** Attempts until one has a value, backing off between them; past the budget the last retry's error is thrown. */
+  private async withinBudget<T>(attempt: () => Promise<Attempted<T>>): Promise<T> {
     const deadline = this.deps.clock.now() + this.opts.requestRetryMs;
     let delay = 100;
     for (;;) {
-      try {
-        return await call();
-      } catch (e) {
-        if (!isTransient(e) || this.deps.clock.now() + delay > deadline) throw e;
-        await this.deps.clock.sleep(delay);
-        delay = Math.min(delay * 2, 1_000);
-      }
+      const out = await attempt();
+      if ('value' in out) return out.value;
+      if (this.deps.clock.now() + delay > deadline) throw out.retry;
+      await this.deps.clock.sleep(delay);
+      delay = Math.min(delay * 2, 1_000);
     }
   }
 
@@ -95,30 +107,30 @@ export class MigrationService {
     // On record before the hold: a replica dying here leaves a migration another resumes
     // (and releases, if it cannot go on), never a hold nobody knows about.
     await store.insert(m, this.owner);
-    let held = false;
     try {
-      m.steps.push({ name: 'hold', state: 'running', attempts: 1, startedAt: iso(now) });
-      const view = await this.patiently(() => scheduler.hold(req.instanceId, m.id));
-      held = true;
-      if (view.hostId && view.backend) m.from = { hostId: view.hostId, backend: view.backend };
-      finishStep(m, clock.now(), 'reserve');
-      m.steps.push({ name: 'reserve', state: 'running', attempts: 1, startedAt: iso(clock.now()) });
-      m.to = await this.patiently(() =>
-        scheduler.reserve(req.instanceId, m.id, {
-          ...(req.toHost !== undefined ? { toHost: req.toHost } : {}),
-          ...(req.toBackend !== undefined ? { toBackend: req.toBackend } : {}),
-        }),
-      );
-      finishStep(m, clock.now(), 'stop-old');
+      // The saga's own hold and reserve, on the request's patience: "no such instance" and
+      // "no capacity" are the reply, and nothing moves. Reserve's end writes migration.started.
+      await this.runStep(m);
+      await this.runStep(m);
     } catch (e) {
       const err = asContractError(e);
-      await this.refuse(m, held, err);
+      await this.refuse(m, m.step !== 'hold', err);
       throw err;
     }
-    await store.save(m, this.owner, [migrationEvent(m, 'started', this.opts.source, clock.now())]);
     this.deps.log.info({ migrationId: m.id, instanceId: m.instanceId, from: m.from, to: m.to }, 'migration started');
     this.accepted(m);
     return { migrationId: m.id };
+  }
+
+  /** Runs the saga step `m` is at until it is done, retried within the request's budget; its failure is thrown. */
+  private async runStep(m: MigrationRecord): Promise<void> {
+    await this.withinBudget<void>(async () => {
+      const result = await this.deps.saga.attempt(m, this.owner);
+      if (result.kind === 'retry') return { retry: result.error };
+      if (result.kind === 'fail') throw result.error;
+      await this.deps.saga.record(m, this.owner, result);
+      return { value: undefined };
+    });
   }
 
   /** A refused request leaves nothing: the hold released, the record deleted. */

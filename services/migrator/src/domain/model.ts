@@ -1,18 +1,11 @@
 import type { Backend, MigrationReason, MigrationState, MigrationStep, MigrationView, Placement } from '@orangery/contracts';
 
 /**
- * The saga's steps, in order. Forward: break before make (the old copy is confirmed off
- * before the new one is created with the same IP and MAC). Rollback (a failure after the
- * old copy was stopped): the target copy is removed, the old one started again, the
- * scheduler's hold released. Each step is idempotent, so a migrator killed anywhere runs the
- * step it was in again on resume.
+ * The names of the saga's steps, forward and rollback. Their order, and what each does, is
+ * the saga's table (STEPS in saga-steps.ts) and nowhere else.
  */
-export const FORWARD_STEPS = ['hold', 'reserve', 'stop-old', 'create-new', 'await-running', 'bind', 'remove-old', 'commit'] as const;
-export const ROLLBACK_STEPS = ['remove-new', 'start-old', 'release'] as const;
-export type ForwardStep = (typeof FORWARD_STEPS)[number];
-export type RollbackStep = (typeof ROLLBACK_STEPS)[number];
-/** `queued`: a drain's migration waiting for the previous one of its app to end. */
-export type StepName = 'queued' | ForwardStep | RollbackStep | 'done';
+export type SagaStep = 'hold' | 'reserve' | 'stop-old' | 'create-new' | 'await-running' | 'bind' | 'remove-old' | 'commit' | 'remove-new' | 'start-old' | 'release';
+export type StepName = 'queued' | SagaStep | 'done';
 
 export interface MigrationRecord {
   readonly id: string;

@@ -25,7 +25,7 @@ function world() {
     { source: 'test', fenceDeadlineMs: 15_000, createAttempts: 3, runningTimeoutMs: 60_000, stepGiveUpMs: 60_000, retryBaseMs: 100, retryMaxMs: 1_000 },
   );
   const accepted: MigrationRecord[] = [];
-  const service = new MigrationService({ scheduler, store, clock, log: silentLog }, 'replica-a', { source: 'test', requestRetryMs: 1_000 }, (m) => accepted.push(m));
+  const service = new MigrationService({ scheduler, store, clock, log: silentLog, saga }, 'replica-a', { source: 'test', requestRetryMs: 1_000 }, (m) => accepted.push(m));
   return { log, clock, scheduler, agents, ipam, liveness, store, saga, service, accepted };
 }
 

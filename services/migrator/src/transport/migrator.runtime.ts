@@ -75,7 +75,7 @@ export class MigratorRuntime implements OnApplicationBootstrap, BeforeApplicatio
     });
     this.worker = worker;
     const service = new MigrationService(
-      { scheduler, store: this.store, clock: systemClock, log: this.logger },
+      { scheduler, store: this.store, clock: systemClock, log: this.logger, saga },
       this.replica,
       { source: this.source, requestRetryMs: REQUEST_RETRY_MS },
       (m) => worker.adopt(m),

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { MoRef, type UpdateSet, type VsphereClient } from '@orangery/vsphere';
-import { ChangeWatcher, type VmChange } from './change-watcher';
+import type { VmChange } from '../domain/ports';
+import { ChangeWatcher } from './change-watcher';
 
 const vmUpdate = (ref: string, kind: 'enter' | 'modify' | 'leave', changes: Record<string, unknown>) => ({
   kind,

@@ -1,23 +1,5 @@
 import { asBoolean, asMoRef, extraConfigOf, asString, type MoRef, type VsphereClient } from '@orangery/vsphere';
-
-export interface VmChange {
-  ref: string;
-  kind: 'enter' | 'modify' | 'leave';
-  name?: string;
-  template?: boolean;
-  powerState?: string;
-  /** present (maybe undefined) when the guest's IP changed */
-  guestIp?: string | undefined;
-  extraConfig?: Record<string, string>;
-}
-
-export interface WatchHandlers {
-  /** A full picture follows (first update set of a new filter): what is not in it is gone. */
-  resync(vms: VmChange[], hosts: { ref: string; connectionState: string }[]): void;
-  vm(change: VmChange): void;
-  host(ref: string, connectionState: string): void;
-  error(err: unknown): void;
-}
+import type { ChangeHandlers, VmChange } from '../domain/ports';
 
 /**
  * vCenter's changes through the PropertyCollector (WaitForUpdatesEx): VMs' name, power
@@ -32,7 +14,7 @@ export class ChangeWatcher {
   constructor(
     private readonly client: VsphereClient,
     private readonly roots: { vms: MoRef; hosts: MoRef },
-    private readonly handlers: WatchHandlers,
+    private readonly handlers: ChangeHandlers,
     private readonly waitSeconds = 10,
   ) {}
 

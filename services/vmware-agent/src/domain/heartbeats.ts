@@ -16,6 +16,14 @@ export interface HeartbeatRound {
   heartbeats: Heartbeat[];
 }
 
+/**
+ * The budget of one heartbeat round's vCenter reads: the heartbeat interval, but at least
+ * 2 s (a busy vCenter is not a dead one) and never more than one call's timeout.
+ */
+export function heartbeatReadTimeoutMs(config: { heartbeatSeconds: number; callTimeoutSeconds: number }): number {
+  return Math.min(config.callTimeoutSeconds * 1000, Math.max(2_000, config.heartbeatSeconds * 1000));
+}
+
 const CONNECTION_STATES = new Set(['connected', 'disconnected', 'notResponding']);
 type ConnectionState = NonNullable<Heartbeat['connectionState']>;
 

@@ -87,6 +87,38 @@ export interface Vcenter {
   destroy(ref: string): Promise<void>;
 }
 
+/** A VM as vCenter's change stream (WaitForUpdatesEx) reports it: only what changed is set. */
+export interface VmChange {
+  ref: string;
+  kind: 'enter' | 'modify' | 'leave';
+  name?: string;
+  template?: boolean;
+  powerState?: string;
+  /** present (maybe undefined) when the guest's IP changed */
+  guestIp?: string | undefined;
+  extraConfig?: Record<string, string>;
+}
+
+export interface HostConnection {
+  ref: string;
+  connectionState: string;
+}
+
+/** What vCenter's change stream tells, in order (adapters/change-watcher.ts calls it). */
+export interface ChangeHandlers {
+  /** A full picture follows (first update set of a new filter): what is not in it is gone. */
+  resync(vms: VmChange[], hosts: HostConnection[]): void;
+  vm(change: VmChange): void;
+  host(ref: string, connectionState: string): void;
+  /** the stream broke; the watcher makes it again */
+  error(err: unknown): void;
+}
+
+export interface DomainLog {
+  info(fields: Record<string, unknown>, msg: string): void;
+  warn(fields: Record<string, unknown>, msg: string): void;
+}
+
 export interface InstanceEvent {
   what: 'running' | 'stopped' | 'failed' | 'removed';
   hostId: string;

@@ -65,6 +65,27 @@ describe('FakeEngine', () => {
     expect(await engine.findByInstance('prod:web:0')).toBeUndefined();
   });
 
+  it('events: follows from the call on, as the engine stream does (start, die with the exit code, oom before die, destroy), until aborted', async () => {
+    const engine = await engineWithNetwork();
+    const following = new AbortController();
+    const id2 = await engine.create(planOf(), NET.name);
+    const live = engine.events(following.signal);
+    const reading = (async () => {
+      const out: string[] = [];
+      for await (const e of live) out.push(`${e.kind}${e.kind === 'die' ? ` ${e.exitCode}` : ''}`);
+      return out;
+    })();
+    await engine.start(id2);
+    await engine.stop(id2, 10);
+    await engine.start(id2);
+    engine.crash(id2, 137, true);
+    await engine.start(id2);
+    await engine.remove(id2);
+    await new Promise((r) => setTimeout(r, 0));
+    following.abort();
+    expect(await reading).toEqual(['start', 'die 143', 'start', 'oom', 'die 137', 'start', 'die 137', 'destroy']);
+  });
+
   it('returns copies: changing what it returned changes nothing inside', async () => {
     const engine = await engineWithNetwork();
     await engine.create(planOf(), NET.name);

@@ -1,5 +1,5 @@
 import { LABEL, type ContainerPlan } from '../container-spec';
-import type { ArpProbe, Engine, EngineFacts, EngineNetwork, EventSink, InstanceEvent, ManagedContainer, NetworkSpec } from '../ports';
+import type { ArpProbe, Engine, EngineEvent, EngineFacts, EngineNetwork, EventSink, InstanceEvent, ManagedContainer, NetworkSpec } from '../ports';
 
 /** What the fake keeps per container: what the port shows, plus what docker would know. */
 export interface FakeContainer extends ManagedContainer {
@@ -45,7 +45,9 @@ export interface SeedContainer {
  * - `start` of a running container, `stop` of a stopped one and `remove` of a missing one
  *   are no-ops, as the adapter turns docker's 304/404 into success;
  * - a macvlan network on `<uplink>.<vlan>` brings that interface into `interfaces`, as the
- *   macvlan driver creates the sub-interface when it creates the network.
+ *   macvlan driver creates the sub-interface when it creates the network;
+ * - `events` follows what happens from the call on, as docker's stream does: `start`, `die`
+ *   with the exit code (a stop's 143, a forced remove's 137), `oom` before its `die`, `destroy`.
  * Every call is counted in `calls` and written to `journal` (shared with FakeArpProbe).
  */
 export class FakeEngine implements Engine {
@@ -59,6 +61,7 @@ export class FakeEngine implements Engine {
   readonly hooks: FakeEngineHooks = {};
   engineFacts: EngineFacts = { cpus: 4, memoryMb: 16_384, diskMb: 100_000, version: 'fake 1.0 (API 1.41)' };
   private nextId = 1;
+  private readonly followers = new Set<(e: EngineEvent) => void>();
 
   constructor(opts: { images?: string[]; interfaces?: string[]; journal?: string[] } = {}) {
     this.images = new Set(opts.images ?? []);
@@ -124,7 +127,9 @@ export class FakeEngine implements Engine {
     await this.hooks.beforeStart?.(id);
     const c = this.mustGet(id);
     this.journal.push(`start ${id}`);
+    const wasRunning = c.engineState === 'running';
     Object.assign(c, { engineState: 'running', exitCode: undefined, oomKilled: false });
+    if (!wasRunning) this.emit({ kind: 'start', containerId: id, labels: { ...c.labels } });
   }
 
   async stop(id: string, timeoutSeconds: number): Promise<void> {
@@ -135,12 +140,48 @@ export class FakeEngine implements Engine {
     if (!c || c.engineState !== 'running') return;
     // what a process stopped by SIGTERM reports
     Object.assign(c, { engineState: 'exited', exitCode: 143 });
+    this.emit({ kind: 'die', containerId: id, labels: { ...c.labels }, exitCode: 143 });
   }
 
   async remove(id: string): Promise<void> {
     this.calls.remove++;
     this.journal.push(`remove ${id}`);
+    const c = this.containers.get(id);
     this.containers.delete(id);
+    if (!c) return;
+    // a forced remove kills what runs (SIGKILL)
+    if (c.engineState === 'running') this.emit({ kind: 'die', containerId: id, labels: { ...c.labels }, exitCode: 137 });
+    this.emit({ kind: 'destroy', containerId: id, labels: { ...c.labels } });
+  }
+
+  /** Follows from this call on (not from the first `next`), until `signal` aborts. */
+  events(signal: AbortSignal): AsyncIterable<EngineEvent> {
+    const queue: EngineEvent[] = [];
+    let wake: (() => void) | undefined;
+    const follower = (e: EngineEvent): void => {
+      queue.push(structuredClone(e));
+      wake?.();
+    };
+    const onAbort = (): void => wake?.();
+    this.followers.add(follower);
+    signal.addEventListener('abort', onAbort, { once: true });
+    const followers = this.followers;
+    return (async function* () {
+      try {
+        while (!signal.aborted) {
+          const e = queue.shift();
+          if (e) {
+            yield e;
+            continue;
+          }
+          await new Promise<void>((r) => (wake = r));
+          wake = undefined;
+        }
+      } finally {
+        followers.delete(follower);
+        signal.removeEventListener('abort', onAbort);
+      }
+    })();
   }
 
   async usage(id: string): Promise<{ memoryBytes: number; cpuNanos: number }> {
@@ -180,7 +221,15 @@ export class FakeEngine implements Engine {
 
   /** The process of a running container exits by itself (a crash, or the OOM killer). */
   crash(id: string, exitCode = 1, oomKilled = false): void {
-    Object.assign(this.mustGet(id), { engineState: 'exited', exitCode, oomKilled });
+    const c = this.mustGet(id);
+    Object.assign(c, { engineState: 'exited', exitCode, oomKilled });
+    if (oomKilled) this.emit({ kind: 'oom', containerId: id, labels: { ...c.labels } });
+    this.emit({ kind: 'die', containerId: id, labels: { ...c.labels }, exitCode });
+  }
+
+  /** An event as the engine's stream would carry it, to whoever follows. */
+  emit(e: EngineEvent): void {
+    for (const f of this.followers) f(e);
   }
 
   byInstance(instanceId: string): FakeContainer | undefined {

@@ -1,0 +1,3 @@
+import type { DomainLog } from '../ports';
+
+export const silentDomainLog: DomainLog = { debug: () => undefined, info: () => undefined, warn: () => undefined };
