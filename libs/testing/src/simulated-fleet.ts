@@ -328,12 +328,12 @@ export class SimulatedFleet {
       });
     }
     if (!(await this.outbox.idle(60_000))) throw new Error('the fleet could not publish host.registered in 60 s');
-    this.sub = this.nc.subscribe('orangery.agent.*.instance.*', {
+    this.sub = this.nc.subscribe(SUBJECTS.agentInstanceCommandsAll, {
       callback: (err, msg) => {
         if (!err) this.onCommand(msg);
       },
     });
-    this.probeSub = this.nc.subscribe('orangery.agent.*.wire.probe', {
+    this.probeSub = this.nc.subscribe(SUBJECTS.agent.probe('*'), {
       callback: (err, msg) => {
         if (!err) this.onProbe(msg);
       },

@@ -30,7 +30,7 @@ export class HostWatch implements Liveness {
   ) {}
 
   start(): void {
-    this.sub = this.nc.subscribe('orangery.hb.*', { callback: (_e, msg) => this.onBeat(msg.subject, msg.data) });
+    this.sub = this.nc.subscribe(SUBJECTS.heartbeatsAll, { callback: (_e, msg) => this.onBeat(msg.subject, msg.data) });
     this.timer = setInterval(() => void this.pollVerdicts(), VERDICTS_EVERY_MS);
     void this.pollVerdicts();
   }

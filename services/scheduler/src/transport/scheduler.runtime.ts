@@ -170,7 +170,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
         return undefined;
       }
     };
-    const hb = this.nc.subscribe('orangery.hb.*', {
+    const hb = this.nc.subscribe(SUBJECTS.heartbeatsAll, {
       callback: (_e, msg) => {
         try {
           const beat = decode(Heartbeat, json(msg.data));
@@ -195,7 +195,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
         }
       },
     });
-    const instances = this.nc.subscribe('orangery.evt.instance.*', {
+    const instances = this.nc.subscribe(SUBJECTS.event('instance', '*'), {
       callback: (_e, msg) => {
         const what = msg.subject.split('.')[3] ?? '';
         const data = json(msg.data)?.['data'] as Record<string, unknown> | undefined;
