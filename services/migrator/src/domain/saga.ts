@@ -1,7 +1,7 @@
-import { OrangeryError, type CreateInstanceCommand, type NewEvent } from '@orangery/contracts';
+import { isRetryable, OrangeryError, type CreateInstanceCommand, type ErrorCode, type NewEvent } from '@orangery/contracts';
 import type { MigrationRecord, StepName } from './model';
 import { PortError, type AgentPort, type Clock, type DomainLog, type IpamPort, type Liveness, type MigrationStore, type SchedulerPort } from './ports';
-import { currentStep, finishStep, isTransient, migrationEvent, reasonOf } from './steps';
+import { currentStep, finishStep, migrationEvent, reasonOf } from './steps';
 
 export interface SagaDeps {
   scheduler: SchedulerPort;
@@ -39,7 +39,7 @@ const next = (step: StepName, note?: string): Outcome => ({ kind: 'next', step, 
 const skip = (step: StepName, note: string): Outcome => ({ kind: 'next', step, note, skipped: true });
 const retry = (error: unknown): Outcome => ({ kind: 'retry', error });
 const fail = (error: unknown): Outcome => ({ kind: 'fail', error });
-const failure = (code: string, message: string, details?: Record<string, unknown>): PortError => new PortError(code, message, false, details);
+const failure = (code: ErrorCode, message: string, details?: Record<string, unknown>): OrangeryError => new OrangeryError(code, message, details, false);
 
 /** Steps whose give-up skips them (the scheduler cleans up later) instead of failing the migration. */
 const SKIPPABLE = new Set<StepName>(['remove-old', 'remove-new', 'start-old']);
@@ -78,7 +78,7 @@ export class MigrationSaga {
       try {
         attempted = await this.attempt(m, owner);
       } catch (e) {
-        attempted = isTransient(e) ? retry(e) : fail(e);
+        attempted = isRetryable(e) ? retry(e) : fail(e);
       }
       let out: Exclude<Outcome, { kind: 'retry' }>;
       if (attempted.kind !== 'retry') out = attempted;
@@ -195,7 +195,7 @@ export class MigrationSaga {
           m.oldStopped = 'absent';
           return next('create-new', `no copy on ${from.hostId}`);
         }
-        if (inst.state === 'running') return retry(new PortError('UNAVAILABLE', `${id} still runs on ${from.hostId} after stop`, true));
+        if (inst.state === 'running') return retry(new OrangeryError('UNAVAILABLE', `${id} still runs on ${from.hostId} after stop`));
         m.oldStopped = 'ack';
         return next('create-new', `${from.hostId} replied ${inst.state}`);
       }
@@ -228,7 +228,7 @@ export class MigrationSaga {
           if (prober) {
             const answers = await agents.probe(prober, a.vlan, [a.ip]);
             if (answers.get(a.ip) !== false) {
-              return retry(new PortError('IP_IN_USE_ON_WIRE', `${a.ip} answers ARP on VLAN ${a.vlan} (probed by ${prober}): the VM is not started`, true));
+              return retry(new OrangeryError('IP_IN_USE_ON_WIRE', `${a.ip} answers ARP on VLAN ${a.vlan} (probed by ${prober}): the VM is not started`, undefined, true));
             }
           } else {
             this.deps.log.warn({ migrationId: m.id, ip: a.ip }, 'no live docker-agent to probe the wire before a VM start; starting without one');
@@ -249,7 +249,7 @@ export class MigrationSaga {
         if (!inst || inst.state === 'failed' || inst.state === 'removed') {
           return fail(failure('START_FAILED', `${id} on ${to.hostId} is ${inst?.state ?? 'gone'}${inst?.reason ? `: ${inst.reason}` : ''}`));
         }
-        return retry(new PortError('UNAVAILABLE', `${id} on ${to.hostId} is ${inst.state}, not running yet`, true));
+        return retry(new OrangeryError('UNAVAILABLE', `${id} on ${to.hostId} is ${inst.state}, not running yet`));
       }
       case 'bind': {
         const to = m.to!;
@@ -268,11 +268,11 @@ export class MigrationSaga {
         try {
           await scheduler.commit(id, m.id);
         } catch (e) {
-          if (isTransient(e)) throw e;
+          if (isRetryable(e)) throw e;
           // Committed before we could record it (a resumed saga): the slot lives on the target.
           const view = await scheduler.slotGet(id);
           if (!(view && view.hold?.by !== m.id && view.hostId === m.to?.hostId)) {
-            return retry(new PortError('UNAVAILABLE', `commit refused: ${reasonOf(e).message}`, true));
+            return retry(new OrangeryError('UNAVAILABLE', `commit refused: ${reasonOf(e).message}`));
           }
         }
         return { kind: 'end', state: 'completed' };
@@ -302,9 +302,9 @@ export class MigrationSaga {
         try {
           await scheduler.release(id, m.id);
         } catch (e) {
-          if (isTransient(e)) throw e;
+          if (isRetryable(e)) throw e;
           const view = await scheduler.slotGet(id);
-          if (view && view.hold?.by === m.id) return retry(new PortError('UNAVAILABLE', `release refused: ${reasonOf(e).message}`, true));
+          if (view && view.hold?.by === m.id) return retry(new OrangeryError('UNAVAILABLE', `release refused: ${reasonOf(e).message}`));
         }
         return { kind: 'end', state: 'failed' };
       }

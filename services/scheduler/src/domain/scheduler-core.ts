@@ -1,6 +1,9 @@
 import {
+  errorBodyOf,
   instanceIdOf,
+  isRetryable,
   memoryLimitMb,
+  OrangeryError,
   ownerOfInstanceId,
   type AgentInstance,
   type Backend,
@@ -19,7 +22,7 @@ import { FailoverJudge } from './failover-judge';
 import { HostBook } from './host-book';
 import { appKeyOf, type AppRecord, type AppSpec, type Demand, type SlotError, type SlotRecord, type SlotSpec } from './model';
 import { place, type HostState, type PlacementPolicy, type PlacementRequest } from './placement';
-import { NotLeaderError, PortError, type AgentPort, type Changes, type Clock, type CoreLog, type IpamPort, type SchedulerStore } from './ports';
+import { NotLeaderError, type AgentPort, type Changes, type Clock, type CoreLog, type IpamPort, type SchedulerStore } from './ports';
 import { backendsFor, parseScale, type ScaleMessage } from './scale-intake';
 import { KeyedMutex, Semaphore } from './sync';
 
@@ -84,10 +87,10 @@ const demandOf = (r: SlotSpec['resources']): Demand => ({
   diskMb: r.diskMb ?? 0,
 });
 
-const errorOf = (e: unknown): SlotError =>
-  e instanceof PortError ? { code: e.code, message: e.message } : { code: 'INTERNAL', message: e instanceof Error ? e.message : String(e) };
-
-const isTransient = (e: unknown): boolean => e instanceof PortError && e.transient;
+const errorOf = (e: unknown): SlotError => {
+  const { code, message } = errorBodyOf(e);
+  return { code, message };
+};
 
 /**
  * The leader's brain: judges scale requests, keeps each app's slots converging on its
@@ -550,13 +553,13 @@ export class SchedulerCore {
     if (!s.hostId) return this.placeSlot(s, app);
     const hostId = s.hostId;
     if (this.hosts.isDown(hostId)) {
-      return this.attemptFailed(s, hostId, new PortError('UNAVAILABLE', `host ${hostId} is ${this.hosts.stateOf(this.hosts.get(hostId)!)} (no heartbeat, or fenced)`, true));
+      return this.attemptFailed(s, hostId, new OrangeryError('UNAVAILABLE', `host ${hostId} is ${this.hosts.stateOf(this.hosts.get(hostId)!)} (no heartbeat, or fenced)`));
     }
     let alloc;
     try {
       alloc = await this.ports.ipam.allocate(s.spec.pool, ownerOf(s));
     } catch (e) {
-      if (isTransient(e)) return this.backoff(s);
+      if (isRetryable(e)) return this.backoff(s);
       // POOL_NOT_FOUND, POOL_EXHAUSTED...: no other host changes that
       return this.slotFailed(s, app, { ...errorOf(e), host: hostId });
     }
@@ -580,7 +583,7 @@ export class SchedulerCore {
       return this.attemptFailed(s, hostId, e);
     }
     if (inst.state !== 'running') {
-      return this.attemptFailed(s, hostId, new PortError('START_FAILED', inst.reason ?? `the instance is ${inst.state} after create`, false));
+      return this.attemptFailed(s, hostId, new OrangeryError('START_FAILED', inst.reason ?? `the instance is ${inst.state} after create`));
     }
     try {
       await this.ports.ipam.bind(alloc.ip, s.id, backend, hostId);
@@ -608,7 +611,7 @@ export class SchedulerCore {
       return this.backoff(s);
     }
     if (answers.get(ip) === false) return undefined;
-    return this.attemptFailed(s, hostId, new PortError('IP_IN_USE_ON_WIRE', `${ip} answers ARP on VLAN ${vlan} (probed by ${prober}): nothing was started`, false, { ip, prober }));
+    return this.attemptFailed(s, hostId, new OrangeryError('IP_IN_USE_ON_WIRE', `${ip} answers ARP on VLAN ${vlan} (probed by ${prober}): nothing was started`, { ip, prober }));
   }
 
   private async placeSlot(s: SlotRecord, app: AppRecord): Promise<Step> {
@@ -823,7 +826,7 @@ export class SchedulerCore {
       this.ports.log.warn({ instanceId: id, host: s.hostId }, 'instance stopped by itself; starting it again');
       try {
         const started = await this.ports.agents.start(s.hostId, id);
-        if (started.state !== 'running') throw new PortError('START_FAILED', started.reason ?? `still ${started.state}`, false);
+        if (started.state !== 'running') throw new OrangeryError('START_FAILED', started.reason ?? `still ${started.state}`);
       } catch (e) {
         await this.update(s, { phase: 'replace', state: 'failed', lastError: { ...errorOf(e), host: s.hostId } });
         this.kick(id);
@@ -835,7 +838,7 @@ export class SchedulerCore {
 
   slotView(id: string): SlotView {
     const s = this.slots.get(id);
-    if (!s) throw new PortError('NOT_FOUND', `no instance ${id}`, false, { instanceId: id });
+    if (!s) throw new OrangeryError('NOT_FOUND', `no instance ${id}`, { instanceId: id });
     return {
       id: s.id,
       env: s.env,
@@ -857,9 +860,9 @@ export class SchedulerCore {
     const s = this.heldBy(id, by, true);
     if (!s.hold) {
       if (s.phase !== null || this.running.has(id)) {
-        throw new PortError('UNAVAILABLE', `instance ${id} is busy (${s.phase ?? 'a step is running'}); try again shortly`, true, { phase: s.phase });
+        throw new OrangeryError('UNAVAILABLE', `instance ${id} is busy (${s.phase ?? 'a step is running'}); try again shortly`, { phase: s.phase });
       }
-      if (!s.hostId || s.state !== 'running') throw new PortError('INSTANCE_CONFLICT', `instance ${id} is ${s.state}, not running: nothing to move`, false, { state: s.state });
+      if (!s.hostId || s.state !== 'running') throw new OrangeryError('INSTANCE_CONFLICT', `instance ${id} is ${s.state}, not running: nothing to move`, { state: s.state });
       await this.update(s, { hold: { by } });
       this.ports.log.info({ instanceId: id, by }, 'slot held for a migration');
     }
@@ -871,14 +874,14 @@ export class SchedulerCore {
     const s = this.heldBy(id, by, false);
     if (s.hold?.target) return s.hold.target;
     const app = this.apps.get(appKeyOf(s));
-    if (!app) throw new PortError('NOT_FOUND', `no app record for ${id}`, false);
+    if (!app) throw new OrangeryError('NOT_FOUND', `no app record for ${id}`);
     const backends = opts.toBackend ? [opts.toBackend] : app.spec.backends;
     for (const b of backends) {
       if (!(b === 'docker' ? s.spec.image ?? app.spec.image : s.spec.template ?? app.spec.template)) {
-        throw new PortError('INVALID_REQUEST', `field 'toBackend': ${id} has no ${b === 'docker' ? 'image' : 'template'} for ${b}`, false, { field: 'toBackend' });
+        throw new OrangeryError('INVALID_REQUEST', `field 'toBackend': ${id} has no ${b === 'docker' ? 'image' : 'template'} for ${b}`, { field: 'toBackend' });
       }
     }
-    if (opts.toHost !== undefined && !this.hosts.get(opts.toHost)) throw new PortError('NOT_FOUND', `no host ${opts.toHost}`, false, { hostId: opts.toHost });
+    if (opts.toHost !== undefined && !this.hosts.get(opts.toHost)) throw new OrangeryError('NOT_FOUND', `no host ${opts.toHost}`, { hostId: opts.toHost });
     const exclude = new Set([s.hostId!, ...(opts.exclude ?? [])]);
     if (opts.toHost !== undefined) for (const h of this.hosts.all()) if (h.id !== opts.toHost) exclude.add(h.id);
     const request: PlacementRequest = {
@@ -889,7 +892,7 @@ export class SchedulerCore {
     };
     const decision = place(request, this.hosts.inventory());
     if (!decision.ok) {
-      throw new PortError('INSUFFICIENT_CAPACITY', `no host can take ${id}: ${decision.reason.message}`, false, { ...decision.reason.details });
+      throw new OrangeryError('INSUFFICIENT_CAPACITY', `no host can take ${id}: ${decision.reason.message}`, { ...decision.reason.details });
     }
     const target = { hostId: decision.hostId, backend: this.hosts.get(decision.hostId)!.backend };
     this.hosts.reserve(target.hostId, targetKey(id), s, demandOf(s.spec.resources));
@@ -908,7 +911,7 @@ export class SchedulerCore {
     if (done && !done.hold && done.movedBy === by) return this.slotView(id); // committed already
     const s = this.heldBy(id, by, false);
     const target = s.hold?.target;
-    if (!target) throw new PortError('INSTANCE_CONFLICT', `no target reserved for ${id}`, false);
+    if (!target) throw new OrangeryError('INSTANCE_CONFLICT', `no target reserved for ${id}`);
     await this.update(s, { hostId: target.hostId, backend: target.backend, state: 'running', phase: null, hold: null, movedBy: by, tried: [], attempts: 0, lastError: null });
     if (s.hostId) this.hosts.unreserve(s.hostId, id);
     this.hosts.unreserve(target.hostId, targetKey(id));
@@ -920,9 +923,9 @@ export class SchedulerCore {
   /** The migration gave up (the old copy is back): drop the target, manage the slot again. */
   async releaseHold(id: string, by: string): Promise<SlotView> {
     const s = this.slots.get(id);
-    if (!s) throw new PortError('NOT_FOUND', `no instance ${id}`, false, { instanceId: id });
+    if (!s) throw new OrangeryError('NOT_FOUND', `no instance ${id}`, { instanceId: id });
     if (!s.hold) return this.slotView(id);
-    if (s.hold.by !== by) throw new PortError('INSTANCE_CONFLICT', `instance ${id} is held by ${s.hold.by}`, false, { heldBy: s.hold.by });
+    if (s.hold.by !== by) throw new OrangeryError('INSTANCE_CONFLICT', `instance ${id} is held by ${s.hold.by}`, { heldBy: s.hold.by });
     await this.update(s, { hold: null });
     if (s.hold.target) this.hosts.unreserve(s.hold.target.hostId, targetKey(id));
     this.kick(id);
@@ -931,7 +934,7 @@ export class SchedulerCore {
 
   async setDrain(hostId: string, drain: boolean): Promise<{ hostId: string; state: HostState }> {
     const h = this.hosts.get(hostId);
-    if (!h) throw new PortError('NOT_FOUND', `no host ${hostId}`, false, { hostId });
+    if (!h) throw new OrangeryError('NOT_FOUND', `no host ${hostId}`, { hostId });
     await this.save({ hostDrains: [{ hostId, drain, backend: h.backend, facts: h.facts, usage: h.usage }] });
     this.hosts.setDrain(hostId, drain);
     return { hostId, state: this.hosts.stateOf(h) };
@@ -940,9 +943,9 @@ export class SchedulerCore {
   /** The slot, held by `by` (or free, when `orFree`). */
   private heldBy(id: string, by: string, orFree: boolean): SlotRecord {
     const s = this.slots.get(id);
-    if (!s) throw new PortError('NOT_FOUND', `no instance ${id}`, false, { instanceId: id });
+    if (!s) throw new OrangeryError('NOT_FOUND', `no instance ${id}`, { instanceId: id });
     if (s.hold ? s.hold.by !== by : !orFree) {
-      throw new PortError('INSTANCE_CONFLICT', s.hold ? `instance ${id} is held by ${s.hold.by}` : `instance ${id} is not held by ${by}`, false, {
+      throw new OrangeryError('INSTANCE_CONFLICT', s.hold ? `instance ${id} is held by ${s.hold.by}` : `instance ${id} is not held by ${by}`, {
         heldBy: s.hold?.by ?? null,
       });
     }
@@ -1042,7 +1045,7 @@ export class SchedulerCore {
     backend: Backend,
   ): CreateInstanceCommand {
     const artifact = backend === 'docker' ? s.spec.image : s.spec.template;
-    if (!artifact) throw new PortError('INVALID_REQUEST', `the slot has no ${backend === 'docker' ? 'image' : 'template'} for ${backend}`, false);
+    if (!artifact) throw new OrangeryError('INVALID_REQUEST', `the slot has no ${backend === 'docker' ? 'image' : 'template'} for ${backend}`);
     return {
       instanceId: s.id,
       env: s.env,

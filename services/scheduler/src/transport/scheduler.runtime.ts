@@ -9,7 +9,8 @@ import {
   SlotGetRequest,
   SlotHoldRequest,
   SlotReserveRequest,
-  type ErrorCode,
+  passOn,
+  PortError,
   HostsListRequest,
   InstancesListRequest,
   parseJsonObject,
@@ -26,7 +27,7 @@ import type { MysqlSchedulerStore } from '../adapters/mysql-scheduler-store';
 import { NatsAgents, NatsIpam } from '../adapters/nats-ports';
 import { ensureScaleStream, ScaleConsumer, type ScaleVerdict } from '../adapters/scale-stream';
 import { RetryLater, SchedulerCore } from '../domain/scheduler-core';
-import { NotLeaderError, PortError, systemClock } from '../domain/ports';
+import { NotLeaderError, systemClock } from '../domain/ports';
 import { OUTBOX, STORE } from '../tokens';
 
 const HOST_FLUSH_MS = 2_000;
@@ -102,7 +103,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     const c = this.config;
     this.store.setEpoch(epoch);
     const core = new SchedulerCore(
-      { store: this.store, ipam: new NatsIpam(this.nc), agents: new NatsAgents(this.nc, c.agentTimeoutSeconds * 1000), clock: systemClock, wallClock: { now: () => Date.now() }, log: this.logger },
+      { store: this.store, ipam: new NatsIpam(this.nc), agents: new NatsAgents(this.nc, { commandMs: c.agentTimeoutSeconds * 1000 }), clock: systemClock, wallClock: { now: () => Date.now() }, log: this.logger },
       {
         source: `orangery/scheduler/${this.replica}`,
         policy: c.policy,
@@ -252,7 +253,7 @@ function slotRoutes(core: SchedulerCore): Route[] {
     try {
       return await work();
     } catch (e) {
-      if (e instanceof PortError) throw new OrangeryError(e.code as ErrorCode, e.message, e.details);
+      if (e instanceof PortError) throw passOn(e);
       if (e instanceof NotLeaderError) throw new OrangeryError('UNAVAILABLE', 'the scheduler leader is changing; try again', {});
       throw e;
     }
