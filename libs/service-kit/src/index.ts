@@ -2,3 +2,4 @@ export * from './config';
 export * from './bootstrap';
 export * from './connections';
 export * from './periodic';
+export * from './database-service';
