@@ -3,3 +3,4 @@ export * from './bootstrap';
 export * from './connections';
 export * from './periodic';
 export * from './database-service';
+export * from './wiring-test';
