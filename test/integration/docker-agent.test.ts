@@ -1,10 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ContractClient, HarnessDir, NatsServer, ServiceProcess, waitFor } from '@orangery/testing';
-import { Lab, LAB_IMAGES, SVC_INDEX, SVC_PORT, type LabServer } from '../lab';
+import { ContractClient, ServiceProcess, waitFor, type HarnessDir, type NatsServer } from '@orangery/testing';
+import { LAB_IMAGES, SVC_INDEX, SVC_PORT, type Lab, type LabServer } from '../lab';
+import { dockerAgentEnv, LabCluster } from './fixtures/lab-cluster';
 
 // Two simulated servers (a dockerd and an uplink each) and two legacy VMs on one L2 fabric;
 // one docker-agent per server, as real processes, driven over NATS like the scheduler will.
-const dir = new HarnessDir('docker-agent');
+let cluster: LabCluster;
+let dir: HarnessDir;
 let lab: Lab;
 let nats: NatsServer;
 let client: ContractClient;
@@ -30,16 +32,15 @@ ${['olab-s1', 'olab-s2', 'olab-x']
 }`;
 const operatorUrl = () => nats.urlFor('operator', 'operator');
 
-const agentEnv = (s: LabServer): Record<string, string> => ({
-  ORANGERY_NATS_URL: nats.urlFor(agentUser(s.id).user, agentUser(s.id).password),
-  ORANGERY_HOST_ID: s.id,
-  DOCKER_HOST: s.dockerHost,
-  ORANGERY_UPLINK: s.uplink,
-  ORANGERY_HEARTBEAT_SECONDS: '1',
-  ORANGERY_FENCE_AFTER_SECONDS: String(FENCE_AFTER),
-  ORANGERY_DISK_CHECK_SECONDS: '1',
-  ORANGERY_HOST_LABELS: `rack=r${s.index}`,
-});
+// The agents' own reservations (1 CPU, 1 GiB: the defaults) are what the registration test checks.
+const agentEnv = (s: LabServer): Record<string, string> =>
+  dockerAgentEnv(nats.urlFor(agentUser(s.id).user, agentUser(s.id).password), s, {
+    ORANGERY_FENCE_AFTER_SECONDS: String(FENCE_AFTER),
+    ORANGERY_DISK_CHECK_SECONDS: '1',
+    ORANGERY_HOST_LABELS: `rack=r${s.index}`,
+    ORANGERY_RESERVED_CPUS: '1',
+    ORANGERY_RESERVED_MEMORY_MB: '1024',
+  });
 
 // Server 2's agent runs the host shim, so this (root-namespace) process can reach its containers.
 const SHIM_IP = '198.18.255.2';
@@ -90,15 +91,14 @@ function waitForHeartbeat(hostId: string, pred: (hb: Record<string, unknown>) =>
 const nextHeartbeat = (hostId: string, timeoutMs: number) => waitForHeartbeat(hostId, () => true, timeoutMs);
 
 beforeAll(async () => {
-  [lab, nats] = await Promise.all([Lab.setup({ servers: 2, legacyVms: 2 }), NatsServer.start(dir, AUTH)]);
-  client = await ContractClient.connect(operatorUrl());
+  cluster = await LabCluster.start({ label: 'docker-agent', lab: { servers: 2, legacyVms: 2 }, database: false, natsConfig: AUTH, clientUrl: (n) => n.urlFor('operator', 'operator') });
+  ({ lab, nats, client, dir } = cluster);
   await Promise.all(lab.servers.map(startAgent));
 }, 300_000);
 
 afterAll(async () => {
-  await client?.close();
-  await dir.cleanup();
-  await lab?.teardown();
+  await client?.close().catch(() => undefined); // the test reconnects it after a NATS restart
+  await cluster?.close();
 }, 120_000);
 
 describe('docker-agent in the lab', () => {

@@ -1,17 +1,16 @@
 import { createServer, connect, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ContractClient, freshDatabase, HarnessDir, NatsServer, ScaleWatcher, ServiceProcess, waitFor } from '@orangery/testing';
-import { Lab, LAB_GATEWAY, LAB_IMAGES, SVC_INDEX, SVC_PORT, type LabServer } from '../lab';
+import { waitFor, type ContractClient, type ScaleWatcher, type ServiceProcess } from '@orangery/testing';
+import { LAB_IMAGES, SVC_INDEX, SVC_PORT, type Lab, type LabServer } from '../lab';
+import { LabCluster } from './fixtures/lab-cluster';
 
 // One agent cut from NATS (a TCP relay between it and the server, cut), everything else
 // healthy: v1.1 says silence is not death. Its host goes `unknown`, its instance keeps
 // serving, nothing is started elsewhere (a watcher samples the engines throughout). The
 // moving cases (an isolated host, a dead host) are in faults-moving.test.ts, with the ARP
 // watcher on the fabric.
-const dir = new HarnessDir('failover-lab');
+let cluster: LabCluster;
 let lab: Lab;
-let nats: NatsServer;
-let dbUrl: string;
 let client: ContractClient;
 let scale: ScaleWatcher;
 const agents = new Map<string, ServiceProcess>();
@@ -54,19 +53,9 @@ class NatsProxy {
   }
 }
 
-const agentEnv = (s: LabServer): Record<string, string> => ({
-  ORANGERY_NATS_URL: `nats://127.0.0.1:${proxies.get(s.id)!.port}`,
-  ORANGERY_HOST_ID: s.id,
-  DOCKER_HOST: s.dockerHost,
-  ORANGERY_UPLINK: s.uplink,
-  ORANGERY_HEARTBEAT_SECONDS: '1',
-  ORANGERY_FENCE_AFTER_SECONDS: String(FENCE_AFTER),
-  ORANGERY_RESERVED_CPUS: '0',
-  ORANGERY_RESERVED_MEMORY_MB: '512',
-});
-
 async function startAgent(s: LabServer): Promise<void> {
-  agents.set(s.id, await ServiceProcess.start(dir, 'docker-agent', agentEnv(s)));
+  const viaProxy = `nats://127.0.0.1:${proxies.get(s.id)!.port}`;
+  agents.set(s.id, await cluster.startDockerAgent(s, { ORANGERY_NATS_URL: viaProxy, ORANGERY_FENCE_AFTER_SECONDS: String(FENCE_AFTER) }));
 }
 
 const request = (app: string, replicas: number) => ({
@@ -81,10 +70,7 @@ const request = (app: string, replicas: number) => ({
 });
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-async function instances(app: string): Promise<any[]> {
-  const r = await client.requestWithRetry('orangery.scheduler.instances.list', { env: 'fo', app });
-  return r.data.instances;
-}
+const instances = (app: string): Promise<any[]> => cluster.instances('fo', app);
 
 /** Running containers of an instance on every engine that answers: name -> servers. */
 async function runningCopies(instanceId: string): Promise<string[]> {
@@ -117,47 +103,31 @@ function watchCopies(instanceId: string): { stop: () => Promise<number> } {
 }
 
 beforeAll(async () => {
-  [lab, nats, dbUrl] = await Promise.all([Lab.setup({ servers: 2, legacyVms: 1 }), NatsServer.start(dir), freshDatabase('failover_lab')]);
-  client = await ContractClient.connect(nats.url);
-  scale = new ScaleWatcher(client.nc);
-  await ServiceProcess.start(dir, 'ipam', { ORANGERY_NATS_URL: nats.url, ORANGERY_DB_URL: dbUrl });
-  const pool = await client.request('orangery.ipam.pool.create', {
-    name: 'fo-net',
-    cidr: '198.18.0.0/16',
-    gateway: LAB_GATEWAY,
-    reserved: ['198.18.0.2-198.18.0.255', '198.18.255.0-198.18.255.254'],
-    cooldownSeconds: 0,
-  });
-  expect(pool.ok, JSON.stringify(pool)).toBe(true);
+  cluster = await LabCluster.start({ label: 'failover-lab', lab: { servers: 2, legacyVms: 1 } });
+  ({ lab, client, scale } = cluster);
+  await cluster.startIpam('fo-net');
   for (const s of lab.servers) {
-    const p = new NatsProxy(nats.port);
+    const p = new NatsProxy(cluster.nats.port);
     await p.open();
     proxies.set(s.id, p);
   }
   await Promise.all(lab.servers.map(startAgent));
-  const scheduler = await ServiceProcess.start(dir, 'scheduler', {
-    ORANGERY_NATS_URL: nats.url,
-    ORANGERY_DB_URL: dbUrl,
-    ORANGERY_HEARTBEAT_SECONDS: '1',
-    ORANGERY_LOST_AFTER_SECONDS: '3',
-    ORANGERY_FENCE_AFTER_SECONDS: String(FENCE_AFTER),
-    ORANGERY_FENCE_MARGIN_SECONDS: '2',
-    ORANGERY_RECONCILE_SECONDS: '1',
-    ORANGERY_ANTI_ENTROPY_SECONDS: '3',
-  });
-  await scheduler.waitForLog('leading: consuming scale requests', 30_000);
-  await waitFor('both hosts ready', async () => {
-    const r = await client.request('orangery.scheduler.hosts.list', {});
-    return r.ok && r.data.hosts.filter((h: { state: string }) => h.state === 'ready').length === 2;
-  }, 20_000);
+  await cluster.startScheduler(
+    {
+      ORANGERY_LOST_AFTER_SECONDS: '3',
+      ORANGERY_FENCE_AFTER_SECONDS: String(FENCE_AFTER),
+      ORANGERY_FENCE_MARGIN_SECONDS: '2',
+      ORANGERY_RECONCILE_SECONDS: '1',
+      ORANGERY_ANTI_ENTROPY_SECONDS: '3',
+    },
+    { leading: true },
+  );
+  await cluster.waitHostsReady(2, { timeoutMs: 20_000 });
 }, 300_000);
 
 afterAll(async () => {
-  scale?.close();
   for (const p of proxies.values()) await p.cut();
-  await client?.close();
-  await dir.cleanup();
-  await lab?.teardown();
+  await cluster?.close();
 }, 120_000);
 
 describe('an agent partitioned from NATS alone (v1.1: silence is not death)', () => {

@@ -1,19 +1,15 @@
-import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ContractClient, freshDatabase, HarnessDir, NatsServer, ScaleWatcher, ServiceProcess, waitFor } from '@orangery/testing';
-import { Lab, LAB_GATEWAY, LAB_IMAGES, SVC_INDEX, SVC_PORT } from '../lab';
+import { waitFor, type ContractClient, type ScaleWatcher } from '@orangery/testing';
+import { LAB_IMAGES, SVC_INDEX, SVC_PORT, type Lab } from '../lab';
+import { HOST_MEMORY_MB, LabCluster } from './fixtures/lab-cluster';
 
 // The seed's promise, all real: one instance moves container -> VM (vcsim, its VM a real
 // endpoint on the fabric) -> container through the migrator, keeping its IP and MAC at every
 // step, and a legacy VM reaches it afterwards.
-const dir = new HarnessDir('migration-lab');
+let cluster: LabCluster;
 let lab: Lab;
-let nats: NatsServer;
-let dbUrl: string;
 let client: ContractClient;
 let scale: ScaleWatcher;
-
-const totalMemoryMb = Math.floor(Number(/MemTotal:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))![1]) / 1024);
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 async function instance(): Promise<any> {
@@ -36,54 +32,20 @@ async function answers(ip: string): Promise<string | undefined> {
 }
 
 beforeAll(async () => {
-  [lab, nats, dbUrl] = await Promise.all([Lab.setup({ servers: 1, legacyVms: 1, vcenter: true }), NatsServer.start(dir), freshDatabase('migration_lab')]);
-  client = await ContractClient.connect(nats.url);
-  scale = new ScaleWatcher(client.nc);
-  const base = { ORANGERY_NATS_URL: nats.url, ORANGERY_HEARTBEAT_SECONDS: '1' };
-  await ServiceProcess.start(dir, 'ipam', { ...base, ORANGERY_DB_URL: dbUrl });
-  const pool = await client.request('orangery.ipam.pool.create', {
-    name: 'lab-net',
-    cidr: '198.18.0.0/16',
-    gateway: LAB_GATEWAY,
-    reserved: ['198.18.0.2-198.18.0.255', '198.18.255.0-198.18.255.254'],
-    cooldownSeconds: 0,
-  });
-  expect(pool.ok, JSON.stringify(pool)).toBe(true);
-  const s = lab.servers[0]!;
-  const vc = lab.vcenter!;
+  cluster = await LabCluster.start({ label: 'migration-lab', lab: { servers: 1, legacyVms: 1, vcenter: true } });
+  ({ lab, client, scale } = cluster);
+  await cluster.startIpam('lab-net');
   await Promise.all([
-    ServiceProcess.start(dir, 'docker-agent', {
-      ...base,
-      ORANGERY_HOST_ID: s.id,
-      DOCKER_HOST: s.dockerHost,
-      ORANGERY_UPLINK: s.uplink,
-      ORANGERY_RESERVED_CPUS: '0',
-      ORANGERY_RESERVED_MEMORY_MB: String(Math.max(0, totalMemoryMb - 2048)),
-    }),
-    ServiceProcess.start(dir, 'vmware-agent', {
-      ...base,
-      ORANGERY_VCENTER_URL: vc.url,
-      ORANGERY_VCENTER_USER: vc.user,
-      ORANGERY_VCENTER_PASSWORD: vc.password,
-      ORANGERY_VCENTER_EXTRA_CONFIG: JSON.stringify({
-        'RUN.container': JSON.stringify(['--tmpfs', '/sys/class', '--network', vc.macvlanNetwork, '--ip', '{ip}', '--mac-address', '{mac}', LAB_IMAGES.svc]),
-      }),
-    }),
+    cluster.startDockerAgent(lab.servers[0]!, { ORANGERY_RESERVED_MEMORY_MB: String(Math.max(0, HOST_MEMORY_MB - 2048)) }),
+    cluster.startVmwareAgent(),
   ]);
-  const scheduler = await ServiceProcess.start(dir, 'scheduler', { ...base, ORANGERY_DB_URL: dbUrl, ORANGERY_LOST_AFTER_SECONDS: '4', ORANGERY_ANTI_ENTROPY_SECONDS: '5' });
-  await ServiceProcess.start(dir, 'migrator', { ...base, ORANGERY_DB_URL: dbUrl, ORANGERY_LOST_AFTER_SECONDS: '4' });
-  await waitFor('a scheduler leader', () => scheduler.hasLog('leading: consuming scale requests'), 60_000);
-  await waitFor('4 hosts ready (1 docker, 3 ESXi)', async () => {
-    const r = await client.request('orangery.scheduler.hosts.list', {});
-    return r.ok && r.data.hosts.filter((h: { state: string }) => h.state === 'ready').length === 4;
-  }, 30_000, 250);
+  await cluster.startScheduler({ ORANGERY_LOST_AFTER_SECONDS: '4', ORANGERY_ANTI_ENTROPY_SECONDS: '5' }, { leading: true });
+  await cluster.startMigrator({ ORANGERY_LOST_AFTER_SECONDS: '4' });
+  await cluster.waitHostsReady(4); // 1 docker, 3 ESXi
 }, 300_000);
 
 afterAll(async () => {
-  scale?.close();
-  await client?.close();
-  await dir.cleanup();
-  await lab?.teardown();
+  await cluster?.close();
 }, 120_000);
 
 describe('migration between backends in the lab', () => {

@@ -1,42 +1,22 @@
-import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ContractClient, freshDatabase, HarnessDir, NatsServer, ScaleWatcher, ServiceProcess, waitFor } from '@orangery/testing';
-import { Lab, LAB_GATEWAY, LAB_IMAGES, SVC_INDEX, SVC_PORT, type LabServer } from '../lab';
+import type { ContractClient, ScaleWatcher, ServiceProcess } from '@orangery/testing';
+import { waitFor } from '@orangery/testing';
+import { LAB_IMAGES, SVC_INDEX, SVC_PORT, type Lab } from '../lab';
+import { HOST_MEMORY_MB, LabCluster } from './fixtures/lab-cluster';
 
 // The whole path for containers, all real: upstream scale request on JetStream -> scheduler
 // (two replicas) -> ipam -> docker-agents -> dockerd on the lab's servers -> containers with
 // their IPs on the fabric, reachable from a legacy VM.
-const dir = new HarnessDir('scheduler-lab');
+let cluster: LabCluster;
 let lab: Lab;
-let nats: NatsServer;
-let dbUrl: string;
 let client: ContractClient;
 let scale: ScaleWatcher;
 const schedulers: ServiceProcess[] = [];
 
-const totalMemoryMb = Math.floor(Number(/MemTotal:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))![1]) / 1024);
+const SCHEDULER_ENV = { ORANGERY_LOST_AFTER_SECONDS: '4', ORANGERY_RECONCILE_SECONDS: '2', ORANGERY_ANTI_ENTROPY_SECONDS: '5' };
+
 // Server 2 keeps all but 1 GiB for itself: a 2 GiB instance only fits on server 1.
 const SMALL_HOST_CAPACITY_MB = 1024;
-
-const agentEnv = (s: LabServer): Record<string, string> => ({
-  ORANGERY_NATS_URL: nats.url,
-  ORANGERY_HOST_ID: s.id,
-  DOCKER_HOST: s.dockerHost,
-  ORANGERY_UPLINK: s.uplink,
-  ORANGERY_HEARTBEAT_SECONDS: '1',
-  ORANGERY_HOST_LABELS: `rack=r${s.index}`,
-  ORANGERY_RESERVED_MEMORY_MB: String(s.index === 2 ? totalMemoryMb - SMALL_HOST_CAPACITY_MB : 512),
-  ORANGERY_RESERVED_CPUS: '0',
-});
-
-const schedulerEnv = () => ({
-  ORANGERY_NATS_URL: nats.url,
-  ORANGERY_DB_URL: dbUrl,
-  ORANGERY_HEARTBEAT_SECONDS: '1',
-  ORANGERY_LOST_AFTER_SECONDS: '4',
-  ORANGERY_RECONCILE_SECONDS: '2',
-  ORANGERY_ANTI_ENTROPY_SECONDS: '5',
-});
 
 const request = (app: string, replicas: number, extra: Record<string, unknown> = {}) => ({
   env: 'lab',
@@ -51,11 +31,7 @@ const request = (app: string, replicas: number, extra: Record<string, unknown> =
 });
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-async function instances(app: string): Promise<any[]> {
-  const r = await client.requestWithRetry('orangery.scheduler.instances.list', { env: 'lab', app });
-  expect(r.ok, JSON.stringify(r)).toBe(true);
-  return r.data.instances;
-}
+const instances = (app: string): Promise<any[]> => cluster.instances('lab', app);
 
 /** Containers of an app on each lab engine, by the agent's labels. */
 async function containersOf(app: string): Promise<Map<string, string[]>> {
@@ -67,39 +43,27 @@ async function containersOf(app: string): Promise<Map<string, string[]>> {
   return out;
 }
 
-async function scaleAndWait(data: ReturnType<typeof request>, timeoutMs = 120_000) {
-  const id = await scale.publish(data);
-  return scale.outcome(id, timeoutMs);
-}
+const scaleAndWait = (data: ReturnType<typeof request>, timeoutMs = 120_000) => cluster.scaleAndWait(data, timeoutMs);
 
 beforeAll(async () => {
-  [lab, nats, dbUrl] = await Promise.all([Lab.setup({ servers: 2, legacyVms: 1 }), NatsServer.start(dir), freshDatabase('scheduler_lab')]);
-  client = await ContractClient.connect(nats.url);
-  scale = new ScaleWatcher(client.nc);
-  await ServiceProcess.start(dir, 'ipam', { ORANGERY_NATS_URL: nats.url, ORANGERY_DB_URL: dbUrl });
-  // The legacy VMs and the gateway live in 198.18.0.0/24; instances get the rest.
-  const pool = await client.request('orangery.ipam.pool.create', {
-    name: 'lab-net',
-    cidr: '198.18.0.0/16',
-    gateway: LAB_GATEWAY,
-    reserved: ['198.18.0.2-198.18.0.255', '198.18.255.0-198.18.255.254'],
-    cooldownSeconds: 0,
-  });
-  expect(pool.ok, JSON.stringify(pool)).toBe(true);
-  await Promise.all(lab.servers.map((s) => ServiceProcess.start(dir, 'docker-agent', agentEnv(s))));
-  schedulers.push(...(await Promise.all([0, 1].map(() => ServiceProcess.start(dir, 'scheduler', schedulerEnv())))));
+  cluster = await LabCluster.start({ label: 'scheduler-lab', lab: { servers: 2, legacyVms: 1 } });
+  ({ lab, client, scale } = cluster);
+  await cluster.startIpam('lab-net');
+  await Promise.all(
+    lab.servers.map((s) =>
+      cluster.startDockerAgent(s, {
+        ORANGERY_HOST_LABELS: `rack=r${s.index}`,
+        ORANGERY_RESERVED_MEMORY_MB: String(s.index === 2 ? HOST_MEMORY_MB - SMALL_HOST_CAPACITY_MB : 512),
+      }),
+    ),
+  );
+  schedulers.push(...(await Promise.all([0, 1].map(() => cluster.startScheduler(SCHEDULER_ENV)))));
   await waitFor('a leader', () => schedulers.some((s) => s.hasLog('leading: consuming scale requests')), 30_000);
-  await waitFor('both hosts ready', async () => {
-    const r = await client.request('orangery.scheduler.hosts.list', {});
-    return r.ok && r.data.hosts.filter((h: { state: string }) => h.state === 'ready').length === 2;
-  }, 20_000);
+  await cluster.waitHostsReady(2, { timeoutMs: 20_000 });
 }, 300_000);
 
 afterAll(async () => {
-  scale?.close();
-  await client?.close();
-  await dir.cleanup();
-  await lab?.teardown();
+  await cluster?.close();
 }, 120_000);
 
 describe('scheduler in the lab', () => {
@@ -142,7 +106,7 @@ describe('scheduler in the lab', () => {
     const big = await scaleAndWait(request('big', 1, { resources: { cpu: 0.1, memoryMb: 2048 } }));
     expect(big.type, JSON.stringify(big.data)).toBe('io.orangery.scale.completed');
     expect((await instances('big'))[0].host).toBe('olab-s1');
-    const huge = await scaleAndWait(request('huge', 1, { resources: { cpu: 0.1, memoryMb: totalMemoryMb * 4 } }));
+    const huge = await scaleAndWait(request('huge', 1, { resources: { cpu: 0.1, memoryMb: HOST_MEMORY_MB * 4 } }));
     expect(huge.type).toBe('io.orangery.scale.rejected');
     expect(huge.data['reason']).toMatchObject({ code: 'INSUFFICIENT_CAPACITY', details: { shortfall: { memoryMb: expect.any(Number) } } });
     expect((huge.data['reason'] as { details: { shortfall: { memoryMb: number } } }).details.shortfall.memoryMb).toBeGreaterThan(0);
@@ -186,7 +150,7 @@ describe('scheduler in the lab', () => {
       expect(a.data).toMatchObject({ ip: i.ip, state: 'bound', host: i.host });
     }
     // the killed replica comes back as a follower and changes nothing
-    schedulers.push(await ServiceProcess.start(dir, 'scheduler', schedulerEnv()));
+    schedulers.push(await cluster.startScheduler(SCHEDULER_ENV));
     expect((await instances('crash')).map((i) => i.ip)).toEqual(list.map((i) => i.ip));
   });
 });

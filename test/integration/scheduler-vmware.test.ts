@@ -1,52 +1,25 @@
-import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ContractClient, freshDatabase, HarnessDir, NatsServer, ScaleWatcher, ServiceProcess, waitFor } from '@orangery/testing';
-import { Lab, LAB_GATEWAY, LAB_IMAGES, SVC_INDEX, SVC_PORT } from '../lab';
+import { waitFor, type ContractClient, type ScaleWatcher, type ServiceProcess } from '@orangery/testing';
+import { LAB_IMAGES, SVC_INDEX, SVC_PORT, type Lab } from '../lab';
+import { HOST_MEMORY_MB, LabCluster, type HostView } from './fixtures/lab-cluster';
 
 // Both backends behind one scheduler, all real: scale requests on JetStream -> scheduler ->
 // ipam -> docker-agent (one lab server) or vmware-agent (vcsim's 3 ESXi hosts, VMs backed by
 // containers on the fabric) -> instances reachable from a legacy VM by their IPs.
-const dir = new HarnessDir('scheduler-vmware');
+let cluster: LabCluster;
 let lab: Lab;
-let nats: NatsServer;
-let dbUrl: string;
 let client: ContractClient;
 let scale: ScaleWatcher;
 let dockerAgent: ServiceProcess;
 let vmwareAgent: ServiceProcess;
-
-const totalMemoryMb = Math.floor(Number(/MemTotal:\s+(\d+)/.exec(readFileSync('/proc/meminfo', 'utf8'))![1]) / 1024);
 const ESXI = ['esx01-lab-local', 'esx02-lab-local', 'esx03-lab-local'];
 
 /** `roomMb`: what the docker host offers instances (the rest is reserved for the host). */
-const dockerEnv = (roomMb: number): Record<string, string> => {
-  const s = lab.servers[0]!;
-  return {
-    ORANGERY_NATS_URL: nats.url,
-    ORANGERY_HOST_ID: s.id,
-    DOCKER_HOST: s.dockerHost,
-    ORANGERY_UPLINK: s.uplink,
-    ORANGERY_HEARTBEAT_SECONDS: '1',
-    ORANGERY_RESERVED_CPUS: '0',
-    ORANGERY_RESERVED_MEMORY_MB: String(Math.max(0, totalMemoryMb - roomMb)),
-  };
-};
+const startDockerAgent = (roomMb: number) =>
+  cluster.startDockerAgent(lab.servers[0]!, { ORANGERY_RESERVED_MEMORY_MB: String(Math.max(0, HOST_MEMORY_MB - roomMb)) });
 
 /** `reservedMb`: memory each ESXi host keeps back (vcsim's hosts have 4 GiB). */
-const vmwareEnv = (reservedMb: number): Record<string, string> => {
-  const vc = lab.vcenter!;
-  return {
-    ORANGERY_NATS_URL: nats.url,
-    ORANGERY_VCENTER_URL: vc.url,
-    ORANGERY_VCENTER_USER: vc.user,
-    ORANGERY_VCENTER_PASSWORD: vc.password,
-    ORANGERY_VCENTER_EXTRA_CONFIG: JSON.stringify({
-      'RUN.container': JSON.stringify(['--tmpfs', '/sys/class', '--network', vc.macvlanNetwork, '--ip', '{ip}', '--mac-address', '{mac}', LAB_IMAGES.svc]),
-    }),
-    ORANGERY_HEARTBEAT_SECONDS: '1',
-    ORANGERY_VCENTER_RESERVED_MEMORY_MB: String(reservedMb),
-  };
-};
+const startVmwareAgent = (reservedMb: number) => cluster.startVmwareAgent({ ORANGERY_VCENTER_RESERVED_MEMORY_MB: String(reservedMb) });
 
 const request = (app: string, replicas: number, extra: Record<string, unknown> = {}) => ({
   env: 'lab',
@@ -62,24 +35,12 @@ const request = (app: string, replicas: number, extra: Record<string, unknown> =
 });
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-async function instances(app: string): Promise<any[]> {
-  const r = await client.requestWithRetry('orangery.scheduler.instances.list', { env: 'lab', app });
-  expect(r.ok, JSON.stringify(r)).toBe(true);
-  return r.data.instances;
-}
+const instances = (app: string): Promise<any[]> => cluster.instances('lab', app);
 
-async function scaleAndWait(data: ReturnType<typeof request>, timeoutMs = 120_000) {
-  const id = await scale.publish(data);
-  return scale.outcome(id, timeoutMs);
-}
+const scaleAndWait = (data: ReturnType<typeof request>, timeoutMs = 120_000) => cluster.scaleAndWait(data, timeoutMs);
 
 /** Waits until the scheduler sees every host ready with the capacity the agents now report. */
-async function hostsReady(check: (hosts: { hostId: string; backend: string; state: string; capacity: { memoryMb: number } }[]) => boolean) {
-  await waitFor('the scheduler to see the fleet', async () => {
-    const r = await client.request('orangery.scheduler.hosts.list', {});
-    return r.ok && r.data.hosts.filter((h: { state: string }) => h.state === 'ready').length === 4 && check(r.data.hosts);
-  }, 30_000, 250);
-}
+const hostsReady = (check: (hosts: HostView[]) => boolean) => cluster.waitHostsReady(4, { check });
 
 async function reachable(list: { ip: string }[]) {
   const vm = lab.vms[0]!;
@@ -87,39 +48,19 @@ async function reachable(list: { ip: string }[]) {
 }
 
 beforeAll(async () => {
-  [lab, nats, dbUrl] = await Promise.all([Lab.setup({ servers: 1, legacyVms: 1, vcenter: true }), NatsServer.start(dir), freshDatabase('scheduler_vmware')]);
-  client = await ContractClient.connect(nats.url);
-  scale = new ScaleWatcher(client.nc);
-  await ServiceProcess.start(dir, 'ipam', { ORANGERY_NATS_URL: nats.url, ORANGERY_DB_URL: dbUrl });
-  const pool = await client.request('orangery.ipam.pool.create', {
-    name: 'lab-net',
-    cidr: '198.18.0.0/16',
-    gateway: LAB_GATEWAY,
-    reserved: ['198.18.0.2-198.18.0.255', '198.18.255.0-198.18.255.254'],
-    cooldownSeconds: 0,
-  });
-  expect(pool.ok, JSON.stringify(pool)).toBe(true);
-  [dockerAgent, vmwareAgent] = await Promise.all([
-    ServiceProcess.start(dir, 'docker-agent', dockerEnv(256)),
-    ServiceProcess.start(dir, 'vmware-agent', vmwareEnv(0)),
-  ]);
-  const scheduler = await ServiceProcess.start(dir, 'scheduler', {
-    ORANGERY_NATS_URL: nats.url,
-    ORANGERY_DB_URL: dbUrl,
-    ORANGERY_HEARTBEAT_SECONDS: '1',
-    ORANGERY_LOST_AFTER_SECONDS: '4',
-    ORANGERY_RECONCILE_SECONDS: '2',
-    ORANGERY_ANTI_ENTROPY_SECONDS: '5',
-  });
-  await waitFor('a leader', () => scheduler.hasLog('leading: consuming scale requests'), 30_000);
+  cluster = await LabCluster.start({ label: 'scheduler-vmware', lab: { servers: 1, legacyVms: 1, vcenter: true } });
+  ({ lab, client, scale } = cluster);
+  await cluster.startIpam('lab-net');
+  [dockerAgent, vmwareAgent] = await Promise.all([startDockerAgent(256), startVmwareAgent(0)]);
+  await cluster.startScheduler(
+    { ORANGERY_LOST_AFTER_SECONDS: '4', ORANGERY_RECONCILE_SECONDS: '2', ORANGERY_ANTI_ENTROPY_SECONDS: '5' },
+    { leading: true },
+  );
   await hostsReady(() => true);
 }, 300_000);
 
 afterAll(async () => {
-  scale?.close();
-  await client?.close();
-  await dir.cleanup();
-  await lab?.teardown();
+  await cluster?.close();
 }, 120_000);
 
 describe('scheduler with docker and vmware hosts in the lab', () => {
@@ -154,8 +95,8 @@ describe('scheduler with docker and vmware hosts in the lab', () => {
     // now the ESXi hosts keep all but 256 MiB and the docker host has room
     await Promise.all([dockerAgent.terminate(), vmwareAgent.terminate()]);
     [dockerAgent, vmwareAgent] = await Promise.all([
-      ServiceProcess.start(dir, 'docker-agent', dockerEnv(4096)),
-      ServiceProcess.start(dir, 'vmware-agent', vmwareEnv(4096 - 256)),
+      startDockerAgent(4096),
+      startVmwareAgent(4096 - 256),
     ]);
     await hostsReady((hosts) => hosts.every((h) => (h.backend === 'vmware' ? h.capacity.memoryMb <= 256 : h.capacity.memoryMb >= 4096)));
     const done = await scaleAndWait(request('autoctr', 2, { spread: 'none' }));
@@ -177,8 +118,8 @@ describe('scheduler with docker and vmware hosts in the lab', () => {
     await lab.stopVcenter();
     await lab.startVcenter({ port, methodDelayMs: { CloneVM_Task: 3_000 } });
     [dockerAgent, vmwareAgent] = await Promise.all([
-      ServiceProcess.start(dir, 'docker-agent', dockerEnv(256)),
-      ServiceProcess.start(dir, 'vmware-agent', vmwareEnv(0)),
+      startDockerAgent(256),
+      startVmwareAgent(0),
     ]);
     await hostsReady((hosts) => hosts.every((h) => (h.backend === 'vmware' ? h.capacity.memoryMb > 1024 : h.capacity.memoryMb <= 256)));
     const id = await scale.publish(request('crashvc', 2, { backend: 'vmware', image: undefined }));

@@ -4,6 +4,7 @@ import { macForIpv4 } from '@orangery/netaddr';
 import { ContractClient, HarnessDir, NatsServer, ServiceProcess, waitFor } from '@orangery/testing';
 import { MoRef, VsphereClient } from '@orangery/vsphere';
 import { Lab, LAB_IMAGES, SVC_INDEX, SVC_PORT } from '../lab';
+import { vmwareAgentEnv } from './fixtures/lab-cluster';
 
 // The vmware-agent as a real process against vcsim in the lab: its VMs run as containers on
 // the lab's ESXi engine (extraConfig RUN.container, filled from ORANGERY_VCENTER_EXTRA_CONFIG),
@@ -21,25 +22,15 @@ const heartbeatTimes: number[] = [];
 const HOSTS = ['esx01-lab-local', 'esx02-lab-local', 'esx03-lab-local'];
 const TEMPLATE = 'centos7-jdk8';
 
-const agentEnv = (over: Record<string, string> = {}): Record<string, string> => {
-  const vc = lab.vcenter!;
-  return {
-    ORANGERY_NATS_URL: nats.url,
-    ORANGERY_VCENTER_URL: vc.url,
-    ORANGERY_VCENTER_USER: vc.user,
-    ORANGERY_VCENTER_PASSWORD: vc.password,
-    ORANGERY_VCENTER_EXTRA_CONFIG: JSON.stringify({
-      'RUN.container': JSON.stringify(['--tmpfs', '/sys/class', '--network', vc.macvlanNetwork, '--ip', '{ip}', '--mac-address', '{mac}', LAB_IMAGES.svc]),
-    }),
-    ORANGERY_HEARTBEAT_SECONDS: '1',
+const agentEnv = (over: Record<string, string> = {}): Record<string, string> =>
+  vmwareAgentEnv(nats.url, lab.vcenter!, {
     ORANGERY_STOP_TIMEOUT_SECONDS: '5',
     ORANGERY_VCENTER_GUEST_IP_TIMEOUT_SECONDS: '10',
     ORANGERY_VCENTER_CALL_TIMEOUT_SECONDS: '20',
     ORANGERY_VCENTER_INVENTORY_SECONDS: '5',
     ORANGERY_VCENTER_RETRY_SECONDS: '3',
     ...over,
-  };
-};
+  });
 
 const ipOf = (n: number) => `198.18.20.${n}`;
 function command(app: string, slot: number, ipN: number, extra: Record<string, unknown> = {}) {

@@ -33,18 +33,35 @@ export const ERROR_CODES = [
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
+const KNOWN_CODES: ReadonlySet<string> = new Set(ERROR_CODES);
+export const isErrorCode = (code: unknown): code is ErrorCode => typeof code === 'string' && KNOWN_CODES.has(code);
+
+/**
+ * A code as this build of the contract knows it. Codes are only ever added, so a newer
+ * peer may answer one we do not know yet: it is INTERNAL to us (we cannot act on it).
+ */
+export const contractCode = (code: string): ErrorCode => (isErrorCode(code) ? code : 'INTERNAL');
+
+/** Codes that say "try again later" rather than "this will not work", whoever answered them. */
+export const RETRYABLE_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>(['UNAVAILABLE', 'INTERNAL']);
+
 export interface ErrorBody {
   code: ErrorCode;
   message: string;
   details?: Record<string, unknown>;
 }
 
-/** An error that travels to the caller as `{ ok: false, error }`. */
+/**
+ * The one error a domain throws: a contract code, and whether trying again later may
+ * succeed (by default, as RETRYABLE_CODES says for the code). It travels to the caller as
+ * `{ ok: false, error }`; `retryable` stays on this side (agents say it in `details`).
+ */
 export class OrangeryError extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
     readonly details?: Record<string, unknown>,
+    readonly retryable: boolean = RETRYABLE_CODES.has(code),
   ) {
     super(message);
     this.name = 'OrangeryError';
@@ -65,17 +82,49 @@ export function invalidRequest(field: string, reason: string, extra: Record<stri
 }
 
 /**
- * An error a service's port (ipam, an agent, the scheduler...) answered, as its caller's
- * domain sees it: the contract code, and whether trying again later may succeed.
+ * An error another service (ipam, an agent, the scheduler...) answered, or no answer at
+ * all, as its caller's domain sees it: the contract code, and whether trying again later
+ * may succeed (the client of that service decides, per call: see libs/messaging clients).
+ * A domain's own errors are OrangeryErrors; this one only says "they said no".
  */
 export class PortError extends Error {
   constructor(
-    readonly code: string,
+    readonly code: ErrorCode,
     message: string,
-    readonly transient: boolean,
+    readonly retryable: boolean,
     readonly details?: Record<string, unknown>,
   ) {
     super(message);
     this.name = 'PortError';
   }
+}
+
+/**
+ * Whether the work that threw `e` is worth trying again later: what the error says, and
+ * `true` for anything unexpected (a bug, a driver error no adapter translated). Unexpected
+ * errors are retried because every caller bounds its retries (the scheduler's attempts and
+ * backoff, the migrator's step budget), as controller-runtime requeues any plain error with
+ * backoff; only an error that says so stops the work at once.
+ */
+export function isRetryable(e: unknown): boolean {
+  if (e instanceof OrangeryError || e instanceof PortError) return e.retryable;
+  return true;
+}
+
+/** What to record or report about `e`: its contract code, message and details (INTERNAL for the unexpected). */
+export function errorBodyOf(e: unknown): ErrorBody {
+  if (e instanceof OrangeryError) return e.toBody();
+  if (e instanceof PortError) {
+    return e.details === undefined ? { code: e.code, message: e.message } : { code: e.code, message: e.message, details: e.details };
+  }
+  return { code: 'INTERNAL', message: e instanceof Error ? e.message : String(e) };
+}
+
+/**
+ * Another service's refusal passed on to our own caller: a refusal that may pass if tried
+ * again (the peer away, or its INTERNAL) is UNAVAILABLE to our caller, as it is not a bug
+ * of ours; any other keeps its code.
+ */
+export function passOn(e: PortError): OrangeryError {
+  return new OrangeryError(e.retryable ? 'UNAVAILABLE' : e.code, e.message, e.details, e.retryable);
 }

@@ -10,3 +10,4 @@ export * from './asyncapi';
 export * from './agent';
 export * from './scheduler';
 export * from './migrator';
+export * from './spec-hash';

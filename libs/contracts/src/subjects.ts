@@ -42,9 +42,12 @@ export const SUBJECTS = {
     /** v1.1: ARP probes for addresses on one VLAN (ProbeWireCommand) */
     probe: (hostId: string) => `orangery.agent.${hostId}.wire.probe`,
   },
+  /** Every host's instance commands (the simulated fleet answers for all its hosts at once). */
+  agentInstanceCommandsAll: 'orangery.agent.*.instance.*',
   scale: (env: string, app: string) => `orangery.scale.${env}.${app}`,
   scaleAll: 'orangery.scale.>',
   heartbeat: (hostId: string) => `orangery.hb.${hostId}`,
+  heartbeatsAll: 'orangery.hb.*',
   event: (area: string, what: string) => `orangery.evt.${area}.${what}`,
   eventsAll: 'orangery.evt.>',
 } as const;

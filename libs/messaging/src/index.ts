@@ -4,3 +4,4 @@ export * from './responder';
 export * from './requester';
 export * from './jetstream';
 export * from './event-buffer';
+export * from './clients';

@@ -1,6 +1,6 @@
 import { errors, type NatsConnection } from '@nats-io/nats-core';
 import { context } from '@opentelemetry/api';
-import { PortError, type Reply } from '@orangery/contracts';
+import { contractCode, PortError, RETRYABLE_CODES, type Reply } from '@orangery/contracts';
 import { headersWithTrace } from './trace-headers';
 
 /** Why a request got no reply: nobody serves the subject, or the server was too slow. */
@@ -35,12 +35,9 @@ export async function requestJson<T = unknown>(
   }
 }
 
-/** Codes that say "try again later" rather than "this will not work". */
-export const TRANSIENT_CODES: ReadonlySet<string> = new Set(['UNAVAILABLE', 'INTERNAL']);
-
 /**
  * requestJson for a service's ports: no reply (nobody serves the subject now, or too slow)
- * becomes a transient PortError UNAVAILABLE; the reply envelope is returned as it is.
+ * becomes a retryable PortError UNAVAILABLE; the reply envelope is returned as it is.
  */
 export async function callContract<T>(nc: NatsConnection, subject: string, body: unknown, timeoutMs: number): Promise<Reply<T>> {
   try {
@@ -51,9 +48,14 @@ export async function callContract<T>(nc: NatsConnection, subject: string, body:
   }
 }
 
-/** The data of an ok reply, or the reply's error as a PortError (transient for UNAVAILABLE, INTERNAL, or as `transient` says). */
-export function unwrapReply<T>(r: Reply<T>, transient: (code: string) => boolean = (c) => TRANSIENT_CODES.has(c)): T {
+/** The data of an ok reply, or the reply's error as a PortError (retryable as RETRYABLE_CODES says). */
+export function unwrapReply<T>(r: Reply<T>): T {
   if (r.ok) return r.data;
-  const { code, message, details } = r.error;
-  throw new PortError(code, message, transient(code), details);
+  throw replyError(r.error);
+}
+
+/** A reply's error as a PortError; a code this build does not know is INTERNAL. */
+export function replyError(error: { code: string; message: string; details?: Record<string, unknown> }): PortError {
+  const code = contractCode(error.code);
+  return new PortError(code, error.message, RETRYABLE_CODES.has(code), error.details);
 }

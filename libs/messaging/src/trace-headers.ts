@@ -25,8 +25,3 @@ export function currentTraceparent(ctx: Context = context.active()): string | un
   propagation.inject(ctx, carrier);
   return carrier['traceparent'];
 }
-
-/** A context whose parent is the given traceparent (e.g. from a CloudEvent). */
-export function contextFromTraceparent(traceparent: string | undefined): Context {
-  return traceparent ? propagation.extract(ROOT_CONTEXT, { traceparent }) : ROOT_CONTEXT;
-}

@@ -2,3 +2,5 @@ export * from './config';
 export * from './bootstrap';
 export * from './connections';
 export * from './periodic';
+export * from './database-service';
+export * from './wiring-test';

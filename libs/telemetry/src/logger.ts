@@ -33,8 +33,3 @@ export function createLogger(service: string, extra: Record<string, unknown> = {
     },
   });
 }
-
-/** `mysql://user:secret@host/db` -> `mysql://user:***@host/db`, for log lines. */
-export function maskUrl(url: string): string {
-  return url.replace(/(\/\/[^:/@]+:)[^@]*@/, '$1***@');
-}

@@ -1,5 +1,6 @@
 import { connect } from '@nats-io/transport-node';
 import { natsEndpoints } from '@orangery/messaging';
+import { EVENTS_STREAM, SUBJECTS } from '@orangery/contracts';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstream, jetstreamManager, AckPolicy, DeliverPolicy } from '@nats-io/jetstream';
 
@@ -38,19 +39,19 @@ export class ContractClient {
 
   /** Every event stored in ORANGERY_EVENTS under `filter`, read with an ephemeral consumer. */
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  async events(filter = 'orangery.evt.>'): Promise<any[]> {
+  async events(filter: string = SUBJECTS.eventsAll): Promise<any[]> {
     const jsm = await jetstreamManager(this.nc);
-    const info = await jsm.streams.info('ORANGERY_EVENTS');
+    const info = await jsm.streams.info(EVENTS_STREAM.name);
     const total = info.state.messages;
     const js = jetstream(this.nc);
     // An ephemeral pull consumer with one filter subject: works on nats-server 2.9 (Debian 12).
-    const ci = await jsm.consumers.add('ORANGERY_EVENTS', {
+    const ci = await jsm.consumers.add(EVENTS_STREAM.name, {
       filter_subject: filter,
       deliver_policy: DeliverPolicy.All,
       ack_policy: AckPolicy.None,
       inactive_threshold: 30_000_000_000,
     });
-    const c = await js.consumers.get('ORANGERY_EVENTS', ci.name);
+    const c = await js.consumers.get(EVENTS_STREAM.name, ci.name);
     // eslint-disable-next-line @typescript-eslint/no-explicit-any
     const out: any[] = [];
     if (total === 0 || ci.num_pending === 0) return out;
@@ -59,7 +60,7 @@ export class ContractClient {
       out.push(m.json());
       if (m.info.pending === 0) break;
     }
-    await jsm.consumers.delete('ORANGERY_EVENTS', ci.name).catch(() => undefined);
+    await jsm.consumers.delete(EVENTS_STREAM.name, ci.name).catch(() => undefined);
     return out;
   }
 

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { jetstream } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
-import type { EventEnvelope, ScaleRequestData } from '@orangery/contracts';
+import { SUBJECTS, type EventEnvelope, type ScaleRequestData } from '@orangery/contracts';
 
 /**
  * What an upstream system does: publish a scale request (CloudEvents, JetStream) and wait
@@ -14,7 +14,7 @@ export class ScaleWatcher {
   private readonly sub: Subscription;
 
   constructor(private readonly nc: NatsConnection) {
-    this.sub = nc.subscribe('orangery.evt.scale.*', {
+    this.sub = nc.subscribe(SUBJECTS.event('scale', '*'), {
       callback: (_e, m) => {
         const ev = m.json<EventEnvelope<Record<string, unknown>>>();
         const id = String(ev.data?.['requestId'] ?? '');
@@ -31,7 +31,7 @@ export class ScaleWatcher {
 
   /** Publishes a scale request; returns its id once JetStream has stored it. */
   async publish(data: Partial<ScaleRequestData> & { env: string; app: string }, id: string = randomUUID()): Promise<string> {
-    await this.publishRaw(`orangery.scale.${data.env}.${data.app}`, {
+    await this.publishRaw(SUBJECTS.scale(data.env, data.app), {
       specversion: '1.0',
       id,
       source: '/test/upstream',

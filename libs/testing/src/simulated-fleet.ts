@@ -3,6 +3,7 @@ import { connect } from '@nats-io/transport-node';
 import { headers as newHeaders, type Msg, type NatsConnection, type Subscription } from '@nats-io/nats-core';
 import { jetstream, type JetStreamClient } from '@nats-io/jetstream';
 import {
+  instanceSpecHash,
   buildEvent,
   CreateInstanceCommand,
   decode,
@@ -96,7 +97,7 @@ const EXIT_SIGKILL = 137;
 interface SimInstance {
   host: SimHost;
   data: AgentInstance;
-  /** what makes two creates "the same spec" (the agent's spec hash, unhashed) */
+  /** what makes two creates "the same spec": the agent's spec hash (instanceSpecHash) */
   spec: string;
 }
 
@@ -116,26 +117,6 @@ interface SimHost {
   fencedAt: number | undefined;
   /** events raised while the host is silent: the agent keeps them in memory until NATS is back */
   pending: QueuedEvent[];
-}
-
-/** The agent's spec hash material, with keys sorted so field order does not matter. */
-function specOf(cmd: CreateInstanceCommand): string {
-  return JSON.stringify(
-    [
-      cmd.image,
-      cmd.resources.cpu,
-      cmd.resources.memoryMb,
-      cmd.resources.heapMb ?? null,
-      cmd.resources.diskMb ?? null,
-      cmd.network,
-      cmd.environment ?? {},
-      cmd.command ?? null,
-    ],
-    (_k, v: unknown) =>
-      v && typeof v === 'object' && !Array.isArray(v)
-        ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
-        : v,
-  );
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -328,12 +309,12 @@ export class SimulatedFleet {
       });
     }
     if (!(await this.outbox.idle(60_000))) throw new Error('the fleet could not publish host.registered in 60 s');
-    this.sub = this.nc.subscribe('orangery.agent.*.instance.*', {
+    this.sub = this.nc.subscribe(SUBJECTS.agentInstanceCommandsAll, {
       callback: (err, msg) => {
         if (!err) this.onCommand(msg);
       },
     });
-    this.probeSub = this.nc.subscribe('orangery.agent.*.wire.probe', {
+    this.probeSub = this.nc.subscribe(SUBJECTS.agent.probe('*'), {
       callback: (err, msg) => {
         if (!err) this.onProbe(msg);
       },
@@ -562,7 +543,7 @@ export class SimulatedFleet {
   private create(host: SimHost, cmd: CreateInstanceCommand, traceparent?: string): AgentInstance {
     this.injected(host, 'create', cmd.instanceId, cmd.network.ip, traceparent);
     const wantStart = cmd.start ?? true;
-    const spec = specOf(cmd);
+    const spec = instanceSpecHash(cmd);
     const existing = host.instances.get(cmd.instanceId);
     if (existing) {
       if (existing.spec !== spec) {

@@ -1,8 +1,6 @@
 import { Module, type DynamicModule } from '@nestjs/common';
-import type { NatsConnection } from '@nats-io/nats-core';
-import { connectNats, EventPublisher } from '@orangery/messaging';
-import { createDataSource, initializeDatabase, OutboxRelay, SqlPool } from '@orangery/persistence';
-import { CONFIG, DATA_SOURCE, DatabaseServiceConnections, LOGGER, NATS, replicaId, SQL_POOL } from '@orangery/service-kit';
+import type { OutboxRelay, SqlPool } from '@orangery/persistence';
+import { databaseServiceProviders, replicaId, SQL_POOL } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { IpamConfig } from './config';
 import { IpamService } from './domain/ipam.service';
@@ -19,36 +17,13 @@ export class IpamModule {
     return {
       module: IpamModule,
       providers: [
-        { provide: CONFIG, useValue: config },
-        { provide: LOGGER, useValue: logger },
-        {
-          provide: NATS,
-          useFactory: () => connectNats({ servers: config.natsUrl, name: replicaId('ipam'), logger }),
-        },
-        {
-          provide: DATA_SOURCE,
-          useFactory: async () => {
-            const ds = createDataSource({
-              db: config.db,
-              service: 'ipam',
-              migrations: [IpamInitial1732500000000, IpamOutboxCursor1732600000000],
-              // migrations only; requests and the outbox use SQL_POOL
-              poolSize: 2,
-            });
-            await initializeDatabase(ds, 'ipam', logger);
-            return ds;
-          },
-        },
-        {
-          provide: SQL_POOL,
-          inject: [DATA_SOURCE], // after the migrations have run
-          useFactory: () => new SqlPool(config.db, config.dbPoolSize),
-        },
-        {
-          provide: OUTBOX,
-          inject: [SQL_POOL, NATS],
-          useFactory: (sql: SqlPool, nc: NatsConnection) => new OutboxRelay(sql, new EventPublisher(nc), logger, { events: 'ipam_audit', cursor: 'ipam_outbox_cursor' }),
-        },
+        ...databaseServiceProviders({
+          service: 'ipam',
+          config,
+          logger,
+          migrations: [IpamInitial1732500000000, IpamOutboxCursor1732600000000],
+          outbox: { token: OUTBOX, tables: { events: 'ipam_audit', cursor: 'ipam_outbox_cursor' } },
+        }),
         {
           provide: IPAM_STORE,
           inject: [SQL_POOL, OUTBOX],
@@ -59,7 +34,6 @@ export class IpamModule {
           inject: [IPAM_STORE],
           useFactory: (store: MysqlIpamStore) => new IpamService(store, systemClock),
         },
-        DatabaseServiceConnections,
         IpamHandler,
       ],
     };

@@ -1,5 +1,4 @@
-import { createHash } from 'node:crypto';
-import { memoryLimitMb, type ContainerCreateCommand, type CreateInstanceCommand, type InstanceNetwork } from '@orangery/contracts';
+import { instanceSpecHash, memoryLimitMb, type ContainerCreateCommand, type InstanceNetwork } from '@orangery/contracts';
 
 /** Labels that make the engine the only truth about what runs on a host. */
 export const LABEL = {
@@ -41,29 +40,8 @@ export function networkName(net: Pick<InstanceNetwork, 'vlan' | 'ip' | 'prefixLe
   return `orangery-v${net.vlan}-${subnet.replace('/', '_')}`;
 }
 
-/** JSON with object keys sorted: the same value always gives the same text. */
-function canonicalJson(value: unknown): string {
-  return JSON.stringify(value, (_k, v: unknown) =>
-    v && typeof v === 'object' && !Array.isArray(v)
-      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
-      : v,
-  );
-}
-
-/** A stable hash of what defines the instance; a create with another spec is a conflict. */
-export function specHash(cmd: CreateInstanceCommand): string {
-  const material = canonicalJson([
-    cmd.image,
-    cmd.resources.cpu,
-    cmd.resources.memoryMb,
-    cmd.resources.heapMb ?? null,
-    cmd.resources.diskMb ?? null,
-    cmd.network,
-    cmd.environment ?? {},
-    cmd.command ?? null,
-  ]);
-  return createHash('sha256').update(material).digest('hex').slice(0, 16);
-}
+/** A create with another spec hash than the instance's is a conflict (the hash lives in the contracts). */
+export const specHash = instanceSpecHash;
 
 export interface HostLimits {
   totalCpus: number;

@@ -1,7 +1,10 @@
-/** An engine (or other outside) call that did not answer in time. */
-export class TimeoutError extends Error {
+import { OrangeryError } from '@orangery/contracts';
+
+/** An engine (or other outside) call that did not answer in time: worth trying again later. */
+export class TimeoutError extends OrangeryError {
   constructor(what: string, ms: number) {
-    super(`${what} did not answer within ${ms} ms`);
+    super('UNAVAILABLE', `${what} did not answer within ${ms} ms`, { what, ms });
+    this.name = 'TimeoutError';
   }
 }
 

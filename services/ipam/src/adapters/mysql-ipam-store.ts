@@ -122,11 +122,6 @@ class MysqlIpamTx implements IpamTx {
     return row ? toPoolRecord(row) : undefined;
   }
 
-  async findPoolContaining(ip: number): Promise<PoolRecord | undefined> {
-    const [row] = await this.rows<PoolRow>('SELECT * FROM ipam_pool WHERE first_ip <= ? AND last_ip >= ? LIMIT 1', [ip, ip]);
-    return row ? toPoolRecord(row) : undefined;
-  }
-
   async findOverlappingPool(first: number, last: number): Promise<PoolRecord | undefined> {
     const [row] = await this.rows<PoolRow>('SELECT * FROM ipam_pool WHERE first_ip <= ? AND last_ip >= ? ORDER BY first_ip LIMIT 1', [
       last,

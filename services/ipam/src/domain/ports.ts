@@ -60,7 +60,6 @@ export interface IpamTx {
   lockPoolCatalog(): Promise<void>;
   findPool(name: string, lock: 'none' | 'share' | 'update'): Promise<PoolRecord | undefined>;
   findPoolById(id: number): Promise<PoolRecord | undefined>;
-  findPoolContaining(ip: number): Promise<PoolRecord | undefined>;
   findOverlappingPool(first: number, last: number): Promise<PoolRecord | undefined>;
   listPools(): Promise<PoolRecord[]>;
   insertPool(plan: PoolPlan, now: Date): Promise<PoolRecord>;

@@ -1,6 +1,6 @@
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
-import { decode, Heartbeat, parseJsonObject, SUBJECTS, type HostSummary } from '@orangery/contracts';
-import { callContract } from '@orangery/messaging';
+import { decode, Heartbeat, parseJsonObject, SUBJECTS } from '@orangery/contracts';
+import { SchedulerClient } from '@orangery/messaging';
 import type { Logger } from '@orangery/telemetry';
 import type { Liveness } from '../domain/ports';
 
@@ -30,7 +30,7 @@ export class HostWatch implements Liveness {
   ) {}
 
   start(): void {
-    this.sub = this.nc.subscribe('orangery.hb.*', { callback: (_e, msg) => this.onBeat(msg.subject, msg.data) });
+    this.sub = this.nc.subscribe(SUBJECTS.heartbeatsAll, { callback: (_e, msg) => this.onBeat(msg.subject, msg.data) });
     this.timer = setInterval(() => void this.pollVerdicts(), VERDICTS_EVERY_MS);
     void this.pollVerdicts();
   }
@@ -66,10 +66,9 @@ export class HostWatch implements Liveness {
 
   private async pollVerdicts(): Promise<void> {
     try {
-      const r = await callContract<{ hosts: HostSummary[] }>(this.nc, SUBJECTS.scheduler.hostsList, {}, VERDICTS_TIMEOUT_MS);
-      if (!r.ok) throw new Error(`${r.error.code}: ${r.error.message}`);
-      this.lost = new Set(r.data.hosts.filter((h) => h.state === 'lost').map((h) => h.id));
-      this.probers = r.data.hosts.filter((h) => h.state === 'ready' && h.backend === 'docker').map((h) => h.id);
+      const hosts = await new SchedulerClient(this.nc, VERDICTS_TIMEOUT_MS).hostsList();
+      this.lost = new Set(hosts.filter((h) => h.state === 'lost').map((h) => h.id));
+      this.probers = hosts.filter((h) => h.state === 'ready' && h.backend === 'docker').map((h) => h.id);
     } catch (err) {
       // Keep the last verdicts: a host once lost stays so until it beats again (onBeat).
       this.logger.debug({ err: String(err) }, 'could not read the scheduler host verdicts');

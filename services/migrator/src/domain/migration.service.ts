@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import {
+  isRetryable,
   OrangeryError,
   ownerOfInstanceId,
+  passOn,
   type DrainReplyData,
-  type ErrorCode,
   type MigrateReplyData,
   type MigrateRequest,
   type MigrationView,
@@ -12,7 +13,6 @@ import type { DrainRecord, MigrationRecord } from './model';
 import { viewOf } from './model';
 import { PortError, type Clock, type DomainLog, type MigrationStore, type SchedulerPort } from './ports';
 import type { MigrationSaga } from './saga';
-import { isTransient } from './steps';
 
 export interface RequestOptions {
   source: string;
@@ -24,15 +24,10 @@ type Attempted<T> = { value: T } | { retry: unknown };
 const iso = (ms: number): string => new Date(ms).toISOString();
 export const newMigrationId = (): string => `m-${randomUUID()}`;
 
-/** Codes of the scheduler's slot API that a caller of migrate may see as they are. */
-const PASSED_ON = new Set<string>(['NOT_FOUND', 'INSUFFICIENT_CAPACITY', 'INSTANCE_CONFLICT', 'INVALID_REQUEST', 'UNAVAILABLE']);
-
+/** The scheduler's refusal as the caller of migrate sees it (its away or INTERNAL: UNAVAILABLE). */
 function asContractError(e: unknown): OrangeryError {
   if (e instanceof OrangeryError) return e;
-  if (e instanceof PortError) {
-    const code = (PASSED_ON.has(e.code) ? e.code : e.transient ? 'UNAVAILABLE' : 'INTERNAL') as ErrorCode;
-    return new OrangeryError(code, e.message, e.details);
-  }
+  if (e instanceof PortError) return passOn(e);
   return new OrangeryError('INTERNAL', e instanceof Error ? e.message : String(e));
 }
 
@@ -56,7 +51,7 @@ export class MigrationService {
       try {
         return { value: await call() };
       } catch (e) {
-        if (!isTransient(e)) throw e;
+        if (!isRetryable(e)) throw e;
         return { retry: e };
       }
     });

@@ -46,8 +46,6 @@ export interface DrainRecord {
   readonly createdAt: string;
 }
 
-export const isTerminal = (m: Pick<MigrationRecord, 'state'>): boolean => m.state !== 'running';
-
 export function viewOf(m: MigrationRecord): MigrationView {
   return {
     id: m.id,

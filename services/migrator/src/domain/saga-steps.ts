@@ -1,8 +1,8 @@
-import type { CreateInstanceCommand, MigrationReason } from '@orangery/contracts';
+import { isRetryable, OrangeryError, type CreateInstanceCommand, type ErrorCode, type MigrationReason } from '@orangery/contracts';
 import type { MigrationRecord, SagaStep, StepName } from './model';
 import { PortError } from './ports';
 import type { SagaDeps, SagaOptions } from './saga';
-import { isTransient, reasonOf } from './steps';
+import { reasonOf } from './steps';
 
 /** What one attempt of a step came to. Where it leads is the table's business, not the step's. */
 export type StepResult =
@@ -43,8 +43,8 @@ const done = (note?: string): StepResult => ({ kind: 'done', ...(note !== undefi
 const skipped = (note: string): StepResult => ({ kind: 'skipped', note });
 const retry = (error: unknown): StepResult => ({ kind: 'retry', error });
 const fail = (error: unknown): StepResult => ({ kind: 'fail', error });
-const failure = (code: string, message: string, details?: Record<string, unknown>): PortError => new PortError(code, message, false, details);
-const notYet = (message: string): StepResult => retry(new PortError('UNAVAILABLE', message, true));
+const failure = (code: ErrorCode, message: string, details?: Record<string, unknown>): OrangeryError => new OrangeryError(code, message, details, false);
+const notYet = (message: string): StepResult => retry(new OrangeryError('UNAVAILABLE', message));
 
 // ---------------------------------------------------------------- forward
 
@@ -130,7 +130,7 @@ async function wireAnswers({ m, deps }: StepContext, a: { ip: string; vlan: numb
   }
   const answers = await deps.agents.probe(prober, a.vlan, [a.ip]);
   if (answers.get(a.ip) === false) return undefined;
-  return retry(new PortError('IP_IN_USE_ON_WIRE', `${a.ip} answers ARP on VLAN ${a.vlan} (probed by ${prober}): the VM is not started`, true));
+  return retry(new OrangeryError('IP_IN_USE_ON_WIRE', `${a.ip} answers ARP on VLAN ${a.vlan} (probed by ${prober}): the VM is not started`, undefined, true));
 }
 
 async function awaitRunning({ m, deps }: StepContext): Promise<StepResult> {
@@ -162,7 +162,7 @@ async function commit({ m, deps }: StepContext): Promise<StepResult> {
   try {
     await deps.scheduler.commit(m.instanceId, m.id);
   } catch (e) {
-    if (isTransient(e)) throw e;
+    if (isRetryable(e)) throw e;
     // Committed before we could record it (a resumed saga): the slot lives on the target.
     const view = await deps.scheduler.slotGet(m.instanceId);
     if (!(view && view.hold?.by !== m.id && view.hostId === m.to?.hostId)) return notYet(`commit refused: ${reasonOf(e).message}`);
@@ -199,7 +199,7 @@ async function release({ m, deps }: StepContext): Promise<StepResult> {
   try {
     await deps.scheduler.release(m.instanceId, m.id);
   } catch (e) {
-    if (isTransient(e)) throw e;
+    if (isRetryable(e)) throw e;
     const view = await deps.scheduler.slotGet(m.instanceId);
     if (view && view.hold?.by === m.id) return notYet(`release refused: ${reasonOf(e).message}`);
   }

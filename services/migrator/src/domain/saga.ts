@@ -1,8 +1,8 @@
-import { OrangeryError, type NewEvent } from '@orangery/contracts';
+import { isRetryable, OrangeryError, type NewEvent } from '@orangery/contracts';
 import type { MigrationRecord } from './model';
 import type { AgentPort, Clock, DomainLog, IpamPort, Liveness, MigrationStore, SchedulerPort } from './ports';
 import { stepOf, type StepDef, type StepResult } from './saga-steps';
-import { currentStep, finishStep, isTransient, migrationEvent, reasonOf } from './steps';
+import { currentStep, finishStep, migrationEvent, reasonOf } from './steps';
 
 export interface SagaDeps {
   scheduler: SchedulerPort;
@@ -88,7 +88,7 @@ export class MigrationSaga {
       if (!step) throw new OrangeryError('INTERNAL', `migration ${m.id} is at an unknown step '${m.step}'`);
       return await step.run({ m, owner, deps: this.deps, opts: this.opts });
     } catch (e) {
-      return isTransient(e) ? { kind: 'retry', error: e } : { kind: 'fail', error: e };
+      return isRetryable(e) ? { kind: 'retry', error: e } : { kind: 'fail', error: e };
     }
   }
 

@@ -1,6 +1,5 @@
-import type { MigrationReason, MigrationStep, NewEvent } from '@orangery/contracts';
+import { errorBodyOf, type MigrationReason, type MigrationStep, type NewEvent } from '@orangery/contracts';
 import type { MigrationRecord, StepName } from './model';
-import { PortError } from './ports';
 
 /** Helpers that keep a migration's step log (name, attempts, timestamps) in its record. */
 
@@ -27,31 +26,7 @@ export function finishStep(m: MigrationRecord, now: number, next: StepName, how:
 }
 
 /** A port error (or anything thrown) as the reason a migration failed. */
-export function reasonOf(e: unknown): MigrationReason {
-  if (e instanceof PortError) {
-    return { code: knownCode(e.code), message: e.message, ...(e.details ? { details: e.details } : {}) };
-  }
-  return { code: 'INTERNAL', message: e instanceof Error ? e.message : String(e) };
-}
-
-const KNOWN = new Set([
-  'INVALID_REQUEST',
-  'NOT_FOUND',
-  'INSUFFICIENT_CAPACITY',
-  'IP_IN_USE_ON_WIRE',
-  'IMAGE_NOT_FOUND',
-  'TEMPLATE_NOT_FOUND',
-  'INSTANCE_CONFLICT',
-  'START_FAILED',
-  'UNAVAILABLE',
-  'INTERNAL',
-]);
-
-function knownCode(code: string): MigrationReason['code'] {
-  return (KNOWN.has(code) ? code : code === 'TIMEOUT' ? 'UNAVAILABLE' : 'INTERNAL') as MigrationReason['code'];
-}
-
-export const isTransient = (e: unknown): boolean => !(e instanceof PortError) || e.transient;
+export const reasonOf = (e: unknown): MigrationReason => errorBodyOf(e);
 
 /** The migration.<what> event of a record (event id `migration-<what>:<id>`: stored once). */
 export function migrationEvent(m: MigrationRecord, what: 'started' | 'completed' | 'failed', source: string, now: number): NewEvent<unknown> {

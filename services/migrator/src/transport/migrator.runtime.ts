@@ -52,7 +52,7 @@ export class MigratorRuntime implements OnApplicationBootstrap, BeforeApplicatio
     const saga = new MigrationSaga(
       {
         scheduler,
-        agents: new NatsAgents(this.nc, c.agentTimeoutSeconds * 1000),
+        agents: new NatsAgents(this.nc, { commandMs: c.agentTimeoutSeconds * 1000 }),
         ipam: new NatsIpam(this.nc),
         store: this.store,
         liveness: this.watch,

@@ -1,135 +1,72 @@
 import type { NatsConnection } from '@nats-io/nats-core';
 import DataLoader from 'dataloader';
-import {
-  SUBJECTS,
-  type AgentInstance,
-  type AgentInstanceList,
-  type ProbeWireResult,
-  type Allocation,
-  type Backend,
-  type CreateInstanceCommand,
-  type Owner,
-  type Reply,
-} from '@orangery/contracts';
-import { callContract, TRANSIENT_CODES, unwrapReply } from '@orangery/messaging';
-import { PortError, type AgentPort, type AllocationInfo, type IpamPort, type PoolInfo } from '../domain/ports';
-
-const call = callContract;
-const TRANSIENT = TRANSIENT_CODES;
-
-function fail(reply: Extract<Reply<unknown>, { ok: false }>, transient: (code: string) => boolean): never {
-  return unwrapReply(reply, transient);
-}
+import { PortError, type Allocation, type Backend, type Owner, type Reply } from '@orangery/contracts';
+import { AgentClient, IpamClient, replyError, unwrapReply, type BindItem } from '@orangery/messaging';
+import type { AgentPort, AllocationInfo, IpamPort, PoolInfo } from '../domain/ports';
 
 /** Items per batch request (ipam accepts up to 500) and how long the first one waits for company. */
 const BATCH_MAX = 200;
 const BATCH_WINDOW_MS = 2;
 
-type ItemReply<T> = Reply<T>;
+/** `e` as a failure worth retrying: the scheduler's own verdict for some of ipam's refusals. */
+const retryable = (e: unknown): unknown => (e instanceof PortError && !e.retryable ? new PortError(e.code, e.message, true, e.details) : e);
 
 /**
  * ipam over NATS. `allocate` and `bind` are micro-batched: the calls of one event-loop turn
- * (plus BATCH_WINDOW_MS) go out as one `orangery.ipam.allocate.batch` / `bind.batch`
+ * (plus BATCH_WINDOW_MS) go out as one `allocate.batch` / `bind.batch` request
  * (docs/ipam.md "Batch requests"), each call getting exactly its single reply. One ipam
  * transaction then serves up to BATCH_MAX slots: measured, that is what lets the scheduler
  * place thousands of instances a second (single requests top out near 600/s).
  * DataLoader does the batching (cache off): it is the well-kept library for exactly this.
  */
 export class NatsIpam implements IpamPort {
-  private readonly allocations: DataLoader<{ pool: string; owner: Owner }, ItemReply<Allocation>>;
-  private readonly binds: DataLoader<{ ip: string; instanceId: string; backend: Backend; host: string }, ItemReply<unknown>>;
+  private readonly client: IpamClient;
+  private readonly allocations: DataLoader<{ pool: string; owner: Owner }, Reply<Allocation>>;
+  private readonly binds: DataLoader<BindItem, Reply<unknown>>;
 
-  constructor(
-    private readonly nc: NatsConnection,
-    private readonly timeoutMs = 5_000,
-  ) {
+  constructor(nc: NatsConnection, timeoutMs = 5_000) {
+    this.client = new IpamClient(nc, timeoutMs);
     const options = { cache: false, maxBatchSize: BATCH_MAX, batchScheduleFn: (run: () => void) => setTimeout(run, BATCH_WINDOW_MS) };
-    this.allocations = new DataLoader((items) => this.batch<Allocation>(SUBJECTS.ipam.allocateBatch, items), options);
-    this.binds = new DataLoader((items) => this.batch(SUBJECTS.ipam.bindBatch, items), options);
+    this.allocations = new DataLoader((items) => this.batch(() => this.client.allocateBatch(items), items.length), options);
+    this.binds = new DataLoader((items) => this.batch(() => this.client.bindBatch(items), items.length), options);
   }
 
-  /** One batch request; a failure of the whole request (ipam away) fails each item, transiently. */
-  private async batch<T>(subject: string, items: readonly unknown[]): Promise<(ItemReply<T> | Error)[]> {
+  /** One batch request; a failure of the whole request (ipam away, or refusing it) fails each item, retryably. */
+  private async batch<T>(send: () => Promise<Reply<T>[]>, count: number): Promise<(Reply<T> | Error)[]> {
     try {
-      const r = await call<{ results: ItemReply<T>[] }>(this.nc, subject, { items }, this.timeoutMs);
-      if (!r.ok) return items.map(() => new PortError(r.error.code, r.error.message, true, r.error.details));
-      return r.data.results;
+      return await send();
     } catch (e) {
-      return items.map(() => (e instanceof Error ? e : new Error(String(e))));
+      const err = retryable(e);
+      return Array.from({ length: count }, () => (err instanceof Error ? err : new Error(String(err))));
     }
   }
 
   async pool(name: string): Promise<PoolInfo | undefined> {
-    const r = await call<{ name: string; vlan: number }>(this.nc, SUBJECTS.ipam.poolGet, { name }, this.timeoutMs);
-    if (r.ok) return { name: r.data.name, vlan: r.data.vlan };
-    if (r.error.code === 'POOL_NOT_FOUND' || r.error.code === 'NOT_FOUND') return undefined;
-    return fail(r, () => true);
+    try {
+      const p = await this.client.poolGet(name);
+      return p && { name: p.name, vlan: p.vlan };
+    } catch (e) {
+      // a pool that exists answers; any other refusal is worth asking again
+      throw retryable(e);
+    }
   }
 
   async allocate(pool: string, owner: Owner): Promise<AllocationInfo> {
-    const r = await this.allocations.load({ pool, owner });
-    if (!r.ok) return fail(r, (c) => TRANSIENT.has(c));
-    const a = r.data;
+    const a = unwrapReply(await this.allocations.load({ pool, owner }));
     return { ip: a.ip, mac: a.mac, prefixLength: a.prefixLength, gateway: a.gateway, vlan: a.vlan };
   }
 
   async bind(ip: string, instanceId: string, backend: Backend, host: string): Promise<void> {
     const r = await this.binds.load({ ip, instanceId, backend, host });
-    if (!r.ok) fail(r, (c) => TRANSIENT.has(c) || c === 'NOT_FOUND');
+    if (r.ok) return;
+    // NOT_FOUND: the allocation is not visible to bind yet; the slot binds again later
+    throw r.error.code === 'NOT_FOUND' ? retryable(replyError(r.error)) : replyError(r.error);
   }
 
-  async release(owner: Owner): Promise<void> {
-    const r = await call(this.nc, SUBJECTS.ipam.release, { owner }, this.timeoutMs);
-    if (!r.ok && r.error.code !== 'NOT_FOUND') fail(r, (c) => TRANSIENT.has(c));
-  }
-}
-
-/** Host agents (docker-agent, vmware-agent) over their command subjects. */
-export class NatsAgents implements AgentPort {
-  constructor(
-    private readonly nc: NatsConnection,
-    /** create waits for the duplicate-address probe and the engine: generous */
-    private readonly createTimeoutMs = 30_000,
-    private readonly timeoutMs = 10_000,
-  ) {}
-
-  async create(hostId: string, command: CreateInstanceCommand): Promise<AgentInstance> {
-    const r = await call<AgentInstance>(this.nc, SUBJECTS.agent.create(hostId), command, this.createTimeoutMs);
-    return r.ok ? r.data : fail(r, (c) => TRANSIENT.has(c));
-  }
-
-  async start(hostId: string, instanceId: string): Promise<AgentInstance> {
-    const r = await call<AgentInstance>(this.nc, SUBJECTS.agent.start(hostId), { instanceId }, this.createTimeoutMs);
-    return r.ok ? r.data : fail(r, (c) => TRANSIENT.has(c));
-  }
-
-  async remove(hostId: string, instanceId: string): Promise<void> {
-    const r = await call(this.nc, SUBJECTS.agent.remove(hostId), { instanceId }, this.timeoutMs);
-    if (!r.ok && r.error.code !== 'NOT_FOUND') fail(r, (c) => TRANSIENT.has(c));
-  }
-
-  async get(hostId: string, instanceId: string): Promise<AgentInstance | undefined> {
-    const r = await call<AgentInstance>(this.nc, SUBJECTS.agent.get(hostId), { instanceId }, this.timeoutMs);
-    if (r.ok) return r.data;
-    if (r.error.code === 'NOT_FOUND') return undefined;
-    return fail(r, (c) => TRANSIENT.has(c));
-  }
-
-  async list(hostId: string): Promise<AgentInstance[]> {
-    const r = await call<AgentInstanceList>(this.nc, SUBJECTS.agent.list(hostId), {}, this.timeoutMs);
-    return r.ok ? r.data.instances : fail(r, (c) => TRANSIENT.has(c));
-  }
-
-  async stop(hostId: string, instanceId: string): Promise<AgentInstance | undefined> {
-    const r = await call<AgentInstance>(this.nc, SUBJECTS.agent.stop(hostId), { instanceId }, this.createTimeoutMs);
-    if (r.ok) return r.data;
-    if (r.error.code === 'NOT_FOUND') return undefined;
-    return fail(r, (c) => TRANSIENT.has(c));
-  }
-
-  async probe(hostId: string, vlan: number, ips: readonly string[]): Promise<Map<string, boolean>> {
-    const r = await call<ProbeWireResult>(this.nc, SUBJECTS.agent.probe(hostId), { vlan, ips }, this.timeoutMs);
-    if (!r.ok) return fail(r, (c) => TRANSIENT.has(c));
-    return new Map(r.data.results.map((x) => [x.ip, x.answered]));
+  release(owner: Owner): Promise<void> {
+    return this.client.release(owner);
   }
 }
+
+/** Host agents (docker-agent, vmware-agent): the agent contract's client is the port as it is. */
+export class NatsAgents extends AgentClient implements AgentPort {}

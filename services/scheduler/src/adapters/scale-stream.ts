@@ -1,7 +1,7 @@
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from '@nats-io/jetstream';
 import { ensureStream } from '@orangery/messaging';
 import type { NatsConnection } from '@nats-io/nats-core';
-import { SCALE_STREAM } from '@orangery/contracts';
+import { SCALE_STREAM, SUBJECTS } from '@orangery/contracts';
 import type { Logger } from '@orangery/telemetry';
 import type { ScaleMessage } from '../domain/scale-intake';
 
@@ -24,7 +24,7 @@ export async function ensureScaleStream(nc: NatsConnection, logger: Logger): Pro
         deliver_policy: DeliverPolicy.All,
         ack_wait: nanos(ACK_WAIT_SECONDS),
         max_ack_pending: 4 * MAX_IN_FLIGHT,
-        filter_subject: 'orangery.scale.>',
+        filter_subject: SUBJECTS.scaleAll,
       })
       .catch(async (e: unknown) => {
         await jsm.consumers.info(SCALE_STREAM.name, SCALE_STREAM.consumer).catch(() => {

@@ -1,9 +1,9 @@
-import type { AgentInstance, Heartbeat, HostFacts } from '@orangery/contracts';
+import { OrangeryError, type AgentInstance, type Heartbeat, type HostFacts } from '@orangery/contracts';
 import type { HostBook } from './host-book';
 import type { Leftovers } from './leftovers';
 import type { SlotError } from './model';
 import type { HostState } from './placement';
-import { PortError, type AgentPort, type CoreLog } from './ports';
+import type { AgentPort, CoreLog } from './ports';
 import type { SchedulerEvents } from './scheduler-events';
 import type { SlotBook } from './slot-book';
 import { errorOf } from './slot-records';
@@ -175,7 +175,7 @@ export class Observations {
       this.ports.log.warn({ instanceId: id, host: s.hostId }, 'instance stopped by itself; starting it again');
       try {
         const started = await this.ports.agents.start(s.hostId, id);
-        if (started.state !== 'running') throw new PortError('START_FAILED', started.reason ?? `still ${started.state}`, false);
+        if (started.state !== 'running') throw new OrangeryError('START_FAILED', started.reason ?? `still ${started.state}`);
       } catch (e) {
         await this.book.update(s, { phase: 'replace', state: 'failed', lastError: { ...errorOf(e), host: s.hostId } });
         this.ports.kick(id);

@@ -338,7 +338,7 @@ describe('rejections when a request is judged', () => {
 
   it('RetryLater when ipam cannot say whether the pool exists; the redelivery is served', async () => {
     await world(['a']);
-    w.ipam.fail({ op: 'pool' }, () => transientError('TIMEOUT', 'ipam did not answer'), 1);
+    w.ipam.fail({ op: 'pool' }, () => transientError('UNAVAILABLE', 'ipam did not answer'), 1);
     await expect(scale(1, { replicas: 1 })).rejects.toBeInstanceOf(RetryLater);
     expect(w.store.commits).toEqual([]);
     expect(w.store.requests.has('req-1')).toBe(false);
@@ -503,6 +503,16 @@ describe('start failures', () => {
     expect(placements()).toHaveLength(1);
     expect(completionOf('req-1')).toHaveLength(1);
     expect(w.ipam.allocations.size).toBe(1);
+  });
+
+  it('an unexpected error from ipam (no refusal, e.g. a bug) is retried like a transient one, as isRetryable decides', async () => {
+    await world(['a']);
+    w.ipam.fail({ op: 'allocate' }, () => new TypeError('cannot read properties of undefined'), 1);
+    await scale(1, { replicas: 1 });
+    await settle();
+    expect(w.ipam.calls.filter((c) => c.op === 'allocate').length).toBeGreaterThanOrEqual(2);
+    expect(rejectionOf('req-1')).toEqual([]);
+    expect(completionOf('req-1')).toHaveLength(1);
   });
 
   it('a transient bind error is retried and the instance is not created twice', async () => {

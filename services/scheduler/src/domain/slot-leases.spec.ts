@@ -1,8 +1,7 @@
 import { describe, expect, it, vi } from 'vitest';
-import type { Amounts } from '@orangery/contracts';
+import { isRetryable, OrangeryError, type Amounts } from '@orangery/contracts';
 import { HostBook } from './host-book';
 import type { AppRecord, SlotRecord } from './model';
-import { PortError } from './ports';
 import { SlotBook } from './slot-book';
 import { SlotLeases } from './slot-leases';
 import { heartbeat } from './testing/factories';
@@ -33,15 +32,15 @@ async function leaseWorld(opts: { slots?: SlotRecord[]; app?: AppRecord; hosts?:
   return { store, hosts, book, leases, kick, free, setRunning: (r: boolean) => (running = r) };
 }
 
-/** The PortError a call fails with, as { code, retryable }. */
+/** The domain error a call fails with, as { code, transient (retryable), details }. */
 async function refusal(p: Promise<unknown>): Promise<{ code: string; transient: boolean; details: unknown }> {
   const e = await p.then(
     () => undefined,
     (x: unknown) => x,
   );
-  expect(e).toBeInstanceOf(PortError);
-  const pe = e as PortError;
-  return { code: pe.code, transient: pe.transient, details: pe.details };
+  expect(e).toBeInstanceOf(OrangeryError);
+  const oe = e as OrangeryError;
+  return { code: oe.code, transient: isRetryable(oe), details: oe.details };
 }
 
 describe('SlotLeases.hold', () => {

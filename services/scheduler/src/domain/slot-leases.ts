@@ -1,8 +1,8 @@
-import type { Backend, SlotView } from '@orangery/contracts';
+import { OrangeryError, type Backend, type SlotView } from '@orangery/contracts';
 import type { HostBook } from './host-book';
 import { appKeyOf, type SlotRecord } from './model';
 import { place, type HostState, type PlacementPolicy, type PlacementRequest } from './placement';
-import { PortError, type CoreLog } from './ports';
+import type { CoreLog } from './ports';
 import type { SlotBook } from './slot-book';
 import { demandOf, placementRequestOf, slotViewOf, targetKey } from './slot-records';
 
@@ -33,7 +33,7 @@ export class SlotLeases {
 
   slotView(id: string): SlotView {
     const s = this.book.slot(id);
-    if (!s) throw new PortError('NOT_FOUND', `no instance ${id}`, false, { instanceId: id });
+    if (!s) throw new OrangeryError('NOT_FOUND', `no instance ${id}`, { instanceId: id });
     return slotViewOf(s);
   }
 
@@ -43,9 +43,9 @@ export class SlotLeases {
     if (!s.hold) {
       // a step under way could still change the slot's host or state under the migration
       if (s.phase !== null || this.ports.isRunning(id)) {
-        throw new PortError('UNAVAILABLE', `instance ${id} is busy (${s.phase ?? 'a step is running'}); try again shortly`, true, { phase: s.phase });
+        throw new OrangeryError('UNAVAILABLE', `instance ${id} is busy (${s.phase ?? 'a step is running'}); try again shortly`, { phase: s.phase });
       }
-      if (!s.hostId || s.state !== 'running') throw new PortError('INSTANCE_CONFLICT', `instance ${id} is ${s.state}, not running: nothing to move`, false, { state: s.state });
+      if (!s.hostId || s.state !== 'running') throw new OrangeryError('INSTANCE_CONFLICT', `instance ${id} is ${s.state}, not running: nothing to move`, { state: s.state });
       await this.book.update(s, { hold: { by } });
       this.ports.log.info({ instanceId: id, by }, 'slot held for a migration');
     }
@@ -59,7 +59,7 @@ export class SlotLeases {
     const request = this.targetRequest(s, opts);
     const decision = place(request, this.hosts.inventory());
     if (!decision.ok) {
-      throw new PortError('INSUFFICIENT_CAPACITY', `no host can take ${id}: ${decision.reason.message}`, false, { ...decision.reason.details });
+      throw new OrangeryError('INSUFFICIENT_CAPACITY', `no host can take ${id}: ${decision.reason.message}`, { ...decision.reason.details });
     }
     const target = { hostId: decision.hostId, backend: this.hosts.get(decision.hostId)!.backend };
     this.hosts.reserve(target.hostId, targetKey(id), s, demandOf(s.spec.resources));
@@ -75,14 +75,14 @@ export class SlotLeases {
   /** Where the held slot may go: its app's backends (or `toBackend`), only `toHost` when given, never its host nor `exclude`. */
   private targetRequest(s: SlotRecord, opts: { toHost?: string; toBackend?: Backend; exclude?: readonly string[] }): PlacementRequest {
     const app = this.book.app(appKeyOf(s));
-    if (!app) throw new PortError('NOT_FOUND', `no app record for ${s.id}`, false);
+    if (!app) throw new OrangeryError('NOT_FOUND', `no app record for ${s.id}`);
     const backends = opts.toBackend ? [opts.toBackend] : app.spec.backends;
     for (const b of backends) {
       if (!(b === 'docker' ? (s.spec.image ?? app.spec.image) : (s.spec.template ?? app.spec.template))) {
-        throw new PortError('INVALID_REQUEST', `field 'toBackend': ${s.id} has no ${b === 'docker' ? 'image' : 'template'} for ${b}`, false, { field: 'toBackend' });
+        throw new OrangeryError('INVALID_REQUEST', `field 'toBackend': ${s.id} has no ${b === 'docker' ? 'image' : 'template'} for ${b}`, { field: 'toBackend' });
       }
     }
-    if (opts.toHost !== undefined && !this.hosts.get(opts.toHost)) throw new PortError('NOT_FOUND', `no host ${opts.toHost}`, false, { hostId: opts.toHost });
+    if (opts.toHost !== undefined && !this.hosts.get(opts.toHost)) throw new OrangeryError('NOT_FOUND', `no host ${opts.toHost}`, { hostId: opts.toHost });
     const exclude = new Set([s.hostId!, ...(opts.exclude ?? [])]);
     if (opts.toHost !== undefined) for (const h of this.hosts.all()) if (h.id !== opts.toHost) exclude.add(h.id);
     return {
@@ -99,7 +99,7 @@ export class SlotLeases {
     if (done && !done.hold && done.movedBy === by) return this.slotView(id); // committed already
     const s = this.heldBy(id, by, false);
     const target = s.hold?.target;
-    if (!target) throw new PortError('INSTANCE_CONFLICT', `no target reserved for ${id}`, false);
+    if (!target) throw new OrangeryError('INSTANCE_CONFLICT', `no target reserved for ${id}`);
     await this.book.update(s, { hostId: target.hostId, backend: target.backend, state: 'running', phase: null, hold: null, movedBy: by, tried: [], attempts: 0, lastError: null });
     // the reservations follow the record only after the commit: a failed write leaves both copies' capacity taken
     if (s.hostId) this.hosts.unreserve(s.hostId, id);
@@ -112,9 +112,9 @@ export class SlotLeases {
   /** The migration gave up (the old copy is back): drop the target, manage the slot again. */
   async releaseHold(id: string, by: string): Promise<SlotView> {
     const s = this.book.slot(id);
-    if (!s) throw new PortError('NOT_FOUND', `no instance ${id}`, false, { instanceId: id });
+    if (!s) throw new OrangeryError('NOT_FOUND', `no instance ${id}`, { instanceId: id });
     if (!s.hold) return this.slotView(id);
-    if (s.hold.by !== by) throw new PortError('INSTANCE_CONFLICT', `instance ${id} is held by ${s.hold.by}`, false, { heldBy: s.hold.by });
+    if (s.hold.by !== by) throw new OrangeryError('INSTANCE_CONFLICT', `instance ${id} is held by ${s.hold.by}`, { heldBy: s.hold.by });
     await this.book.update(s, { hold: null });
     if (s.hold.target) this.hosts.unreserve(s.hold.target.hostId, targetKey(id));
     this.ports.kick(id);
@@ -124,7 +124,7 @@ export class SlotLeases {
   /** An operator's drain (through the migrator): journaled, then nothing new is placed on the host. */
   async setDrain(hostId: string, drain: boolean): Promise<{ hostId: string; state: HostState }> {
     const h = this.hosts.get(hostId);
-    if (!h) throw new PortError('NOT_FOUND', `no host ${hostId}`, false, { hostId });
+    if (!h) throw new OrangeryError('NOT_FOUND', `no host ${hostId}`, { hostId });
     await this.book.save({ hostDrains: [{ hostId, drain, backend: h.backend, facts: h.facts, usage: h.usage }] });
     this.hosts.setDrain(hostId, drain);
     return { hostId, state: this.hosts.stateOf(h) };
@@ -133,9 +133,9 @@ export class SlotLeases {
   /** The slot, held by `by` (or free, when `orFree`). */
   private heldBy(id: string, by: string, orFree: boolean): SlotRecord {
     const s = this.book.slot(id);
-    if (!s) throw new PortError('NOT_FOUND', `no instance ${id}`, false, { instanceId: id });
+    if (!s) throw new OrangeryError('NOT_FOUND', `no instance ${id}`, { instanceId: id });
     if (s.hold ? s.hold.by !== by : !orFree) {
-      throw new PortError('INSTANCE_CONFLICT', s.hold ? `instance ${id} is held by ${s.hold.by}` : `instance ${id} is not held by ${by}`, false, {
+      throw new OrangeryError('INSTANCE_CONFLICT', s.hold ? `instance ${id} is held by ${s.hold.by}` : `instance ${id} is not held by ${by}`, {
         heldBy: s.hold?.by ?? null,
       });
     }

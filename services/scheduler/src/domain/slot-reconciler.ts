@@ -1,12 +1,12 @@
-import type { AgentInstance, ScaleRejectionCode } from '@orangery/contracts';
+import { isRetryable, OrangeryError, type AgentInstance, type ScaleRejectionCode } from '@orangery/contracts';
 import type { HostBook } from './host-book';
 import type { Leftovers } from './leftovers';
 import { appKeyOf, type AppRecord, type SlotError, type SlotRecord } from './model';
 import { place, type PlacementPolicy } from './placement';
-import { NotLeaderError, PortError, type AgentPort, type AllocationInfo, type CoreLog, type IpamPort } from './ports';
+import { NotLeaderError, type AgentPort, type AllocationInfo, type CoreLog, type IpamPort } from './ports';
 import type { SchedulerEvents } from './scheduler-events';
 import type { SlotBook } from './slot-book';
-import { createCommandOf, demandOf, errorOf, isTransient, ownerOf, placementRequestOf, slotSpecOf } from './slot-records';
+import { createCommandOf, demandOf, errorOf, ownerOf, placementRequestOf, slotSpecOf } from './slot-records';
 import { DONE, requeue, terminal, type Result } from './work-queue';
 
 /** What the reconciler asks of the app level (RequestJudge). */
@@ -141,13 +141,13 @@ export class SlotReconciler {
     if (!s.hostId) return this.placeSlot(s, app);
     const hostId = s.hostId;
     if (this.hosts.isDown(hostId)) {
-      return this.attemptFailed(s, hostId, new PortError('UNAVAILABLE', `host ${hostId} is ${this.hosts.stateOf(this.hosts.get(hostId)!)} (no heartbeat, or fenced)`, true));
+      return this.attemptFailed(s, hostId, new OrangeryError('UNAVAILABLE', `host ${hostId} is ${this.hosts.stateOf(this.hosts.get(hostId)!)} (no heartbeat, or fenced)`));
     }
     let alloc;
     try {
       alloc = await this.ports.ipam.allocate(s.spec.pool, ownerOf(s));
     } catch (e) {
-      if (isTransient(e)) return this.backoff(s);
+      if (isRetryable(e)) return this.backoff(s);
       // POOL_NOT_FOUND, POOL_EXHAUSTED...: no other host changes that
       return this.slotFailed(s, app, { ...errorOf(e), host: hostId });
     }
@@ -176,7 +176,7 @@ export class SlotReconciler {
       return this.attemptFailed(s, hostId, e);
     }
     if (inst.state !== 'running') {
-      return this.attemptFailed(s, hostId, new PortError('START_FAILED', inst.reason ?? `the instance is ${inst.state} after create`, false));
+      return this.attemptFailed(s, hostId, new OrangeryError('START_FAILED', inst.reason ?? `the instance is ${inst.state} after create`));
     }
     try {
       await this.ports.ipam.bind(alloc.ip, s.id, backend, hostId);
@@ -204,7 +204,7 @@ export class SlotReconciler {
       return this.backoff(s);
     }
     if (answers.get(ip) === false) return undefined;
-    return this.attemptFailed(s, hostId, new PortError('IP_IN_USE_ON_WIRE', `${ip} answers ARP on VLAN ${vlan} (probed by ${prober}): nothing was started`, false, { ip, prober }));
+    return this.attemptFailed(s, hostId, new OrangeryError('IP_IN_USE_ON_WIRE', `${ip} answers ARP on VLAN ${vlan} (probed by ${prober}): nothing was started`, { ip, prober }));
   }
 
   /** Chooses the slot's next host (never one tried in this round) and reserves it there. */

@@ -1,7 +1,7 @@
-import { instanceIdOf, memoryLimitMb, ownerOfInstanceId, type Backend, type CreateInstanceCommand, type SlotView } from '@orangery/contracts';
+import { errorBodyOf, instanceIdOf, memoryLimitMb, OrangeryError, ownerOfInstanceId, type Backend, type CreateInstanceCommand, type SlotView } from '@orangery/contracts';
 import type { AppRecord, AppSpec, Demand, SlotError, SlotRecord, SlotSpec } from './model';
 import type { PlacementPolicy, PlacementRequest } from './placement';
-import { PortError, type AllocationInfo } from './ports';
+import type { AllocationInfo } from './ports';
 
 /** Pure helpers over the records: what a slot is made of, takes, and is told. No state. */
 
@@ -12,10 +12,11 @@ export const demandOf = (r: SlotSpec['resources']): Demand => ({
   diskMb: r.diskMb ?? 0,
 });
 
-export const errorOf = (e: unknown): SlotError =>
-  e instanceof PortError ? { code: e.code, message: e.message } : { code: 'INTERNAL', message: e instanceof Error ? e.message : String(e) };
-
-export const isTransient = (e: unknown): boolean => e instanceof PortError && e.transient;
+/** The code and message of any error (a contract error's own, INTERNAL for the unexpected). */
+export const errorOf = (e: unknown): SlotError => {
+  const { code, message } = errorBodyOf(e);
+  return { code, message };
+};
 
 /** The ipam owner of a slot's address. */
 export function ownerOf(s: SlotRecord) {
@@ -77,7 +78,7 @@ export function placementRequestOf(app: AppRecord, policy: PlacementPolicy, trie
 /** The same command for both backends: an image for a container, a template for a VM. */
 export function createCommandOf(s: SlotRecord, alloc: AllocationInfo, backend: Backend): CreateInstanceCommand {
   const artifact = backend === 'docker' ? s.spec.image : s.spec.template;
-  if (!artifact) throw new PortError('INVALID_REQUEST', `the slot has no ${backend === 'docker' ? 'image' : 'template'} for ${backend}`, false);
+  if (!artifact) throw new OrangeryError('INVALID_REQUEST', `the slot has no ${backend === 'docker' ? 'image' : 'template'} for ${backend}`);
   return {
     instanceId: s.id,
     env: s.env,

@@ -9,7 +9,8 @@ import {
   SlotGetRequest,
   SlotHoldRequest,
   SlotReserveRequest,
-  type ErrorCode,
+  passOn,
+  PortError,
   HostsListRequest,
   InstancesListRequest,
   parseJsonObject,
@@ -26,7 +27,7 @@ import type { MysqlSchedulerStore } from '../adapters/mysql-scheduler-store';
 import { NatsAgents, NatsIpam } from '../adapters/nats-ports';
 import { ensureScaleStream, ScaleConsumer, type ScaleVerdict } from '../adapters/scale-stream';
 import { RetryLater, SchedulerCore } from '../domain/scheduler-core';
-import { NotLeaderError, PortError, systemClock } from '../domain/ports';
+import { NotLeaderError, systemClock } from '../domain/ports';
 import { OUTBOX, STORE } from '../tokens';
 
 const HOST_FLUSH_MS = 2_000;
@@ -102,7 +103,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     const c = this.config;
     this.store.setEpoch(epoch);
     const core = new SchedulerCore(
-      { store: this.store, ipam: new NatsIpam(this.nc), agents: new NatsAgents(this.nc, c.agentTimeoutSeconds * 1000), clock: systemClock, wallClock: { now: () => Date.now() }, log: this.logger },
+      { store: this.store, ipam: new NatsIpam(this.nc), agents: new NatsAgents(this.nc, { commandMs: c.agentTimeoutSeconds * 1000 }), clock: systemClock, wallClock: { now: () => Date.now() }, log: this.logger },
       {
         source: `orangery/scheduler/${this.replica}`,
         policy: c.policy,
@@ -170,7 +171,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
         return undefined;
       }
     };
-    const hb = this.nc.subscribe('orangery.hb.*', {
+    const hb = this.nc.subscribe(SUBJECTS.heartbeatsAll, {
       callback: (_e, msg) => {
         try {
           const beat = decode(Heartbeat, json(msg.data));
@@ -195,7 +196,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
         }
       },
     });
-    const instances = this.nc.subscribe('orangery.evt.instance.*', {
+    const instances = this.nc.subscribe(SUBJECTS.event('instance', '*'), {
       callback: (_e, msg) => {
         const what = msg.subject.split('.')[3] ?? '';
         const data = json(msg.data)?.['data'] as Record<string, unknown> | undefined;
@@ -252,7 +253,7 @@ function slotRoutes(core: SchedulerCore): Route[] {
     try {
       return await work();
     } catch (e) {
-      if (e instanceof PortError) throw new OrangeryError(e.code as ErrorCode, e.message, e.details);
+      if (e instanceof PortError) throw passOn(e);
       if (e instanceof NotLeaderError) throw new OrangeryError('UNAVAILABLE', 'the scheduler leader is changing; try again', {});
       throw e;
     }

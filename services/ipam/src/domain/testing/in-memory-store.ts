@@ -53,10 +53,6 @@ class InMemoryTx implements IpamTx {
     return structuredClone(this.state.pools.get(id));
   }
 
-  async findPoolContaining(ip: number): Promise<PoolRecord | undefined> {
-    return structuredClone([...this.state.pools.values()].find((p) => p.first <= ip && ip <= p.last));
-  }
-
   async findOverlappingPool(first: number, last: number): Promise<PoolRecord | undefined> {
     const overlapping = [...this.state.pools.values()].filter((p) => p.first <= last && first <= p.last);
     return structuredClone(overlapping.sort((a, b) => a.first - b.first)[0]);

@@ -1,4 +1,4 @@
-import type { AgentInstance, Backend, CreateInstanceCommand, InstanceSummary, NewEvent, Owner, Placement, SlotView } from '@orangery/contracts';
+import type { AgentInstance, Backend, CreateInstanceCommand, ErrorCode, InstanceSummary, NewEvent, Owner, Placement, SlotView } from '@orangery/contracts';
 import type { DrainRecord, MigrationRecord } from '../model';
 import { LeaseLostError, PortError, type AddressInfo, type AgentPort, type Clock, type IpamPort, type Liveness, type MigrationStore, type SchedulerPort } from '../ports';
 
@@ -41,7 +41,7 @@ class Faults {
 }
 
 export const transient = (message = 'no service answers'): PortError => new PortError('UNAVAILABLE', message, true);
-export const refused = (code: string, message = code.toLowerCase()): PortError => new PortError(code, message, false);
+export const refused = (code: ErrorCode, message = code.toLowerCase()): PortError => new PortError(code, message, false);
 
 export class FakeScheduler implements SchedulerPort {
   readonly slots = new Map<string, SlotView>();

@@ -1,4 +1,4 @@
-import type { Amounts, Heartbeat, ScaleRequestData } from '@orangery/contracts';
+import { SUBJECTS, type Amounts, type Heartbeat, type ScaleRequestData } from '@orangery/contracts';
 import type { ScaleMessage } from '../scale-intake';
 
 /** Small factories for the scheduler's domain tests: heartbeats and scale messages with plain defaults. */
@@ -59,7 +59,7 @@ export function scaleMessage(
   const d = scaleData(data);
   return {
     seq,
-    subject: opts.subject ?? `orangery.scale.${d.env}.${d.app}`,
+    subject: opts.subject ?? SUBJECTS.scale(d.env, d.app),
     body: JSON.stringify(scaleEvent(d, { id: opts.id ?? `req-${seq}`, ...opts.envelope })),
     ...(opts.traceparent ? { traceparent: opts.traceparent } : {}),
   };

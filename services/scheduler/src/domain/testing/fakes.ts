@@ -1,4 +1,4 @@
-import { instanceIdOf, type AgentInstance, type Backend, type CreateInstanceCommand, type NewEvent, type Owner } from '@orangery/contracts';
+import { instanceIdOf, type AgentInstance, type Backend, type CreateInstanceCommand, type ErrorCode, type NewEvent, type Owner } from '@orangery/contracts';
 import { appKeyOf, type AppRecord, type SlotRecord } from '../model';
 import { NotLeaderError, PortError, type AgentPort, type AllocationInfo, type Changes, type Clock, type CoreLog, type IpamPort, type PoolInfo, type SchedulerStore } from '../ports';
 
@@ -37,9 +37,10 @@ class Faults<C> {
   }
 }
 
-export const transientError = (code = 'UNAVAILABLE', message = 'temporarily unavailable'): PortError => new PortError(code, message, true);
-export const permanentError = (code = 'START_FAILED', message = 'it does not work'): PortError => new PortError(code, message, false);
-export const timeoutError = (): PortError => new PortError('TIMEOUT', 'the agent did not answer in time', true);
+export const transientError = (code: ErrorCode = 'UNAVAILABLE', message = 'temporarily unavailable'): PortError => new PortError(code, message, true);
+export const permanentError = (code: ErrorCode = 'START_FAILED', message = 'it does not work'): PortError => new PortError(code, message, false);
+/** what the agent client throws when an agent does not answer in time (NoReplyError, kind timeout) */
+export const timeoutError = (): PortError => new PortError('UNAVAILABLE', 'the agent did not answer in time', true, { kind: 'timeout' });
 
 // ---- journal ----------------------------------------------------------------------------------
 

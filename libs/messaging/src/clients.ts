@@ -1,0 +1,181 @@
+import type { NatsConnection } from '@nats-io/nats-core';
+import {
+  SUBJECTS,
+  type AgentInstance,
+  type AgentInstanceList,
+  type Allocation,
+  type Backend,
+  type CreateInstanceCommand,
+  type ErrorCode,
+  type HostSummary,
+  type InstanceSummary,
+  type Owner,
+  type Placement,
+  type Pool,
+  type ProbeWireResult,
+  type Reply,
+  type SlotView,
+} from '@orangery/contracts';
+import { callContract, unwrapReply } from './requester';
+
+/**
+ * One typed client per service contract (CONTRACT.md, docs/asyncapi.yaml). Every method
+ * sends one request with a timeout and returns the reply's data; a refusal is thrown as a
+ * PortError (retryable as RETRYABLE_CODES says), no reply at all as a retryable PortError
+ * UNAVAILABLE. Where the contract's "not found" is an answer rather than a failure, the
+ * method says so and returns undefined. What a caller then retries is its own policy.
+ */
+
+/** The data of `r`, undefined when it is one of the `absent` codes. */
+function dataOrAbsent<T>(r: Reply<T>, absent: readonly ErrorCode[]): T | undefined {
+  if (!r.ok && absent.includes(r.error.code)) return undefined;
+  return unwrapReply(r);
+}
+
+abstract class ContractClient {
+  constructor(
+    protected readonly nc: NatsConnection,
+    protected readonly timeoutMs: number,
+  ) {}
+
+  protected send<T>(subject: string, body: unknown, timeoutMs = this.timeoutMs): Promise<Reply<T>> {
+    return callContract<T>(this.nc, subject, body, timeoutMs);
+  }
+}
+
+export interface BindItem {
+  ip: string;
+  instanceId: string;
+  backend: Backend;
+  host: string;
+}
+
+/** ipam (docs/ipam.md). */
+export class IpamClient extends ContractClient {
+  constructor(nc: NatsConnection, timeoutMs = 5_000) {
+    super(nc, timeoutMs);
+  }
+
+  /** undefined when the pool does not exist */
+  async poolGet(name: string): Promise<Pool | undefined> {
+    return dataOrAbsent(await this.send<Pool>(SUBJECTS.ipam.poolGet, { name }), ['POOL_NOT_FOUND', 'NOT_FOUND']);
+  }
+
+  /** the owner's allocation (also a released one); undefined when it has none */
+  async get(owner: Owner): Promise<Allocation | undefined> {
+    return dataOrAbsent(await this.send<Allocation>(SUBJECTS.ipam.get, { owner }), ['NOT_FOUND']);
+  }
+
+  async bind(item: BindItem): Promise<void> {
+    unwrapReply(await this.send(SUBJECTS.ipam.bind, item));
+  }
+
+  /** NOT_FOUND is success: nothing to give back */
+  async release(owner: Owner): Promise<void> {
+    dataOrAbsent(await this.send(SUBJECTS.ipam.release, { owner }), ['NOT_FOUND']);
+  }
+
+  /** One reply per item, in order; a refusal of the whole batch is thrown. */
+  async allocateBatch(items: readonly { pool: string; owner: Owner }[]): Promise<Reply<Allocation>[]> {
+    return unwrapReply(await this.send<{ results: Reply<Allocation>[] }>(SUBJECTS.ipam.allocateBatch, { items })).results;
+  }
+
+  /** One reply per item, in order; a refusal of the whole batch is thrown. */
+  async bindBatch(items: readonly BindItem[]): Promise<Reply<unknown>[]> {
+    return unwrapReply(await this.send<{ results: Reply<unknown>[] }>(SUBJECTS.ipam.bindBatch, { items })).results;
+  }
+}
+
+/** The scheduler: its operator queries and the leader's slot API (docs/scheduler.md "Slot API"). */
+export class SchedulerClient extends ContractClient {
+  constructor(nc: NatsConnection, timeoutMs = 10_000) {
+    super(nc, timeoutMs);
+  }
+
+  async hostsList(timeoutMs?: number): Promise<HostSummary[]> {
+    return unwrapReply(await this.send<{ hosts: HostSummary[] }>(SUBJECTS.scheduler.hostsList, {}, timeoutMs)).hosts;
+  }
+
+  async instancesList(): Promise<InstanceSummary[]> {
+    return unwrapReply(await this.send<{ instances: InstanceSummary[] }>(SUBJECTS.scheduler.instancesList, {})).instances;
+  }
+
+  /** undefined when the slot does not exist */
+  async slotGet(instanceId: string): Promise<SlotView | undefined> {
+    return dataOrAbsent(await this.send<SlotView>(SUBJECTS.schedulerSlot.get, { instanceId }), ['NOT_FOUND']);
+  }
+
+  async hold(instanceId: string, by: string): Promise<SlotView> {
+    return unwrapReply(await this.send<SlotView>(SUBJECTS.schedulerSlot.hold, { instanceId, by }));
+  }
+
+  async reserve(instanceId: string, by: string, where: { toHost?: string; toBackend?: Backend; exclude?: string[] }): Promise<Placement> {
+    const r = unwrapReply(await this.send<Placement>(SUBJECTS.schedulerSlot.reserve, { instanceId, by, ...where }));
+    return { hostId: r.hostId, backend: r.backend };
+  }
+
+  async commit(instanceId: string, by: string): Promise<SlotView> {
+    return unwrapReply(await this.send<SlotView>(SUBJECTS.schedulerSlot.commit, { instanceId, by }));
+  }
+
+  async release(instanceId: string, by: string): Promise<SlotView> {
+    return unwrapReply(await this.send<SlotView>(SUBJECTS.schedulerSlot.release, { instanceId, by }));
+  }
+
+  async hostDrain(hostId: string, drain: boolean): Promise<void> {
+    unwrapReply(await this.send(SUBJECTS.schedulerSlot.hostDrain, { hostId, drain }));
+  }
+}
+
+export interface AgentClientTimeouts {
+  /**
+   * create, start, stop and remove: the duplicate-address probe, the engine and a stop's
+   * grace period (ORANGERY_AGENT_TIMEOUT_SECONDS)
+   */
+  commandMs?: number;
+  /** get, list and the wire probe */
+  queryMs?: number;
+}
+
+/** A host's agent, docker or vmware (docs/asyncapi.yaml, `orangery.agent.<hostId>.*`). */
+export class AgentClient extends ContractClient {
+  private readonly commandMs: number;
+
+  constructor(nc: NatsConnection, timeouts: AgentClientTimeouts = {}) {
+    super(nc, timeouts.queryMs ?? 10_000);
+    this.commandMs = timeouts.commandMs ?? 30_000;
+  }
+
+  async create(hostId: string, command: CreateInstanceCommand): Promise<AgentInstance> {
+    return unwrapReply(await this.send<AgentInstance>(SUBJECTS.agent.create(hostId), command, this.commandMs));
+  }
+
+  async start(hostId: string, instanceId: string): Promise<AgentInstance> {
+    return unwrapReply(await this.send<AgentInstance>(SUBJECTS.agent.start(hostId), { instanceId }, this.commandMs));
+  }
+
+  /** the instance as the agent replies after the stop; undefined when the agent has no such instance */
+  async stop(hostId: string, instanceId: string): Promise<AgentInstance | undefined> {
+    return dataOrAbsent(await this.send<AgentInstance>(SUBJECTS.agent.stop(hostId), { instanceId }, this.commandMs), ['NOT_FOUND']);
+  }
+
+  /** succeeds when the instance is gone, also when it never existed */
+  async remove(hostId: string, instanceId: string): Promise<void> {
+    dataOrAbsent(await this.send(SUBJECTS.agent.remove(hostId), { instanceId }, this.commandMs), ['NOT_FOUND']);
+  }
+
+  /** undefined when the agent has no such instance */
+  async get(hostId: string, instanceId: string): Promise<AgentInstance | undefined> {
+    return dataOrAbsent(await this.send<AgentInstance>(SUBJECTS.agent.get(hostId), { instanceId }), ['NOT_FOUND']);
+  }
+
+  async list(hostId: string): Promise<AgentInstance[]> {
+    return unwrapReply(await this.send<AgentInstanceList>(SUBJECTS.agent.list(hostId), {})).instances;
+  }
+
+  /** ARP probes from `hostId`'s interface on `vlan`: ip -> whether something answered */
+  async probe(hostId: string, vlan: number, ips: readonly string[]): Promise<Map<string, boolean>> {
+    const r = unwrapReply(await this.send<ProbeWireResult>(SUBJECTS.agent.probe(hostId), { vlan, ips }));
+    return new Map(r.results.map((x) => [x.ip, x.answered]));
+  }
+}

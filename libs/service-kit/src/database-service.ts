@@ -1,0 +1,50 @@
+import type { Provider } from '@nestjs/common';
+import type { NatsConnection } from '@nats-io/nats-core';
+import type { MigrationInterface } from 'typeorm';
+import { connectNats, EventPublisher } from '@orangery/messaging';
+import { createDataSource, initializeDatabase, OutboxRelay, SqlPool, type DbConfig, type OutboxTables } from '@orangery/persistence';
+import type { Logger } from '@orangery/telemetry';
+import { CONFIG, DATA_SOURCE, LOGGER, NATS, replicaId } from './bootstrap';
+import { DatabaseServiceConnections, SQL_POOL } from './connections';
+
+export interface DatabaseServiceSetup<C extends { natsUrl: string; db: DbConfig; dbPoolSize: number }> {
+  /** the service's name: its NATS client name, its migrations table prefix, its log lines */
+  service: string;
+  config: C;
+  logger: Logger;
+  migrations: (new () => MigrationInterface)[];
+  /** the service's OUTBOX token and the tables of its transactional outbox */
+  outbox: { token: symbol; tables: OutboxTables };
+}
+
+/**
+ * The providers every service with a database wires alike (ipam, scheduler, migrator):
+ * CONFIG, LOGGER, NATS, DATA_SOURCE (its migrations run before anything else touches the
+ * tables), SQL_POOL, the outbox relay under the service's token, and the connections closed
+ * last on shutdown. The service adds its store, domain and transport on top.
+ */
+export function databaseServiceProviders<C extends { natsUrl: string; db: DbConfig; dbPoolSize: number }>(s: DatabaseServiceSetup<C>): Provider[] {
+  const { service, config, logger } = s;
+  return [
+    { provide: CONFIG, useValue: config },
+    { provide: LOGGER, useValue: logger },
+    { provide: NATS, useFactory: () => connectNats({ servers: config.natsUrl, name: replicaId(service), logger }) },
+    {
+      provide: DATA_SOURCE,
+      useFactory: async () => {
+        // migrations only; requests and the outbox use SQL_POOL
+        const ds = createDataSource({ db: config.db, service, migrations: s.migrations, poolSize: 2 });
+        await initializeDatabase(ds, service, logger);
+        return ds;
+      },
+    },
+    // after the migrations have run
+    { provide: SQL_POOL, inject: [DATA_SOURCE], useFactory: () => new SqlPool(config.db, config.dbPoolSize) },
+    {
+      provide: s.outbox.token,
+      inject: [SQL_POOL, NATS],
+      useFactory: (sql: SqlPool, nc: NatsConnection) => new OutboxRelay(sql, new EventPublisher(nc), logger, s.outbox.tables),
+    },
+    DatabaseServiceConnections,
+  ];
+}
