@@ -1,18 +1,26 @@
 // The vSphere Web Services (SOAP, vim25) session: login, calls with transparent re-login,
 // keep-alive, the PropertyCollector and task waiting. VM and inventory calls live in
 // vms.ts and inventory.ts on top of this.
-import { VsphereFault, VsphereLoginError, VsphereTaskError, VsphereTimeoutError, VsphereTransportError } from './errors';
+import { VsphereFault, VsphereTaskError, VsphereTimeoutError, VsphereTransportError } from './errors';
+import { faultMessage, faultOf } from './faults';
+import {
+  filterSpec,
+  objectContent,
+  taskInfoOf,
+  updateSet,
+  viewSpec,
+  type FilterSpec,
+  type ObjectContent,
+  type TaskInfo,
+  type UpdateSet,
+} from './property-collector';
 import { InventoryApi } from './inventory';
 import { httpTransport, type SoapTransport } from './transport';
 import { VmApi } from './vms';
 import {
   asMoRef,
-  asNumber,
-  asObject,
-  asString,
   childText,
   decodeValue,
-  elements,
   envelope,
   kid,
   kids,
@@ -20,10 +28,7 @@ import {
   parseXml,
   text,
   toMoRef,
-  xsiType,
-  type SoapObject,
   type SoapValue,
-  type VimObject,
   type VimValue,
   type XmlNode,
 } from './xml';
@@ -65,52 +70,6 @@ export interface ServiceContent {
 export interface UserSession {
   key: string;
   userName: string;
-}
-
-/** One object's properties from the PropertyCollector; `props` keyed by property path. */
-export interface ObjectContent {
-  obj: MoRef;
-  props: Record<string, VimValue | undefined>;
-  /** Properties that could not be read, with the fault's name. */
-  missing: { path: string; faultName: string }[];
-}
-
-/** PropertyFilterSpec in plain terms: which properties of which objects, how to traverse. */
-export interface FilterSpec {
-  propSet: { type: string; pathSet?: readonly string[]; all?: boolean }[];
-  objectSet: { obj: MoRef; skip?: boolean; selectSet?: readonly TraversalSpec[] }[];
-}
-
-export interface TraversalSpec {
-  name?: string;
-  type: string;
-  path: string;
-  skip?: boolean;
-  /** Names of other TraversalSpecs (recursion), or nested specs. */
-  selectSet?: readonly (TraversalSpec | string)[];
-}
-
-export interface ObjectUpdate {
-  kind: 'enter' | 'leave' | 'modify';
-  obj: MoRef;
-  changes: { name: string; op: 'add' | 'remove' | 'assign' | 'indirectRemove'; val: VimValue | undefined }[];
-}
-
-export interface UpdateSet {
-  version: string;
-  truncated: boolean;
-  filterSets: { filter: MoRef; objects: ObjectUpdate[] }[];
-}
-
-export interface TaskInfo {
-  key: string;
-  name?: string;
-  descriptionId?: string;
-  entityName?: string;
-  state: 'queued' | 'running' | 'success' | 'error';
-  progress?: number;
-  result?: VimValue;
-  error?: { faultName: string; message?: string; details: VimObject };
 }
 
 export interface WaitTaskOptions {
@@ -466,123 +425,8 @@ function deadlineOf(timeoutMs: number | undefined, what: string): () => number |
   };
 }
 
-/** A retrieval of `paths` (type -> property paths) from every object a container view holds. */
-export function viewSpec(view: MoRef, paths: Readonly<Record<string, readonly string[]>>): FilterSpec {
-  return {
-    propSet: Object.entries(paths).map(([type, pathSet]) => ({ type, pathSet })),
-    objectSet: [{ obj: view, skip: true, selectSet: [{ name: 'view', type: 'ContainerView', path: 'view', skip: false }] }],
-  };
-}
-
-// ---------------------------------------------------------------- encoding and decoding
-
-function traversal(t: TraversalSpec | string): SoapObject {
-  if (typeof t === 'string') return { $type: 'SelectionSpec', name: t };
-  return {
-    $type: 'TraversalSpec',
-    name: t.name,
-    type: t.type,
-    path: t.path,
-    skip: t.skip ?? false,
-    selectSet: t.selectSet?.map(traversal),
-  };
-}
-
-function filterSpec(spec: FilterSpec): SoapObject {
-  return {
-    propSet: spec.propSet.map((p) => ({ type: p.type, all: p.all ?? false, pathSet: p.pathSet })),
-    objectSet: spec.objectSet.map((o) => ({ obj: o.obj, skip: o.skip ?? false, selectSet: o.selectSet?.map(traversal) })),
-  };
-}
-
-function objectContent(n: XmlNode): ObjectContent {
-  const props: Record<string, VimValue | undefined> = {};
-  for (const p of kids(n, 'propSet')) {
-    const name = childText(p, 'name') ?? '';
-    const val = kid(p, 'val');
-    props[name] = val ? decodeValue(val) : undefined;
-  }
-  const missing = kids(n, 'missingSet').map((m) => ({
-    path: childText(m, 'path') ?? '',
-    faultName: xsiType(kid(kid(m, 'fault'), 'fault')) ?? 'UnknownFault',
-  }));
-  const obj = toMoRef(kid(n, 'obj'));
-  if (!obj) throw new VsphereFault('InvalidResponse', 'ObjectContent without obj', 'RetrievePropertiesEx');
-  return { obj, props, missing };
-}
-
-function updateSet(n: XmlNode): UpdateSet {
-  return {
-    version: childText(n, 'version') ?? '',
-    truncated: childText(n, 'truncated') === 'true',
-    filterSets: kids(n, 'filterSet').map((f) => ({
-      filter: toMoRef(kid(f, 'filter')) ?? new MoRef('PropertyFilter', ''),
-      objects: kids(f, 'objectSet').map((o) => ({
-        kind: (childText(o, 'kind') ?? 'modify') as ObjectUpdate['kind'],
-        obj: toMoRef(kid(o, 'obj')) ?? new MoRef('', ''),
-        changes: kids(o, 'changeSet').map((c) => {
-          const val = kid(c, 'val');
-          return {
-            name: childText(c, 'name') ?? '',
-            op: (childText(c, 'op') ?? 'assign') as ObjectUpdate['changes'][number]['op'],
-            val: val ? decodeValue(val) : undefined,
-          };
-        }),
-      })),
-    })),
-  };
-}
-
-export function taskInfoOf(task: MoRef, v: VimValue | undefined): TaskInfo {
-  const o = asObject(v) ?? {};
-  const err = asObject(o.error);
-  const fault = asObject(err?.fault);
-  const { $type: faultType, ...faultFields } = fault ?? {};
-  return {
-    key: asString(o.key) ?? task.value,
-    name: asString(o.name),
-    descriptionId: asString(o.descriptionId),
-    entityName: asString(o.entityName),
-    state: (asString(o.state) ?? 'running') as TaskInfo['state'],
-    progress: asNumber(o.progress),
-    result: o.result,
-    error: err
-      ? { faultName: faultType ?? 'UnknownFault', message: asString(err.localizedMessage), details: faultFields as VimObject }
-      : undefined,
-  };
-}
-
-/** Simple fields of a fault, e.g. "requestedState=poweredOn, existingState=poweredOff". */
-function detailText(details: VimObject): string {
-  return Object.entries(details)
-    .filter(([k, v]) => k !== '$type' && k !== 'faultMessage' && (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' || v instanceof MoRef) && String(v) !== '')
-    .map(([k, v]) => `${k}=${String(v)}`)
-    .join(', ');
-}
-
-function faultMessage(what: string, faultName: string, message: string | undefined, details: VimObject): string {
-  // vcsim's localized messages are Go type names ("*types.InvalidPowerState"): not worth showing.
-  const msg = message && !message.startsWith('*types.') && message !== faultName ? `: ${message}` : '';
-  const d = detailText(details);
-  return `${what} failed: ${faultName}${msg}${d ? ` (${d})` : ''}`;
-}
-
-function faultOf(method: string, fault: XmlNode, user: string): VsphereFault {
-  const faultString = childText(fault, 'faultstring');
-  const [detail] = elements(kid(fault, 'detail'));
-  const faultName = xsiType(detail?.node)?.replace(/^.*:/, '') ?? detail?.name.replace(/Fault$/, '') ?? 'SoapFault';
-  const decoded = detail ? asObject(decodeValue(detail.node)) : undefined;
-  const { $type: _t, ...details } = decoded ?? {};
-  if (faultName === 'InvalidLogin') {
-    return new VsphereLoginError(faultName, `vCenter login failed for user ${JSON.stringify(user)}: wrong user name or password (InvalidLogin)`, method, details as VimObject);
-  }
-  if (faultName === 'NotAuthenticated') {
-    return new VsphereFault(faultName, `${method}: the vCenter session is not (or no longer) logged in (NotAuthenticated)`, method, details as VimObject);
-  }
-  return new VsphereFault(faultName, faultMessage(method, faultName, faultString, details as VimObject), method, details as VimObject);
-}
-
 function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
+export { taskInfoOf, viewSpec, type FilterSpec, type ObjectContent, type ObjectUpdate, type TaskInfo, type TraversalSpec, type UpdateSet } from './property-collector';
