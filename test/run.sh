@@ -30,7 +30,7 @@ eval "$(bash deploy/local/infra.sh env test)"
 step "typecheck"
 npx tsc -p tsconfig.json --noEmit
 step "lint"
-npx eslint .
+npm run lint --silent
 step "build"
 npm run build --silent
 
