@@ -101,8 +101,7 @@ export default defineConfig(
           patterns: [
             {
               group: ['@nats-io/*', 'typeorm', 'typeorm/*', 'dockerode', 'dockerode/*', '@nestjs/*', 'mysql2', 'mysql2/*'],
-              message:
-                'Domain code must not depend on NATS, TypeORM, Docker, NestJS or MySQL: define a port in domain/ports.ts and implement it in adapters/.',
+              message: 'Domain code must not depend on NATS, TypeORM, Docker, NestJS or MySQL: define a port in domain/ports.ts and implement it in adapters/.',
             },
           ],
         },

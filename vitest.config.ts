@@ -6,9 +6,7 @@ import { resolve } from 'node:path';
 const base = JSON.parse(readFileSync(resolve(__dirname, 'tsconfig.base.json'), 'utf8')) as {
   compilerOptions: { paths: Record<string, string[]> };
 };
-const alias = Object.fromEntries(
-  Object.entries(base.compilerOptions.paths).map(([k, [v]]) => [k, resolve(__dirname, v!)]),
-);
+const alias = Object.fromEntries(Object.entries(base.compilerOptions.paths).map(([k, [v]]) => [k, resolve(__dirname, v!)]));
 
 export default defineConfig({
   resolve: { alias },

@@ -95,9 +95,25 @@ async function main(): Promise<void> {
       const t0 = performance.now();
       const answered = arpAnswered(ip, t0);
       await new Promise<void>((res, rej) =>
-        execFile('/usr/bin/docker', ['-H', s.dockerHost, 'run', '-d', '--network', network, '--ip', ip,
-          '--mac-address', `02:4f:c6:12:03:${(i + 1).toString(16).padStart(2, '0')}`, '--memory', '32m', LAB_IMAGES.svc],
-        (e) => (e ? rej(e) : res())),
+        execFile(
+          '/usr/bin/docker',
+          [
+            '-H',
+            s.dockerHost,
+            'run',
+            '-d',
+            '--network',
+            network,
+            '--ip',
+            ip,
+            '--mac-address',
+            `02:4f:c6:12:03:${(i + 1).toString(16).padStart(2, '0')}`,
+            '--memory',
+            '32m',
+            LAB_IMAGES.svc,
+          ],
+          (e) => (e ? rej(e) : res()),
+        ),
       );
       raw.push(await answered);
     }

@@ -141,7 +141,16 @@ interface OutageRow {
 async function outages(p: Profile): Promise<{ rows: OutageRow[]; skipped: string[]; requests: number; duplicates: number }> {
   const faketime = FaultLab.faketimeAvailable;
   log(`outages, ${p.name}: starting the lab (web x2, api x2${faketime ? '; scheduler under libfaketime' : ''})`);
-  const fl = await FaultLab.start({ label: `bench-fo-out-${p.name.split(' ')[0]}`, apps: [{ app: 'web', replicas: 2 }, { app: 'api', replicas: 2 }], timings: p, faketimeScheduler: faketime, log });
+  const fl = await FaultLab.start({
+    label: `bench-fo-out-${p.name.split(' ')[0]}`,
+    apps: [
+      { app: 'web', replicas: 2 },
+      { app: 'api', replicas: 2 },
+    ],
+    timings: p,
+    faketimeScheduler: faketime,
+    log,
+  });
   current = fl;
   const rows: OutageRow[] = [];
   const skipped = ['vCenter frozen 30 s (no vCenter in this lab)', 'vmware-agent killed 30 s (no vCenter in this lab)'];
@@ -169,7 +178,9 @@ async function outages(p: Profile): Promise<{ rows: OutageRow[]; skipped: string
       const o = await fl.observe(name, inject);
       const unanswered = Object.values(o.wire.ips).reduce((n, r) => n + (r.requests - r.answered), 0);
       rows.push({ profile: p, outcome: o, unanswered });
-      log(`outage ${name} (${p.name}): longest silence ${fmt(o.maxGap, 1)} s, ${unanswered} unanswered, ${o.duplicates} duplicate(s), ${o.violations.length} violation(s)`);
+      log(
+        `outage ${name} (${p.name}): longest silence ${fmt(o.maxGap, 1)} s, ${unanswered} unanswered, ${o.duplicates} duplicate(s), ${o.violations.length} violation(s)`,
+      );
       if (o.violations.length > 0) log(o.details);
     }
   } finally {
@@ -221,7 +232,18 @@ async function main(): Promise<number> {
     ];
   });
   const lossTable = table(
-    ['profile', 'heartbeat / lost / fence / margin s', 'failovers', 'p50 s', 'p95 s', 'max s', 'target p95 s', 'target', 'wire silence p50 / p95 s', 'duplicates (ARP requests with 2+ replies)'],
+    [
+      'profile',
+      'heartbeat / lost / fence / margin s',
+      'failovers',
+      'p50 s',
+      'p95 s',
+      'max s',
+      'target p95 s',
+      'target',
+      'wire silence p50 / p95 s',
+      'duplicates (ARP requests with 2+ replies)',
+    ],
     lossRows,
   );
   let outageTable = '';

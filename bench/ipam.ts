@@ -28,7 +28,6 @@ const BATCH_SECONDS = Math.min(SECONDS, 5);
 
 const log = (msg: string) => process.stderr.write(`[bench:ipam] ${msg}\n`);
 
-
 async function rawCeiling(dbUrl: string, connections: number): Promise<LoadResult> {
   const u = new URL(dbUrl);
   const pool = createPool({
@@ -78,7 +77,11 @@ async function main(): Promise<void> {
       if (!created.ok) throw new Error(`pool.create failed: ${JSON.stringify(created)}`);
       let owner = 0;
       let singlesAt64 = NaN;
-      const natsPid = Number(execFileSync('pgrep', ['-n', '-f', `nats-server -c ${dir.path}`]).toString().trim());
+      const natsPid = Number(
+        execFileSync('pgrep', ['-n', '-f', `nats-server -c ${dir.path}`])
+          .toString()
+          .trim(),
+      );
       const dbPid = Number(readFileSync(`${process.env['ORANGERY_LOCAL_RUN_DIR']}/mysqld.pid`, 'utf8'));
       const cpuOf = () => ({
         ipam: procs.reduce((a, p) => a + cpuMs(p.pid), 0),
@@ -104,7 +107,16 @@ async function main(): Promise<void> {
           }
         }
         const ceiling = ceilings.get(n)!;
-        rows.push([replicas, n, fmt(r.perSecond, 0), fmt(r.p50, 2), fmt(r.p99, 2), r.errors, fmt(ceiling.perSecond, 0), fmt(r.perSecond / ceiling.perSecond, 2)]);
+        rows.push([
+          replicas,
+          n,
+          fmt(r.perSecond, 0),
+          fmt(r.p50, 2),
+          fmt(r.p99, 2),
+          r.errors,
+          fmt(ceiling.perSecond, 0),
+          fmt(r.perSecond / ceiling.perSecond, 2),
+        ]);
         if (n === 64) singlesAt64 = r.perSecond;
       }
 
@@ -164,10 +176,14 @@ async function main(): Promise<void> {
           const i = next++;
           if (i >= FILL) return;
           const s = performance.now();
-          const r = await clients[w % clients.length]!.request('orangery.ipam.allocate', {
-            pool: 'fill',
-            owner: { env: 'fill', app: `a${Math.floor(i / 10_000)}`, slot: i % 10_000 },
-          }, 30_000);
+          const r = await clients[w % clients.length]!.request(
+            'orangery.ipam.allocate',
+            {
+              pool: 'fill',
+              owner: { env: 'fill', app: `a${Math.floor(i / 10_000)}`, slot: i % 10_000 },
+            },
+            30_000,
+          );
           latency[i] = performance.now() - s;
           if (!r.ok) failures++;
           if (i % 10_000 === 0) log(`  ${i} allocated`);
@@ -178,10 +194,7 @@ async function main(): Promise<void> {
     const firstK = latency.slice(0, 1000).sort((a, b) => a - b);
     const lastK = latency.slice(FILL - 1000).sort((a, b) => a - b);
 
-    const main = table(
-      ['replicas', 'clients', 'alloc/s', 'p50 ms', 'p99 ms', 'errors', 'raw INSERT+COMMIT/s', 'ratio'],
-      rows,
-    );
+    const main = table(['replicas', 'clients', 'alloc/s', 'p50 ms', 'p99 ms', 'errors', 'raw INSERT+COMMIT/s', 'ratio'], rows);
     const fill = table(
       ['measure', 'value'],
       [

@@ -87,7 +87,11 @@ async function main(): Promise<void> {
   let fleet: SimulatedFleet | undefined;
   try {
     const ipam = await ServiceProcess.start(dir, 'ipam', { ORANGERY_NATS_URL: nats.url, ORANGERY_DB_URL: dbUrl });
-    const natsPid = Number(execFileSync('pgrep', ['-n', '-f', `nats-server -c ${dir.path}`]).toString().trim());
+    const natsPid = Number(
+      execFileSync('pgrep', ['-n', '-f', `nats-server -c ${dir.path}`])
+        .toString()
+        .trim(),
+    );
     const dbPid = Number(readFileSync(`${process.env['ORANGERY_LOCAL_RUN_DIR']}/mysqld.pid`, 'utf8'));
     const pids: Record<string, number> = { ipam: ipam.pid, mariadb: dbPid, nats: natsPid, 'fleet + load generator': process.pid };
     const cpu = () => Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuMs(pid)]));
@@ -118,10 +122,15 @@ async function main(): Promise<void> {
     const scheduler = await ServiceProcess.start(dir, 'scheduler', { ORANGERY_NATS_URL: nats.url, ORANGERY_DB_URL: dbUrl });
     pids['scheduler'] = scheduler.pid;
     await waitFor('scheduler to lead', () => scheduler.hasLog('leading: consuming scale requests') || undefined, 60_000).catch(() => undefined);
-    await waitFor(`${HOSTS} ready hosts`, async () => {
-      const r = await client.request('orangery.scheduler.hosts.list', {}, 20_000);
-      return r.ok && r.data.hosts.filter((h: { state: string }) => h.state === 'ready').length >= HOSTS;
-    }, 60_000, 500);
+    await waitFor(
+      `${HOSTS} ready hosts`,
+      async () => {
+        const r = await client.request('orangery.scheduler.hosts.list', {}, 20_000);
+        return r.ok && r.data.hosts.filter((h: { state: string }) => h.state === 'ready').length >= HOSTS;
+      },
+      60_000,
+      500,
+    );
 
     log(`scheduler: ${APPS} scale requests x ${REPLICAS} replicas = ${total} instances`);
     const schedCpu = cpu();
@@ -129,7 +138,16 @@ async function main(): Promise<void> {
     const sent = new Map<string, number>();
     const ids = await Promise.all(
       Array.from({ length: APPS }, async (_, n) => {
-        const id = await scale.publish({ env: 'bench', app: `a${n}`, replicas: REPLICAS, resources, image: 'bench:1', backend: 'docker', pool: 'bench', spread: 'host' });
+        const id = await scale.publish({
+          env: 'bench',
+          app: `a${n}`,
+          replicas: REPLICAS,
+          resources,
+          image: 'bench:1',
+          backend: 'docker',
+          pool: 'bench',
+          spread: 'host',
+        });
         sent.set(id, performance.now());
         return id;
       }),
@@ -146,8 +164,22 @@ async function main(): Promise<void> {
     log(`scheduler ${fmt(perSecond, 0)} instances/s`);
 
     const rows = [
-      [`baseline: allocate.batch + creates + bind.batch of ${BASELINE_BATCH}, ${BASELINE_PIPELINES} batches in flight, no scheduler`, total, fmt(base.perSecond, 0), fmt(base.p50, 1), fmt(base.p99, 1), '1.00'],
-      [`scheduler: ${APPS} scale requests x ${REPLICAS} replicas`, total, fmt(perSecond, 0), fmt(percentile(lat, 50), 0), fmt(percentile(lat, 99), 0), fmt(perSecond / base.perSecond, 2)],
+      [
+        `baseline: allocate.batch + creates + bind.batch of ${BASELINE_BATCH}, ${BASELINE_PIPELINES} batches in flight, no scheduler`,
+        total,
+        fmt(base.perSecond, 0),
+        fmt(base.p50, 1),
+        fmt(base.p99, 1),
+        '1.00',
+      ],
+      [
+        `scheduler: ${APPS} scale requests x ${REPLICAS} replicas`,
+        total,
+        fmt(perSecond, 0),
+        fmt(percentile(lat, 50), 0),
+        fmt(percentile(lat, 99), 0),
+        fmt(perSecond / base.perSecond, 2),
+      ],
     ];
     const out =
       table(['path', 'instances', 'instances/s', 'p50 ms', 'p99 ms', 'ratio'], rows) +
@@ -158,7 +190,10 @@ async function main(): Promise<void> {
       `Latency: per batch of instances for the baseline, per scale request (publish to scale.completed) for the scheduler. ` +
       `Target >= ${TARGET} instances/s: ${perSecond >= TARGET ? 'met' : 'not met'}.`;
     mkdirSync('bench/results', { recursive: true });
-    writeFileSync('bench/results/scheduler-e2e.md', `<!-- written by npm run bench:scheduler on ${new Date().toISOString()}; ${cpus().length}-core machine -->\n${out}\n\n${note}\n`);
+    writeFileSync(
+      'bench/results/scheduler-e2e.md',
+      `<!-- written by npm run bench:scheduler on ${new Date().toISOString()}; ${cpus().length}-core machine -->\n${out}\n\n${note}\n`,
+    );
     process.stdout.write(`${out}\n\n${note}\n`);
     // a clean stop (profiles, when ORANGERY_BENCH_NODE_ARGS asks for them, are written at exit)
     await Promise.all([scheduler.terminate(), ipam.terminate()]);

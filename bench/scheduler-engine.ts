@@ -126,8 +126,7 @@ class Judge {
 
   private fits(i: number, req: PlacementRequest): boolean {
     const h = this.hosts[i]!;
-    const backendOk =
-      (req.backend === 'auto' || req.backend === h.backend) && (req.allowedBackends?.includes(h.backend) ?? true);
+    const backendOk = (req.backend === 'auto' || req.backend === h.backend) && (req.allowedBackends?.includes(h.backend) ?? true);
     return (
       backendOk &&
       h.state === 'ready' &&

@@ -163,8 +163,20 @@ async function main(): Promise<void> {
         else a = await agentRound(inFlight);
       }
       if (!r || !a) throw new Error('a round did not run');
-      for (const [path, x] of [['raw libs/vsphere', r], ['vmware-agent', a]] as const) {
-        rows.push([inFlight, path, N, fmt(x.wallMs / 1000, 2), fmt((N * 1000) / x.wallMs, 2), fmt(percentile(x.perVm, 50), 0), fmt(percentile(x.perVm, 99), 0), fmt(mean(x.perVm), 0)]);
+      for (const [path, x] of [
+        ['raw libs/vsphere', r],
+        ['vmware-agent', a],
+      ] as const) {
+        rows.push([
+          inFlight,
+          path,
+          N,
+          fmt(x.wallMs / 1000, 2),
+          fmt((N * 1000) / x.wallMs, 2),
+          fmt(percentile(x.perVm, 50), 0),
+          fmt(percentile(x.perVm, 99), 0),
+          fmt(mean(x.perVm), 0),
+        ]);
       }
       summary.push([inFlight, `${fmt((mean(a.perVm) / mean(r.perVm) - 1) * 100, 1)} %`, `${fmt((a.wallMs / r.wallMs - 1) * 100, 1)} %`]);
     }
@@ -173,7 +185,10 @@ async function main(): Promise<void> {
       `${table(['in flight', 'agent overhead per VM (mean)', 'agent overhead wall time'], summary)}\n`;
     process.stdout.write(`\n${out}`);
     mkdirSync('bench/results', { recursive: true });
-    writeFileSync('bench/results/vmware.md', `<!-- written by npm run bench:vmware on ${new Date().toISOString()}; ${N} VMs per row; 2-core machine -->\n${out}`);
+    writeFileSync(
+      'bench/results/vmware.md',
+      `<!-- written by npm run bench:vmware on ${new Date().toISOString()}; ${N} VMs per row; 2-core machine -->\n${out}`,
+    );
     log('done');
   } finally {
     await raw?.logout().catch(() => undefined);

@@ -129,10 +129,13 @@ async function main(): Promise<number> {
   const state: { starting?: Promise<FaultLab> } = {};
   let interrupted = false;
   const outcomes: FaultOutcome[] = [];
-  const hardStop = setTimeout(() => {
-    log('hard stop: over the duration + 10 min');
-    void shutdown(1);
-  }, minutes * 60_000 + 600_000);
+  const hardStop = setTimeout(
+    () => {
+      log('hard stop: over the duration + 10 min');
+      void shutdown(1);
+    },
+    minutes * 60_000 + 600_000,
+  );
   hardStop.unref();
 
   let closing: Promise<void> | undefined;

@@ -3,9 +3,15 @@
 //   tests: N passed, N failed, N skipped
 import { existsSync, readFileSync } from 'node:fs';
 
-let passed = 0, failed = 0, skipped = 0, missing = 0;
+let passed = 0,
+  failed = 0,
+  skipped = 0,
+  missing = 0;
 for (const file of process.argv.slice(2)) {
-  if (!existsSync(file)) { missing++; continue; }
+  if (!existsSync(file)) {
+    missing++;
+    continue;
+  }
   const r = JSON.parse(readFileSync(file, 'utf8'));
   passed += r.numPassedTests ?? 0;
   failed += (r.numFailedTests ?? 0) + (r.numRuntimeErrorTestSuites ?? 0);

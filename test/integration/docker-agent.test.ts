@@ -67,8 +67,7 @@ function command(slot: number, extra: Record<string, unknown> = {}) {
   };
 }
 
-const req = (s: LabServer, what: string, body: unknown, timeoutMs = 30_000) =>
-  client.request(`orangery.agent.${s.id}.instance.${what}`, body, timeoutMs);
+const req = (s: LabServer, what: string, body: unknown, timeoutMs = 30_000) => client.request(`orangery.agent.${s.id}.instance.${what}`, body, timeoutMs);
 
 /** The first heartbeat of `hostId` that `pred` accepts. */
 function waitForHeartbeat(hostId: string, pred: (hb: Record<string, unknown>) => boolean, timeoutMs: number): Promise<Record<string, unknown>> {
@@ -91,7 +90,13 @@ function waitForHeartbeat(hostId: string, pred: (hb: Record<string, unknown>) =>
 const nextHeartbeat = (hostId: string, timeoutMs: number) => waitForHeartbeat(hostId, () => true, timeoutMs);
 
 beforeAll(async () => {
-  cluster = await LabCluster.start({ label: 'docker-agent', lab: { servers: 2, legacyVms: 2 }, database: false, natsConfig: AUTH, clientUrl: (n) => n.urlFor('operator', 'operator') });
+  cluster = await LabCluster.start({
+    label: 'docker-agent',
+    lab: { servers: 2, legacyVms: 2 },
+    database: false,
+    natsConfig: AUTH,
+    clientUrl: (n) => n.urlFor('operator', 'operator'),
+  });
   ({ lab, nats, client, dir } = cluster);
   await Promise.all(lab.servers.map(startAgent));
 }, 300_000);
@@ -138,12 +143,11 @@ describe('docker-agent in the lab', () => {
     expect(mac.trim()).toBe(a.data.mac);
   });
 
-  it('with the host shim, processes on the host reach the host\'s own macvlan containers', async () => {
+  it("with the host shim, processes on the host reach the host's own macvlan containers", async () => {
     // Only ever contact the container once its /32 route through the shim exists: without
     // it the address would follow the machine's default route out of the lab.
     const { execFile } = await import('node:child_process');
-    const routeDev = () =>
-      new Promise<string>((res) => execFile('ip', ['-o', 'route', 'show', '198.18.1.2/32'], (_e, out) => res(String(out ?? ''))));
+    const routeDev = () => new Promise<string>((res) => execFile('ip', ['-o', 'route', 'show', '198.18.1.2/32'], (_e, out) => res(String(out ?? ''))));
     const dev = await waitFor('the shim route to 198.18.1.2', async () => /dev (osh-[0-9a-f]{6})/.exec(await routeDev())?.[1], 10_000, 200);
     expect(dev).toMatch(/^osh-/);
     const body = await fetch(`http://198.18.1.2:${SVC_PORT}/`, { signal: AbortSignal.timeout(3_000) }).then((r) => r.text());
@@ -198,9 +202,11 @@ describe('docker-agent in the lab', () => {
     const r = await req(s2, 'create', command(2, { resources: { cpu: 0.25, memoryMb: 64, diskMb: 5 } }));
     expect(r.ok, JSON.stringify(r)).toBe(true);
     await lab.docker(s2, ['exec', 'orangery-test-web-2', '/bin/fill-disk', '8']);
-    const ev = await waitFor('instance.disk_exceeded', async () =>
-      (await client.events('orangery.evt.instance.disk_exceeded')).find((e) => e.subject === 'test:web:2'),
-    20_000);
+    const ev = await waitFor(
+      'instance.disk_exceeded',
+      async () => (await client.events('orangery.evt.instance.disk_exceeded')).find((e) => e.subject === 'test:web:2'),
+      20_000,
+    );
     expect(ev.data).toMatchObject({ hostId: 'olab-s2', quotaMb: 5, policy: 'report' });
     expect(ev.data.usedMb).toBeGreaterThan(5); // over the quota (the watcher may catch the write midway)
   });
@@ -275,10 +281,15 @@ describe('docker-agent in the lab', () => {
     expect(status.trim()).toBe('exited');
     expect(await lab.vmPing(lab.vms[0]!, '198.18.1.2')).toBe(false);
     // the agent follows the engine again: a start through it works
-    const started = await waitFor('the agent to reach the engine again', async () => {
-      const x = await req(s2, 'start', { instanceId: 'test:web:1' });
-      return x.ok ? x : undefined;
-    }, 30_000, 500);
+    const started = await waitFor(
+      'the agent to reach the engine again',
+      async () => {
+        const x = await req(s2, 'start', { instanceId: 'test:web:1' });
+        return x.ok ? x : undefined;
+      },
+      30_000,
+      500,
+    );
     expect(started.data.state).toBe('running');
   });
 
@@ -379,7 +390,13 @@ describe('docker-agent in the lab', () => {
       expect(elapsed).toBeGreaterThanOrEqual(FENCE_AFTER - 0.5);
       expect(elapsed).toBeLessThanOrEqual(FENCE_AFTER + 4);
       const isolated = await waitFor('host.isolated', async () => (await client.events('orangery.evt.host.isolated')).find((e) => e.subject === s1.id));
-      expect(isolated.data).toMatchObject({ hostId: s1.id, backend: 'docker', stopped: ['test:web:0'], isolationAddresses: [lab.gateway], reason: `no carrier on ${s1.uplink}` });
+      expect(isolated.data).toMatchObject({
+        hostId: s1.id,
+        backend: 'docker',
+        stopped: ['test:web:0'],
+        isolationAddresses: [lab.gateway],
+        reason: `no carrier on ${s1.uplink}`,
+      });
       expect(await waitForHeartbeat(s1.id, (hb) => hb['fenced'] === true, 5_000)).toMatchObject({ isolated: true });
       // nothing starts while fenced
       const refused = await req(s1, 'start', { instanceId: 'test:web:0' });
@@ -392,9 +409,7 @@ describe('docker-agent in the lab', () => {
       async () => (await client.events('orangery.evt.host.registered')).find((e) => e.subject === s1.id && e.data.reregistered === true),
       15_000,
     );
-    expect(reregistered.data.fencedAt).toBe(
-      (await client.events('orangery.evt.host.isolated')).find((e) => e.subject === s1.id)!.data.at,
-    );
+    expect(reregistered.data.fencedAt).toBe((await client.events('orangery.evt.host.isolated')).find((e) => e.subject === s1.id)!.data.at);
     await waitForHeartbeat(s1.id, (hb) => hb['fenced'] === false && hb['isolated'] === false, 10_000);
     await new Promise((r) => setTimeout(r, 2_000));
     expect((await lab.docker(s1, ['inspect', '-f', '{{.State.Status}}', 'orangery-test-web-0'])).trim()).toBe('exited');
@@ -405,7 +420,8 @@ describe('docker-agent in the lab', () => {
   });
 
   it('the gateway going silent fences every server after fenceAfter; it answering again un-fences them', async () => {
-    const running = async (s: LabServer) => (await lab.docker(s, ['ps', '-q', '--filter', 'label=io.orangery.managed=true'])).trim().split('\n').filter(Boolean).length;
+    const running = async (s: LabServer) =>
+      (await lab.docker(s, ['ps', '-q', '--filter', 'label=io.orangery.managed=true'])).trim().split('\n').filter(Boolean).length;
     for (const s of lab.servers) expect(await running(s)).toBeGreaterThan(0);
     const before = (await client.events('orangery.evt.host.isolated')).length;
     await lab.isolateGateway();
@@ -449,8 +465,11 @@ describe('docker-agent in the lab', () => {
   });
 
   it('refuses to start with an uplink that holds the default route, or one that does not exist', async () => {
-    const { stdout } = await import('node:child_process').then((cp) =>
-      new Promise<{ stdout: string }>((res, rej) => cp.execFile('ip', ['-4', '-o', 'route', 'show', 'default'], (e, so) => (e ? rej(e) : res({ stdout: so })))),
+    const { stdout } = await import('node:child_process').then(
+      (cp) =>
+        new Promise<{ stdout: string }>((res, rej) =>
+          cp.execFile('ip', ['-4', '-o', 'route', 'show', 'default'], (e, so) => (e ? rej(e) : res({ stdout: so }))),
+        ),
     );
     const def = /\bdev\s+(\S+)/.exec(stdout)?.[1];
     if (def) {

@@ -139,10 +139,15 @@ describe('an agent partitioned from NATS alone (v1.1: silence is not death)', ()
     const startedAt = (await lab.docker(victim, ['inspect', '-f', '{{.State.StartedAt}}', 'orangery-fo-pt-0'])).trim();
     const watcher = watchCopies(before.id);
     await proxies.get(victim.id)!.cut();
-    await waitFor('the host is unknown', async () => {
-      const r = await client.request('orangery.scheduler.hosts.list', {});
-      return r.ok && r.data.hosts.find((h: { id: string }) => h.id === victim.id)?.state === 'unknown';
-    }, 30_000, 250);
+    await waitFor(
+      'the host is unknown',
+      async () => {
+        const r = await client.request('orangery.scheduler.hosts.list', {});
+        return r.ok && r.data.hosts.find((h: { id: string }) => h.id === victim.id)?.state === 'unknown';
+      },
+      30_000,
+      250,
+    );
     // well past fenceAfter + margin: its instance still answers, so nothing is replaced
     await new Promise((r) => setTimeout(r, (FENCE_AFTER + 2 + 6) * 1000));
     const r = await client.request('orangery.scheduler.hosts.list', {});
@@ -150,18 +155,28 @@ describe('an agent partitioned from NATS alone (v1.1: silence is not death)', ()
     const [during] = await instances('pt');
     expect([during.host, during.ip]).toEqual([victim.id, before.ip]);
     expect(await lab.vmHttpGet(lab.vms[0]!, before.ip, SVC_PORT)).toBe(SVC_INDEX);
-    const announced = await waitFor('host.unknown stored', async () => {
-      const evs = (await client.events('orangery.evt.host.unknown')).filter((e) => e.subject === victim.id);
-      return evs.length > 0 ? evs : undefined;
-    }, 10_000, 500);
+    const announced = await waitFor(
+      'host.unknown stored',
+      async () => {
+        const evs = (await client.events('orangery.evt.host.unknown')).filter((e) => e.subject === victim.id);
+        return evs.length > 0 ? evs : undefined;
+      },
+      10_000,
+      500,
+    );
     expect(announced[0].data).toMatchObject({ hostId: victim.id, backend: 'docker' });
     expect(agents.get(victim.id)!.hasLog('self-fenced')).toBe(false);
     // healed: ready again, the same container, never restarted
     await proxies.get(victim.id)!.open();
-    await waitFor('the host is ready again', async () => {
-      const r2 = await client.request('orangery.scheduler.hosts.list', {});
-      return r2.ok && r2.data.hosts.find((h: { id: string }) => h.id === victim.id)?.state === 'ready';
-    }, 30_000, 250);
+    await waitFor(
+      'the host is ready again',
+      async () => {
+        const r2 = await client.request('orangery.scheduler.hosts.list', {});
+        return r2.ok && r2.data.hosts.find((h: { id: string }) => h.id === victim.id)?.state === 'ready';
+      },
+      30_000,
+      250,
+    );
     expect((await lab.docker(victim, ['inspect', '-f', '{{.State.StartedAt}}', 'orangery-fo-pt-0'])).trim()).toBe(startedAt);
     expect(await watcher.stop()).toBe(1);
     expect(await runningCopies(before.id)).toEqual([victim.id]);

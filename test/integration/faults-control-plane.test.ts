@@ -31,13 +31,17 @@ describe('control-plane faults: nothing stops, nothing moves, the wire never goe
     expect(o.violations, o.details).toEqual([]);
   }, 150_000);
 
-  it.skipIf(!FaultLab.faketimeAvailable)("the scheduler's wall clock steps +15 s (libfaketime; monotonic clocks untouched)", async () => {
-    // skipped (with this name in the report) when Debian's faketime package is missing and cannot be installed
-    expect(readFileSync(`/proc/${fl.scheduler!.pid}/maps`, 'utf8'), 'the scheduler runs with libfaketime loaded').toContain('libfaketime');
-    const o = await fl.observe('scheduler wall clock +15 s', async () => {
-      await fl.stepSchedulerClock(15);
-      await new Promise((r) => setTimeout(r, 20_000));
-    });
-    expect(o.violations, o.details).toEqual([]);
-  }, 150_000);
+  it.skipIf(!FaultLab.faketimeAvailable)(
+    "the scheduler's wall clock steps +15 s (libfaketime; monotonic clocks untouched)",
+    async () => {
+      // skipped (with this name in the report) when Debian's faketime package is missing and cannot be installed
+      expect(readFileSync(`/proc/${fl.scheduler!.pid}/maps`, 'utf8'), 'the scheduler runs with libfaketime loaded').toContain('libfaketime');
+      const o = await fl.observe('scheduler wall clock +15 s', async () => {
+        await fl.stepSchedulerClock(15);
+        await new Promise((r) => setTimeout(r, 20_000));
+      });
+      expect(o.violations, o.details).toEqual([]);
+    },
+    150_000,
+  );
 });

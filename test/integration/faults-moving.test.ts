@@ -46,7 +46,10 @@ function sampleRunning(s: LabServer): { stop: () => Promise<string[]> } {
   const loop = (async () => {
     while (on) {
       const out = await fl.lab.docker(s, ['ps', '--filter', 'name=^/orangery-', '--format', '{{.Names}}'], { timeoutMs: 5_000 }).catch(() => '');
-      out.split('\n').filter(Boolean).forEach((n) => seen.add(n));
+      out
+        .split('\n')
+        .filter(Boolean)
+        .forEach((n) => seen.add(n));
       await sleep(200);
     }
   })();
@@ -76,7 +79,12 @@ describe('moving faults: only on evidence, same IPs, never two holders', () => {
     try {
       moved = await movedTo(moving, other, 60_000);
       for (const i of moved) {
-        const got = await waitFor(`${i.ip} answers the legacy VM`, async () => (await fl.lab.vmHttpGet(fl.lab.vms[0]!, i.ip, SVC_PORT)) ?? undefined, 20_000, 200);
+        const got = await waitFor(
+          `${i.ip} answers the legacy VM`,
+          async () => (await fl.lab.vmHttpGet(fl.lab.vms[0]!, i.ip, SVC_PORT)) ?? undefined,
+          20_000,
+          200,
+        );
         expect(got).toBe(SVC_INDEX);
       }
     } catch (e) {
@@ -92,8 +100,16 @@ describe('moving faults: only on evidence, same IPs, never two holders', () => {
       ...(failure ? [failure] : []),
       ...(isolated.length === 0 ? [`no host.isolated event from ${victim.id}`] : []),
       ...FaultLab.wireViolations(wire, null),
-      ...FaultLab.wireViolationsOf(wire, staying.map((i) => i.ip), MAX_GAP_S),
-      ...FaultLab.unchangedOnly(before, after, staying.map((i) => i.id)),
+      ...FaultLab.wireViolationsOf(
+        wire,
+        staying.map((i) => i.ip),
+        MAX_GAP_S,
+      ),
+      ...FaultLab.unchangedOnly(
+        before,
+        after,
+        staying.map((i) => i.id),
+      ),
     ];
     for (const m of moving) {
       const a = after.instances.find((i) => i.id === m.id);
@@ -103,7 +119,8 @@ describe('moving faults: only on evidence, same IPs, never two holders', () => {
       const neu = byName(after.containers, other.id, m.id);
       if (old?.running) violations.push(`${m.id}: the old copy runs again on ${victim.id}`);
       // break before make: the new copy started after the old one stopped
-      if (old && neu && Date.parse(neu.startedAt) < Date.parse(old.finishedAt)) violations.push(`${m.id}: new copy started ${neu.startedAt} before the old stopped ${old.finishedAt}`);
+      if (old && neu && Date.parse(neu.startedAt) < Date.parse(old.finishedAt))
+        violations.push(`${m.id}: new copy started ${neu.startedAt} before the old stopped ${old.finishedAt}`);
     }
     const o = fl.outcome(`${victim.id} cut from the fabric`, t0, (Date.now() - t0) / 1000, before, after, wire, violations);
     console.info(`isolated host: moved ${o.moves}, max gap ${o.maxGap.toFixed(1)} s, duplicates ${o.duplicates}`);
@@ -115,7 +132,8 @@ describe('moving faults: only on evidence, same IPs, never two holders', () => {
     const before = await fl.snapshot();
     // the server that runs the most instances dies
     const count = (s: LabServer) => before.instances.filter((i) => i.host === s.id).length;
-    const [victim, other] = count(fl.lab.servers[0]!) >= count(fl.lab.servers[1]!) ? [fl.lab.servers[0]!, fl.lab.servers[1]!] : [fl.lab.servers[1]!, fl.lab.servers[0]!];
+    const [victim, other] =
+      count(fl.lab.servers[0]!) >= count(fl.lab.servers[1]!) ? [fl.lab.servers[0]!, fl.lab.servers[1]!] : [fl.lab.servers[1]!, fl.lab.servers[0]!];
     const moving = before.instances.filter((i) => i.host === victim.id);
     const staying = before.instances.filter((i) => i.host !== victim.id);
     expect(moving.length).toBeGreaterThan(0);
@@ -125,7 +143,12 @@ describe('moving faults: only on evidence, same IPs, never two holders', () => {
     try {
       const moved = await movedTo(moving, other, 60_000);
       for (const i of moved) {
-        const got = await waitFor(`${i.ip} answers the legacy VM`, async () => (await fl.lab.vmHttpGet(fl.lab.vms[0]!, i.ip, SVC_PORT)) ?? undefined, 20_000, 200);
+        const got = await waitFor(
+          `${i.ip} answers the legacy VM`,
+          async () => (await fl.lab.vmHttpGet(fl.lab.vms[0]!, i.ip, SVC_PORT)) ?? undefined,
+          20_000,
+          200,
+        );
         if (got !== SVC_INDEX) violations.push(`${i.ip} answered ${got}`);
         const m = moving.find((x) => x.id === i.id)!;
         if (i.ip !== m.ip || i.mac !== m.mac) violations.push(`${i.id}: ${m.ip}/${m.mac} -> ${i.ip}/${i.mac}`);
@@ -155,7 +178,13 @@ describe('moving faults: only on evidence, same IPs, never two holders', () => {
     const wire = await fl.wire(t0 - 1_000);
     const after = await fl.snapshot();
     violations.push(...FaultLab.wireViolations(wire, null));
-    violations.push(...FaultLab.wireViolationsOf(wire, staying.map((i) => i.ip), MAX_GAP_S));
+    violations.push(
+      ...FaultLab.wireViolationsOf(
+        wire,
+        staying.map((i) => i.ip),
+        MAX_GAP_S,
+      ),
+    );
     for (const n of ranOnVictim) if (moving.some((m) => containerName(m.id) === n)) violations.push(`${n} ran again on the returning ${victim.id}`);
     for (const m of moving) {
       const a = after.instances.find((i) => i.id === m.id);
@@ -163,12 +192,20 @@ describe('moving faults: only on evidence, same IPs, never two holders', () => {
       const left = byName(after.containers, victim.id, m.id);
       // kept, stopped, never started since it died with the engine
       if (!left) violations.push(`${m.id}: its copy on ${victim.id} was removed (v1.1: stopped and kept for the retention period)`);
-      else if (left.running || left.startedAt !== m.startedAt) violations.push(`${m.id}: its copy on ${victim.id} was started again (StartedAt ${m.startedAt} -> ${left.startedAt})`);
+      else if (left.running || left.startedAt !== m.startedAt)
+        violations.push(`${m.id}: its copy on ${victim.id} was started again (StartedAt ${m.startedAt} -> ${left.startedAt})`);
       // break before make: the replacement started after the old copy died with its engine
       const neu = byName(after.containers, other.id, m.id);
-      if (left && neu && Date.parse(neu.startedAt) < Date.parse(left.finishedAt)) violations.push(`${m.id}: replacement started ${neu.startedAt} before the old copy stopped ${left.finishedAt}`);
+      if (left && neu && Date.parse(neu.startedAt) < Date.parse(left.finishedAt))
+        violations.push(`${m.id}: replacement started ${neu.startedAt} before the old copy stopped ${left.finishedAt}`);
     }
-    violations.push(...FaultLab.unchangedOnly(before, after, staying.map((i) => i.id)));
+    violations.push(
+      ...FaultLab.unchangedOnly(
+        before,
+        after,
+        staying.map((i) => i.id),
+      ),
+    );
     const o = fl.outcome(`${victim.id} dead, then back`, t0, (replacedAt - t0) / 1000, before, after, wire, violations);
     console.info(`dead host: moved ${o.moves}, max gap ${o.maxGap.toFixed(1)} s, duplicates ${o.duplicates}, orphaned events ${orphaned.length}`);
     expect(violations, o.details).toEqual([]);

@@ -50,7 +50,12 @@ describe('ARP watcher accounting (pure)', () => {
   it('the longest gap runs from the last answered request to the next (window edges included)', () => {
     const req = (at: number, replies: number) => ({ ip: '198.18.1.1', seq: at, at, replies, macs: [] });
     // answered at 0..1 s, silent 1.2..3.8 s, answered again from 4.0 s
-    const list = [...[0, 200, 400, 600, 800, 1000].map((t) => req(t, 1)), ...[1200, 1400, 1600, 1800, 2000, 2200, 2400, 2600, 2800, 3000, 3200, 3400, 3600, 3800].map((t) => req(t, 0)), req(4000, 1), req(4200, 1)];
+    const list = [
+      ...[0, 200, 400, 600, 800, 1000].map((t) => req(t, 1)),
+      ...[1200, 1400, 1600, 1800, 2000, 2200, 2400, 2600, 2800, 3000, 3200, 3400, 3600, 3800].map((t) => req(t, 0)),
+      req(4000, 1),
+      req(4200, 1),
+    ];
     const r = summarize('198.18.1.1', list);
     expect(r.longestGap).toBeCloseTo(3.0, 5);
     expect(r.longestGapFrom).toBe(1000);
@@ -68,7 +73,15 @@ describe('ARP watcher accounting (pure)', () => {
   });
 
   it('reports a window, leaves out requests too young to have their replies, and names every IP asked for', () => {
-    const a = feed(['S 0', 'Q 0.0 198.18.1.1 0 0', 'R 0.01 198.18.1.1 0 m', 'Q 1.0 198.18.1.1 1 1', 'R 1.01 198.18.1.1 1 m', 'Q 2.0 198.18.1.1 2 2', 'Q 2.1 198.18.1.1 3 3']);
+    const a = feed([
+      'S 0',
+      'Q 0.0 198.18.1.1 0 0',
+      'R 0.01 198.18.1.1 0 m',
+      'Q 1.0 198.18.1.1 1 1',
+      'R 1.01 198.18.1.1 1 m',
+      'Q 2.0 198.18.1.1 2 2',
+      'Q 2.1 198.18.1.1 3 3',
+    ]);
     // running helper: the request at 2.0 s is 100 ms old at the newest line (2.1 s): pending
     expect(a.report({ settleMs: 400 }).ips['198.18.1.1']!.requests).toBe(2);
     expect(a.report({ from: 500, to: 1500, settleMs: 0 }).ips['198.18.1.1']).toMatchObject({ requests: 1, replies: 1 });

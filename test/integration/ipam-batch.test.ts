@@ -80,11 +80,7 @@ describe('allocate.batch and bind.batch under concurrency, three replicas', () =
       })),
     );
     const [batchReplies, singleReplies] = await Promise.all([
-      Promise.all(
-        batches.map(({ client, owners: os }) =>
-          client.request(ALLOCATE_BATCH, { items: os.map((o) => ({ pool: 'p-mix', owner: o })) }, 60_000),
-        ),
-      ),
+      Promise.all(batches.map(({ client, owners: os }) => client.request(ALLOCATE_BATCH, { items: os.map((o) => ({ pool: 'p-mix', owner: o })) }, 60_000))),
       Promise.all(owners.map((o) => clients[3]!.request('orangery.ipam.allocate', { pool: 'p-mix', owner: o }, 60_000))),
     ]);
     const ipOfOwner = new Map<string, string>();
@@ -117,9 +113,7 @@ describe('allocate.batch and bind.batch under concurrency, three replicas', () =
     const ips = owners.map((o) => (live.get(keyOf(o))! >>> 0).toString());
     const dotted = (n: string) => [24, 16, 8, 0].map((s) => (Number(n) >>> s) & 255).join('.');
     const items = owners.map((o, i) => ({ ip: dotted(ips[i]!), instanceId: keyOf(o), backend: i % 2 ? 'vmware' : 'docker', host: `h${i % 5}` }));
-    const replies = await Promise.all(
-      [0, 1, 2].map((b) => clients[b]!.request(BIND_BATCH, { items: items.slice(b * 200, b * 200 + 200) }, 60_000)),
-    );
+    const replies = await Promise.all([0, 1, 2].map((b) => clients[b]!.request(BIND_BATCH, { items: items.slice(b * 200, b * 200 + 200) }, 60_000)));
     for (const reply of replies) for (const r of reply.data.results) expect(r, JSON.stringify(r)).toMatchObject({ ok: true, data: { state: 'bound' } });
     const unallocated = await clients[0]!.request(BIND_BATCH, {
       items: [items[0], { ip: '198.18.15.250', instanceId: 'x', backend: 'docker', host: 'h1' }],
@@ -127,10 +121,15 @@ describe('allocate.batch and bind.batch under concurrency, three replicas', () =
     expect(unallocated.data.results.map((r: AnyReply) => r.ok)).toEqual([true, false]);
     expect(unallocated.data.results[1].error.code).toBe('NOT_FOUND');
     expect(await auditCount('p-mix', 'bind')).toBe(OWNERS);
-    const events = await waitFor('an ip.bound event per address', async () => {
-      const evts = (await clients[0]!.events('orangery.evt.ip.bound')).filter((e) => e.data.pool === 'p-mix');
-      return evts.length >= OWNERS ? evts : undefined;
-    }, 20_000, 500);
+    const events = await waitFor(
+      'an ip.bound event per address',
+      async () => {
+        const evts = (await clients[0]!.events('orangery.evt.ip.bound')).filter((e) => e.data.pool === 'p-mix');
+        return evts.length >= OWNERS ? evts : undefined;
+      },
+      20_000,
+      500,
+    );
     expect(new Set(events.map((e) => e.subject)).size).toBe(OWNERS);
     expect(events).toHaveLength(OWNERS);
   });
@@ -198,9 +197,7 @@ describe('a replica killed mid-batch', () => {
       Array.from({ length: 100 }, (_, j) => ({ pool: 'p-kill', owner: owner(`kill-${b % 4}`, Math.floor(b / 4) * 100 + j) })),
     );
     const total = batches.length * 100;
-    const burst = Promise.all(
-      batches.map((items, b) => clients[b % clients.length]!.requestWithRetry(ALLOCATE_BATCH, { items }, 20, 5_000)),
-    );
+    const burst = Promise.all(batches.map((items, b) => clients[b % clients.length]!.requestWithRetry(ALLOCATE_BATCH, { items }, 20, 5_000)));
     await new Promise((r) => setTimeout(r, 60));
     const victim = replicas.shift()!;
     await victim.kill9();
@@ -225,10 +222,15 @@ describe('a replica killed mid-batch', () => {
     again.forEach((reply, b) => expect(reply.data.results).toEqual(replies[b].data.results));
     expect(await auditCount('p-kill', 'allocate')).toBe(total);
     // The outbox sweeper publishes what the killed replica committed but never published.
-    const events = await waitFor('one ip.allocated event per allocation', async () => {
-      const evts = (await clients[0]!.events('orangery.evt.ip.allocated')).filter((e) => e.data.pool === 'p-kill');
-      return new Set(evts.map((e) => e.subject)).size === total ? evts : undefined;
-    }, 40_000, 1_000);
+    const events = await waitFor(
+      'one ip.allocated event per allocation',
+      async () => {
+        const evts = (await clients[0]!.events('orangery.evt.ip.allocated')).filter((e) => e.data.pool === 'p-kill');
+        return new Set(evts.map((e) => e.subject)).size === total ? evts : undefined;
+      },
+      40_000,
+      1_000,
+    );
     expect(new Set(events.map((e) => e.id)).size).toBe(events.length);
     expect(events).toHaveLength(total);
     replicas.push(await ServiceProcess.start(dir, 'ipam', env()));

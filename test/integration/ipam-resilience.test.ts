@@ -45,10 +45,15 @@ describe('ipam survives its dependencies', () => {
     expect(ipam.child.exitCode).toBeNull();
 
     await db.start();
-    const after = await waitFor('ipam to answer again', async () => {
-      const r = await client.request('orangery.ipam.allocate', { pool: 'p-res', owner: owner(1) }, 5_000);
-      return r.ok ? r : undefined;
-    }, 30_000, 250);
+    const after = await waitFor(
+      'ipam to answer again',
+      async () => {
+        const r = await client.request('orangery.ipam.allocate', { pool: 'p-res', owner: owner(1) }, 5_000);
+        return r.ok ? r : undefined;
+      },
+      30_000,
+      250,
+    );
     expect(after.data.ip).not.toBe(first.data.ip);
     // The failed attempt during the outage changed nothing: owner 0 still holds its address.
     expect((await client.request('orangery.ipam.get', { owner: owner(0) })).data.ip).toBe(first.data.ip);

@@ -89,18 +89,14 @@ describe('allocation under concurrency, three replicas', () => {
   it('1,200 owners each asking twice at once get unique addresses, the same one both times', async () => {
     await client.request('orangery.ipam.pool.create', { name: 'p-burst', cidr: '198.18.8.0/21', gateway: '198.18.8.1' });
     const owners = Array.from({ length: 1200 }, (_, i) => owner(`burst-${i % 40}`, Math.floor(i / 40)));
-    const replies = await Promise.all(
-      owners.flatMap((o) => [0, 1].map(() => client.request('orangery.ipam.allocate', { pool: 'p-burst', owner: o }, 60_000))),
-    );
+    const replies = await Promise.all(owners.flatMap((o) => [0, 1].map(() => client.request('orangery.ipam.allocate', { pool: 'p-burst', owner: o }, 60_000))));
     for (const r of replies) expect(r.ok, JSON.stringify(r)).toBe(true);
     for (let i = 0; i < owners.length; i++) expect(replies[2 * i].data.ip).toBe(replies[2 * i + 1].data.ip);
     const ips = new Set(replies.map((r) => r.data.ip));
     expect(ips.size).toBe(owners.length);
     const pool = await client.request('orangery.ipam.pool.get', { name: 'p-burst' });
     expect(pool.data.used).toBe(owners.length);
-    const [[row]] = (await db.query("SELECT COUNT(*) AS n FROM ipam_audit WHERE action = 'allocate' AND pool_name = 'p-burst'")) as never as [
-      [{ n: number }],
-    ];
+    const [[row]] = (await db.query("SELECT COUNT(*) AS n FROM ipam_audit WHERE action = 'allocate' AND pool_name = 'p-burst'")) as never as [[{ n: number }]];
     expect(Number(row.n)).toBe(owners.length);
   });
 
@@ -115,9 +111,9 @@ describe('allocation under concurrency, three replicas', () => {
     for (const r of replies) expect(r.ok, JSON.stringify(r)).toBe(true);
     expect(new Set(replies.map((r) => r.data.ip)).size).toBe(owners.length);
     // Every live address belongs to exactly one of the owners, and each owner holds one.
-    const [rows] = (await db.query("SELECT live_owner FROM ipam_address a JOIN ipam_pool p ON p.id = a.pool_id WHERE p.name = 'p-kill' AND live_owner IS NOT NULL")) as never as [
-      { live_owner: string }[],
-    ];
+    const [rows] = (await db.query(
+      "SELECT live_owner FROM ipam_address a JOIN ipam_pool p ON p.id = a.pool_id WHERE p.name = 'p-kill' AND live_owner IS NOT NULL",
+    )) as never as [{ live_owner: string }[]];
     expect(rows.length).toBe(owners.length);
     expect(new Set(rows.map((r) => r.live_owner)).size).toBe(owners.length);
     // A second round from the same owners changes nothing (idempotent).
@@ -125,11 +121,16 @@ describe('allocation under concurrency, three replicas', () => {
     expect(again.map((r) => r.data.ip)).toEqual(replies.map((r) => r.data.ip));
     // Every committed allocation has its event in the stream: the outbox sweeper publishes
     // what the killed replica committed but never published (within its 10 s lag).
-    const killIps = await waitFor('an ip.allocated event for every allocation', async () => {
-      const events = await client.events('orangery.evt.ip.allocated');
-      const ips = new Set(events.filter((e) => e.data.pool === 'p-kill').map((e) => e.data.ip));
-      return ips.size === owners.length ? ips : undefined;
-    }, 40_000, 1_000);
+    const killIps = await waitFor(
+      'an ip.allocated event for every allocation',
+      async () => {
+        const events = await client.events('orangery.evt.ip.allocated');
+        const ips = new Set(events.filter((e) => e.data.pool === 'p-kill').map((e) => e.data.ip));
+        return ips.size === owners.length ? ips : undefined;
+      },
+      40_000,
+      1_000,
+    );
     expect(killIps.size).toBe(owners.length);
     // ... and each exactly once: JetStream's duplicate window drops the sweeper's copies
     const events = await client.events('orangery.evt.ip.allocated');
@@ -195,7 +196,9 @@ describe('allocation rules', () => {
     const rel = await client.request('orangery.ipam.release', { owner: owner('bind', 3) });
     expect(rel.data.state).toBe('released');
     expect((await client.request('orangery.ipam.release', { ip: a.data.ip })).data.state).toBe('released');
-    expect((await client.request('orangery.ipam.bind', { ip: a.data.ip, instanceId: 'test:bind:3', backend: 'docker', host: 'h1' })).error.code).toBe('NOT_FOUND');
+    expect((await client.request('orangery.ipam.bind', { ip: a.data.ip, instanceId: 'test:bind:3', backend: 'docker', host: 'h1' })).error.code).toBe(
+      'NOT_FOUND',
+    );
     expect((await client.request('orangery.ipam.get', { ip: '198.18.6.14' })).error.code).toBe('NOT_FOUND');
     expect((await client.request('orangery.ipam.release', { owner: owner('nobody', 0) })).error.code).toBe('NOT_FOUND');
   });
@@ -231,9 +234,19 @@ describe('bad input', () => {
     ['neither ip nor owner', 'orangery.ipam.get', {}, 'ip'],
     ['a cidr with host bits', 'orangery.ipam.pool.create', { name: 'p-bad2', cidr: '198.18.10.1/24', gateway: '198.18.10.1' }, 'cidr'],
     ['a vlan out of range', 'orangery.ipam.pool.create', { name: 'p-bad2', cidr: '198.18.10.0/24', gateway: '198.18.10.1', vlan: 4095 }, 'vlan'],
-    ['a reserved range backwards', 'orangery.ipam.pool.create', { name: 'p-bad2', cidr: '198.18.10.0/24', gateway: '198.18.10.1', reserved: ['198.18.10.9-198.18.10.3'] }, 'reserved'],
+    [
+      'a reserved range backwards',
+      'orangery.ipam.pool.create',
+      { name: 'p-bad2', cidr: '198.18.10.0/24', gateway: '198.18.10.1', reserved: ['198.18.10.9-198.18.10.3'] },
+      'reserved',
+    ],
     ['a gateway outside', 'orangery.ipam.pool.create', { name: 'p-bad2', cidr: '198.18.10.0/24', gateway: '198.18.11.1' }, 'gateway'],
-    ['a negative cooldown', 'orangery.ipam.pool.create', { name: 'p-bad2', cidr: '198.18.10.0/24', gateway: '198.18.10.1', cooldownSeconds: -1 }, 'cooldownSeconds'],
+    [
+      'a negative cooldown',
+      'orangery.ipam.pool.create',
+      { name: 'p-bad2', cidr: '198.18.10.0/24', gateway: '198.18.10.1', cooldownSeconds: -1 },
+      'cooldownSeconds',
+    ],
   ];
 
   it.each(cases)('%s gets INVALID_REQUEST naming the field and changes nothing', async (_label, subject, body, field) => {

@@ -77,10 +77,15 @@ describe('the lab: 2 servers, 2 legacy VMs, one fabric', () => {
   it('a container on server 1 reaches the container on server 2 and both legacy VMs', async () => {
     const s1 = lab.servers[0]!;
     for (const target of [ctrIp(lab.servers[1]!), ...lab.vms.map((v) => v.ip)]) {
-      await waitFor(`svc@s1 -> ${target}`, async () => {
-        await lab.docker(s1, ['exec', 'svc', 'ping', '-c', '1', '-W', '1', target]);
-        return true;
-      }, 10_000, 200);
+      await waitFor(
+        `svc@s1 -> ${target}`,
+        async () => {
+          await lab.docker(s1, ['exec', 'svc', 'ping', '-c', '1', '-W', '1', target]);
+          return true;
+        },
+        10_000,
+        200,
+      );
     }
     // and by HTTP, container to container across the fabric
     expect(await lab.docker(s1, ['exec', 'svc', 'wget', '-q', '-O', '-', `http://${ctrIp(lab.servers[1]!)}:${SVC_PORT}/`])).toBe(SVC_INDEX);

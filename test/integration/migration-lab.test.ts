@@ -21,10 +21,15 @@ async function instance(): Promise<any> {
 async function migrate(body: Record<string, unknown>): Promise<any> {
   const r = await client.requestWithRetry('orangery.migrator.migrate', body, 5, 10_000);
   expect(r.ok, JSON.stringify(r)).toBe(true);
-  return waitFor(`migration ${r.data.migrationId} to end`, async () => {
-    const m = await client.request('orangery.migrator.migrations.get', { migrationId: r.data.migrationId });
-    return m.ok && m.data.state !== 'running' ? m.data : undefined;
-  }, 120_000, 250);
+  return waitFor(
+    `migration ${r.data.migrationId} to end`,
+    async () => {
+      const m = await client.request('orangery.migrator.migrations.get', { migrationId: r.data.migrationId });
+      return m.ok && m.data.state !== 'running' ? m.data : undefined;
+    },
+    120_000,
+    250,
+  );
 }
 
 async function answers(ip: string): Promise<string | undefined> {

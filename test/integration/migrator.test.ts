@@ -83,10 +83,14 @@ async function migration(id: string): Promise<any> {
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 const ended = (id: string, timeoutMs = 60_000): Promise<any> =>
-  waitFor(`migration ${id} to end`, async () => {
-    const m = await migration(id);
-    return m.state === 'running' ? undefined : m;
-  }, timeoutMs);
+  waitFor(
+    `migration ${id} to end`,
+    async () => {
+      const m = await migration(id);
+      return m.state === 'running' ? undefined : m;
+    },
+    timeoutMs,
+  );
 
 beforeAll(async () => {
   nats = await NatsServer.start(dir);
@@ -110,10 +114,14 @@ beforeAll(async () => {
   const scheduler = await ServiceProcess.start(dir, 'scheduler', schedulerEnv());
   await scheduler.waitForLog('leading: consuming scale requests', 60_000);
   migrator = await ServiceProcess.start(dir, 'migrator', migratorEnv());
-  await waitFor('4 ready hosts', async () => {
-    const res = await client.request('orangery.scheduler.hosts.list', {});
-    return res.ok && res.data.hosts.filter((h: { state: string }) => h.state === 'ready').length === HOSTS;
-  }, 15_000);
+  await waitFor(
+    '4 ready hosts',
+    async () => {
+      const res = await client.request('orangery.scheduler.hosts.list', {});
+      return res.ok && res.data.hosts.filter((h: { state: string }) => h.state === 'ready').length === HOSTS;
+    },
+    15_000,
+  );
   await scaleAndWait(request('web', 2));
 }, 120_000);
 
@@ -133,8 +141,18 @@ describe('migrator with simulated agents', () => {
     const m = await ended(id);
     expect(m, JSON.stringify(m)).toMatchObject({ id, instanceId: before!.id, state: 'completed', from: { hostId: before!.host, backend: 'docker' } });
     expect(m.to.hostId).not.toBe(before!.host);
-    expect(m.steps.map((s: { name: string }) => s.name)).toEqual(['hold', 'reserve', 'stop-old', 'create-new', 'await-running', 'bind', 'remove-old', 'commit']);
-    for (const s of m.steps) expect(s).toMatchObject({ state: 'done', attempts: expect.any(Number), startedAt: expect.any(String), finishedAt: expect.any(String) });
+    expect(m.steps.map((s: { name: string }) => s.name)).toEqual([
+      'hold',
+      'reserve',
+      'stop-old',
+      'create-new',
+      'await-running',
+      'bind',
+      'remove-old',
+      'commit',
+    ]);
+    for (const s of m.steps)
+      expect(s).toMatchObject({ state: 'done', attempts: expect.any(Number), startedAt: expect.any(String), finishedAt: expect.any(String) });
 
     const after = (await instances('web')).find((i) => i.id === before!.id)!;
     expect(after).toMatchObject({ host: m.to.hostId, ip: before!.ip, mac: before!.mac, state: 'running' });
@@ -187,14 +205,23 @@ describe('migrator with simulated agents', () => {
       const m = await ended(id);
       expect(m, JSON.stringify(m)).toMatchObject({ state: 'failed', error: { code: 'IMAGE_NOT_FOUND' } });
       expect(m.steps.map((s: { name: string; state: string }) => `${s.name}:${s.state}`)).toEqual([
-        'hold:done', 'reserve:done', 'stop-old:done', 'create-new:failed', 'remove-new:done', 'start-old:done', 'release:done',
+        'hold:done',
+        'reserve:done',
+        'stop-old:done',
+        'create-new:failed',
+        'remove-new:done',
+        'start-old:done',
+        'release:done',
       ]);
       expect(copiesOf(first!.id)).toEqual([first!.host]);
       expect(fleet.instances(first!.host).find((i) => i.instanceId === first!.id)?.state).toBe('running');
       expect((await instances('web')).find((i) => i.id === first!.id)).toMatchObject({ host: first!.host, ip: first!.ip, state: 'running' });
       expect((await client.request('orangery.scheduler.slot.get', { instanceId: first!.id })).data.hold).toBeNull();
-      const failed = await waitFor('migration.failed', async () =>
-        (await client.events('orangery.evt.migration.failed')).find((e) => e.subject === id), 20_000);
+      const failed = await waitFor(
+        'migration.failed',
+        async () => (await client.events('orangery.evt.migration.failed')).find((e) => e.subject === id),
+        20_000,
+      );
       expect(failed.data).toMatchObject({ instanceId: first!.id, reason: { code: 'IMAGE_NOT_FOUND' } });
     } finally {
       refuseCreate.delete(first!.id);
@@ -238,8 +265,7 @@ describe('migrator with simulated agents', () => {
     expect(r.ok, JSON.stringify(r)).toBe(true);
     expect(r.data.migrationIds.length).toBe(onHost.length);
     for (const id of r.data.migrationIds) expect((await ended(id, 90_000)).state).toBe('completed');
-    const drained = await waitFor('host.drained', async () =>
-      (await client.events('orangery.evt.host.drained')).find((e) => e.subject === host), 20_000);
+    const drained = await waitFor('host.drained', async () => (await client.events('orangery.evt.host.drained')).find((e) => e.subject === host), 20_000);
     expect(drained.data.migrationIds.sort()).toEqual([...r.data.migrationIds].sort());
     const now = await instances();
     expect(now.filter((i) => i.host === host)).toEqual([]);
@@ -261,8 +287,11 @@ describe('migrator with simulated agents', () => {
     } finally {
       silenced.delete(empty);
     }
-    const recovered = await waitFor('host.recovered', async () =>
-      (await client.events('orangery.evt.host.recovered')).find((e) => e.subject === empty), 20_000);
+    const recovered = await waitFor(
+      'host.recovered',
+      async () => (await client.events('orangery.evt.host.recovered')).find((e) => e.subject === empty),
+      20_000,
+    );
     expect(recovered.data).toMatchObject({ hostId: empty });
     expect((await client.events('orangery.evt.host.lost')).filter((e) => e.subject === empty).length).toBe(1);
   });

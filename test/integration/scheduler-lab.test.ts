@@ -125,9 +125,13 @@ describe('scheduler in the lab', () => {
   it('two replicas under a burst of 20 apps: no slot placed twice, every container unique', async () => {
     const ids = await Promise.all(Array.from({ length: 20 }, (_, n) => scale.publish(request(`b${n}`, 1, { spread: 'none' }))));
     const outs = await Promise.all(ids.map((id) => scale.outcome(id, 240_000)));
-    expect(outs.map((o) => o.type), JSON.stringify(outs.map((o) => o.data['reason']))).toEqual(Array(20).fill('io.orangery.scale.completed'));
+    expect(
+      outs.map((o) => o.type),
+      JSON.stringify(outs.map((o) => o.data['reason'])),
+    ).toEqual(Array(20).fill('io.orangery.scale.completed'));
     const names: string[] = [];
-    for (const s of lab.servers) names.push(...(await lab.docker(s, ['ps', '-a', '--format', '{{.Names}}'])).split('\n').filter((l) => /orangery-lab-b\d+-0/.test(l)));
+    for (const s of lab.servers)
+      names.push(...(await lab.docker(s, ['ps', '-a', '--format', '{{.Names}}'])).split('\n').filter((l) => /orangery-lab-b\d+-0/.test(l)));
     expect(names.sort()).toEqual(Array.from({ length: 20 }, (_, n) => `orangery-lab-b${n}-0`).sort());
     const down = await Promise.all(Array.from({ length: 20 }, (_, n) => scale.publish(request(`b${n}`, 0))));
     for (const id of down) expect((await scale.outcome(id, 120_000)).type).toBe('io.orangery.scale.completed');

@@ -52,10 +52,7 @@ beforeAll(async () => {
   ({ lab, client, scale } = cluster);
   await cluster.startIpam('lab-net');
   [dockerAgent, vmwareAgent] = await Promise.all([startDockerAgent(256), startVmwareAgent(0)]);
-  await cluster.startScheduler(
-    { ORANGERY_LOST_AFTER_SECONDS: '4', ORANGERY_RECONCILE_SECONDS: '2', ORANGERY_ANTI_ENTROPY_SECONDS: '5' },
-    { leading: true },
-  );
+  await cluster.startScheduler({ ORANGERY_LOST_AFTER_SECONDS: '4', ORANGERY_RECONCILE_SECONDS: '2', ORANGERY_ANTI_ENTROPY_SECONDS: '5' }, { leading: true });
   await hostsReady(() => true);
 }, 300_000);
 
@@ -94,10 +91,7 @@ describe('scheduler with docker and vmware hosts in the lab', () => {
   it('backend auto, ESXi hosts full: the instances become containers', async () => {
     // now the ESXi hosts keep all but 256 MiB and the docker host has room
     await Promise.all([dockerAgent.terminate(), vmwareAgent.terminate()]);
-    [dockerAgent, vmwareAgent] = await Promise.all([
-      startDockerAgent(4096),
-      startVmwareAgent(4096 - 256),
-    ]);
+    [dockerAgent, vmwareAgent] = await Promise.all([startDockerAgent(4096), startVmwareAgent(4096 - 256)]);
     await hostsReady((hosts) => hosts.every((h) => (h.backend === 'vmware' ? h.capacity.memoryMb <= 256 : h.capacity.memoryMb >= 4096)));
     const done = await scaleAndWait(request('autoctr', 2, { spread: 'none' }));
     if (done.type !== 'io.orangery.scale.completed') console.info(dockerAgent.lines.filter((l) => /"level":[456]0/.test(l)).join('\n'));
@@ -117,10 +111,7 @@ describe('scheduler with docker and vmware hosts in the lab', () => {
     const port = Number(new URL(lab.vcenter!.url).port);
     await lab.stopVcenter();
     await lab.startVcenter({ port, methodDelayMs: { CloneVM_Task: 3_000 } });
-    [dockerAgent, vmwareAgent] = await Promise.all([
-      startDockerAgent(256),
-      startVmwareAgent(0),
-    ]);
+    [dockerAgent, vmwareAgent] = await Promise.all([startDockerAgent(256), startVmwareAgent(0)]);
     await hostsReady((hosts) => hosts.every((h) => (h.backend === 'vmware' ? h.capacity.memoryMb > 1024 : h.capacity.memoryMb <= 256)));
     const id = await scale.publish(request('crashvc', 2, { backend: 'vmware', image: undefined }));
     await new Promise((r) => setTimeout(r, 1_500));
@@ -142,7 +133,8 @@ describe('scheduler with docker and vmware hosts in the lab', () => {
     }
     // exactly the two VMs in vCenter, nothing left over from the killed clones
     const vms: string[] = [];
-    for (const h of ESXI) vms.push(...(await client.request(`orangery.agent.${h}.instance.list`, {})).data.instances.map((i: { instanceId: string }) => i.instanceId));
+    for (const h of ESXI)
+      vms.push(...(await client.request(`orangery.agent.${h}.instance.list`, {})).data.instances.map((i: { instanceId: string }) => i.instanceId));
     expect(vms.sort()).toEqual(['lab:crashvc:0', 'lab:crashvc:1']);
     expect(vmwareAgent.child.exitCode).toBeNull();
   });

@@ -91,7 +91,8 @@ beforeAll(async () => {
     replyDelayMs: (_h, cmd) => (cmd === 'create' ? 30 : 0),
     silent: (h) => silenced.has(h),
     fenceAfterSeconds: 3,
-    fail: (_h, cmd, id) => (cmd === 'create' && id.startsWith('test:broken:') ? { code: 'IMAGE_NOT_FOUND', message: 'image missing:1 is not on the engine' } : undefined),
+    fail: (_h, cmd, id) =>
+      cmd === 'create' && id.startsWith('test:broken:') ? { code: 'IMAGE_NOT_FOUND', message: 'image missing:1 is not on the engine' } : undefined,
   });
   schedulers.push(await ServiceProcess.start(dir, 'scheduler', schedulerEnv()));
   await schedulers[0]!.waitForLog('leading: consuming scale requests', 30_000);
@@ -109,10 +110,14 @@ afterAll(async () => {
 
 describe('scheduler with simulated agents', () => {
   it('lists the hosts from their heartbeats', async () => {
-    const r = await waitFor('4 ready hosts', async () => {
-      const res = await client.request('orangery.scheduler.hosts.list', {});
-      return res.ok && res.data.hosts.filter((h: { state: string }) => h.state === 'ready').length === HOSTS ? res : undefined;
-    }, 15_000);
+    const r = await waitFor(
+      '4 ready hosts',
+      async () => {
+        const res = await client.request('orangery.scheduler.hosts.list', {});
+        return res.ok && res.data.hosts.filter((h: { state: string }) => h.state === 'ready').length === HOSTS ? res : undefined;
+      },
+      15_000,
+    );
     expect(r.data.hosts[0]).toMatchObject({ id: 'sim-0001', backend: 'docker', state: 'ready', capacity: CAPACITY, labels: { rack: 'r0' } });
   });
 
@@ -170,7 +175,11 @@ describe('scheduler with simulated agents', () => {
     const wrongSubject = await scale.publish({ ...request('other', 1) }, 'bad-2');
     // published on test.junk but naming another app
     await scale.publishRaw('orangery.scale.test.junk', {
-      specversion: '1.0', id: 'bad-3', source: '/t', type: 'io.orangery.scale.requested', data: request('nope', 1),
+      specversion: '1.0',
+      id: 'bad-3',
+      source: '/t',
+      type: 'io.orangery.scale.requested',
+      data: request('nope', 1),
     });
     const good = await scale.publish(request('junk', 1));
     expect((await scale.outcome(missing)).data['reason']).toMatchObject({ code: 'INVALID_REQUEST', details: { field: 'data.resources' } });
@@ -224,10 +233,14 @@ describe('scheduler with simulated agents', () => {
   it('replaces a failed instance with the same IP', async () => {
     const [zero] = await instances('web');
     fleet.failInstance(zero.id, 'java.lang.OutOfMemoryError');
-    const back = await waitFor('web:0 running again', async () => {
-      const now = (await instances('web')).find((i) => i.slot === 0);
-      return now?.state === 'running' && fleetCopies().get(zero.id)?.length === 1 && fleet.commandCounts()['create']! > 0 ? now : undefined;
-    }, 20_000);
+    const back = await waitFor(
+      'web:0 running again',
+      async () => {
+        const now = (await instances('web')).find((i) => i.slot === 0);
+        return now?.state === 'running' && fleetCopies().get(zero.id)?.length === 1 && fleet.commandCounts()['create']! > 0 ? now : undefined;
+      },
+      20_000,
+    );
     expect(back.ip).toBe(zero.ip);
     expect(back.mac).toBe(zero.mac);
     expect(fleetCopies().get(zero.id)).toEqual([back.host]);
@@ -237,33 +250,49 @@ describe('scheduler with simulated agents', () => {
     const before = await instances('web');
     const victim = before[0].host as string;
     silenced.add(victim);
-    const moved = await waitFor('web off the silent host', async () => {
-      const now = await instances('web');
-      return now.length === before.length && now.every((i) => i.state === 'running' && i.host !== victim) ? now : undefined;
-    }, 30_000);
+    const moved = await waitFor(
+      'web off the silent host',
+      async () => {
+        const now = await instances('web');
+        return now.length === before.length && now.every((i) => i.state === 'running' && i.host !== victim) ? now : undefined;
+      },
+      30_000,
+    );
     expect(moved.map((i) => [i.slot, i.ip, i.mac])).toEqual(before.map((i) => [i.slot, i.ip, i.mac]));
     // hosts.list is read from the database, where the leader writes its verdicts every 2 s
-    await waitFor('hosts.list says lost', async () => {
-      const hosts = (await client.request('orangery.scheduler.hosts.list', {})).data.hosts;
-      return hosts.find((h: { id: string }) => h.id === victim).state === 'lost';
-    }, 10_000);
+    await waitFor(
+      'hosts.list says lost',
+      async () => {
+        const hosts = (await client.request('orangery.scheduler.hosts.list', {})).data.hosts;
+        return hosts.find((h: { id: string }) => h.id === victim).state === 'lost';
+      },
+      10_000,
+    );
     const lost = await client.events('orangery.evt.host.lost');
     expect(lost.filter((e) => e.subject === victim).map((e) => e.data)).toEqual([
       expect.objectContaining({ hostId: victim, offWire: expect.arrayContaining(before.filter((i) => i.host === victim).map((i) => i.ip)) }),
     ]);
     silenced.delete(victim);
     // v1.1: leftovers are stopped and kept (instance.orphaned), never started, never removed before the retention
-    await waitFor('every copy on the returned host stopped and reported orphaned', async () => {
-      const webs = fleet.instances(victim).filter((i) => i.instanceId.startsWith('test:web:'));
-      if (webs.some((i) => i.state === 'running')) return undefined;
-      const orphaned = (await client.events('orangery.evt.instance.orphaned')).filter((e) => e.data.host === victim);
-      return webs.every((i) => orphaned.some((e) => e.subject === i.instanceId)) ? true : undefined;
-    }, 30_000);
+    await waitFor(
+      'every copy on the returned host stopped and reported orphaned',
+      async () => {
+        const webs = fleet.instances(victim).filter((i) => i.instanceId.startsWith('test:web:'));
+        if (webs.some((i) => i.state === 'running')) return undefined;
+        const orphaned = (await client.events('orangery.evt.instance.orphaned')).filter((e) => e.data.host === victim);
+        return webs.every((i) => orphaned.some((e) => e.subject === i.instanceId)) ? true : undefined;
+      },
+      30_000,
+    );
     for (const [id, where] of fleetCopies()) expect(where, id).toHaveLength(1);
-    await waitFor('the host ready again', async () => {
-      const r = await client.request('orangery.scheduler.hosts.list', {});
-      return r.data.hosts.find((h: { id: string }) => h.id === victim).state === 'ready';
-    }, 15_000);
+    await waitFor(
+      'the host ready again',
+      async () => {
+        const r = await client.request('orangery.scheduler.hosts.list', {});
+        return r.data.hosts.find((h: { id: string }) => h.id === victim).state === 'ready';
+      },
+      15_000,
+    );
   });
 
   it('slot API: a held slot is left alone while a migration copies it, then follows commit; errors are clear', async () => {
@@ -281,14 +310,24 @@ describe('scheduler with simulated agents', () => {
     // what a migrator does: a copy on the target (the old one is stopped first in real life)
     const alloc = (await ipamOwner('web', 1)).data;
     const created = await client.request(`orangery.agent.${target.data.hostId}.instance.create`, {
-      instanceId: one.id, env: 'test', app: 'web', slot: 1, image: 'svc:1', resources: small,
+      instanceId: one.id,
+      env: 'test',
+      app: 'web',
+      slot: 1,
+      image: 'svc:1',
+      resources: small,
       network: { ip: alloc.ip, mac: alloc.mac, prefixLength: alloc.prefixLength, gateway: alloc.gateway, vlan: alloc.vlan },
     });
     // the old copy is still running: the simulated wire refuses a second holder of the IP
     expect(created.ok ? 'ok' : created.error.code).toBe('IP_IN_USE_ON_WIRE');
     await client.request(`orangery.agent.${one.host}.instance.stop`, { instanceId: one.id });
     const again = await client.request(`orangery.agent.${target.data.hostId}.instance.create`, {
-      instanceId: one.id, env: 'test', app: 'web', slot: 1, image: 'svc:1', resources: small,
+      instanceId: one.id,
+      env: 'test',
+      app: 'web',
+      slot: 1,
+      image: 'svc:1',
+      resources: small,
       network: { ip: alloc.ip, mac: alloc.mac, prefixLength: alloc.prefixLength, gateway: alloc.gateway, vlan: alloc.vlan },
     });
     expect(again.ok, JSON.stringify(again)).toBe(true);
@@ -321,14 +360,21 @@ describe('scheduler with simulated agents', () => {
     schedulers.push(await ServiceProcess.start(dir, 'scheduler', schedulerEnv()));
     const ids = await Promise.all(Array.from({ length: 20 }, (_, n) => scale.publish(request(`burst-${n}`, 3, { resources: { cpu: 0.25, memoryMb: 256 } }))));
     const outs = await Promise.all(ids.map((id) => scale.outcome(id, 90_000)));
-    expect(outs.map((o) => o.type), JSON.stringify(outs.map((o) => o.data['reason']))).toEqual(Array(20).fill('io.orangery.scale.completed'));
+    expect(
+      outs.map((o) => o.type),
+      JSON.stringify(outs.map((o) => o.data['reason'])),
+    ).toEqual(Array(20).fill('io.orangery.scale.completed'));
     for (const [id, hosts] of fleetCopies()) expect(hosts, id).toHaveLength(1);
-    const [rows] = await db.query<import('mysql2').RowDataPacket[]>('SELECT host_id, SUM(cpu) AS cpu, SUM(memory_mb) AS mem FROM sched_instance GROUP BY host_id');
+    const [rows] = await db.query<import('mysql2').RowDataPacket[]>(
+      'SELECT host_id, SUM(cpu) AS cpu, SUM(memory_mb) AS mem FROM sched_instance GROUP BY host_id',
+    );
     for (const r of rows) {
       expect(Number(r['cpu'])).toBeLessThanOrEqual(CAPACITY.cpu);
       expect(Number(r['mem'])).toBeLessThanOrEqual(CAPACITY.memoryMb);
     }
-    const [dups] = await db.query<import('mysql2').RowDataPacket[]>('SELECT ip, COUNT(*) AS n FROM sched_instance WHERE ip IS NOT NULL GROUP BY ip HAVING n > 1');
+    const [dups] = await db.query<import('mysql2').RowDataPacket[]>(
+      'SELECT ip, COUNT(*) AS n FROM sched_instance WHERE ip IS NOT NULL GROUP BY ip HAVING n > 1',
+    );
     expect(dups).toEqual([]);
     expect(schedulers.filter((s) => s.hasLog('leading: consuming scale requests')).length).toBe(1);
     const down = await Promise.all(Array.from({ length: 20 }, (_, n) => scale.publish(request(`burst-${n}`, 0))));
@@ -338,13 +384,21 @@ describe('scheduler with simulated agents', () => {
   it('the leader killed mid-scale: the other replica takes over and everything converges', async () => {
     const leader = schedulers.find((s) => s.hasLog('leading: consuming scale requests') && s.child.exitCode === null)!;
     const ids = await Promise.all(Array.from({ length: 10 }, (_, n) => scale.publish(request(`crash-${n}`, 4, { resources: { cpu: 0.1, memoryMb: 128 } }))));
-    await waitFor('some placements', async () => {
-      const [r] = await db.query<import('mysql2').RowDataPacket[]>("SELECT COUNT(*) AS n FROM sched_instance WHERE app LIKE 'crash-%'");
-      return Number(r[0]!['n']) > 0;
-    }, 20_000, 5);
+    await waitFor(
+      'some placements',
+      async () => {
+        const [r] = await db.query<import('mysql2').RowDataPacket[]>("SELECT COUNT(*) AS n FROM sched_instance WHERE app LIKE 'crash-%'");
+        return Number(r[0]!['n']) > 0;
+      },
+      20_000,
+      5,
+    );
     await leader.kill9();
     const outs = await Promise.all(ids.map((id) => scale.outcome(id, 90_000)));
-    expect(outs.map((o) => o.type), JSON.stringify(outs.map((o) => o.data['reason']))).toEqual(Array(10).fill('io.orangery.scale.completed'));
+    expect(
+      outs.map((o) => o.type),
+      JSON.stringify(outs.map((o) => o.data['reason'])),
+    ).toEqual(Array(10).fill('io.orangery.scale.completed'));
     for (const id of ids) expect(scale.seen(id)).toHaveLength(1);
     const crash = [...fleetCopies().entries()].filter(([k]) => k.startsWith('test:crash-'));
     expect(crash.length).toBe(40);

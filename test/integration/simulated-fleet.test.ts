@@ -34,8 +34,7 @@ function command(app: string, slot: number, extra: Record<string, unknown> = {})
   };
 }
 
-const req = (hostId: string, what: string, body: unknown, timeoutMs = 5_000) =>
-  client.request(`orangery.agent.${hostId}.instance.${what}`, body, timeoutMs);
+const req = (hostId: string, what: string, body: unknown, timeoutMs = 5_000) => client.request(`orangery.agent.${hostId}.instance.${what}`, body, timeoutMs);
 
 /** The next heartbeat of `hostId` published after now. */
 function nextHeartbeat(hostId: string, timeoutMs = 5_000): Promise<Heartbeat> {
@@ -54,8 +53,7 @@ function nextHeartbeat(hostId: string, timeoutMs = 5_000): Promise<Heartbeat> {
   });
 }
 
-const eventsOf = async (what: string, subject: string) =>
-  (await client.events(`orangery.evt.${what}`)).filter((e) => e.subject === subject);
+const eventsOf = async (what: string, subject: string) => (await client.events(`orangery.evt.${what}`)).filter((e) => e.subject === subject);
 
 beforeAll(async () => {
   nats = await NatsServer.start(dir);
@@ -115,7 +113,14 @@ describe('simulated fleet', () => {
     const cmd = command('web', 0);
     const created = await req(host, 'create', cmd);
     expect(created.ok, JSON.stringify(created)).toBe(true);
-    expect(created.data).toMatchObject({ instanceId: 'test:web:0', hostId: host, backend: 'docker', state: 'running', ip: cmd.network.ip, mac: cmd.network.mac });
+    expect(created.data).toMatchObject({
+      instanceId: 'test:web:0',
+      hostId: host,
+      backend: 'docker',
+      state: 'running',
+      ip: cmd.network.ip,
+      mac: cmd.network.mac,
+    });
     expect(created.data.containerId).toMatch(/^[0-9a-f]{64}$/);
 
     expect((await req(host, 'get', { instanceId: 'test:web:0' })).data).toEqual(created.data);
@@ -241,9 +246,7 @@ describe('simulated fleet', () => {
   it('answers a burst of creates across the fleet (counts only)', async () => {
     const before = fleet.commandCounts()['create'] ?? 0;
     const N = 2_000;
-    const replies = await Promise.all(
-      Array.from({ length: N }, (_, i) => req(fleet.hostIds[i % HOSTS]!, 'create', command('burst', i), 30_000)),
-    );
+    const replies = await Promise.all(Array.from({ length: N }, (_, i) => req(fleet.hostIds[i % HOSTS]!, 'create', command('burst', i), 30_000)));
     expect(replies.filter((r) => r.ok && r.data.state === 'running')).toHaveLength(N);
     expect((fleet.commandCounts()['create'] ?? 0) - before).toBe(N);
     expect(fleet.instances().filter((i) => i.app === 'burst')).toHaveLength(N);

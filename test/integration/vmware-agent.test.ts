@@ -126,7 +126,15 @@ describe('vmware-agent against vcsim in the lab', () => {
     console.info(`5 VMs cloned and running in ${Date.now() - t0} ms`);
     for (const [i, r] of replies.entries()) {
       expect(r.ok, JSON.stringify(r)).toBe(true);
-      expect(r.data).toMatchObject({ instanceId: cmds[i]!.instanceId, hostId: HOSTS[i % 3], backend: 'vmware', state: 'running', ip: cmds[i]!.network.ip, mac: cmds[i]!.network.mac, template: TEMPLATE });
+      expect(r.data).toMatchObject({
+        instanceId: cmds[i]!.instanceId,
+        hostId: HOSTS[i % 3],
+        backend: 'vmware',
+        state: 'running',
+        ip: cmds[i]!.network.ip,
+        mac: cmds[i]!.network.mac,
+        template: TEMPLATE,
+      });
     }
     const vm = lab.vms[0]!;
     for (const c of cmds) {
@@ -182,7 +190,12 @@ describe('vmware-agent against vcsim in the lab', () => {
     await waitFor(`${c.network.ip} off the wire`, async () => !(await lab.vmPing(lab.vms[0]!, c.network.ip)), 10_000, 200);
     expect(await lab.arpProbe(c.network.ip)).toBe(false);
     expect((await req(host, 'stop', { instanceId: c.instanceId })).data.state).toBe('stopped');
-    await waitFor('instance.stopped (on request)', async () => (await client.events('orangery.evt.instance.stopped')).some((e) => e.data.instanceId === c.instanceId && e.data.reason === 'stopped on request'), 10_000);
+    await waitFor(
+      'instance.stopped (on request)',
+      async () =>
+        (await client.events('orangery.evt.instance.stopped')).some((e) => e.data.instanceId === c.instanceId && e.data.reason === 'stopped on request'),
+      10_000,
+    );
     const started = await req(host, 'start', { instanceId: c.instanceId });
     expect(started.data).toMatchObject({ state: 'running', vmId: stopped.data.vmId });
     await waitFor(`${c.network.ip} back on the wire`, () => lab.vmPing(lab.vms[0]!, c.network.ip), 15_000, 200);
@@ -228,10 +241,14 @@ describe('vmware-agent against vcsim in the lab', () => {
     expect((await req(host, 'get', { instanceId: c.instanceId })).error.code).toBe('NOT_FOUND');
     await waitFor(`${c.network.ip} off the wire`, async () => !(await lab.vmPing(lab.vms[0]!, c.network.ip)), 10_000, 200);
     expect([...(await vmContainers()).keys()].some((n) => n.startsWith('vcsim-orangery-it-web-4-'))).toBe(false);
-    await waitFor('instance.removed', async () => (await client.events('orangery.evt.instance.removed')).some((e) => e.data.instanceId === c.instanceId), 10_000);
+    await waitFor(
+      'instance.removed',
+      async () => (await client.events('orangery.evt.instance.removed')).some((e) => e.data.instanceId === c.instanceId),
+      10_000,
+    );
   });
 
-  it('maintenance mode in vCenter shows in the host\'s heartbeats, and nothing else changes', async () => {
+  it("maintenance mode in vCenter shows in the host's heartbeats, and nothing else changes", async () => {
     const vc = lab.vcenter!;
     const admin = await VsphereClient.connect({ url: vc.url, username: vc.user, password: vc.password, keepAliveMs: 0 });
     try {
@@ -269,7 +286,12 @@ describe('vmware-agent against vcsim in the lab', () => {
     // The agent knows nothing fresh while vCenter is frozen: after one read budget (2 s) and
     // a round in flight, no heartbeat at all.
     expect(heartbeatTimes.filter((t) => t > frozenAt + 4_000 && t < thawedAt)).toEqual([]);
-    await waitFor('heartbeats of every host after vCenter came back', () => HOSTS.every((h) => heartbeats.get(h)?.time && Date.parse(heartbeats.get(h).time) > thawedAt), 30_000, 200);
+    await waitFor(
+      'heartbeats of every host after vCenter came back',
+      () => HOSTS.every((h) => heartbeats.get(h)?.time && Date.parse(heartbeats.get(h).time) > thawedAt),
+      30_000,
+      200,
+    );
     expect(agent.child.exitCode).toBeNull();
     expect(await listed()).toEqual(before);
     expect(await vmContainers()).toEqual(containersBefore);
@@ -296,10 +318,15 @@ describe('vmware-agent against vcsim in the lab', () => {
     await lab.startVcenter({ port: Number(port) });
     // a fresh vCenter: the agent logs in again by itself and serves the same commands
     const done: { ok?: boolean; data?: { state: string } } = {};
-    await waitFor('a create after vCenter came back', async () => {
-      Object.assign(done, await req(HOSTS[0]!, 'create', c, 60_000));
-      return done.ok === true;
-    }, 60_000, 1_000);
+    await waitFor(
+      'a create after vCenter came back',
+      async () => {
+        Object.assign(done, await req(HOSTS[0]!, 'create', c, 60_000));
+        return done.ok === true;
+      },
+      60_000,
+      1_000,
+    );
     expect(done.data?.state).toBe('running');
     await waitFor(`${c.network.ip} on the wire`, () => lab.vmPing(lab.vms[0]!, c.network.ip), 15_000, 200);
     expect(agent.child.exitCode).toBeNull();

@@ -1,13 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor } from '@orangery/testing';
-import {
-  MoRef,
-  VsphereClient,
-  VsphereLoginError,
-  VsphereTaskError,
-  VsphereTransportError,
-  type NetworkInfo,
-} from '@orangery/vsphere';
+import { MoRef, VsphereClient, VsphereLoginError, VsphereTaskError, VsphereTransportError, type NetworkInfo } from '@orangery/vsphere';
 import { Lab, LAB_IMAGES, labResidue, SVC_INDEX, SVC_PORT } from '../lab';
 
 // The vSphere client against the lab's real vCenter simulator: a VM cloned with
@@ -30,9 +23,7 @@ describe('libs/vsphere against vcsim in the lab', () => {
     return VsphereClient.connect({ url: vc.url, username: vc.user, password: vc.password, callTimeoutMs: 30_000 });
   };
   const esxiContainers = async (nameFilter = 'vcsim-') =>
-    (await lab.docker(lab.esxi!, ['ps', '-a', '--filter', `name=^${nameFilter}`, '--format', '{{.Names}} {{.State}}']))
-      .split('\n')
-      .filter(Boolean);
+    (await lab.docker(lab.esxi!, ['ps', '-a', '--filter', `name=^${nameFilter}`, '--format', '{{.Names}} {{.State}}'])).split('\n').filter(Boolean);
 
   beforeAll(async () => {
     lab = await Lab.setup({ servers: 0, legacyVms: 1, vcenter: true });
@@ -117,10 +108,14 @@ describe('libs/vsphere against vcsim in the lab', () => {
       memoryMB: 1024,
       extraConfig: {
         'RUN.container': JSON.stringify([
-          '--tmpfs', '/sys/class',
-          '--network', lab.vcenter!.macvlanNetwork,
-          '--ip', VM_IP,
-          '--mac-address', VM_MAC,
+          '--tmpfs',
+          '/sys/class',
+          '--network',
+          lab.vcenter!.macvlanNetwork,
+          '--ip',
+          VM_IP,
+          '--mac-address',
+          VM_MAC,
           LAB_IMAGES.svc,
         ]),
         'guestinfo.orangery.instance': 'it:vsphere:0',

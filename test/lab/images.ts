@@ -109,10 +109,7 @@ export async function buildImageTars(dir: string): Promise<{ busybox: string; sv
 }
 
 /** `docker import` of both tars into one engine (`docker` runs the lab's Debian CLI on it). */
-export async function importImages(
-  docker: (argv: string[]) => Promise<string>,
-  tars: { busybox: string; svc: string },
-): Promise<void> {
+export async function importImages(docker: (argv: string[]) => Promise<string>, tars: { busybox: string; svc: string }): Promise<void> {
   await docker(['import', '-c', 'CMD ["/bin/sh"]', tars.busybox, LAB_IMAGES.busybox]);
   await docker(['import', '-c', 'CMD ["/bin/svc-start"]', '-c', 'EXPOSE 8080/tcp', tars.svc, LAB_IMAGES.svc]);
 }

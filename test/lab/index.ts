@@ -18,4 +18,14 @@ export {
 export { LAB_IMAGES, SVC_INDEX, SVC_PORT } from './images';
 export { DOCKER_CLI, LAB_PREFIX, LAB_RUN_DIR, labResidue, labVcsimProcesses, type CleanupReport, type LabResidue, type RunResult } from './sys';
 export { buildVcsim, VCSIM_MAIN, type LabVcenter, type VcenterOptions } from './vcsim';
-export { ArpAccounting, ArpWatcher, formatReport, formatTimeline, summarize, type ArpIpReport, type ArpReport, type ArpSegment, type ArpWatcherOptions } from './arp-watch';
+export {
+  ArpAccounting,
+  ArpWatcher,
+  formatReport,
+  formatTimeline,
+  summarize,
+  type ArpIpReport,
+  type ArpReport,
+  type ArpSegment,
+  type ArpWatcherOptions,
+} from './arp-watch';

@@ -5,15 +5,7 @@ import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSyn
 import { isAbsolute, join } from 'node:path';
 import { REPO_ROOT, waitFor } from '@orangery/testing';
 import { buildImageTars, importImages, LAB_IMAGES } from './images';
-import {
-  buildVcsim,
-  createMacvlanNetwork,
-  removeVcsimContainers,
-  VCSIM_DEB_PACKAGES,
-  VcsimProcess,
-  type LabVcenter,
-  type VcenterOptions,
-} from './vcsim';
+import { buildVcsim, createMacvlanNetwork, removeVcsimContainers, VCSIM_DEB_PACKAGES, VcsimProcess, type LabVcenter, type VcenterOptions } from './vcsim';
 import {
   alive,
   ARPING,
@@ -418,17 +410,22 @@ export class Lab {
     const child = spawn(
       DOCKERD,
       [
-        '--data-root', s.dataRoot,
-        '--exec-root', s.execRoot,
-        '-H', s.dockerHost,
-        '--pidfile', s.pidFile,
+        '--data-root',
+        s.dataRoot,
+        '--exec-root',
+        s.execRoot,
+        '-H',
+        s.dockerHost,
+        '--pidfile',
+        s.pidFile,
         '--iptables=false',
         '--ip6tables=false',
         '--bridge=none',
         '--ip-forward=false',
         '--ip-masq=false',
         '--userland-proxy=false',
-        '--cgroup-parent', s.cgroupParent,
+        '--cgroup-parent',
+        s.cgroupParent,
       ],
       { stdio: ['ignore', log, log] },
     );

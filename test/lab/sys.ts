@@ -25,23 +25,14 @@ export interface RunResult {
 }
 
 /** Runs `cmd` with an argument array (never a shell). Never throws; a spawn error is code 127. */
-export function run(
-  cmd: string,
-  args: readonly string[],
-  opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {},
-): Promise<RunResult> {
+export function run(cmd: string, args: readonly string[], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
   return new Promise((resolve) => {
-    execFile(
-      cmd,
-      args,
-      { timeout: opts.timeoutMs ?? 60_000, maxBuffer: 64 << 20, env: opts.env ?? process.env, encoding: 'utf8' },
-      (err, stdout, stderr) => {
-        if (!err) return resolve({ code: 0, stdout, stderr });
-        const e = err as NodeJS.ErrnoException & { code?: number | string; killed?: boolean };
-        const code = typeof e.code === 'number' ? e.code : e.killed ? 124 : 127;
-        resolve({ code, stdout: stdout ?? '', stderr: (stderr ?? '') || e.message });
-      },
-    );
+    execFile(cmd, args, { timeout: opts.timeoutMs ?? 60_000, maxBuffer: 64 << 20, env: opts.env ?? process.env, encoding: 'utf8' }, (err, stdout, stderr) => {
+      if (!err) return resolve({ code: 0, stdout, stderr });
+      const e = err as NodeJS.ErrnoException & { code?: number | string; killed?: boolean };
+      const code = typeof e.code === 'number' ? e.code : e.killed ? 124 : 127;
+      resolve({ code, stdout: stdout ?? '', stderr: (stderr ?? '') || e.message });
+    });
   });
 }
 
@@ -356,7 +347,10 @@ export async function sweepLab(labDirs: readonly string[]): Promise<CleanupRepor
   // 4. Processes that run inside a lab network namespace, then the namespaces.
   const defaults = await defaultRouteInterfaces();
   for (const ns of await labNetns()) {
-    const pids = (await run(IP, ['netns', 'pids', ns])).stdout.split('\n').map(Number).filter((p) => p > 1 && p !== process.pid);
+    const pids = (await run(IP, ['netns', 'pids', ns])).stdout
+      .split('\n')
+      .map(Number)
+      .filter((p) => p > 1 && p !== process.pid);
     note(pids);
     await killPids(pids, 2_000);
     const r = await run(IP, ['netns', 'del', ns]);

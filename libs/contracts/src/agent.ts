@@ -140,9 +140,7 @@ export const AgentInstance = Type.Object({
   image: Type.Optional(Type.String({ description: 'containers' })),
   template: Type.Optional(Type.String({ description: 'VMs: the template it was cloned from' })),
   resources: Type.Optional(Resources),
-  limits: Type.Optional(
-    Type.Object({ memoryMb: Type.Integer(), cpuset: Type.String(), cpus: Type.Number(), memorySwappiness: Type.Integer() }),
-  ),
+  limits: Type.Optional(Type.Object({ memoryMb: Type.Integer(), cpuset: Type.String(), cpus: Type.Number(), memorySwappiness: Type.Integer() })),
   exitCode: Type.Optional(Type.Integer()),
   reason: Type.Optional(Type.String()),
 });
@@ -212,8 +210,7 @@ export const HostRegisteredData = Type.Composite(
     }),
   ],
   {
-    description:
-      "The host's facts. After a self-fence the instances stay stopped: the control plane decides what runs where.",
+    description: "The host's facts. After a self-fence the instances stay stopped: the control plane decides what runs where.",
   },
 );
 export type HostRegisteredData = Static<typeof HostRegisteredData>;
@@ -286,7 +283,10 @@ export const HostDisconnectedData = Type.Object(
     connectionState: Type.String({ description: "vCenter's runtime.connectionState: disconnected or notResponding" }),
     esxi: Type.Optional(Type.String({ description: "the host's name in vCenter" })),
   },
-  { description: 'v1.1: the host keeps heartbeating with its connectionState while the vmware-agent can read vCenter; host.registered with reregistered: true follows when it is connected again.' },
+  {
+    description:
+      'v1.1: the host keeps heartbeating with its connectionState while the vmware-agent can read vCenter; host.registered with reregistered: true follows when it is connected again.',
+  },
 );
 export type HostDisconnectedData = Static<typeof HostDisconnectedData>;
 

@@ -5,15 +5,7 @@ import addFormats from 'ajv-formats';
 import type { TSchema } from '@sinclair/typebox';
 import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
-import {
-  CreateInstanceCommand,
-  InstanceRef,
-  ListInstancesCommand,
-  ProbeWireCommand,
-  StopInstanceCommand,
-  type AgentInstance,
-  type Heartbeat,
-} from './agent';
+import { CreateInstanceCommand, InstanceRef, ListInstancesCommand, ProbeWireCommand, StopInstanceCommand, type AgentInstance, type Heartbeat } from './agent';
 import { AGENT_ERRORS, buildAsyncApi, IPAM_ERRORS } from './asyncapi';
 import { buildEvent } from './cloudevents';
 import { errorReply, okReply } from './envelope';
@@ -77,8 +69,7 @@ function deref(node: unknown): Json {
   return deref(at);
 }
 
-const channelIdOf = (address: string): string | undefined =>
-  Object.keys(channels).find((id) => channels[id]!['address'] === address);
+const channelIdOf = (address: string): string | undefined => Object.keys(channels).find((id) => channels[id]!['address'] === address);
 
 /** The operation serving a channel, and the payload schemas of its request and reply. */
 function requestReplyOf(address: string): { op: Json; request: Json; reply: Json } {
@@ -261,7 +252,7 @@ describe('buildAsyncApi', () => {
     }
   });
 
-  it("has reply and event schemas that accept what the platform sends and refuse what it never does", () => {
+  it('has reply and event schemas that accept what the platform sends and refuse what it never does', () => {
     const ajv = new Ajv({ strict: false });
     addFormats(ajv);
     const allocate = ajv.compile(requestReplyOf(SUBJECTS.ipam.allocate).reply);

@@ -85,17 +85,7 @@ export const IPAM_ERRORS: Record<IpamKey, readonly ErrorCode[]> = {
   poolGet: ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   poolList: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
   poolDelete: ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'POOL_IN_USE', 'UNAVAILABLE', 'INTERNAL'],
-  allocate: [
-    'INVALID_REQUEST',
-    'POOL_NOT_FOUND',
-    'POOL_EXHAUSTED',
-    'IP_OUT_OF_POOL',
-    'IP_RESERVED',
-    'IP_TAKEN',
-    'OWNER_HAS_IP',
-    'UNAVAILABLE',
-    'INTERNAL',
-  ],
+  allocate: ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'POOL_EXHAUSTED', 'IP_OUT_OF_POOL', 'IP_RESERVED', 'IP_TAKEN', 'OWNER_HAS_IP', 'UNAVAILABLE', 'INTERNAL'],
   bind: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   release: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   get: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
@@ -122,7 +112,17 @@ type AgentKey = keyof typeof SUBJECTS.agent;
  * docker-agent or an unreachable vCenter, both retryable).
  */
 export const AGENT_ERRORS: Record<AgentKey, readonly ErrorCode[]> = {
-  create: ['INVALID_REQUEST', 'INSTANCE_CONFLICT', 'IP_IN_USE_ON_WIRE', 'IMAGE_NOT_FOUND', 'TEMPLATE_NOT_FOUND', 'INSUFFICIENT_CAPACITY', 'START_FAILED', 'UNAVAILABLE', 'INTERNAL'],
+  create: [
+    'INVALID_REQUEST',
+    'INSTANCE_CONFLICT',
+    'IP_IN_USE_ON_WIRE',
+    'IMAGE_NOT_FOUND',
+    'TEMPLATE_NOT_FOUND',
+    'INSUFFICIENT_CAPACITY',
+    'START_FAILED',
+    'UNAVAILABLE',
+    'INTERNAL',
+  ],
   start: ['INVALID_REQUEST', 'NOT_FOUND', 'IP_IN_USE_ON_WIRE', 'START_FAILED', 'UNAVAILABLE', 'INTERNAL'],
   stop: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   remove: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
@@ -176,7 +176,11 @@ const EventHeaders = Type.Object(
 );
 
 /** snake_case and lower case -> PascalCase: disk_warning -> DiskWarning. */
-const upper = (s: string): string => s.split('_').map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join('');
+const upper = (s: string): string =>
+  s
+    .split('_')
+    .map((w) => w.charAt(0).toUpperCase() + w.slice(1))
+    .join('');
 const eventSchemaName = (area: string, what: string): string => `${upper(area)}${upper(what)}Event`;
 
 /** Published events, by `<area>.<what>`: who publishes them and their data. Every other kind is planned. */
@@ -209,7 +213,8 @@ const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description
   'migration.completed': {
     source: 'orangery/migrator/<replica>',
     data: MigrationEventData,
-    description: 'The instance runs on the target with the same IP and MAC, ipam is bound there, the old copy is removed. Event id migration-completed:<migrationId>.',
+    description:
+      'The instance runs on the target with the same IP and MAC, ipam is bound there, the old copy is removed. Event id migration-completed:<migrationId>.',
   },
   'migration.failed': {
     source: 'orangery/migrator/<replica>',
@@ -256,7 +261,11 @@ const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description
       'The process exited non-zero or was OOM-killed (reason), or a create/start was refused before anything started ' +
       '(code IMAGE_NOT_FOUND, TEMPLATE_NOT_FOUND or IP_IN_USE_ON_WIRE, with reason and ip).',
   },
-  'instance.removed': { source: 'orangery/docker-agent/<hostId> or orangery/vmware-agent/<esxiHostId>', data: InstanceEventData, description: 'The container (or the VM) is gone.' },
+  'instance.removed': {
+    source: 'orangery/docker-agent/<hostId> or orangery/vmware-agent/<esxiHostId>',
+    data: InstanceEventData,
+    description: 'The container (or the VM) is gone.',
+  },
   'host.isolated': {
     source: 'orangery/docker-agent/<hostId>',
     data: HostIsolatedData,
@@ -281,7 +290,8 @@ const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description
   'fleet.failover_paused': {
     source: 'orangery/scheduler',
     data: FleetFailoverData,
-    description: "v1.1: more than half of a backend's hosts are silent: a mass silence is more likely the control plane's own partition, so no host of that backend is declared lost.",
+    description:
+      "v1.1: more than half of a backend's hosts are silent: a mass silence is more likely the control plane's own partition, so no host of that backend is declared lost.",
   },
   'fleet.failover_resumed': {
     source: 'orangery/scheduler',
@@ -292,7 +302,7 @@ const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description
     source: 'orangery/vmware-agent/<esxiHostId>',
     data: HostDisconnectedData,
     description:
-      "vCenter reports the ESXi host no longer connected (disconnected, notResponding): its heartbeats go on with connectionState (v1.1) and creates on it " +
+      'vCenter reports the ESXi host no longer connected (disconnected, notResponding): its heartbeats go on with connectionState (v1.1) and creates on it ' +
       'are refused (UNAVAILABLE). A host.registered with reregistered: true follows when it is connected again.',
   },
   'instance.disk_warning': {
@@ -315,7 +325,7 @@ const EVENT_SOURCES: Record<string, { source: string; data: TSchema; description
     data: ScaleRejectedData,
     description:
       'reason.code INVALID_REQUEST, POOL_NOT_FOUND, INSUFFICIENT_CAPACITY (details.shortfall), SUPERSEDED (details.by) or ' +
-      'START_FAILED (details.slots: each unstarted slot\'s last error). Event id scale-rejected:<requestId>.',
+      "START_FAILED (details.slots: each unstarted slot's last error). Event id scale-rejected:<requestId>.",
   },
   'instance.disk_exceeded': {
     source: 'orangery/docker-agent/<hostId>',
@@ -521,26 +531,24 @@ const OPERATORS: RequestReply[] = [
     [
       ['get', 'Read a slot: where it is, its network, spec and hold.', 'SlotGetRequest'],
       ['hold', 'A migration takes the slot over; the scheduler leaves it alone until commit or release.', 'SlotHoldRequest'],
-      ['reserve', 'Place and reserve the held slot\'s target (never its current host nor exclude); data { hostId, backend }.', 'SlotReserveRequest'],
+      ['reserve', "Place and reserve the held slot's target (never its current host nor exclude); data { hostId, backend }.", 'SlotReserveRequest'],
       ['commit', 'The migration moved the instance to its target: the record follows and the scheduler manages it again.', 'SlotHoldRequest'],
       ['release', 'The migration gave up (the old copy is back): the target is dropped and the hold cleared.', 'SlotHoldRequest'],
     ] as const
-  ).map(
-    ([what, summary, request]): RequestReply => ({
-      id: `schedulerSlot${upper(what)}`,
-      subject: SUBJECTS.schedulerSlot[what],
-      tag: 'scheduler',
-      queue: QUEUE_GROUPS.scheduler,
-      summary,
-      description:
-        'Internal, for the migrator; served by the scheduler leader only (no responders while a leader is being elected). ' +
-        'Errors: NOT_FOUND, INSTANCE_CONFLICT (held by another migration, or not held), UNAVAILABLE (busy: retry), ' +
-        'INSUFFICIENT_CAPACITY (reserve), INVALID_REQUEST.',
-      request,
-      reply: what === 'reserve' ? 'SlotTargetReply' : 'SlotViewReply',
-      errors: ['INVALID_REQUEST', 'NOT_FOUND', 'INSTANCE_CONFLICT', 'UNAVAILABLE', ...(what === 'reserve' ? (['INSUFFICIENT_CAPACITY'] as const) : [])],
-    }),
-  ),
+  ).map(([what, summary, request]): RequestReply => ({
+    id: `schedulerSlot${upper(what)}`,
+    subject: SUBJECTS.schedulerSlot[what],
+    tag: 'scheduler',
+    queue: QUEUE_GROUPS.scheduler,
+    summary,
+    description:
+      'Internal, for the migrator; served by the scheduler leader only (no responders while a leader is being elected). ' +
+      'Errors: NOT_FOUND, INSTANCE_CONFLICT (held by another migration, or not held), UNAVAILABLE (busy: retry), ' +
+      'INSUFFICIENT_CAPACITY (reserve), INVALID_REQUEST.',
+    request,
+    reply: what === 'reserve' ? 'SlotTargetReply' : 'SlotViewReply',
+    errors: ['INVALID_REQUEST', 'NOT_FOUND', 'INSTANCE_CONFLICT', 'UNAVAILABLE', ...(what === 'reserve' ? (['INSUFFICIENT_CAPACITY'] as const) : [])],
+  })),
   {
     id: 'schedulerHostDrain',
     subject: SUBJECTS.schedulerSlot.hostDrain,
@@ -601,16 +609,14 @@ const OPERATORS: RequestReply[] = [
 ];
 
 function requestReplies(): RequestReply[] {
-  const ipam = (Object.keys(SUBJECTS.ipam) as IpamKey[]).map(
-    (key): RequestReply => ({
-      id: `ipam${upper(key)}`,
-      subject: SUBJECTS.ipam[key],
-      tag: 'ipam',
-      queue: QUEUE_GROUPS.ipam,
-      ...IPAM[key],
-      errors: IPAM_ERRORS[key],
-    }),
-  );
+  const ipam = (Object.keys(SUBJECTS.ipam) as IpamKey[]).map((key): RequestReply => ({
+    id: `ipam${upper(key)}`,
+    subject: SUBJECTS.ipam[key],
+    tag: 'ipam',
+    queue: QUEUE_GROUPS.ipam,
+    ...IPAM[key],
+    errors: IPAM_ERRORS[key],
+  }));
   return [...ipam, ...OPERATORS, ...agentCommands()];
 }
 
@@ -664,22 +670,20 @@ const AGENT_COMMANDS: Record<AgentKey, Pick<RequestReply, 'summary' | 'descripti
 function agentCommands(): RequestReply[] {
   const hostId = '{hostId}';
   const queue = QUEUE_GROUPS.agent(hostId);
-  return (Object.keys(SUBJECTS.agent) as AgentKey[]).map(
-    (key): RequestReply => ({
-      id: `agent${upper(key)}`,
-      subject: SUBJECTS.agent[key](hostId),
-      tag: 'agents',
-      queue,
-      serving:
-        `Core NATS request-reply, served by the one agent of host {hostId} (queue group ${queue}: a second agent started ` +
-        'with the same host id shares the commands instead of doubling them). Every command is idempotent: the ' +
-        "engine's labels are the agent's only state, so a repeated command has one effect. Commands for one instance " +
-        'run one at a time. A refused command leaves the instance as it was (a refused create leaves none behind).',
-      parameters: { hostId: { description: `host id, ${HOST_ID_PATTERN}` } },
-      ...AGENT_COMMANDS[key],
-      errors: AGENT_ERRORS[key],
-    }),
-  );
+  return (Object.keys(SUBJECTS.agent) as AgentKey[]).map((key): RequestReply => ({
+    id: `agent${upper(key)}`,
+    subject: SUBJECTS.agent[key](hostId),
+    tag: 'agents',
+    queue,
+    serving:
+      `Core NATS request-reply, served by the one agent of host {hostId} (queue group ${queue}: a second agent started ` +
+      'with the same host id shares the commands instead of doubling them). Every command is idempotent: the ' +
+      "engine's labels are the agent's only state, so a repeated command has one effect. Commands for one instance " +
+      'run one at a time. A refused command leaves the instance as it was (a refused create leaves none behind).',
+    parameters: { hostId: { description: `host id, ${HOST_ID_PATTERN}` } },
+    ...AGENT_COMMANDS[key],
+    errors: AGENT_ERRORS[key],
+  }));
 }
 
 interface Built {
@@ -739,9 +743,7 @@ function addEvents(out: Built): void {
         address: SUBJECTS.event(area, what),
         title: SUBJECTS.event(area, what),
         summary: `CloudEvent ${type}.`,
-        description: known
-          ? `${known.description ? `${known.description} ` : ''}Published by ${known.source}. ${stream}`
-          : stream,
+        description: known ? `${known.description ? `${known.description} ` : ''}Published by ${known.source}. ${stream}` : stream,
         messages: {
           event: {
             name: schema,
@@ -759,7 +761,7 @@ function addEvents(out: Built): void {
         summary: `Publish ${type}.`,
         description:
           "Published into JetStream with the event's id as the message id (a re-published event is stored once). " +
-          'The CloudEvents subject is the object\'s id; traceparent carries the trace of the cause.',
+          "The CloudEvents subject is the object's id; traceparent carries the trace of the cause.",
         tags: [{ name: 'events' }],
         messages: [{ $ref: `#/channels/${id}/messages/event` }],
         ...planned,
@@ -810,7 +812,6 @@ function addHeartbeatAndScale(out: Built): void {
         payload: schemaRef('ScaleRequestedEvent'),
       },
     },
-    
   };
   out.operations['scaleRequest'] = {
     action: 'receive',
@@ -818,7 +819,6 @@ function addHeartbeatAndScale(out: Built): void {
     summary: 'The scheduler consumes scale requests.',
     tags: [{ name: 'scale' }],
     messages: [{ $ref: '#/channels/scaleRequest/messages/scaleRequested' }],
-    
   };
 }
 
@@ -840,7 +840,7 @@ export function buildAsyncApi(): Record<string, unknown> {
         'usable from a bare client in any language. Request-reply subjects answer ' +
         '{ "ok": true, "data": ... } or { "ok": false, "error": { "code", "message", "details" } }; ' +
         `error codes: ${ERROR_CODES.join(', ')}. ` +
-        "Events are CloudEvents 1.0 JSON (structured mode). Subjects marked x-orangery-status: planned belong to " +
+        'Events are CloudEvents 1.0 JSON (structured mode). Subjects marked x-orangery-status: planned belong to ' +
         'services that do not exist yet; their payloads are not pinned down here.\n\n' +
         'Generated from the TypeBox schemas in libs/contracts (npm run docs:asyncapi); do not edit by hand.',
       tags: [

@@ -20,9 +20,7 @@ export const ErrorCodeSchema = Type.Unsafe<ErrorCode>({
 export const ErrorBodySchema = Type.Object({
   code: ErrorCodeSchema,
   message: Type.String({ description: 'a human sentence' }),
-  details: Type.Optional(
-    Type.Object({}, { additionalProperties: true, description: 'machine-readable context, e.g. the offending field' }),
-  ),
+  details: Type.Optional(Type.Object({}, { additionalProperties: true, description: 'machine-readable context, e.g. the offending field' })),
 });
 
 export const ErrorReplySchema = Type.Object({ ok: Type.Literal(false), error: ErrorBodySchema });

@@ -13,10 +13,7 @@ const strict = { additionalProperties: false } as const;
 export const Name = Type.String({ pattern: NAME_PATTERN, description: 'lower-case DNS label' });
 export const Ipv4 = Type.String({ format: 'ipv4', description: 'dotted-quad IPv4 address' });
 
-export const OwnerSchema = Type.Object(
-  { env: Name, app: Name, slot: Type.Integer({ minimum: 0, maximum: MAX_SLOT }) },
-  strict,
-);
+export const OwnerSchema = Type.Object({ env: Name, app: Name, slot: Type.Integer({ minimum: 0, maximum: MAX_SLOT }) }, strict);
 
 export const PoolCreateRequest = Type.Object(
   {
@@ -35,10 +32,7 @@ export const PoolNameRequest = Type.Object({ name: Name }, strict);
 export type PoolNameRequest = Static<typeof PoolNameRequest>;
 export const EmptyRequest = Type.Object({}, strict);
 
-export const AllocateRequest = Type.Object(
-  { pool: Name, owner: OwnerSchema, ip: Type.Optional(Ipv4) },
-  strict,
-);
+export const AllocateRequest = Type.Object({ pool: Name, owner: OwnerSchema, ip: Type.Optional(Ipv4) }, strict);
 export type AllocateRequest = Static<typeof AllocateRequest>;
 
 export const Backend = Type.Union([Type.Literal('docker'), Type.Literal('vmware')]);
@@ -58,10 +52,7 @@ export const BindRequest = Type.Object(
 export type BindRequest = Static<typeof BindRequest>;
 
 /** `{ ip }` or `{ owner }`: exactly one (checked after the schema). */
-export const AddressLookupRequest = Type.Object(
-  { ip: Type.Optional(Ipv4), owner: Type.Optional(OwnerSchema) },
-  strict,
-);
+export const AddressLookupRequest = Type.Object({ ip: Type.Optional(Ipv4), owner: Type.Optional(OwnerSchema) }, strict);
 export type AddressLookupRequest = Static<typeof AddressLookupRequest>;
 
 export const AllocationState = Type.Union([Type.Literal('allocated'), Type.Literal('bound'), Type.Literal('released')]);
@@ -119,10 +110,7 @@ export type BatchRequestSchema<T extends TSchema> = TObject<{ items: TArray<T> }
  * result instead of refusing the whole request.
  */
 export const BatchRequest = <T extends TSchema>(item: T, description: string): BatchRequestSchema<T> =>
-  Type.Object(
-    { items: Type.Array(item, { minItems: 1, maxItems: MAX_BATCH_ITEMS, description }) },
-    strict,
-  );
+  Type.Object({ items: Type.Array(item, { minItems: 1, maxItems: MAX_BATCH_ITEMS, description }) }, strict);
 
 export const AllocateBatchRequest = BatchRequest(AllocateRequest, 'each item is exactly an orangery.ipam.allocate request');
 export type AllocateBatchRequest = Static<typeof AllocateBatchRequest>;

@@ -50,7 +50,7 @@ export const MigrationStep = Type.Object({
   attempts: Type.Integer({ minimum: 0 }),
   startedAt: Type.String({ format: 'date-time' }),
   finishedAt: Type.Optional(Type.String({ format: 'date-time' })),
-  error: Type.Optional(Type.String({ description: 'the last attempt\'s error' })),
+  error: Type.Optional(Type.String({ description: "the last attempt's error" })),
   note: Type.Optional(Type.String({ description: 'how the step ended when it is not obvious, e.g. "host silent past fenceAfter + margin"' })),
 });
 export type MigrationStep = Static<typeof MigrationStep>;

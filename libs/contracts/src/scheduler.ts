@@ -28,9 +28,7 @@ export const ScaleRequestData = Type.Object(
     env: Name,
     replicas: Type.Integer({ minimum: 0, maximum: MAX_REPLICAS }),
     resources: Resources,
-    image: Type.Optional(
-      Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9][A-Za-z0-9._/:@-]*$', description: 'for containers' }),
-    ),
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9][A-Za-z0-9._/:@-]*$', description: 'for containers' })),
     template: Type.Optional(
       Type.String({ minLength: 1, maxLength: 80, pattern: '^[A-Za-z0-9][A-Za-z0-9._ -]*$', description: "for VMs: a template VM's name in vCenter" }),
     ),
@@ -58,9 +56,7 @@ export const ScaleCompletedData = Type.Object({
   env: Type.String(),
   app: Type.String(),
   replicas: Type.Integer({ description: 'slots 0..replicas-1, each running' }),
-  instances: Type.Array(
-    Type.Object({ id: Type.String(), slot: Type.Integer(), host: Type.String(), backend: Type.String(), ip: Type.String() }),
-  ),
+  instances: Type.Array(Type.Object({ id: Type.String(), slot: Type.Integer(), host: Type.String(), backend: Type.String(), ip: Type.String() })),
 });
 export type ScaleCompletedData = Static<typeof ScaleCompletedData>;
 

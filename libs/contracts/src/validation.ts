@@ -69,10 +69,7 @@ export function decodeBatch<T extends TSchema>(schema: BatchRequestSchema<T>, va
   let envelope = envelopes.get(schema);
   if (!envelope) {
     const items = schema.properties.items;
-    envelope = Type.Object(
-      { items: Type.Array(Type.Unknown(), { minItems: items.minItems, maxItems: items.maxItems }) },
-      { additionalProperties: false },
-    );
+    envelope = Type.Object({ items: Type.Array(Type.Unknown(), { minItems: items.minItems, maxItems: items.maxItems }) }, { additionalProperties: false });
     envelopes.set(schema, envelope);
   }
   const { items } = decode(envelope, value) as { items: unknown[] };

@@ -15,12 +15,7 @@ export class NoReplyError extends Error {
 }
 
 /** Sends a contract request and returns the reply envelope; trace context rides along. */
-export async function requestJson<T = unknown>(
-  nc: NatsConnection,
-  subject: string,
-  body: unknown,
-  timeoutMs = 5_000,
-): Promise<Reply<T>> {
+export async function requestJson<T = unknown>(nc: NatsConnection, subject: string, body: unknown, timeoutMs = 5_000): Promise<Reply<T>> {
   try {
     const msg = await nc.request(subject, JSON.stringify(body), {
       timeout: timeoutMs,

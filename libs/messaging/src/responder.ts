@@ -1,13 +1,6 @@
 import type { Msg, MsgHdrs, NatsConnection, Subscription } from '@nats-io/nats-core';
 import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
-import {
-  errorReply,
-  isOrangeryError,
-  okReply,
-  OrangeryError,
-  parseJsonObject,
-  type Reply,
-} from '@orangery/contracts';
+import { errorReply, isOrangeryError, okReply, OrangeryError, parseJsonObject, type Reply } from '@orangery/contracts';
 import type { Logger } from '@orangery/telemetry';
 import { contextFromHeaders } from './trace-headers';
 

@@ -19,8 +19,7 @@ import {
 } from './ipv4';
 
 /** Dotted quad of an integer, computed independently of intToIpv4. */
-const dotted = (n: number): string =>
-  [2 ** 24, 2 ** 16, 2 ** 8, 1].map((d) => Math.floor(n / d) % 256).join('.');
+const dotted = (n: number): string => [2 ** 24, 2 ** 16, 2 ** 8, 1].map((d) => Math.floor(n / d) % 256).join('.');
 
 const r = (start: number, end: number = start): Range => ({ start, end });
 
@@ -295,16 +294,13 @@ describe('macForIpv4', () => {
     expect(macForIpv4(ipv4ToInt(ip))).toBe(mac);
   });
 
-  it.each(['0.0.0.0', '10.0.0.1', '198.18.0.2', '203.0.113.77', '255.255.255.255'])(
-    'the MAC of %s is locally administered and unicast',
-    (ip) => {
-      const mac = macForIpv4(ip);
-      expect(mac).toMatch(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/);
-      const firstOctet = parseInt(mac.slice(0, 2), 16);
-      expect(firstOctet & 0x02).toBe(0x02);
-      expect(firstOctet & 0x01).toBe(0);
-    },
-  );
+  it.each(['0.0.0.0', '10.0.0.1', '198.18.0.2', '203.0.113.77', '255.255.255.255'])('the MAC of %s is locally administered and unicast', (ip) => {
+    const mac = macForIpv4(ip);
+    expect(mac).toMatch(/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/);
+    const firstOctet = parseInt(mac.slice(0, 2), 16);
+    expect(firstOctet & 0x02).toBe(0x02);
+    expect(firstOctet & 0x01).toBe(0);
+  });
 
   it('is stable: the same IP always has the same MAC', () => {
     expect(macForIpv4('198.18.3.4')).toBe(macForIpv4('198.18.3.4'));

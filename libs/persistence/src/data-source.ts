@@ -76,12 +76,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
  * and brings the service's tables up to date. Replicas starting at once serialize on a
  * named lock, so each migration runs exactly once.
  */
-export async function initializeDatabase(
-  ds: DataSource,
-  service: string,
-  logger: Logger,
-  shouldStop: () => boolean = () => false,
-): Promise<void> {
+export async function initializeDatabase(ds: DataSource, service: string, logger: Logger, shouldStop: () => boolean = () => false): Promise<void> {
   let delay = 250;
   for (;;) {
     try {

@@ -127,9 +127,7 @@ export class SqlTx {
   ) {}
 
   private send(sql: string, params: unknown[]): Promise<unknown> {
-    return new Promise((res, rej) =>
-      this.conn.query({ sql, values: params }, (err: QueryError | null, rows: unknown) => (err ? rej(err) : res(rows))),
-    );
+    return new Promise((res, rej) => this.conn.query({ sql, values: params }, (err: QueryError | null, rows: unknown) => (err ? rej(err) : res(rows))));
   }
 
   /** Runs one statement now and returns its rows (buffered writes go first, in order). */

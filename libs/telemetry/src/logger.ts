@@ -4,17 +4,7 @@ import { trace, isSpanContextValid } from '@opentelemetry/api';
 export type Logger = PinoLogger;
 
 /** Paths never written to logs, whatever a caller passes in. */
-const REDACT = [
-  'password',
-  '*.password',
-  'dbUrl',
-  '*.dbUrl',
-  'config.dbUrl',
-  'vcenterPassword',
-  '*.vcenterPassword',
-  'authorization',
-  '*.authorization',
-];
+const REDACT = ['password', '*.password', 'dbUrl', '*.dbUrl', 'config.dbUrl', 'vcenterPassword', '*.vcenterPassword', 'authorization', '*.authorization'];
 
 /**
  * Structured JSON logs (pino) that carry the active trace and span ids, so a log line can be

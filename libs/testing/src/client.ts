@@ -10,9 +10,7 @@ export class ContractClient {
 
   static async connect(url: string): Promise<ContractClient> {
     const { servers, user, pass } = natsEndpoints(url);
-    return new ContractClient(
-      await connect({ servers, ...(user !== undefined ? { user, pass } : {}), maxReconnectAttempts: -1, reconnectTimeWait: 200 }),
-    );
+    return new ContractClient(await connect({ servers, ...(user !== undefined ? { user, pass } : {}), maxReconnectAttempts: -1, reconnectTimeWait: 200 }));
   }
 
   // eslint-disable-next-line @typescript-eslint/no-explicit-any

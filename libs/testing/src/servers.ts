@@ -41,10 +41,7 @@ export class NatsServer {
     const port = await freePort();
     const store = dir.sub('nats-js');
     const conf = join(dir.path, 'nats.conf');
-    writeFileSync(
-      conf,
-      `listen: 127.0.0.1:${port}\njetstream { store_dir: "${store}", max_memory_store: 64MB, max_file_store: 1GB }\n${extraConfig}\n`,
-    );
+    writeFileSync(conf, `listen: 127.0.0.1:${port}\njetstream { store_dir: "${store}", max_memory_store: 64MB, max_file_store: 1GB }\n${extraConfig}\n`);
     const s = new NatsServer(dir, conf, port);
     await s.start();
     return s;
@@ -113,13 +110,7 @@ export class PrivateMariadb {
     const port = await freePort();
     const data = dir.sub('mysql');
     const user = (await run('id', ['-un'])).stdout.trim();
-    await run('mariadb-install-db', [
-      '--no-defaults',
-      `--user=${user}`,
-      `--datadir=${data}`,
-      '--auth-root-authentication-method=socket',
-      '--skip-test-db',
-    ]);
+    await run('mariadb-install-db', ['--no-defaults', `--user=${user}`, `--datadir=${data}`, '--auth-root-authentication-method=socket', '--skip-test-db']);
     const db = new PrivateMariadb(dir, data, port);
     await db.start();
     await run('mariadb', [

@@ -61,10 +61,14 @@ export class ServiceProcess {
   }
 
   async waitForLog(msg: string, timeoutMs = 15_000): Promise<void> {
-    await waitFor(`${this.name} to log '${msg}'`, () => {
-      if (this.child.exitCode !== null) throw new Error(`${this.name} exited with ${this.child.exitCode}: ${this.stderrText.trim()}`);
-      return this.hasLog(msg);
-    }, timeoutMs);
+    await waitFor(
+      `${this.name} to log '${msg}'`,
+      () => {
+        if (this.child.exitCode !== null) throw new Error(`${this.name} exited with ${this.child.exitCode}: ${this.stderrText.trim()}`);
+        return this.hasLog(msg);
+      },
+      timeoutMs,
+    );
   }
 
   exited(): Promise<number | null> {

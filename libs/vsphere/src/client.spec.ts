@@ -17,7 +17,14 @@ const LOGIN: ReplayStep[] = [
 function client(steps: ReplayStep[], logs: string[] = []) {
   const transport = replay(steps);
   const log = (obj: object, msg: string) => logs.push(`${msg} ${JSON.stringify(obj)}`);
-  const c = new VsphereClient({ url: URL_, username: 'fixture-user', password: PASSWORD, transport, keepAliveMs: 0, logger: { debug: log, info: log, warn: log } });
+  const c = new VsphereClient({
+    url: URL_,
+    username: 'fixture-user',
+    password: PASSWORD,
+    transport,
+    keepAliveMs: 0,
+    logger: { debug: log, info: log, warn: log },
+  });
   return { c, transport };
 }
 
@@ -49,7 +56,12 @@ describe('VsphereClient on recorded vcsim responses', () => {
   it('NotAuthenticated: logs in again once and repeats the call', async () => {
     const logs: string[] = [];
     const { c, transport } = client(
-      [...LOGIN, { method: 'CurrentTime', reply: 'CurrentTime-not-authenticated' }, { method: 'Login', reply: 'Login' }, { method: 'CurrentTime', reply: 'CurrentTime' }],
+      [
+        ...LOGIN,
+        { method: 'CurrentTime', reply: 'CurrentTime-not-authenticated' },
+        { method: 'Login', reply: 'Login' },
+        { method: 'CurrentTime', reply: 'CurrentTime' },
+      ],
       logs,
     );
     await c.login();
@@ -91,14 +103,19 @@ describe('VsphereClient on recorded vcsim responses', () => {
     await c.login();
     const hosts = await c.inventory.hosts();
     expect(hosts.map((h) => h.name)).toEqual(['esx01.lab.local', 'esx02.lab.local', 'esx03.lab.local']);
-    expect(hosts[0]).toMatchObject({ connectionState: 'connected', powerState: 'poweredOn', inMaintenanceMode: false, parent: { type: 'ClusterComputeResource' } });
+    expect(hosts[0]).toMatchObject({
+      connectionState: 'connected',
+      powerState: 'poweredOn',
+      inMaintenanceMode: false,
+      parent: { type: 'ClusterComputeResource' },
+    });
     expect(hosts[0]!.cpu.cores).toBeGreaterThan(0);
     expect(hosts[0]!.cpu.totalMhz).toBe(hosts[0]!.cpu.cores * hosts[0]!.cpu.mhzPerCore);
     expect(hosts[0]!.memory.totalMb).toBeGreaterThan(0);
     expect(transport.requests[3]!.body).toContain('<selectSet xsi:type="TraversalSpec"><name>view</name><type>ContainerView</type><path>view</path>');
   });
 
-  it('host states: connection, maintenance and the cluster\'s HA flag in one retrieval; the view is kept for the next read', async () => {
+  it("host states: connection, maintenance and the cluster's HA flag in one retrieval; the view is kept for the next read", async () => {
     const { c, transport } = client([
       ...LOGIN,
       { method: 'CreateContainerView', reply: 'CreateContainerView-host-states' },
@@ -141,7 +158,8 @@ describe('VsphereClient on recorded vcsim responses', () => {
   });
 
   it('a read with a budget: a frozen vCenter is a VsphereTimeoutError within it, and a spent budget sends nothing more', async () => {
-    const never: SoapTransport = (req) => new Promise((_, reject) => setTimeout(() => reject(new VsphereTimeoutError(`${req.method}: no answer`, req.method)), req.timeoutMs));
+    const never: SoapTransport = (req) =>
+      new Promise((_, reject) => setTimeout(() => reject(new VsphereTimeoutError(`${req.method}: no answer`, req.method)), req.timeoutMs));
     const steps = replay([...LOGIN]);
     const requests: SoapRequest[] = [];
     const t: SoapTransport = (req) => (requests.push(req), steps.left() > 0 ? steps(req) : never(req));
@@ -182,9 +200,7 @@ describe('VsphereClient on recorded vcsim responses', () => {
   });
 
   it('transport failures are VsphereTransportErrors naming the method', async () => {
-    const { c } = client([
-      { method: 'RetrieveServiceContent', reply: { status: 502, setCookie: [], body: '<html>bad gateway</html>' } },
-    ]);
+    const { c } = client([{ method: 'RetrieveServiceContent', reply: { status: 502, setCookie: [], body: '<html>bad gateway</html>' } }]);
     const err = await c.retrieveServiceContent().catch((e: unknown) => e);
     expect(err).toBeInstanceOf(VsphereTransportError);
     expect((err as Error).message).toBe('RetrieveServiceContent: vCenter answered HTTP 502 without a SOAP response');

@@ -17,21 +17,7 @@ import {
 import { InventoryApi } from './inventory';
 import { httpTransport, type SoapTransport } from './transport';
 import { VmApi } from './vms';
-import {
-  asMoRef,
-  childText,
-  decodeValue,
-  envelope,
-  kid,
-  kids,
-  MoRef,
-  parseXml,
-  text,
-  toMoRef,
-  type SoapValue,
-  type VimValue,
-  type XmlNode,
-} from './xml';
+import { asMoRef, childText, decodeValue, envelope, kid, kids, MoRef, parseXml, text, toMoRef, type SoapValue, type VimValue, type XmlNode } from './xml';
 
 export interface VsphereLogger {
   debug?(obj: object, msg: string): void;
@@ -275,7 +261,12 @@ export class VsphereClient {
   }
 
   /** `returnval` of a call, decoded (undefined when the method returned nothing). */
-  async callValue(method: string, thisRef: MoRef, args: Readonly<Record<string, SoapValue>> = {}, opts: { timeoutMs?: number } = {}): Promise<VimValue | undefined> {
+  async callValue(
+    method: string,
+    thisRef: MoRef,
+    args: Readonly<Record<string, SoapValue>> = {},
+    opts: { timeoutMs?: number } = {},
+  ): Promise<VimValue | undefined> {
     const rv = kids(await this.call(method, thisRef, args, opts), 'returnval');
     if (rv.length === 0) return undefined;
     if (rv.length > 1) return rv.map((n) => decodeValue(n));
@@ -327,7 +318,9 @@ export class VsphereClient {
 
   /** ViewManager.CreateContainerView: every object of `types` below `root`, recursively. */
   async containerView(root: MoRef, types: readonly string[], timeoutMs?: number): Promise<MoRef> {
-    const view = asMoRef(await this.callValue('CreateContainerView', this.serviceContent.viewManager, { container: root, type: [...types], recursive: true }, { timeoutMs }));
+    const view = asMoRef(
+      await this.callValue('CreateContainerView', this.serviceContent.viewManager, { container: root, type: [...types], recursive: true }, { timeoutMs }),
+    );
     if (!view) throw new VsphereFault('InvalidResponse', 'CreateContainerView returned no view', 'CreateContainerView');
     return view;
   }
@@ -395,7 +388,10 @@ export class VsphereClient {
         opts.onProgress?.(info.progress, info);
       }
       if (Date.now() + pause > deadline) {
-        throw new VsphereTimeoutError(`${info.name ?? 'task'} ${task.value} on ${info.entityName ?? '?'} still ${info.state} after ${opts.timeoutMs ?? 1_800_000} ms`, info.name ?? 'task');
+        throw new VsphereTimeoutError(
+          `${info.name ?? 'task'} ${task.value} on ${info.entityName ?? '?'} still ${info.state} after ${opts.timeoutMs ?? 1_800_000} ms`,
+          info.name ?? 'task',
+        );
       }
       await new Promise((r) => setTimeout(r, pause));
       pause = Math.min(1000, pause * 2);
@@ -429,4 +425,13 @@ function errorText(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-export { taskInfoOf, viewSpec, type FilterSpec, type ObjectContent, type ObjectUpdate, type TaskInfo, type TraversalSpec, type UpdateSet } from './property-collector';
+export {
+  taskInfoOf,
+  viewSpec,
+  type FilterSpec,
+  type ObjectContent,
+  type ObjectUpdate,
+  type TaskInfo,
+  type TraversalSpec,
+  type UpdateSet,
+} from './property-collector';

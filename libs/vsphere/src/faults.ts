@@ -5,7 +5,13 @@ import { asObject, childText, decodeValue, elements, kid, MoRef, xsiType, type V
 /** Simple fields of a fault, e.g. "requestedState=poweredOn, existingState=poweredOff". */
 function detailText(details: VimObject): string {
   return Object.entries(details)
-    .filter(([k, v]) => k !== '$type' && k !== 'faultMessage' && (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' || v instanceof MoRef) && String(v) !== '')
+    .filter(
+      ([k, v]) =>
+        k !== '$type' &&
+        k !== 'faultMessage' &&
+        (typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' || v instanceof MoRef) &&
+        String(v) !== '',
+    )
     .map(([k, v]) => `${k}=${String(v)}`)
     .join(', ');
 }
@@ -24,11 +30,15 @@ export function faultOf(method: string, fault: XmlNode, user: string): VsphereFa
   const decoded = detail ? asObject(decodeValue(detail.node)) : undefined;
   const { $type: _t, ...details } = decoded ?? {};
   if (faultName === 'InvalidLogin') {
-    return new VsphereLoginError(faultName, `vCenter login failed for user ${JSON.stringify(user)}: wrong user name or password (InvalidLogin)`, method, details as VimObject);
+    return new VsphereLoginError(
+      faultName,
+      `vCenter login failed for user ${JSON.stringify(user)}: wrong user name or password (InvalidLogin)`,
+      method,
+      details as VimObject,
+    );
   }
   if (faultName === 'NotAuthenticated') {
     return new VsphereFault(faultName, `${method}: the vCenter session is not (or no longer) logged in (NotAuthenticated)`, method, details as VimObject);
   }
   return new VsphereFault(faultName, faultMessage(method, faultName, faultString, details as VimObject), method, details as VimObject);
 }
-

@@ -30,4 +30,18 @@ export {
   type PowerState,
   type VmInfo,
 } from './vms';
-export { asArray, asBoolean, asMoRef, asNumber, asObject, asString, MoRef, moRef, pick, type SoapObject, type SoapValue, type VimObject, type VimValue } from './xml';
+export {
+  asArray,
+  asBoolean,
+  asMoRef,
+  asNumber,
+  asObject,
+  asString,
+  MoRef,
+  moRef,
+  pick,
+  type SoapObject,
+  type SoapValue,
+  type VimObject,
+  type VimValue,
+} from './xml';

@@ -113,7 +113,9 @@ export class InventoryApi {
         this.#stateView = undefined;
       }
     }
-    const haOn = new Set(rows.filter((r) => r.obj.type === 'ClusterComputeResource' && asBoolean(r.props['configuration.dasConfig.enabled']) === true).map((r) => r.obj.value));
+    const haOn = new Set(
+      rows.filter((r) => r.obj.type === 'ClusterComputeResource' && asBoolean(r.props['configuration.dasConfig.enabled']) === true).map((r) => r.obj.value),
+    );
     return rows
       .filter((r) => r.obj.type === 'HostSystem')
       .map(({ obj, props: p }) => {
@@ -195,7 +197,9 @@ export class InventoryApi {
     return rows.map(({ obj, props: p }) => ({
       ref: obj,
       name: asString(p.name) ?? obj.value,
-      hosts: asArray(p.host).map(asMoRef).filter((r): r is MoRef => r !== undefined),
+      hosts: asArray(p.host)
+        .map(asMoRef)
+        .filter((r): r is MoRef => r !== undefined),
       resourcePool: asMoRef(p.resourcePool),
       numHosts: num(pick(p.summary, 'numHosts')),
       numEffectiveHosts: num(pick(p.summary, 'numEffectiveHosts')),
@@ -232,7 +236,14 @@ export class InventoryApi {
   async networks(): Promise<NetworkInfo[]> {
     const [all, dvpgs, switches, hosts] = await Promise.all([
       this.client.listObjects('Network', ['name']),
-      this.client.listObjects('DistributedVirtualPortgroup', ['name', 'config.key', 'config.distributedVirtualSwitch', 'config.defaultPortConfig', 'config.uplink', 'tag']),
+      this.client.listObjects('DistributedVirtualPortgroup', [
+        'name',
+        'config.key',
+        'config.distributedVirtualSwitch',
+        'config.defaultPortConfig',
+        'config.uplink',
+        'tag',
+      ]),
       this.client.listObjects('DistributedVirtualSwitch', ['uuid', 'config.uplinkPortgroup']),
       this.client.listObjects('HostSystem', ['config.network.portgroup']),
     ]);
@@ -252,7 +263,13 @@ export class InventoryApi {
       dvpgRefs.add(obj.value);
       const tags = asArray(p.tag).map((t) => asString(pick(t, 'key')));
       // Uplink port groups carry no VMs: vCenter tags them; vcsim only names them so.
-      if (asBoolean(p['config.uplink']) === true || uplinks.has(obj.value) || tags.includes('SYSTEM/DVS.UPLINKPG') || /-DVUplinks-\d+$/.test(asString(p.name) ?? '')) continue;
+      if (
+        asBoolean(p['config.uplink']) === true ||
+        uplinks.has(obj.value) ||
+        tags.includes('SYSTEM/DVS.UPLINKPG') ||
+        /-DVUplinks-\d+$/.test(asString(p.name) ?? '')
+      )
+        continue;
       const vlan = asObject(pick(p['config.defaultPortConfig'], 'vlan'));
       const vlanType = vlan?.$type ?? '';
       const dvs = asMoRef(p['config.distributedVirtualSwitch']);

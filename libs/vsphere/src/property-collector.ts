@@ -1,7 +1,22 @@
 // The PropertyCollector's data in plain terms (specs, contents, updates, task info) and
 // their SOAP encoding and decoding; the calls themselves are VsphereClient's.
 import { VsphereFault } from './errors';
-import { asNumber, asObject, asString, childText, decodeValue, kid, kids, MoRef, toMoRef, xsiType, type SoapObject, type VimObject, type VimValue, type XmlNode } from './xml';
+import {
+  asNumber,
+  asObject,
+  asString,
+  childText,
+  decodeValue,
+  kid,
+  kids,
+  MoRef,
+  toMoRef,
+  xsiType,
+  type SoapObject,
+  type VimObject,
+  type VimValue,
+  type XmlNode,
+} from './xml';
 
 /** One object's properties from the PropertyCollector; `props` keyed by property path. */
 export interface ObjectContent {
@@ -127,9 +142,6 @@ export function taskInfoOf(task: MoRef, v: VimValue | undefined): TaskInfo {
     state: (asString(o.state) ?? 'running') as TaskInfo['state'],
     progress: asNumber(o.progress),
     result: o.result,
-    error: err
-      ? { faultName: faultType ?? 'UnknownFault', message: asString(err.localizedMessage), details: faultFields as VimObject }
-      : undefined,
+    error: err ? { faultName: faultType ?? 'UnknownFault', message: asString(err.localizedMessage), details: faultFields as VimObject } : undefined,
   };
 }
-

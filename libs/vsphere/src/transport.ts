@@ -46,23 +46,19 @@ export function httpTransport(url: URL, opts: HttpTransportOptions = {}): SoapTr
         settled = true;
         reject(e);
       };
-      const r = lib.request(
-        url,
-        { method: 'POST', agent, headers: { ...req.headers, 'Content-Length': Buffer.byteLength(req.body) } },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('error', (e: NodeJS.ErrnoException) => fail(transportError(e, req.method, where)));
-          res.on('aborted', () => fail(new VsphereTransportError(`vCenter at ${where} closed the connection during ${req.method}`, req.method, 'ECONNRESET')));
-          res.on('end', () => {
-            if (settled) return;
-            settled = true;
-            clearTimeout(timer);
-            const sc = res.headers['set-cookie'];
-            resolve({ status: res.statusCode ?? 0, setCookie: sc ?? [], body: Buffer.concat(chunks).toString('utf8') });
-          });
-        },
-      );
+      const r = lib.request(url, { method: 'POST', agent, headers: { ...req.headers, 'Content-Length': Buffer.byteLength(req.body) } }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', (e: NodeJS.ErrnoException) => fail(transportError(e, req.method, where)));
+        res.on('aborted', () => fail(new VsphereTransportError(`vCenter at ${where} closed the connection during ${req.method}`, req.method, 'ECONNRESET')));
+        res.on('end', () => {
+          if (settled) return;
+          settled = true;
+          clearTimeout(timer);
+          const sc = res.headers['set-cookie'];
+          resolve({ status: res.statusCode ?? 0, setCookie: sc ?? [], body: Buffer.concat(chunks).toString('utf8') });
+        });
+      });
       const timer = setTimeout(() => {
         fail(new VsphereTimeoutError(`${req.method}: no answer from vCenter at ${where} within ${req.timeoutMs} ms`, req.method));
         r.destroy();

@@ -3,7 +3,20 @@
 import type { VsphereClient, WaitTaskOptions } from './client';
 import { VsphereFault } from './errors';
 import type { NetworkInfo } from './inventory';
-import { asArray, asBoolean, asMoRef, asNumber, asObject, asString, pick, type MoRef, type SoapObject, type SoapValue, type VimObject, type VimValue } from './xml';
+import {
+  asArray,
+  asBoolean,
+  asMoRef,
+  asNumber,
+  asObject,
+  asString,
+  pick,
+  type MoRef,
+  type SoapObject,
+  type SoapValue,
+  type VimObject,
+  type VimValue,
+} from './xml';
 
 export type PowerState = 'poweredOn' | 'poweredOff' | 'suspended';
 
@@ -144,7 +157,9 @@ export class VmApi {
       guestNet: asArray(p['guest.net']).map((n) => ({
         network: asString(pick(n, 'network')),
         macAddress: asString(pick(n, 'macAddress')),
-        ipAddresses: asArray(pick(n, 'ipAddress')).map(asString).filter((s): s is string => !!s),
+        ipAddresses: asArray(pick(n, 'ipAddress'))
+          .map(asString)
+          .filter((s): s is string => !!s),
       })),
       extraConfig: extraConfigOf(p['config.extraConfig']),
       numCpu: asNumber(p['summary.config.numCpu']),
@@ -278,7 +293,10 @@ function nicEdit(device: NicDevice, change: NicChange): SoapObject {
 }
 
 function configSpec(c: ConfigChange, nic: NicDevice | undefined): SoapObject {
-  for (const [k, v] of [['numCPUs', c.numCPUs], ['memoryMB', c.memoryMB]] as const) {
+  for (const [k, v] of [
+    ['numCPUs', c.numCPUs],
+    ['memoryMB', c.memoryMB],
+  ] as const) {
     if (v !== undefined && (!Number.isInteger(v) || v <= 0)) throw new Error(`${k} must be a positive integer, got ${v}`);
   }
   // VirtualMachineConfigSpec fields in WSDL order.
@@ -287,9 +305,7 @@ function configSpec(c: ConfigChange, nic: NicDevice | undefined): SoapObject {
     numCPUs: c.numCPUs,
     memoryMB: c.memoryMB,
     deviceChange: c.nic && nic ? [{ operation: 'edit', device: nicEdit(nic, c.nic) }] : undefined,
-    extraConfig: c.extraConfig
-      ? Object.entries(c.extraConfig).map(([key, value]) => ({ key, value: { $type: 'xsd:string', $value: value } }))
-      : undefined,
+    extraConfig: c.extraConfig ? Object.entries(c.extraConfig).map(([key, value]) => ({ key, value: { $type: 'xsd:string', $value: value } })) : undefined,
   };
 }
 
@@ -300,7 +316,8 @@ function checkIpv4(what: string, ip: string): void {
 
 /** CustomizationSpec: Linux guest, fixed IP on the first NIC. Fields in WSDL order. */
 export function customizationSpec(c: CustomizationInput): SoapObject {
-  if (!/^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(c.hostName)) throw new Error(`customization hostName ${JSON.stringify(c.hostName)}: letters, digits, hyphens, at most 63`);
+  if (!/^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/.test(c.hostName))
+    throw new Error(`customization hostName ${JSON.stringify(c.hostName)}: letters, digits, hyphens, at most 63`);
   checkIpv4('ip', c.ip);
   checkIpv4('subnetMask', c.subnetMask);
   if (c.gateway) checkIpv4('gateway', c.gateway);
@@ -327,4 +344,3 @@ export function customizationSpec(c: CustomizationInput): SoapObject {
     ],
   };
 }
-

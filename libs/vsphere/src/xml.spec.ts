@@ -35,7 +35,9 @@ describe('request XML', () => {
 
 describe('response decoding', () => {
   const val = (xml: string) =>
-    decodeValue(kid(parseXml(`<r xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">${xml}</r>`), 'r')!.val![0] as never);
+    decodeValue(
+      kid(parseXml(`<r xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns:xsd="http://www.w3.org/2001/XMLSchema">${xml}</r>`), 'r')!.val![0] as never,
+    );
 
   it('decodes primitives, enums, MoRefs and ArrayOf types', () => {
     expect(val('<val xsi:type="xsd:int">42</val>')).toBe(42);

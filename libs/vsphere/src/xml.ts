@@ -226,8 +226,7 @@ export function decodeValue(node: XmlNode, elementName?: string): VimValue {
 
 // ---------------------------------------------------------------- typed access to decoded values
 
-export const asArray = <T = VimValue>(v: VimValue | undefined): T[] =>
-  v === undefined ? [] : Array.isArray(v) ? (v as T[]) : [v as T];
+export const asArray = <T = VimValue>(v: VimValue | undefined): T[] => (v === undefined ? [] : Array.isArray(v) ? (v as T[]) : [v as T]);
 export const asObject = (v: VimValue | undefined): VimObject | undefined =>
   v !== undefined && typeof v === 'object' && !Array.isArray(v) && !(v instanceof MoRef) ? v : undefined;
 export const asString = (v: VimValue | undefined): string | undefined =>

@@ -84,7 +84,9 @@ function isolationAddressesFrom(env: Env, uplink: string): { ip: string; vlan: n
     const m = /^([0-9.]+)(?:@(\d{1,4}))?$/.exec(item);
     const vlan = m?.[2] === undefined ? 0 : Number(m[2]);
     if (!m || !isStrictIpv4(m[1]!) || vlan > 4094) {
-      throw new ConfigError(`ORANGERY_ISOLATION_ADDRESSES: '${item}' is not an IPv4 address (optionally @vlan, 0..4094); expected e.g. 10.0.0.1,10.0.100.1@100`);
+      throw new ConfigError(
+        `ORANGERY_ISOLATION_ADDRESSES: '${item}' is not an IPv4 address (optionally @vlan, 0..4094); expected e.g. 10.0.0.1,10.0.100.1@100`,
+      );
     }
     try {
       parentInterface(uplink, vlan);

@@ -34,8 +34,10 @@ export function loadVmwareAgentConfig(env: Env): VmwareAgentConfig {
   } catch {
     throw new ConfigError(`ORANGERY_VCENTER_URL '${url}' is not a URL`);
   }
-  if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:') throw new ConfigError(`ORANGERY_VCENTER_URL must be https:// (or http:// for simulators), got '${parsed.protocol}'`);
-  if (parsed.username || parsed.password) throw new ConfigError('ORANGERY_VCENTER_URL must not hold credentials: use ORANGERY_VCENTER_USER and ORANGERY_VCENTER_PASSWORD');
+  if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:')
+    throw new ConfigError(`ORANGERY_VCENTER_URL must be https:// (or http:// for simulators), got '${parsed.protocol}'`);
+  if (parsed.username || parsed.password)
+    throw new ConfigError('ORANGERY_VCENTER_URL must not hold credentials: use ORANGERY_VCENTER_USER and ORANGERY_VCENTER_PASSWORD');
   const user = env['ORANGERY_VCENTER_USER']?.trim() ?? '';
   if (user === '') throw new ConfigError('ORANGERY_VCENTER_USER is required');
   const password = env['ORANGERY_VCENTER_PASSWORD'] ?? '';
@@ -77,7 +79,8 @@ function extraConfigFrom(env: Env): Record<string, string> {
   } catch {
     throw new ConfigError('ORANGERY_VCENTER_EXTRA_CONFIG must be a JSON object of VMX keys to string values');
   }
-  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw new ConfigError('ORANGERY_VCENTER_EXTRA_CONFIG must be a JSON object of VMX keys to string values');
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed))
+    throw new ConfigError('ORANGERY_VCENTER_EXTRA_CONFIG must be a JSON object of VMX keys to string values');
   const problem = extraConfigProblem(parsed as Record<string, unknown>);
   if (problem) throw new ConfigError(`ORANGERY_VCENTER_EXTRA_CONFIG: ${problem}`);
   return parsed as Record<string, string>;

@@ -22,7 +22,9 @@ const child = spawn(binary, ['-listen', '127.0.0.1:0', '-datastore-dir', dir], {
   env: { PATH: '/usr/bin:/bin', TMPDIR: dir, VCSIM_USERNAME: USER, VCSIM_PASSWORD: PASSWORD },
   stdio: ['ignore', 'pipe', 'inherit'],
 });
-const url = await new Promise<string>((resolve) => createInterface({ input: child.stdout! }).once('line', (l) => resolve((JSON.parse(l) as { url: string }).url)));
+const url = await new Promise<string>((resolve) =>
+  createInterface({ input: child.stdout! }).once('line', (l) => resolve((JSON.parse(l) as { url: string }).url)),
+);
 
 let label = '';
 const http = httpTransport(new URL(url));

@@ -25,7 +25,11 @@ export function replay(steps: readonly ReplayStep[]): SoapTransport & { requests
     if (step.reply instanceof Error) throw step.reply;
     if (typeof step.reply !== 'string') return step.reply;
     const body = fixture(step.reply);
-    return { status: body.includes('<soapenv:Fault>') ? 500 : 200, setCookie: step.method === 'Login' ? ['vmware_soap_session="abc123"; Path=/; HttpOnly'] : [], body };
+    return {
+      status: body.includes('<soapenv:Fault>') ? 500 : 200,
+      setCookie: step.method === 'Login' ? ['vmware_soap_session="abc123"; Path=/; HttpOnly'] : [],
+      body,
+    };
   };
   return Object.assign(t, { requests, left: () => queue.length });
 }

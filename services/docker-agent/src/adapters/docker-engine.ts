@@ -138,9 +138,12 @@ export class DockerEngine implements Engine {
       });
     } catch (e) {
       // Another create raced us: fine if the network is there now.
-      await this.docker.getNetwork(spec.name).inspect().catch(() => {
-        throw e;
-      });
+      await this.docker
+        .getNetwork(spec.name)
+        .inspect()
+        .catch(() => {
+          throw e;
+        });
     }
   }
 
@@ -182,7 +185,10 @@ export class DockerEngine implements Engine {
       return;
     }
     if (this.onStarted) {
-      const i = await this.docker.getContainer(id).inspect().catch(() => undefined);
+      const i = await this.docker
+        .getContainer(id)
+        .inspect()
+        .catch(() => undefined);
       const ip = i?.Config.Labels?.[LABEL.ip];
       if (i?.State.Pid && ip) this.onStarted(i.State.Pid, ip);
     }

@@ -56,12 +56,10 @@ export class GratuitousArp {
 
   announce(pid: number, ip: string): void {
     if (!Number.isInteger(pid) || pid <= 1 || !isStrictIpv4(ip)) return;
-    run('nsenter', [`--net=/proc/${pid}/ns/net`, 'arping', '-U', '-q', '-c', '2', '-w', '2', '-I', 'eth0', ip], { timeout: 5_000 }).catch(
-      (e: unknown) => {
-        // exit 1: nobody replied, which is what an announcement expects
-        if ((e as { code?: unknown }).code !== 1) this.warn('gratuitous ARP failed', { ip, err: (e as Error).message.split('\n')[0] });
-      },
-    );
+    run('nsenter', [`--net=/proc/${pid}/ns/net`, 'arping', '-U', '-q', '-c', '2', '-w', '2', '-I', 'eth0', ip], { timeout: 5_000 }).catch((e: unknown) => {
+      // exit 1: nobody replied, which is what an announcement expects
+      if ((e as { code?: unknown }).code !== 1) this.warn('gratuitous ARP failed', { ip, err: (e as Error).message.split('\n')[0] });
+    });
   }
 }
 

@@ -78,9 +78,7 @@ describe('create', () => {
       containerId: 'c001',
       resources: { cpu: 1, memoryMb: 512 },
     });
-    expect([...engine.networks.values()]).toEqual([
-      { name: 'orangery-v0-198.18.0.0_24', parent: 'eth1', subnet: '198.18.0.0/24', gateway: '198.18.0.1' },
-    ]);
+    expect([...engine.networks.values()]).toEqual([{ name: 'orangery-v0-198.18.0.0_24', parent: 'eth1', subnet: '198.18.0.0/24', gateway: '198.18.0.1' }]);
     const c = engine.byInstance('prod:web:0')!;
     expect(c.plan).toEqual(planContainer(cmd, { totalCpus: 4, reservedCpus: 1 }));
     expect(c.network).toBe('orangery-v0-198.18.0.0_24');
@@ -215,16 +213,13 @@ describe('create', () => {
     ['running', { engineState: 'running' }],
     ['restarting', { engineState: 'restarting' }],
     ['created, not started', { engineState: 'created' }],
-  ])(
-    'refuses an IP held by another instance on this host (%s): IP_IN_USE_ON_WIRE naming it, without probing the wire',
-    async (_what, state) => {
-      const { agent, engine, probe } = setup();
-      engine.seed({ instanceId: 'prod:api:0', ip: '198.18.0.10', ...state });
-      await expectError(agent.create(web(0)), 'IP_IN_USE_ON_WIRE', { ip: '198.18.0.10', holder: 'prod:api:0' });
-      expect(probe.calls).toEqual([]);
-      expect(engine.calls).toMatchObject({ create: 0, start: 0 });
-    },
-  );
+  ])('refuses an IP held by another instance on this host (%s): IP_IN_USE_ON_WIRE naming it, without probing the wire', async (_what, state) => {
+    const { agent, engine, probe } = setup();
+    engine.seed({ instanceId: 'prod:api:0', ip: '198.18.0.10', ...state });
+    await expectError(agent.create(web(0)), 'IP_IN_USE_ON_WIRE', { ip: '198.18.0.10', holder: 'prod:api:0' });
+    expect(probe.calls).toEqual([]);
+    expect(engine.calls).toMatchObject({ create: 0, start: 0 });
+  });
 
   it.each<[string, number]>([
     ['stopped', 143],
@@ -743,10 +738,12 @@ describe('restartAfterFailure', () => {
   it('a restart refused by the wire probe leaves the instance down and reports it failed', async () => {
     const { agent, engine, probe, events, id } = await crashed();
     probe.onWire.add('198.18.0.10');
-    const outcome = agent.restartAfterFailure(id, 'prod:web:0', () => false).then(
-      () => undefined,
-      (e: unknown) => e,
-    );
+    const outcome = agent
+      .restartAfterFailure(id, 'prod:web:0', () => false)
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     await vi.advanceTimersByTimeAsync(500);
     expect(await outcome).toMatchObject({ code: 'IP_IN_USE_ON_WIRE' });
     expect(engine.stateOfInstance('prod:web:0')).toBe('exited');

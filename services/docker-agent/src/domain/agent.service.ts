@@ -1,10 +1,4 @@
-import {
-  OrangeryError,
-  type AgentInstance,
-  type Amounts,
-  type ContainerCreateCommand,
-  type StopInstanceCommand,
-} from '@orangery/contracts';
+import { OrangeryError, type AgentInstance, type Amounts, type ContainerCreateCommand, type StopInstanceCommand } from '@orangery/contracts';
 import { cidrOf } from '@orangery/netaddr';
 import { LABEL, memoryLimitMb, networkName, parentInterface, planContainer, specHash } from './container-spec';
 import { stateOf, type ArpProbe, type Engine, type EventSink, type ManagedContainer } from './ports';
@@ -46,9 +40,11 @@ export class AgentService {
     const prev = this.queues.get(instanceId) ?? Promise.resolve();
     const next = prev.catch(() => undefined).then(work);
     this.queues.set(instanceId, next);
-    void next.finally(() => {
-      if (this.queues.get(instanceId) === next) this.queues.delete(instanceId);
-    }).catch(() => undefined);
+    void next
+      .finally(() => {
+        if (this.queues.get(instanceId) === next) this.queues.delete(instanceId);
+      })
+      .catch(() => undefined);
     return next;
   }
 
@@ -67,10 +63,14 @@ export class AgentService {
         return this.describe((await this.engine.findByInstance(cmd.instanceId)) ?? existing);
       }
       if (cmd.resources.cpu > this.settings.totalCpus - this.settings.reservedCpus) {
-        throw new OrangeryError('INSUFFICIENT_CAPACITY', `asks ${cmd.resources.cpu} CPUs; ${this.settings.hostId} offers ${this.settings.totalCpus - this.settings.reservedCpus} to instances`, {
-          cpu: cmd.resources.cpu,
-          available: this.settings.totalCpus - this.settings.reservedCpus,
-        });
+        throw new OrangeryError(
+          'INSUFFICIENT_CAPACITY',
+          `asks ${cmd.resources.cpu} CPUs; ${this.settings.hostId} offers ${this.settings.totalCpus - this.settings.reservedCpus} to instances`,
+          {
+            cpu: cmd.resources.cpu,
+            available: this.settings.totalCpus - this.settings.reservedCpus,
+          },
+        );
       }
       await this.refuseDuplicateIp(cmd.instanceId, cmd.network.ip);
       if (!(await this.engine.hasImage(cmd.image))) {

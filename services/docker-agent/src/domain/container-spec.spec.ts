@@ -279,7 +279,7 @@ describe('planContainer', () => {
     [0.5, 512],
     [0.001, 2],
     [16, 16_384],
-  ])('cpu %d: %i CPU shares (at least 2, docker\'s minimum)', (cpu, shares) => {
+  ])("cpu %d: %i CPU shares (at least 2, docker's minimum)", (cpu, shares) => {
     expect(planContainer(cmdOf({ resources: { cpu, memoryMb: 512 } }), { totalCpus: 32, reservedCpus: 1 }).cpuShares).toBe(shares);
   });
 

@@ -14,7 +14,10 @@ function setup(diskPolicy: 'report' | 'stop' = 'report') {
   const fence = { fenced: false, isolated: false };
   let wall = Date.parse('2026-03-01T10:00:00Z');
   const usage = new UsageMeter(engine, { now: () => 0 }, 100);
-  const facts = hostFactsOf({ hostId: 'srv-1', reservedCpus: 1, reservedMemoryMb: 1024, labels: {} }, { cpus: 4, memoryMb: 8192, diskMb: 100_000, version: 'x' });
+  const facts = hostFactsOf(
+    { hostId: 'srv-1', reservedCpus: 1, reservedMemoryMb: 1024, labels: {} },
+    { cpus: 4, memoryMb: 8192, diskMb: 100_000, version: 'x' },
+  );
   const monitor = new HostMonitor(
     {
       engine,

@@ -77,21 +77,16 @@ export class UsageMeter {
       }),
     );
     for (const id of this.lastCpu.keys()) if (!running.some((c) => c.id === id)) this.lastCpu.delete(id);
-    const usage = complete || running.length === 0
-      ? { cpu: Math.max(0, Math.round(cpu * 100) / 100), memoryMb: Math.round(memory / (1024 * 1024)), diskMb: diskUsedMb }
-      : this.current.usage; // a partial sum would under-report: keep the last whole one
+    const usage =
+      complete || running.length === 0
+        ? { cpu: Math.max(0, Math.round(cpu * 100) / 100), memoryMb: Math.round(memory / (1024 * 1024)), diskMb: diskUsedMb }
+        : this.current.usage; // a partial sum would under-report: keep the last whole one
     this.current = { allocated: allocatedOf(all), instances: all.length, usage };
   }
 }
 
 /** The heartbeat (CONTRACT.md "Heartbeat", v1.1: `isolated`). */
-export function heartbeatOf(
-  facts: HostFacts,
-  seq: number,
-  usage: HostUsage,
-  fence: { fenced: boolean; isolated: boolean },
-  time: Date,
-): Heartbeat {
+export function heartbeatOf(facts: HostFacts, seq: number, usage: HostUsage, fence: { fenced: boolean; isolated: boolean }, time: Date): Heartbeat {
   return {
     ...facts,
     time: time.toISOString(),

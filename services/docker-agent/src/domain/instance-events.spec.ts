@@ -89,7 +89,7 @@ describe('InstanceEvents', () => {
     await w.stop();
   });
 
-  it('an OOM kill is a failure even though its exit code (137) is a stop signal\'s', async () => {
+  it("an OOM kill is a failure even though its exit code (137) is a stop signal's", async () => {
     const w = await setup();
     w.engine.crash(w.containerId, 137, true);
     await w.settle();
@@ -119,7 +119,9 @@ describe('InstanceEvents', () => {
     await w.agent.remove(ID);
     await w.settle();
     expect(w.events.instances.map((e) => e.what)).toEqual(['stopped', 'removed']);
-    w.watch.adopted([{ id: 'c9', image: IMAGE, labels: { [LABEL.ip]: '198.18.0.9', [LABEL.vlan]: '12' }, engineState: 'running', exitCode: undefined, oomKilled: false }]);
+    w.watch.adopted([
+      { id: 'c9', image: IMAGE, labels: { [LABEL.ip]: '198.18.0.9', [LABEL.vlan]: '12' }, engineState: 'running', exitCode: undefined, oomKilled: false },
+    ]);
     expect(w.routes.calls).toEqual(['unroute eth1 198.18.0.10', 'route eth1.12 198.18.0.9']);
     await w.stop();
   });

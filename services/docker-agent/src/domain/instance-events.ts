@@ -88,6 +88,8 @@ export class InstanceEvents {
     const ip = labels[LABEL.ip];
     if (!routes || !ip) return;
     const parent = parentInterface(this.settings.uplink, Number(labels[LABEL.vlan] ?? 0));
-    (up ? routes.routeTo(parent, ip) : routes.unroute(parent, ip)).catch((err: unknown) => this.deps.log.warn({ err: String(err), ip }, 'host shim route failed'));
+    (up ? routes.routeTo(parent, ip) : routes.unroute(parent, ip)).catch((err: unknown) =>
+      this.deps.log.warn({ err: String(err), ip }, 'host shim route failed'),
+    );
   }
 }

@@ -62,8 +62,7 @@ export class IsolationMonitor {
       }
       if (this.everAnswered.has(ip)) armed++;
     }
-    const cause: IsolationCause | undefined =
-      sample.carrier === false ? 'no-carrier' : armed > 0 && !anyAnswer ? 'no-answer' : undefined;
+    const cause: IsolationCause | undefined = sample.carrier === false ? 'no-carrier' : armed > 0 && !anyAnswer ? 'no-answer' : undefined;
     this.currentCause = cause;
 
     if (cause === undefined) {

@@ -106,7 +106,7 @@ describe('SelfFence: what does not fence', () => {
   it('NATS (and the whole control plane) unreachable alone never fences: the gateway answers, every instance keeps running', async () => {
     // The self-fence has no NATS input at all: events only queue meanwhile (RecordingEvents).
     const w = await world();
-    await w.run(10 * FENCE_AFTER / 1_000);
+    await w.run((10 * FENCE_AFTER) / 1_000);
     expect(w.running()).toBe(2);
     expect(w.fence.fenced).toBe(false);
     expect(w.agent.fenced).toBe(false);
@@ -128,7 +128,7 @@ describe('SelfFence: what does not fence', () => {
   it('an isolation address that never answered does not arm: silence from the start never fences, and says so once', async () => {
     const w = await world();
     w.probe.onWire.delete(GATEWAY);
-    await w.run(3 * FENCE_AFTER / 1_000);
+    await w.run((3 * FENCE_AFTER) / 1_000);
     expect(w.fence.isolated).toBe(false);
     expect(w.running()).toBe(2);
     const warnings = w.log.lines.filter((l) => l.msg.startsWith('no isolation address has ever answered'));
@@ -165,10 +165,20 @@ describe('SelfFence: fencing', () => {
     expect(w.events.hosts).toEqual([
       {
         what: 'isolated',
-        data: { at: expect.any(String), isolationAddresses: [GATEWAY], stopped: expect.arrayContaining(['prod:web:0', 'prod:web:1']), reason: 'no isolation address answered ARP' },
+        data: {
+          at: expect.any(String),
+          isolationAddresses: [GATEWAY],
+          stopped: expect.arrayContaining(['prod:web:0', 'prod:web:1']),
+          reason: 'no isolation address answered ARP',
+        },
       },
     ]);
-    expect(w.events.instances.filter((e) => e.what === 'stopped').map((e) => e.instanceId).sort()).toEqual(['prod:web:0', 'prod:web:1']);
+    expect(
+      w.events.instances
+        .filter((e) => e.what === 'stopped')
+        .map((e) => e.instanceId)
+        .sort(),
+    ).toEqual(['prod:web:0', 'prod:web:1']);
     await expect(w.agent.start('prod:web:0')).rejects.toMatchObject({ code: 'UNAVAILABLE' });
     await w.run(20);
     expect(w.events.hosts).toHaveLength(1); // one fence per isolation

@@ -96,6 +96,7 @@ describe('wire.probe', () => {
       { vlan: 0, ips: Array.from({ length: 257 }, (_, i) => `198.18.${i >> 8}.${i & 255}`) },
       { vlan: 0, ips: ['198.18.0.7'], extra: 1 },
     ];
-    for (const body of bad) expect(() => decode(ProbeWireCommand, body), JSON.stringify(body).slice(0, 80)).toThrow(expect.objectContaining({ code: 'INVALID_REQUEST' }));
+    for (const body of bad)
+      expect(() => decode(ProbeWireCommand, body), JSON.stringify(body).slice(0, 80)).toThrow(expect.objectContaining({ code: 'INVALID_REQUEST' }));
   });
 });

@@ -11,7 +11,12 @@ describe('agentRoutes: wire.probe', () => {
   const engine = new FakeEngine({ interfaces: ['eth1'] });
   const probe = new FakeArpProbe();
   probe.onWire.add('198.18.0.9');
-  const wire = new WireProbeService(engine, probe, { exists: async (i) => engine.interfaces.has(i) }, { hostId: 'srv-1', uplink: 'eth1', concurrency: 4, engineTimeoutMs: 100 });
+  const wire = new WireProbeService(
+    engine,
+    probe,
+    { exists: async (i) => engine.interfaces.has(i) },
+    { hostId: 'srv-1', uplink: 'eth1', concurrency: 4, engineTimeoutMs: 100 },
+  );
   const route = agentRoutes('srv-1', {} as AgentService, wire).find((r) => r.subject === 'orangery.agent.srv-1.wire.probe');
 
   it('is served on orangery.agent.<hostId>.wire.probe and answers the probe', async () => {

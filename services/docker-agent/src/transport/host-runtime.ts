@@ -69,7 +69,10 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
   async onApplicationBootstrap(): Promise<void> {
     const engineFacts = this.engineFacts;
     if (this.config.reservedCpus >= engineFacts.cpus) {
-      this.logger.warn({ cpus: engineFacts.cpus, reserved: this.config.reservedCpus }, 'ORANGERY_RESERVED_CPUS leaves no core for instances; reserving all but one');
+      this.logger.warn(
+        { cpus: engineFacts.cpus, reserved: this.config.reservedCpus },
+        'ORANGERY_RESERVED_CPUS leaves no core for instances; reserving all but one',
+      );
     }
     const facts = this.monitor.facts;
     await ensureEventsStream(this.nc, this.logger);

@@ -17,8 +17,7 @@ import {
 /** Rows per INSERT when a pool's addresses are created (a /16 is 14 statements). */
 const INSERT_BATCH = 5_000;
 
-const ADDRESS_COLUMNS =
-  'ip, pool_id, state, owner_env, owner_app, owner_slot, available_at, released_at, instance_id, backend, host';
+const ADDRESS_COLUMNS = 'ip, pool_id, state, owner_env, owner_app, owner_slot, available_at, released_at, instance_id, backend, host';
 
 interface AddressRow {
   ip: number | string;
@@ -57,9 +56,7 @@ function toAddress(r: AddressRow): AddressRecord {
     poolId: Number(r.pool_id),
     state: r.state,
     owner:
-      r.owner_env !== null && r.owner_app !== null && r.owner_slot !== null
-        ? { env: r.owner_env, app: r.owner_app, slot: Number(r.owner_slot) }
-        : undefined,
+      r.owner_env !== null && r.owner_app !== null && r.owner_slot !== null ? { env: r.owner_env, app: r.owner_app, slot: Number(r.owner_slot) } : undefined,
     availableAt: r.available_at === null ? null : Number(r.available_at),
     releasedAt: r.released_at,
     instanceId: r.instance_id,
@@ -123,10 +120,7 @@ class MysqlIpamTx implements IpamTx {
   }
 
   async findOverlappingPool(first: number, last: number): Promise<PoolRecord | undefined> {
-    const [row] = await this.rows<PoolRow>('SELECT * FROM ipam_pool WHERE first_ip <= ? AND last_ip >= ? ORDER BY first_ip LIMIT 1', [
-      last,
-      first,
-    ]);
+    const [row] = await this.rows<PoolRow>('SELECT * FROM ipam_pool WHERE first_ip <= ? AND last_ip >= ? ORDER BY first_ip LIMIT 1', [last, first]);
     return row ? toPoolRecord(row) : undefined;
   }
 
@@ -192,9 +186,7 @@ class MysqlIpamTx implements IpamTx {
   }
 
   async lockOwnerAddresses(owner: Owner): Promise<AddressRecord[]> {
-    const rows = await this.rows<AddressRow>(`SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE owner_key = ? FOR UPDATE`, [
-      ownerKey(owner),
-    ]);
+    const rows = await this.rows<AddressRow>(`SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE owner_key = ? FOR UPDATE`, [ownerKey(owner)]);
     return rows.map(toAddress);
   }
 
@@ -235,9 +227,7 @@ class MysqlIpamTx implements IpamTx {
 
   async lockAddresses(ips: readonly number[]): Promise<AddressRecord[]> {
     if (ips.length === 0) return [];
-    const rows = await this.rows<AddressRow>(`SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE ip IN (?) ORDER BY ip FOR UPDATE`, [
-      [...ips],
-    ]);
+    const rows = await this.rows<AddressRow>(`SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE ip IN (?) ORDER BY ip FOR UPDATE`, [[...ips]]);
     return rows.map(toAddress);
   }
 
@@ -351,8 +341,7 @@ function addressValues(p: AddressPatch): unknown[] {
   ];
 }
 
-const sameValue = (a: unknown, b: unknown): boolean =>
-  a instanceof Date && b instanceof Date ? a.getTime() === b.getTime() : a === b;
+const sameValue = (a: unknown, b: unknown): boolean => (a instanceof Date && b instanceof Date ? a.getTime() === b.getTime() : a === b);
 
 /**
  * MySQL/MariaDB implementation of the IPAM store, on the lean SqlPool (an allocation is three

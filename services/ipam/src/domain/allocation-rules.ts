@@ -18,27 +18,22 @@ export interface CallContext {
   actor?: string;
 }
 
-export const sameOwner = (a: Owner | undefined, b: Owner): boolean =>
-  a !== undefined && a.env === b.env && a.app === b.app && a.slot === b.slot;
+export const sameOwner = (a: Owner | undefined, b: Owner): boolean => a !== undefined && a.env === b.env && a.app === b.app && a.slot === b.slot;
 
 export const isLive = (r: AddressRecord): boolean => r.state === 'allocated' || r.state === 'bound';
 
 /** The most recently released of `rows` (affinity: an owner gets its last address back). */
 export const latestReleased = (rows: readonly AddressRecord[]): AddressRecord | undefined =>
-  rows
-    .filter((r) => r.state === 'released')
-    .sort((a, b) => (b.releasedAt?.getTime() ?? 0) - (a.releasedAt?.getTime() ?? 0))[0];
+  rows.filter((r) => r.state === 'released').sort((a, b) => (b.releasedAt?.getTime() ?? 0) - (a.releasedAt?.getTime() ?? 0))[0];
 
-export const poolNotFound = (name: string): OrangeryError =>
-  new OrangeryError('POOL_NOT_FOUND', `pool '${name}' does not exist`, { pool: name });
+export const poolNotFound = (name: string): OrangeryError => new OrangeryError('POOL_NOT_FOUND', `pool '${name}' does not exist`, { pool: name });
 
 /** `owner` holds `live` (in pool `holding`) and asked for another pool or address. */
 export const ownerHasIp = (owner: Owner, live: AddressRecord, holding: PoolRecord | undefined): OrangeryError =>
-  new OrangeryError(
-    'OWNER_HAS_IP',
-    `${instanceIdOf(owner)} already holds ${intToIpv4(live.ip)} in pool '${holding?.name ?? '?'}'; release it first`,
-    { pool: holding?.name, ip: intToIpv4(live.ip) },
-  );
+  new OrangeryError('OWNER_HAS_IP', `${instanceIdOf(owner)} already holds ${intToIpv4(live.ip)} in pool '${holding?.name ?? '?'}'; release it first`, {
+    pool: holding?.name,
+    ip: intToIpv4(live.ip),
+  });
 
 /** bind of an address that is not allocated or bound. */
 export const notBindable = (ipText: string): OrangeryError =>

@@ -194,9 +194,7 @@ export class AllocationBatch {
     }
     // Affinity: the owner's own most recently released address in this pool, cooldown or not
     // (unless another item of this batch took it after its cooldown: then its owner changed).
-    const mine = (this.rowsOfOwner.get(ownerKey(owner)) ?? [])
-      .map((ip) => this.rows.get(ip)!)
-      .filter((r) => r.poolId === pool.id && sameOwner(r.owner, owner));
+    const mine = (this.rowsOfOwner.get(ownerKey(owner)) ?? []).map((ip) => this.rows.get(ip)!).filter((r) => r.poolId === pool.id && sameOwner(r.owner, owner));
     const affinity = latestReleased(mine);
     if (affinity) {
       this.claim(i, pool, affinity);
@@ -217,9 +215,7 @@ export class AllocationBatch {
   private async write(): Promise<void> {
     if (this.changes.length === 0) return;
     await this.tx.updateAddresses(this.changes.map((c) => ({ ip: c.before.ip, patch: patchOf(c.after) })));
-    await this.tx.auditAll(
-      this.changes.map((c) => auditEntryOf('allocate', c.pool, c.before, toAllocation(c.after, c.pool), this.ctx, this.now)),
-    );
+    await this.tx.auditAll(this.changes.map((c) => auditEntryOf('allocate', c.pool, c.before, toAllocation(c.after, c.pool), this.ctx, this.now)));
   }
 }
 
@@ -228,12 +224,7 @@ export class AllocationBatch {
  * then the items applied in order (a later item for the same ip sees the earlier one, as a
  * later single would), and the writes sent with COMMIT.
  */
-export async function bindBatchInTx(
-  tx: IpamTx,
-  now: number,
-  reqs: readonly BindRequest[],
-  ctx: CallContext,
-): Promise<Reply<Allocation>[]> {
+export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly BindRequest[], ctx: CallContext): Promise<Reply<Allocation>[]> {
   const ips = reqs.map((r) => ipv4ToInt(r.ip));
   const { rows: locked, pools } = await tx.openBinds([...new Set(ips)].sort((a, b) => a - b));
   const rows = new Map(locked.map((r) => [r.ip, r]));

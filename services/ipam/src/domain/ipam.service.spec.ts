@@ -24,8 +24,7 @@ function setup() {
   const clock = new FakeClock();
   const ipam = new IpamService(store, clock);
   const allocate = (o: Owner, pool = 'net', ip?: string) => ipam.allocate({ pool, owner: o, ...(ip ? { ip } : {}) });
-  const bind = (ip: string, o: Owner, host = 'esx-1', backend: 'docker' | 'vmware' = 'docker') =>
-    ipam.bind({ ip, instanceId: instanceOf(o), backend, host });
+  const bind = (ip: string, o: Owner, host = 'esx-1', backend: 'docker' | 'vmware' = 'docker') => ipam.bind({ ip, instanceId: instanceOf(o), backend, host });
   /** Allocates for each owner in turn; returns the IPs. */
   const fill = async (...owners: Owner[]) => {
     const ips: string[] = [];

@@ -120,13 +120,7 @@ export class IpamService {
     }
   }
 
-  private async allocateInTx(
-    tx: IpamTx,
-    poolName: string,
-    owner: Owner,
-    wanted: number | undefined,
-    ctx: CallContext,
-  ): Promise<Allocation> {
+  private async allocateInTx(tx: IpamTx, poolName: string, owner: Owner, wanted: number | undefined, ctx: CallContext): Promise<Allocation> {
     const now = this.clock.now();
     const { pool, mine } = await tx.openAllocation(poolName, owner);
     if (!pool) throw poolNotFound(poolName);
@@ -222,10 +216,7 @@ export class IpamService {
     });
   }
 
-  private async findForLookup(
-    tx: IpamTx,
-    by: { ip: number; text: string } | { owner: Owner },
-  ): Promise<AddressRecord> {
+  private async findForLookup(tx: IpamTx, by: { ip: number; text: string } | { owner: Owner }): Promise<AddressRecord> {
     if ('ip' in by) {
       const row = await tx.lockAddress(by.ip);
       if (!row || row.state === 'free') throw new OrangeryError('NOT_FOUND', `${by.text} is not allocated`, { ip: by.text });
@@ -278,4 +269,3 @@ function lookupKey(req: AddressLookupRequest): { ip: number; text: string } | { 
   if (req.owner !== undefined) return { owner: req.owner };
   throw invalidRequest('ip', 'is required (or owner)');
 }
-

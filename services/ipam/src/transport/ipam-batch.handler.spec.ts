@@ -67,7 +67,9 @@ describe('orangery.ipam.allocate.batch decoding', () => {
 describe('orangery.ipam.bind.batch decoding', () => {
   it('answers a malformed bind item alone', async () => {
     const { call } = await routes();
-    const { results: [a] } = (await call(SUBJECTS.ipam.allocateBatch, { items: [item(0)] })) as { results: { data: { ip: string } }[] };
+    const {
+      results: [a],
+    } = (await call(SUBJECTS.ipam.allocateBatch, { items: [item(0)] })) as { results: { data: { ip: string } }[] };
     const good = { ip: a!.data.ip, instanceId: 'test:web:0', backend: 'docker', host: 'h1' };
     const { results } = (await call(SUBJECTS.ipam.bindBatch, { items: [{ ...good, backend: 'kvm' }, good] })) as {
       results: { ok: boolean; error?: unknown; data?: unknown }[];

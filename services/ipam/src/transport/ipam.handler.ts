@@ -33,10 +33,7 @@ const callContext = (ctx: RequestContext): CallContext => {
  * Runs the well-formed items of a batch through `serve` and merges its results with the
  * malformed items' INVALID_REQUEST, in item order.
  */
-async function serveBatch<T, R>(
-  items: DecodedItem<T>[],
-  serve: (valid: T[]) => Promise<Reply<R>[]>,
-): Promise<{ results: Reply<R>[] }> {
+async function serveBatch<T, R>(items: DecodedItem<T>[], serve: (valid: T[]) => Promise<Reply<R>[]>): Promise<{ results: Reply<R>[] }> {
   const valid = items.flatMap((item) => (item.ok ? [item.value] : []));
   const served = valid.length > 0 ? await serve(valid) : [];
   let next = 0;

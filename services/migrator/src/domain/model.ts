@@ -4,7 +4,8 @@ import type { Backend, MigrationReason, MigrationState, MigrationStep, Migration
  * The names of the saga's steps, forward and rollback. Their order, and what each does, is
  * the saga's table (STEPS in saga-steps.ts) and nowhere else.
  */
-export type SagaStep = 'hold' | 'reserve' | 'stop-old' | 'create-new' | 'await-running' | 'bind' | 'remove-old' | 'commit' | 'remove-new' | 'start-old' | 'release';
+export type SagaStep =
+  'hold' | 'reserve' | 'stop-old' | 'create-new' | 'await-running' | 'bind' | 'remove-old' | 'commit' | 'remove-new' | 'start-old' | 'release';
 export type StepName = 'queued' | SagaStep | 'done';
 
 export interface MigrationRecord {

@@ -43,7 +43,7 @@ describe('the saga table', () => {
     expect(walk('remove-new', (s) => rollbackOf(s))).toEqual(['remove-new', 'start-old', 'release']);
   });
 
-  it('a hold refused because the slot is another migration\'s or gone ends without a rollback', () => {
+  it("a hold refused because the slot is another migration's or gone ends without a rollback", () => {
     expect(rollbackOf('hold', reason('INSTANCE_CONFLICT'))).toBe('done');
     expect(rollbackOf('hold', reason('NOT_FOUND'))).toBe('done');
     expect(rollbackOf('hold', reason('UNAVAILABLE'))).toBe('release');
@@ -70,14 +70,23 @@ function world() {
     { scheduler, agents, ipam: new FakeIpam(log), store, liveness: new FakeLiveness(), clock, log: silentLog },
     { source: 'test', fenceDeadlineMs: 15_000, createAttempts: 3, runningTimeoutMs: 60_000, stepGiveUpMs: 60_000, retryBaseMs: 100, retryMaxMs: 1_000 },
   );
-  const service = new MigrationService({ scheduler, store, clock, log: silentLog, saga }, 'replica-a', { source: 'test', requestRetryMs: 1_000 }, () => undefined);
+  const service = new MigrationService(
+    { scheduler, store, clock, log: silentLog, saga },
+    'replica-a',
+    { source: 'test', requestRetryMs: 1_000 },
+    () => undefined,
+  );
   return { log, scheduler, store, saga, service };
 }
 
 describe('migrate runs hold and reserve through the saga', () => {
   it('records both steps as the saga does, each retry of a missing leader an attempt, and migration.started once', async () => {
     const w = world();
-    w.scheduler.faults.add((c) => c === 'hold', () => transient(), 2);
+    w.scheduler.faults.add(
+      (c) => c === 'hold',
+      () => transient(),
+      2,
+    );
     const { migrationId } = await w.service.migrate({ instanceId: ID });
     const m = (await w.store.get(migrationId))!;
     expect(m.step).toBe('stop-old');
@@ -90,7 +99,10 @@ describe('migrate runs hold and reserve through the saga', () => {
 
   it('a refused reserve is the reply: the hold released, the record gone, no event', async () => {
     const w = world();
-    w.scheduler.faults.add((c) => c === 'reserve', () => refused('INSUFFICIENT_CAPACITY', 'no room'));
+    w.scheduler.faults.add(
+      (c) => c === 'reserve',
+      () => refused('INSUFFICIENT_CAPACITY', 'no room'),
+    );
     await expect(w.service.migrate({ instanceId: ID })).rejects.toMatchObject({ code: 'INSUFFICIENT_CAPACITY' });
     expect(w.scheduler.slots.get(ID)?.hold).toBeNull();
     expect(w.store.rows.size).toBe(0);
@@ -106,7 +118,10 @@ describe('a rollback step that cannot succeed', () => {
     m.rollingBack = true;
     m.failure = reason('START_FAILED');
     m.step = 'release';
-    w.scheduler.faults.add((c) => c === 'release' || c === 'slotGet', () => refused('INVALID_REQUEST', 'no'));
+    w.scheduler.faults.add(
+      (c) => c === 'release' || c === 'slotGet',
+      () => refused('INVALID_REQUEST', 'no'),
+    );
     await w.saga.run(m, 'replica-a');
     expect((await w.store.get(migrationId))!).toMatchObject({ state: 'failed', step: 'done', error: { code: 'START_FAILED' } });
   });

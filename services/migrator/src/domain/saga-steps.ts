@@ -6,10 +6,7 @@ import { reasonOf } from './steps';
 
 /** What one attempt of a step came to. Where it leads is the table's business, not the step's. */
 export type StepResult =
-  | { kind: 'done'; note?: string }
-  | { kind: 'skipped'; note: string }
-  | { kind: 'retry'; error: unknown }
-  | { kind: 'fail'; error: unknown };
+  { kind: 'done'; note?: string } | { kind: 'skipped'; note: string } | { kind: 'retry'; error: unknown } | { kind: 'fail'; error: unknown };
 
 /** What a step works with: the record (which it may fill in), its lease, the ports and the options. */
 export interface StepContext {

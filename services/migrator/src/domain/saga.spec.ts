@@ -25,7 +25,9 @@ function world() {
     { source: 'test', fenceDeadlineMs: 15_000, createAttempts: 3, runningTimeoutMs: 60_000, stepGiveUpMs: 60_000, retryBaseMs: 100, retryMaxMs: 1_000 },
   );
   const accepted: MigrationRecord[] = [];
-  const service = new MigrationService({ scheduler, store, clock, log: silentLog, saga }, 'replica-a', { source: 'test', requestRetryMs: 1_000 }, (m) => accepted.push(m));
+  const service = new MigrationService({ scheduler, store, clock, log: silentLog, saga }, 'replica-a', { source: 'test', requestRetryMs: 1_000 }, (m) =>
+    accepted.push(m),
+  );
   return { log, clock, scheduler, agents, ipam, liveness, store, saga, service, accepted };
 }
 
@@ -70,19 +72,32 @@ describe('MigrationSaga', () => {
     for (const s of done.steps) expect(s.attempts).toBeGreaterThanOrEqual(1);
     expectMovedToH2(w);
     expect(eventTypes(w)).toEqual(['migration.started', 'migration.completed']);
-    expect(w.store.events[1]).toMatchObject({ id: `migration-completed:${m.id}`, subject: m.id, data: { instanceId: ID, from: { hostId: 'h1' }, to: { hostId: 'h2' } } });
+    expect(w.store.events[1]).toMatchObject({
+      id: `migration-completed:${m.id}`,
+      subject: m.id,
+      data: { instanceId: ID, from: { hostId: 'h1' }, to: { hostId: 'h2' } },
+    });
   });
 
   it('rolls back when the target refuses the create: removes the target copy, starts the old one, releases', async () => {
     const w = world();
-    w.agents.faults.add((c) => c === 'create h2', () => refused('IP_IN_USE_ON_WIRE', '198.18.0.7 answers ARP'));
+    w.agents.faults.add(
+      (c) => c === 'create h2',
+      () => refused('IP_IN_USE_ON_WIRE', '198.18.0.7 answers ARP'),
+    );
     const m = await accept(w);
     await w.saga.run(m, 'replica-a');
     expect(outside(w.log).slice(2)).toEqual(['agent.stop h1', 'agent.create h2', 'agent.remove h2', 'agent.start h1', 'scheduler.release']);
     const failed = (await w.store.get(m.id))!;
     expect(failed).toMatchObject({ state: 'failed', error: { code: 'IP_IN_USE_ON_WIRE', message: '198.18.0.7 answers ARP' } });
     expect(failed.steps.map((s) => `${s.name}:${s.state}`)).toEqual([
-      'hold:done', 'reserve:done', 'stop-old:done', 'create-new:failed', 'remove-new:done', 'start-old:done', 'release:done',
+      'hold:done',
+      'reserve:done',
+      'stop-old:done',
+      'create-new:failed',
+      'remove-new:done',
+      'start-old:done',
+      'release:done',
     ]);
     expect(w.agents.copy('h1', ID)?.state).toBe('running');
     expect(w.agents.copy('h2', ID)).toBeUndefined();
@@ -94,7 +109,10 @@ describe('MigrationSaga', () => {
 
   it('retries a create that times out, and rolls back after the configured attempts', async () => {
     const w = world();
-    w.agents.faults.add((c) => c === 'create h2', () => transient('create timed out'));
+    w.agents.faults.add(
+      (c) => c === 'create h2',
+      () => transient('create timed out'),
+    );
     const m = await accept(w);
     await w.saga.run(m, 'replica-a');
     expect(w.log.filter((c) => c === 'agent.create h2').length).toBe(3);
@@ -131,7 +149,11 @@ describe('MigrationSaga', () => {
     const w = world();
     const m = await accept(w);
     w.liveness.silentMs.set('h1', 5_000);
-    w.agents.faults.add((c) => c === 'stop h1', () => transient('agent did not answer'), 2);
+    w.agents.faults.add(
+      (c) => c === 'stop h1',
+      () => transient('agent did not answer'),
+      2,
+    );
     await w.saga.run(m, 'replica-a');
     const done = (await w.store.get(m.id))!;
     expect(done.steps.find((s) => s.name === 'stop-old')).toMatchObject({ state: 'done', attempts: 3 });
@@ -237,7 +259,10 @@ describe('MigrationService', () => {
 
   it('refuses a target without capacity: the hold is released, the record deleted, nothing moves', async () => {
     const w = world();
-    w.scheduler.faults.add((c) => c === 'reserve', () => refused('INSUFFICIENT_CAPACITY', 'h3 lacks 2 cores'));
+    w.scheduler.faults.add(
+      (c) => c === 'reserve',
+      () => refused('INSUFFICIENT_CAPACITY', 'h3 lacks 2 cores'),
+    );
     await expect(w.service.migrate({ instanceId: ID, toHost: 'h2' })).rejects.toMatchObject({ code: 'INSUFFICIENT_CAPACITY' });
     expect(w.scheduler.slots.get(ID)).toMatchObject({ hostId: 'h1', hold: null });
     expect(w.store.rows.size).toBe(0);
@@ -253,10 +278,17 @@ describe('MigrationService', () => {
 
   it('waits for a scheduler leader within the request, then answers UNAVAILABLE', async () => {
     const w = world();
-    w.scheduler.faults.add((c) => c === 'hold', () => transient(), 2);
+    w.scheduler.faults.add(
+      (c) => c === 'hold',
+      () => transient(),
+      2,
+    );
     expect((await w.service.migrate({ instanceId: ID })).migrationId).toMatch(/^m-/);
     const x = world();
-    x.scheduler.faults.add((c) => c === 'hold', () => transient());
+    x.scheduler.faults.add(
+      (c) => c === 'hold',
+      () => transient(),
+    );
     await expect(x.service.migrate({ instanceId: ID })).rejects.toMatchObject({ code: 'UNAVAILABLE' });
     expect(x.store.rows.size).toBe(0);
   });

@@ -15,7 +15,12 @@ export function currentStep(m: MigrationRecord, now: number): MigrationStep {
 }
 
 /** Closes the current step and moves the record to `next`. */
-export function finishStep(m: MigrationRecord, now: number, next: StepName, how: { state?: 'done' | 'skipped' | 'failed'; note?: string; error?: string } = {}): void {
+export function finishStep(
+  m: MigrationRecord,
+  now: number,
+  next: StepName,
+  how: { state?: 'done' | 'skipped' | 'failed'; note?: string; error?: string } = {},
+): void {
   const entry = currentStep(m, now);
   entry.state = how.state ?? 'done';
   entry.finishedAt = iso(now);

@@ -176,15 +176,7 @@ export class MysqlSchedulerStore implements SchedulerStore {
         `INSERT INTO sched_host (id, backend, fenced, facts, usage_json, last_seen, verdict) VALUES ${rows(hosts.length, 7)}
          ON DUPLICATE KEY UPDATE backend = VALUES(backend), fenced = VALUES(fenced), facts = VALUES(facts),
            usage_json = VALUES(usage_json), last_seen = GREATEST(last_seen, VALUES(last_seen)), verdict = VALUES(verdict)`,
-        hosts.flatMap((h) => [
-          h.id,
-          h.backend,
-          h.fenced ? 1 : 0,
-          JSON.stringify(h.facts),
-          JSON.stringify(h.usage),
-          new Date(h.lastBeatWall),
-          h.judged ?? '',
-        ]),
+        hosts.flatMap((h) => [h.id, h.backend, h.fenced ? 1 : 0, JSON.stringify(h.facts), JSON.stringify(h.usage), new Date(h.lastBeatWall), h.judged ?? '']),
       );
     });
   }
@@ -192,7 +184,9 @@ export class MysqlSchedulerStore implements SchedulerStore {
   async listHosts(lostAfterMs: number): Promise<HostSummary[]> {
     return this.sql.read(async (q) => {
       const [hosts, sums] = (await q.queryAll([
-        { sql: 'SELECT id, backend, drain, fenced, facts, usage_json, last_seen, verdict, TIMESTAMPDIFF(MICROSECOND, last_seen, NOW(3)) AS silent_us FROM sched_host ORDER BY id' },
+        {
+          sql: 'SELECT id, backend, drain, fenced, facts, usage_json, last_seen, verdict, TIMESTAMPDIFF(MICROSECOND, last_seen, NOW(3)) AS silent_us FROM sched_host ORDER BY id',
+        },
         {
           sql: `SELECT host_id, SUM(cpu) AS cpu, SUM(memory_mb) AS memory_mb, SUM(disk_mb) AS disk_mb, COUNT(*) AS n
                 FROM sched_instance WHERE host_id IS NOT NULL GROUP BY host_id`,

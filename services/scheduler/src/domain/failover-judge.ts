@@ -109,7 +109,13 @@ export class FailoverJudge {
   private announceUnknown(h: HostEntry, silentMs: number, reason: string, answering?: string[]): void {
     if (this.announced.has(h.id)) return;
     this.announced.add(h.id);
-    const data: HostUnknownData = { hostId: h.id, backend: h.backend, silentSeconds: Math.round(silentMs / 100) / 10, reason, ...(answering ? { answering } : {}) };
+    const data: HostUnknownData = {
+      hostId: h.id,
+      backend: h.backend,
+      silentSeconds: Math.round(silentMs / 100) / 10,
+      reason,
+      ...(answering ? { answering } : {}),
+    };
     this.ports.log.warn({ ...data }, 'host unknown: nothing of it is replaced');
     this.publish('host', 'unknown', h.id, data, `host-unknown:${h.id}:${new Date(h.lastBeatWall).toISOString()}`);
   }

@@ -302,4 +302,3 @@ export class HostBook {
     return h;
   }
 }
-

@@ -50,7 +50,9 @@ export class Leftovers {
       void this.ports.agents
         .stop(hostId, inst.instanceId)
         .then((after) => after && this.keep(hostId, inst.instanceId, inst.backend, after.state, 'found where no record places it'))
-        .catch((e: unknown) => this.ports.log.warn({ instanceId: inst.instanceId, host: hostId, err: errorOf(e).message }, 'could not stop a leftover; will retry'));
+        .catch((e: unknown) =>
+          this.ports.log.warn({ instanceId: inst.instanceId, host: hostId, err: errorOf(e).message }, 'could not stop a leftover; will retry'),
+        );
       return;
     }
     const keptUntil = this.kept.get(key);
@@ -61,7 +63,9 @@ export class Leftovers {
       void this.ports.agents
         .remove(hostId, inst.instanceId)
         .then(() => this.kept.delete(key))
-        .catch((e: unknown) => this.ports.log.warn({ instanceId: inst.instanceId, host: hostId, err: errorOf(e).message }, 'could not remove a leftover; will retry'));
+        .catch((e: unknown) =>
+          this.ports.log.warn({ instanceId: inst.instanceId, host: hostId, err: errorOf(e).message }, 'could not remove a leftover; will retry'),
+        );
     }
   }
 }

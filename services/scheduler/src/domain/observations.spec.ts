@@ -22,7 +22,11 @@ async function observationWorld(slots: SlotRecord[] = [runningSlot(0, 'a')], loa
   const store = new InMemorySchedulerStore();
   store.apps.set('prod:web', appRecord({ spec: { ...appRecord().spec, replicas: 2 } }));
   for (const s of slots) store.slots.set(s.id, s);
-  const hosts = new HostBook(3_600_000, () => Date.now(), () => Date.now());
+  const hosts = new HostBook(
+    3_600_000,
+    () => Date.now(),
+    () => Date.now(),
+  );
   const book = new SlotBook(store, hosts, () => undefined);
   const agents = new FakeAgents();
   const log = new MemoryLog();
@@ -35,7 +39,17 @@ async function observationWorld(slots: SlotRecord[] = [runningSlot(0, 'a')], loa
   if (load) await book.load();
   for (const s of slots) if (s.hostId) agents.plant(s.hostId, { instanceId: s.id, env: s.env, app: s.app, slot: s.slot, state: 'running' });
   const listing = (host: string): AgentInstance[] => agents.instancesOn(host);
-  return { store, hosts, book, agents, observations, kick, judgeSilentHosts, listing, orphaned: () => store.eventsOf<InstanceOrphanedData>('instance', 'orphaned') };
+  return {
+    store,
+    hosts,
+    book,
+    agents,
+    observations,
+    kick,
+    judgeSilentHosts,
+    listing,
+    orphaned: () => store.eventsOf<InstanceOrphanedData>('instance', 'orphaned'),
+  };
 }
 
 beforeEach(() => {
@@ -143,7 +157,9 @@ describe('Leftovers', () => {
     w.observations.agentList('b', w.listing('b'));
     await vi.advanceTimersByTimeAsync(0);
     expect(w.agents.instancesOn('b')[0]?.state).toBe('stopped');
-    expect(w.orphaned().map((e) => e.data)).toEqual([expect.objectContaining({ instanceId: 'prod:web:7', host: 'b', reason: 'found where no record places it' })]);
+    expect(w.orphaned().map((e) => e.data)).toEqual([
+      expect.objectContaining({ instanceId: 'prod:web:7', host: 'b', reason: 'found where no record places it' }),
+    ]);
 
     w.observations.agentList('b', w.listing('b'));
     await vi.advanceTimersByTimeAsync(RETENTION);

@@ -64,7 +64,8 @@ export class Observations {
     for (const h of this.hosts.all()) {
       // The agent stopped everything itself (its instance network was isolated) and says so:
       // each instance moves once the agent confirms it stopped (stepReplace asks).
-      if (h.fenced && !this.hosts.isSilent(h)) this.replaceAll(h.id, { code: 'HOST_ISOLATED', message: `host ${h.id} fenced itself: its instance network is isolated`, host: h.id });
+      if (h.fenced && !this.hosts.isSilent(h))
+        this.replaceAll(h.id, { code: 'HOST_ISOLATED', message: `host ${h.id} fenced itself: its instance network is isolated`, host: h.id });
     }
   }
 
@@ -169,7 +170,11 @@ export class Observations {
       this.ports.kick(id);
     } else if (inst.state === 'failed') {
       this.ports.log.warn({ instanceId: id, host: s.hostId, reason: inst.reason }, 'instance failed; replacing it');
-      await this.book.update(s, { phase: 'replace', state: 'failed', lastError: { code: 'FAILED', message: inst.reason ?? `exit code ${inst.exitCode ?? '?'}`, host: s.hostId } });
+      await this.book.update(s, {
+        phase: 'replace',
+        state: 'failed',
+        lastError: { code: 'FAILED', message: inst.reason ?? `exit code ${inst.exitCode ?? '?'}`, host: s.hostId },
+      });
       this.ports.kick(id);
     } else if (inst.state === 'stopped' || inst.state === 'created') {
       this.ports.log.warn({ instanceId: id, host: s.hostId }, 'instance stopped by itself; starting it again');

@@ -19,11 +19,21 @@ import { FakeIpam, InMemorySchedulerStore, MemoryLog, transientError } from './t
 function judgeWorld(hostIds: string[] = ['a', 'b'], capacity: Amounts = { cpu: 8, memoryMb: 16_384, diskMb: 102_400 }) {
   const store = new InMemorySchedulerStore();
   const ipam = new FakeIpam().addPool('prod-pool', 100);
-  const hosts = new HostBook(3_600_000, () => 0, () => 0);
+  const hosts = new HostBook(
+    3_600_000,
+    () => 0,
+    () => 0,
+  );
   for (const h of hostIds) hosts.heartbeat(heartbeat(h, { capacity }));
   const book = new SlotBook(store, hosts, () => undefined);
   const kick = vi.fn<(id: string) => void>();
-  const judge = new RequestJudge(book, hosts, new SchedulerEvents('test'), { store, ipam, log: new MemoryLog(), kick }, { policy: 'binpack', envBackends: () => undefined });
+  const judge = new RequestJudge(
+    book,
+    hosts,
+    new SchedulerEvents('test'),
+    { store, ipam, log: new MemoryLog(), kick },
+    { policy: 'binpack', envBackends: () => undefined },
+  );
   const rejections = () => store.eventsOf<ScaleRejectedData>('scale', 'rejected').map((e) => e.data);
   const placements = () => store.eventsOf<InstancePlacedData>('instance', 'placed').map((e) => e.data);
   return { store, ipam, hosts, book, judge, kick, rejections, placements };
@@ -78,7 +88,9 @@ describe('RequestJudge', () => {
       ['req-2', 'accepted'],
       ['req-1', 'rejected'],
     ]);
-    expect(w.rejections()).toEqual([expect.objectContaining({ requestId: 'req-1', reason: expect.objectContaining({ code: 'SUPERSEDED', details: { by: 'req-2' } }) })]);
+    expect(w.rejections()).toEqual([
+      expect.objectContaining({ requestId: 'req-1', reason: expect.objectContaining({ code: 'SUPERSEDED', details: { by: 'req-2' } }) }),
+    ]);
     // only the slot that had no record yet is placed by the newer request
     expect(w.placements().map((p) => p.slot)).toEqual([0, 1]);
     w.judge.stop();
@@ -157,7 +169,11 @@ function slotBySlot(hosts: HostBook, request: PlacementRequest, count: number) {
 /** A host book with a mixed fleet, some drained, some silent, foreign load, and the scheduler's own reservations. */
 function randomHostBook(rnd: () => number, size: number): HostBook {
   let now = 0;
-  const hosts = new HostBook(1_000, () => now, () => 0);
+  const hosts = new HostBook(
+    1_000,
+    () => now,
+    () => 0,
+  );
   const pick = <T>(items: readonly T[]): T => items[Math.floor(rnd() * items.length)]!;
   for (let i = 0; i < size; i++) {
     const id = `h${String(i).padStart(3, '0')}`;
@@ -175,12 +191,19 @@ function randomHostBook(rnd: () => number, size: number): HostBook {
     );
     if (rnd() < 0.1) hosts.setDrain(id, true);
     for (let k = Math.floor(rnd() * 4); k > 0; k--) {
-      hosts.reserve(id, `${id}-own-${k}`, { env: pick(['prod', 'qa']), app: pick(['web', 'api']) }, { cpu: pick([0.5, 1, 2]), memoryMb: pick([512, 1024]), diskMb: 0 });
+      hosts.reserve(
+        id,
+        `${id}-own-${k}`,
+        { env: pick(['prod', 'qa']), app: pick(['web', 'api']) },
+        { cpu: pick([0.5, 1, 2]), memoryMb: pick([512, 1024]), diskMb: 0 },
+      );
     }
   }
   // a few hosts fall silent (unknown): the rest beat again
   now = 2_000;
-  for (const h of hosts.all()) if (rnd() < 0.85) hosts.heartbeat(heartbeat(h.id, { backend: h.backend, capacity: h.facts.capacity, vlans: h.facts.vlans, labels: h.facts.labels, usage: h.usage }));
+  for (const h of hosts.all())
+    if (rnd() < 0.85)
+      hosts.heartbeat(heartbeat(h.id, { backend: h.backend, capacity: h.facts.capacity, vlans: h.facts.vlans, labels: h.facts.labels, usage: h.usage }));
   hosts.sweep(new Map());
   return hosts;
 }

@@ -175,7 +175,10 @@ export class RequestJudge {
     } catch (e) {
       throw e instanceof NotLeaderError ? e : new RetryLater(`database: ${errorOf(e).message}`);
     }
-    this.ports.log.info({ requestId: r.requestId, app: r.env && r.app ? `${r.env}:${r.app}` : undefined, code: r.code, message: r.message }, 'scale request rejected');
+    this.ports.log.info(
+      { requestId: r.requestId, app: r.env && r.app ? `${r.env}:${r.app}` : undefined, code: r.code, message: r.message },
+      'scale request rejected',
+    );
   }
 
   // ---- app-level convergence -------------------------------------------------------------

@@ -1,12 +1,4 @@
-import {
-  decode,
-  isOrangeryError,
-  NAME_PATTERN,
-  parseJsonObject,
-  ScaleRequestedEvent,
-  type Backend,
-  type ScaleRequestData,
-} from '@orangery/contracts';
+import { decode, isOrangeryError, NAME_PATTERN, parseJsonObject, ScaleRequestedEvent, type Backend, type ScaleRequestData } from '@orangery/contracts';
 
 /**
  * The edge of the scale stream: turns a stored message into a request the core can judge,

@@ -100,7 +100,11 @@ describe('a scale request', () => {
     await scale(1, { replicas: 2 }, { traceparent: TRACEPARENT });
     // accepted: the desired state is journaled with one placement per slot
     expect(w.store.requests.get('req-1')?.outcome).toBe('accepted');
-    expect(placements().map((e) => e.data.slot).sort()).toEqual([0, 1]);
+    expect(
+      placements()
+        .map((e) => e.data.slot)
+        .sort(),
+    ).toEqual([0, 1]);
     expect(completions()).toHaveLength(0);
 
     await settle();
@@ -626,16 +630,22 @@ describe('observations', () => {
     w.core.agentList(host, w.agents.instancesOn(host));
     w.core.agentList(other, w.agents.instancesOn(other));
     await settle();
-    const running = (h: string) => w.agents.instancesOn(h).filter((i) => i.state === 'running').map((i) => i.instanceId);
+    const running = (h: string) =>
+      w.agents
+        .instancesOn(h)
+        .filter((i) => i.state === 'running')
+        .map((i) => i.instanceId);
     expect(running(host)).toEqual(['prod:web:0']);
     expect(running(other)).toEqual([]);
     expect(w.agents.callsOf('remove')).toEqual([]);
     expect(w.agents.callsOf('start')).toEqual([]);
     const orphaned = w.store.eventsOf<{ instanceId: string; host: string; keptUntil: string }>('instance', 'orphaned').map((e) => e.data);
-    expect(orphaned.map((d) => [d.instanceId, d.host]).sort()).toEqual([
-      ['prod:old:0', host],
-      ['prod:web:0', other],
-    ].sort());
+    expect(orphaned.map((d) => [d.instanceId, d.host]).sort()).toEqual(
+      [
+        ['prod:old:0', host],
+        ['prod:web:0', other],
+      ].sort(),
+    );
     expect(Date.parse(orphaned[0]!.keptUntil) - Date.now()).toBeGreaterThan(50_000);
     // seen again within the retention: kept, announced once
     w.core.agentList(other, w.agents.instancesOn(other));
@@ -676,10 +686,7 @@ describe('observations', () => {
     await scale(1, { replicas: 1 });
     await settle();
     // a new leader: it hears an agent (re-registration -> list) before start() loaded the slots
-    const next = new SchedulerCore(
-      { store: w.store, ipam: w.ipam, agents: w.agents, clock: { now: () => Date.now() }, log: new MemoryLog() },
-      SETTINGS,
-    );
+    const next = new SchedulerCore({ store: w.store, ipam: w.ipam, agents: w.agents, clock: { now: () => Date.now() }, log: new MemoryLog() }, SETTINGS);
     cores.push(next);
     next.heartbeat(heartbeat('a'));
     next.agentList('a', w.agents.instancesOn('a'));

@@ -120,7 +120,14 @@ export class SchedulerCore {
       { ipam: ports.ipam, agents, log, proberFor: (hostId, vlan) => this.failover.proberFor(hostId, vlan) },
       settings,
     );
-    this.observations = new Observations(this.book, this.hosts, leftovers, events, { agents, log, kick, judgeSilentHosts: () => this.failover.sweep() }, settings);
+    this.observations = new Observations(
+      this.book,
+      this.hosts,
+      leftovers,
+      events,
+      { agents, log, kick, judgeSilentHosts: () => this.failover.sweep() },
+      settings,
+    );
     this.leases = new SlotLeases(this.book, this.hosts, { log, kick, isRunning: (id) => this.queue.isRunning(id) }, settings.policy);
   }
 
@@ -194,7 +201,11 @@ export class SchedulerCore {
     return this.leases.hold(id, by);
   }
 
-  reserveTarget(id: string, by: string, opts: { toHost?: string; toBackend?: Backend; exclude?: readonly string[] }): Promise<{ hostId: string; backend: Backend }> {
+  reserveTarget(
+    id: string,
+    by: string,
+    opts: { toHost?: string; toBackend?: Backend; exclude?: readonly string[] },
+  ): Promise<{ hostId: string; backend: Backend }> {
     return this.leases.reserveTarget(id, by, opts);
   }
 

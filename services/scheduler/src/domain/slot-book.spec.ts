@@ -10,7 +10,11 @@ import { appRecord, runningSlot } from './testing/records';
 
 function bookWorld() {
   const store = new InMemorySchedulerStore();
-  const hosts = new HostBook(3_600_000, () => 0, () => 0);
+  const hosts = new HostBook(
+    3_600_000,
+    () => 0,
+    () => 0,
+  );
   for (const h of ['a', 'b']) hosts.heartbeat(heartbeat(h));
   const deposed = vi.fn<() => void>();
   const book = new SlotBook(store, hosts, deposed);

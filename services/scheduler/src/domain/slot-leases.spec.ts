@@ -21,7 +21,11 @@ async function leaseWorld(opts: { slots?: SlotRecord[]; app?: AppRecord; hosts?:
   const app = opts.app ?? appRecord();
   store.apps.set('prod:web', app);
   for (const s of opts.slots ?? [runningSlot(0, 'a')]) store.slots.set(s.id, s);
-  const hosts = new HostBook(3_600_000, () => 0, () => 0);
+  const hosts = new HostBook(
+    3_600_000,
+    () => 0,
+    () => 0,
+  );
   for (const h of opts.hosts ?? ['a', 'b', 'c']) hosts.heartbeat(heartbeat(h));
   const book = new SlotBook(store, hosts, () => undefined);
   await book.load();

@@ -45,7 +45,8 @@ export class SlotLeases {
       if (s.phase !== null || this.ports.isRunning(id)) {
         throw new OrangeryError('UNAVAILABLE', `instance ${id} is busy (${s.phase ?? 'a step is running'}); try again shortly`, { phase: s.phase });
       }
-      if (!s.hostId || s.state !== 'running') throw new OrangeryError('INSTANCE_CONFLICT', `instance ${id} is ${s.state}, not running: nothing to move`, { state: s.state });
+      if (!s.hostId || s.state !== 'running')
+        throw new OrangeryError('INSTANCE_CONFLICT', `instance ${id} is ${s.state}, not running: nothing to move`, { state: s.state });
       await this.book.update(s, { hold: { by } });
       this.ports.log.info({ instanceId: id, by }, 'slot held for a migration');
     }
@@ -53,7 +54,11 @@ export class SlotLeases {
   }
 
   /** Places and reserves the held slot's target (never its current host nor `exclude`). */
-  async reserveTarget(id: string, by: string, opts: { toHost?: string; toBackend?: Backend; exclude?: readonly string[] }): Promise<{ hostId: string; backend: Backend }> {
+  async reserveTarget(
+    id: string,
+    by: string,
+    opts: { toHost?: string; toBackend?: Backend; exclude?: readonly string[] },
+  ): Promise<{ hostId: string; backend: Backend }> {
     const s = this.heldBy(id, by, false);
     if (s.hold?.target) return s.hold.target;
     const request = this.targetRequest(s, opts);
@@ -79,7 +84,9 @@ export class SlotLeases {
     const backends = opts.toBackend ? [opts.toBackend] : app.spec.backends;
     for (const b of backends) {
       if (!(b === 'docker' ? (s.spec.image ?? app.spec.image) : (s.spec.template ?? app.spec.template))) {
-        throw new OrangeryError('INVALID_REQUEST', `field 'toBackend': ${s.id} has no ${b === 'docker' ? 'image' : 'template'} for ${b}`, { field: 'toBackend' });
+        throw new OrangeryError('INVALID_REQUEST', `field 'toBackend': ${s.id} has no ${b === 'docker' ? 'image' : 'template'} for ${b}`, {
+          field: 'toBackend',
+        });
       }
     }
     if (opts.toHost !== undefined && !this.hosts.get(opts.toHost)) throw new OrangeryError('NOT_FOUND', `no host ${opts.toHost}`, { hostId: opts.toHost });
@@ -100,7 +107,17 @@ export class SlotLeases {
     const s = this.heldBy(id, by, false);
     const target = s.hold?.target;
     if (!target) throw new OrangeryError('INSTANCE_CONFLICT', `no target reserved for ${id}`);
-    await this.book.update(s, { hostId: target.hostId, backend: target.backend, state: 'running', phase: null, hold: null, movedBy: by, tried: [], attempts: 0, lastError: null });
+    await this.book.update(s, {
+      hostId: target.hostId,
+      backend: target.backend,
+      state: 'running',
+      phase: null,
+      hold: null,
+      movedBy: by,
+      tried: [],
+      attempts: 0,
+      lastError: null,
+    });
     // the reservations follow the record only after the commit: a failed write leaves both copies' capacity taken
     if (s.hostId) this.hosts.unreserve(s.hostId, id);
     this.hosts.unreserve(target.hostId, targetKey(id));

@@ -19,7 +19,11 @@ async function reconcilerWorld(opts: { app?: AppRecord; slots?: SlotRecord[]; ho
   const store = new InMemorySchedulerStore();
   store.apps.set('prod:web', opts.app ?? appRecord());
   for (const s of opts.slots ?? []) store.slots.set(s.id, s);
-  const hosts = new HostBook(3_600_000, () => 0, () => 0);
+  const hosts = new HostBook(
+    3_600_000,
+    () => 0,
+    () => 0,
+  );
   for (const h of opts.hosts ?? ['a', 'b']) hosts.heartbeat(heartbeat(h));
   const book = new SlotBook(store, hosts, () => undefined);
   await book.load();
@@ -45,7 +49,16 @@ async function reconcilerWorld(opts: { app?: AppRecord; slots?: SlotRecord[]; ho
 
 /** A slot to be created on `hostId` (its first attempt), or placed first when null. */
 const toCreate = (slot: number, hostId: string | null, over: Partial<SlotRecord> = {}): SlotRecord =>
-  runningSlot(slot, hostId ?? 'x', { state: 'placed', phase: 'create', hostId, backend: hostId ? 'docker' : null, ip: null, mac: null, attempts: hostId ? 1 : 0, ...over });
+  runningSlot(slot, hostId ?? 'x', {
+    state: 'placed',
+    phase: 'create',
+    hostId,
+    backend: hostId ? 'docker' : null,
+    ip: null,
+    mac: null,
+    attempts: hostId ? 1 : 0,
+    ...over,
+  });
 
 describe('SlotReconciler', () => {
   it('creates a placed slot: allocate, create, bind, running, done', async () => {
@@ -86,7 +99,13 @@ describe('SlotReconciler', () => {
 
     const p = await reconcilerWorld({ app: appRecord({ spec: full, outcome: 'pending', requestId: 'req-2' }), slots: [toCreate(0, null)] });
     expect(await p.reconciler.step('prod:web:0')).toEqual(requeue(0));
-    expect(p.apps.rejectPending).toHaveBeenCalledWith('prod:web', 'req-2', 'INSUFFICIENT_CAPACITY', expect.stringContaining('no host can take'), expect.objectContaining({ slot: 0 }));
+    expect(p.apps.rejectPending).toHaveBeenCalledWith(
+      'prod:web',
+      'req-2',
+      'INSUFFICIENT_CAPACITY',
+      expect.stringContaining('no host can take'),
+      expect.objectContaining({ slot: 0 }),
+    );
   });
 
   it('a slot out of its attempts fails and is looked at again in 30 s (completed app)', async () => {

@@ -141,7 +141,11 @@ export class SlotReconciler {
     if (!s.hostId) return this.placeSlot(s, app);
     const hostId = s.hostId;
     if (this.hosts.isDown(hostId)) {
-      return this.attemptFailed(s, hostId, new OrangeryError('UNAVAILABLE', `host ${hostId} is ${this.hosts.stateOf(this.hosts.get(hostId)!)} (no heartbeat, or fenced)`));
+      return this.attemptFailed(
+        s,
+        hostId,
+        new OrangeryError('UNAVAILABLE', `host ${hostId} is ${this.hosts.stateOf(this.hosts.get(hostId)!)} (no heartbeat, or fenced)`),
+      );
     }
     let alloc;
     try {
@@ -204,7 +208,11 @@ export class SlotReconciler {
       return this.backoff(s);
     }
     if (answers.get(ip) === false) return undefined;
-    return this.attemptFailed(s, hostId, new OrangeryError('IP_IN_USE_ON_WIRE', `${ip} answers ARP on VLAN ${vlan} (probed by ${prober}): nothing was started`, { ip, prober }));
+    return this.attemptFailed(
+      s,
+      hostId,
+      new OrangeryError('IP_IN_USE_ON_WIRE', `${ip} answers ARP on VLAN ${vlan} (probed by ${prober}): nothing was started`, { ip, prober }),
+    );
   }
 
   /** Chooses the slot's next host (never one tried in this round) and reserves it there. */
@@ -214,7 +222,10 @@ export class SlotReconciler {
     if (!decision.ok) {
       if (s.tried.length > 0) return this.slotFailed(s, app);
       if (app.outcome === 'pending') {
-        await this.apps.rejectPending(appKeyOf(app), app.requestId, 'INSUFFICIENT_CAPACITY', decision.reason.message, { ...decision.reason.details, slot: s.slot });
+        await this.apps.rejectPending(appKeyOf(app), app.requestId, 'INSUFFICIENT_CAPACITY', decision.reason.message, {
+          ...decision.reason.details,
+          slot: s.slot,
+        });
         return NEXT;
       }
       return requeue(UNPLACEABLE_RETRY_MS);

@@ -1,4 +1,13 @@
-import { errorBodyOf, instanceIdOf, memoryLimitMb, OrangeryError, ownerOfInstanceId, type Backend, type CreateInstanceCommand, type SlotView } from '@orangery/contracts';
+import {
+  errorBodyOf,
+  instanceIdOf,
+  memoryLimitMb,
+  OrangeryError,
+  ownerOfInstanceId,
+  type Backend,
+  type CreateInstanceCommand,
+  type SlotView,
+} from '@orangery/contracts';
 import type { AppRecord, AppSpec, Demand, SlotError, SlotRecord, SlotSpec } from './model';
 import type { PlacementPolicy, PlacementRequest } from './placement';
 import type { AllocationInfo } from './ports';

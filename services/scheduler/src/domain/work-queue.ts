@@ -9,9 +9,7 @@ import { Semaphore } from './sync';
  * A worker that throws is retried with per-key exponential backoff.
  */
 export type Result =
-  | { readonly kind: 'done' }
-  | { readonly kind: 'requeue'; readonly afterMs: number }
-  | { readonly kind: 'terminal'; readonly reason: string };
+  { readonly kind: 'done' } | { readonly kind: 'requeue'; readonly afterMs: number } | { readonly kind: 'terminal'; readonly reason: string };
 
 export const DONE: Result = { kind: 'done' };
 export const requeue = (afterMs = 0): Result => ({ kind: 'requeue', afterMs });

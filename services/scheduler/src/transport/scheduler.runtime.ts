@@ -103,7 +103,14 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     const c = this.config;
     this.store.setEpoch(epoch);
     const core = new SchedulerCore(
-      { store: this.store, ipam: new NatsIpam(this.nc), agents: new NatsAgents(this.nc, { commandMs: c.agentTimeoutSeconds * 1000 }), clock: systemClock, wallClock: { now: () => Date.now() }, log: this.logger },
+      {
+        store: this.store,
+        ipam: new NatsIpam(this.nc),
+        agents: new NatsAgents(this.nc, { commandMs: c.agentTimeoutSeconds * 1000 }),
+        clock: systemClock,
+        wallClock: { now: () => Date.now() },
+        log: this.logger,
+      },
       {
         source: `orangery/scheduler/${this.replica}`,
         policy: c.policy,
@@ -260,7 +267,14 @@ function slotRoutes(core: SchedulerCore): Route[] {
   };
   return [
     { subject: s.get, handler: async (b) => contract(async () => core.slotView(decode(SlotGetRequest, b).instanceId)) },
-    { subject: s.hold, handler: async (b) => contract(() => { const r = decode(SlotHoldRequest, b); return core.hold(r.instanceId, r.by); }) },
+    {
+      subject: s.hold,
+      handler: async (b) =>
+        contract(() => {
+          const r = decode(SlotHoldRequest, b);
+          return core.hold(r.instanceId, r.by);
+        }),
+    },
     {
       subject: s.reserve,
       handler: async (b) =>
@@ -273,8 +287,29 @@ function slotRoutes(core: SchedulerCore): Route[] {
           });
         }),
     },
-    { subject: s.commit, handler: async (b) => contract(() => { const r = decode(SlotHoldRequest, b); return core.commitTarget(r.instanceId, r.by); }) },
-    { subject: s.release, handler: async (b) => contract(() => { const r = decode(SlotHoldRequest, b); return core.releaseHold(r.instanceId, r.by); }) },
-    { subject: s.hostDrain, handler: async (b) => contract(() => { const r = decode(HostDrainRequest, b); return core.setDrain(r.hostId, r.drain); }) },
+    {
+      subject: s.commit,
+      handler: async (b) =>
+        contract(() => {
+          const r = decode(SlotHoldRequest, b);
+          return core.commitTarget(r.instanceId, r.by);
+        }),
+    },
+    {
+      subject: s.release,
+      handler: async (b) =>
+        contract(() => {
+          const r = decode(SlotHoldRequest, b);
+          return core.releaseHold(r.instanceId, r.by);
+        }),
+    },
+    {
+      subject: s.hostDrain,
+      handler: async (b) =>
+        contract(() => {
+          const r = decode(HostDrainRequest, b);
+          return core.setDrain(r.hostId, r.drain);
+        }),
+    },
   ];
 }

@@ -34,29 +34,44 @@ describe('ChangeWatcher', () => {
     const done = { stop: (): void => undefined };
     const client = scripted(
       [
-        { version: '1', truncated: true, filterSets: [{ filter: new MoRef('PropertyFilter', 'f-1'), objects: [vmUpdate('vm-1', 'enter', { name: 'a', 'runtime.powerState': 'poweredOn' })] }] },
+        {
+          version: '1',
+          truncated: true,
+          filterSets: [{ filter: new MoRef('PropertyFilter', 'f-1'), objects: [vmUpdate('vm-1', 'enter', { name: 'a', 'runtime.powerState': 'poweredOn' })] }],
+        },
         {
           version: '2',
           truncated: false,
           filterSets: [
             {
               filter: new MoRef('PropertyFilter', 'f-1'),
-              objects: [vmUpdate('vm-2', 'enter', { name: 'b', 'runtime.powerState': 'poweredOn' }), vmUpdate('vm-1', 'modify', { 'guest.ipAddress': '198.18.20.1' })],
+              objects: [
+                vmUpdate('vm-2', 'enter', { name: 'b', 'runtime.powerState': 'poweredOn' }),
+                vmUpdate('vm-1', 'modify', { 'guest.ipAddress': '198.18.20.1' }),
+              ],
             },
           ],
         },
-        { version: '3', truncated: false, filterSets: [{ filter: new MoRef('PropertyFilter', 'f-1'), objects: [vmUpdate('vm-2', 'modify', { 'runtime.powerState': 'poweredOff' })] }] },
+        {
+          version: '3',
+          truncated: false,
+          filterSets: [{ filter: new MoRef('PropertyFilter', 'f-1'), objects: [vmUpdate('vm-2', 'modify', { 'runtime.powerState': 'poweredOff' })] }],
+        },
       ],
       () => done.stop(),
     );
-    const watcher = new ChangeWatcher(client, { vms: new MoRef('Folder', 'vm'), hosts: new MoRef('Folder', 'host') }, {
-      resync: (vms) => resyncs.push(vms),
-      vm: (c) => changes.push(c),
-      host: () => undefined,
-      error: (err) => {
-        throw err;
+    const watcher = new ChangeWatcher(
+      client,
+      { vms: new MoRef('Folder', 'vm'), hosts: new MoRef('Folder', 'host') },
+      {
+        resync: (vms) => resyncs.push(vms),
+        vm: (c) => changes.push(c),
+        host: () => undefined,
+        error: (err) => {
+          throw err;
+        },
       },
-    });
+    );
     done.stop = () => watcher.stop();
     await watcher.run();
     expect(resyncs).toHaveLength(1);

@@ -32,8 +32,15 @@ export class ChangeWatcher {
         views.push(vmView);
         const hostView = await this.view(this.roots.hosts, 'HostSystem');
         views.push(hostView);
-        filters.push(await this.client.createFilter({ propSet: [{ type: 'VirtualMachine', pathSet: ['name', 'config.template', 'runtime.powerState', 'guest.ipAddress', 'config.extraConfig'] }], objectSet: [viewSet(vmView)] }));
-        filters.push(await this.client.createFilter({ propSet: [{ type: 'HostSystem', pathSet: ['runtime.connectionState'] }], objectSet: [viewSet(hostView)] }));
+        filters.push(
+          await this.client.createFilter({
+            propSet: [{ type: 'VirtualMachine', pathSet: ['name', 'config.template', 'runtime.powerState', 'guest.ipAddress', 'config.extraConfig'] }],
+            objectSet: [viewSet(vmView)],
+          }),
+        );
+        filters.push(
+          await this.client.createFilter({ propSet: [{ type: 'HostSystem', pathSet: ['runtime.connectionState'] }], objectSet: [viewSet(hostView)] }),
+        );
         let version = '';
         // The first update set is the full picture, but vCenter may send it in pieces
         // (`truncated`): a resync on the first piece alone would report every VM of the
@@ -73,7 +80,10 @@ export class ChangeWatcher {
             if (set.truncated) continue;
             const whole = initial;
             initial = undefined;
-            this.handlers.resync([...whole.vms.values()], [...whole.hosts].map(([ref, connectionState]) => ({ ref, connectionState })));
+            this.handlers.resync(
+              [...whole.vms.values()],
+              [...whole.hosts].map(([ref, connectionState]) => ({ ref, connectionState })),
+            );
             continue;
           }
           for (const h of hosts) this.handlers.host(h.ref, h.connectionState);
@@ -92,7 +102,9 @@ export class ChangeWatcher {
   }
 
   private async view(root: MoRef, type: string): Promise<MoRef> {
-    const ref = asMoRef(await this.client.callValue('CreateContainerView', this.client.serviceContent.viewManager, { container: root, type: [type], recursive: true }));
+    const ref = asMoRef(
+      await this.client.callValue('CreateContainerView', this.client.serviceContent.viewManager, { container: root, type: [type], recursive: true }),
+    );
     if (!ref) throw new Error('CreateContainerView returned no view');
     return ref;
   }
@@ -101,7 +113,8 @@ export class ChangeWatcher {
 /** A change's fields that are set (a later piece must not blank what an earlier one said); `guestIp` kept when present. */
 function definedOf(v: VmChange): VmChange {
   const out: VmChange = { ref: v.ref, kind: v.kind };
-  for (const [k, val] of Object.entries(v) as [keyof VmChange, unknown][]) if (val !== undefined || k === 'guestIp') (out as unknown as Record<string, unknown>)[k] = val;
+  for (const [k, val] of Object.entries(v) as [keyof VmChange, unknown][])
+    if (val !== undefined || k === 'guestIp') (out as unknown as Record<string, unknown>)[k] = val;
   return out;
 }
 

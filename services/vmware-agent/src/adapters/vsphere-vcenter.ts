@@ -143,7 +143,11 @@ export class VsphereVcenter implements Vcenter {
       return new OrangeryError('UNAVAILABLE', `${what}: ${e.message}`, { vcenter: where, cause: 'timeout', retryable: true });
     }
     if (e instanceof VsphereLoginError) {
-      return new OrangeryError('UNAVAILABLE', `${what}: ${where} refused the agent's login again (password changed?)`, { vcenter: where, cause: 'InvalidLogin', retryable: true });
+      return new OrangeryError('UNAVAILABLE', `${what}: ${where} refused the agent's login again (password changed?)`, {
+        vcenter: where,
+        cause: 'InvalidLogin',
+        retryable: true,
+      });
     }
     if (e instanceof VsphereFault) {
       if (e.faultName === 'NotAuthenticated') {
@@ -191,7 +195,9 @@ export class VsphereVcenter implements Vcenter {
       const vlanOf = new Map(networks.map((n) => [n.ref.value, n]));
       const MB = 1024 * 1024;
       return rows.map(({ obj, props: p }) => {
-        const nets = asArray(p.network).map((r) => asMoRef(r)?.value).filter((v): v is string => v !== undefined);
+        const nets = asArray(p.network)
+          .map((r) => asMoRef(r)?.value)
+          .filter((v): v is string => v !== undefined);
         this.hostNetworks.set(obj.value, new Set(nets));
         const parent = asMoRef(p.parent);
         if (parent) this.hostParents.set(obj.value, parent);
@@ -221,7 +227,7 @@ export class VsphereVcenter implements Vcenter {
   }
 
   async hostStates(timeoutMs: number): Promise<EsxiHostState[]> {
-    return this.guard('reading the ESXi hosts\' states', async () =>
+    return this.guard("reading the ESXi hosts' states", async () =>
       (await this.client.inventory.hostStates(this.dc!.hostFolder, { timeoutMs })).map((h) => ({
         ref: h.ref.value,
         connectionState: h.connectionState,

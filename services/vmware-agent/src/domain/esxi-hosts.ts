@@ -97,7 +97,10 @@ export class EsxiHosts {
     if (!round) {
       if (this.vcenterSilentSince === undefined) {
         this.vcenterSilentSince = this.deps.now();
-        this.deps.log.warn({ vcenter: this.deps.vcenter }, 'vCenter did not answer the heartbeat read in time; heartbeats stop until it does (the VMs are not touched)');
+        this.deps.log.warn(
+          { vcenter: this.deps.vcenter },
+          'vCenter did not answer the heartbeat read in time; heartbeats stop until it does (the VMs are not touched)',
+        );
       }
       return [];
     }

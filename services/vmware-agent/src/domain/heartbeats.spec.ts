@@ -14,7 +14,12 @@ const H3 = 'esx03-lab-local';
 function world(readTimeoutMs = 100) {
   const vc = new FakeVcenter([esxiHost('esx01.lab.local'), esxiHost('esx02.lab.local'), esxiHost('esx03.lab.local', { cluster: undefined })]);
   const index = new VmIndex();
-  const agent = new VmwareAgentService(vc, new RecordingEvents(), { extraConfig: {}, guestIpTimeoutMs: 10, stopTimeoutSeconds: 0, tasksPerHost: 2, queuePerHost: 2, pollMs: 1 }, index);
+  const agent = new VmwareAgentService(
+    vc,
+    new RecordingEvents(),
+    { extraConfig: {}, guestIpTimeoutMs: 10, stopTimeoutSeconds: 0, tasksPerHost: 2, queuePerHost: 2, pollMs: 1 },
+    index,
+  );
   // the runtime's inventory: its own copies, refreshed on a slower loop
   const hosts = new Map<string, EsxiHost>(vc.hostList.map((h) => [hostIdFromName(h.name), { ...h }]));
   agent.setHosts(hosts);
@@ -33,7 +38,7 @@ const create = (slot: number, ip: string): VmCreateCommand => ({
   network: { ip, mac: '02:4f:c6:12:09:01', prefixLength: 24, gateway: '198.18.9.254', vlan: 100 },
 });
 
-describe('HeartbeatSource: heartbeats from vCenter\'s view', () => {
+describe("HeartbeatSource: heartbeats from vCenter's view", () => {
   it('every ESXi host heartbeats with connectionState, maintenance and haProtected as vCenter says them now', async () => {
     const { vc, agent, hosts, source } = world();
     await agent.create(H1, create(0, '198.18.9.1'));

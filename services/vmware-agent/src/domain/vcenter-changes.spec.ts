@@ -36,10 +36,20 @@ function world() {
   const vc = new FakeVcenter([esxiHost('esx01.lab.local'), esxiHost('esx02.lab.local')]);
   const events = new RecordingEvents();
   const log = new RecordingLog();
-  const agent = new VmwareAgentService(vc, events, { extraConfig: {}, guestIpTimeoutMs: 10, stopTimeoutSeconds: 0, tasksPerHost: 2, queuePerHost: 2, pollMs: 1 });
+  const agent = new VmwareAgentService(vc, events, {
+    extraConfig: {},
+    guestIpTimeoutMs: 10,
+    stopTimeoutSeconds: 0,
+    tasksPerHost: 2,
+    queuePerHost: 2,
+    pollMs: 1,
+  });
   let now = 1_000;
   const heartbeats = new HeartbeatSource(vc, agent, { reservedCpus: 1, reservedMemoryMb: 1024, readTimeoutMs: 50 });
-  const hosts = new EsxiHosts({ agent, heartbeats, events, engine: 'vcsim 0.24', vcenter: 'vc.lab', now: () => now, log }, { reservedCpus: 1, reservedMemoryMb: 1024 });
+  const hosts = new EsxiHosts(
+    { agent, heartbeats, events, engine: 'vcsim 0.24', vcenter: 'vc.lab', now: () => now, log },
+    { reservedCpus: 1, reservedMemoryMb: 1024 },
+  );
   const changes = new VcenterChanges({ agent, hosts, events, now: () => now, log });
   return { vc, events, log, agent, hosts, changes, tick: (ms: number) => (now += ms) };
 }
@@ -149,7 +159,7 @@ describe('EsxiHosts', () => {
     ]);
   });
 
-  it('a heartbeat round carries vCenter\'s word on a host: a disconnect is an event, maintenance is kept', async () => {
+  it("a heartbeat round carries vCenter's word on a host: a disconnect is an event, maintenance is kept", async () => {
     const w = world();
     w.hosts.inventory(await w.vc.hosts());
     w.vc.hostList[1]!.connectionState = 'disconnected';

@@ -96,7 +96,12 @@ export class VcenterChanges implements ChangeHandlers {
       if (!before) return;
       this.known.delete(c.ref);
       this.deps.agent.expectedStops.delete(c.ref);
-      this.deps.events.instance({ what: 'removed', hostId: before.hostId, instanceId: before.instanceId, data: { vmId: c.ref, ip: before.ip, mac: before.mac } });
+      this.deps.events.instance({
+        what: 'removed',
+        hostId: before.hostId,
+        instanceId: before.instanceId,
+        data: { vmId: c.ref, ip: before.ip, mac: before.mac },
+      });
       return;
     }
     const labels = c.extraConfig ? labelsOf(c.extraConfig) : undefined;

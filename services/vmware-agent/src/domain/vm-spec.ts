@@ -89,7 +89,8 @@ export function extraConfigProblem(extra: Record<string, unknown>): string | und
     if (typeof value !== 'string') return `value of '${key}' must be a string`;
     if ([...value].some((ch) => ch.charCodeAt(0) < 0x20)) return `value of '${key}' holds control characters`;
     for (const m of value.matchAll(PLACEHOLDER_RE)) {
-      if (!(PLACEHOLDERS as readonly string[]).includes(m[1]!)) return `value of '${key}': unknown placeholder {${m[1]}} (known: ${PLACEHOLDERS.map((p) => `{${p}}`).join(' ')})`;
+      if (!(PLACEHOLDERS as readonly string[]).includes(m[1]!))
+        return `value of '${key}': unknown placeholder {${m[1]}} (known: ${PLACEHOLDERS.map((p) => `{${p}}`).join(' ')})`;
     }
   }
   return undefined;

@@ -39,7 +39,11 @@ const cmd = (slot = 0, over: Partial<VmCreateCommand> = {}): VmCreateCommand => 
   };
 };
 
-const codeOf = (p: Promise<unknown>) => p.then(() => 'ok', (e: unknown) => (e instanceof OrangeryError ? e.code : String(e)));
+const codeOf = (p: Promise<unknown>) =>
+  p.then(
+    () => 'ok',
+    (e: unknown) => (e instanceof OrangeryError ? e.code : String(e)),
+  );
 
 describe('VmwareAgentService.create', () => {
   it('clones, powers on and answers running once the guest reports its IP', async () => {
@@ -47,7 +51,15 @@ describe('VmwareAgentService.create', () => {
     vc.guestIpAfterReads = 3;
     const c = cmd();
     const inst = await agent.create(H1, c);
-    expect(inst).toMatchObject({ instanceId: 'prod:pay:0', hostId: H1, backend: 'vmware', state: 'running', ip: c.network.ip, mac: c.network.mac, template: 'centos7-jdk8' });
+    expect(inst).toMatchObject({
+      instanceId: 'prod:pay:0',
+      hostId: H1,
+      backend: 'vmware',
+      state: 'running',
+      ip: c.network.ip,
+      mac: c.network.mac,
+      template: 'centos7-jdk8',
+    });
     const vm = [...vc.vmsByRef.values()][0]!;
     expect(vm.hostRef).toBe('host-esx01.lab.local');
     expect(vm.plan).toMatchObject({ name: 'orangery-prod-pay-0', numCpus: 2, memoryMb: 1024, mac: c.network.mac });
@@ -168,7 +180,18 @@ describe('VmwareAgentService.create', () => {
     expect(err).toMatchObject({ code: 'UNAVAILABLE', message: expect.stringMatching(/still after 3 s of retries/) });
     vc.vms = realVms;
     // a full host queue is answered at once
-    expect(await codeOf(new VmwareAgentService(vc, new RecordingEvents(), { extraConfig: {}, guestIpTimeoutMs: 10, stopTimeoutSeconds: 1, tasksPerHost: 1, queuePerHost: 0, unavailableRetryMs: 3_000 }).create('nope', cmd(1)))).toBe('NOT_FOUND');
+    expect(
+      await codeOf(
+        new VmwareAgentService(vc, new RecordingEvents(), {
+          extraConfig: {},
+          guestIpTimeoutMs: 10,
+          stopTimeoutSeconds: 1,
+          tasksPerHost: 1,
+          queuePerHost: 0,
+          unavailableRetryMs: 3_000,
+        }).create('nope', cmd(1)),
+      ),
+    ).toBe('NOT_FOUND');
   }, 10_000);
 
   it('a VM the guest powers off right after power-on is START_FAILED', async () => {
@@ -270,7 +293,13 @@ describe('VmwareAgentService stop, start, remove, get, list', () => {
   it('a restarted agent (new service, same vCenter) knows every instance from the labels alone', async () => {
     const { vc, agent } = world();
     await agent.create(H1, cmd(0));
-    const again = new VmwareAgentService(vc, new RecordingEvents(), { extraConfig: {}, guestIpTimeoutMs: 10, stopTimeoutSeconds: 1, tasksPerHost: 1, queuePerHost: 1 });
+    const again = new VmwareAgentService(vc, new RecordingEvents(), {
+      extraConfig: {},
+      guestIpTimeoutMs: 10,
+      stopTimeoutSeconds: 1,
+      tasksPerHost: 1,
+      queuePerHost: 1,
+    });
     again.setHosts(new Map(vc.hostList.map((h) => [hostIdFromName(h.name), h])));
     const listed = (await again.list(H1)).instances;
     expect(listed).toEqual((await agent.list(H1)).instances);
@@ -313,7 +342,8 @@ describe('HostLimiter', () => {
 });
 
 describe('the agent destroys or powers off nothing on its own (v1.1 failure semantics)', () => {
-  const noAnswer = () => new OrangeryError('UNAVAILABLE', 'powering on: no answer from vCenter within 60000 ms', { vcenter: 'x', cause: 'timeout', retryable: true });
+  const noAnswer = () =>
+    new OrangeryError('UNAVAILABLE', 'powering on: no answer from vCenter within 60000 ms', { vcenter: 'x', cause: 'timeout', retryable: true });
 
   it('a create cut off by vCenter after the power-on left (no answer) leaves the VM as it is: not powered off, not destroyed; the retry finds it running', async () => {
     const { vc, agent } = world({ unavailableRetryMs: 3_000 });
@@ -347,7 +377,7 @@ describe('the agent destroys or powers off nothing on its own (v1.1 failure sema
     expect(vc.calls.filter((m) => m === 'clone')).toHaveLength(1);
   });
 
-  it('a leftover (a copy no record places there) is powered off on the scheduler\'s stop and kept; only remove destroys', async () => {
+  it("a leftover (a copy no record places there) is powered off on the scheduler's stop and kept; only remove destroys", async () => {
     const { vc, agent } = world();
     await agent.create(H1, cmd(0));
     const [ref] = [...vc.vmsByRef.keys()];
@@ -382,4 +412,3 @@ describe('the agent destroys or powers off nothing on its own (v1.1 failure sema
     expect(vc.vmsByRef.size).toBe(4);
   });
 });
-

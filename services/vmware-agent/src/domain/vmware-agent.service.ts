@@ -179,7 +179,15 @@ export class VmwareAgentService {
     const plan = planVm(cmd, hostId, this.settings.extraConfig);
     const ref = await this.limiter.run(hostId, () => this.vc.clone(templateRef, host.ref, portGroup, plan));
     // What the clone is, we know: no read of it (each call counts when vCenter is busy).
-    const vm: ManagedVm = { ref, name: plan.name, powerState: 'poweredOff', template: false, guestIp: undefined, extraConfig: plan.extraConfig, labels: labelsOf(plan.extraConfig)! };
+    const vm: ManagedVm = {
+      ref,
+      name: plan.name,
+      powerState: 'poweredOff',
+      template: false,
+      guestIp: undefined,
+      extraConfig: plan.extraConfig,
+      labels: labelsOf(plan.extraConfig)!,
+    };
     this.index.upsert(vm);
     if (!wantStart) return this.describe(vm);
     try {

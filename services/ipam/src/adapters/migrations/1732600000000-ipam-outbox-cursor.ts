@@ -20,21 +20,23 @@ export class IpamOutboxCursor1732600000000 implements MigrationInterface {
     // by an early build of the first migration lacks uq_audit_event.
     const has = async (sql: string, params: string[]) => ((await q.query(sql, params)) as unknown[]).length > 0;
     for (const index of ['uq_audit_event', 'ix_audit_pending']) {
-      const exists = await has(
-        'SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ? LIMIT 1',
-        ['ipam_audit', index],
-      );
+      const exists = await has('SELECT 1 FROM information_schema.statistics WHERE table_schema = DATABASE() AND table_name = ? AND index_name = ? LIMIT 1', [
+        'ipam_audit',
+        index,
+      ]);
       if (exists) await q.query(`ALTER TABLE ipam_audit DROP INDEX ${index}`);
     }
-    const column = await has(
-      'SELECT 1 FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ? LIMIT 1',
-      ['ipam_audit', 'event_pending'],
-    );
+    const column = await has('SELECT 1 FROM information_schema.columns WHERE table_schema = DATABASE() AND table_name = ? AND column_name = ? LIMIT 1', [
+      'ipam_audit',
+      'event_pending',
+    ]);
     if (column) await q.query('ALTER TABLE ipam_audit DROP COLUMN event_pending');
   }
 
   async down(q: QueryRunner): Promise<void> {
-    await q.query('ALTER TABLE ipam_audit ADD COLUMN event_pending DATETIME(3) NULL, ADD UNIQUE KEY uq_audit_event (event_id), ADD KEY ix_audit_pending (event_pending)');
+    await q.query(
+      'ALTER TABLE ipam_audit ADD COLUMN event_pending DATETIME(3) NULL, ADD UNIQUE KEY uq_audit_event (event_id), ADD KEY ix_audit_pending (event_pending)',
+    );
     await q.query('DROP TABLE IF EXISTS ipam_outbox_cursor');
   }
 }

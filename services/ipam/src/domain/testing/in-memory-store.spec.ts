@@ -14,9 +14,7 @@ const T0 = 1_000_000;
 /** A store with pool #1 = 198.18.0.0/29 (rows .2 to .6). */
 async function storeWithPool() {
   const store = new InMemoryIpamStore();
-  const pool = await store.transaction((tx) =>
-    tx.insertPool(planPool({ name: 'net', cidr: '198.18.0.0/29', gateway: '198.18.0.1' }), new Date(T0)),
-  );
+  const pool = await store.transaction((tx) => tx.insertPool(planPool({ name: 'net', cidr: '198.18.0.0/29', gateway: '198.18.0.1' }), new Date(T0)));
   return { store, pool };
 }
 
@@ -60,9 +58,7 @@ describe('InMemoryIpamStore', () => {
   it('updateAddress refuses a second live address for one owner', async () => {
     const { store } = await storeWithPool();
     await store.transaction((tx) => setRow(tx, '198.18.0.2', { state: 'allocated', owner: web0, availableAt: null }));
-    await expect(
-      store.transaction((tx) => setRow(tx, '198.18.0.3', { state: 'bound', owner: web0, availableAt: null })),
-    ).rejects.toBeInstanceOf(OwnerConflict);
+    await expect(store.transaction((tx) => setRow(tx, '198.18.0.3', { state: 'bound', owner: web0, availableAt: null }))).rejects.toBeInstanceOf(OwnerConflict);
   });
 
   it('a transaction that throws changes nothing and records no audit entry', async () => {

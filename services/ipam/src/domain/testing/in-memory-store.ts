@@ -119,8 +119,7 @@ class InMemoryTx implements IpamTx {
     if (!row) throw new Error(`no address row for ${ip}`);
     if ((patch.state === 'allocated' || patch.state === 'bound') && patch.owner) {
       // Like a unique index on the live owner: sees this transaction's rows and committed ones.
-      const clash = (rows: Iterable<AddressRecord>) =>
-        [...rows].some((r) => r.ip !== ip && isLive(r) && sameOwner(r.owner, patch.owner));
+      const clash = (rows: Iterable<AddressRecord>) => [...rows].some((r) => r.ip !== ip && isLive(r) && sameOwner(r.owner, patch.owner));
       if (clash(this.state.addresses.values()) || clash(this.store.committed().addresses.values())) {
         throw new OwnerConflict();
       }

@@ -1,6 +1,16 @@
 import type { AgentInstance, Backend, CreateInstanceCommand, ErrorCode, InstanceSummary, NewEvent, Owner, Placement, SlotView } from '@orangery/contracts';
 import type { DrainRecord, MigrationRecord } from '../model';
-import { LeaseLostError, PortError, type AddressInfo, type AgentPort, type Clock, type IpamPort, type Liveness, type MigrationStore, type SchedulerPort } from '../ports';
+import {
+  LeaseLostError,
+  PortError,
+  type AddressInfo,
+  type AgentPort,
+  type Clock,
+  type IpamPort,
+  type Liveness,
+  type MigrationStore,
+  type SchedulerPort,
+} from '../ports';
 
 /**
  * In-memory stand-ins for the migrator's ports. They behave like the real services where

@@ -32,7 +32,12 @@ describe('feasibility filters', () => {
     ['backend-not-allowed', 'a vmware host for a docker request', esxHost('h'), request({ backend: 'docker' })],
     ['backend-not-allowed', 'a docker host for a vmware request', host('h'), request({ backend: 'vmware' })],
     ['backend-not-allowed', "a vmware host when the env's policy allows docker only", esxHost('h'), request({ allowedBackends: ['docker'] })],
-    ['backend-not-allowed', "a docker host asked for by name that the env's policy forbids", host('h'), request({ backend: 'docker', allowedBackends: ['vmware'] })],
+    [
+      'backend-not-allowed',
+      "a docker host asked for by name that the env's policy forbids",
+      host('h'),
+      request({ backend: 'docker', allowedBackends: ['vmware'] }),
+    ],
     ['host-not-ready', 'a draining host', host('h', { state: 'draining' }), request()],
     ['host-not-ready', 'a lost host', host('h', { state: 'lost' }), request()],
     ['host-excluded', 'an excluded host', host('h'), request({ excludeHosts: ['x', 'h'] })],
@@ -47,7 +52,12 @@ describe('feasibility filters', () => {
       host('h', used(0, 14_336)),
       request({ resources: { cpu: 1, memoryMb: 2048, heapMb: 2048 } }),
     ],
-    ['disk-exhausted', 'a host with 1 GiB of disk for 2 GiB', host('h', capacity(8, 16_384, 1024)), request({ resources: { cpu: 1, memoryMb: 1024, diskMb: 2048 } })],
+    [
+      'disk-exhausted',
+      'a host with 1 GiB of disk for 2 GiB',
+      host('h', capacity(8, 16_384, 1024)),
+      request({ resources: { cpu: 1, memoryMb: 1024, diskMb: 2048 } }),
+    ],
   ])('%s: %s', (reason, _what, h, req) => {
     expect(rejections(h, req)).toEqual([reason]);
     const decision = place(req, [h]);
@@ -65,7 +75,11 @@ describe('feasibility filters', () => {
     ["a vmware host the env's policy allows", esxHost('h'), request({ allowedBackends: ['docker', 'vmware'] })],
     ['a docker host on any VLAN', host('h'), request({ vlan: 4094 })],
     ['a host when other hosts are excluded', host('h'), request({ excludeHosts: ['x', 'y'] })],
-    ['exactly the room asked for', host('h', { ...capacity(2, 2048, 4096), ...used(1, 1024, 2048) }), request({ resources: { cpu: 1, memoryMb: 1024, diskMb: 2048 } })],
+    [
+      'exactly the room asked for',
+      host('h', { ...capacity(2, 2048, 4096), ...used(1, 1024, 2048) }),
+      request({ resources: { cpu: 1, memoryMb: 1024, diskMb: 2048 } }),
+    ],
     ['0.3 CPU free for 0.3 CPU (millicores, no float drift)', host('h', used(7.7, 0)), request({ resources: { cpu: 0.3, memoryMb: 64 } })],
     [
       'exactly the container limit free: 2 GiB asked, 2 GiB heap, 2.5 GiB free',
@@ -83,7 +97,12 @@ describe('feasibility filters', () => {
     ['of the wrong backend and lost', esxHost('h', { state: 'lost' }), request({ backend: 'docker' }), 'backend-not-allowed'],
     ['excluded and without the VLAN', esxHost('h', { vlans: [] }), request({ excludeHosts: ['h'] }), 'host-excluded'],
     ['short of cpu and memory', host('h', used(8, 16_384)), request(), 'cpu-exhausted'],
-    ['short of memory and disk', host('h', { ...used(0, 16_384), ...capacity(8, 16_384, 0) }), request({ resources: { cpu: 1, memoryMb: 1024, diskMb: 1 } }), 'memory-exhausted'],
+    [
+      'short of memory and disk',
+      host('h', { ...used(0, 16_384), ...capacity(8, 16_384, 0) }),
+      request({ resources: { cpu: 1, memoryMb: 1024, diskMb: 1 } }),
+      'memory-exhausted',
+    ],
   ])('a host %s is counted once, under the first filter that rejects it', (_what, h, req, reason) => {
     expect(firstRejection(FEASIBILITY, Inventory.of([h]), 0, demandOf(req))?.reason).toBe(reason);
     const decision = place(req, [h]);

@@ -19,10 +19,21 @@ describe('Inventory', () => {
 
   it('counts the instances of the snapshot per env:app and host', () => {
     const inventory = Inventory.of([
-      host('a', { instances: [{ env: 'prod', app: 'web' }, { env: 'prod', app: 'web' }, { env: 'qa', app: 'web' }] }),
+      host('a', {
+        instances: [
+          { env: 'prod', app: 'web' },
+          { env: 'prod', app: 'web' },
+          { env: 'qa', app: 'web' },
+        ],
+      }),
       host('b', { instances: [{ env: 'prod', app: 'web' }] }),
     ]);
-    expect(inventory.instancesOf('prod:web')).toEqual(new Map([[0, 2], [1, 1]]));
+    expect(inventory.instancesOf('prod:web')).toEqual(
+      new Map([
+        [0, 2],
+        [1, 1],
+      ]),
+    );
     expect(inventory.instancesOf('qa:web')).toEqual(new Map([[0, 1]]));
     expect(inventory.instancesOf('prod:api')).toBeUndefined();
   });

@@ -146,7 +146,12 @@ describe('backend: auto', () => {
     ['vmware full: docker', request(), [host('dkr'), esxHost('esx', used(0, 16_384))], 'dkr'],
     ['both with room, binpack: the fuller, here vmware', request(), [host('dkr', used(2, 0)), esxHost('esx', used(4, 0))], 'esx'],
     ['both with room, binpack: the fuller, here docker', request(), [host('dkr', used(4, 0)), esxHost('esx', used(2, 0))], 'dkr'],
-    ['both with room, least-loaded: the emptier, here vmware', request({ policy: 'least-loaded' }), [host('dkr', used(4, 0)), esxHost('esx', used(2, 0))], 'esx'],
+    [
+      'both with room, least-loaded: the emptier, here vmware',
+      request({ policy: 'least-loaded' }),
+      [host('dkr', used(4, 0)), esxHost('esx', used(2, 0))],
+      'esx',
+    ],
     ['vmware hosts without the VLAN leave docker', request({ vlan: 300 }), [host('dkr', used(7, 0)), esxHost('esx')], 'dkr'],
     ["the env's policy narrows auto to docker", request({ allowedBackends: ['docker'] }), [host('dkr', used(1, 0)), esxHost('esx', used(4, 0))], 'dkr'],
     ['backend: vmware never takes a docker host', request({ backend: 'vmware' }), [host('dkr', used(6, 0)), esxHost('esx')], 'esx'],
@@ -164,9 +169,7 @@ describe('draining, lost and excluded hosts', () => {
     ['lost', (h) => ({ ...h, state: 'lost' }), (r) => r],
     ['excluded', (h) => h, (r) => ({ ...r, excludeHosts: ['best'] })],
   ];
-  const cases = ways.flatMap(([what, hostAs, requestAs]) =>
-    (['binpack', 'least-loaded'] as const).map((policy): Case => [what, policy, hostAs, requestAs]),
-  );
+  const cases = ways.flatMap(([what, hostAs, requestAs]) => (['binpack', 'least-loaded'] as const).map((policy): Case => [what, policy, hostAs, requestAs]));
   it.each<Case>(cases)('a %s host is never chosen, though it scores best (%s)', (_what, policy, hostAs, requestAs) => {
     // 'best' is the fullest with room (binpack) or the emptiest (least-loaded)
     const best = hostAs(host('best', policy === 'binpack' ? used(4, 8192) : {}));

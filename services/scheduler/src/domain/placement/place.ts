@@ -122,13 +122,7 @@ function scan(inventory: Inventory, demand: Demand): number {
 
 function scoreOf(inventory: Inventory, i: number, demand: Demand): number {
   const instances = demand.spread === 'host' ? (inventory.instancesOf(demand.key)?.get(i) ?? 0) : 0;
-  const utilisation = utilisationAfter(
-    inventory.freeCpuMilli[i]!,
-    inventory.cpuScale[i]!,
-    inventory.freeMemoryMb[i]!,
-    inventory.memoryScale[i]!,
-    demand,
-  );
+  const utilisation = utilisationAfter(inventory.freeCpuMilli[i]!, inventory.cpuScale[i]!, inventory.freeMemoryMb[i]!, inventory.memoryScale[i]!, demand);
   return fitScore(utilisation, demand.policy) - spreadPenalty(instances);
 }
 

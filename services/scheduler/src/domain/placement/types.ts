@@ -53,13 +53,7 @@ export interface PlacementRequest extends AppRef {
 
 /** The names under which filtered-out hosts are counted, one per feasibility filter. */
 export type FilterReason =
-  | 'backend-not-allowed'
-  | 'host-not-ready'
-  | 'host-excluded'
-  | 'vlan-unreachable'
-  | 'cpu-exhausted'
-  | 'memory-exhausted'
-  | 'disk-exhausted';
+  'backend-not-allowed' | 'host-not-ready' | 'host-excluded' | 'vlan-unreachable' | 'cpu-exhausted' | 'memory-exhausted' | 'disk-exhausted';
 
 export interface InsufficientCapacity {
   readonly code: 'INSUFFICIENT_CAPACITY';

@@ -1,6 +1,17 @@
 import { instanceIdOf, type AgentInstance, type Backend, type CreateInstanceCommand, type ErrorCode, type NewEvent, type Owner } from '@orangery/contracts';
 import { appKeyOf, type AppRecord, type SlotRecord } from '../model';
-import { NotLeaderError, PortError, type AgentPort, type AllocationInfo, type Changes, type Clock, type CoreLog, type IpamPort, type PoolInfo, type SchedulerStore } from '../ports';
+import {
+  NotLeaderError,
+  PortError,
+  type AgentPort,
+  type AllocationInfo,
+  type Changes,
+  type Clock,
+  type CoreLog,
+  type IpamPort,
+  type PoolInfo,
+  type SchedulerStore,
+} from '../ports';
 
 /**
  * In-memory stand-ins for the scheduler core's ports: they behave like the real services
@@ -219,8 +230,7 @@ export class FakeIpam implements IpamPort {
 const info = (a: FakeAllocation): AllocationInfo => ({ ip: a.ip, mac: a.mac, prefixLength: a.prefixLength, gateway: a.gateway, vlan: a.vlan });
 
 /** Locally administered, unicast, derived from the IP like the real ipam. */
-export const macOf = (ip: string): string =>
-  ['02', '00', ...ip.split('.').map((o) => Number(o).toString(16).padStart(2, '0'))].join(':');
+export const macOf = (ip: string): string => ['02', '00', ...ip.split('.').map((o) => Number(o).toString(16).padStart(2, '0'))].join(':');
 
 // ---- agents -------------------------------------------------------------------------------------
 

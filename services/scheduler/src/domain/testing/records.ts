@@ -4,7 +4,15 @@ import type { AppRecord, SlotRecord } from '../model';
 
 /** prod/web, completed at `replicas` slots of 1 CPU / 1 GiB, docker, pool prod-pool (VLAN 100). */
 export const appRecord = (over: Partial<AppRecord> = {}): AppRecord => {
-  const spec = { replicas: 1, resources: { cpu: 1, memoryMb: 1024 }, image: 'web:1.0', backends: ['docker' as const], pool: 'prod-pool', vlan: 100, spread: 'host' as const };
+  const spec = {
+    replicas: 1,
+    resources: { cpu: 1, memoryMb: 1024 },
+    image: 'web:1.0',
+    backends: ['docker' as const],
+    pool: 'prod-pool',
+    vlan: 100,
+    spread: 'host' as const,
+  };
   return { env: 'prod', app: 'web', requestId: 'req-1', seq: 1, spec, stable: spec, outcome: 'completed', backend: 'auto', ...over };
 };
 

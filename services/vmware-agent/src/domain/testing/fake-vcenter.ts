@@ -47,7 +47,14 @@ export class FakeVcenter implements Vcenter {
   private readonly readsSincePowerOn = new Map<string, number>();
 
   constructor(readonly hostList: EsxiHost[] = [esxiHost('esx01.lab.local'), esxiHost('esx02.lab.local')]) {
-    for (const h of hostList) this.portGroups.set(h.ref, new Map([[0, 'vlan0'], [100, 'pg-vlan100']]));
+    for (const h of hostList)
+      this.portGroups.set(
+        h.ref,
+        new Map([
+          [0, 'vlan0'],
+          [100, 'pg-vlan100'],
+        ]),
+      );
   }
 
   failNext(method: keyof Vcenter, err: OrangeryError): void {
@@ -66,7 +73,6 @@ export class FakeVcenter implements Vcenter {
     this.frozen = undefined;
   }
 
-
   private async enter(method: keyof Vcenter, ref?: string, timeoutMs?: number): Promise<void> {
     this.calls.push(method);
     if (ref) this.powerChanges.push(`${method} ${ref}`);
@@ -77,7 +83,12 @@ export class FakeVcenter implements Vcenter {
         let timer: NodeJS.Timeout | undefined;
         const late = await Promise.race([thawed.then(() => false), new Promise<boolean>((r) => (timer = setTimeout(() => r(true), timeoutMs)))]);
         clearTimeout(timer);
-        if (late) throw new OrangeryError('UNAVAILABLE', `${method}: no answer from vCenter within ${timeoutMs} ms`, { vcenter: 'fake', cause: 'timeout', retryable: true });
+        if (late)
+          throw new OrangeryError('UNAVAILABLE', `${method}: no answer from vCenter within ${timeoutMs} ms`, {
+            vcenter: 'fake',
+            cause: 'timeout',
+            retryable: true,
+          });
       }
     }
     const f = this.failures.get(method);
@@ -119,7 +130,14 @@ export class FakeVcenter implements Vcenter {
   private view(v: Vm & { customizedIp?: string }): Vm {
     const reads = this.readsSincePowerOn.get(v.ref) ?? 0;
     const reports = v.powerState === 'poweredOn' && this.guestIpAfterReads >= 0 && reads > this.guestIpAfterReads - 1;
-    return { ref: v.ref, name: v.name, powerState: v.powerState, template: v.template, guestIp: v.guestIp ?? (reports ? v.customizedIp : undefined), extraConfig: { ...v.extraConfig } };
+    return {
+      ref: v.ref,
+      name: v.name,
+      powerState: v.powerState,
+      template: v.template,
+      guestIp: v.guestIp ?? (reports ? v.customizedIp : undefined),
+      extraConfig: { ...v.extraConfig },
+    };
   }
 
   async findTemplate(name: string): Promise<string | undefined> {

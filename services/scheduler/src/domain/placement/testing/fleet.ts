@@ -18,8 +18,7 @@ export const host = (id: string, over: Partial<HostView> = {}): HostView =>
   });
 
 /** An ESXi host reaching VLANs 100 and 200; otherwise like `host`. */
-export const esxHost = (id: string, over: Partial<HostView> = {}): HostView =>
-  host(id, { backend: 'vmware', vlans: [100, 200], ...over });
+export const esxHost = (id: string, over: Partial<HostView> = {}): HostView => host(id, { backend: 'vmware', vlans: [100, 200], ...over });
 
 /** What is already allocated on a host: `used(6, 12_288)` is 6 CPU and 12 GiB. */
 export const used = (cpu: number, memoryMb: number, diskMb = 0): Pick<HostView, 'allocated'> => ({
