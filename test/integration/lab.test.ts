@@ -177,12 +177,12 @@ describe('setup after a crashed run', () => {
     process.kill(enginePids[1]!, 'SIGKILL');
     execFileSync('ip', ['link', 'add', 'olab-junk', 'type', 'veth', 'peer', 'name', 'olab-junkp']);
     const before = await labResidue([crashed.labDir]);
-    expect(before.netns.sort()).toEqual(['olab-probe', 'olab-vm1']);
+    expect(before.netns.sort()).toEqual(['olab-gw', 'olab-probe', 'olab-vm1']);
 
     fresh = await Lab.setup({ servers: 1, legacyVms: 0 });
     expect(crashed.tornDown).toBe(true); // superseded: its teardown is a no-op now
     expect(fresh.leftovers.interfaces).toEqual(expect.arrayContaining(['olab-junk', 'olab-s2u']));
-    expect(fresh.leftovers.netns.sort()).toEqual(['olab-probe', 'olab-vm1']);
+    expect(fresh.leftovers.netns.sort()).toEqual(['olab-gw', 'olab-probe', 'olab-vm1']);
     expect(fresh.leftovers.processes).toEqual(expect.arrayContaining([enginePids[0]]));
     for (const p of before.processes) expect(running(p)).toBe(false);
     // The fresh lab is whole and the old container IPs are gone from the wire.
