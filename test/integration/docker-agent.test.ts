@@ -133,7 +133,8 @@ describe('docker-agent in the lab', () => {
     for (const vm of lab.vms) {
       expect(await lab.vmPing(vm, a.data.ip)).toBe(true);
       expect(await lab.vmPing(vm, b.data.ip)).toBe(true);
-      expect(await lab.vmHttpGet(vm, b.data.ip, SVC_PORT)).toBe(SVC_INDEX);
+      // `running` means the process runs; the service in it may need a moment to listen
+      expect(await waitFor('the service answers', async () => (await lab.vmHttpGet(vm, b.data.ip, SVC_PORT)) ?? undefined, 15_000, 200)).toBe(SVC_INDEX);
     }
     const name = (x: { instanceId: string }) => `orangery-${x.instanceId.replace(/:/g, '-')}`;
     await lab.docker(s1, ['exec', name(a.data), 'ping', '-c', '1', '-W', '2', b.data.ip]);

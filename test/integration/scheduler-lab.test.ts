@@ -77,7 +77,11 @@ describe('scheduler in the lab', () => {
     expect([...perHost.values()]).toEqual([2, 2]);
     expect(new Set(list.map((i) => i.ip)).size).toBe(4);
     const vm = lab.vms[0]!;
-    for (const i of list) expect(await lab.vmHttpGet(vm, i.ip, SVC_PORT)).toBe(SVC_INDEX);
+    // `running` means the process runs; the service in it may need a moment to listen
+    for (const i of list) {
+      const got = await waitFor(`${i.ip} answers the legacy VM`, async () => (await lab.vmHttpGet(vm, i.ip, SVC_PORT)) ?? undefined, 15_000, 200);
+      expect(got).toBe(SVC_INDEX);
+    }
     const containers = await containersOf('pay');
     expect([...containers.values()].map((c) => c.length)).toEqual([2, 2]);
   });
