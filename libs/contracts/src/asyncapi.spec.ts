@@ -16,8 +16,8 @@ import {
   AllocateRequest,
   BindBatchRequest,
   BindRequest,
-  EmptyRequest,
   PoolCreateRequest,
+  PoolListRequest,
   PoolNameRequest,
   type Allocation,
 } from './ipam';
@@ -30,7 +30,7 @@ type Json = Record<string, unknown>;
 const VALIDATED_WITH: Record<keyof typeof SUBJECTS.ipam, TSchema> = {
   poolCreate: PoolCreateRequest,
   poolGet: PoolNameRequest,
-  poolList: EmptyRequest,
+  poolList: PoolListRequest,
   poolDelete: PoolNameRequest,
   allocate: AllocateRequest,
   bind: BindRequest,

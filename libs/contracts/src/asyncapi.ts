@@ -49,6 +49,7 @@ import {
   Pool,
   PoolCreateRequest,
   PoolList,
+  PoolListRequest,
   PoolNameRequest,
   PoolWithUsage,
 } from './ipam';
@@ -349,6 +350,7 @@ const NAMED_SCHEMAS = {
   PoolCreateRequest,
   PoolNameRequest,
   EmptyRequest,
+  PoolListRequest,
   AllocateRequest,
   BindRequest,
   AddressLookupRequest,
@@ -438,7 +440,15 @@ const IPAM: Record<IpamKey, Pick<RequestReply, 'summary' | 'description' | 'requ
     request: 'PoolNameRequest',
     reply: 'PoolWithUsageReply',
   },
-  poolList: { summary: 'List the pools with their usage.', request: 'EmptyRequest', reply: 'PoolListReply' },
+  poolList: {
+    summary: 'List the pools with their usage, in name order.',
+    description:
+      'Paged (v1.1): { limit?, cursor? }; at most limit pools (default 1000, at most 10000) after cursor; ' +
+      'nextCursor is present while more remain (send it as cursor for the next page). A limit that is not an integer ' +
+      'in 1..10000, or a cursor this subject did not issue, is INVALID_REQUEST naming the field.',
+    request: 'PoolListRequest',
+    reply: 'PoolListReply',
+  },
   poolDelete: {
     summary: 'Delete a pool.',
     description: 'Succeeds when no address is allocated or bound (released ones go with the pool); POOL_IN_USE otherwise.',
@@ -508,8 +518,11 @@ const OPERATORS: RequestReply[] = [
     queue: QUEUE_GROUPS.scheduler,
     summary: 'List the hosts.',
     description:
-      'Request {}. Data: { hosts: [{ id, backend, state, capacity, allocated, usage, labels }] }; state is ready, ' +
-      'draining or lost; capacity, allocated and usage are { cpu, memoryMb, diskMb }.',
+      'Request { limit?, cursor? }. Data: { hosts: [{ id, backend, state, capacity, allocated, usage, labels }], nextCursor? }; ' +
+      'state is ready, draining, unknown or lost; capacity, allocated and usage are { cpu, memoryMb, diskMb }. ' +
+      'Paged (v1.1): at most limit hosts (default 1000, at most 10000) in id order after cursor; nextCursor is present ' +
+      'while more remain. A limit that is not an integer in 1..10000, or a cursor this subject did not issue, is ' +
+      'INVALID_REQUEST naming the field.',
     request: 'HostsListRequest',
     reply: 'HostsListReply',
     errors: ['INVALID_REQUEST'],
@@ -521,8 +534,11 @@ const OPERATORS: RequestReply[] = [
     queue: QUEUE_GROUPS.scheduler,
     summary: 'List the instances.',
     description:
-      'Request { env?, app? }. Data: { instances: [{ id, env, app, slot, state, backend, host, ip, mac }] }; state is ' +
-      'placed, starting, running, stopped or failed (removed instances leave the list).',
+      'Request { env?, app?, limit?, cursor? }. Data: { instances: [{ id, env, app, slot, state, backend, host, ip, mac }], ' +
+      'nextCursor? }; state is placed, starting, running, stopped or failed (removed instances leave the list). ' +
+      'Paged (v1.1): at most limit instances (default 1000, at most 10000) in (env, app, slot) order after cursor; ' +
+      'nextCursor is present while more remain. A limit that is not an integer in 1..10000, or a cursor this subject ' +
+      'did not issue, is INVALID_REQUEST naming the field. Never carries environment values.',
     request: 'InstancesListRequest',
     reply: 'InstancesListReply',
     errors: ['INVALID_REQUEST'],

@@ -11,3 +11,4 @@ export * from './agent';
 export * from './scheduler';
 export * from './migrator';
 export * from './spec-hash';
+export * from './paging';

@@ -1,6 +1,7 @@
 import { Type, type Static, type TArray, type TObject, type TSchema } from '@sinclair/typebox';
 import { ReplySchema } from './envelope-schemas';
 import { MAX_SLOT, NAME_PATTERN, HOST_ID_PATTERN } from './names';
+import { NextCursorField, PagedRequest } from './paging';
 
 /**
  * IPAM payloads of CONTRACT.md. These schemas are the single source for validation at
@@ -31,6 +32,9 @@ export type PoolCreateRequest = Static<typeof PoolCreateRequest>;
 export const PoolNameRequest = Type.Object({ name: Name }, strict);
 export type PoolNameRequest = Static<typeof PoolNameRequest>;
 export const EmptyRequest = Type.Object({}, strict);
+/** `pool.list` request (v1.1: paged). */
+export const PoolListRequest = PagedRequest({});
+export type PoolListRequest = Static<typeof PoolListRequest>;
 
 export const AllocateRequest = Type.Object({ pool: Name, owner: OwnerSchema, ip: Type.Optional(Ipv4) }, strict);
 export type AllocateRequest = Static<typeof AllocateRequest>;
@@ -93,7 +97,7 @@ export const PoolWithUsage = Type.Intersect([
 export type PoolWithUsage = Static<typeof PoolWithUsage>;
 
 /** `pool.list` reply data. */
-export const PoolList = Type.Object({ pools: Type.Array(PoolWithUsage) });
+export const PoolList = Type.Object({ pools: Type.Array(PoolWithUsage, { description: 'in name order' }), ...NextCursorField });
 export type PoolList = Static<typeof PoolList>;
 
 // ---- batch requests (project addition, docs/ipam.md "Batch requests") -------------------

@@ -4,6 +4,7 @@ import { EVENT_TYPE_PREFIX } from './cloudevents';
 import { InboundEventSchema } from './envelope-schemas';
 import { Name } from './ipam';
 import { HOST_ID_PATTERN, INSTANCE_ID_PATTERN, MAX_SLOT } from './names';
+import { NextCursorField, PagedRequest } from './paging';
 
 /**
  * Scale requests (CONTRACT.md "Scale requests") and the scheduler's operator queries
@@ -91,7 +92,8 @@ export type InstancePlacedData = Static<typeof InstancePlacedData>;
 
 // ---- operator queries ------------------------------------------------------------------
 
-export const HostsListRequest = Type.Object({}, strict);
+export const HostsListRequest = PagedRequest({});
+export type HostsListRequest = Static<typeof HostsListRequest>;
 
 const Amounts = Type.Object({ cpu: Type.Number(), memoryMb: Type.Integer(), diskMb: Type.Integer() });
 
@@ -107,10 +109,10 @@ export const HostSummary = Type.Object({
   instances: Type.Optional(Type.Integer({ description: 'project addition: instances the scheduler placed there' })),
 });
 export type HostSummary = Static<typeof HostSummary>;
-export const HostsListData = Type.Object({ hosts: Type.Array(HostSummary) });
+export const HostsListData = Type.Object({ hosts: Type.Array(HostSummary, { description: 'in id order' }), ...NextCursorField });
 export type HostsListData = Static<typeof HostsListData>;
 
-export const InstancesListRequest = Type.Object({ env: Type.Optional(Name), app: Type.Optional(Name) }, strict);
+export const InstancesListRequest = PagedRequest({ env: Type.Optional(Name), app: Type.Optional(Name) });
 export type InstancesListRequest = Static<typeof InstancesListRequest>;
 
 export const INSTANCE_STATES = ['placed', 'starting', 'running', 'stopped', 'failed', 'removed'] as const;
@@ -129,7 +131,7 @@ export const InstanceSummary = Type.Object({
   error: Type.Optional(Type.String({ description: "project addition: the last start failure's reason" })),
 });
 export type InstanceSummary = Static<typeof InstanceSummary>;
-export const InstancesListData = Type.Object({ instances: Type.Array(InstanceSummary) });
+export const InstancesListData = Type.Object({ instances: Type.Array(InstanceSummary, { description: 'in (env, app, slot) order' }), ...NextCursorField });
 export type InstancesListData = Static<typeof InstancesListData>;
 
 // ---- the leader's slot API for the migrator (internal) --------------------------------

@@ -7,7 +7,7 @@ import {
   AllocateRequest,
   BindBatchRequest,
   BindRequest,
-  EmptyRequest,
+  PoolListRequest,
   MAX_BATCH_ITEMS,
   PoolCreateRequest,
   PoolNameRequest,
@@ -243,7 +243,7 @@ describe('decode of the other requests', () => {
     ['pool.get without a name', PoolNameRequest, {}, 'name'],
     ['pool.get with a bad name', PoolNameRequest, { name: 'Prod' }, 'name'],
     ['pool.get with an unknown field', PoolNameRequest, { name: 'p', cidr: '198.18.0.0/24' }, 'cidr'],
-    ['pool.list with any field', EmptyRequest, { name: 'p' }, 'name'],
+    ['pool.list with an unknown field', PoolListRequest, { name: 'p' }, 'name'],
   ])('refuses %s, naming the field', (_what, schema, value, field) => {
     expectInvalid(schema, value, field);
   });

@@ -70,3 +70,58 @@ describe('contract clients', () => {
     expect(asked[0]).toMatchObject({ subject: SUBJECTS.schedulerSlot.reserve, body: { instanceId: 'prod:web:0', by: 'm-1', exclude: ['h1'] } });
   });
 });
+
+describe('list clients read every page', () => {
+  /** A lister of `n` hosts that pages by `limit` with the index as its cursor, recording each request. */
+  function pagedNats(n: number, limit: number) {
+    const asked: Record<string, unknown>[] = [];
+    const nc = {
+      async request(subject: string, data: string) {
+        const body = JSON.parse(data) as { cursor?: string; env?: string };
+        asked.push(body);
+        const from = body.cursor === undefined ? 0 : Number(body.cursor);
+        const ids = Array.from({ length: Math.max(0, Math.min(limit, n - from)) }, (_, i) => `h${from + i}`);
+        const next = from + limit < n ? { nextCursor: String(from + limit) } : {};
+        const data2 =
+          subject === SUBJECTS.scheduler.hostsList
+            ? { hosts: ids.map((id) => ({ id })), ...next }
+            : subject === SUBJECTS.scheduler.instancesList
+              ? { instances: ids.map((id) => ({ id })), ...next }
+              : { pools: ids.map((name) => ({ name })), ...next };
+        return { string: () => JSON.stringify({ ok: true, data: data2 }) };
+      },
+    } as unknown as NatsConnection;
+    return { nc, asked };
+  }
+
+  it('hostsAll follows nextCursor until a page has none, each host once in order', async () => {
+    const { nc, asked } = pagedNats(2_500, 1_000);
+    const hosts = await new SchedulerClient(nc).hostsAll();
+    expect(hosts.map((h) => h.id)).toEqual(Array.from({ length: 2_500 }, (_, i) => `h${i}`));
+    expect(asked).toEqual([{}, { cursor: '1000' }, { cursor: '2000' }]);
+  });
+
+  it('instancesAll keeps its filter on every page; poolsAll its limit', async () => {
+    const a = pagedNats(5, 2);
+    expect(await new SchedulerClient(a.nc).instancesAll({ env: 'prod' })).toHaveLength(5);
+    expect(a.asked).toEqual([{ env: 'prod' }, { env: 'prod', cursor: '2' }, { env: 'prod', cursor: '4' }]);
+    const b = pagedNats(3, 2);
+    expect((await new IpamClient(b.nc).poolsAll(2)).map((p) => p.name)).toEqual(['h0', 'h1', 'h2']);
+    expect(b.asked).toEqual([{ limit: 2 }, { limit: 2, cursor: '2' }]);
+  });
+
+  it('an empty list is one request', async () => {
+    const { nc, asked } = pagedNats(0, 1_000);
+    expect(await new SchedulerClient(nc).hostsAll()).toEqual([]);
+    expect(asked).toHaveLength(1);
+  });
+
+  it('stops on a lister that answers the same cursor again', async () => {
+    const nc = {
+      async request() {
+        return { string: () => JSON.stringify({ ok: true, data: { hosts: [], nextCursor: 'same' } }) };
+      },
+    } as unknown as NatsConnection;
+    await expect(new SchedulerClient(nc).hostsAll()).rejects.toThrow(/cursor/);
+  });
+});

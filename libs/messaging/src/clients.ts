@@ -7,11 +7,17 @@ import {
   type Backend,
   type CreateInstanceCommand,
   type ErrorCode,
+  type HostsListData,
   type HostSummary,
+  type InstancesListData,
+  type InstancesListRequest,
   type InstanceSummary,
   type Owner,
   type Placement,
   type Pool,
+  type PoolList,
+  type PoolListRequest,
+  type PoolWithUsage,
   type ProbeWireResult,
   type Reply,
   type SlotView,
@@ -25,6 +31,38 @@ import { callContract, unwrapReply } from './requester';
  * UNAVAILABLE. Where the contract's "not found" is an answer rather than a failure, the
  * method says so and returns undefined. What a caller then retries is its own policy.
  */
+
+/** A page request of a list subject (CONTRACT.md "Operators", v1.1). */
+export interface PageRequest {
+  limit?: number;
+  cursor?: string;
+}
+
+/**
+ * Every page of a list subject, one request per page, in the list's order: asks for the
+ * first page, then for the page after each `nextCursor` until a reply has none.
+ */
+export async function* pages<P extends { nextCursor?: string }>(fetchPage: (cursor: string | undefined) => Promise<P>): AsyncGenerator<P> {
+  let cursor: string | undefined;
+  for (;;) {
+    const page = await fetchPage(cursor);
+    yield page;
+    if (page.nextCursor === undefined) return;
+    // A cursor that does not move would loop forever: the lister is broken.
+    if (page.nextCursor === cursor) throw new Error(`a list answered the cursor it was given (${cursor}) as its next one`);
+    cursor = page.nextCursor;
+  }
+}
+
+/** All items of a list subject: every page's `items(page)`, in order. */
+export async function listAll<P extends { nextCursor?: string }, T>(
+  fetchPage: (cursor: string | undefined) => Promise<P>,
+  items: (page: P) => readonly T[],
+): Promise<T[]> {
+  const out: T[] = [];
+  for await (const page of pages(fetchPage)) out.push(...items(page));
+  return out;
+}
 
 /** The data of `r`, undefined when it is one of the `absent` codes. */
 function dataOrAbsent<T>(r: Reply<T>, absent: readonly ErrorCode[]): T | undefined {
@@ -75,6 +113,19 @@ export class IpamClient extends ContractClient {
     dataOrAbsent(await this.send(SUBJECTS.ipam.release, { owner }), ['NOT_FOUND']);
   }
 
+  /** One page of pools in name order (v1.1): `nextCursor` while more remain. */
+  async poolsPage(req: PageRequest = {}): Promise<PoolList> {
+    return unwrapReply(await this.send<PoolList>(SUBJECTS.ipam.poolList, req satisfies PoolListRequest));
+  }
+
+  /** Every pool, in name order, read page by page. */
+  async poolsAll(limit?: number): Promise<PoolWithUsage[]> {
+    return listAll(
+      (cursor) => this.poolsPage({ ...(limit !== undefined ? { limit } : {}), ...(cursor !== undefined ? { cursor } : {}) }),
+      (p) => p.pools,
+    );
+  }
+
   /** One reply per item, in order; a refusal of the whole batch is thrown. */
   async allocateBatch(items: readonly { pool: string; owner: Owner }[]): Promise<Reply<Allocation>[]> {
     return unwrapReply(await this.send<{ results: Reply<Allocation>[] }>(SUBJECTS.ipam.allocateBatch, { items })).results;
@@ -92,12 +143,30 @@ export class SchedulerClient extends ContractClient {
     super(nc, timeoutMs);
   }
 
-  async hostsList(timeoutMs?: number): Promise<HostSummary[]> {
-    return unwrapReply(await this.send<{ hosts: HostSummary[] }>(SUBJECTS.scheduler.hostsList, {}, timeoutMs)).hosts;
+  /** One page of hosts in id order (v1.1): `nextCursor` while more remain. */
+  async hostsPage(req: PageRequest = {}, timeoutMs?: number): Promise<HostsListData> {
+    return unwrapReply(await this.send<HostsListData>(SUBJECTS.scheduler.hostsList, req, timeoutMs));
   }
 
-  async instancesList(): Promise<InstanceSummary[]> {
-    return unwrapReply(await this.send<{ instances: InstanceSummary[] }>(SUBJECTS.scheduler.instancesList, {})).instances;
+  /** Every host, in id order, read page by page (each page within `timeoutMs`). */
+  async hostsAll(timeoutMs?: number): Promise<HostSummary[]> {
+    return listAll(
+      (cursor) => this.hostsPage(cursor !== undefined ? { cursor } : {}, timeoutMs),
+      (p) => p.hosts,
+    );
+  }
+
+  /** One page of instances in (env, app, slot) order, filtered by env and app (v1.1). */
+  async instancesPage(req: InstancesListRequest = {}): Promise<InstancesListData> {
+    return unwrapReply(await this.send<InstancesListData>(SUBJECTS.scheduler.instancesList, req));
+  }
+
+  /** Every instance (of `env` and `app` when given), in (env, app, slot) order, read page by page. */
+  async instancesAll(filter: { env?: string; app?: string } = {}): Promise<InstanceSummary[]> {
+    return listAll(
+      (cursor) => this.instancesPage({ ...filter, ...(cursor !== undefined ? { cursor } : {}) }),
+      (p) => p.instances,
+    );
   }
 
   /** undefined when the slot does not exist */

@@ -1,3 +1,4 @@
 export * from './data-source';
 export * from './sql-pool';
 export * from './outbox';
+export * from './keyset';

@@ -1,7 +1,7 @@
 import { trace } from '@opentelemetry/api';
 import type { Backend, EventEnvelope, Owner } from '@orangery/contracts';
 import { OrangeryError } from '@orangery/contracts';
-import { DatabaseUnavailableError, isDuplicateKey, type OutboxRelay, type SqlPool, type SqlTx } from '@orangery/persistence';
+import { DatabaseUnavailableError, isDuplicateKey, keysetAfter, type OutboxRelay, type SqlPool, type SqlTx } from '@orangery/persistence';
 import { poolRecordOf, type PoolPlan } from '../domain/pool-plan';
 import {
   OwnerConflict,
@@ -124,8 +124,11 @@ class MysqlIpamTx implements IpamTx {
     return row ? toPoolRecord(row) : undefined;
   }
 
-  async listPools(): Promise<PoolRecord[]> {
-    return (await this.rows<PoolRow>('SELECT * FROM ipam_pool ORDER BY name')).map(toPoolRecord);
+  async listPools(page: { after: string | undefined; limit: number }): Promise<PoolRecord[]> {
+    const after = keysetAfter(['name'], page.after === undefined ? undefined : [page.after]);
+    return (
+      await this.rows<PoolRow>(`SELECT * FROM ipam_pool ${after.sql ? `WHERE ${after.sql}` : ''} ORDER BY name LIMIT ?`, [...after.params, page.limit])
+    ).map(toPoolRecord);
   }
 
   async insertPool(plan: PoolPlan, now: Date): Promise<PoolRecord> {

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { OrangeryError, type Allocation, type Owner, type PoolCreateRequest } from '@orangery/contracts';
+import { CURSORS, decodeCursor, OrangeryError, pageQueryOf, type Allocation, type Owner, type PoolCreateRequest } from '@orangery/contracts';
 import { ipv4ToInt } from '@orangery/netaddr';
 import { IpamService, EVENT_SOURCE } from './ipam.service';
 import { FakeClock, InMemoryIpamStore } from './testing/in-memory-store';
@@ -167,6 +167,18 @@ describe('pool.get and pool.list', () => {
 
   it('lists nothing when there are no pools', async () => {
     expect(await setup().ipam.listPools()).toEqual({ pools: [] });
+  });
+
+  it('pages the list by name: nextCursor only while more remain, each pool once', async () => {
+    const { ipam } = await withPools(OTHER, poolReq());
+    const first = await ipam.listPools({ limit: 1, after: undefined });
+    expect(first.pools.map((p) => p.name)).toEqual(['net']);
+    expect(decodeCursor(CURSORS.pools, first.nextCursor!)).toEqual(['net']);
+    const second = await ipam.listPools(pageQueryOf(CURSORS.pools, { limit: 1, cursor: first.nextCursor! }));
+    expect(second.pools.map((p) => p.name)).toEqual(['other']);
+    expect(second.nextCursor).toBeUndefined();
+    expect(await ipam.listPools({ limit: 2, after: undefined })).not.toHaveProperty('nextCursor');
+    expect(await ipam.listPools({ limit: 5, after: ['other'] })).toEqual({ pools: [] });
   });
 });
 

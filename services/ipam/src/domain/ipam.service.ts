@@ -1,7 +1,11 @@
 import {
+  CURSORS,
+  DEFAULT_PAGE_LIMIT,
   invalidRequest,
   instanceIdOf,
   OrangeryError,
+  pageOf,
+  type PageQuery,
   type AddressLookupRequest,
   type AllocateRequest,
   type Allocation,
@@ -83,10 +87,13 @@ export class IpamService {
     });
   }
 
-  async listPools(): Promise<{ pools: PoolWithUsage[] }> {
+  /** One page of pools in name order (v1.1): `nextCursor` while more remain. */
+  async listPools(page: PageQuery<[string]> = { limit: DEFAULT_PAGE_LIMIT, after: undefined }): Promise<{ pools: PoolWithUsage[]; nextCursor?: string }> {
     return this.store.read(async (tx) => {
-      const pools = await tx.listPools();
-      return { pools: await Promise.all(pools.map((p) => this.withUsage(tx, p))) };
+      // One row more than the page tells whether more remain.
+      const rows = await tx.listPools({ after: page.after?.[0], limit: page.limit + 1 });
+      const { items, nextCursor } = pageOf(CURSORS.pools, rows, page.limit, (p): [string] => [p.name]);
+      return { pools: await Promise.all(items.map((p) => this.withUsage(tx, p))), ...(nextCursor ? { nextCursor } : {}) };
     });
   }
 

@@ -61,7 +61,8 @@ export interface IpamTx {
   findPool(name: string, lock: 'none' | 'share' | 'update'): Promise<PoolRecord | undefined>;
   findPoolById(id: number): Promise<PoolRecord | undefined>;
   findOverlappingPool(first: number, last: number): Promise<PoolRecord | undefined>;
-  listPools(): Promise<PoolRecord[]>;
+  /** up to `limit` pools in name order, after the name `after` (none: from the first) */
+  listPools(page: { after: string | undefined; limit: number }): Promise<PoolRecord[]>;
   insertPool(plan: PoolPlan, now: Date): Promise<PoolRecord>;
   deletePool(poolId: number): Promise<void>;
   usage(poolId: number, nowMs: number): Promise<PoolUsage>;

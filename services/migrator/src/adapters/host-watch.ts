@@ -66,7 +66,7 @@ export class HostWatch implements Liveness {
 
   private async pollVerdicts(): Promise<void> {
     try {
-      const hosts = await new SchedulerClient(this.nc, VERDICTS_TIMEOUT_MS).hostsList();
+      const hosts = await new SchedulerClient(this.nc, VERDICTS_TIMEOUT_MS).hostsAll();
       this.lost = new Set(hosts.filter((h) => h.state === 'lost').map((h) => h.id));
       this.probers = hosts.filter((h) => h.state === 'ready' && h.backend === 'docker').map((h) => h.id);
     } catch (err) {

@@ -6,7 +6,7 @@ import type { AddressInfo, AgentPort, IpamPort, SchedulerPort } from '../domain/
 /** The scheduler leader's slot API and its operator query: the scheduler contract's client. */
 export class NatsScheduler extends SchedulerClient implements SchedulerPort {
   instances(): Promise<InstanceSummary[]> {
-    return this.instancesList();
+    return this.instancesAll();
   }
 }
 

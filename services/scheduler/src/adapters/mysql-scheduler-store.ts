@@ -1,5 +1,5 @@
-import { buildEvent, memoryLimitMb, type Amounts, type HostSummary, type InstanceSummary } from '@orangery/contracts';
-import type { OutboxRelay, PendingEvent, SqlPool, SqlTx } from '@orangery/persistence';
+import { buildEvent, CURSORS, memoryLimitMb, pageOf, type Amounts, type HostSummary, type InstanceSummary, type PageQuery } from '@orangery/contracts';
+import { keysetAfter, type OutboxRelay, type PendingEvent, type SqlPool, type SqlTx } from '@orangery/persistence';
 import type { Logger } from '@orangery/telemetry';
 import type { HostEntry } from '../domain/host-book';
 import type { AppRecord, SlotRecord } from '../domain/model';
@@ -181,19 +181,26 @@ export class MysqlSchedulerStore implements SchedulerStore {
     });
   }
 
-  async listHosts(lostAfterMs: number): Promise<HostSummary[]> {
+  /** One page of hosts in id order (keyset: after the cursor's id, limit + 1 rows to know whether more remain). */
+  async listHosts(lostAfterMs: number, page: PageQuery<[string]>): Promise<{ hosts: HostSummary[]; nextCursor?: string }> {
     return this.sql.read(async (q) => {
-      const [hosts, sums] = (await q.queryAll([
-        {
-          sql: 'SELECT id, backend, drain, fenced, facts, usage_json, last_seen, verdict, TIMESTAMPDIFF(MICROSECOND, last_seen, NOW(3)) AS silent_us FROM sched_host ORDER BY id',
-        },
-        {
-          sql: `SELECT host_id, SUM(cpu) AS cpu, SUM(memory_mb) AS memory_mb, SUM(disk_mb) AS disk_mb, COUNT(*) AS n
-                FROM sched_instance WHERE host_id IS NOT NULL GROUP BY host_id`,
-        },
-      ])) as [HostRow[], SumRow[]];
+      const after = keysetAfter(['id'], page.after);
+      const hostRows = await q.query<HostRow[]>(
+        `SELECT id, backend, drain, fenced, facts, usage_json, last_seen, verdict, TIMESTAMPDIFF(MICROSECOND, last_seen, NOW(3)) AS silent_us
+         FROM sched_host ${after.sql ? `WHERE ${after.sql}` : ''} ORDER BY id LIMIT ?`,
+        [...after.params, page.limit + 1],
+      );
+      const { items: hosts, nextCursor } = pageOf(CURSORS.hosts, hostRows, page.limit, (h): [string] => [h.id]);
+      const sums =
+        hosts.length === 0
+          ? []
+          : await q.query<SumRow[]>(
+              `SELECT host_id, SUM(cpu) AS cpu, SUM(memory_mb) AS memory_mb, SUM(disk_mb) AS disk_mb, COUNT(*) AS n
+               FROM sched_instance WHERE host_id IN (?) GROUP BY host_id`,
+              [hosts.map((h) => h.id)],
+            );
       const byHost = new Map(sums.map((s) => [s.host_id, s]));
-      return hosts.map((h) => {
+      const out = hosts.map((h) => {
         const facts = json<{ capacity: Amounts; labels: Record<string, string> }>(h.facts);
         const s = byHost.get(h.id);
         // The leader's verdict decides lost; a silent host without one is unknown (nothing of it moves).
@@ -212,10 +219,15 @@ export class MysqlSchedulerStore implements SchedulerStore {
           instances: Number(s?.n ?? 0),
         } satisfies HostSummary;
       });
+      return { hosts: out, ...(nextCursor ? { nextCursor } : {}) };
     });
   }
 
-  async listInstances(filter: { env?: string; app?: string }): Promise<InstanceSummary[]> {
+  /** One page of instances in (env, app, slot) order, filtered by env and app (keyset, limit + 1 rows). */
+  async listInstances(
+    filter: { env?: string; app?: string },
+    page: PageQuery<[string, string, number]>,
+  ): Promise<{ instances: InstanceSummary[]; nextCursor?: string }> {
     const where: string[] = [];
     const params: unknown[] = [];
     for (const col of ['env', 'app'] as const) {
@@ -224,14 +236,20 @@ export class MysqlSchedulerStore implements SchedulerStore {
       where.push(`${col} = ?`);
       params.push(v);
     }
+    const after = keysetAfter(['env', 'app', 'slot'], page.after);
+    if (after.sql) {
+      where.push(after.sql);
+      params.push(...after.params);
+    }
     const rowsOut = await this.sql.read((q) =>
       q.query<InstanceRow[]>(
         `SELECT id, env, app, slot, state, backend, host_id, ip, mac, JSON_UNQUOTE(JSON_EXTRACT(record, '$.lastError.message')) AS error
-         FROM sched_instance ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY env, app, slot`,
-        params,
+         FROM sched_instance ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY env, app, slot LIMIT ?`,
+        [...params, page.limit + 1],
       ),
     );
-    return rowsOut.map((r) => ({
+    const { items, nextCursor } = pageOf(CURSORS.instances, rowsOut, page.limit, (r): [string, string, number] => [r.env, r.app, Number(r.slot)]);
+    const instances = items.map((r) => ({
       id: r.id,
       env: r.env,
       app: r.app,
@@ -243,6 +261,7 @@ export class MysqlSchedulerStore implements SchedulerStore {
       mac: r.mac,
       ...(r.error && r.error !== 'null' && r.state !== 'running' ? { error: r.error } : {}),
     }));
+    return { instances, ...(nextCursor ? { nextCursor } : {}) };
   }
 }
 

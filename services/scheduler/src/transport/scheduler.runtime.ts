@@ -1,7 +1,9 @@
 import { Inject, type BeforeApplicationShutdown, type OnApplicationBootstrap } from '@nestjs/common';
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import {
+  CURSORS,
   decode,
+  pageQueryOf,
   Heartbeat,
   HostDrainRequest,
   HostFacts,
@@ -88,11 +90,14 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     return [
       {
         subject: SUBJECTS.scheduler.hostsList,
-        handler: async (b) => (decode(HostsListRequest, b), { hosts: await this.store.listHosts(lostAfterMs) }),
+        handler: async (b) => this.store.listHosts(lostAfterMs, pageQueryOf(CURSORS.hosts, decode(HostsListRequest, b))),
       },
       {
         subject: SUBJECTS.scheduler.instancesList,
-        handler: async (b) => ({ instances: await this.store.listInstances(decode(InstancesListRequest, b)) }),
+        handler: async (b) => {
+          const req = decode(InstancesListRequest, b);
+          return this.store.listInstances(req, pageQueryOf(CURSORS.instances, req));
+        },
       },
     ];
   }

@@ -58,8 +58,9 @@ class InMemoryTx implements IpamTx {
     return structuredClone(overlapping.sort((a, b) => a.first - b.first)[0]);
   }
 
-  async listPools(): Promise<PoolRecord[]> {
-    return structuredClone([...this.state.pools.values()].sort((a, b) => a.name.localeCompare(b.name)));
+  async listPools(page: { after: string | undefined; limit: number }): Promise<PoolRecord[]> {
+    const sorted = [...this.state.pools.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    return structuredClone(sorted.filter((p) => page.after === undefined || p.name > page.after).slice(0, page.limit));
   }
 
   async insertPool(plan: PoolPlan, now: Date): Promise<PoolRecord> {
