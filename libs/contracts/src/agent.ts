@@ -66,7 +66,7 @@ export const MIN_PIDS_LIMIT = 16;
  */
 export const ContainerSecurity = Type.Object(
   {
-    /** true: without no-new-privileges (setuid binaries such as `su` or `ping` work again) */
+    /** true: without no-new-privileges (setuid binaries such as `su` or `sudo` work again) */
     allowPrivilegeEscalation: Type.Optional(Type.Boolean()),
     /** this container's PIDs limit instead of the agent's ORANGERY_PIDS_LIMIT */
     pidsLimit: Type.Optional(Type.Integer({ minimum: MIN_PIDS_LIMIT, maximum: MAX_PIDS_LIMIT })),
