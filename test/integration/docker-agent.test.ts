@@ -137,8 +137,15 @@ describe('docker-agent in the lab', () => {
       expect(await waitFor('the service answers', async () => (await lab.vmHttpGet(vm, b.data.ip, SVC_PORT)) ?? undefined, 15_000, 200)).toBe(SVC_INDEX);
     }
     const name = (x: { instanceId: string }) => `orangery-${x.instanceId.replace(/:/g, '-')}`;
-    await lab.docker(s1, ['exec', name(a.data), 'ping', '-c', '1', '-W', '2', b.data.ip]);
-    for (const vm of lab.vms) await lab.docker(s2, ['exec', name(b.data), 'ping', '-c', '1', '-W', '2', vm.ip]);
+    // From inside a container by TCP: ICMP echo needs NET_RAW, which containers no longer
+    // have (see the confinement test). A connection refused is the VM's kernel answering.
+    const get = (s: LabServer, ctr: string, url: string) =>
+      lab.docker(s, ['exec', ctr, 'wget', '-q', '-O', '-', url]).then(
+        (out) => out,
+        (e: unknown) => String(e),
+      );
+    expect(await get(s1, name(a.data), `http://${b.data.ip}:${SVC_PORT}/`)).toBe(SVC_INDEX);
+    for (const vm of lab.vms) expect(await get(s2, name(b.data), `http://${vm.ip}:1/`)).toMatch(/refused/i);
     // the MAC on the wire is the allocation's
     const mac = await lab.docker(s1, ['inspect', '-f', '{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}', name(a.data)]);
     expect(mac.trim()).toBe(a.data.mac);
@@ -169,6 +176,96 @@ describe('docker-agent in the lab', () => {
     expect(Number(await cg('/sys/fs/cgroup/memory/memory.limit_in_bytes'))).toBe(512 * 1024 * 1024);
     expect(await cg('/sys/fs/cgroup/memory/memory.swappiness')).toBe('0');
     expect(await cg('/sys/fs/cgroup/cpuset/cpuset.cpus')).toBe(inspect.HostConfig.CpusetCpus);
+  });
+
+  it('confines containers: no raw sockets (arping EPERM, TCP works), no-new-privileges, a PIDs limit, CapDrop; `security` relaxes them', async () => {
+    const [s1, s2] = lab.servers as [LabServer, LabServer];
+    // addresses of their own (not from nextIp), so the tests after this one keep theirs
+    const at = (slot: number, n: number, extra: Record<string, unknown> = {}) => ({
+      ...command(slot, extra),
+      network: { ip: `198.18.1.${n}`, mac: `02:4f:c6:12:01:${n.toString(16)}`, prefixLength: 16, gateway: '198.18.0.1', vlan: 0 },
+    });
+    try {
+      const confined = await req(s1, 'create', at(20, 200));
+      const relaxed = await req(s2, 'create', at(21, 201, { security: { allowPrivilegeEscalation: true, pidsLimit: 16, addCapabilities: ['NET_RAW'] } }));
+      nextIp -= 2;
+      expect(confined.ok, JSON.stringify(confined)).toBe(true);
+      expect(relaxed.ok, JSON.stringify(relaxed)).toBe(true);
+      const [c, r] = ['orangery-test-web-20', 'orangery-test-web-21'];
+      const hostConfig = async (s: LabServer, name: string) => JSON.parse(await lab.docker(s, ['inspect', name]))[0].HostConfig;
+      const capNames = (caps: string[] | null) => (caps ?? []).map((x) => x.replace(/^CAP_/, ''));
+      const hc = await hostConfig(s1, c);
+      expect(hc.SecurityOpt).toEqual(['no-new-privileges']);
+      expect(hc.PidsLimit).toBe(4096);
+      expect(capNames(hc.CapDrop)).toEqual(['NET_RAW', 'MKNOD', 'AUDIT_WRITE', 'SETFCAP', 'SYS_CHROOT']);
+      expect(hc.CapAdd ?? []).toEqual([]);
+      expect(hc.Privileged).toBe(false);
+      const hr = await hostConfig(s2, r);
+      expect(hr.SecurityOpt ?? []).toEqual([]);
+      expect(hr.PidsLimit).toBe(16);
+      expect(capNames(hr.CapDrop)).toEqual(['MKNOD', 'AUDIT_WRITE', 'SETFCAP', 'SYS_CHROOT']);
+
+      // What the kernel enforces, seen from inside: the process's flags, capabilities and cgroup.
+      const exec = (s: LabServer, name: string, argv: string[]) =>
+        lab.docker(s, ['exec', name, ...argv]).then(
+          (out) => ({ ok: true, out }),
+          (e: unknown) => ({ ok: false, out: String(e) }),
+        );
+      const status = async (s: LabServer, name: string) => (await exec(s, name, ['cat', '/proc/1/status'])).out;
+      const field = (text: string, key: string) => new RegExp(`^${key}:\\s*(\\S+)`, 'm').exec(text)?.[1];
+      const hasCap = (text: string, bit: number) => (BigInt(`0x${field(text, 'CapBnd')}`) >> BigInt(bit)) & 1n;
+      const NET_RAW = 13;
+      const sc = await status(s1, c);
+      expect(field(sc, 'NoNewPrivs')).toBe('1');
+      expect(hasCap(sc, NET_RAW)).toBe(0n);
+      expect(hasCap(sc, 0)).toBe(1n); // CHOWN stays
+      const sr = await status(s2, r);
+      expect(field(sr, 'NoNewPrivs')).toBe('0');
+      expect(hasCap(sr, NET_RAW)).toBe(1n);
+      expect((await exec(s1, c, ['cat', '/sys/fs/cgroup/pids/pids.max'])).out.trim()).toBe('4096');
+
+      // No raw packets: arping (AF_PACKET) is refused with EPERM; the relaxed one may send them.
+      const arpingC = await exec(s1, c, ['arping', '-c', '1', '-w', '2', '-I', 'eth0', '198.18.0.1']);
+      expect(arpingC.ok).toBe(false);
+      expect(arpingC.out).toMatch(/Operation not permitted/);
+      const arpingR = await exec(s2, r, ['arping', '-c', '1', '-w', '2', '-I', 'eth0', '198.18.0.1']);
+      expect(arpingR.out).not.toMatch(/Operation not permitted/);
+      // TCP works both ways: a legacy VM reaches the confined service, and it reaches the other one.
+      const vm = lab.vms[0]!;
+      expect(await waitFor('the confined service answers', async () => (await lab.vmHttpGet(vm, '198.18.1.200', SVC_PORT)) ?? undefined, 15_000, 200)).toBe(
+        SVC_INDEX,
+      );
+      const wget = await waitFor(
+        'the relaxed service answers the confined one',
+        async () => {
+          const w = await exec(s1, c, ['wget', '-q', '-O', '-', `http://198.18.1.201:${SVC_PORT}/`]);
+          return w.ok ? w.out : undefined;
+        },
+        15_000,
+        200,
+      );
+      expect(wget).toBe(SVC_INDEX);
+
+      // ICMP echo is a raw socket too here: ping fails without NET_RAW, works with it.
+      const pingC = await exec(s1, c, ['ping', '-c', '1', '-W', '2', '198.18.0.1']);
+      expect(pingC.ok).toBe(false);
+      expect(pingC.out).toMatch(/permission denied|not permitted/i);
+      expect((await exec(s2, r, ['ping', '-c', '1', '-W', '2', '198.18.0.1'])).ok).toBe(true);
+
+      // The PIDs limit holds: 16 tasks; a few sleepers fit, 30 cannot be forked.
+      expect((await exec(s2, r, ['cat', '/sys/fs/cgroup/pids/pids.max'])).out.trim()).toBe('16');
+      expect((await exec(s2, r, ['sh', '-c', 'for i in 1 2 3; do sleep 1 & done; wait'])).ok).toBe(true);
+      const forks = await exec(s2, r, ['sh', '-c', 'for i in $(seq 1 30); do sleep 3 & done; wait']);
+      expect(forks.ok, forks.out).toBe(false);
+    } finally {
+      // whatever failed above, the later tests count only their own containers
+      for (const [s, id] of [
+        [s1, 'test:web:20'],
+        [s2, 'test:web:21'],
+      ] as const) {
+        await req(s, 'remove', { instanceId: id }).catch(() => undefined);
+      }
+    }
   });
 
   it('the same create twice is one container; another spec for the same instance is a conflict', async () => {

@@ -50,6 +50,35 @@ export const InstanceNetwork = Type.Object(
 );
 export type InstanceNetwork = Static<typeof InstanceNetwork>;
 
+/** Docker's default capabilities that the docker-agent drops from every container (docs/docker-agent.md "Container hardening"). */
+export const DROPPED_CAPABILITIES = ['NET_RAW', 'MKNOD', 'AUDIT_WRITE', 'SETFCAP', 'SYS_CHROOT'] as const;
+export type DroppedCapability = (typeof DROPPED_CAPABILITIES)[number];
+/** The most a container's `security.pidsLimit` may be: the kernel's PID_MAX_LIMIT. */
+export const MAX_PIDS_LIMIT = 4_194_304;
+/** The least: a JVM with a handful of threads. */
+export const MIN_PIDS_LIMIT = 16;
+
+/**
+ * v1.1, containers: what an env's record relaxes of the docker-agent's secure defaults
+ * (no-new-privileges, a PIDs limit of ORANGERY_PIDS_LIMIT, Docker's default capabilities
+ * less DROPPED_CAPABILITIES). Absent: the defaults. The scheduler passes it from the env
+ * record (issue 16); nothing but Docker's own defaults can be given back.
+ */
+export const ContainerSecurity = Type.Object(
+  {
+    /** true: without no-new-privileges (setuid binaries such as `su` or `sudo` work again) */
+    allowPrivilegeEscalation: Type.Optional(Type.Boolean()),
+    /** this container's PIDs limit instead of the agent's ORANGERY_PIDS_LIMIT */
+    pidsLimit: Type.Optional(Type.Integer({ minimum: MIN_PIDS_LIMIT, maximum: MAX_PIDS_LIMIT })),
+    /** capabilities the agent otherwise drops that this container keeps (only those: never more than Docker's defaults) */
+    addCapabilities: Type.Optional(
+      Type.Array(Type.Union(DROPPED_CAPABILITIES.map((c) => Type.Literal(c))), { maxItems: DROPPED_CAPABILITIES.length, uniqueItems: true }),
+    ),
+  },
+  strict,
+);
+export type ContainerSecurity = Static<typeof ContainerSecurity>;
+
 export const CreateInstanceCommand = Type.Object(
   {
     instanceId: Type.String({ pattern: INSTANCE_ID_PATTERN }),
@@ -67,6 +96,8 @@ export const CreateInstanceCommand = Type.Object(
     /** extra environment for the process, NAME=value */
     environment: Type.Optional(Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0,127}$' }), Type.String({ maxLength: 4096 }))),
     command: Type.Optional(Type.Array(Type.String({ maxLength: 4096 }), { maxItems: 64 })),
+    /** v1.1, containers: relaxations of the docker-agent's secure defaults (from the env's record); absent: the defaults */
+    security: Type.Optional(ContainerSecurity),
   },
   strict,
 );

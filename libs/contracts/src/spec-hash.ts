@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { CreateInstanceCommand } from './agent';
+import type { ContainerSecurity, CreateInstanceCommand } from './agent';
 
 /** JSON with object keys sorted: the same value always gives the same text. */
 function canonicalJson(value: unknown): string {
@@ -16,7 +16,7 @@ function canonicalJson(value: unknown): string {
  * docker-agent and the simulated fleet judge a conflict alike.
  */
 export function instanceSpecHash(cmd: CreateInstanceCommand): string {
-  const material = canonicalJson([
+  const parts: unknown[] = [
     cmd.image,
     cmd.resources.cpu,
     cmd.resources.memoryMb,
@@ -25,6 +25,20 @@ export function instanceSpecHash(cmd: CreateInstanceCommand): string {
     cmd.network,
     cmd.environment ?? {},
     cmd.command ?? null,
-  ]);
-  return createHash('sha256').update(material).digest('hex').slice(0, 16);
+  ];
+  // v1.1: appended only when it relaxes something, so every container created before
+  // `security` existed (and every create without it) keeps its hash and is adopted as is.
+  const security = relaxations(cmd.security);
+  if (security) parts.push({ security });
+  return createHash('sha256').update(canonicalJson(parts)).digest('hex').slice(0, 16);
+}
+
+/** What `security` changes, in one form (undefined: nothing; same meaning, same hash). */
+function relaxations(s: ContainerSecurity | undefined): ContainerSecurity | undefined {
+  if (!s) return undefined;
+  const out: ContainerSecurity = {};
+  if (s.allowPrivilegeEscalation) out.allowPrivilegeEscalation = true;
+  if (s.pidsLimit !== undefined) out.pidsLimit = s.pidsLimit;
+  if (s.addCapabilities?.length) out.addCapabilities = [...new Set(s.addCapabilities)].sort();
+  return Object.keys(out).length ? out : undefined;
 }

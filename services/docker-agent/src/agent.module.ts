@@ -70,6 +70,7 @@ export class AgentModule {
               totalCpus: facts.cpus,
               restartMaxRetries: config.restartMaxRetries,
               stopTimeoutSeconds: config.stopTimeoutSeconds,
+              pidsLimit: config.pidsLimit,
               engineTimeoutMs: ENGINE_TIMEOUT_MS,
             }),
         },

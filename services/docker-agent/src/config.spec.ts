@@ -39,3 +39,17 @@ describe('docker-agent config: isolation addresses and the ARP probe', () => {
     expect(() => loadAgentConfig({ ...base, ORANGERY_ARP_PROBE_MS: '0.3' })).toThrow(ConfigError);
   });
 });
+
+describe('docker-agent config: ORANGERY_PIDS_LIMIT', () => {
+  it('defaults to 4096; any integer from 16 to 4194304', () => {
+    expect(loadAgentConfig(base).pidsLimit).toBe(4096);
+    expect(loadAgentConfig({ ...base, ORANGERY_PIDS_LIMIT: ' 16 ' }).pidsLimit).toBe(16);
+    expect(loadAgentConfig({ ...base, ORANGERY_PIDS_LIMIT: '4194304' }).pidsLimit).toBe(4_194_304);
+    expect(loadAgentConfig({ ...base, ORANGERY_PIDS_LIMIT: '' }).pidsLimit).toBe(4096);
+  });
+
+  it.each(['0', '-1', '15', '4194305', '4096.5', '1e4', 'unlimited', '4096 pids'])('refuses ORANGERY_PIDS_LIMIT=%j (exit 2 in main)', (value) => {
+    expect(() => loadAgentConfig({ ...base, ORANGERY_PIDS_LIMIT: value })).toThrow(ConfigError);
+    expect(() => loadAgentConfig({ ...base, ORANGERY_PIDS_LIMIT: value })).toThrow(/ORANGERY_PIDS_LIMIT/);
+  });
+});

@@ -1,9 +1,9 @@
 import { hostname } from 'node:os';
-import { HOST_ID_PATTERN } from '@orangery/contracts';
+import { HOST_ID_PATTERN, MAX_PIDS_LIMIT, MIN_PIDS_LIMIT } from '@orangery/contracts';
 import { boolFrom, ConfigError, intFrom, labelsFrom, natsUrlFrom, oneOf, type Env } from '@orangery/service-kit';
 import { isStrictIpv4 } from '@orangery/netaddr';
 import { defaultRouteInterfaces, interfaceExists } from './adapters/host-network';
-import { parentInterface } from './domain/container-spec';
+import { DEFAULT_PIDS_LIMIT, parentInterface } from './domain/container-spec';
 
 export interface AgentConfig {
   natsUrl: string;
@@ -26,6 +26,8 @@ export interface AgentConfig {
   isolationAddresses: { ip: string; vlan: number }[] | undefined;
   /** optional: the host's own address on the instance networks (host shim) */
   hostShimIp: string | undefined;
+  /** ORANGERY_PIDS_LIMIT: every container's PIDs limit unless its command's `security` says otherwise */
+  pidsLimit: number;
 }
 
 export function loadAgentConfig(env: Env): AgentConfig {
@@ -61,6 +63,7 @@ export function loadAgentConfig(env: Env): AgentConfig {
     arpProbeMs: arpProbeMsFrom(env),
     isolationAddresses: isolationAddressesFrom(env, uplink),
     hostShimIp: shimIpFrom(env),
+    pidsLimit: intFrom(env, 'ORANGERY_PIDS_LIMIT', DEFAULT_PIDS_LIMIT, MIN_PIDS_LIMIT, MAX_PIDS_LIMIT),
   };
 }
 

@@ -1,6 +1,8 @@
 import { Readable } from 'node:stream';
-import { describe, expect, it } from 'vitest';
-import { engineEventOf, linesOf } from './docker-engine';
+import { describe, expect, it, vi } from 'vitest';
+import type { ContainerCreateCommand } from '@orangery/contracts';
+import { planContainer } from '../domain/container-spec';
+import { DockerEngine, engineEventOf, linesOf } from './docker-engine';
 
 const line = (o: unknown) => JSON.stringify(o);
 const labels = { 'io.orangery.managed': 'true', 'io.orangery.instance-id': 'prod:web:0' };
@@ -33,5 +35,40 @@ describe('the engine event stream, parsed into port events', () => {
     const lines: string[] = [];
     for await (const l of linesOf(Readable.from(chunks))) lines.push(l);
     expect(lines).toEqual(['{"a":1}', '{"b":2}', '{"c":3}']);
+  });
+});
+
+describe('create: the plan as the engine gets it', () => {
+  const cmd = (security?: ContainerCreateCommand['security']): ContainerCreateCommand => ({
+    instanceId: 'prod:web:0',
+    env: 'prod',
+    app: 'web',
+    slot: 0,
+    image: 'orangery/service:1',
+    resources: { cpu: 1, memoryMb: 512 },
+    network: { ip: '198.18.0.10', mac: '02:00:c6:12:00:0a', prefixLength: 24, gateway: '198.18.0.1', vlan: 0 },
+    ...(security ? { security } : {}),
+  });
+  async function hostConfigOf(c: ContainerCreateCommand, pidsLimit?: number): Promise<Record<string, unknown>> {
+    const engine = new DockerEngine('unix:///nonexistent.sock');
+    const createContainer = vi.fn(async (_opts: { HostConfig: Record<string, unknown> }) => ({ id: 'c1' }));
+    (engine.docker as unknown as { createContainer: typeof createContainer }).createContainer = createContainer;
+    expect(await engine.create(planContainer(c, { totalCpus: 4, reservedCpus: 1, pidsLimit }), 'orangery-v0-198.18.0.0_24')).toBe('c1');
+    return createContainer.mock.calls[0]![0].HostConfig;
+  }
+
+  it('no-new-privileges, the PIDs limit and the dropped capabilities', async () => {
+    expect(await hostConfigOf(cmd(), 4096)).toMatchObject({
+      SecurityOpt: ['no-new-privileges'],
+      PidsLimit: 4096,
+      CapDrop: ['NET_RAW', 'MKNOD', 'AUDIT_WRITE', 'SETFCAP', 'SYS_CHROOT'],
+    });
+  });
+
+  it('relaxed: no security option, the per-instance limit, NET_RAW kept; never a CapAdd nor Privileged', async () => {
+    const hc = await hostConfigOf(cmd({ allowPrivilegeEscalation: true, pidsLimit: 10_000, addCapabilities: ['NET_RAW'] }), 4096);
+    expect(hc).toMatchObject({ SecurityOpt: [], PidsLimit: 10_000, CapDrop: ['MKNOD', 'AUDIT_WRITE', 'SETFCAP', 'SYS_CHROOT'] });
+    expect(hc).not.toHaveProperty('CapAdd');
+    expect(hc).not.toHaveProperty('Privileged');
   });
 });

@@ -164,6 +164,12 @@ export class DockerEngine implements Engine {
         CpusetCpus: plan.cpusetCpus,
         NanoCpus: plan.nanoCpus,
         CpuShares: plan.cpuShares,
+        // Confinement (docs/docker-agent.md "Container hardening"): no gaining privileges
+        // through setuid binaries, a bounded number of tasks, no raw sockets (a tenant
+        // answering ARP for others' IPs) nor the other defaults a service never needs.
+        SecurityOpt: plan.security.noNewPrivileges ? ['no-new-privileges'] : [],
+        PidsLimit: plan.security.pidsLimit,
+        CapDrop: plan.security.capDrop,
         // `no`: the agent restarts failed instances itself (AgentService.restartAfterFailure).
         // Any engine policy, on-failure included, restarts containers when the daemon
         // restarts, which after a failover would put an old copy of a moved IP on the wire.

@@ -86,6 +86,22 @@ describe('create', () => {
     expect(engine.calls).toMatchObject({ create: 1, start: 1, remove: 0 });
   });
 
+  it("creates with the agent's PIDs limit and the command's relaxations", async () => {
+    const { agent, engine } = setup({ settings: { pidsLimit: 1024 } });
+    await agent.create(web(0));
+    await agent.create(web(1, { security: { allowPrivilegeEscalation: true, addCapabilities: ['NET_RAW'] } }));
+    expect(engine.byInstance('prod:web:0')!.plan?.security).toEqual({
+      noNewPrivileges: true,
+      pidsLimit: 1024,
+      capDrop: ['NET_RAW', 'MKNOD', 'AUDIT_WRITE', 'SETFCAP', 'SYS_CHROOT'],
+    });
+    expect(engine.byInstance('prod:web:1')!.plan?.security).toEqual({
+      noNewPrivileges: false,
+      pidsLimit: 1024,
+      capDrop: ['MKNOD', 'AUDIT_WRITE', 'SETFCAP', 'SYS_CHROOT'],
+    });
+  });
+
   it('does not start the container before the wire probe said the address is free', async () => {
     const { agent, journal } = setup();
     await agent.create(web(0));
@@ -543,6 +559,28 @@ describe('adopt (agent start)', () => {
     expect(engine.calls).toMatchObject({ create: 0, start: 0, stop: 0, remove: 0 });
     expect(probe.calls).toEqual([]);
     expect(engine.snapshot()).toEqual(before);
+  });
+});
+
+describe('upgrade to confined containers (v1.1)', () => {
+  // 'a6ed60573d16346a' is the spec-hash label a pre-v1.1 agent put on web(0)'s container
+  // (pinned in libs/contracts spec-hash.spec.ts): no-new-privileges, PIDs limit and CapDrop
+  // did not exist then, and are not part of the spec.
+  it('a container made before the upgrade is the same spec: adopted, and a create returns it as is (not recreated)', async () => {
+    const { engine, agent, events } = setup({ settings: { pidsLimit: 2048 } });
+    const old = engine.seed({
+      instanceId: 'prod:web:0',
+      ip: '198.18.0.10',
+      image: IMAGE,
+      labels: { [LABEL.mac]: '02:00:c6:12:00:0a', [LABEL.cpu]: '1', [LABEL.memoryMb]: '512', [LABEL.specHash]: 'a6ed60573d16346a' },
+    });
+    await agent.adopt();
+    expect(events.instances.map((e) => [e.instanceId, e.what])).toEqual([['prod:web:0', 'running']]);
+    const out = await agent.create(web(0));
+    expect(out).toMatchObject({ containerId: old, state: 'running' });
+    expect(engine.calls).toMatchObject({ create: 0, start: 0, stop: 0, remove: 0 });
+    // the same instance with a relaxation from its env record is another spec
+    await expectError(agent.create(web(0, { security: { addCapabilities: ['NET_RAW'] } })), 'INSTANCE_CONFLICT');
   });
 });
 

@@ -13,6 +13,8 @@ export interface AgentSettings {
   totalCpus: number;
   restartMaxRetries: number;
   stopTimeoutSeconds: number;
+  /** ORANGERY_PIDS_LIMIT (default 4096) */
+  pidsLimit?: number;
   /** engine calls on the self-fence path give up after this (default 2000 ms; a stop gets its grace on top) */
   engineTimeoutMs?: number;
 }
@@ -91,7 +93,11 @@ export class AgentService {
       // created, and the start waits for its verdict.
       const probe = wantStart ? this.probeWire(cmd.instanceId, cmd.network.ip, cmd.network.vlan) : undefined;
       probe?.catch(() => undefined);
-      const plan = planContainer(cmd, { totalCpus: this.settings.totalCpus, reservedCpus: this.settings.reservedCpus });
+      const plan = planContainer(cmd, {
+        totalCpus: this.settings.totalCpus,
+        reservedCpus: this.settings.reservedCpus,
+        pidsLimit: this.settings.pidsLimit,
+      });
       const id = await this.engine.create(plan, network);
       const created = (await this.engine.findByInstance(cmd.instanceId)) ?? {
         id,

@@ -3,6 +3,7 @@ import type { ContainerCreateCommand as CreateInstanceCommand } from '@orangery/
 import {
   allowedCpuset,
   containerName,
+  DEFAULT_PIDS_LIMIT,
   diskLevel,
   LABEL,
   memoryLimitMb,
@@ -309,5 +310,51 @@ describe('diskLevel', () => {
     ['one byte above 80% of a 1000 MiB quota', 'warning', 800 * MiB + 1, 1000],
   ])('%s: %s', (_what, level, usedBytes, quotaMb) => {
     expect(diskLevel(usedBytes, quotaMb)).toBe(level);
+  });
+});
+
+// ---- confinement -----------------------------------------------------------------------
+
+describe('planContainer: confinement (no-new-privileges, PIDs limit, capabilities)', () => {
+  it('by default: no-new-privileges, the default PIDs limit (4096), NET_RAW and the other unneeded defaults dropped', () => {
+    expect(DEFAULT_PIDS_LIMIT).toBe(4096);
+    expect(planContainer(javaCmd(), HOST).security).toEqual({
+      noNewPrivileges: true,
+      pidsLimit: 4096,
+      capDrop: ['NET_RAW', 'MKNOD', 'AUDIT_WRITE', 'SETFCAP', 'SYS_CHROOT'],
+    });
+  });
+
+  it("the host's ORANGERY_PIDS_LIMIT is every container's limit", () => {
+    expect(planContainer(cmdOf(), { ...HOST, pidsLimit: 512 }).security.pidsLimit).toBe(512);
+  });
+
+  it('keeps what a Java service needs: chown/setuid for entrypoints that drop root, binding low ports, signals', () => {
+    const dropped = planContainer(cmdOf(), HOST).security.capDrop;
+    for (const kept of ['CHOWN', 'DAC_OVERRIDE', 'FOWNER', 'FSETID', 'SETUID', 'SETGID', 'SETPCAP', 'NET_BIND_SERVICE', 'KILL']) {
+      expect(dropped).not.toContain(kept);
+    }
+  });
+
+  it("relaxations from the command's security (the env record): each one alone", () => {
+    const plan = (security: CreateInstanceCommand['security']) => planContainer(cmdOf({ security }), { ...HOST, pidsLimit: 512 }).security;
+    expect(plan({ allowPrivilegeEscalation: true })).toEqual({
+      noNewPrivileges: false,
+      pidsLimit: 512,
+      capDrop: ['NET_RAW', 'MKNOD', 'AUDIT_WRITE', 'SETFCAP', 'SYS_CHROOT'],
+    });
+    expect(plan({ allowPrivilegeEscalation: false })).toMatchObject({ noNewPrivileges: true });
+    expect(plan({ pidsLimit: 65_536 })).toMatchObject({ noNewPrivileges: true, pidsLimit: 65_536 });
+    expect(plan({ pidsLimit: 64 })).toMatchObject({ pidsLimit: 64 }); // tighter is allowed too
+    expect(plan({ addCapabilities: ['NET_RAW'] }).capDrop).toEqual(['MKNOD', 'AUDIT_WRITE', 'SETFCAP', 'SYS_CHROOT']);
+    expect(plan({ addCapabilities: ['SYS_CHROOT', 'NET_RAW', 'MKNOD', 'AUDIT_WRITE', 'SETFCAP'] }).capDrop).toEqual([]);
+    expect(plan({})).toEqual(plan(undefined));
+  });
+
+  it('a relaxation changes the spec hash; none keeps it (containers made before v1.1 are the same spec)', () => {
+    const base = planContainer(cmdOf(), HOST).labels[LABEL.specHash];
+    expect(planContainer(cmdOf({ security: {} }), HOST).labels[LABEL.specHash]).toBe(base);
+    expect(planContainer(cmdOf(), { ...HOST, pidsLimit: 100 }).labels[LABEL.specHash]).toBe(base);
+    expect(planContainer(cmdOf({ security: { pidsLimit: 100 } }), HOST).labels[LABEL.specHash]).not.toBe(base);
   });
 });

@@ -1,4 +1,4 @@
-import { instanceSpecHash, memoryLimitMb, type ContainerCreateCommand, type InstanceNetwork } from '@orangery/contracts';
+import { DROPPED_CAPABILITIES, instanceSpecHash, memoryLimitMb, type ContainerCreateCommand, type InstanceNetwork } from '@orangery/contracts';
 
 /** Labels that make the engine the only truth about what runs on a host. */
 export const LABEL = {
@@ -43,9 +43,35 @@ export function networkName(net: Pick<InstanceNetwork, 'vlan' | 'ip' | 'prefixLe
 /** A create with another spec hash than the instance's is a conflict (the hash lives in the contracts). */
 export const specHash = instanceSpecHash;
 
+/** ORANGERY_PIDS_LIMIT's default: room for a JVM's threads (GC, JIT, pools), not for a fork bomb. */
+export const DEFAULT_PIDS_LIMIT = 4096;
+
 export interface HostLimits {
   totalCpus: number;
   reservedCpus: number;
+  /** ORANGERY_PIDS_LIMIT (default DEFAULT_PIDS_LIMIT) */
+  pidsLimit?: number;
+}
+
+/** How the container is confined (HostConfig SecurityOpt, PidsLimit, CapDrop). */
+export interface ContainerSecurityPlan {
+  noNewPrivileges: boolean;
+  pidsLimit: number;
+  /** Docker's default capabilities that the container does not get */
+  capDrop: string[];
+}
+
+/**
+ * The secure defaults (no-new-privileges, the agent's PIDs limit, DROPPED_CAPABILITIES
+ * dropped), less what the command's `security` relaxes (from the env's record).
+ */
+export function planSecurity(cmd: Pick<ContainerCreateCommand, 'security'>, defaultPidsLimit: number): ContainerSecurityPlan {
+  const keep = new Set<string>(cmd.security?.addCapabilities ?? []);
+  return {
+    noNewPrivileges: cmd.security?.allowPrivilegeEscalation !== true,
+    pidsLimit: cmd.security?.pidsLimit ?? defaultPidsLimit,
+    capDrop: DROPPED_CAPABILITIES.filter((c) => !keep.has(c)),
+  };
 }
 
 export interface ContainerPlan {
@@ -62,6 +88,7 @@ export interface ContainerPlan {
   cpusetCpus: string;
   nanoCpus: number;
   cpuShares: number;
+  security: ContainerSecurityPlan;
 }
 
 /** Container name: readable and unique per instance (docker names allow [a-zA-Z0-9_.-]). */
@@ -114,6 +141,7 @@ export function planContainer(cmd: ContainerCreateCommand, host: HostLimits): Co
     cpusetCpus: allowedCpuset(host.totalCpus, host.reservedCpus),
     nanoCpus: Math.round(cpus * 1e9),
     cpuShares: Math.max(2, Math.round(cmd.resources.cpu * 1024)),
+    security: planSecurity(cmd, host.pidsLimit ?? DEFAULT_PIDS_LIMIT),
   };
 }
 
