@@ -1,4 +1,17 @@
-import { decode, isOrangeryError, NAME_PATTERN, parseJsonObject, ScaleRequestedEvent, type Backend, type ScaleRequestData } from '@orangery/contracts';
+import { createHash } from 'node:crypto';
+import {
+  decode,
+  environmentBytes,
+  INBOUND_ID_PATTERN,
+  isOrangeryError,
+  MAX_ENVIRONMENT_BYTES,
+  MAX_INBOUND_ID_LENGTH,
+  NAME_PATTERN,
+  parseJsonObject,
+  ScaleRequestedEvent,
+  type Backend,
+  type ScaleRequestData,
+} from '@orangery/contracts';
 
 /**
  * The edge of the scale stream: turns a stored message into a request the core can judge,
@@ -33,6 +46,17 @@ export interface InvalidScale {
 }
 
 const NAME = new RegExp(NAME_PATTERN);
+const INBOUND_ID = new RegExp(INBOUND_ID_PATTERN);
+
+/** A CloudEvents id the platform keeps as the request's id (CONTRACT.md v1.1). */
+export const usableRequestId = (id: string): boolean => id.length >= 1 && id.length <= MAX_INBOUND_ID_LENGTH && INBOUND_ID.test(id);
+
+/**
+ * The id under which a request with an unusable `id` string is rejected: `sha256:` and the
+ * hex SHA-256 of the id's UTF-8 bytes. Printable, fixed length, the same on every
+ * redelivery, and computable by the publisher to find its rejection.
+ */
+export const substituteRequestId = (id: string): string => `sha256:${createHash('sha256').update(id, 'utf8').digest('hex')}`;
 
 /** `orangery.scale.<env>.<app>` -> env, app (when they are valid names). */
 export function subjectNames(subject: string): { env?: string; app?: string } {
@@ -61,7 +85,20 @@ export function parseScale(msg: ScaleMessage): ValidScale | InvalidScale {
   } catch (e) {
     return invalid(isOrangeryError(e) ? e.message : 'the request is not a JSON object', { field: '' });
   }
-  if (typeof body['id'] === 'string' && body['id'] !== '' && body['id'].length <= 255) requestId = body['id'];
+  const id = body['id'];
+  if (typeof id === 'string' && id !== '') {
+    if (!usableRequestId(id)) {
+      // Never let it reach a JetStream message id (a NATS header): CR/LF make the client
+      // throw, and the client trims surrounding spaces.
+      requestId = substituteRequestId(id);
+      return invalid(`field 'id': must be printable ASCII, 1 to ${MAX_INBOUND_ID_LENGTH} characters`, {
+        field: 'id',
+        reason: `must be printable ASCII, 1 to ${MAX_INBOUND_ID_LENGTH} characters`,
+        maxLength: MAX_INBOUND_ID_LENGTH,
+      });
+    }
+    requestId = id;
+  }
   let event;
   try {
     event = decode(ScaleRequestedEvent, body);
@@ -77,6 +114,17 @@ export function parseScale(msg: ScaleMessage): ValidScale | InvalidScale {
     });
   }
   if (names.env === undefined) return invalid(`subject '${msg.subject}' is not orangery.scale.<env>.<app>`, { field: '' });
+  if (data.environment !== undefined) {
+    const bytes = environmentBytes(data.environment);
+    if (bytes > MAX_ENVIRONMENT_BYTES) {
+      return invalid(`field 'data.environment': is ${bytes} bytes, at most ${MAX_ENVIRONMENT_BYTES} are allowed`, {
+        field: 'data.environment',
+        reason: `at most ${MAX_ENVIRONMENT_BYTES} bytes in all`,
+        limit: MAX_ENVIRONMENT_BYTES,
+        bytes,
+      });
+    }
+  }
   if (data.resources.heapMb !== undefined && data.resources.heapMb > data.resources.memoryMb * 64) {
     return invalid('field data.resources.heapMb: is implausibly larger than memoryMb', { field: 'data.resources.heapMb' });
   }
