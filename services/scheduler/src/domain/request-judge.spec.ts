@@ -7,6 +7,7 @@ import { RequestJudge, RetryLater } from './request-judge';
 import { SchedulerEvents } from './scheduler-events';
 import { SlotBook } from './slot-book';
 import { demandOf } from './slot-records';
+import { JournalTooLarge } from './ports';
 import { heartbeat, scaleMessage } from './testing/factories';
 import { FakeIpam, InMemorySchedulerStore, MemoryLog, transientError } from './testing/fakes';
 
@@ -106,6 +107,24 @@ describe('RequestJudge', () => {
     await w.judge.handleScale(scaleMessage(3, { replicas: 2 }));
     expect(w.rejections().map((r) => [r.requestId, r.reason.code])).toEqual([['req-3', 'SUPERSEDED']]);
     expect(w.book.app('prod:web')?.requestId).toBe('req-5');
+    w.judge.stop();
+  });
+
+  it('rejects a request the journal cannot take in one write (INVALID_REQUEST with the limit), never a redelivery', async () => {
+    const w = judgeWorld();
+    await w.book.load();
+    w.store.failCommits(1, () => new JournalTooLarge(16_777_216, "Got a packet bigger than 'max_allowed_packet' bytes"));
+    await w.judge.handleScale(scaleMessage(1, { replicas: 2 }));
+    expect(w.rejections()).toEqual([
+      expect.objectContaining({
+        requestId: 'req-1',
+        reason: expect.objectContaining({ code: 'INVALID_REQUEST', details: expect.objectContaining({ limit: 16_777_216, field: 'data' }) }),
+      }),
+    ]);
+    expect(w.rejections()[0]!.reason.message).toContain('16777216');
+    expect(w.book.app('prod:web')).toBeUndefined();
+    expect(w.hosts.inventory().free('a').cpu).toBe(8); // nothing left reserved
+    expect(await w.store.requestSeen('req-1')).toBe(true);
     w.judge.stop();
   });
 

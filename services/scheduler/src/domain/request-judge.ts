@@ -2,7 +2,7 @@ import type { Backend, ScaleCompletedData, ScaleRejectionCode, ScaleRequestData 
 import type { HostBook } from './host-book';
 import { appKeyOf, type AppRecord, type AppSpec, type SlotRecord } from './model';
 import { placeMany, type PlacementPolicy } from './placement';
-import { NotLeaderError, type Changes, type CoreLog, type IpamPort, type PoolInfo, type SchedulerStore } from './ports';
+import { JournalTooLarge, NotLeaderError, type Changes, type CoreLog, type IpamPort, type PoolInfo, type SchedulerStore } from './ports';
 import { backendsFor, parseScale, type ScaleMessage } from './scale-intake';
 import type { SchedulerEvents, Rejection } from './scheduler-events';
 import type { SlotBook } from './slot-book';
@@ -124,6 +124,15 @@ export class RequestJudge {
       await this.book.save(this.acceptance(next, current, placed));
     } catch (e) {
       for (const s of placed) this.hosts.unreserve(s.hostId!, s.id);
+      if (e instanceof JournalTooLarge) {
+        // Writing it again cannot succeed: an outcome now, never a redelivery loop.
+        const limit = e.limitBytes;
+        return reject(
+          'INVALID_REQUEST',
+          `the request is too large to journal (${missing.length} new instances with this spec${limit ? `; the database takes at most ${limit} bytes in one write` : ''}): ask fewer replicas or a smaller environment`,
+          { field: 'data', reason: 'too large to journal', ...(limit ? { limit } : {}), newInstances: missing.length },
+        );
+      }
       throw e instanceof NotLeaderError ? e : new RetryLater(`database: ${errorOf(e).message}`);
     }
     this.book.setApp(next);
