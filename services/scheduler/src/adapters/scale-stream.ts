@@ -74,6 +74,9 @@ export class ScaleConsumer {
 
   async start(): Promise<void> {
     const js = jetstream(this.nc);
+    // The stream's generation: a recreated stream restarts its sequences (see ScaleMessage.generation).
+    const created = Date.parse((await (await jetstreamManager(this.nc)).streams.info(SCALE_STREAM.name)).created);
+    const generation = Number.isFinite(created) ? { generation: created } : {};
     const consumer = await js.consumers.get(SCALE_STREAM.name, SCALE_STREAM.consumer);
     this.messages = await consumer.consume({ max_messages: MAX_IN_FLIGHT });
     void (async () => {
@@ -81,7 +84,7 @@ export class ScaleConsumer {
         while (this.inFlight.size >= MAX_IN_FLIGHT) await Promise.race(this.inFlight);
         const traceparent = m.headers?.get('traceparent') || undefined;
         const delivery = m.info.deliveryCount;
-        const p = this.handle({ seq: m.seq, subject: m.subject, body: m.data, ...(traceparent ? { traceparent } : {}) })
+        const p = this.handle({ seq: m.seq, ...generation, subject: m.subject, body: m.data, ...(traceparent ? { traceparent } : {}) })
           .then((v) => {
             if (v === 'ack') m.ack();
             else if (v === 'retry') {

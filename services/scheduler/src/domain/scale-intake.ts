@@ -19,8 +19,14 @@ import {
  */
 
 export interface ScaleMessage {
-  /** the JetStream stream sequence: orders requests for the same app */
+  /** the JetStream stream sequence: orders requests for the same app within one generation */
   readonly seq: number;
+  /**
+   * The stream's generation: when ORANGERY_SCALE was created (ms since the epoch). A
+   * recreated stream starts its sequences at 1 again; its generation is later, so its
+   * requests are newer than every request of the stream before it (see isOlderRequest).
+   */
+  readonly generation?: number;
   readonly subject: string;
   readonly body: Uint8Array | string;
   readonly traceparent?: string;
@@ -30,6 +36,7 @@ export interface ValidScale {
   readonly ok: true;
   readonly requestId: string;
   readonly seq: number;
+  readonly generation?: number;
   readonly data: ScaleRequestData;
   readonly traceparent?: string;
 }
@@ -38,6 +45,7 @@ export interface InvalidScale {
   readonly ok: false;
   readonly requestId: string;
   readonly seq: number;
+  readonly generation?: number;
   readonly env?: string;
   readonly app?: string;
   readonly message: string;
@@ -69,12 +77,15 @@ export function subjectNames(subject: string): { env?: string; app?: string } {
 export function parseScale(msg: ScaleMessage): ValidScale | InvalidScale {
   const names = subjectNames(msg.subject);
   let body: Record<string, unknown> | undefined;
-  // A request without a usable id still gets its one rejection, under the stream's sequence.
-  let requestId = `js-${msg.seq}`;
+  // A request without an id still gets its one rejection, under the stream's sequence (and
+  // generation: a recreated stream's js-5 is another request than the old one's).
+  let requestId = msg.generation === undefined ? `js-${msg.seq}` : `js-${msg.generation}-${msg.seq}`;
+  const generation = msg.generation === undefined ? {} : { generation: msg.generation };
   const invalid = (message: string, details: Record<string, unknown>): InvalidScale => ({
     ok: false,
     requestId,
     seq: msg.seq,
+    ...generation,
     ...names,
     message,
     details,
@@ -129,7 +140,19 @@ export function parseScale(msg: ScaleMessage): ValidScale | InvalidScale {
     return invalid('field data.resources.heapMb: is implausibly larger than memoryMb', { field: 'data.resources.heapMb' });
   }
   const traceparent = event.traceparent ?? msg.traceparent;
-  return { ok: true, requestId, seq: msg.seq, data, ...(traceparent ? { traceparent } : {}) };
+  return { ok: true, requestId, seq: msg.seq, ...generation, data, ...(traceparent ? { traceparent } : {}) };
+}
+
+/**
+ * Whether request `a` came before request `b` in the scale stream. Within one generation
+ * of the stream the sequence decides; across generations (the stream was deleted and
+ * created again, its sequences restarting at 1) the later generation is newer, whatever
+ * the sequences. A record journaled before generations were kept has none: the
+ * sequence decides, as it did then.
+ */
+export function isOlderRequest(a: { seq: number; generation?: number | undefined }, b: { seq: number; generation?: number | undefined }): boolean {
+  if (a.generation !== undefined && b.generation !== undefined && a.generation !== b.generation) return a.generation < b.generation;
+  return a.seq < b.seq;
 }
 
 /**
