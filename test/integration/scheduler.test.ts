@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createConnection, type Connection } from 'mysql2/promise';
 import { ContractClient, freshDatabase, HarnessDir, NatsServer, ScaleWatcher, ServiceProcess, SimulatedFleet, waitFor } from '@orangery/testing';
@@ -194,6 +195,25 @@ describe('scheduler with simulated agents', () => {
     expect(pool.data['reason']).toMatchObject({ code: 'POOL_NOT_FOUND' });
     const noImage = await scaleAndWait(request('noimg', 1, { image: undefined }));
     expect(noImage.data['reason']).toMatchObject({ code: 'INVALID_REQUEST', details: { field: 'data.image' } });
+  });
+
+  it('rejects an id with CR/LF (never a message-id header) under sha256:<hex>, keeps ids apart by surrounding spaces, and goes on', async () => {
+    const event = (id: string, app: string) => ({ specversion: '1.0', id, source: '/t', type: 'io.orangery.scale.requested', data: request(app, 1) });
+    const bad = 'crlf-1\r\nNats-Msg-Id: x';
+    await scale.publishRaw('orangery.scale.test.crlf', event(bad, 'crlf'));
+    await scale.publishRaw('orangery.scale.test.crlf', event('x'.repeat(129), 'crlf'));
+    const sha = (s: string) => `sha256:${createHash('sha256').update(s, 'utf8').digest('hex')}`;
+    for (const id of [bad, 'x'.repeat(129)]) {
+      const out = await scale.outcome(sha(id));
+      expect(out.type).toBe('io.orangery.scale.rejected');
+      expect(out.data['reason']).toMatchObject({ code: 'INVALID_REQUEST', details: { field: 'id' } });
+    }
+    // 'sp' then 'sp ': two requests, two outcomes (the second supersedes or completes; neither is lost as a duplicate)
+    await scale.publishRaw('orangery.scale.test.spaces', event('sp', 'spaces'));
+    expect((await scale.outcome('sp')).type).toBe('io.orangery.scale.completed');
+    await scale.publishRaw('orangery.scale.test.spaces', event('sp ', 'spaces'));
+    expect((await scale.outcome('sp ')).type).toBe('io.orangery.scale.completed');
+    expect((await scaleAndWait(request('crlf', 1))).type).toBe('io.orangery.scale.completed');
   });
 
   it('a repeated request id changes nothing and gets no second outcome', async () => {
