@@ -216,6 +216,20 @@ describe('scheduler with simulated agents', () => {
     expect((await scaleAndWait(request('crlf', 1))).type).toBe('io.orangery.scale.completed');
   });
 
+  it('a request the journal cannot take (1000 replicas x 64 KB of environment > max_allowed_packet) is rejected with the limit, not redelivered forever', async () => {
+    const [[row]] = (await db.query('SELECT @@max_allowed_packet AS max')) as unknown as [[{ max: number }]];
+    const environment: Record<string, string> = {};
+    for (let i = 0; i < 16; i++) environment[`V${i}`] = 'x'.repeat(4000);
+    const big = request('huge', 1000, { resources: { cpu: 0.01, memoryMb: 16, diskMb: 0 }, spread: 'none', environment });
+    expect(1000 * 64_000).toBeGreaterThan(Number(row.max));
+    const out = await scaleAndWait(big, 30_000);
+    expect(out.type).toBe('io.orangery.scale.rejected');
+    expect(out.data['reason']).toMatchObject({ code: 'INVALID_REQUEST', details: { limit: Number(row.max), field: 'data' } });
+    expect(JSON.stringify(out)).not.toContain('x'.repeat(100)); // the environment is never echoed back
+    expect(await instances('huge')).toEqual([]);
+    expect((await scaleAndWait(request('huge', 1))).type).toBe('io.orangery.scale.completed');
+  });
+
   it('a repeated request id changes nothing and gets no second outcome', async () => {
     const id = await scale.publish(request('junk', 1), 'same-id-1');
     expect((await scale.outcome(id)).type).toBe('io.orangery.scale.completed');
