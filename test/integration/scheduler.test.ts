@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createConnection, type Connection } from 'mysql2/promise';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { ContractClient, freshDatabase, HarnessDir, NatsServer, ScaleWatcher, ServiceProcess, SimulatedFleet, waitFor } from '@orangery/testing';
 
 // The scheduler as real processes on real NATS (JetStream) and MariaDB, with a real ipam,
@@ -455,4 +456,23 @@ describe('scheduler with simulated agents', () => {
     expect(extra.error.code).toBe('INVALID_REQUEST');
     expect((await client.request('orangery.scheduler.hosts.list', {})).ok).toBe(true);
   });
+
+  it('ORANGERY_SCALE deleted and created again (sequences from 1): a new request for a known app is accepted, not SUPERSEDED', async () => {
+    expect((await scaleAndWait(request('reset', 1))).type).toBe('io.orangery.scale.completed');
+    const [[before]] = (await db.query("SELECT seq FROM sched_app WHERE env = 'test' AND app = 'reset'")) as unknown as [[{ seq: number }]];
+    expect(Number(before.seq)).toBeGreaterThan(1);
+    for (const s of schedulers.filter((p) => p.child.exitCode === null)) await s.kill9();
+    const jsm = await jetstreamManager(client.nc);
+    await jsm.streams.delete('ORANGERY_SCALE');
+    const fresh = await ServiceProcess.start(dir, 'scheduler', schedulerEnv());
+    schedulers.push(fresh);
+    await fresh.waitForLog('leading: consuming scale requests', 30_000);
+    const out = await scaleAndWait(request('reset', 2));
+    expect(out.type, JSON.stringify(out.data)).toBe('io.orangery.scale.completed');
+    const [[after]] = (await db.query("SELECT seq, record FROM sched_app WHERE env = 'test' AND app = 'reset'")) as unknown as [
+      [{ seq: number; record: unknown }],
+    ];
+    expect(Number(after.seq)).toBeLessThan(Number(before.seq));
+    expect((await instances('reset')).length).toBe(2);
+  }, 120_000);
 });
