@@ -1,5 +1,7 @@
+import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createConnection, type Connection } from 'mysql2/promise';
+import { jetstreamManager } from '@nats-io/jetstream';
 import { ContractClient, freshDatabase, HarnessDir, NatsServer, ScaleWatcher, ServiceProcess, SimulatedFleet, waitFor } from '@orangery/testing';
 
 // The scheduler as real processes on real NATS (JetStream) and MariaDB, with a real ipam,
@@ -194,6 +196,39 @@ describe('scheduler with simulated agents', () => {
     expect(pool.data['reason']).toMatchObject({ code: 'POOL_NOT_FOUND' });
     const noImage = await scaleAndWait(request('noimg', 1, { image: undefined }));
     expect(noImage.data['reason']).toMatchObject({ code: 'INVALID_REQUEST', details: { field: 'data.image' } });
+  });
+
+  it('rejects an id with CR/LF (never a message-id header) under sha256:<hex>, keeps ids apart by surrounding spaces, and goes on', async () => {
+    const event = (id: string, app: string) => ({ specversion: '1.0', id, source: '/t', type: 'io.orangery.scale.requested', data: request(app, 1) });
+    const bad = 'crlf-1\r\nNats-Msg-Id: x';
+    await scale.publishRaw('orangery.scale.test.crlf', event(bad, 'crlf'));
+    await scale.publishRaw('orangery.scale.test.crlf', event('x'.repeat(129), 'crlf'));
+    const sha = (s: string) => `sha256:${createHash('sha256').update(s, 'utf8').digest('hex')}`;
+    for (const id of [bad, 'x'.repeat(129)]) {
+      const out = await scale.outcome(sha(id));
+      expect(out.type).toBe('io.orangery.scale.rejected');
+      expect(out.data['reason']).toMatchObject({ code: 'INVALID_REQUEST', details: { field: 'id' } });
+    }
+    // 'sp' then 'sp ': two requests, two outcomes (the second supersedes or completes; neither is lost as a duplicate)
+    await scale.publishRaw('orangery.scale.test.spaces', event('sp', 'spaces'));
+    expect((await scale.outcome('sp')).type).toBe('io.orangery.scale.completed');
+    await scale.publishRaw('orangery.scale.test.spaces', event('sp ', 'spaces'));
+    expect((await scale.outcome('sp ')).type).toBe('io.orangery.scale.completed');
+    expect((await scaleAndWait(request('crlf', 1))).type).toBe('io.orangery.scale.completed');
+  });
+
+  it('a request the journal cannot take (1000 replicas x 64 KB of environment > max_allowed_packet) is rejected with the limit, not redelivered forever', async () => {
+    const [[row]] = (await db.query('SELECT @@max_allowed_packet AS max')) as unknown as [[{ max: number }]];
+    const environment: Record<string, string> = {};
+    for (let i = 0; i < 16; i++) environment[`V${i}`] = 'x'.repeat(4000);
+    const big = request('huge', 1000, { resources: { cpu: 0.01, memoryMb: 16, diskMb: 0 }, spread: 'none', environment });
+    expect(1000 * 64_000).toBeGreaterThan(Number(row.max));
+    const out = await scaleAndWait(big, 30_000);
+    expect(out.type).toBe('io.orangery.scale.rejected');
+    expect(out.data['reason']).toMatchObject({ code: 'INVALID_REQUEST', details: { limit: Number(row.max), field: 'data' } });
+    expect(JSON.stringify(out)).not.toContain('x'.repeat(100)); // the environment is never echoed back
+    expect(await instances('huge')).toEqual([]);
+    expect((await scaleAndWait(request('huge', 1))).type).toBe('io.orangery.scale.completed');
   });
 
   it('a repeated request id changes nothing and gets no second outcome', async () => {
@@ -421,4 +456,24 @@ describe('scheduler with simulated agents', () => {
     expect(extra.error.code).toBe('INVALID_REQUEST');
     expect((await client.request('orangery.scheduler.hosts.list', {})).ok).toBe(true);
   });
+
+  it('ORANGERY_SCALE deleted and created again (sequences from 1): a new request for a known app is accepted, not SUPERSEDED', async () => {
+    // a few requests first, so the app's sequence is above what the new stream starts at
+    for (let i = 0; i < 3; i++) expect((await scaleAndWait(request('reset', 1))).type).toBe('io.orangery.scale.completed');
+    const [[before]] = (await db.query("SELECT seq FROM sched_app WHERE env = 'test' AND app = 'reset'")) as unknown as [[{ seq: number }]];
+    expect(Number(before.seq)).toBeGreaterThan(1);
+    for (const s of schedulers.filter((p) => p.child.exitCode === null)) await s.kill9();
+    const jsm = await jetstreamManager(client.nc);
+    await jsm.streams.delete('ORANGERY_SCALE');
+    const fresh = await ServiceProcess.start(dir, 'scheduler', schedulerEnv());
+    schedulers.push(fresh);
+    await fresh.waitForLog('leading: consuming scale requests', 30_000);
+    const out = await scaleAndWait(request('reset', 2));
+    expect(out.type, JSON.stringify(out.data)).toBe('io.orangery.scale.completed');
+    const [[after]] = (await db.query("SELECT seq, record FROM sched_app WHERE env = 'test' AND app = 'reset'")) as unknown as [
+      [{ seq: number; record: unknown }],
+    ];
+    expect(Number(after.seq)).toBeLessThan(Number(before.seq));
+    expect((await instances('reset')).length).toBe(2);
+  }, 120_000);
 });

@@ -1,5 +1,5 @@
 import { CloudEvent } from 'cloudevents';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import { SUBJECTS } from './subjects';
 
 export const EVENT_TYPE_PREFIX = 'io.orangery.';
@@ -49,4 +49,17 @@ export function buildEvent<T>(e: NewEvent<T>): { natsSubject: string; event: Eve
     true,
   );
   return { natsSubject: SUBJECTS.event(e.area, e.what), event: ce.toJSON() as unknown as EventEnvelope<T> };
+}
+
+const HEADER_SAFE_ID = /^[\x21-\x7E](?:[\x20-\x7E]*[\x21-\x7E])?$/;
+
+/**
+ * The JetStream message id (`Nats-Msg-Id` header) of an event: its id when a header keeps it
+ * as it is, else `~sha256:` and the hex SHA-256 of the id. A NATS header cannot hold CR or
+ * LF and loses surrounding spaces, so `scale-rejected:a ` and `scale-rejected:a` would
+ * otherwise share a message id (and the second be dropped as a duplicate). Ids the platform
+ * makes never start with `~`, so the two forms cannot collide.
+ */
+export function messageIdOf(eventId: string): string {
+  return HEADER_SAFE_ID.test(eventId) ? eventId : `~sha256:${createHash('sha256').update(eventId, 'utf8').digest('hex')}`;
 }

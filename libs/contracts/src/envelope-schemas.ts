@@ -30,6 +30,15 @@ export const OkReplySchema = <T extends TSchema>(data: T) => Type.Object({ ok: T
 /** `{ ok: true, data }` or `{ ok: false, error: { code, message, details? } }`. */
 export const ReplySchema = <T extends TSchema>(data: T) => Type.Union([OkReplySchema(data), ErrorReplySchema]);
 
+/**
+ * An inbound CloudEvents `id` (CONTRACT.md v1.1): printable ASCII (space to `~`), at most
+ * MAX_INBOUND_ID_LENGTH characters. It becomes part of a JetStream message id (a NATS
+ * header), where CR or LF would make the client throw and other control characters have
+ * no business.
+ */
+export const INBOUND_ID_PATTERN = '^[\\x20-\\x7E]+$';
+export const MAX_INBOUND_ID_LENGTH = 128;
+
 /** W3C trace context `traceparent` (version 00). */
 export const TRACEPARENT_PATTERN = '^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$';
 
@@ -62,7 +71,12 @@ export const InboundEventSchema = <T extends TSchema>(type: string, data: T) =>
   Type.Object(
     {
       specversion: Type.Literal('1.0'),
-      id: Type.String({ minLength: 1, description: 'unique per request' }),
+      id: Type.String({
+        minLength: 1,
+        maxLength: MAX_INBOUND_ID_LENGTH,
+        pattern: INBOUND_ID_PATTERN,
+        description: `unique per request; printable ASCII, at most ${MAX_INBOUND_ID_LENGTH} characters`,
+      }),
       source: Type.String({ minLength: 1, format: 'uri-reference' }),
       type: Type.Literal(type),
       subject: Type.Optional(Type.String()),

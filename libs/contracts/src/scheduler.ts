@@ -17,6 +17,23 @@ const strict = { additionalProperties: false } as const;
 export const SCALE_REQUESTED_TYPE = `${EVENT_TYPE_PREFIX}scale.requested`;
 /** slots are 0..9999, so an app has at most 10,000 replicas */
 export const MAX_REPLICAS = MAX_SLOT + 1;
+/**
+ * At most this many replicas in one scale request: every new slot is journaled with the
+ * request's spec in one write, so replicas times the environment must stay far inside the
+ * database's max_allowed_packet.
+ */
+export const MAX_REPLICAS_PER_REQUEST = 10_000;
+/** `environment` (CONTRACT.md v1.1): at most this many variables... */
+export const MAX_ENVIRONMENT_KEYS = 256;
+/** ...and at most 64 KB in all: the UTF-8 bytes of every name and value together. */
+export const MAX_ENVIRONMENT_BYTES = 64 * 1024;
+
+/** What an `environment` weighs against MAX_ENVIRONMENT_BYTES. */
+export function environmentBytes(environment: Record<string, string>): number {
+  let n = 0;
+  for (const [k, v] of Object.entries(environment)) n += Buffer.byteLength(k, 'utf8') + Buffer.byteLength(v, 'utf8');
+  return n;
+}
 
 export const ScaleBackend = Type.Union([Type.Literal('auto'), Type.Literal('docker'), Type.Literal('vmware')], {
   description: 'auto (default) compares docker and vmware hosts by free capacity',
@@ -27,7 +44,7 @@ export const ScaleRequestData = Type.Object(
   {
     app: Name,
     env: Name,
-    replicas: Type.Integer({ minimum: 0, maximum: MAX_REPLICAS }),
+    replicas: Type.Integer({ minimum: 0, maximum: MAX_REPLICAS_PER_REQUEST }),
     resources: Resources,
     image: Type.Optional(Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9][A-Za-z0-9._/:@-]*$', description: 'for containers' })),
     template: Type.Optional(
@@ -40,7 +57,8 @@ export const ScaleRequestData = Type.Object(
     ),
     environment: Type.Optional(
       Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]{0,127}$' }), Type.String({ maxLength: 4096 }), {
-        description: 'project addition: environment variables of every instance',
+        maxProperties: MAX_ENVIRONMENT_KEYS,
+        description: `environment variables of every instance: at most ${MAX_ENVIRONMENT_KEYS} and ${MAX_ENVIRONMENT_BYTES} bytes (UTF-8 names and values) in all; never echoed back`,
       }),
     ),
   },

@@ -1,7 +1,7 @@
 import { jetstreamManager, jetstream, RetentionPolicy, StorageType, DiscardPolicy, type JetStreamClient } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { headers as newHeaders } from '@nats-io/nats-core';
-import { EVENTS_STREAM, type EventEnvelope } from '@orangery/contracts';
+import { EVENTS_STREAM, messageIdOf, type EventEnvelope } from '@orangery/contracts';
 import type { Logger } from '@orangery/telemetry';
 
 const nanos = (seconds: number): number => seconds * 1_000_000_000;
@@ -62,7 +62,7 @@ export class EventPublisher {
     const h = newHeaders();
     h.set('Content-Type', 'application/cloudevents+json');
     if (event.traceparent) h.set('traceparent', event.traceparent);
-    await this.js.publish(natsSubject, JSON.stringify(event), { msgID: event.id, headers: h });
+    await this.js.publish(natsSubject, JSON.stringify(event), { msgID: messageIdOf(event.id), headers: h });
   }
 }
 

@@ -137,6 +137,12 @@ export function isDuplicateKey(e: unknown): boolean {
   return driverError(e).code === 'ER_DUP_ENTRY';
 }
 
+/** A statement larger than the server's max_allowed_packet: sending it again cannot succeed. */
+export function isTooLarge(e: unknown): boolean {
+  const d = driverError(e);
+  return d.code === 'ER_NET_PACKET_TOO_LARGE' || d.errno === 1153 || d.errno === 1301 || /max_allowed_packet/i.test(d.message ?? '');
+}
+
 export function isConflict(e: unknown): boolean {
   const code = driverError(e).code;
   return code === 'ER_LOCK_DEADLOCK' || code === 'ER_LOCK_WAIT_TIMEOUT' || code === 'ER_CHECKREAD';

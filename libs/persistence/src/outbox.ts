@@ -32,6 +32,30 @@ const PUBLISH_WAIT_MS = 2_000;
 const TABLE = /^[a-z_][a-z0-9_]{0,63}$/;
 
 /**
+ * Errors that say this row can never be published, whatever NATS does: a stored event that
+ * is not JSON, a subject or header the client refuses (CR/LF in a message id), a payload
+ * over NATS' max_payload. Anything else (a timeout, no stream responding, the connection
+ * closed or draining, JetStream answering 503) is transient: the sweep stops there and
+ * tries again.
+ */
+const POISON_ERRORS = new Set(['SyntaxError', 'TypeError', 'RangeError', 'InvalidArgumentError', 'InvalidSubjectError', 'InvalidNameError']);
+const POISON_MESSAGE = /max(imum)?[_ ]payload|message size exceeds|payload size|cannot contain \\r or \\n/i;
+
+/** Whether a publish failure is permanent for that event (see POISON_ERRORS). */
+export function isPoisonPublishError(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  return POISON_ERRORS.has(err.name) || POISON_ERRORS.has(err.constructor.name) || POISON_MESSAGE.test(err.message);
+}
+
+/** What the sweeper has done so far (for a metric the service exposes). */
+export interface OutboxStats {
+  /** rows the sweeper skipped because they can never be published (each logged at error) */
+  readonly poisoned: number;
+  /** the id of the last row skipped, if any */
+  readonly lastPoisonedId: number | undefined;
+}
+
+/**
  * A transactional outbox. Each change's events are written in the change's transaction;
  * after the commit the caller publishes them at once (JetStream msg id = event id).
  * Independently, a sweeper (one replica at a time, through a locked cursor row) publishes
@@ -43,6 +67,8 @@ const TABLE = /^[a-z_][a-z0-9_]{0,63}$/;
 export class OutboxRelay {
   private sweepTimer: NodeJS.Timeout | undefined;
   private sweeping = false;
+  private poisoned = 0;
+  private lastPoisonedId: number | undefined;
 
   constructor(
     private readonly sql: SqlPool,
@@ -51,6 +77,10 @@ export class OutboxRelay {
     private readonly tables: OutboxTables,
   ) {
     if (!TABLE.test(tables.events) || !TABLE.test(tables.cursor)) throw new Error('outbox table names must be plain identifiers');
+  }
+
+  stats(): OutboxStats {
+    return { poisoned: this.poisoned, lastPoisonedId: this.lastPoisonedId };
   }
 
   start(): void {
@@ -93,8 +123,17 @@ export class OutboxRelay {
               await this.publisher.publish(r.event_subject, JSON.parse(r.event_json) as EventEnvelope);
               published++;
             } catch (err) {
-              this.logger.warn({ err: String(err), behind: rows.length - published }, 'outbox sweep: publish failed; will retry');
-              break;
+              if (!isPoisonPublishError(err)) {
+                this.logger.warn({ err: String(err), behind: rows.length - published }, 'outbox sweep: publish failed; will retry');
+                break;
+              }
+              // A row that can never be published must not stall every later event: report it and move on.
+              this.poisoned++;
+              this.lastPoisonedId = Number(r.id);
+              this.logger.error(
+                { err: String(err), table: events, id: Number(r.id), subject: r.event_subject, poisoned: this.poisoned },
+                'outbox sweep: an event can never be published; skipped (the row is kept)',
+              );
             }
           }
           last = Number(r.id);

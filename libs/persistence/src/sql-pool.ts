@@ -1,6 +1,6 @@
 import mysql, { type Pool, type PoolConnection, type QueryError } from 'mysql2';
 import type { DbConfig } from './data-source';
-import { DatabaseUnavailableError, isConflict, isConnectionError } from './data-source';
+import { DatabaseUnavailableError, isConflict, isConnectionError, isTooLarge } from './data-source';
 
 /**
  * A lean transaction runner for hot paths, on mysql2's callback API. Why not TypeORM's
@@ -58,7 +58,8 @@ export class SqlPool {
         await tx.commit();
         return result;
       } catch (e) {
-        broken = isConnectionError(e);
+        // the server closes the connection after a packet over max_allowed_packet
+        broken = isConnectionError(e) || isTooLarge(e);
         if (!broken) await tx.rollback().catch(() => (broken = true));
         throw e;
       } finally {

@@ -1,9 +1,9 @@
 import { buildEvent, CURSORS, memoryLimitMb, pageOf, type Amounts, type HostSummary, type InstanceSummary, type PageQuery } from '@orangery/contracts';
-import { keysetAfter, type OutboxRelay, type PendingEvent, type SqlPool, type SqlTx } from '@orangery/persistence';
+import { isTooLarge, keysetAfter, type OutboxRelay, type PendingEvent, type SqlPool, type SqlTx } from '@orangery/persistence';
 import type { Logger } from '@orangery/telemetry';
 import type { HostEntry } from '../domain/host-book';
 import type { AppRecord, SlotRecord } from '../domain/model';
-import { NotLeaderError, type Changes, type SchedulerStore } from '../domain/ports';
+import { JournalTooLarge, NotLeaderError, type Changes, type SchedulerStore } from '../domain/ports';
 
 interface Pending {
   changes: Changes;
@@ -25,6 +25,7 @@ export class MysqlSchedulerStore implements SchedulerStore {
   private epoch: number | undefined;
   private readonly queue: Pending[] = [];
   private flushing = false;
+  private maxPacket: number | undefined;
 
   constructor(
     private readonly sql: SqlPool,
@@ -101,12 +102,28 @@ export class MysqlSchedulerStore implements SchedulerStore {
     if (epoch === undefined) throw new NotLeaderError();
     const events: PendingEvent[] = [];
     for (const c of all) for (const e of c.events ?? []) events.push(buildEvent({ ...e, source: e.source || this.source }));
-    await this.sql.transaction(async (tx) => {
-      const [row] = await tx.query<{ epoch: number }[]>('SELECT epoch FROM sched_leader WHERE id = 1 LOCK IN SHARE MODE');
-      if (!row || Number(row.epoch) !== epoch) throw new NotLeaderError();
-      this.statements(tx, all, events);
-    });
+    try {
+      await this.sql.transaction(async (tx) => {
+        const [row] = await tx.query<{ epoch: number }[]>('SELECT epoch FROM sched_leader WHERE id = 1 LOCK IN SHARE MODE');
+        if (!row || Number(row.epoch) !== epoch) throw new NotLeaderError();
+        this.statements(tx, all, events);
+      });
+    } catch (e) {
+      if (isTooLarge(e)) throw new JournalTooLarge(await this.maxAllowedPacket(), String((e as Error).message ?? e));
+      throw e;
+    }
     return events;
+  }
+
+  /** The database's max_allowed_packet (read once; undefined when it cannot be read). */
+  private async maxAllowedPacket(): Promise<number | undefined> {
+    if (this.maxPacket === undefined) {
+      const rows = await this.sql
+        .read((q) => q.query<{ max: number | string }[]>('SELECT @@max_allowed_packet AS max'))
+        .catch(() => [] as { max: number | string }[]);
+      if (rows[0]) this.maxPacket = Number(rows[0].max);
+    }
+    return this.maxPacket;
   }
 
   private statements(tx: SqlTx, all: Changes[], events: PendingEvent[]): void {

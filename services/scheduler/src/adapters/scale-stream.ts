@@ -1,4 +1,4 @@
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerConfig, type ConsumerMessages } from '@nats-io/jetstream';
 import { ensureStream } from '@orangery/messaging';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SCALE_STREAM, SUBJECTS } from '@orangery/contracts';
@@ -9,28 +9,47 @@ const nanos = (s: number): number => s * 1_000_000_000;
 /** A leader killed mid-request: its unacked messages go to the next leader after this. */
 const ACK_WAIT_SECONDS = 15;
 const MAX_IN_FLIGHT = 256;
+/**
+ * A request is delivered at most this many times. Every request is judged and acked on its
+ * first delivery unless it cannot be judged now (ipam or the database away: nak with a
+ * backoff up to a minute, see retryDelayMs), so this bounds a loop to about three hours of
+ * such an outage; a request that can never be journaled is rejected at once instead.
+ */
+export const SCALE_MAX_DELIVER = 200;
+
+/** The nak delay after the `delivery`-th delivery (1-based): 2 s, doubling, at most 60 s. */
+export function retryDelayMs(delivery: number): number {
+  return Math.min(2_000 * 2 ** Math.max(0, Math.min(delivery - 1, 10)), 60_000);
+}
+
+/** The scheduler's durable consumer on ORANGERY_SCALE. */
+export const SCALE_CONSUMER_CONFIG = {
+  durable_name: SCALE_STREAM.consumer,
+  ack_policy: AckPolicy.Explicit,
+  deliver_policy: DeliverPolicy.All,
+  ack_wait: nanos(ACK_WAIT_SECONDS),
+  max_ack_pending: 4 * MAX_IN_FLIGHT,
+  max_deliver: SCALE_MAX_DELIVER,
+  filter_subject: SUBJECTS.scaleAll,
+} satisfies Partial<ConsumerConfig>;
 
 /** Creates the scale stream and the scheduler's durable consumer (idempotent; replicas may race). */
 export async function ensureScaleStream(nc: NatsConnection, logger: Logger): Promise<void> {
   await ensureStream(nc, SCALE_STREAM, logger);
   const jsm = await jetstreamManager(nc);
   try {
-    await jsm.consumers.info(SCALE_STREAM.name, SCALE_STREAM.consumer);
+    const info = await jsm.consumers.info(SCALE_STREAM.name, SCALE_STREAM.consumer);
+    if (info.config.max_deliver !== SCALE_MAX_DELIVER) {
+      // a consumer made before max_deliver existed: bound it too
+      await jsm.consumers.update(SCALE_STREAM.name, SCALE_STREAM.consumer, { max_deliver: SCALE_MAX_DELIVER });
+      logger.info({ maxDeliver: SCALE_MAX_DELIVER }, 'scale consumer updated');
+    }
   } catch {
-    await jsm.consumers
-      .add(SCALE_STREAM.name, {
-        durable_name: SCALE_STREAM.consumer,
-        ack_policy: AckPolicy.Explicit,
-        deliver_policy: DeliverPolicy.All,
-        ack_wait: nanos(ACK_WAIT_SECONDS),
-        max_ack_pending: 4 * MAX_IN_FLIGHT,
-        filter_subject: SUBJECTS.scaleAll,
-      })
-      .catch(async (e: unknown) => {
-        await jsm.consumers.info(SCALE_STREAM.name, SCALE_STREAM.consumer).catch(() => {
-          throw e;
-        });
+    await jsm.consumers.add(SCALE_STREAM.name, SCALE_CONSUMER_CONFIG).catch(async (e: unknown) => {
+      await jsm.consumers.info(SCALE_STREAM.name, SCALE_STREAM.consumer).catch(() => {
+        throw e;
       });
+    });
   }
 }
 
@@ -55,16 +74,28 @@ export class ScaleConsumer {
 
   async start(): Promise<void> {
     const js = jetstream(this.nc);
+    // The stream's generation: a recreated stream restarts its sequences (see ScaleMessage.generation).
+    const created = Date.parse((await (await jetstreamManager(this.nc)).streams.info(SCALE_STREAM.name)).created);
+    const generation = Number.isFinite(created) ? { generation: created } : {};
     const consumer = await js.consumers.get(SCALE_STREAM.name, SCALE_STREAM.consumer);
     this.messages = await consumer.consume({ max_messages: MAX_IN_FLIGHT });
     void (async () => {
       for await (const m of this.messages!) {
         while (this.inFlight.size >= MAX_IN_FLIGHT) await Promise.race(this.inFlight);
         const traceparent = m.headers?.get('traceparent') || undefined;
-        const p = this.handle({ seq: m.seq, subject: m.subject, body: m.data, ...(traceparent ? { traceparent } : {}) })
+        const delivery = m.info.deliveryCount;
+        const p = this.handle({ seq: m.seq, ...generation, subject: m.subject, body: m.data, ...(traceparent ? { traceparent } : {}) })
           .then((v) => {
             if (v === 'ack') m.ack();
-            else if (v === 'retry') m.nak(2_000);
+            else if (v === 'retry') {
+              if (delivery >= SCALE_MAX_DELIVER) {
+                this.logger.error(
+                  { seq: m.seq, subject: m.subject, deliveries: delivery },
+                  'scale request could not be judged in any delivery; JetStream gives up on it',
+                );
+              }
+              m.nak(retryDelayMs(delivery));
+            }
           })
           .catch((err: unknown) => {
             this.logger.error({ err: String(err), seq: m.seq }, 'scale request handling failed; redelivering');

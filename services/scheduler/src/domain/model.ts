@@ -30,6 +30,8 @@ export interface AppRecord {
   readonly requestId: string;
   /** its position in the scale stream: an older request never overrides a newer one */
   readonly seq: number;
+  /** the scale stream's generation it came from (ScaleMessage.generation); absent in older records */
+  readonly generation?: number;
   readonly spec: AppSpec;
   /** the spec of the last completed request: what a rejected request falls back to */
   readonly stable: AppSpec | null;

@@ -28,6 +28,21 @@ export interface SchedulerStore {
   requestSeen(requestId: string): Promise<boolean>;
 }
 
+/**
+ * A change too large for the journal to take in one write (the database's
+ * max_allowed_packet): writing it again cannot succeed.
+ */
+export class JournalTooLarge extends Error {
+  constructor(
+    /** the database's limit on one write, in bytes, when known */
+    readonly limitBytes: number | undefined,
+    cause: string,
+  ) {
+    super(`the change is larger than the journal takes in one write${limitBytes ? ` (max_allowed_packet ${limitBytes} bytes)` : ''}: ${cause}`);
+    this.name = 'JournalTooLarge';
+  }
+}
+
 export class NotLeaderError extends Error {
   constructor() {
     super('this replica is no longer the scheduler leader');

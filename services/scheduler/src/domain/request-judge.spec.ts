@@ -7,6 +7,7 @@ import { RequestJudge, RetryLater } from './request-judge';
 import { SchedulerEvents } from './scheduler-events';
 import { SlotBook } from './slot-book';
 import { demandOf } from './slot-records';
+import { JournalTooLarge } from './ports';
 import { heartbeat, scaleMessage } from './testing/factories';
 import { FakeIpam, InMemorySchedulerStore, MemoryLog, transientError } from './testing/fakes';
 
@@ -106,6 +107,66 @@ describe('RequestJudge', () => {
     await w.judge.handleScale(scaleMessage(3, { replicas: 2 }));
     expect(w.rejections().map((r) => [r.requestId, r.reason.code])).toEqual([['req-3', 'SUPERSEDED']]);
     expect(w.book.app('prod:web')?.requestId).toBe('req-5');
+    w.judge.stop();
+  });
+
+  it('rejects a request the journal cannot take in one write (INVALID_REQUEST with the limit), never a redelivery', async () => {
+    const w = judgeWorld();
+    await w.book.load();
+    w.store.failCommits(1, () => new JournalTooLarge(16_777_216, "Got a packet bigger than 'max_allowed_packet' bytes"));
+    await w.judge.handleScale(scaleMessage(1, { replicas: 2 }));
+    expect(w.rejections()).toEqual([
+      expect.objectContaining({
+        requestId: 'req-1',
+        reason: expect.objectContaining({ code: 'INVALID_REQUEST', details: expect.objectContaining({ limit: 16_777_216, field: 'data' }) }),
+      }),
+    ]);
+    expect(w.rejections()[0]!.reason.message).toContain('16777216');
+    expect(w.book.app('prod:web')).toBeUndefined();
+    expect(w.hosts.inventory().free('a').cpu).toBe(8); // nothing left reserved
+    expect(await w.store.requestSeen('req-1')).toBe(true);
+    w.judge.stop();
+  });
+
+  it('accepts a request from a recreated scale stream (sequences restarted at 1) for an app it already knows', async () => {
+    const w = judgeWorld();
+    await w.book.load();
+    const G1 = Date.parse('2026-01-01T00:00:00Z');
+    const G2 = Date.parse('2026-06-01T00:00:00Z');
+    await w.judge.handleScale(scaleMessage(500, { replicas: 1 }, { id: 'old-500', generation: G1 }));
+    expect(w.book.app('prod:web')).toMatchObject({ requestId: 'old-500', seq: 500, generation: G1 });
+    // ORANGERY_SCALE deleted and created again: its first message is seq 1
+    await w.judge.handleScale(scaleMessage(1, { replicas: 2 }, { id: 'new-1', generation: G2 }));
+    expect(w.rejections().filter((r) => r.reason.code !== 'SUPERSEDED' || r.requestId !== 'old-500')).toEqual([]);
+    expect(w.book.app('prod:web')).toMatchObject({ requestId: 'new-1', seq: 1, generation: G2, spec: { replicas: 2 } });
+    await w.judge.handleScale(scaleMessage(2, { replicas: 3 }, { id: 'new-2', generation: G2 }));
+    expect(w.book.app('prod:web')?.requestId).toBe('new-2');
+    // within a generation the sequence still decides; an old generation's request is older whatever its sequence
+    await w.judge.handleScale(scaleMessage(1, { replicas: 1 }, { id: 'new-1b', generation: G2 }));
+    await w.judge.handleScale(scaleMessage(900, { replicas: 1 }, { id: 'old-900', generation: G1 }));
+    expect(
+      w
+        .rejections()
+        .filter((r) => r.reason.code === 'SUPERSEDED')
+        .map((r) => r.requestId)
+        .sort(),
+    ).toEqual(['new-1', 'new-1b', 'old-500', 'old-900']);
+    expect(w.book.app('prod:web')?.requestId).toBe('new-2');
+    // the judge keeps the generation across a leader change (it is in the journaled record)
+    const again = judgeWorld();
+    for (const [k, v] of w.store.apps) again.store.apps.set(k, v);
+    await again.book.load();
+    expect(again.book.app('prod:web')).toMatchObject({ generation: G2, seq: 2 });
+    w.judge.stop();
+    again.judge.stop();
+  });
+
+  it('gives a request without an id of a recreated stream its own outcome (js-<generation>-<seq>)', async () => {
+    const w = judgeWorld();
+    await w.book.load();
+    await w.judge.handleScale({ seq: 5, generation: 1, subject: 'orangery.scale.prod.web', body: 'not json' });
+    await w.judge.handleScale({ seq: 5, generation: 2, subject: 'orangery.scale.prod.web', body: 'not json' });
+    expect(w.rejections().map((r) => r.requestId)).toEqual(['js-1-5', 'js-2-5']);
     w.judge.stop();
   });
 

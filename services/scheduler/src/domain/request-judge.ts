@@ -2,8 +2,8 @@ import type { Backend, ScaleCompletedData, ScaleRejectionCode, ScaleRequestData 
 import type { HostBook } from './host-book';
 import { appKeyOf, type AppRecord, type AppSpec, type SlotRecord } from './model';
 import { placeMany, type PlacementPolicy } from './placement';
-import { NotLeaderError, type Changes, type CoreLog, type IpamPort, type PoolInfo, type SchedulerStore } from './ports';
-import { backendsFor, parseScale, type ScaleMessage } from './scale-intake';
+import { JournalTooLarge, NotLeaderError, type Changes, type CoreLog, type IpamPort, type PoolInfo, type SchedulerStore } from './ports';
+import { backendsFor, isOlderRequest, parseScale, type ScaleMessage } from './scale-intake';
 import type { SchedulerEvents, Rejection } from './scheduler-events';
 import type { SlotBook } from './slot-book';
 import { demandOf, errorOf, newSlot, placementRequestOf } from './slot-records';
@@ -73,17 +73,17 @@ export class RequestJudge {
       await this.rejectRequest(parsed.seq, { ...parsed, code: 'INVALID_REQUEST' });
       return;
     }
-    await this.appLock.run(appKeyOf(parsed.data), () => this.judge(parsed.data, parsed.requestId, parsed.seq, parsed.traceparent));
+    await this.appLock.run(appKeyOf(parsed.data), () => this.judge(parsed.data, parsed.requestId, parsed.seq, parsed.generation, parsed.traceparent));
   }
 
   /** Under the app's lock: accept the request or reject it, with nothing changed. */
-  private async judge(data: ScaleRequestData, requestId: string, seq: number, traceparent: string | undefined): Promise<void> {
+  private async judge(data: ScaleRequestData, requestId: string, seq: number, generation: number | undefined, traceparent: string | undefined): Promise<void> {
     const key = appKeyOf(data);
     const current = this.book.app(key);
     if (current?.requestId === requestId) return; // the same request again: it changes nothing
     const reject = (code: ScaleRejectionCode, message: string, details?: Record<string, unknown>) =>
       this.rejectRequest(seq, { requestId, env: data.env, app: data.app, code, message, details, traceparent });
-    if (current && seq < current.seq) {
+    if (current && isOlderRequest({ seq, generation }, current)) {
       return reject('SUPERSEDED', `a newer request (${current.requestId}) for ${key} was accepted first`, { by: current.requestId });
     }
     const { backends, reason, field } = backendsFor(data, this.settings.envBackends(data.env));
@@ -101,6 +101,7 @@ export class RequestJudge {
       app: data.app,
       requestId,
       seq,
+      ...(generation === undefined ? {} : { generation }),
       spec: desiredSpec(data, backends, pool),
       stable: current?.stable ?? null,
       outcome: 'pending',
@@ -124,6 +125,15 @@ export class RequestJudge {
       await this.book.save(this.acceptance(next, current, placed));
     } catch (e) {
       for (const s of placed) this.hosts.unreserve(s.hostId!, s.id);
+      if (e instanceof JournalTooLarge) {
+        // Writing it again cannot succeed: an outcome now, never a redelivery loop.
+        const limit = e.limitBytes;
+        return reject(
+          'INVALID_REQUEST',
+          `the request is too large to journal (${missing.length} new instances with this spec${limit ? `; the database takes at most ${limit} bytes in one write` : ''}): ask fewer replicas or a smaller environment`,
+          { field: 'data', reason: 'too large to journal', ...(limit ? { limit } : {}), newInstances: missing.length },
+        );
+      }
       throw e instanceof NotLeaderError ? e : new RetryLater(`database: ${errorOf(e).message}`);
     }
     this.book.setApp(next);

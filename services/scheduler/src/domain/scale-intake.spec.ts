@@ -1,6 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import type { Backend, ScaleRequestData } from '@orangery/contracts';
-import { backendsFor, parseScale, subjectNames, type InvalidScale, type ScaleMessage, type ValidScale } from './scale-intake';
+import { messageIdOf } from '@orangery/contracts';
+import { backendsFor, parseScale, substituteRequestId, subjectNames, type InvalidScale, type ScaleMessage, type ValidScale } from './scale-intake';
 import { scaleData, scaleEvent, scaleMessage, TRACEPARENT } from './testing/factories';
 
 const OTHER_TRACE = '00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01';
@@ -23,6 +24,9 @@ function valid(m: ScaleMessage): ValidScale {
   expect(r.ok, r.ok ? '' : (r as InvalidScale).message).toBe(true);
   return r as ValidScale;
 }
+
+/** `n` variables V0..V<n-1>, each value `size` characters. */
+const manyVars = (n: number, size: number): Record<string, string> => Object.fromEntries(Array.from({ length: n }, (_, i) => [`V${i}`, 'x'.repeat(size)]));
 
 describe('parseScale', () => {
   it('accepts a well-formed request and keeps its id, sequence and data', () => {
@@ -56,6 +60,9 @@ describe('parseScale', () => {
     ['an unknown data field', { data: { ...scaleData(), colour: 'red' } }, 'data.colour'],
     ['a bad backend', { data: { ...scaleData(), backend: 'lxc' } }, 'data.backend'],
     ['a bad env name', { data: { ...scaleData(), env: 'Prod' } }, 'data.env'],
+    ['more replicas than slots exist (10000)', { data: { ...scaleData(), replicas: 10_001 } }, 'data.replicas'],
+    ['more than 256 environment variables', { data: { ...scaleData(), environment: manyVars(257, 1) } }, 'data.environment'],
+    ['more than 64 KB of environment', { data: { ...scaleData(), environment: manyVars(17, 4000) } }, 'data.environment'],
   ])('rejects %s naming the field', (_what, envelope, field) => {
     const body = scaleEvent(scaleData(), { id: 'r-9' });
     for (const [k, v] of Object.entries(envelope)) {
@@ -113,13 +120,53 @@ describe('parseScale', () => {
     expect(r.requestId).toBe('js-31');
   });
 
-  it('accepts a request whose id is longer than 255 characters under js-<seq> (the journal keeps 255)', () => {
-    expect(valid(msg(scaleEvent(scaleData(), { id: 'x'.repeat(256) }), { seq: 32 })).requestId).toBe('js-32');
+  it.each<[string, string]>([
+    ['CR/LF (a header injection)', 'req-1\r\nNats-Msg-Id: other'],
+    ['a lone LF', 'a\nb'],
+    ['a NUL', 'a\u0000b'],
+    ['a tab', 'a\tb'],
+    ['DEL', 'a\u007fb'],
+    ['non-ASCII', 'réq-1'],
+    ['129 characters', 'x'.repeat(129)],
+    ['256 characters', 'x'.repeat(256)],
+  ])('rejects an id with %s naming the field id, under sha256:<hex of the id>', (_what, id) => {
+    const r = invalid(msg(scaleEvent(scaleData(), { id }), { seq: 32 }));
+    expect(r.details).toMatchObject({ field: 'id', maxLength: 128 });
+    expect(r.message).toContain("field 'id'");
+    expect(r.requestId).toBe(substituteRequestId(id));
+    expect(r.requestId).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect(r).toMatchObject({ env: 'prod', app: 'web' });
   });
 
-  it('keeps an id of 255 characters', () => {
-    const id = 'x'.repeat(255);
+  it('accepts 1000 replicas, 256 variables and an environment of exactly 64 KB', () => {
+    valid(msg(scaleEvent(scaleData({ replicas: 1000, environment: manyVars(256, 1) }))));
+    const env = manyVars(16, 4000); // 16 x (2 or 3 + 4000) bytes
+    const used = Object.entries(env).reduce((n, [k, v]) => n + k.length + v.length, 0);
+    env['FILL'] = 'y'.repeat(64 * 1024 - used - 'FILL'.length);
+    expect(env['FILL']!.length).toBeLessThanOrEqual(4096);
+    valid(msg(scaleEvent(scaleData({ environment: env }))));
+    env['FILL'] += 'y';
+    expect(invalid(msg(scaleEvent(scaleData({ environment: env })))).details).toMatchObject({ field: 'data.environment', limit: 65536, bytes: 65537 });
+  });
+
+  it('counts the environment in UTF-8 bytes, not characters', () => {
+    const env = manyVars(16, 4000);
+    env['FILL'] = 'é'.repeat(2000); // 4000 bytes
+    expect(invalid(msg(scaleEvent(scaleData({ environment: env })))).details['field']).toBe('data.environment');
+  });
+
+  it('keeps an id of 128 printable characters, spaces included', () => {
+    const id = ' ~'.repeat(64);
     expect(valid(msg(scaleEvent(scaleData(), { id }))).requestId).toBe(id);
+  });
+
+  it('keeps ids that differ only by surrounding spaces apart, down to their outcome message ids', () => {
+    const ids = ['a', ' a', 'a ', ' a '];
+    const requestIds = ids.map((id) => valid(msg(scaleEvent(scaleData(), { id }))).requestId);
+    expect(requestIds).toEqual(ids);
+    // NATS headers trim values: the message ids must differ after a trim (see libs/messaging message-id.spec.ts)
+    const msgIds = requestIds.map((id) => messageIdOf(`scale-rejected:${id}`).trim());
+    expect(new Set(msgIds).size).toBe(ids.length);
   });
 
   it('keeps a usable id even when the rest of the request is invalid', () => {

@@ -1,4 +1,17 @@
-import { decode, isOrangeryError, NAME_PATTERN, parseJsonObject, ScaleRequestedEvent, type Backend, type ScaleRequestData } from '@orangery/contracts';
+import { createHash } from 'node:crypto';
+import {
+  decode,
+  environmentBytes,
+  INBOUND_ID_PATTERN,
+  isOrangeryError,
+  MAX_ENVIRONMENT_BYTES,
+  MAX_INBOUND_ID_LENGTH,
+  NAME_PATTERN,
+  parseJsonObject,
+  ScaleRequestedEvent,
+  type Backend,
+  type ScaleRequestData,
+} from '@orangery/contracts';
 
 /**
  * The edge of the scale stream: turns a stored message into a request the core can judge,
@@ -6,8 +19,14 @@ import { decode, isOrangeryError, NAME_PATTERN, parseJsonObject, ScaleRequestedE
  */
 
 export interface ScaleMessage {
-  /** the JetStream stream sequence: orders requests for the same app */
+  /** the JetStream stream sequence: orders requests for the same app within one generation */
   readonly seq: number;
+  /**
+   * The stream's generation: when ORANGERY_SCALE was created (ms since the epoch). A
+   * recreated stream starts its sequences at 1 again; its generation is later, so its
+   * requests are newer than every request of the stream before it (see isOlderRequest).
+   */
+  readonly generation?: number;
   readonly subject: string;
   readonly body: Uint8Array | string;
   readonly traceparent?: string;
@@ -17,6 +36,7 @@ export interface ValidScale {
   readonly ok: true;
   readonly requestId: string;
   readonly seq: number;
+  readonly generation?: number;
   readonly data: ScaleRequestData;
   readonly traceparent?: string;
 }
@@ -25,6 +45,7 @@ export interface InvalidScale {
   readonly ok: false;
   readonly requestId: string;
   readonly seq: number;
+  readonly generation?: number;
   readonly env?: string;
   readonly app?: string;
   readonly message: string;
@@ -33,6 +54,17 @@ export interface InvalidScale {
 }
 
 const NAME = new RegExp(NAME_PATTERN);
+const INBOUND_ID = new RegExp(INBOUND_ID_PATTERN);
+
+/** A CloudEvents id the platform keeps as the request's id (CONTRACT.md v1.1). */
+export const usableRequestId = (id: string): boolean => id.length >= 1 && id.length <= MAX_INBOUND_ID_LENGTH && INBOUND_ID.test(id);
+
+/**
+ * The id under which a request with an unusable `id` string is rejected: `sha256:` and the
+ * hex SHA-256 of the id's UTF-8 bytes. Printable, fixed length, the same on every
+ * redelivery, and computable by the publisher to find its rejection.
+ */
+export const substituteRequestId = (id: string): string => `sha256:${createHash('sha256').update(id, 'utf8').digest('hex')}`;
 
 /** `orangery.scale.<env>.<app>` -> env, app (when they are valid names). */
 export function subjectNames(subject: string): { env?: string; app?: string } {
@@ -45,12 +77,15 @@ export function subjectNames(subject: string): { env?: string; app?: string } {
 export function parseScale(msg: ScaleMessage): ValidScale | InvalidScale {
   const names = subjectNames(msg.subject);
   let body: Record<string, unknown> | undefined;
-  // A request without a usable id still gets its one rejection, under the stream's sequence.
-  let requestId = `js-${msg.seq}`;
+  // A request without an id still gets its one rejection, under the stream's sequence (and
+  // generation: a recreated stream's js-5 is another request than the old one's).
+  let requestId = msg.generation === undefined ? `js-${msg.seq}` : `js-${msg.generation}-${msg.seq}`;
+  const generation = msg.generation === undefined ? {} : { generation: msg.generation };
   const invalid = (message: string, details: Record<string, unknown>): InvalidScale => ({
     ok: false,
     requestId,
     seq: msg.seq,
+    ...generation,
     ...names,
     message,
     details,
@@ -61,7 +96,20 @@ export function parseScale(msg: ScaleMessage): ValidScale | InvalidScale {
   } catch (e) {
     return invalid(isOrangeryError(e) ? e.message : 'the request is not a JSON object', { field: '' });
   }
-  if (typeof body['id'] === 'string' && body['id'] !== '' && body['id'].length <= 255) requestId = body['id'];
+  const id = body['id'];
+  if (typeof id === 'string' && id !== '') {
+    if (!usableRequestId(id)) {
+      // Never let it reach a JetStream message id (a NATS header): CR/LF make the client
+      // throw, and the client trims surrounding spaces.
+      requestId = substituteRequestId(id);
+      return invalid(`field 'id': must be printable ASCII, 1 to ${MAX_INBOUND_ID_LENGTH} characters`, {
+        field: 'id',
+        reason: `must be printable ASCII, 1 to ${MAX_INBOUND_ID_LENGTH} characters`,
+        maxLength: MAX_INBOUND_ID_LENGTH,
+      });
+    }
+    requestId = id;
+  }
   let event;
   try {
     event = decode(ScaleRequestedEvent, body);
@@ -77,11 +125,34 @@ export function parseScale(msg: ScaleMessage): ValidScale | InvalidScale {
     });
   }
   if (names.env === undefined) return invalid(`subject '${msg.subject}' is not orangery.scale.<env>.<app>`, { field: '' });
+  if (data.environment !== undefined) {
+    const bytes = environmentBytes(data.environment);
+    if (bytes > MAX_ENVIRONMENT_BYTES) {
+      return invalid(`field 'data.environment': is ${bytes} bytes, at most ${MAX_ENVIRONMENT_BYTES} are allowed`, {
+        field: 'data.environment',
+        reason: `at most ${MAX_ENVIRONMENT_BYTES} bytes in all`,
+        limit: MAX_ENVIRONMENT_BYTES,
+        bytes,
+      });
+    }
+  }
   if (data.resources.heapMb !== undefined && data.resources.heapMb > data.resources.memoryMb * 64) {
     return invalid('field data.resources.heapMb: is implausibly larger than memoryMb', { field: 'data.resources.heapMb' });
   }
   const traceparent = event.traceparent ?? msg.traceparent;
-  return { ok: true, requestId, seq: msg.seq, data, ...(traceparent ? { traceparent } : {}) };
+  return { ok: true, requestId, seq: msg.seq, ...generation, data, ...(traceparent ? { traceparent } : {}) };
+}
+
+/**
+ * Whether request `a` came before request `b` in the scale stream. Within one generation
+ * of the stream the sequence decides; across generations (the stream was deleted and
+ * created again, its sequences restarting at 1) the later generation is newer, whatever
+ * the sequences. A record journaled before generations were kept has none: the
+ * sequence decides, as it did then.
+ */
+export function isOlderRequest(a: { seq: number; generation?: number | undefined }, b: { seq: number; generation?: number | undefined }): boolean {
+  if (a.generation !== undefined && b.generation !== undefined && a.generation !== b.generation) return a.generation < b.generation;
+  return a.seq < b.seq;
 }
 
 /**

@@ -54,11 +54,12 @@ export function scaleEvent(data: unknown, envelope: Record<string, unknown> = {}
 export function scaleMessage(
   seq: number,
   data: Partial<ScaleRequestData> = {},
-  opts: { id?: string; envelope?: Record<string, unknown>; subject?: string; traceparent?: string } = {},
+  opts: { id?: string; envelope?: Record<string, unknown>; subject?: string; traceparent?: string; generation?: number } = {},
 ): ScaleMessage {
   const d = scaleData(data);
   return {
     seq,
+    ...(opts.generation === undefined ? {} : { generation: opts.generation }),
     subject: opts.subject ?? SUBJECTS.scale(d.env, d.app),
     body: JSON.stringify(scaleEvent(d, { id: opts.id ?? `req-${seq}`, ...opts.envelope })),
     ...(opts.traceparent ? { traceparent: opts.traceparent } : {}),

@@ -1,0 +1,117 @@
+import { describe, expect, it, vi } from 'vitest';
+import type { EventEnvelope } from '@orangery/contracts';
+import type { Logger } from '@orangery/telemetry';
+import { isPoisonPublishError, OutboxRelay, type OutboxPublisher } from './outbox';
+import type { SqlPool } from './sql-pool';
+
+interface Row {
+  id: number;
+  event_subject: string | null;
+  event_json: string | null;
+}
+
+/** An outbox table in memory behind the two statements the sweeper runs. */
+function fakeSql(rows: Row[]): { sql: SqlPool; cursor: () => number } {
+  let lastId = 0;
+  const sql = {
+    async transaction<T>(work: (tx: unknown) => Promise<T>): Promise<T> {
+      const deferred: unknown[][] = [];
+      const tx = {
+        async query(text: string, params: unknown[] = []): Promise<unknown> {
+          if (text.includes('FOR UPDATE SKIP LOCKED')) return [{ last_id: lastId }];
+          return rows.filter((r) => r.id > Number(params[0])).sort((a, b) => a.id - b.id);
+        },
+        defer(_text: string, params: unknown[] = []): void {
+          deferred.push(params);
+        },
+      };
+      const result = await work(tx);
+      for (const p of deferred) lastId = Number(p[0]);
+      return result;
+    },
+  } as unknown as SqlPool;
+  return { sql, cursor: () => lastId };
+}
+
+const logger = () => ({ warn: vi.fn(), error: vi.fn(), debug: vi.fn(), info: vi.fn() });
+
+const row = (id: number, eventId = `ev-${id}`): Row => ({
+  id,
+  event_subject: 'orangery.evt.scale.rejected',
+  event_json: JSON.stringify({ id: eventId, type: 'io.orangery.scale.rejected' }),
+});
+
+/** The error the NATS client throws for a header value with CR or LF. */
+function headerError(): Error {
+  const e = new Error("'header' values cannot contain \\r or \\n");
+  e.name = 'InvalidArgumentError';
+  return e;
+}
+
+function transientError(): Error {
+  const e = new Error('timeout');
+  e.name = 'TimeoutError';
+  return e;
+}
+
+function relay(rows: Row[], publish: (subject: string, event: EventEnvelope) => Promise<void>) {
+  const { sql, cursor } = fakeSql(rows);
+  const log = logger();
+  const publisher: OutboxPublisher = { publish: vi.fn(publish) };
+  const r = new OutboxRelay(sql, publisher, log as unknown as Logger, { events: 'sched_outbox', cursor: 'sched_outbox_cursor' });
+  return { r, cursor, log, publisher };
+}
+
+describe('OutboxRelay.sweep', () => {
+  it('skips and reports a row that can never be published, and publishes every later row', async () => {
+    const rows = [row(1), row(2, 'scale-rejected:a\r\nb'), row(3), { id: 4, event_subject: 'orangery.evt.x', event_json: '{not json' }, row(5)];
+    const published: string[] = [];
+    const { r, cursor, log } = relay(rows, async (_s, ev) => {
+      if (ev.id.includes('\r')) throw headerError();
+      published.push(ev.id);
+    });
+    expect(await r.sweep()).toBe(3);
+    expect(published).toEqual(['ev-1', 'ev-3', 'ev-5']);
+    expect(cursor()).toBe(5);
+    expect(r.stats()).toEqual({ poisoned: 2, lastPoisonedId: 4 });
+    expect(log.error).toHaveBeenCalledTimes(2);
+    expect(log.error.mock.calls[0]![0]).toMatchObject({ id: 2, table: 'sched_outbox' });
+    // the next sweep does not try them again
+    expect(await r.sweep()).toBe(0);
+    expect(r.stats().poisoned).toBe(2);
+  });
+
+  it('stops at a transient failure without moving past it, and goes on once NATS is back', async () => {
+    let down = true;
+    const published: string[] = [];
+    const { r, cursor, log } = relay([row(1), row(2), row(3)], async (_s, ev) => {
+      if (down && ev.id === 'ev-2') throw transientError();
+      published.push(ev.id);
+    });
+    expect(await r.sweep()).toBe(1);
+    expect(cursor()).toBe(1);
+    expect(log.warn).toHaveBeenCalled();
+    expect(r.stats().poisoned).toBe(0);
+    down = false;
+    expect(await r.sweep()).toBe(2);
+    expect(published).toEqual(['ev-1', 'ev-2', 'ev-3']);
+    expect(cursor()).toBe(3);
+  });
+});
+
+describe('isPoisonPublishError', () => {
+  it.each<[string, unknown, boolean]>([
+    ['a CR/LF header value', headerError(), true],
+    ['a stored event that is not JSON', new SyntaxError('Unexpected token'), true],
+    ['max_payload exceeded', Object.assign(new Error("'payload' max_payload size exceeded"), { name: 'InvalidArgumentError' }), true],
+    ['an illegal subject', Object.assign(new Error("illegal subject: 'a b'"), { name: 'InvalidSubjectError' }), true],
+    ['JetStream refusing the size', Object.assign(new Error('message size exceeds maximum allowed'), { name: 'JetStreamApiError' }), true],
+    ['a timeout', transientError(), false],
+    ['no responders (stream down)', Object.assign(new Error('no responders'), { name: 'NoResponders' }), false],
+    ['a closed connection', Object.assign(new Error('closed connection'), { name: 'ClosedConnectionError' }), false],
+    ['JetStream 503', Object.assign(new Error('503'), { name: 'JetStreamStatusError' }), false],
+    ['not an Error', 'boom', false],
+  ])('%s -> %s', (_what, err, poison) => {
+    expect(isPoisonPublishError(err)).toBe(poison);
+  });
+});
