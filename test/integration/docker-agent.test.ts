@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ContractClient, ServiceProcess, waitFor, type HarnessDir, type NatsServer } from '@orangery/testing';
+import { ContractClient, freePort, observeGet, promValue, scrape, ServiceProcess, waitFor, type HarnessDir, type NatsServer } from '@orangery/testing';
 import { LAB_IMAGES, SVC_INDEX, SVC_PORT, type Lab, type LabServer } from '../lab';
 import { dockerAgentEnv, LabCluster } from './fixtures/lab-cluster';
 
@@ -40,7 +40,10 @@ const agentEnv = (s: LabServer): Record<string, string> =>
     ORANGERY_HOST_LABELS: `rack=r${s.index}`,
     ORANGERY_RESERVED_CPUS: '1',
     ORANGERY_RESERVED_MEMORY_MB: '1024',
+    ORANGERY_OBSERVE_ADDR: `127.0.0.1:${observePorts[s.index] ?? 0}`,
   });
+/** each server's agent's health and metrics port, by server index */
+const observePorts: number[] = [];
 
 // Server 2's agent runs the host shim, so this (root-namespace) process can reach its containers.
 const SHIM_IP = '198.18.255.2';
@@ -98,6 +101,7 @@ beforeAll(async () => {
     clientUrl: (n) => n.urlFor('operator', 'operator'),
   });
   ({ lab, nats, client, dir } = cluster);
+  for (const s of lab.servers) observePorts[s.index] = await freePort();
   await Promise.all(lab.servers.map(startAgent));
 }, 300_000);
 
@@ -149,6 +153,19 @@ describe('docker-agent in the lab', () => {
     // the MAC on the wire is the allocation's
     const mac = await lab.docker(s1, ['inspect', '-f', '{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}', name(a.data)]);
     expect(mac.trim()).toBe(a.data.mac);
+  });
+
+  it('serves /readyz (NATS and the engine) and /metrics with its instances by state', async () => {
+    const s1 = lab.servers[0]!;
+    const port = observePorts[s1.index]!;
+    const ready = await observeGet(port, '/readyz');
+    expect(ready.status).toBe(200);
+    expect(JSON.parse(ready.text)).toEqual({ ready: true, checks: { nats: 'ok', engine: 'ok' } });
+    const listedRunning = (await req(s1, 'list', {})).data.instances.filter((i: { state: string }) => i.state === 'running').length;
+    expect(listedRunning).toBeGreaterThan(0);
+    const m = await scrape(port);
+    expect(promValue(m, 'orangery_agent_instances', { state: 'running' })).toBe(listedRunning);
+    expect(promValue(m, 'orangery_requests_total', { code: 'ok' })).toBeGreaterThan(0);
   });
 
   it("with the host shim, processes on the host reach the host's own macvlan containers", async () => {

@@ -81,8 +81,11 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     ...(opts.inboxPrefix ? { inboxPrefix: opts.inboxPrefix } : {}),
   });
   opts.logger.info({ server: nc.getServer() }, 'connected to NATS');
+  disconnected.set(nc, false);
   void (async () => {
     for await (const s of nc.status()) {
+      if (s.type === 'disconnect') disconnected.set(nc, true);
+      else if (s.type === 'reconnect') disconnected.set(nc, false);
       if (s.type === 'disconnect' || s.type === 'error' || s.type === 'staleConnection') {
         opts.logger.warn({ status: s.type, data: 'server' in s ? s.server : undefined }, 'NATS connection trouble');
       } else if (s.type === 'reconnect') {
@@ -91,6 +94,15 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     }
   })().catch(() => undefined);
   return nc;
+}
+
+const disconnected = new WeakMap<NatsConnection, boolean>();
+
+/** Why a connection from connectNats cannot serve now (readiness), or undefined when it can. */
+export function natsProblem(nc: NatsConnection): string | undefined {
+  if (nc.isClosed()) return 'NATS connection closed';
+  if (disconnected.get(nc)) return 'NATS disconnected; reconnecting';
+  return undefined;
 }
 
 /** Validates ORANGERY_NATS_URL without connecting; returns a reason when unusable. */

@@ -111,6 +111,18 @@ export class SqlPool {
     }
   }
 
+  /** One round trip on a pooled connection (readiness); fails rather than retrying. */
+  async ping(): Promise<void> {
+    const conn = await this.acquire();
+    try {
+      await new Promise<void>((res, rej) => conn.query('SELECT 1', (err: QueryError | null) => (err ? rej(err) : res())));
+      conn.release();
+    } catch (e) {
+      conn.destroy();
+      throw new DatabaseUnavailableError(e);
+    }
+  }
+
   async end(): Promise<void> {
     await new Promise<void>((r) => this.pool.end(() => r()));
   }
