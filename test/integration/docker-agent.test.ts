@@ -125,6 +125,11 @@ describe('docker-agent in the lab', () => {
     expect(hb['capacity']).toMatchObject({ cpu: total.cpu - 1, memoryMb: total.memoryMb - 1024 });
     const registered = (await client.events('orangery.evt.host.registered')).map((e) => e.subject);
     expect(registered).toEqual(expect.arrayContaining(['olab-s1', 'olab-s2']));
+    // issue 13: the same facts on the host's own bound subject, as the scheduler confirms a registration
+    const facts = await client.request('orangery.agent.olab-s1.host.get', {});
+    expect(facts, JSON.stringify(facts)).toMatchObject({ ok: true, data: { hostId: 'olab-s1', backend: 'docker', labels: { rack: 'r1' } } });
+    expect(facts.data.capacity).toEqual(hb['capacity']);
+    expect(Object.keys(facts.data).sort()).toEqual(['backend', 'capacity', 'hostId', 'labels', 'reserved', 'total', 'vlans']);
   });
 
   it('containers on both servers reach each other and the legacy VMs by IP, and the VMs reach them', async () => {

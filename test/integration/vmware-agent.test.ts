@@ -120,6 +120,13 @@ describe('vmware-agent against vcsim in the lab', () => {
     const registered = await client.events('orangery.evt.host.registered');
     expect(registered.map((e) => e.data.hostId).sort()).toEqual(HOSTS);
     expect(registered[0]).toMatchObject({ source: expect.stringMatching(/^orangery\/vmware-agent\/esx0\d-lab-local$/), data: { backend: 'vmware' } });
+    // issue 13: each ESXi host's facts on its own bound subject, as the scheduler confirms a registration
+    for (const h of HOSTS) {
+      const facts = await client.request(`orangery.agent.${h}.host.get`, {});
+      expect(facts, JSON.stringify(facts)).toMatchObject({ ok: true, data: { hostId: h, backend: 'vmware', vlans: [0, 100, 200] } });
+      expect(facts.data.capacity).toEqual(heartbeats.get(h)!.capacity);
+      expect(Object.keys(facts.data).sort()).toEqual(['backend', 'capacity', 'hostId', 'labels', 'reserved', 'total', 'vlans']);
+    }
   });
 
   it('clones 5 VMs with distinct IPs: each running, pingable from a legacy VM and answering ARP with its MAC; a repeated create changes nothing', async () => {
