@@ -202,7 +202,7 @@ describe('install-docker-agent.sh', () => {
   };
 
   const install = (root: string, overrides: Record<string, string> = {}, uplink = 'up0') => {
-    const { uplink: u, ...env } = { uplink, ...overrides };
+    const { uplink: u, ...env }: Record<string, string> = { uplink, ...overrides };
     // file names in the table are inside the test's directory
     for (const key of ['ORANGERY_SOURCE', 'ORANGERY_NODE'] as const) if (env[key] && !env[key].startsWith('/')) env[key] = join(tmp, env[key]);
     return run('bash', [script, u], {
