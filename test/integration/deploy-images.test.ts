@@ -53,8 +53,11 @@ beforeAll(async () => {
 afterAll(async () => {
   const t0 = Date.now();
   if (lab && s1) await Promise.all(CONTAINERS.map((c) => docker(['rm', '-f', c]).catch(() => undefined)));
+  const t1 = Date.now();
+  if (lab && s1) await lab.stopEngine(s1);
+  const t2 = Date.now();
   await cluster?.close();
-  console.log(`deploy-images teardown: ${Date.now() - t0} ms`);
+  console.log(`deploy-images teardown: containers ${t1 - t0} ms, engine ${t2 - t1} ms, the rest ${Date.now() - t2} ms`);
 }, 300_000);
 
 describe('deploy/images', () => {
@@ -163,6 +166,9 @@ describe('the fat image through the platform', () => {
     // the app serves on the instance's own IP, reachable from a legacy VM on the fabric
     const page = await waitFor('the app answers on its IP', async () => (await lab.vmHttpGet(lab.vms[0]!, instance.ip, 8080)) ?? undefined, 20_000, 300);
     expect(page).toBe(`orangery fat image: lab:fat:0 on ${instance.ip}\n`);
+    // sshd answers on the instance's IP (its banner; a login needs SYS_CHROOT, see images/fat/README.md)
+    const banner = await lab.execInVm(lab.vms[0]!, ['timeout', '3', 'busybox', 'nc', instance.ip, '22'], { timeoutMs: 10_000 });
+    expect(banner.stdout).toMatch(/^SSH-2\.0-OpenSSH_/);
     // each container has its own sshd host keys, made at its first start
     expect(await docker(['exec', name, 'ls', '/etc/ssh/ssh_host_ed25519_key.pub'])).toMatch(/ssh_host_ed25519_key\.pub/);
 
