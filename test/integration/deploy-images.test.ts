@@ -61,7 +61,7 @@ afterAll(async () => {
 }, 300_000);
 
 describe('deploy/images', () => {
-  it('every service image holds node 20, its bundle and production dependencies only, and runs as the unprivileged user', async () => {
+  it('every service image holds node 20, its bundle and production dependencies only, and runs as uid 10001 (the docker-agent as root, by design)', async () => {
     for (const name of SERVICE_IMAGES) {
       const image = TEST_IMAGES.service(name);
       const user = (await docker(['image', 'inspect', '-f', '{{.Config.User}}', image])).trim();
