@@ -1,5 +1,6 @@
+import { readFileSync } from 'node:fs';
 import { connect } from '@nats-io/transport-node';
-import type { NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection, TlsOptions } from '@nats-io/nats-core';
 import type { Logger } from '@orangery/telemetry';
 
 export interface NatsOptions {
@@ -12,6 +13,12 @@ export interface NatsOptions {
    * their NATS user may subscribe to its own inboxes only, not to everybody's `_INBOX.>`.
    */
   inboxPrefix?: string;
+  /**
+   * PEM file of the CA that signed the NATS servers' certificates (ORANGERY_NATS_CA, a
+   * project addition): when set, or when a URL says `tls://`, the connection must be TLS
+   * and the server's certificate is verified against it.
+   */
+  caFile?: string;
 }
 
 export function splitServers(servers: string): string[] {
@@ -26,6 +33,8 @@ export interface NatsEndpoints {
   user?: string;
   pass?: string;
   token?: string;
+  /** some URL said `tls://`: the connection must be encrypted */
+  tls: boolean;
 }
 
 /**
@@ -34,7 +43,7 @@ export interface NatsEndpoints {
  * setting of the contract, so an agent's user and password travel in it.
  */
 export function natsEndpoints(servers: string): NatsEndpoints {
-  const out: NatsEndpoints = { servers: [] };
+  const out: NatsEndpoints = { servers: [], tls: false };
   for (const raw of splitServers(servers)) {
     const withScheme = raw.includes('://') ? raw : `nats://${raw}`;
     let u: URL;
@@ -50,6 +59,7 @@ export function natsEndpoints(servers: string): NatsEndpoints {
     } else if (u.username) {
       out.token ??= decodeURIComponent(u.username);
     }
+    if (u.protocol === 'tls:') out.tls = true;
     out.servers.push(`${u.protocol}//${u.host}`);
   }
   return out;
@@ -61,10 +71,13 @@ export function natsEndpoints(servers: string): NatsEndpoints {
  * configuration error), and later outages reconnect forever. Status changes are logged.
  */
 export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
-  const { servers, user, pass, token } = natsEndpoints(opts.servers);
-  opts.logger.info({ servers, user }, 'connecting to NATS');
+  const { servers, user, pass, token, tls: tlsUrl } = natsEndpoints(opts.servers);
+  const caFile = opts.caFile ?? (process.env['ORANGERY_NATS_CA']?.trim() || undefined);
+  const tls = natsTlsOptions(tlsUrl, caFile);
+  opts.logger.info({ servers, user, tls: tls !== undefined }, 'connecting to NATS');
   const nc = await connect({
     servers,
+    ...(tls !== undefined ? { tls } : {}),
     ...(user !== undefined ? { user, pass } : {}),
     ...(token !== undefined ? { token } : {}),
     name: opts.name,
@@ -80,6 +93,12 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     noAsyncTraces: true,
     ...(opts.inboxPrefix ? { inboxPrefix: opts.inboxPrefix } : {}),
   });
+  // nats.js upgrades to TLS only when the server asks for it: a server (or a man in the
+  // middle) that does not would get our credentials in clear text, so refuse it.
+  if (tls !== undefined && nc.info?.tls_required !== true) {
+    await nc.close().catch(() => undefined);
+    throw new Error(`NATS server ${nc.getServer()} does not require TLS, but ORANGERY_NATS_CA or a tls:// URL asks for it`);
+  }
   opts.logger.info({ server: nc.getServer() }, 'connected to NATS');
   void (async () => {
     for await (const s of nc.status()) {
@@ -91,6 +110,27 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     }
   })().catch(() => undefined);
   return nc;
+}
+
+/**
+ * TLS options for the client: undefined when neither a `tls://` URL nor a CA file asks for
+ * TLS. The CA is read here, once, so an unreadable file fails at start with its path.
+ */
+export function natsTlsOptions(tlsUrl: boolean, caFile: string | undefined): TlsOptions | undefined {
+  if (caFile === undefined) return tlsUrl ? {} : undefined;
+  return { ca: readFileSync(caFile, 'utf8') };
+}
+
+/** Validates ORANGERY_NATS_CA (a readable PEM file) without connecting. */
+export function natsCaProblem(caFile: string | undefined): string | undefined {
+  if (caFile === undefined || caFile.trim() === '') return undefined;
+  try {
+    const pem = readFileSync(caFile.trim(), 'utf8');
+    if (!pem.includes('-----BEGIN CERTIFICATE-----')) return `ORANGERY_NATS_CA '${caFile}' holds no PEM certificate`;
+  } catch (e) {
+    return `ORANGERY_NATS_CA '${caFile}' cannot be read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
+  }
+  return undefined;
 }
 
 /** Validates ORANGERY_NATS_URL without connecting; returns a reason when unusable. */

@@ -1,5 +1,6 @@
 import { Inject, Module, type DynamicModule, type OnApplicationShutdown } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { agentInboxPrefix } from '@orangery/contracts';
 import { connectNats, EventPublisher } from '@orangery/messaging';
 import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
@@ -34,7 +35,13 @@ export class VmwareAgentModule {
         { provide: VCENTER, useValue: vcenter },
         {
           provide: NATS,
-          useFactory: () => connectNats({ servers: config.natsUrl, name: replicaId('vmware-agent'), logger }),
+          useFactory: () =>
+            connectNats({
+              servers: config.natsUrl,
+              name: replicaId('vmware-agent'),
+              logger,
+              ...(config.agentId !== undefined ? { inboxPrefix: agentInboxPrefix(config.agentId) } : {}),
+            }),
         },
         {
           provide: EVENTS,
