@@ -45,7 +45,13 @@ const agents: AgentSpec[] = args['agent-host'].map((h) => ({ name: h, hosts: [h]
 for (const a of args.agent) {
   const m = /^([^=]+)=(.+)$/.exec(a);
   if (!m) fail(`--agent '${a}' must be NAME=HOST,HOST...`);
-  agents.push({ name: m[1]!, hosts: m[2]!.split(',').map((h) => h.trim()).filter((h) => h !== '') });
+  agents.push({
+    name: m[1]!,
+    hosts: m[2]!
+      .split(',')
+      .map((h) => h.trim())
+      .filter((h) => h !== ''),
+  });
 }
 const natsServers = args.nats.length > 0 ? args.nats : ['127.0.0.1:4222'];
 const sans = args.san.length > 0 ? args.san : ['localhost', '127.0.0.1'];
@@ -67,7 +73,7 @@ try {
     repoRoot: process.cwd(),
   });
   console.log(`wrote ${r.files.length} files (mode 0600) into ${r.dir} for users: ${r.users.map((u) => u.user).join(', ')}`);
-  console.log(`  nats-server: include "${r.dir}/nats-auth.conf" (users, permissions, TLS); clients verify with ${r.dir}/ca.pem`);
+  console.log(`  nats-server: include ${r.dir}/nats-auth.conf from its configuration (users, permissions, TLS; the path relative to that file)`);
   console.log(`  database:    run ${r.dir}/db-users.sql as an administrator`);
   console.log(`  services:    env files in ${r.dir}/env/`);
 } catch (e) {

@@ -24,12 +24,17 @@ let db: PrivateMariadb;
 let secrets: { nats: Record<string, string>; db: Record<string, string> };
 let ipam: ServiceProcess;
 let scheduler: ServiceProcess;
+let migrator: ServiceProcess;
 const open: NatsConnection[] = [];
 
 const creds = (...extra: string[]) =>
-  run(process.execPath, ['tools/run-ts.mjs', 'tools/creds.ts', '--dir', credsDir, '--agent-host', 'host-a', '--agent-host', 'host-b', '--agent', 'vc1=esx-1,esx-2', ...extra], {
-    cwd: REPO_ROOT,
-  });
+  run(
+    process.execPath,
+    ['tools/run-ts.mjs', 'tools/creds.ts', '--dir', credsDir, '--agent-host', 'host-a', '--agent-host', 'host-b', '--agent', 'vc1=esx-1,esx-2', ...extra],
+    {
+      cwd: REPO_ROOT,
+    },
+  );
 
 /** KEY=VALUE lines of a generated env file (comments skipped). */
 function envFile(user: string): Record<string, string> {
@@ -68,7 +73,12 @@ async function request(nc: NatsConnection, subject: string, body: unknown, timeo
 }
 
 const violation = (errors: Error[], operation: 'publish' | 'subscription', subject: string) =>
-  errors.some((e) => e.name === 'PermissionViolationError' && (e as Error & { operation: string }).operation === operation && (e as Error & { subject: string }).subject === subject);
+  errors.some(
+    (e) =>
+      e.name === 'PermissionViolationError' &&
+      (e as Error & { operation: string }).operation === operation &&
+      (e as Error & { subject: string }).subject === subject,
+  );
 
 beforeAll(async () => {
   // First run: the server's configuration (its port is not known yet, so the env files say 4222).
@@ -86,12 +96,14 @@ beforeAll(async () => {
   const fast = { ORANGERY_OBSERVE_ADDR: '', ORANGERY_RECONCILE_SECONDS: '1', ORANGERY_ANTI_ENTROPY_SECONDS: '2' };
   ipam = await ServiceProcess.start(dir, 'ipam', { ...envFile('ipam'), ...fast });
   scheduler = await ServiceProcess.start(dir, 'scheduler', { ...envFile('scheduler'), ...fast });
+  migrator = await ServiceProcess.start(dir, 'migrator', { ...envFile('migrator'), ...fast });
 });
 
 afterAll(async () => {
   await Promise.all(open.map((nc) => nc.close().catch(() => undefined)));
   await ipam?.terminate();
   await scheduler?.terminate();
+  await migrator?.terminate();
   await dir.cleanup();
 });
 
@@ -99,7 +111,8 @@ describe('npm run creds', () => {
   it('writes every file with mode 0600 in a 0700 directory', () => {
     expect(statSync(credsDir).mode & 0o777).toBe(0o700);
     const files = ['ca.pem', 'ca-key.pem', 'server-cert.pem', 'server-key.pem', 'nats-auth.conf', 'db-users.sql', 'secrets.json'];
-    for (const u of ['ipam', 'scheduler', 'migrator', 'console', 'operator', 'upstream', 'agent-host-a', 'agent-host-b', 'agent-vc1']) files.push(join('env', `${u}.env`));
+    for (const u of ['ipam', 'scheduler', 'migrator', 'console', 'operator', 'upstream', 'agent-host-a', 'agent-host-b', 'agent-vc1'])
+      files.push(join('env', `${u}.env`));
     for (const f of files) expect({ f, mode: (statSync(join(credsDir, f)).mode & 0o777).toString(8) }).toEqual({ f, mode: '600' });
   });
 
@@ -128,21 +141,45 @@ describe('TLS and authentication', () => {
 
   it('a client that trusts another CA does not connect', async () => {
     const other = dir.sub('other-ca');
-    await run('/usr/bin/openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-keyout', join(other, 'k.pem'), '-out', join(other, 'ca.pem'), '-days', '1', '-subj', '/CN=evil']);
+    await run('/usr/bin/openssl', [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:prime256v1',
+      '-nodes',
+      '-keyout',
+      join(other, 'k.pem'),
+      '-out',
+      join(other, 'ca.pem'),
+      '-days',
+      '1',
+      '-subj',
+      '/CN=evil',
+    ]);
     await expect(
-      connect({ servers: `127.0.0.1:${nats.port}`, user: 'operator', pass: secrets.nats['operator']!, tls: { ca: readFileSync(join(other, 'ca.pem'), 'utf8') }, reconnect: false }),
+      connect({
+        servers: `127.0.0.1:${nats.port}`,
+        user: 'operator',
+        pass: secrets.nats['operator']!,
+        tls: { ca: readFileSync(join(other, 'ca.pem'), 'utf8') },
+        reconnect: false,
+      }),
     ).rejects.toThrow();
   });
 
   it('no credentials, or a wrong password, are refused', async () => {
     const ca = readFileSync(join(credsDir, 'ca.pem'), 'utf8');
     await expect(connect({ servers: `127.0.0.1:${nats.port}`, tls: { ca }, reconnect: false })).rejects.toThrow(/Authorization/i);
-    await expect(connect({ servers: `127.0.0.1:${nats.port}`, user: 'operator', pass: 'guess', tls: { ca }, reconnect: false })).rejects.toThrow(/Authorization/i);
+    await expect(connect({ servers: `127.0.0.1:${nats.port}`, user: 'operator', pass: 'guess', tls: { ca }, reconnect: false })).rejects.toThrow(
+      /Authorization/i,
+    );
   });
 });
 
 describe('services over TLS with their generated users', () => {
-  it('ipam and the scheduler work end to end: an operator creates a pool, allocates and lists', async () => {
+  it('ipam, the scheduler and the migrator work end to end: an operator creates a pool, allocates and lists', async () => {
     const op = await connectAs('operator');
     const created = await request(op, 'orangery.ipam.pool.create', { name: 'sec', cidr: '198.18.40.0/24', gateway: '198.18.40.1' });
     expect(created).toMatchObject({ ok: true, data: { name: 'sec' } });
@@ -150,6 +187,8 @@ describe('services over TLS with their generated users', () => {
     expect(got).toMatchObject({ ok: true, data: { state: 'allocated', pool: 'sec' } });
     const hosts = await request(op, 'orangery.scheduler.hosts.list', {});
     expect(hosts).toMatchObject({ ok: true, data: { hosts: [] } });
+    const migration = await request(op, 'orangery.migrator.migrations.get', { migrationId: `m-${randomUUID()}` });
+    expect(migration).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } });
   });
 
   it('an upstream publisher scale request is stored and answered by the running scheduler', async () => {
@@ -174,7 +213,16 @@ describe('services over TLS with their generated users', () => {
         id,
         source: '/test/upstream',
         type: 'io.orangery.scale.requested',
-        data: { env: 'prod', app: 'web', replicas: 0, resources: { cpu: 1, memoryMb: 256, heapMb: 128, diskMb: 100 }, image: 'web:1', backend: 'docker', pool: 'sec', spread: 'host' },
+        data: {
+          env: 'prod',
+          app: 'web',
+          replicas: 0,
+          resources: { cpu: 1, memoryMb: 256, heapMb: 128, diskMb: 100 },
+          image: 'web:1',
+          backend: 'docker',
+          pool: 'sec',
+          spread: 'host',
+        },
       }),
     );
     expect(ack.stream).toBe('ORANGERY_SCALE');
@@ -186,7 +234,7 @@ describe('attacks, each refused by a permission', () => {
   it('agent A cannot heartbeat for host B (keep a dead host alive, register a phantom)', async () => {
     const seen: string[] = [];
     const watcher = await connectAs('migrator');
-    watcher.subscribe('orangery.hb.*', { callback: (_e, m) => seen.push(m.subject) });
+    watcher.subscribe('orangery.hb.*', { callback: (_e, m) => void seen.push(m.subject) });
     await watcher.flush();
     const errors: Error[] = [];
     const a = await connectAs('agent-host-a', errors);
@@ -196,13 +244,17 @@ describe('attacks, each refused by a permission', () => {
     await a.flush();
     await waitFor('host-a heartbeat to arrive', () => seen.includes('orangery.hb.host-a'), 5_000);
     expect(seen).toEqual(['orangery.hb.host-a']);
-    await waitFor('the violations to be reported', () => violation(errors, 'publish', 'orangery.hb.host-b') && violation(errors, 'publish', 'orangery.hb.phantom'), 5_000);
+    await waitFor(
+      'the violations to be reported',
+      () => violation(errors, 'publish', 'orangery.hb.host-b') && violation(errors, 'publish', 'orangery.hb.phantom'),
+      5_000,
+    );
   });
 
   it('a vmware-agent heartbeats for its listed ESXi hosts only', async () => {
     const seen: string[] = [];
     const watcher = await connectAs('migrator');
-    watcher.subscribe('orangery.hb.*', { callback: (_e, m) => seen.push(m.subject) });
+    watcher.subscribe('orangery.hb.*', { callback: (_e, m) => void seen.push(m.subject) });
     await watcher.flush();
     const errors: Error[] = [];
     const vc = await connectAs('agent-vc1', errors);
@@ -219,10 +271,14 @@ describe('attacks, each refused by a permission', () => {
     const got: string[] = [];
     const refused: string[] = [];
     for (const subject of ['orangery.agent.host-b.>', 'orangery.agent.*.instance.*', '_INBOX.>']) {
-      a.subscribe(subject, { callback: (e, m) => (e ? refused.push(subject) : got.push(m.subject)) });
+      a.subscribe(subject, { callback: (e, m) => void (e ? refused.push(subject) : got.push(m.subject)) });
     }
     await a.flush();
-    await waitFor('the violations', () => ['orangery.agent.host-b.>', 'orangery.agent.*.instance.*', '_INBOX.>'].every((s) => violation(errors, 'subscription', s)), 5_000);
+    await waitFor(
+      'the violations',
+      () => ['orangery.agent.host-b.>', 'orangery.agent.*.instance.*', '_INBOX.>'].every((s) => violation(errors, 'subscription', s)),
+      5_000,
+    );
     const sched = await connectAs('migrator');
     sched.publish('orangery.agent.host-b.instance.get', '{}');
     await sched.flush();
@@ -244,10 +300,18 @@ describe('attacks, each refused by a permission', () => {
       expect(violation(errors, 'publish', 'orangery.ipam.release'), user).toBe(true);
     }
     for (const user of ['agent-host-a', 'upstream', 'operator']) {
-      for (const subject of ['orangery.scheduler.slot.hold', 'orangery.scheduler.slot.commit', 'orangery.scheduler.slot.get', 'orangery.scheduler.host.drain']) {
+      for (const subject of [
+        'orangery.scheduler.slot.hold',
+        'orangery.scheduler.slot.commit',
+        'orangery.scheduler.slot.get',
+        'orangery.scheduler.host.drain',
+      ]) {
         const errors: Error[] = [];
         const nc = await connectAs(user, errors);
-        await expect(request(nc, subject, { instanceId: 'prod:victim:0', by: 'attacker', hostId: 'host-b', drain: true }, 2_000), `${user} ${subject}`).rejects.toThrow();
+        await expect(
+          request(nc, subject, { instanceId: 'prod:victim:0', by: 'attacker', hostId: 'host-b', drain: true }, 2_000),
+          `${user} ${subject}`,
+        ).rejects.toThrow();
         expect(violation(errors, 'publish', subject), `${user} ${subject}`).toBe(true);
       }
     }
@@ -268,7 +332,10 @@ describe('attacks, each refused by a permission', () => {
       await nc.flush();
       await waitFor(
         `${user}'s violations`,
-        () => violation(errors, 'publish', 'orangery.agent.host-b.instance.stop') && violation(errors, 'publish', 'orangery.ipam.pool.delete') && violation(errors, 'subscription', '_INBOX.>'),
+        () =>
+          violation(errors, 'publish', 'orangery.agent.host-b.instance.stop') &&
+          violation(errors, 'publish', 'orangery.ipam.pool.delete') &&
+          violation(errors, 'subscription', '_INBOX.>'),
         5_000,
       );
     }
@@ -278,7 +345,13 @@ describe('attacks, each refused by a permission', () => {
 describe('database users', () => {
   const dbAs = async (service: string) => {
     const u = new URL(envFile(service)['ORANGERY_DB_URL']!);
-    return createConnection({ host: u.hostname, port: Number(u.port), user: u.username, password: decodeURIComponent(u.password), database: u.pathname.slice(1) });
+    return createConnection({
+      host: u.hostname,
+      port: Number(u.port),
+      user: u.username,
+      password: decodeURIComponent(u.password),
+      database: u.pathname.slice(1),
+    });
   };
 
   it("ipam's user reads its own tables, not the scheduler's, and the other way round", async () => {
@@ -298,9 +371,32 @@ describe('database users', () => {
   });
 });
 
-describe('no secret in logs', () => {
-  it('no generated password appears in the services’ output', () => {
-    const text = [...ipam.lines, ipam.stderr, ...scheduler.lines, scheduler.stderr].join('\n');
+describe('service logs', () => {
+  it('show a permission violation when a service runs under a user without its rights', async () => {
+    const wrong = ServiceProcess.spawn(dir, 'ipam', {
+      ...envFile('upstream'),
+      ORANGERY_DB_URL: envFile('ipam')['ORANGERY_DB_URL']!,
+      ORANGERY_OBSERVE_ADDR: '',
+    });
+    try {
+      await waitFor(
+        'the refusal in its log',
+        () => wrong.lines.some((l) => /"msg":"NATS connection trouble".*Permissions Violation|Permissions Violation.*"msg":"NATS connection trouble"/.test(l)),
+        30_000,
+      );
+    } finally {
+      await wrong.terminate();
+    }
+  });
+
+  it('show no permission violation: the services had every right their work needed', () => {
+    const text = [ipam, scheduler, migrator].flatMap((p) => [...p.lines, p.stderr]).join('\n');
+    expect(text).toContain('connected to NATS');
+    expect(text).not.toMatch(/permissions? violation/i);
+  });
+
+  it('hold no generated password', () => {
+    const text = [ipam, scheduler, migrator].flatMap((p) => [...p.lines, p.stderr]).join('\n');
     expect(text.length).toBeGreaterThan(0);
     for (const p of [...Object.values(secrets.nats), ...Object.values(secrets.db)]) expect(text).not.toContain(p);
   });

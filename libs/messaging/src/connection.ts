@@ -103,7 +103,10 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
   void (async () => {
     for await (const s of nc.status()) {
       if (s.type === 'disconnect' || s.type === 'error' || s.type === 'staleConnection') {
-        opts.logger.warn({ status: s.type, data: 'server' in s ? s.server : undefined }, 'NATS connection trouble');
+        // A permission violation arrives here (the server's text names the subject, never a
+        // credential): a user missing a right it needs shows up in the log, not as silence.
+        const error = s.type === 'error' ? s.error.message : undefined;
+        opts.logger.warn({ status: s.type, data: 'server' in s ? s.server : undefined, error }, 'NATS connection trouble');
       } else if (s.type === 'reconnect') {
         opts.logger.info({ server: s.server }, 'NATS reconnected');
       }
