@@ -178,6 +178,30 @@ describe('TLS and authentication', () => {
   });
 });
 
+describe('a service configured for TLS', () => {
+  it('exits 2 naming ORANGERY_NATS_CA when the CA file cannot be read', async () => {
+    const p = ServiceProcess.spawn(dir, 'ipam', { ...envFile('ipam'), ORANGERY_NATS_CA: join(credsDir, 'missing.pem'), ORANGERY_OBSERVE_ADDR: '' });
+    expect(await p.exited()).toBe(2);
+    expect(p.stderr).toMatch(/ORANGERY_NATS_CA '.*missing\.pem' cannot be read/);
+  });
+
+  it('refuses a NATS server without TLS, before sending credentials (no downgrade)', async () => {
+    const plainDir = new HarnessDir('permissions-plain');
+    try {
+      const plain = await NatsServer.start(plainDir);
+      const p = ServiceProcess.spawn(dir, 'ipam', {
+        ...envFile('ipam'),
+        ORANGERY_NATS_URL: `nats://127.0.0.1:${plain.port}`,
+        ORANGERY_OBSERVE_ADDR: '',
+      });
+      expect(await p.exited()).toBe(1);
+      expect(p.stderr).toMatch(/does not offer TLS/);
+    } finally {
+      await plainDir.cleanup();
+    }
+  });
+});
+
 describe('services over TLS with their generated users', () => {
   it('ipam, the scheduler and the migrator work end to end: an operator creates a pool, allocates and lists', async () => {
     const op = await connectAs('operator');

@@ -75,6 +75,7 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
   const caFile = opts.caFile ?? (process.env['ORANGERY_NATS_CA']?.trim() || undefined);
   const tls = natsTlsOptions(tlsUrl, caFile);
   opts.logger.info({ servers, user, tls: tls !== undefined }, 'connecting to NATS');
+  if (tls !== undefined) await tlsPreflight(servers, tls, opts.logger);
   const nc = await connect({
     servers,
     ...(tls !== undefined ? { tls } : {}),
@@ -93,8 +94,9 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     noAsyncTraces: true,
     ...(opts.inboxPrefix ? { inboxPrefix: opts.inboxPrefix } : {}),
   });
-  // nats.js upgrades to TLS only when the server asks for it: a server (or a man in the
-  // middle) that does not would get our credentials in clear text, so refuse it.
+  // nats.js upgrades to TLS when the server offers it and refuses one that does not, before
+  // sending CONNECT; a server that offers TLS without requiring it is refused here too, so a
+  // secure deployment cannot silently run beside a half-configured node.
   if (tls !== undefined && nc.info?.tls_required !== true) {
     await nc.close().catch(() => undefined);
     throw new Error(`NATS server ${nc.getServer()} does not require TLS, but ORANGERY_NATS_CA or a tls:// URL asks for it`);
@@ -113,6 +115,26 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     }
   })().catch(() => undefined);
   return nc;
+}
+
+/**
+ * One attempt, no credentials, before the patient connection: the waiting connect retries
+ * forever without a word, so a server that has no TLS at all (a configuration mismatch, or
+ * someone else's server on that address) would leave the service waiting silently. That is
+ * fatal; any other failure (down, certificate refused) is logged and the wait goes on.
+ */
+async function tlsPreflight(servers: string[], tls: TlsOptions, logger: Logger): Promise<void> {
+  try {
+    const probe = await connect({ servers, tls, reconnect: false, timeout: 5_000 });
+    await probe.close().catch(() => undefined);
+  } catch (e) {
+    const message = (e as Error).message;
+    if (/does not support 'tls'/.test(message)) {
+      throw new Error(`NATS server ${servers.join(',')} does not offer TLS, but ORANGERY_NATS_CA or a tls:// URL asks for it`);
+    }
+    // An authorization error is expected (the probe has no credentials): TLS itself worked.
+    if (!/authorization/i.test(message)) logger.warn({ error: message }, 'NATS over TLS failed; retrying (check ORANGERY_NATS_CA and the server certificate)');
+  }
 }
 
 /**
