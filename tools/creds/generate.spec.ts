@@ -16,6 +16,7 @@ const options = (dir: string, extra: Partial<CredsOptions> = {}): CredsOptions =
   dbUserHost: '%',
   rotate: false,
   repoRoot: resolve(__dirname, '..', '..'),
+  bcryptCost: 4,
   ...extra,
 });
 const read = (dir: string, f: string) => readFileSync(join(dir, f), 'utf8');
@@ -45,6 +46,21 @@ describe('generateCreds', () => {
     const before = ['secrets.json', 'nats-hashes.json', 'nats-auth.conf', 'ca.pem', 'server-cert.pem'].map((f) => read(dir, f));
     await generateCreds(options(dir));
     expect(['secrets.json', 'nats-hashes.json', 'nats-auth.conf', 'ca.pem', 'server-cert.pem'].map((f) => read(dir, f))).toEqual(before);
+  });
+
+  it('drops the env file of an agent left out of a re-run', async () => {
+    await generateCreds(
+      options(dir, {
+        agents: [
+          { name: 'node-1', hosts: ['node-1'] },
+          { name: 'node-2', hosts: ['node-2'] },
+        ],
+      }),
+    );
+    expect(statSync(join(dir, 'env', 'agent-node-2.env')).isFile()).toBe(true);
+    await generateCreds(options(dir));
+    expect(() => statSync(join(dir, 'env', 'agent-node-2.env'))).toThrow(/ENOENT/);
+    expect(JSON.parse(read(dir, 'secrets.json')).nats['agent-node-2']).toBeUndefined();
   });
 
   it('makes new ones of everything with rotate', async () => {

@@ -2,9 +2,9 @@
 // the nats-server `authorization` + `tls` fragment, one env file per role, and the SQL that
 // creates one database user per database-using service. Secrets are random, kept across
 // runs (secrets.json) unless `rotate`, and only ever written into 0600 files.
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { execFile } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import bcrypt from 'bcryptjs';
@@ -31,6 +31,8 @@ export interface CredsOptions {
   rotate: boolean;
   /** repository root: where the services' migrations are read from */
   repoRoot: string;
+  /** bcrypt cost of the server-side hashes (default 11; tests use less) */
+  bcryptCost?: number;
 }
 
 interface Secrets {
@@ -154,14 +156,18 @@ export async function generateCreds(o: CredsOptions): Promise<CredsResult> {
 
   // bcrypt on the server side: the server's file alone does not give anyone a login.
   // Kept across runs while the password is, so a re-run does not change the file needlessly.
+  // `of` (SHA-256 of the password; the passwords are 192 random bits, so it reveals nothing
+  // a bcrypt hash would not) tells whether the stored hash is still the password's without
+  // paying for a bcrypt comparison per user on every run.
   const hashesPath = join(dir, 'nats-hashes.json');
-  const oldHashes: Record<string, { hash: string }> = existsSync(hashesPath)
-    ? (JSON.parse(readFileSync(hashesPath, 'utf8')) as Record<string, { hash: string }>)
-    : {};
-  const hashes: Record<string, { hash: string }> = {};
+  type Hash = { hash: string; of: string };
+  const oldHashes: Record<string, Hash> = existsSync(hashesPath) ? (JSON.parse(readFileSync(hashesPath, 'utf8')) as Record<string, Hash>) : {};
+  const hashes: Record<string, Hash> = {};
   for (const u of users) {
+    const password = secrets.nats[u.user]!;
+    const of = createHash('sha256').update(password).digest('hex');
     const prev = oldHashes[u.user];
-    hashes[u.user] = prev && bcrypt.compareSync(secrets.nats[u.user]!, prev.hash) ? prev : { hash: bcrypt.hashSync(secrets.nats[u.user]!, 11) };
+    hashes[u.user] = prev?.of === of ? prev : { hash: bcrypt.hashSync(password, o.bcryptCost ?? 11), of };
   }
   writePrivate(hashesPath, JSON.stringify(hashes, null, 2) + '\n');
 
@@ -175,6 +181,9 @@ export async function generateCreds(o: CredsOptions): Promise<CredsResult> {
   writePrivate(join(dir, 'db-users.sql'), dbUsersSql(database, o.dbUserHost, tables, secrets.db as Record<DbService, string>));
 
   for (const u of users) writePrivate(join(envDir, `${u.user}.env`), envFile(u, o, secrets, caPath, db));
+  // An agent left out of this run has no user any more: its old env file would only mislead.
+  const current = new Set(users.map((u) => `${u.user}.env`));
+  for (const f of readdirSync(envDir)) if (f.endsWith('.env') && !current.has(f)) rmSync(join(envDir, f));
 
   const files = [...filesIn(dir), ...filesIn(envDir)];
   return { dir, users, files };
