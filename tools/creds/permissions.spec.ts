@@ -81,6 +81,12 @@ const table: [string, 'publish' | 'subscribe', string, boolean][] = [
   ['operator', 'publish', 'orangery.hb.host-a', false],
   ['operator', 'subscribe', '_INBOX.x', false],
   ['console', 'publish', 'orangery.scheduler.slot.commit', false],
+  ['console', 'publish', 'orangery.ipam.pool.create', true],
+  ['console', 'publish', 'orangery.ipam.release', false],
+  ['console', 'publish', 'orangery.ipam.bind', false],
+  ['console', 'publish', 'orangery.migrator.migrate', true],
+  ['console', 'publish', 'orangery.scheduler.envs.put', true],
+  ['console', 'subscribe', '_INBOX_console.x', true],
   ['console', 'publish', 'orangery.scale.prod.web', true],
   // services: what their code sends and serves
   ['ipam', 'subscribe', 'orangery.ipam.release', true],

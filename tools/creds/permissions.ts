@@ -132,14 +132,25 @@ export function serviceUser(role: ServiceRole): RoleUser {
         ),
       };
     case 'console':
-      // The operators' HTTP front: what an operator may send, scale requests (the console
-      // publishes them for `POST .../scale`) and the event stream for the dashboard.
+      // The operators' HTTP front: what its API offers (CONTRACT.md "Console") and no more —
+      // pools (no allocate, bind or release), hosts, instances, envs, migrations, scale
+      // requests (it publishes them for `POST .../scale`) and the event stream (SSE).
       return {
         user: 'console',
         role,
         inboxPrefix: `${INBOX}_console`,
         permissions: perms(
-          [...OPERATOR_REQUESTS, SUBJECTS.scaleAll, ...streamReaderSubjects(EVENTS_STREAM.name)],
+          [
+            SUBJECTS.ipam.poolCreate,
+            SUBJECTS.ipam.poolGet,
+            SUBJECTS.ipam.poolList,
+            SUBJECTS.scheduler.hostsList,
+            SUBJECTS.scheduler.instancesList,
+            'orangery.scheduler.envs.>',
+            'orangery.migrator.>',
+            SUBJECTS.scaleAll,
+            ...streamReaderSubjects(EVENTS_STREAM.name),
+          ],
           [SUBJECTS.eventsAll, SUBJECTS.heartbeatsAll, ownInbox(`${INBOX}_console`)],
           false,
         ),
