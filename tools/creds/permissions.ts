@@ -240,6 +240,11 @@ const list = (xs: readonly string[]): string => `[${xs.map(q).join(', ')}]`;
  * server stores for a user (a bcrypt hash).
  */
 export function authorizationBlock(users: readonly RoleUser[], passwordOf: (user: string) => string): string {
+  return `authorization {\n  users: [\n${userEntries(users, passwordOf)}\n  ]\n}\n`;
+}
+
+/** The users' entries of an `authorization { users: [...] }` list, comma separated. */
+export function userEntries(users: readonly RoleUser[], passwordOf: (user: string) => string): string {
   const lines = users.map((u) => {
     const p = u.permissions;
     const responses = p.allowResponses ? ', allow_responses: { max: 1, expires: "15m" }' : '';
@@ -249,5 +254,5 @@ export function authorizationBlock(users: readonly RoleUser[], passwordOf: (user
       `        subscribe: { allow: ${list(p.subscribe.allow)} }${responses} } }`
     );
   });
-  return `authorization {\n  users: [\n${lines.join(',\n')}\n  ]\n}\n`;
+  return lines.join(',\n');
 }
