@@ -46,7 +46,13 @@ function envFile(user: string): Record<string, string> {
   return out;
 }
 
-const INBOX: Record<string, string> = { operator: '_INBOX_operator', upstream: '_INBOX_upstream', 'agent-host-a': '_INBOX_host-a', 'agent-vc1': '_INBOX_vc1' };
+const INBOX: Record<string, string> = {
+  operator: '_INBOX_operator',
+  upstream: '_INBOX_upstream',
+  console: '_INBOX_console',
+  'agent-host-a': '_INBOX_host-a',
+  'agent-vc1': '_INBOX_vc1',
+};
 
 /** Connects as a role, from its env file, as that role's client would (its own inbox prefix). */
 async function connectAs(user: string, errors: Error[] = []): Promise<NatsConnection> {
@@ -311,19 +317,19 @@ describe('attacks, each refused by a permission', () => {
     expect(refused.sort()).toEqual(['_INBOX.>', 'orangery.agent.*.instance.*', 'orangery.agent.host-b.>']);
   });
 
-  it("agents, upstream and operators cannot release a running instance's IP or drive the slot API; state is unchanged", async () => {
+  it("agents, upstream and the console cannot release a running instance's IP; they and operators cannot drive the slot API; state is unchanged", async () => {
     const op = await connectAs('operator');
     const owner = { env: 'prod', app: 'victim', slot: 0 };
     const held = await request(op, 'orangery.ipam.allocate', { pool: 'sec', owner });
     expect(held.ok).toBe(true);
 
-    for (const user of ['agent-host-a', 'upstream']) {
+    for (const user of ['agent-host-a', 'upstream', 'console']) {
       const errors: Error[] = [];
       const nc = await connectAs(user, errors);
       await expect(request(nc, 'orangery.ipam.release', { owner }, 2_000), user).rejects.toThrow();
       expect(violation(errors, 'publish', 'orangery.ipam.release'), user).toBe(true);
     }
-    for (const user of ['agent-host-a', 'upstream', 'operator']) {
+    for (const user of ['agent-host-a', 'upstream', 'console', 'operator']) {
       for (const subject of [
         'orangery.scheduler.slot.hold',
         'orangery.scheduler.slot.commit',
@@ -339,6 +345,8 @@ describe('attacks, each refused by a permission', () => {
         expect(violation(errors, 'publish', subject), `${user} ${subject}`).toBe(true);
       }
     }
+    // The console reaches what its API offers.
+    expect(await request(await connectAs('console'), 'orangery.ipam.pool.get', { name: 'sec' })).toMatchObject({ ok: true, data: { name: 'sec' } });
     // The subjects are live: the migrator's user gets a contract answer there.
     const mig = await connectAs('migrator');
     expect(await request(mig, 'orangery.scheduler.slot.get', { instanceId: 'prod:victim:0' })).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } });
