@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ContractClient, ServiceProcess, waitFor, type HarnessDir, type NatsServer } from '@orangery/testing';
+import { ContractClient, freePort, observeGet, promValue, scrape, ServiceProcess, waitFor, type HarnessDir, type NatsServer } from '@orangery/testing';
 import { LAB_IMAGES, SVC_INDEX, SVC_PORT, type Lab, type LabServer } from '../lab';
 import { dockerAgentEnv, LabCluster } from './fixtures/lab-cluster';
 import { agentUser as generatedAgentUser, userEntries } from '../../tools/creds/permissions';
@@ -37,7 +37,10 @@ const agentEnv = (s: LabServer): Record<string, string> =>
     ORANGERY_HOST_LABELS: `rack=r${s.index}`,
     ORANGERY_RESERVED_CPUS: '1',
     ORANGERY_RESERVED_MEMORY_MB: '1024',
+    ORANGERY_OBSERVE_ADDR: `127.0.0.1:${observePorts[s.index] ?? 0}`,
   });
+/** each server's agent's health and metrics port, by server index */
+const observePorts: number[] = [];
 
 // Server 2's agent runs the host shim, so this (root-namespace) process can reach its containers.
 const SHIM_IP = '198.18.255.2';
@@ -95,6 +98,7 @@ beforeAll(async () => {
     clientUrl: (n) => n.urlFor('operator', 'operator'),
   });
   ({ lab, nats, client, dir } = cluster);
+  for (const s of lab.servers) observePorts[s.index] = await freePort();
   await Promise.all(lab.servers.map(startAgent));
 }, 300_000);
 
@@ -118,6 +122,11 @@ describe('docker-agent in the lab', () => {
     expect(hb['capacity']).toMatchObject({ cpu: total.cpu - 1, memoryMb: total.memoryMb - 1024 });
     const registered = (await client.events('orangery.evt.host.registered')).map((e) => e.subject);
     expect(registered).toEqual(expect.arrayContaining(['olab-s1', 'olab-s2']));
+    // issue 13: the same facts on the host's own bound subject, as the scheduler confirms a registration
+    const facts = await client.request('orangery.agent.olab-s1.host.get', {});
+    expect(facts, JSON.stringify(facts)).toMatchObject({ ok: true, data: { hostId: 'olab-s1', backend: 'docker', labels: { rack: 'r1' } } });
+    expect(facts.data.capacity).toEqual(hb['capacity']);
+    expect(Object.keys(facts.data).sort()).toEqual(['backend', 'capacity', 'hostId', 'labels', 'reserved', 'total', 'vlans']);
   });
 
   it('containers on both servers reach each other and the legacy VMs by IP, and the VMs reach them', async () => {
@@ -146,6 +155,19 @@ describe('docker-agent in the lab', () => {
     // the MAC on the wire is the allocation's
     const mac = await lab.docker(s1, ['inspect', '-f', '{{range .NetworkSettings.Networks}}{{.MacAddress}}{{end}}', name(a.data)]);
     expect(mac.trim()).toBe(a.data.mac);
+  });
+
+  it('serves /readyz (NATS and the engine) and /metrics with its instances by state', async () => {
+    const s1 = lab.servers[0]!;
+    const port = observePorts[s1.index]!;
+    const ready = await observeGet(port, '/readyz');
+    expect(ready.status).toBe(200);
+    expect(JSON.parse(ready.text)).toEqual({ ready: true, checks: { nats: 'ok', engine: 'ok' } });
+    const listedRunning = (await req(s1, 'list', {})).data.instances.filter((i: { state: string }) => i.state === 'running').length;
+    expect(listedRunning).toBeGreaterThan(0);
+    const m = await scrape(port);
+    expect(promValue(m, 'orangery_agent_instances', { state: 'running' })).toBe(listedRunning);
+    expect(promValue(m, 'orangery_requests_total', { code: 'ok' })).toBeGreaterThan(0);
   });
 
   it("with the host shim, processes on the host reach the host's own macvlan containers", async () => {

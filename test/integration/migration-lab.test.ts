@@ -10,6 +10,7 @@ let cluster: LabCluster;
 let lab: Lab;
 let client: ContractClient;
 let scale: ScaleWatcher;
+const SECRET = 'lab-s3cret-of-the-bank';
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 async function instance(): Promise<any> {
@@ -65,6 +66,7 @@ describe('migration between backends in the lab', () => {
       backend: 'docker',
       pool: 'lab-net',
       spread: 'host',
+      environment: { LAB_SECRET: SECRET },
     });
     // backend docker first; the app has a template too, so it may move to a VM
     expect((await scale.outcome(id, 120_000)).type).toBe('io.orangery.scale.completed');
@@ -93,6 +95,15 @@ describe('migration between backends in the lab', () => {
     expect(mac.trim()).toBe(first.mac);
     const vms = await client.request(`orangery.agent.${onVm.host}.instance.list`, {});
     expect(vms.data.instances.filter((i: { instanceId: string }) => i.instanceId === first.id)).toEqual([]);
+    // issue 13: the container the migration made (the scheduler sent its create) has the app's environment...
+    const env = await lab.docker(lab.servers[0]!, ['inspect', '-f', '{{json .Config.Env}}', 'orangery-lab-mover-0']);
+    expect(JSON.parse(env) as string[]).toContain(`LAB_SECRET=${SECRET}`);
+    // ...which no reply or event showed on the way
+    const slot = await client.request('orangery.scheduler.slot.get', { instanceId: first.id });
+    expect(slot.ok, JSON.stringify(slot)).toBe(true);
+    for (const seen of [slot, await client.request('orangery.scheduler.instances.list', {}), vms, toVm, back, await client.events('orangery.evt.>')]) {
+      expect(JSON.stringify(seen)).not.toContain(SECRET);
+    }
   });
 
   it('a migrate request for an unknown instance or to a backend the app cannot use: clear error, nothing moves', async () => {

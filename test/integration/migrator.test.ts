@@ -11,6 +11,7 @@ let client: ContractClient;
 let scale: ScaleWatcher;
 let fleet: SimulatedFleet;
 let migrator: ServiceProcess;
+let scheduler: ServiceProcess;
 const silenced = new Set<string>();
 /** per-command reply delays, changed by tests (a slow fleet) */
 const delays: Partial<Record<string, number>> = {};
@@ -111,7 +112,7 @@ beforeAll(async () => {
     fenceAfterSeconds: 3,
     fail: (_h, cmd, id) => (cmd === 'create' && refuseCreate.has(id) ? { code: 'IMAGE_NOT_FOUND', message: 'image svc:1 is not on the engine' } : undefined),
   });
-  const scheduler = await ServiceProcess.start(dir, 'scheduler', schedulerEnv());
+  scheduler = await ServiceProcess.start(dir, 'scheduler', schedulerEnv());
   await scheduler.waitForLog('leading: consuming scale requests', 60_000);
   migrator = await ServiceProcess.start(dir, 'migrator', migratorEnv());
   await waitFor(
@@ -167,6 +168,43 @@ describe('migrator with simulated agents', () => {
     expect(events[1].data).toMatchObject({ migrationId: id, instanceId: before!.id, from: m.from, to: m.to });
     const slot = await client.request('orangery.scheduler.slot.get', { instanceId: before!.id });
     expect(slot.data.hold).toBeNull();
+  });
+
+  it("issue 13: the target is created with the app's environment by the scheduler; slot.get, migrations, events and logs never carry it", async () => {
+    const SECRET = 'pa55-w0rd-of-the-bank';
+    const environment = { DB_PASSWORD: SECRET, MODE: 'prod' };
+    await scaleAndWait(request('vault', 1, { environment }));
+    const [inst] = await instances('vault');
+    expect(fleet.environmentOf(inst!.host, inst!.id)).toEqual(environment);
+    const slot = await client.request('orangery.scheduler.slot.get', { instanceId: inst!.id });
+    expect(slot.ok, JSON.stringify(slot)).toBe(true);
+    expect(slot.data.spec).not.toHaveProperty('environment');
+    expect(JSON.stringify(slot)).not.toContain(SECRET);
+
+    // nobody but the migration holding the slot can have the leader create a copy
+    const forged = await client.request('orangery.scheduler.slot.create', {
+      instanceId: inst!.id,
+      by: 'm-forged',
+      network: { ip: inst!.ip, mac: inst!.mac, prefixLength: 16, gateway: '198.19.0.1', vlan: 0 },
+    });
+    expect(forged).toMatchObject({ ok: false, error: { code: 'INSTANCE_CONFLICT' } });
+    const bad = await client.request('orangery.scheduler.slot.create', { instanceId: inst!.id, by: 'm-forged' });
+    expect(bad).toMatchObject({ ok: false, error: { code: 'INVALID_REQUEST', details: { field: 'network' } } });
+    expect(copiesOf(inst!.id)).toEqual([inst!.host]);
+
+    const r = await client.request('orangery.migrator.migrate', { instanceId: inst!.id });
+    expect(r.ok, JSON.stringify(r)).toBe(true);
+    const m = await ended(r.data.migrationId);
+    expect(m.state, JSON.stringify(m)).toBe('completed');
+    expect(m.to.hostId).not.toBe(inst!.host);
+    expect(copiesOf(inst!.id)).toEqual([m.to.hostId]);
+    // the variables arrived in the target's create command
+    expect(fleet.environmentOf(m.to.hostId, inst!.id)).toEqual(environment);
+    expect(JSON.stringify(m)).not.toContain(SECRET);
+    expect(JSON.stringify(await client.events('orangery.evt.>'))).not.toContain(SECRET);
+    expect(JSON.stringify(await instances())).not.toContain(SECRET);
+    for (const p of [migrator, scheduler]) expect(p.lines.join('\n') + p.stderr).not.toContain(SECRET);
+    await scaleAndWait(request('vault', 0, { environment }));
   });
 
   it('refuses an unknown instance with NOT_FOUND and a malformed request with INVALID_REQUEST', async () => {

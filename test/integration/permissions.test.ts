@@ -334,6 +334,7 @@ describe('attacks, each refused by a permission', () => {
         'orangery.scheduler.slot.hold',
         'orangery.scheduler.slot.commit',
         'orangery.scheduler.slot.get',
+        'orangery.scheduler.slot.create',
         'orangery.scheduler.host.drain',
       ]) {
         const errors: Error[] = [];

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createConnection, type Connection } from 'mysql2/promise';
 import { jetstreamManager } from '@nats-io/jetstream';
+import { buildEvent } from '@orangery/contracts';
 import { ContractClient, freshDatabase, HarnessDir, NatsServer, ScaleWatcher, ServiceProcess, SimulatedFleet, waitFor } from '@orangery/testing';
 
 // The scheduler as real processes on real NATS (JetStream) and MariaDB, with a real ipam,
@@ -121,6 +122,35 @@ describe('scheduler with simulated agents', () => {
       15_000,
     );
     expect(r.data.hosts[0]).toMatchObject({ id: 'sim-0001', backend: 'docker', state: 'ready', capacity: CAPACITY, labels: { rack: 'r0' } });
+  });
+
+  it("issue 13: a forged host.registered registers no phantom host and changes no real host (only its own agent's host.get reply counts)", async () => {
+    const list = async () => (await client.request('orangery.scheduler.hosts.list', {})).data.hosts as { id: string; capacity: Record<string, number> }[];
+    const real = fleet.hostIds[0]!;
+    const before = (await list()).find((h) => h.id === real)!;
+    const huge = { cpu: 512, memoryMb: 4_194_304, diskMb: 1_073_741_824 };
+    const forge = (hostId: string) => {
+      const { natsSubject, event } = buildEvent({
+        area: 'host',
+        what: 'registered',
+        source: `orangery/docker-agent/${hostId}`,
+        subject: hostId,
+        data: { hostId, backend: 'docker', capacity: huge, total: huge, reserved: { cpu: 0, memoryMb: 0, diskMb: 0 }, labels: {}, vlans: 'any' },
+      });
+      client.nc.publish(natsSubject, JSON.stringify(event));
+    };
+    forge('phantom-1');
+    forge(real);
+    // the scheduler asks each host's bound subject (3 tries, 1 s apart) and saves hosts every 2 s
+    await new Promise((r) => setTimeout(r, 5_000));
+    const after = await list();
+    expect(after.map((h) => h.id)).not.toContain('phantom-1');
+    expect(after.find((h) => h.id === real)!.capacity).toEqual(before.capacity);
+    expect(before.capacity).toEqual(CAPACITY);
+    // the agents' own answer, as the scheduler reads it
+    const facts = await client.request(`orangery.agent.${real}.host.get`, {});
+    expect(facts).toMatchObject({ ok: true, data: { hostId: real, capacity: CAPACITY } });
+    expect(await client.request(`orangery.agent.${real}.host.get`, { hostId: 'x' })).toMatchObject({ ok: false, error: { code: 'INVALID_REQUEST' } });
   });
 
   it('places 4 replicas with spread on 4 hosts, each running with its own IP, then completes', async () => {

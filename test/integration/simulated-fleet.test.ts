@@ -106,6 +106,21 @@ describe('simulated fleet', () => {
     });
     const registered = (await client.events('orangery.evt.host.registered')).map((e) => e.subject);
     expect(new Set(registered)).toEqual(new Set(fleet.hostIds));
+    // issue 13: each host's facts on its own subject, exactly the HostFacts fields
+    const facts = await client.request('orangery.agent.sim-0002.host.get', {});
+    expect(facts).toEqual({
+      ok: true,
+      data: {
+        hostId: 'sim-0002',
+        backend: 'docker',
+        capacity: { cpu: 8, memoryMb: 32_768, diskMb: 500_000 },
+        total: seen.get('sim-0002')!['total'],
+        reserved: seen.get('sim-0002')!['reserved'],
+        labels: { rack: 'r1' },
+        vlans: 'any',
+      },
+    });
+    expect(await client.request('orangery.agent.sim-0002.host.get', { extra: 1 })).toMatchObject({ ok: false, error: { code: 'INVALID_REQUEST' } });
   });
 
   it('creates, gets, lists and removes an instance, with its events and its allocation', async () => {

@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Subscription } from '@nats-io/nats-core';
 import { macForIpv4 } from '@orangery/netaddr';
-import { ContractClient, HarnessDir, NatsServer, ServiceProcess, waitFor } from '@orangery/testing';
+import { ContractClient, freePort, HarnessDir, NatsServer, observeGet, promValue, scrape, ServiceProcess, waitFor } from '@orangery/testing';
 import { MoRef, VsphereClient } from '@orangery/vsphere';
 import { Lab, LAB_IMAGES, SVC_INDEX, SVC_PORT } from '../lab';
 import { vmwareAgentEnv } from './fixtures/lab-cluster';
@@ -15,6 +15,7 @@ let nats: NatsServer;
 let client: ContractClient;
 let agent: ServiceProcess;
 let hbSub: Subscription;
+let observePort = 0;
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 const heartbeats = new Map<string, any>();
 /** when each heartbeat arrived (this process's clock) */
@@ -29,6 +30,7 @@ const agentEnv = (over: Record<string, string> = {}): Record<string, string> =>
     ORANGERY_VCENTER_CALL_TIMEOUT_SECONDS: '20',
     ORANGERY_VCENTER_INVENTORY_SECONDS: '5',
     ORANGERY_VCENTER_RETRY_SECONDS: '3',
+    ORANGERY_OBSERVE_ADDR: `127.0.0.1:${observePort}`,
     ...over,
   });
 
@@ -92,6 +94,7 @@ beforeAll(async () => {
       heartbeatTimes.push(Date.now());
     },
   });
+  observePort = await freePort();
   agent = await ServiceProcess.start(dir, 'vmware-agent', agentEnv());
 }, 300_000);
 
@@ -117,6 +120,13 @@ describe('vmware-agent against vcsim in the lab', () => {
     const registered = await client.events('orangery.evt.host.registered');
     expect(registered.map((e) => e.data.hostId).sort()).toEqual(HOSTS);
     expect(registered[0]).toMatchObject({ source: expect.stringMatching(/^orangery\/vmware-agent\/esx0\d-lab-local$/), data: { backend: 'vmware' } });
+    // issue 13: each ESXi host's facts on its own bound subject, as the scheduler confirms a registration
+    for (const h of HOSTS) {
+      const facts = await client.request(`orangery.agent.${h}.host.get`, {});
+      expect(facts, JSON.stringify(facts)).toMatchObject({ ok: true, data: { hostId: h, backend: 'vmware', vlans: [0, 100, 200] } });
+      expect(facts.data.capacity).toEqual(heartbeats.get(h)!.capacity);
+      expect(Object.keys(facts.data).sort()).toEqual(['backend', 'capacity', 'hostId', 'labels', 'reserved', 'total', 'vlans']);
+    }
   });
 
   it('clones 5 VMs with distinct IPs: each running, pingable from a legacy VM and answering ARP with its MAC; a repeated create changes nothing', async () => {
@@ -153,6 +163,13 @@ describe('vmware-agent against vcsim in the lab', () => {
     // memory: the JVM rule (heap 256 + 256 head room) over memoryMb 512 -> 512 each
     expect(heartbeats.get(HOSTS[0]!).allocated).toEqual({ cpu: 2, memoryMb: 1024, diskMb: 2048 });
     expect((await vmContainers()).size).toBe(5);
+    // /metrics counts from the change stream's index, /readyz checks NATS and vCenter
+    const m = await waitFor('5 running VMs in /metrics', async () => {
+      const s = await scrape(observePort);
+      return promValue(s, 'orangery_agent_instances', { state: 'running' }) === 5 ? s : undefined;
+    });
+    expect(promValue(m, 'orangery_requests_total', { code: 'ok' })).toBeGreaterThan(0);
+    expect(JSON.parse((await observeGet(observePort, '/readyz')).text)).toEqual({ ready: true, checks: { nats: 'ok', vcenter: 'ok' } });
   });
 
   it('refuses with the contract codes and changes nothing: conflict, duplicate address, unknown template, bad input', async () => {

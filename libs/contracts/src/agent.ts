@@ -121,6 +121,9 @@ export type StopInstanceCommand = Static<typeof StopInstanceCommand>;
 
 export const ListInstancesCommand = Type.Object({}, strict);
 
+/** `orangery.agent.<hostId>.host.get` (issue 13): no fields; the reply's data is the host's HostFacts. */
+export const HostGetCommand = Type.Object({}, strict);
+
 /** At most this many addresses in one wire probe (they are probed in parallel, ~300 ms in all). */
 export const MAX_PROBE_IPS = 256;
 
@@ -192,6 +195,11 @@ export const HostFacts = Type.Object({
   vlans: Type.Union([Type.Literal('any'), Type.Array(Type.Integer())]),
 });
 export type HostFacts = Static<typeof HostFacts>;
+
+/** Exactly the HostFacts fields of `f` (a heartbeat, a host.registered's data): what a host is, nothing more. */
+export function hostFactsOf(f: HostFacts): HostFacts {
+  return { hostId: f.hostId, backend: f.backend, capacity: f.capacity, total: f.total, reserved: f.reserved, labels: f.labels, vlans: f.vlans };
+}
 
 export const Heartbeat = Type.Intersect([
   HostFacts,

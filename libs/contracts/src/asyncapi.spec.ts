@@ -5,7 +5,16 @@ import addFormats from 'ajv-formats';
 import type { TSchema } from '@sinclair/typebox';
 import { parse } from 'yaml';
 import { describe, expect, it } from 'vitest';
-import { CreateInstanceCommand, InstanceRef, ListInstancesCommand, ProbeWireCommand, StopInstanceCommand, type AgentInstance, type Heartbeat } from './agent';
+import {
+  CreateInstanceCommand,
+  HostGetCommand,
+  InstanceRef,
+  ListInstancesCommand,
+  ProbeWireCommand,
+  StopInstanceCommand,
+  type AgentInstance,
+  type Heartbeat,
+} from './agent';
 import { AGENT_ERRORS, buildAsyncApi, IPAM_ERRORS } from './asyncapi';
 import { buildEvent } from './cloudevents';
 import { errorReply, okReply } from './envelope';
@@ -50,6 +59,7 @@ const AGENT_VALIDATED_WITH: Record<keyof typeof SUBJECTS.agent, TSchema> = {
   get: InstanceRef,
   list: ListInstancesCommand,
   probe: ProbeWireCommand,
+  hostGet: HostGetCommand,
 };
 
 const doc = buildAsyncApi();

@@ -5,6 +5,8 @@ import {
   CreateInstanceCommand,
   Heartbeat,
   HostDisconnectedData,
+  HostFacts,
+  HostGetCommand,
   HostIsolatedData,
   HostUnknownData,
   FleetFailoverData,
@@ -24,6 +26,7 @@ import {
   HostDrainRequest,
   HostsListData,
   HostsListRequest,
+  SlotCreateRequest,
   SlotGetRequest,
   SlotHoldRequest,
   SlotReserveRequest,
@@ -130,6 +133,7 @@ export const AGENT_ERRORS: Record<AgentKey, readonly ErrorCode[]> = {
   get: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   list: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
   probe: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
+  hostGet: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
 };
 
 /**
@@ -370,6 +374,8 @@ const NAMED_SCHEMAS = {
   AgentInstanceListReply: ReplySchema(AgentInstanceList),
   ProbeWireCommand,
   ProbeWireReply: ReplySchema(ProbeWireResult),
+  HostGetCommand,
+  HostFactsReply: ReplySchema(HostFacts),
   Heartbeat,
   RequestHeaders,
   PlannedPayload,
@@ -382,6 +388,7 @@ const NAMED_SCHEMAS = {
   SlotGetRequest,
   SlotHoldRequest,
   SlotReserveRequest,
+  SlotCreateRequest,
   HostDrainRequest,
   SlotViewReply: ReplySchema(SlotView),
   SlotTargetReply: ReplySchema(Type.Object({ hostId: Type.String(), backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]) })),
@@ -545,7 +552,7 @@ const OPERATORS: RequestReply[] = [
   },
   ...(
     [
-      ['get', 'Read a slot: where it is, its network, spec and hold.', 'SlotGetRequest'],
+      ['get', 'Read a slot: where it is, its network, spec (never its environment) and hold.', 'SlotGetRequest'],
       ['hold', 'A migration takes the slot over; the scheduler leaves it alone until commit or release.', 'SlotHoldRequest'],
       ['reserve', "Place and reserve the held slot's target (never its current host nor exclude); data { hostId, backend }.", 'SlotReserveRequest'],
       ['commit', 'The migration moved the instance to its target: the record follows and the scheduler manages it again.', 'SlotHoldRequest'],
@@ -565,6 +572,34 @@ const OPERATORS: RequestReply[] = [
     reply: what === 'reserve' ? 'SlotTargetReply' : 'SlotViewReply',
     errors: ['INVALID_REQUEST', 'NOT_FOUND', 'INSTANCE_CONFLICT', 'UNAVAILABLE', ...(what === 'reserve' ? (['INSUFFICIENT_CAPACITY'] as const) : [])],
   })),
+  {
+    id: 'schedulerSlotCreate',
+    subject: SUBJECTS.schedulerSlot.create,
+    tag: 'scheduler',
+    queue: QUEUE_GROUPS.scheduler,
+    summary: "Issue 13: create the held slot's copy on its reserved target; the leader sends the agent's create itself.",
+    description:
+      'Internal, for the migrator; served by the scheduler leader only. Request { instanceId, by, network }: the slot ' +
+      "must be held by `by` with a target reserved, and network's ip and mac must be the slot's. The leader builds " +
+      "the create command from its own record (the target backend's image or template, resources, the app's " +
+      'environment) and sends it to orangery.agent.<target>.instance.create, so environment values never reach the ' +
+      "migrator (slot.get does not carry them). Data: the target agent's reply (AgentInstance); an agent's refusal " +
+      "comes back with its own code (IP_IN_USE_ON_WIRE, IMAGE_NOT_FOUND, ...). Idempotent like the agent's create.",
+    request: 'SlotCreateRequest',
+    reply: 'AgentInstanceReply',
+    errors: [
+      'INVALID_REQUEST',
+      'NOT_FOUND',
+      'INSTANCE_CONFLICT',
+      'IP_IN_USE_ON_WIRE',
+      'IMAGE_NOT_FOUND',
+      'TEMPLATE_NOT_FOUND',
+      'INSUFFICIENT_CAPACITY',
+      'START_FAILED',
+      'UNAVAILABLE',
+      'INTERNAL',
+    ],
+  },
   {
     id: 'schedulerHostDrain',
     subject: SUBJECTS.schedulerSlot.hostDrain,
@@ -680,6 +715,16 @@ const AGENT_COMMANDS: Record<AgentKey, Pick<RequestReply, 'summary' | 'descripti
       "The docker-agent probes from <uplink>.<vlan> (the uplink for VLAN 0). Its own containers' addresses are reported as answered without a probe (a macvlan parent cannot see its children).",
     request: 'ProbeWireCommand',
     reply: 'ProbeWireReply',
+  },
+  hostGet: {
+    summary: "Issue 13: the host's facts (capacity, total, reserved, labels, VLANs), as its heartbeats carry them.",
+    description:
+      "Only this host's agent may subscribe to orangery.agent.{hostId}.>, so the reply is bound to the host. A " +
+      'host.registered event is public (any agent may publish it): the scheduler takes it as a hint only, asks this ' +
+      'subject, and registers what the reply says (nothing, when no agent of that host answers, or the reply names ' +
+      'another host). The vmware-agent answers for each ESXi host it serves.',
+    request: 'HostGetCommand',
+    reply: 'HostFactsReply',
   },
 };
 

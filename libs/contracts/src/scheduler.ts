@@ -1,5 +1,5 @@
 import { Type, type Static } from '@sinclair/typebox';
-import { Resources } from './agent';
+import { InstanceNetwork, Resources } from './agent';
 import { EVENT_TYPE_PREFIX } from './cloudevents';
 import { InboundEventSchema } from './envelope-schemas';
 import { Name } from './ipam';
@@ -171,6 +171,15 @@ export const SlotReserveRequest = Type.Object(
   strict,
 );
 export type SlotReserveRequest = Static<typeof SlotReserveRequest>;
+/**
+ * `orangery.scheduler.slot.create` (issue 13): the leader builds the held slot's create
+ * command from its own record (artifact for the target's backend, resources, environment)
+ * and sends it to the reserved target's agent, so an app's environment (secrets) never
+ * crosses the bus to the migrator. `network` is the slot's address as ipam has it; its ip
+ * and mac must be the record's.
+ */
+export const SlotCreateRequest = Type.Object({ instanceId: InstanceIdField, by: HolderField, network: InstanceNetwork }, strict);
+export type SlotCreateRequest = Static<typeof SlotCreateRequest>;
 export const HostDrainRequest = Type.Object({ hostId: Type.String({ pattern: HOST_ID_PATTERN }), drain: Type.Boolean() }, strict);
 export type HostDrainRequest = Static<typeof HostDrainRequest>;
 
@@ -191,7 +200,6 @@ export const SlotView = Type.Object({
     template: Type.Optional(Type.String()),
     pool: Type.String(),
     vlan: Type.Integer(),
-    environment: Type.Optional(Type.Record(Type.String(), Type.String())),
   }),
   hold: Type.Union([
     Type.Null(),

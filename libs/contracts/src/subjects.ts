@@ -25,6 +25,8 @@ export const SUBJECTS = {
     commit: 'orangery.scheduler.slot.commit',
     release: 'orangery.scheduler.slot.release',
     hostDrain: 'orangery.scheduler.host.drain',
+    /** issue 13: the leader sends the held slot's create (with its environment) to the reserved target */
+    create: 'orangery.scheduler.slot.create',
   },
   migrator: {
     migrationsGet: 'orangery.migrator.migrations.get',
@@ -41,6 +43,12 @@ export const SUBJECTS = {
     list: (hostId: string) => `orangery.agent.${hostId}.instance.list`,
     /** v1.1: ARP probes for addresses on one VLAN (ProbeWireCommand) */
     probe: (hostId: string) => `orangery.agent.${hostId}.wire.probe`,
+    /**
+     * issue 13: the host's facts (HostFacts) from its own agent. Only that agent may
+     * subscribe to `orangery.agent.<hostId>.>`, so its reply is bound to the host, unlike a
+     * host.registered event (a public subject any agent may publish on).
+     */
+    hostGet: (hostId: string) => `orangery.agent.${hostId}.host.get`,
   },
   /** Every host's instance commands (the simulated fleet answers for all its hosts at once). */
   agentInstanceCommandsAll: 'orangery.agent.*.instance.*',

@@ -7,6 +7,7 @@ import {
   type Backend,
   type CreateInstanceCommand,
   type ErrorCode,
+  type InstanceNetwork,
   type HostsListData,
   type HostSummary,
   type InstancesListData,
@@ -174,6 +175,16 @@ export class SchedulerClient extends ContractClient {
     return dataOrAbsent(await this.send<SlotView>(SUBJECTS.schedulerSlot.get, { instanceId }), ['NOT_FOUND']);
   }
 
+  /**
+   * The leader creates the held slot's copy on its reserved target (issue 13: the app's
+   * environment stays in the scheduler). Waits `timeoutMs`: longer than the leader's own
+   * wait for the agent's create, or a slow create is retried while it still runs (harmless:
+   * the agent's create is idempotent, but wasteful).
+   */
+  async slotCreate(instanceId: string, by: string, network: InstanceNetwork, timeoutMs?: number): Promise<AgentInstance> {
+    return unwrapReply(await this.send<AgentInstance>(SUBJECTS.schedulerSlot.create, { instanceId, by, network }, timeoutMs));
+  }
+
   async hold(instanceId: string, by: string): Promise<SlotView> {
     return unwrapReply(await this.send<SlotView>(SUBJECTS.schedulerSlot.hold, { instanceId, by }));
   }
@@ -240,6 +251,15 @@ export class AgentClient extends ContractClient {
 
   async list(hostId: string): Promise<AgentInstance[]> {
     return unwrapReply(await this.send<AgentInstanceList>(SUBJECTS.agent.list(hostId), {})).instances;
+  }
+
+  /**
+   * The host's facts as its own agent states them (issue 13): the reply comes from the one
+   * subscriber NATS permissions allow on `orangery.agent.<hostId>.>`. Unchecked here: the
+   * caller decodes it and checks that it names `hostId`.
+   */
+  async hostFacts(hostId: string): Promise<unknown> {
+    return unwrapReply(await this.send<unknown>(SUBJECTS.agent.hostGet(hostId), {}));
   }
 
   /** ARP probes from `hostId`'s interface on `vlan`: ip -> whether something answered */

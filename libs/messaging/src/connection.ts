@@ -102,8 +102,11 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     throw new Error(`NATS server ${nc.getServer()} does not require TLS, but ORANGERY_NATS_CA or a tls:// URL asks for it`);
   }
   opts.logger.info({ server: nc.getServer() }, 'connected to NATS');
+  disconnected.set(nc, false);
   void (async () => {
     for await (const s of nc.status()) {
+      if (s.type === 'disconnect') disconnected.set(nc, true);
+      else if (s.type === 'reconnect') disconnected.set(nc, false);
       if (s.type === 'disconnect' || s.type === 'error' || s.type === 'staleConnection') {
         // A permission violation arrives here (the server's text names the subject, never a
         // credential): a user missing a right it needs shows up in the log, not as silence.
@@ -115,6 +118,15 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     }
   })().catch(() => undefined);
   return nc;
+}
+
+const disconnected = new WeakMap<NatsConnection, boolean>();
+
+/** Why a connection from connectNats cannot serve now (readiness), or undefined when it can. */
+export function natsProblem(nc: NatsConnection): string | undefined {
+  if (nc.isClosed()) return 'NATS connection closed';
+  if (disconnected.get(nc)) return 'NATS disconnected; reconnecting';
+  return undefined;
 }
 
 /**

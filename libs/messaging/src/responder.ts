@@ -1,7 +1,7 @@
 import type { Msg, MsgHdrs, NatsConnection, Subscription } from '@nats-io/nats-core';
 import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { errorReply, isOrangeryError, okReply, OrangeryError, parseJsonObject, type Reply } from '@orangery/contracts';
-import type { Logger } from '@orangery/telemetry';
+import { requestDuration, requestsTotal, type Logger } from '@orangery/telemetry';
 import { contextFromHeaders } from './trace-headers';
 
 export interface RequestContext {
@@ -52,6 +52,7 @@ export class Responder {
   }
 
   private async handle(route: Route, msg: Msg): Promise<void> {
+    const started = performance.now();
     const parent = contextFromHeaders(msg.headers);
     const span = trace.getTracer('orangery').startSpan(route.subject, { kind: SpanKind.SERVER }, parent);
     const reply = await context.with(trace.setSpan(parent, span), async (): Promise<Reply<unknown>> => {
@@ -77,6 +78,8 @@ export class Responder {
       }
     });
     span.end();
+    requestsTotal.inc({ subject: route.subject, code: reply.ok ? 'ok' : reply.error.code });
+    requestDuration.observe({ subject: route.subject }, (performance.now() - started) / 1000);
     if (!msg.reply) return;
     try {
       msg.respond(JSON.stringify(reply));

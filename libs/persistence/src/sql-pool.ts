@@ -111,6 +111,18 @@ export class SqlPool {
     }
   }
 
+  /** One round trip on a pooled connection (readiness); fails rather than retrying. */
+  async ping(): Promise<void> {
+    const conn = await this.acquire();
+    try {
+      await new Promise<void>((res, rej) => conn.query('SELECT 1', (err: QueryError | null) => (err ? rej(err) : res())));
+      conn.release();
+    } catch (e) {
+      conn.destroy();
+      throw new DatabaseUnavailableError(e);
+    }
+  }
+
   async end(): Promise<void> {
     await new Promise<void>((r) => this.pool.end(() => r()));
   }
@@ -128,7 +140,9 @@ export class SqlTx {
   ) {}
 
   private send(sql: string, params: unknown[]): Promise<unknown> {
-    return new Promise((res, rej) => this.conn.query({ sql, values: params }, (err: QueryError | null, rows: unknown) => (err ? rej(err) : res(rows))));
+    return new Promise((res, rej) =>
+      this.conn.query({ sql, values: params }, (err: QueryError | null, rows: unknown) => (err ? rej(withoutStatement(err)) : res(rows))),
+    );
   }
 
   /** Runs one statement now and returns its rows (buffered writes go first, in order). */
@@ -183,4 +197,14 @@ export class SqlTx {
     if (this.begun) await this.send('ROLLBACK', []);
     this.begun = false;
   }
+}
+
+/**
+ * mysql2 puts the failed statement on its error (`sql`), with the values formatted in:
+ * journaled records hold an app's `environment` (secrets), and a logged error object would
+ * print them (issue 13: no secret in any log). The code, errno and server message stay.
+ */
+export function withoutStatement<E extends object>(err: E): E {
+  if ('sql' in err) delete (err as { sql?: unknown }).sql;
+  return err;
 }

@@ -2,12 +2,15 @@ import 'reflect-metadata';
 import { hostname } from 'node:os';
 import { NestFactory } from '@nestjs/core';
 import type { INestApplicationContext, DynamicModule } from '@nestjs/common';
-import { createLogger, startTelemetry, stopTelemetry, type Logger } from '@orangery/telemetry';
+import { collectProcessMetrics, createLogger, startTelemetry, stopTelemetry, type Logger } from '@orangery/telemetry';
 import { ConfigError } from './config';
+import { observeAddrFrom, startObserveServer, type ObserveAddr } from './observe';
 
 export interface ServiceDefinition<C> {
   /** service name: ipam, scheduler, docker-agent, ... */
   name: string;
+  /** the default port of its health and metrics endpoint (ORANGERY_OBSERVE_ADDR) */
+  observePort: number;
   /** reads and checks the environment; throws ConfigError */
   loadConfig: (env: NodeJS.ProcessEnv) => C;
   /** async checks of the environment before anything starts (e.g. interfaces); throw ConfigError */
@@ -19,11 +22,14 @@ export interface ServiceDefinition<C> {
 /**
  * Runs a service: telemetry, config (exit 2 with a one-line reason when unusable), the Nest
  * application context, and a clean SIGTERM/SIGINT shutdown (in-flight work drained, NATS
- * and the database closed, exit 0). Services have no HTTP server: they speak NATS only.
+ * and the database closed, exit 0). Their only HTTP server is the health and metrics
+ * endpoint (ORANGERY_OBSERVE_ADDR); they speak NATS for everything else.
  */
 export async function runService<C>(def: ServiceDefinition<C>): Promise<void> {
   let config: C;
+  let observeAddr: ObserveAddr | undefined;
   try {
+    observeAddr = observeAddrFrom(process.env, def.observePort);
     config = def.loadConfig(process.env);
   } catch (e) {
     const reason = e instanceof ConfigError ? e.message : `unexpected error reading configuration: ${String(e)}`;
@@ -41,6 +47,9 @@ export async function runService<C>(def: ServiceDefinition<C>): Promise<void> {
   }
   startTelemetry(def.name);
   const logger = createLogger(`orangery-${def.name}`);
+  collectProcessMetrics(def.name);
+  // Before the application: /healthz answers while the service still waits for NATS or its database.
+  const observer = observeAddr ? await startObserveServer(observeAddr, logger) : undefined;
   let app: INestApplicationContext | undefined;
   let stopping = false;
 
@@ -55,6 +64,7 @@ export async function runService<C>(def: ServiceDefinition<C>): Promise<void> {
     force.unref();
     try {
       await app?.close();
+      observer?.close();
       await stopTelemetry();
       logger.info('stopped');
       process.exit(0);

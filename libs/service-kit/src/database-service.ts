@@ -1,11 +1,12 @@
 import type { Provider } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { MigrationInterface } from 'typeorm';
-import { connectNats, EventPublisher } from '@orangery/messaging';
+import { connectNats, EventPublisher, natsProblem } from '@orangery/messaging';
 import { createDataSource, initializeDatabase, OutboxRelay, SqlPool, type DbConfig, type OutboxTables } from '@orangery/persistence';
 import type { Logger } from '@orangery/telemetry';
 import { CONFIG, DATA_SOURCE, LOGGER, NATS, replicaId } from './bootstrap';
 import { DatabaseServiceConnections, SQL_POOL } from './connections';
+import { readiness } from './observe';
 
 export interface DatabaseServiceSetup<C extends { natsUrl: string; db: DbConfig; dbPoolSize: number }> {
   /** the service's name: its NATS client name, its migrations table prefix, its log lines */
@@ -28,10 +29,11 @@ export function databaseServiceProviders<C extends { natsUrl: string; db: DbConf
   return [
     { provide: CONFIG, useValue: config },
     { provide: LOGGER, useValue: logger },
-    { provide: NATS, useFactory: () => connectNats({ servers: config.natsUrl, name: replicaId(service), logger }) },
+    { provide: NATS, useFactory: () => natsWithReadiness(config.natsUrl, service, logger) },
     {
       provide: DATA_SOURCE,
       useFactory: async () => {
+        readiness.expect('database', 'connecting and running migrations');
         // migrations only; requests and the outbox use SQL_POOL
         const ds = createDataSource({ db: config.db, service, migrations: s.migrations, poolSize: 2 });
         await initializeDatabase(ds, service, logger);
@@ -39,7 +41,15 @@ export function databaseServiceProviders<C extends { natsUrl: string; db: DbConf
       },
     },
     // after the migrations have run
-    { provide: SQL_POOL, inject: [DATA_SOURCE], useFactory: () => new SqlPool(config.db, config.dbPoolSize) },
+    {
+      provide: SQL_POOL,
+      inject: [DATA_SOURCE],
+      useFactory: () => {
+        const sql = new SqlPool(config.db, config.dbPoolSize);
+        readiness.set('database', () => sql.ping().then(() => undefined));
+        return sql;
+      },
+    },
     {
       provide: s.outbox.token,
       inject: [SQL_POOL, NATS],
@@ -47,4 +57,12 @@ export function databaseServiceProviders<C extends { natsUrl: string; db: DbConf
     },
     DatabaseServiceConnections,
   ];
+}
+
+/** connectNats, with the connection's state in /readyz (`nats`). Agents use it too. */
+export async function natsWithReadiness(servers: string, service: string, logger: Logger, inboxPrefix?: string): Promise<NatsConnection> {
+  readiness.expect('nats', 'connecting');
+  const nc = await connectNats({ servers, name: replicaId(service), logger, ...(inboxPrefix ? { inboxPrefix } : {}) });
+  readiness.set('nats', () => natsProblem(nc));
+  return nc;
 }

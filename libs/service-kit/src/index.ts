@@ -4,3 +4,4 @@ export * from './connections';
 export * from './periodic';
 export * from './database-service';
 export * from './wiring-test';
+export * from './observe';

@@ -17,6 +17,8 @@ import {
   OrangeryError,
   parseJsonObject,
   ProbeWireCommand,
+  HostGetCommand,
+  hostFactsOf,
   StopInstanceCommand,
   SUBJECTS,
   type AgentInstance,
@@ -99,6 +101,8 @@ interface SimInstance {
   data: AgentInstance;
   /** what makes two creates "the same spec": the agent's spec hash (instanceSpecHash) */
   spec: string;
+  /** the create command's environment: the process's, never in a reply or event (like a container's Env) */
+  environment?: Record<string, string>;
 }
 
 interface QueuedEvent {
@@ -226,6 +230,7 @@ export class SimulatedFleet {
   private readonly timers: NodeJS.Timeout[] = [];
   private sub: Subscription | undefined;
   private probeSub: Subscription | undefined;
+  private hostSub: Subscription | undefined;
   private readonly inFlight = new Set<Promise<void>>();
   /** per-instance command chains, used only when replies are delayed */
   private readonly chains = new Map<string, Promise<void>>();
@@ -302,6 +307,13 @@ export class SimulatedFleet {
 
   /** Registration, then commands, then heartbeats: the agent's order at start. */
   private async register(): Promise<void> {
+    // host.get before host.registered: the scheduler takes the event as a hint and asks
+    // orangery.agent.<host>.host.get for the facts (issue 13).
+    this.hostSub = this.nc.subscribe(SUBJECTS.agent.hostGet('*'), {
+      callback: (err, msg) => {
+        if (!err) this.onHostGet(msg);
+      },
+    });
     for (const host of this.hosts.values()) {
       this.emit(host, 'host', 'registered', host.id, {
         ...host.facts,
@@ -489,6 +501,20 @@ export class SimulatedFleet {
     this.answer(msg, reply);
   }
 
+  /** orangery.agent.<host>.host.get: the host's facts, as its own agent would say them (nothing while silent). */
+  private onHostGet(msg: Msg): void {
+    const host = this.hosts.get(msg.subject.split('.')[2] ?? '');
+    if (!host || this.stopped || this.isSilent(host)) return;
+    let reply: Reply<unknown>;
+    try {
+      decode(HostGetCommand, parseJsonObject(msg.data));
+      reply = okReply(hostFactsOf(host.facts));
+    } catch (e) {
+      reply = isOrangeryError(e) ? errorReply(e.toBody()) : errorReply({ code: 'INTERNAL', message: `simulated fleet: ${String(e)}` });
+    }
+    this.answer(msg, reply);
+  }
+
   private instanceKey(host: SimHost, msg: Msg): string | undefined {
     try {
       const id = parseJsonObject(msg.data)['instanceId'];
@@ -566,6 +592,7 @@ export class SimulatedFleet {
     const inst: SimInstance = {
       host,
       spec,
+      ...(cmd.environment !== undefined ? { environment: { ...cmd.environment } } : {}),
       data: {
         instanceId: cmd.instanceId,
         env: cmd.env,
@@ -676,6 +703,12 @@ export class SimulatedFleet {
     return hosts.flatMap((h) => [...h.instances.values()].map((i) => structuredClone(i.data)));
   }
 
+  /** The environment the instance's copy on `hostId` was created with (tests: did the variables arrive?); undefined when none. */
+  environmentOf(hostId: string, instanceId: string): Record<string, string> | undefined {
+    const env = this.hosts.get(hostId)?.instances.get(instanceId)?.environment;
+    return env ? { ...env } : undefined;
+  }
+
   /** Commands received per kind (those of silent hosts are not counted). */
   commandCounts(): Record<string, number> {
     return { ...this.counts };
@@ -714,6 +747,7 @@ export class SimulatedFleet {
     for (const t of this.timers) clearInterval(t);
     this.sub?.unsubscribe();
     this.probeSub?.unsubscribe();
+    this.hostSub?.unsubscribe();
     await Promise.allSettled([...this.inFlight]);
     await this.outbox.idle(5_000);
     this.outbox.close();

@@ -1,9 +1,8 @@
 import { Inject, Module, type DynamicModule, type OnApplicationShutdown } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { agentInboxPrefix } from '@orangery/contracts';
-import { connectNats } from '@orangery/messaging';
-import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
-import type { Logger } from '@orangery/telemetry';
+import { CONFIG, LOGGER, NATS, natsWithReadiness, readiness } from '@orangery/service-kit';
+import { countBy, scrapedGauge, type Logger } from '@orangery/telemetry';
 import type { AgentConfig } from './config';
 import { AgentService } from './domain/agent.service';
 import { parentInterface } from './domain/container-spec';
@@ -51,7 +50,13 @@ export class AgentModule {
       providers: [
         { provide: CONFIG, useValue: config },
         { provide: LOGGER, useValue: logger },
-        { provide: ENGINE, useValue: engine },
+        {
+          provide: ENGINE,
+          useFactory: () => {
+            readiness.set('engine', () => engine.facts().then(() => undefined));
+            return engine;
+          },
+        },
         // Before NATS: the self-fence may have events to queue before the first connection.
         { provide: EVENTS, useFactory: () => new EventQueue(config.hostId, logger) },
         {
@@ -62,8 +67,8 @@ export class AgentModule {
           provide: AGENT_SERVICE,
           inject: [EVENTS, ENGINE_FACTS],
           // Reservations apply to the CPUs the engine reports; one core always stays usable.
-          useFactory: (events: EventQueue, facts: EngineFacts) =>
-            new AgentService(engine, probe, events, {
+          useFactory: (events: EventQueue, facts: EngineFacts) => {
+            const agent = new AgentService(engine, probe, events, {
               hostId: config.hostId,
               uplink: config.uplink,
               reservedCpus: Math.min(config.reservedCpus, facts.cpus - 1),
@@ -72,7 +77,12 @@ export class AgentModule {
               stopTimeoutSeconds: config.stopTimeoutSeconds,
               pidsLimit: config.pidsLimit,
               engineTimeoutMs: ENGINE_TIMEOUT_MS,
-            }),
+            });
+            scrapedGauge('orangery_agent_instances', "Instances on this agent's host, by state", ['state'], async () =>
+              countBy((await agent.list()).instances.map((i) => i.state)).map(([state, value]) => ({ labels: { state }, value })),
+            );
+            return agent;
+          },
         },
         {
           provide: SELF_FENCE,
@@ -115,12 +125,7 @@ export class AgentModule {
             // restarted on an isolated network fences without ever connecting, and one cut
             // from NATS alone keeps its instances running.
             watch.start();
-            const nc = await connectNats({
-              servers: config.natsUrl,
-              name: replicaId(`docker-agent-${config.hostId}`),
-              logger,
-              inboxPrefix: agentInboxPrefix(config.hostId),
-            });
+            const nc = await natsWithReadiness(config.natsUrl, `docker-agent-${config.hostId}`, logger, agentInboxPrefix(config.hostId));
             events.attach(nc);
             return nc;
           },

@@ -1,7 +1,7 @@
 import { Module, type DynamicModule } from '@nestjs/common';
 import type { OutboxRelay, SqlPool } from '@orangery/persistence';
 import { databaseServiceProviders, replicaId, SQL_POOL } from '@orangery/service-kit';
-import type { Logger } from '@orangery/telemetry';
+import { scrapedGauge, type Logger } from '@orangery/telemetry';
 import type { IpamConfig } from './config';
 import { IpamService } from './domain/ipam.service';
 import { systemClock } from './domain/ports';
@@ -27,7 +27,19 @@ export class IpamModule {
         {
           provide: IPAM_STORE,
           inject: [SQL_POOL, OUTBOX],
-          useFactory: (sql: SqlPool, outbox: OutboxRelay) => new MysqlIpamStore(sql, outbox, replicaId('ipam')),
+          useFactory: (sql: SqlPool, outbox: OutboxRelay) => {
+            const store = new MysqlIpamStore(sql, outbox, replicaId('ipam'));
+            scrapedGauge(
+              'orangery_ipam_addresses',
+              'Addresses of each pool by state: used (allocated or bound), quarantined (released, cooling down), free',
+              ['pool', 'state'],
+              async () =>
+                (await store.addressCounts(Date.now())).flatMap((c) =>
+                  (['used', 'quarantined', 'free'] as const).map((state) => ({ labels: { pool: c.pool, state }, value: c[state] })),
+                ),
+            );
+            return store;
+          },
         },
         {
           provide: IPAM_SERVICE,

@@ -4,6 +4,7 @@ import { IpamModule } from './ipam.module';
 
 void runService({
   name: 'ipam',
+  observePort: 9401,
   loadConfig: loadIpamConfig,
   module: (config, logger) => IpamModule.forRoot(config, logger),
 });

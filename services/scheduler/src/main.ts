@@ -4,6 +4,7 @@ import { SchedulerModule } from './scheduler.module';
 
 void runService({
   name: 'scheduler',
+  observePort: 9402,
   loadConfig: loadSchedulerConfig,
   module: (config, logger) => SchedulerModule.forRoot(config, logger),
 });

@@ -1,7 +1,7 @@
 import { Module, type DynamicModule } from '@nestjs/common';
 import type { OutboxRelay, SqlPool } from '@orangery/persistence';
 import { databaseServiceProviders, replicaId, SQL_POOL } from '@orangery/service-kit';
-import type { Logger } from '@orangery/telemetry';
+import { scrapedGauge, type Logger } from '@orangery/telemetry';
 import type { SchedulerConfig } from './config';
 import { MysqlSchedulerStore } from './adapters/mysql-scheduler-store';
 import { SchedulerInitial1732700000000 } from './adapters/migrations/1732700000000-scheduler-initial';
@@ -26,10 +26,30 @@ export class SchedulerModule {
         {
           provide: STORE,
           inject: [SQL_POOL, OUTBOX],
-          useFactory: (sql: SqlPool, outbox: OutboxRelay) => new MysqlSchedulerStore(sql, outbox, `orangery/scheduler/${replicaId('scheduler')}`, logger),
+          useFactory: (sql: SqlPool, outbox: OutboxRelay) => {
+            const store = new MysqlSchedulerStore(sql, outbox, `orangery/scheduler/${replicaId('scheduler')}`, logger);
+            fleetGauges(store, config.lostAfterSeconds * 1000);
+            return store;
+          },
         },
         SchedulerRuntime,
       ],
     };
   }
+}
+
+/** orangery_hosts and orangery_instances (CONTRACT.md "Health and metrics"), from the tables every replica reads. */
+function fleetGauges(store: MysqlSchedulerStore, lostAfterMs: number): void {
+  // One database read per scrape serves both gauges: the first reads, the second reuses it.
+  let last: { at: number; counts: Promise<Awaited<ReturnType<MysqlSchedulerStore['fleetCounts']>>> } | undefined;
+  const counts = () => {
+    if (!last || performance.now() - last.at > 1_000) last = { at: performance.now(), counts: store.fleetCounts(lostAfterMs) };
+    return last.counts;
+  };
+  scrapedGauge('orangery_hosts', 'Hosts by backend and state (ready, draining, unknown, lost)', ['backend', 'state'], async () =>
+    (await counts()).hosts.map((c) => ({ labels: { backend: c.backend, state: c.state }, value: c.count })),
+  );
+  scrapedGauge('orangery_instances', 'Instances by backend and state', ['backend', 'state'], async () =>
+    (await counts()).instances.map((c) => ({ labels: { backend: c.backend, state: c.state }, value: c.count })),
+  );
 }

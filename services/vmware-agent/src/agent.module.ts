@@ -1,9 +1,9 @@
 import { Inject, Module, type DynamicModule, type OnApplicationShutdown } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { agentInboxPrefix } from '@orangery/contracts';
-import { connectNats, EventPublisher } from '@orangery/messaging';
-import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
-import type { Logger } from '@orangery/telemetry';
+import { EventPublisher } from '@orangery/messaging';
+import { CONFIG, LOGGER, NATS, natsWithReadiness, readiness } from '@orangery/service-kit';
+import { countBy, scrapedGauge, type Logger } from '@orangery/telemetry';
 import type { VmwareAgentConfig } from './config';
 import { EsxiHosts } from './domain/esxi-hosts';
 import { HeartbeatSource, heartbeatReadTimeoutMs } from './domain/heartbeats';
@@ -35,13 +35,10 @@ export class VmwareAgentModule {
         { provide: VCENTER, useValue: vcenter },
         {
           provide: NATS,
-          useFactory: () =>
-            connectNats({
-              servers: config.natsUrl,
-              name: replicaId('vmware-agent'),
-              logger,
-              ...(config.agentId !== undefined ? { inboxPrefix: agentInboxPrefix(config.agentId) } : {}),
-            }),
+          useFactory: () => {
+            readiness.set('vcenter', () => vcenter.client.currentTime().then(() => undefined));
+            return natsWithReadiness(config.natsUrl, 'vmware-agent', logger, config.agentId !== undefined ? agentInboxPrefix(config.agentId) : undefined);
+          },
         },
         {
           provide: EVENTS,
@@ -51,15 +48,20 @@ export class VmwareAgentModule {
         {
           provide: AGENT_SERVICE,
           inject: [EVENTS],
-          useFactory: (events: EventQueue) =>
-            new VmwareAgentService(vcenter, events, {
+          useFactory: (events: EventQueue) => {
+            const agent = new VmwareAgentService(vcenter, events, {
               extraConfig: config.extraConfig,
               guestIpTimeoutMs: config.guestIpTimeoutSeconds * 1000,
               stopTimeoutSeconds: config.stopTimeoutSeconds,
               tasksPerHost: config.tasksPerHost,
               queuePerHost: config.queuePerHost,
               unavailableRetryMs: config.retrySeconds * 1000,
-            }),
+            });
+            scrapedGauge('orangery_agent_instances', "Instances (VMs) on this agent's ESXi hosts, by state", ['state'], () =>
+              countBy(agent.instanceStates() ?? []).map(([state, value]) => ({ labels: { state }, value })),
+            );
+            return agent;
+          },
         },
         {
           provide: ESXI_HOSTS,

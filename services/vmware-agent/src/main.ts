@@ -53,6 +53,7 @@ function vmwareAgent(): ServiceDefinition<VmwareAgentConfig> {
   const vcenter = new VcenterPreflight();
   return {
     name: 'vmware-agent',
+    observePort: 9405,
     loadConfig: loadVmwareAgentConfig,
     preflight: (config) => vcenter.connect(config),
     module: (config, log) => VmwareAgentModule.forRoot(config, log, vcenter.session(log)),

@@ -5,6 +5,9 @@ import {
   invalidRequest,
   type ContainerCreateCommand,
   decode,
+  HostGetCommand,
+  type HostFacts,
+  hostFactsOf,
   InstanceRef,
   ListInstancesCommand,
   ProbeWireCommand,
@@ -27,7 +30,7 @@ import { AGENT_SERVICE, ENGINE, ENGINE_FACTS, EVENTS, HOST_MONITOR, HOST_ROUTES,
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-export function agentRoutes(hostId: string, agent: AgentService, wire: Pick<WireProbeService, 'probeWire'>): Route[] {
+export function agentRoutes(hostId: string, agent: AgentService, wire: Pick<WireProbeService, 'probeWire'>, facts: () => HostFacts): Route[] {
   const s = SUBJECTS.agent;
   return [
     { subject: s.create(hostId), handler: (b) => agent.create(containerCommand(decode(CreateInstanceCommand, b))) },
@@ -37,6 +40,7 @@ export function agentRoutes(hostId: string, agent: AgentService, wire: Pick<Wire
     { subject: s.get(hostId), handler: (b) => agent.get(decode(InstanceRef, b).instanceId) },
     { subject: s.list(hostId), handler: async (b) => (decode(ListInstancesCommand, b), agent.list()) },
     { subject: s.probe(hostId), handler: async (b) => wire.probeWire(decode(ProbeWireCommand, b)) },
+    { subject: s.hostGet(hostId), handler: async (b) => (decode(HostGetCommand, b), hostFactsOf(facts())) },
   ];
 }
 
@@ -80,9 +84,11 @@ export class HostRuntime implements OnApplicationBootstrap, BeforeApplicationShu
     const adopted = await this.agent.adopt();
     this.instanceEvents.adopted(adopted.running);
     this.logger.info({ instances: adopted.instances, running: adopted.running.length }, 'adopted the instances on the engine');
-    this.events.host('registered', { ...facts, engine: engineFacts.version, uplink: this.config.uplink });
     this.responder = new Responder(this.nc, QUEUE_GROUPS.agent(this.config.hostId), this.logger);
-    this.responder.serve(agentRoutes(this.config.hostId, this.agent, this.wire));
+    this.responder.serve(agentRoutes(this.config.hostId, this.agent, this.wire, () => this.monitor.facts));
+    // After the routes: the scheduler takes host.registered as a hint only and asks
+    // orangery.agent.<host>.host.get for the facts, which must find a responder by then.
+    this.events.host('registered', { ...facts, engine: engineFacts.version, uplink: this.config.uplink });
     this.monitor.refreshUsage();
     // The heartbeat never waits for the engine: it sends the latest measurement, and the
     // next measurement is started beside it (engine calls with timeouts).

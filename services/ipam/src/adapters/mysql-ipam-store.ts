@@ -359,6 +359,24 @@ export class MysqlIpamStore implements IpamStore {
     private readonly replica: string,
   ) {}
 
+  /** orangery_ipam_addresses: every pool's used, quarantined and free counts, one grouped scan. */
+  async addressCounts(nowMs: number): Promise<{ pool: string; used: number; quarantined: number; free: number }[]> {
+    const rows = await this.sql.read((q) =>
+      q.query<{ name: string; size: number | string; used: number | string | null; quarantined: number | string | null }[]>(
+        `SELECT p.name, p.size,
+           SUM(a.ip IS NOT NULL AND a.available_at IS NULL) AS used,
+           SUM(a.available_at > ?) AS quarantined
+         FROM ipam_pool p LEFT JOIN ipam_address a ON a.pool_id = p.id GROUP BY p.id, p.name, p.size`,
+        [nowMs],
+      ),
+    );
+    return rows.map((r) => {
+      const used = Number(r.used ?? 0);
+      const quarantined = Number(r.quarantined ?? 0);
+      return { pool: r.name, used, quarantined, free: Number(r.size) - used - quarantined };
+    });
+  }
+
   async transaction<T>(work: (tx: IpamTx) => Promise<T>, actor?: string): Promise<T> {
     let tx: MysqlIpamTx | undefined;
     const result = await this.guard(() =>

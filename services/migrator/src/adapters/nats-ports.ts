@@ -1,12 +1,27 @@
 import type { NatsConnection } from '@nats-io/nats-core';
-import type { Backend, InstanceSummary, Owner } from '@orangery/contracts';
+import type { AgentInstance, Backend, InstanceNetwork, InstanceSummary, Owner } from '@orangery/contracts';
 import { AgentClient, IpamClient, SchedulerClient } from '@orangery/messaging';
 import type { AddressInfo, AgentPort, IpamPort, SchedulerPort } from '../domain/ports';
 
+/** The leader's slot.create waits this long beyond its own wait for the agent's create. */
+const CREATE_MARGIN_MS = 10_000;
+
 /** The scheduler leader's slot API and its operator query: the scheduler contract's client. */
 export class NatsScheduler extends SchedulerClient implements SchedulerPort {
+  /** `agentCommandMs`: ORANGERY_AGENT_TIMEOUT_SECONDS, which the scheduler's leader also waits for a create */
+  constructor(
+    nc: NatsConnection,
+    private readonly agentCommandMs = 30_000,
+  ) {
+    super(nc);
+  }
+
   instances(): Promise<InstanceSummary[]> {
     return this.instancesAll();
+  }
+
+  createOnTarget(instanceId: string, by: string, network: InstanceNetwork): Promise<AgentInstance> {
+    return this.slotCreate(instanceId, by, network, this.agentCommandMs + CREATE_MARGIN_MS);
   }
 }
 

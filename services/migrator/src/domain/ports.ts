@@ -1,4 +1,4 @@
-import type { AgentInstance, Backend, CreateInstanceCommand, InstanceSummary, NewEvent, Owner, Placement, SlotView } from '@orangery/contracts';
+import type { AgentInstance, Backend, InstanceNetwork, InstanceSummary, NewEvent, Owner, Placement, SlotView } from '@orangery/contracts';
 import type { DrainRecord, MigrationRecord } from './model';
 
 /**
@@ -15,6 +15,11 @@ export interface SchedulerPort {
   slotGet(instanceId: string): Promise<SlotView | undefined>;
   hold(instanceId: string, by: string): Promise<SlotView>;
   reserve(instanceId: string, by: string, where: { toHost?: string; toBackend?: Backend; exclude?: string[] }): Promise<Placement>;
+  /**
+   * The leader creates the held slot's copy on its reserved target with the app's
+   * environment, which the migrator never sees (issue 13). The target agent's reply.
+   */
+  createOnTarget(instanceId: string, by: string, network: InstanceNetwork): Promise<AgentInstance>;
   commit(instanceId: string, by: string): Promise<SlotView>;
   release(instanceId: string, by: string): Promise<SlotView>;
   hostDrain(hostId: string, drain: boolean): Promise<void>;
@@ -25,7 +30,6 @@ export interface AgentPort {
   /** the instance as the agent replies after the stop; NOT_FOUND is `undefined` */
   stop(hostId: string, instanceId: string): Promise<AgentInstance | undefined>;
   start(hostId: string, instanceId: string): Promise<AgentInstance>;
-  create(hostId: string, command: CreateInstanceCommand): Promise<AgentInstance>;
   /** succeeds when the instance is gone (also when it never existed) */
   remove(hostId: string, instanceId: string): Promise<void>;
   get(hostId: string, instanceId: string): Promise<AgentInstance | undefined>;

@@ -64,6 +64,7 @@ function world() {
   scheduler.addSlot(ID, 'h1');
   scheduler.hosts.add('h2');
   const agents = new FakeAgents(log);
+  scheduler.agents = agents;
   agents.place('h1', ID);
   const store = new InMemoryMigrationStore(clock);
   const saga = new MigrationSaga(

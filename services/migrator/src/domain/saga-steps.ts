@@ -1,4 +1,4 @@
-import { isRetryable, OrangeryError, type CreateInstanceCommand, type ErrorCode, type MigrationReason } from '@orangery/contracts';
+import { isRetryable, OrangeryError, type ErrorCode, type MigrationReason } from '@orangery/contracts';
 import type { MigrationRecord, SagaStep, StepName } from './model';
 import { PortError } from './ports';
 import type { SagaDeps, SagaOptions } from './saga';
@@ -91,16 +91,6 @@ async function createNew(ctx: StepContext): Promise<StepResult> {
   const artifact = to.backend === 'docker' ? slot.spec.image : slot.spec.template;
   if (!artifact) return fail(failure('INVALID_REQUEST', `${m.app} has no ${to.backend === 'docker' ? 'image' : 'template'} for ${to.backend}`));
   const a = m.address;
-  const command: CreateInstanceCommand = {
-    instanceId: id,
-    env: m.env,
-    app: m.app,
-    slot: slot.slot,
-    ...(to.backend === 'docker' ? { image: artifact } : { template: artifact }),
-    resources: slot.spec.resources,
-    network: { ip: a.ip, mac: a.mac, prefixLength: a.prefixLength, gateway: a.gateway, vlan: a.vlan },
-    ...(slot.spec.environment && Object.keys(slot.spec.environment).length > 0 ? { environment: slot.spec.environment } : {}),
-  };
   if (to.backend !== 'docker' && !m.createdNew) {
     const answered = await wireAnswers(ctx, a);
     if (answered) return answered;
@@ -110,7 +100,9 @@ async function createNew(ctx: StepContext): Promise<StepResult> {
     m.createdNew = true;
     await deps.store.save(m, owner);
   }
-  const inst = await deps.agents.create(to.hostId, command);
+  // The scheduler leader sends the create to the target itself (issue 13): the app's
+  // environment (secrets) stays between the scheduler and the agent, never here.
+  const inst = await deps.scheduler.createOnTarget(id, m.id, { ip: a.ip, mac: a.mac, prefixLength: a.prefixLength, gateway: a.gateway, vlan: a.vlan });
   return done(`${to.hostId} replied ${inst.state}`);
 }
 

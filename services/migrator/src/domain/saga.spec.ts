@@ -16,6 +16,7 @@ function world() {
   scheduler.addSlot(ID, 'h1');
   scheduler.hosts.add('h2');
   const agents = new FakeAgents(log);
+  scheduler.agents = agents;
   agents.place('h1', ID);
   const ipam = new FakeIpam(log);
   const liveness = new FakeLiveness();
@@ -174,6 +175,18 @@ describe('MigrationSaga', () => {
     expect((await w.store.get(m.id))!.state).toBe('completed');
     expectMovedToH2(w);
     expect(eventTypes(w).filter((t) => t === 'migration.completed').length).toBe(1);
+  });
+
+  it("creates the target with the app's environment through the scheduler: the secret never reaches the migrator", async () => {
+    const w = world();
+    w.scheduler.environments.set(ID, { DB_PASSWORD: 's3cr3t' });
+    const m = await accept(w);
+    await w.saga.run(m, 'replica-a');
+    expect((await w.store.get(m.id))!.state).toBe('completed');
+    expect(w.agents.created.get(`h2/${ID}`)).toMatchObject({ instanceId: ID, image: 'svc:1', environment: { DB_PASSWORD: 's3cr3t' } });
+    // nothing the migrator stored or announced holds it
+    expect(JSON.stringify([...w.store.rows.values()])).not.toContain('s3cr3t');
+    expect(JSON.stringify(w.store.events)).not.toContain('s3cr3t');
   });
 
   it('probes the wire through a live docker-agent before a VM start (the old copy confirmed off first)', async () => {

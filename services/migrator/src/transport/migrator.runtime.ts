@@ -48,7 +48,7 @@ export class MigratorRuntime implements OnApplicationBootstrap, BeforeApplicatio
     this.outbox.start();
     this.watch = new HostWatch(this.nc, this.logger);
     this.watch.start();
-    const scheduler = new NatsScheduler(this.nc);
+    const scheduler = new NatsScheduler(this.nc, c.agentTimeoutSeconds * 1000);
     const saga = new MigrationSaga(
       {
         scheduler,

@@ -220,10 +220,7 @@ export class MysqlSchedulerStore implements SchedulerStore {
       const out = hosts.map((h) => {
         const facts = json<{ capacity: Amounts; labels: Record<string, string> }>(h.facts);
         const s = byHost.get(h.id);
-        // The leader's verdict decides lost; a silent host without one is unknown (nothing of it moves).
-        const silent = Number(h.silent_us) / 1000 > lostAfterMs || h.verdict !== '';
-        const state: HostSummary['state'] =
-          Number(h.fenced) === 1 || (silent && h.verdict === 'lost') ? 'lost' : silent ? 'unknown' : Number(h.drain) === 1 ? 'draining' : 'ready';
+        const state = hostStateOf(h, lostAfterMs);
         return {
           id: h.id,
           backend: h.backend,
@@ -237,6 +234,30 @@ export class MysqlSchedulerStore implements SchedulerStore {
         } satisfies HostSummary;
       });
       return { hosts: out, ...(nextCursor ? { nextCursor } : {}) };
+    });
+  }
+
+  /**
+   * Fleet counts for /metrics (orangery_hosts, orangery_instances): hosts by backend and
+   * the state hosts.list shows, instances by backend and state. Two grouped scans.
+   */
+  async fleetCounts(lostAfterMs: number): Promise<{ hosts: FleetCount[]; instances: FleetCount[] }> {
+    return this.sql.read(async (q) => {
+      const hostRows = await q.query<Pick<HostRow, 'backend' | 'drain' | 'fenced' | 'verdict' | 'silent_us'>[]>(
+        `SELECT backend, drain, fenced, verdict, TIMESTAMPDIFF(MICROSECOND, last_seen, NOW(3)) AS silent_us FROM sched_host`,
+      );
+      const hosts = new Map<string, FleetCount>();
+      for (const h of hostRows) {
+        const state = hostStateOf(h, lostAfterMs);
+        const key = `${h.backend}/${state}`;
+        const c = hosts.get(key) ?? { backend: h.backend, state, count: 0 };
+        c.count++;
+        hosts.set(key, c);
+      }
+      const inst = await q.query<{ backend: string | null; state: string; n: number | string }[]>(
+        `SELECT backend, state, COUNT(*) AS n FROM sched_instance GROUP BY backend, state`,
+      );
+      return { hosts: [...hosts.values()], instances: inst.map((r) => ({ backend: r.backend ?? '', state: r.state, count: Number(r.n) })) };
     });
   }
 
@@ -280,6 +301,18 @@ export class MysqlSchedulerStore implements SchedulerStore {
     }));
     return { instances, ...(nextCursor ? { nextCursor } : {}) };
   }
+}
+
+export interface FleetCount {
+  backend: string;
+  state: string;
+  count: number;
+}
+
+/** A host's state as hosts.list shows it. The leader's verdict decides lost; a silent host without one is unknown (nothing of it moves). */
+function hostStateOf(h: Pick<HostRow, 'drain' | 'fenced' | 'verdict' | 'silent_us'>, lostAfterMs: number): HostSummary['state'] {
+  const silent = Number(h.silent_us) / 1000 > lostAfterMs || h.verdict !== '';
+  return Number(h.fenced) === 1 || (silent && h.verdict === 'lost') ? 'lost' : silent ? 'unknown' : Number(h.drain) === 1 ? 'draining' : 'ready';
 }
 
 interface HostRow {

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import type { AgentInstance, InstanceOrphanedData } from '@orangery/contracts';
+import { hostFactsOf, type AgentInstance, type HostFacts, type InstanceOrphanedData } from '@orangery/contracts';
 import { HostBook } from './host-book';
 import { Leftovers } from './leftovers';
 import type { SlotRecord } from './model';
@@ -172,5 +172,71 @@ describe('Leftovers', () => {
     await vi.advanceTimersByTimeAsync(0);
     expect(w.agents.callsOf('remove', 'b')).toHaveLength(1);
     expect(w.agents.instancesOn('b')).toEqual([]);
+  });
+});
+
+describe('Observations: public events are hints, only bound replies are facts (issue 13)', () => {
+  const factsOf = (hostId: string, over: Partial<HostFacts> = {}): HostFacts => hostFactsOf({ ...heartbeat(hostId), ...over });
+
+  it('a forged host.registered for a phantom host registers nothing (no agent answers on its subject)', async () => {
+    const w = await observationWorld();
+    expect(await w.observations.confirmRegistration('phantom')).toBe('unreachable');
+    expect(w.agents.callsOf('hostGet')).toEqual([{ op: 'hostGet', hostId: 'phantom' }]);
+    expect(w.hosts.get('phantom')).toBeUndefined();
+    expect([...w.hosts.all()].map((h) => h.id).sort()).toEqual(['a', 'b']);
+  });
+
+  it('a forged host.registered for an existing host does not change its capacity: what its own agent answers is registered', async () => {
+    const w = await observationWorld();
+    // the forger's event would claim 512 CPUs; the scheduler never reads it, it asks host a
+    w.agents.facts.set('a', factsOf('a'));
+    expect(await w.observations.confirmRegistration('a')).toBe('registered');
+    expect(w.hosts.get('a')?.facts.capacity).toEqual({ cpu: 8, memoryMb: 16_384, diskMb: 102_400 });
+    expect(w.hosts.inventory().free('a').cpu).toBe(7); // the running slot's CPU, nothing more
+  });
+
+  it("an agent's reply naming another host, or malformed, registers nothing", async () => {
+    const w = await observationWorld();
+    w.agents.facts.set('a', factsOf('b', { capacity: { cpu: 512, memoryMb: 1_048_576, diskMb: 1 } }));
+    expect(await w.observations.confirmRegistration('a')).toBe('refused');
+    w.agents.facts.set('c', { hostId: 'c', capacity: 'lots' });
+    expect(await w.observations.confirmRegistration('c')).toBe('refused');
+    expect(w.hosts.get('b')?.facts.capacity.cpu).toBe(8);
+    expect(w.hosts.get('c')).toBeUndefined();
+  });
+
+  it('a forged host.registered does not keep a silent host alive; its own agent answering does', async () => {
+    const w = await observationWorld();
+    await vi.advanceTimersByTimeAsync(3_600_001);
+    const a = () => w.hosts.get('a')!;
+    expect(w.hosts.isSilent(a())).toBe(true);
+    expect(await w.observations.confirmRegistration('a')).toBe('unreachable');
+    expect(w.hosts.isSilent(a())).toBe(true);
+    w.agents.facts.set('a', factsOf('a'));
+    expect(await w.observations.confirmRegistration('a')).toBe('registered');
+    expect(w.hosts.isSilent(a())).toBe(false);
+  });
+
+  it.each(['failed', 'stopped', 'removed'])(
+    'a forged instance.%s for a running instance stops, recreates and moves nothing: it only makes the scheduler ask the recorded host',
+    async (what) => {
+      const w = await observationWorld();
+      const before = w.book.slot('prod:web:0');
+      w.observations.instanceEvent(what, 'prod:web:0', 'a');
+      await vi.advanceTimersByTimeAsync(GRACE + 1_000);
+      expect(w.agents.calls).toEqual([{ op: 'get', hostId: 'a', instanceId: 'prod:web:0' }]);
+      expect(w.book.slot('prod:web:0')).toBe(before);
+      expect(w.kick).not.toHaveBeenCalled();
+      expect(w.agents.instancesOn('a')).toMatchObject([{ instanceId: 'prod:web:0', state: 'running' }]);
+    },
+  );
+
+  it('a forged instance event naming another host than the record, or an unknown instance, asks nobody', async () => {
+    const w = await observationWorld();
+    w.observations.instanceEvent('removed', 'prod:web:0', 'b');
+    w.observations.instanceEvent('failed', 'prod:web:7', 'a');
+    await vi.advanceTimersByTimeAsync(GRACE + 1_000);
+    expect(w.agents.calls).toEqual([]);
+    expect(w.kick).not.toHaveBeenCalled();
   });
 });

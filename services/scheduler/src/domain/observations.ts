@@ -1,4 +1,4 @@
-import { OrangeryError, type AgentInstance, type Heartbeat, type HostFacts } from '@orangery/contracts';
+import { decode, HostFacts, hostFactsOf, OrangeryError, type AgentInstance, type Heartbeat } from '@orangery/contracts';
 import type { HostBook } from './host-book';
 import type { Leftovers } from './leftovers';
 import type { SlotError } from './model';
@@ -9,7 +9,7 @@ import type { SlotBook } from './slot-book';
 import { errorOf } from './slot-records';
 
 export interface ObservationPorts {
-  readonly agents: Pick<AgentPort, 'get' | 'start'>;
+  readonly agents: Pick<AgentPort, 'get' | 'start' | 'hostFacts'>;
   readonly log: CoreLog;
   /** wakes a slot's worker (the slot reconciler) */
   readonly kick: (id: string) => void;
@@ -24,6 +24,11 @@ export interface ObservationSettings {
 
 /** How long a `stopped` (or a listing that is not running) waits before the agent is asked again. */
 const STOPPED_VERIFY_MS = 1_000;
+/** Registration hints checked at once: a flood of forged host.registered costs at most this many requests in flight. */
+const MAX_HINTS_IN_FLIGHT = 256;
+
+/** What asking a host's own agent for its facts came to (confirmRegistration). */
+export type RegistrationCheck = 'registered' | 'unreachable' | 'refused' | 'busy';
 
 /**
  * Where what the agents report is turned into work: heartbeats and registrations feed the
@@ -37,6 +42,8 @@ const STOPPED_VERIFY_MS = 1_000;
  */
 export class Observations {
   private readonly verifying = new Map<string, NodeJS.Timeout>();
+  /** hosts whose registration hint is being checked with their agent */
+  private readonly confirming = new Set<string>();
   /** each host's state at the last sweep, so the host book notices changes */
   private readonly hostStates = new Map<string, HostState>();
 
@@ -86,9 +93,52 @@ export class Observations {
     this.heardFrom(hb, hb.time);
   }
 
-  /** host.registered counts as being heard from, like a heartbeat (it may arrive first after a silence). */
+  /**
+   * Facts the host's own agent stated (its reply on orangery.agent.<hostId>.host.get) count
+   * as being heard from, like a heartbeat (they may arrive first after a silence). Never
+   * called with a host.registered event's data: see confirmRegistration.
+   */
   registered(facts: HostFacts): void {
     this.heardFrom(facts, new Date().toISOString());
+  }
+
+  /**
+   * A host.registered event is a hint, never a fact (issue 13): any agent may publish on
+   * the public event subjects, so its data could name a phantom host, another host's
+   * capacity, or keep a dead host "alive". The hint only makes the scheduler ask that
+   * host's own agent on its bound subject, and what the reply says is registered, if it
+   * names the host asked. No reply (no such agent, a silent one): nothing changes.
+   */
+  async confirmRegistration(hostId: string): Promise<RegistrationCheck> {
+    if (this.book.stopped) return 'refused';
+    if (this.confirming.has(hostId) || this.confirming.size >= MAX_HINTS_IN_FLIGHT) return 'busy';
+    this.confirming.add(hostId);
+    try {
+      let raw: unknown;
+      try {
+        raw = await this.ports.agents.hostFacts(hostId);
+      } catch (e) {
+        this.ports.log.debug({ host: hostId, err: errorOf(e).message }, 'host.registered not confirmed: its agent did not answer');
+        return 'unreachable';
+      }
+      let facts: HostFacts;
+      try {
+        facts = hostFactsOf(decode(HostFacts, raw));
+      } catch (e) {
+        this.ports.log.warn({ host: hostId, err: errorOf(e).message }, "host.registered not confirmed: the agent's facts are malformed");
+        return 'refused';
+      }
+      if (facts.hostId !== hostId) {
+        this.ports.log.warn({ host: hostId, answered: facts.hostId }, 'host.registered not confirmed: the reply names another host');
+        return 'refused';
+      }
+      // deposed while asking: the new leader's own hint decides
+      if (this.book.stopped) return 'refused';
+      this.registered(facts);
+      return 'registered';
+    } finally {
+      this.confirming.delete(hostId);
+    }
   }
 
   /** A sign of life: the host's silence (and any verdict on it) ends, announced once with host.recovered. */

@@ -87,6 +87,11 @@ export interface AgentPort {
   stop(hostId: string, instanceId: string): Promise<AgentInstance | undefined>;
   /** ARP probes from `hostId`'s interface on `vlan`: ip -> whether something answered */
   probe(hostId: string, vlan: number, ips: readonly string[]): Promise<Map<string, boolean>>;
+  /**
+   * The host's facts from its own agent (`orangery.agent.<hostId>.host.get`, a subject only
+   * that agent may subscribe to): unchecked data, the caller decodes it (issue 13).
+   */
+  hostFacts(hostId: string): Promise<unknown>;
 }
 
 export interface Clock {

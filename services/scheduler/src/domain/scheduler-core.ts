@@ -1,9 +1,9 @@
-import type { AgentInstance, Backend, Heartbeat, HostFacts, SlotView } from '@orangery/contracts';
+import type { AgentInstance, Backend, Heartbeat, HostFacts, InstanceNetwork, SlotView } from '@orangery/contracts';
 import { FailoverJudge } from './failover-judge';
 import { HostBook } from './host-book';
 import { Leftovers } from './leftovers';
 import type { AppRecord, SlotRecord } from './model';
-import { Observations } from './observations';
+import { Observations, type RegistrationCheck } from './observations';
 import type { HostState, PlacementPolicy } from './placement';
 import type { AgentPort, Clock, CoreLog, IpamPort, SchedulerStore } from './ports';
 import { RequestJudge } from './request-judge';
@@ -128,7 +128,7 @@ export class SchedulerCore {
       { agents, log, kick, judgeSilentHosts: () => this.failover.sweep() },
       settings,
     );
-    this.leases = new SlotLeases(this.book, this.hosts, { log, kick, isRunning: (id) => this.queue.isRunning(id) }, settings.policy);
+    this.leases = new SlotLeases(this.book, this.hosts, { log, kick, agents, isRunning: (id) => this.queue.isRunning(id) }, settings.policy);
   }
 
   // ---- lifecycle ------------------------------------------------------------------------
@@ -183,6 +183,16 @@ export class SchedulerCore {
     this.observations.registered(facts);
   }
 
+  /** A host.registered event: a hint; registers only what the host's own agent answers (Observations.confirmRegistration). */
+  confirmRegistration(hostId: string): Promise<RegistrationCheck> {
+    return this.observations.confirmRegistration(hostId);
+  }
+
+  /**
+   * An instance event (public subject: possibly forged) is a hint too: it can only make the
+   * scheduler ask the slot's recorded host about the instance (Observations.verify), and
+   * only that bound reply changes anything.
+   */
   instanceEvent(what: string, instanceId: string, hostId: string): void {
     this.observations.instanceEvent(what, instanceId, hostId);
   }
@@ -207,6 +217,10 @@ export class SchedulerCore {
     opts: { toHost?: string; toBackend?: Backend; exclude?: readonly string[] },
   ): Promise<{ hostId: string; backend: Backend }> {
     return this.leases.reserveTarget(id, by, opts);
+  }
+
+  createOnTarget(id: string, by: string, network: InstanceNetwork): Promise<AgentInstance> {
+    return this.leases.createOnTarget(id, by, network);
   }
 
   commitTarget(id: string, by: string): Promise<SlotView> {

@@ -5,7 +5,7 @@ import type { AppRecord, SlotRecord } from './model';
 import { SlotBook } from './slot-book';
 import { SlotLeases } from './slot-leases';
 import { heartbeat } from './testing/factories';
-import { InMemorySchedulerStore, MemoryLog } from './testing/fakes';
+import { FakeAgents, InMemorySchedulerStore, MemoryLog } from './testing/fakes';
 import { appRecord, runningSlot } from './testing/records';
 
 /**
@@ -31,9 +31,10 @@ async function leaseWorld(opts: { slots?: SlotRecord[]; app?: AppRecord; hosts?:
   await book.load();
   const kick = vi.fn<(id: string) => void>();
   let running = false;
-  const leases = new SlotLeases(book, hosts, { log: new MemoryLog(), kick, isRunning: () => running }, 'binpack');
+  const agents = new FakeAgents();
+  const leases = new SlotLeases(book, hosts, { log: new MemoryLog(), kick, agents, isRunning: () => running }, 'binpack');
   const free = (h: string) => hosts.inventory().free(h);
-  return { store, hosts, book, leases, kick, free, setRunning: (r: boolean) => (running = r) };
+  return { store, hosts, book, leases, kick, agents, free, setRunning: (r: boolean) => (running = r) };
 }
 
 /** The domain error a call fails with, as { code, transient (retryable), details }. */
@@ -198,5 +199,65 @@ describe('SlotLeases.setDrain', () => {
     await expect(w.leases.setDrain('b', true)).rejects.toThrow();
     expect(w.hosts.stateOf(w.hosts.get('b')!)).toBe('ready');
     expect(await refusal(w.leases.setDrain('nowhere', true))).toMatchObject({ code: 'NOT_FOUND' });
+  });
+});
+
+describe('slot view and SlotLeases.createOnTarget (issue 13: the environment never reaches the migrator)', () => {
+  const SECRET = { DB_PASSWORD: 's3cr3t', API_TOKEN: 'tok-123' };
+  const NET = { ip: '10.0.0.10', mac: '02:00:0a:00:00:0a', prefixLength: 24, gateway: '10.0.0.1', vlan: 100 };
+  const withSecret = () =>
+    runningSlot(0, 'a', { spec: { resources: { cpu: 1, memoryMb: 1024 }, image: 'web:1.0', pool: 'prod-pool', vlan: 100, environment: SECRET } });
+
+  it('slot.get, hold and commit answer the spec without its environment', async () => {
+    const w = await leaseWorld({ slots: [withSecret()] });
+    const views = [w.leases.slotView('prod:web:0'), await w.leases.hold('prod:web:0', 'mig-1')];
+    await w.leases.reserveTarget('prod:web:0', 'mig-1', { toHost: 'b' });
+    views.push(await w.leases.commitTarget('prod:web:0', 'mig-1'));
+    for (const v of views) {
+      expect(v.spec).not.toHaveProperty('environment');
+      expect(JSON.stringify(v)).not.toContain('s3cr3t');
+    }
+    // the record keeps it: the scheduler's own creates still need it
+    expect(w.book.slot('prod:web:0')?.spec.environment).toEqual(SECRET);
+  });
+
+  it("sends the create with the app's environment to the reserved target's agent", async () => {
+    const w = await leaseWorld({ slots: [withSecret()] });
+    await w.leases.hold('prod:web:0', 'mig-1');
+    await w.leases.reserveTarget('prod:web:0', 'mig-1', { toHost: 'c' });
+    const inst = await w.leases.createOnTarget('prod:web:0', 'mig-1', NET);
+    expect(inst).toMatchObject({ instanceId: 'prod:web:0', hostId: 'c', state: 'running', ip: NET.ip });
+    expect(w.agents.created.get('c/prod:web:0')).toEqual({
+      instanceId: 'prod:web:0',
+      env: 'prod',
+      app: 'web',
+      slot: 0,
+      image: 'web:1.0',
+      resources: { cpu: 1, memoryMb: 1024 },
+      network: NET,
+      environment: SECRET,
+    });
+    expect(w.agents.callsOf('create').map((c) => c.hostId)).toEqual(['c']);
+  });
+
+  it.each([
+    ['another migration', 'mig-2', NET, 'INSTANCE_CONFLICT'],
+    ['another address', 'mig-1', { ...NET, ip: '10.0.0.99' }, 'INVALID_REQUEST'],
+    ['another MAC', 'mig-1', { ...NET, mac: '02:00:0a:00:00:63' }, 'INVALID_REQUEST'],
+    ['another VLAN', 'mig-1', { ...NET, vlan: 200 }, 'INVALID_REQUEST'],
+  ])('refuses %s and sends no command', async (_what, by, network, code) => {
+    const w = await leaseWorld({ slots: [withSecret()] });
+    await w.leases.hold('prod:web:0', 'mig-1');
+    await w.leases.reserveTarget('prod:web:0', 'mig-1', { toHost: 'b' });
+    expect((await refusal(w.leases.createOnTarget('prod:web:0', by, network))).code).toBe(code);
+    expect(w.agents.callsOf('create')).toEqual([]);
+  });
+
+  it('refuses a slot that is not held, or held without a target', async () => {
+    const w = await leaseWorld({ slots: [withSecret()] });
+    expect((await refusal(w.leases.createOnTarget('prod:web:0', 'mig-1', NET))).code).toBe('INSTANCE_CONFLICT');
+    await w.leases.hold('prod:web:0', 'mig-1');
+    expect(await refusal(w.leases.createOnTarget('prod:web:0', 'mig-1', NET))).toMatchObject({ code: 'INSTANCE_CONFLICT', transient: false });
+    expect(w.agents.callsOf('create')).toEqual([]);
   });
 });

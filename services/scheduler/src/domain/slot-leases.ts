@@ -1,10 +1,10 @@
-import { OrangeryError, type Backend, type SlotView } from '@orangery/contracts';
+import { invalidRequest, OrangeryError, type AgentInstance, type Backend, type InstanceNetwork, type SlotView } from '@orangery/contracts';
 import type { HostBook } from './host-book';
 import { appKeyOf, type SlotRecord } from './model';
 import { place, type HostState, type PlacementPolicy, type PlacementRequest } from './placement';
-import type { CoreLog } from './ports';
+import type { AgentPort, CoreLog } from './ports';
 import type { SlotBook } from './slot-book';
-import { demandOf, placementRequestOf, slotViewOf, targetKey } from './slot-records';
+import { createCommandOf, demandOf, placementRequestOf, slotViewOf, targetKey } from './slot-records';
 
 export interface LeasePorts {
   readonly log: CoreLog;
@@ -12,6 +12,8 @@ export interface LeasePorts {
   readonly kick: (id: string) => void;
   /** whether the slot's worker is running a step right now */
   readonly isRunning: (id: string) => boolean;
+  /** the target's agent, for slot.create */
+  readonly agents: Pick<AgentPort, 'create'>;
 }
 
 /**
@@ -98,6 +100,26 @@ export class SlotLeases {
       backend: backends.length === 1 ? backends[0]! : 'auto',
       allowedBackends: backends,
     };
+  }
+
+  /**
+   * slot.create (issue 13): the held slot's copy on its reserved target, created by the
+   * leader from its own record, so the app's environment goes from here to the target's
+   * agent only and never to the migrator. The migrator gives the address it had from ipam;
+   * it must be the slot's. As idempotent as the agent's create (same instance, same spec);
+   * the migrator records that it asked before asking, so its rollback removes whatever
+   * this may have made.
+   */
+  async createOnTarget(id: string, by: string, network: InstanceNetwork): Promise<AgentInstance> {
+    const s = this.heldBy(id, by, false);
+    const target = s.hold?.target;
+    if (!target) throw new OrangeryError('INSTANCE_CONFLICT', `no target reserved for ${id}`);
+    if (s.ip !== null && network.ip !== s.ip) throw invalidRequest('network.ip', `is not the address of ${id} (${s.ip})`);
+    if (s.mac !== null && network.mac !== s.mac) throw invalidRequest('network.mac', `is not the MAC of ${id} (${s.mac})`);
+    if (network.vlan !== s.spec.vlan) throw invalidRequest('network.vlan', `is not the VLAN of ${id}'s pool (${s.spec.vlan})`);
+    const command = createCommandOf(s, network, target.backend);
+    this.ports.log.info({ instanceId: id, by, host: target.hostId, backend: target.backend }, 'creating a migration target');
+    return this.ports.agents.create(target.hostId, command);
   }
 
   /** The migration moved the instance to its target: the record follows, and the scheduler takes over again. */

@@ -100,8 +100,13 @@ export function createCommandOf(s: SlotRecord, alloc: AllocationInfo, backend: B
   };
 }
 
-/** The slot API's view of a record (docs/scheduler.md "Slot API"). */
+/**
+ * The slot API's view of a record (docs/scheduler.md "Slot API"). Never the environment:
+ * it may hold secrets, and the migrator does not need it (slot.create sends it to the
+ * agent from here).
+ */
 export function slotViewOf(s: SlotRecord): SlotView {
+  const { environment: _secret, ...spec } = s.spec;
   return {
     id: s.id,
     env: s.env,
@@ -113,7 +118,7 @@ export function slotViewOf(s: SlotRecord): SlotView {
     hostId: s.hostId,
     ip: s.ip,
     mac: s.mac,
-    spec: s.spec,
+    spec,
     hold: s.hold ?? null,
   };
 }

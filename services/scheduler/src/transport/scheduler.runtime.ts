@@ -6,8 +6,9 @@ import {
   pageQueryOf,
   Heartbeat,
   HostDrainRequest,
-  HostFacts,
+  HOST_ID_PATTERN,
   OrangeryError,
+  SlotCreateRequest,
   SlotGetRequest,
   SlotHoldRequest,
   SlotReserveRequest,
@@ -36,6 +37,10 @@ const HOST_FLUSH_MS = 2_000;
 /** how often host silences are judged (cheap: in memory, probes only for silent hosts); a host past its deadline waits at most this long */
 const HOST_SWEEP_MS = 250;
 const LIST_CONCURRENCY = 8;
+/** a host.registered hint: how often, and how far apart, its agent is asked for the facts */
+const CONFIRM_ATTEMPTS = 3;
+const CONFIRM_RETRY_MS = 1_000;
+const HOST_ID = new RegExp(HOST_ID_PATTERN);
 
 /** What only the leader runs: the core, its subscriptions, the scale consumer, the timers. */
 interface Leading {
@@ -195,17 +200,16 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
         }
       },
     });
+    // host.registered is public (any agent may publish it): only its hostId is read, as a
+    // hint to ask that host's own agent; its facts are never taken (issue 13).
     const registered = this.nc.subscribe(SUBJECTS.event('host', 'registered'), {
       callback: (_e, msg) => {
-        const data = json(msg.data)?.['data'];
-        try {
-          const facts = decode(HostFacts, pick(data, ['hostId', 'backend', 'capacity', 'total', 'reserved', 'labels', 'vlans']));
-          core.registered(facts);
-          dirtyHosts.add(facts.hostId);
-          void this.listHost(core, facts.hostId);
-        } catch (err) {
-          this.logger.debug({ err: String(err) }, 'ignored a malformed host.registered');
+        const hostId = (json(msg.data)?.['data'] as Record<string, unknown> | undefined)?.['hostId'];
+        if (typeof hostId !== 'string' || !HOST_ID.test(hostId)) {
+          this.logger.debug({ subject: msg.subject }, 'ignored a host.registered without a valid hostId');
+          return;
         }
+        void this.confirmRegistration(core, hostId, dirtyHosts);
       },
     });
     const instances = this.nc.subscribe(SUBJECTS.event('instance', '*'), {
@@ -216,6 +220,26 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
       },
     });
     return [hb, registered, instances];
+  }
+
+  /**
+   * Asks the host's agent for its facts (orangery.agent.<host>.host.get) after a
+   * host.registered hint; an agent that has just started may not serve yet, so no answer is
+   * tried again a few times (its heartbeats register it anyway).
+   */
+  private async confirmRegistration(core: SchedulerCore, hostId: string, dirtyHosts: Set<string>): Promise<void> {
+    for (let attempt = 1; attempt <= CONFIRM_ATTEMPTS; attempt++) {
+      if (this.leading?.core !== core && this.leading) return;
+      const outcome = await core.confirmRegistration(hostId);
+      if (outcome === 'registered') {
+        dirtyHosts.add(hostId);
+        void this.listHost(core, hostId);
+        return;
+      }
+      if (outcome !== 'unreachable') return;
+      await new Promise((r) => setTimeout(r, CONFIRM_RETRY_MS));
+    }
+    this.logger.info({ host: hostId }, "host.registered not confirmed: no answer from that host's agent; nothing registered");
   }
 
   private async flushHosts(core: SchedulerCore, dirty: Set<string>): Promise<void> {
@@ -252,12 +276,6 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
   }
 }
 
-function pick(v: unknown, keys: string[]): Record<string, unknown> | undefined {
-  if (typeof v !== 'object' || v === null) return undefined;
-  const o = v as Record<string, unknown>;
-  return Object.fromEntries(keys.filter((k) => k in o).map((k) => [k, o[k]]));
-}
-
 /** The migrator's view of slots (docs/scheduler.md "Slot API"): port errors become contract errors. */
 function slotRoutes(core: SchedulerCore): Route[] {
   const s = SUBJECTS.schedulerSlot;
@@ -290,6 +308,14 @@ function slotRoutes(core: SchedulerCore): Route[] {
             ...(r.toBackend !== undefined ? { toBackend: r.toBackend } : {}),
             ...(r.exclude !== undefined ? { exclude: r.exclude } : {}),
           });
+        }),
+    },
+    {
+      subject: s.create,
+      handler: async (b) =>
+        contract(() => {
+          const r = decode(SlotCreateRequest, b);
+          return core.createOnTarget(r.instanceId, r.by, r.network);
         }),
     },
     {

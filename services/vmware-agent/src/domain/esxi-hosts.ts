@@ -1,4 +1,4 @@
-import type { Heartbeat } from '@orangery/contracts';
+import { OrangeryError, type Heartbeat, type HostFacts } from '@orangery/contracts';
 import { hostFacts, type HeartbeatSource } from './heartbeats';
 import type { DomainLog, EsxiHost, EventSink } from './ports';
 import { hostIdFromName } from './vm-spec';
@@ -67,6 +67,13 @@ export class EsxiHosts {
     }
     this.deps.agent.setHosts(this.hosts);
     return { added, removed };
+  }
+
+  /** A served host's facts (orangery.agent.<hostId>.host.get); NOT_FOUND for a host this agent does not serve (any more). */
+  factsOf(hostId: string): HostFacts {
+    const h = this.hosts.get(hostId);
+    if (!h) throw new OrangeryError('NOT_FOUND', `this vmware-agent does not serve host ${hostId}`, { hostId });
+    return this.facts(h);
   }
 
   /** vCenter's word on a host's connection (change stream, inventory, heartbeat read); events on a change only. */

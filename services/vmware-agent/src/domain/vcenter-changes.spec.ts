@@ -172,3 +172,15 @@ describe('EsxiHosts', () => {
     expect(w.events.hosts.slice(2).map((h) => [h.hostId, h.what])).toEqual([[H2, 'disconnected']]);
   });
 });
+
+describe('EsxiHosts.factsOf (orangery.agent.<hostId>.host.get, issue 13)', () => {
+  it("answers a served host's facts, the same as its host.registered, and NOT_FOUND for a host it does not serve", async () => {
+    const w = world();
+    w.hosts.inventory(await w.vc.hosts());
+    const registered = w.events.hosts.find((e) => e.hostId === H2 && e.what === 'registered');
+    const facts = w.hosts.factsOf(H2);
+    expect(facts).toMatchObject({ hostId: H2, backend: 'vmware' });
+    expect(registered?.data).toMatchObject(facts);
+    expect(() => w.hosts.factsOf('esx99-lab-local')).toThrow(expect.objectContaining({ code: 'NOT_FOUND' }));
+  });
+});

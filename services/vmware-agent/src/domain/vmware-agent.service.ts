@@ -266,6 +266,16 @@ export class VmwareAgentService {
     return { hostId, instances: managedOn(await this.vc.vms(), hostId).map((v) => this.describe(v)) };
   }
 
+  /**
+   * orangery_agent_instances: every managed VM's state, from the change-stream index only
+   * (a metrics scrape never lists vCenter); undefined while the index is not in sync.
+   */
+  instanceStates(): string[] | undefined {
+    if (!this.index.ready) return undefined;
+    const vms = this.index.list();
+    return [...this.hosts.keys()].flatMap((h) => managedOn(vms, h).map((v) => this.describe(v).state));
+  }
+
   /** What the instances placed on a host were promised (from labels), and how many there are. */
   allocated(vms: readonly Vm[], hostId: string): { amounts: Amounts; count: number } {
     const on = managedOn(vms, hostId);

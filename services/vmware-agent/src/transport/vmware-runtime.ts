@@ -3,6 +3,7 @@ import type { NatsConnection } from '@nats-io/nats-core';
 import {
   CreateInstanceCommand,
   decode,
+  HostGetCommand,
   InstanceRef,
   invalidRequest,
   ListInstancesCommand,
@@ -30,7 +31,7 @@ export function vmCommand(cmd: CreateInstanceCommand): VmCreateCommand {
   return cmd as VmCreateCommand;
 }
 
-export function agentRoutes(hostId: string, agent: VmwareAgentService): Route[] {
+export function agentRoutes(hostId: string, agent: VmwareAgentService, hosts: Pick<EsxiHosts, 'factsOf'>): Route[] {
   const s = SUBJECTS.agent;
   return [
     { subject: s.create(hostId), handler: (b) => agent.create(hostId, vmCommand(decode(CreateInstanceCommand, b))) },
@@ -39,6 +40,7 @@ export function agentRoutes(hostId: string, agent: VmwareAgentService): Route[] 
     { subject: s.remove(hostId), handler: (b) => agent.remove(hostId, decode(InstanceRef, b).instanceId) },
     { subject: s.get(hostId), handler: (b) => agent.get(hostId, decode(InstanceRef, b).instanceId) },
     { subject: s.list(hostId), handler: async (b) => (decode(ListInstancesCommand, b), agent.list(hostId)) },
+    { subject: s.hostGet(hostId), handler: async (b) => (decode(HostGetCommand, b), hosts.factsOf(hostId)) },
   ];
 }
 
@@ -88,7 +90,7 @@ export class VmwareRuntime implements OnApplicationBootstrap, BeforeApplicationS
     const { added, removed } = this.hosts.inventory(await this.vc.hosts());
     for (const hostId of added) {
       const responder = new Responder(this.nc, QUEUE_GROUPS.agent(hostId), this.logger);
-      responder.serve(agentRoutes(hostId, this.agent));
+      responder.serve(agentRoutes(hostId, this.agent, this.hosts));
       this.responders.set(hostId, responder);
     }
     for (const hostId of removed) {

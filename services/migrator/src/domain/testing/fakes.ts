@@ -1,4 +1,15 @@
-import type { AgentInstance, Backend, CreateInstanceCommand, ErrorCode, InstanceSummary, NewEvent, Owner, Placement, SlotView } from '@orangery/contracts';
+import type {
+  AgentInstance,
+  Backend,
+  CreateInstanceCommand,
+  ErrorCode,
+  InstanceNetwork,
+  InstanceSummary,
+  NewEvent,
+  Owner,
+  Placement,
+  SlotView,
+} from '@orangery/contracts';
 import type { DrainRecord, MigrationRecord } from '../model';
 import {
   LeaseLostError,
@@ -60,6 +71,10 @@ export class FakeScheduler implements SchedulerPort {
   readonly faults = new Faults();
   /** where reserve places a slot when no toHost is given */
   nextTarget: Placement = { hostId: 'h2', backend: 'docker' };
+  /** the apps' environments, as the scheduler keeps them: never in a SlotView, only in the agent's create */
+  readonly environments = new Map<string, Record<string, string>>();
+  /** the agents createOnTarget sends the create to (as the leader does); set by the test's world */
+  agents: Pick<FakeAgents, 'create'> | undefined;
 
   constructor(private readonly log: CallLog) {}
 
@@ -114,6 +129,33 @@ export class FakeScheduler implements SchedulerPort {
     return clone(target);
   }
 
+  /**
+   * Like the leader's slot.create: checks the hold and the address, then sends the create
+   * with the slot's environment to the target's agent. Logs only what the agent receives
+   * (`agent.create <target>`), so the saga's outside calls read as before.
+   */
+  async createOnTarget(id: string, by: string, network: InstanceNetwork): Promise<AgentInstance> {
+    this.faults.check('createOnTarget');
+    const s = this.slots.get(id);
+    if (!s) throw refused('NOT_FOUND', `no instance ${id}`);
+    if (s.hold?.by !== by || !s.hold.target) throw refused('INSTANCE_CONFLICT', 'not held by this migration, or no target');
+    if (network.ip !== s.ip || network.mac !== s.mac) throw refused('INVALID_REQUEST', "not the slot's address");
+    const target = s.hold.target;
+    const artifact = target.backend === 'docker' ? s.spec.image : s.spec.template;
+    const environment = this.environments.get(id);
+    if (!this.agents) throw new Error('FakeScheduler.agents is not set');
+    return this.agents.create(target.hostId, {
+      instanceId: id,
+      env: s.env,
+      app: s.app,
+      slot: s.slot,
+      ...(target.backend === 'docker' ? { image: artifact! } : { template: artifact! }),
+      resources: s.spec.resources,
+      network,
+      ...(environment ? { environment: clone(environment) } : {}),
+    });
+  }
+
   async commit(id: string, by: string): Promise<SlotView> {
     const s = this.call('commit', id);
     if (s.hold?.by !== by || !s.hold.target) throw refused('INSTANCE_CONFLICT', 'not held by this migration');
@@ -158,6 +200,8 @@ export class FakeAgents implements AgentPort {
   readonly faults = new Faults();
   /** what get answers after a create, until changed (e.g. 'created' for a slow start) */
   stateAfterCreate: AgentInstance['state'] = 'running';
+  /** every create command as the agent received it, by `<hostId>/<instanceId>` (the last one) */
+  readonly created = new Map<string, CreateInstanceCommand>();
 
   constructor(private readonly log: CallLog) {}
 
@@ -192,8 +236,10 @@ export class FakeAgents implements AgentPort {
     return clone(i);
   }
 
+  /** the target agent's side of the scheduler's slot.create (FakeScheduler.createOnTarget) */
   async create(hostId: string, command: CreateInstanceCommand): Promise<AgentInstance> {
     this.call('create', hostId);
+    this.created.set(`${hostId}/${command.instanceId}`, clone(command));
     const existing = this.copy(hostId, command.instanceId);
     if (existing) return clone(existing);
     this.place(hostId, command.instanceId, this.stateAfterCreate);

@@ -234,7 +234,7 @@ export const macOf = (ip: string): string => ['02', '00', ...ip.split('.').map((
 
 // ---- agents -------------------------------------------------------------------------------------
 
-export type AgentOp = 'create' | 'start' | 'stop' | 'remove' | 'get' | 'list' | 'probe';
+export type AgentOp = 'create' | 'start' | 'stop' | 'remove' | 'get' | 'list' | 'probe' | 'hostGet';
 export interface AgentCall {
   readonly op: AgentOp;
   readonly hostId: string;
@@ -255,6 +255,10 @@ export class FakeAgents implements AgentPort {
   private readonly outcomes: { match: (c: AgentCall) => boolean; state: AgentInstance['state']; reason: string }[] = [];
   /** backend of the instances created on a host (docker unless said) */
   readonly backends = new Map<string, Backend>();
+  /** what each host's own agent answers on host.get; a host without an entry has no agent (no responders) */
+  readonly facts = new Map<string, unknown>();
+  /** every create command as the agent received it, by `<hostId>/<instanceId>` (the last one) */
+  readonly created = new Map<string, CreateInstanceCommand>();
   private gate: Promise<void> | undefined;
   private openGate: (() => void) | undefined;
 
@@ -288,6 +292,7 @@ export class FakeAgents implements AgentPort {
   async create(hostId: string, command: CreateInstanceCommand): Promise<AgentInstance> {
     const call: AgentCall = { op: 'create', hostId, instanceId: command.instanceId };
     this.check(call);
+    this.created.set(`${hostId}/${command.instanceId}`, structuredClone(command));
     await (this.gate ?? Promise.resolve());
     const on = this.on(hostId);
     let inst = on.get(command.instanceId);
@@ -364,6 +369,13 @@ export class FakeAgents implements AgentPort {
     await Promise.resolve();
     const inst = this.hosts.get(hostId)?.get(instanceId);
     return inst ? { ...inst } : undefined;
+  }
+
+  async hostFacts(hostId: string): Promise<unknown> {
+    this.check({ op: 'hostGet', hostId });
+    await Promise.resolve();
+    if (!this.facts.has(hostId)) throw new PortError('UNAVAILABLE', `no responders on orangery.agent.${hostId}.host.get`, true);
+    return structuredClone(this.facts.get(hostId));
   }
 
   async list(hostId: string): Promise<AgentInstance[]> {
