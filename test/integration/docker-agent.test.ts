@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ContractClient, freePort, observeGet, promValue, scrape, ServiceProcess, waitFor, type HarnessDir, type NatsServer } from '@orangery/testing';
 import { LAB_IMAGES, SVC_INDEX, SVC_PORT, type Lab, type LabServer } from '../lab';
 import { dockerAgentEnv, LabCluster } from './fixtures/lab-cluster';
+import { agentUser as generatedAgentUser, userEntries } from '../../tools/creds/permissions';
 
 // Two simulated servers (a dockerd and an uplink each) and two legacy VMs on one L2 fabric;
 // one docker-agent per server, as real processes, driven over NATS like the scheduler will.
@@ -13,21 +14,17 @@ let client: ContractClient;
 const agents = new Map<string, ServiceProcess>();
 const FENCE_AFTER = 4;
 
-// NATS with users: the test client is an operator; each agent has a user that may only use
-// its own host's subjects (docs/docker-agent.md "Security").
+// NATS with users: the test client is an operator; each agent has the user `npm run creds`
+// generates for its host (tools/creds/permissions.ts, docs/security.md), which may only use
+// its own host's subjects.
 const agentUser = (hostId: string) => ({ user: `agent-${hostId}`, password: `pw-${hostId}` });
 const AUTH = `authorization {
   users = [
-    { user: "operator", password: "operator" }
-${['olab-s1', 'olab-s2', 'olab-x']
-  .map(
-    (h) => `    { user: "${agentUser(h).user}", password: "${agentUser(h).password}", permissions: {
-        publish: { allow: ["orangery.hb.${h}", "orangery.evt.host.>", "orangery.evt.instance.>", "$JS.API.INFO",
-                           "$JS.API.STREAM.INFO.ORANGERY_EVENTS", "$JS.API.STREAM.CREATE.ORANGERY_EVENTS"] }
-        subscribe: { allow: ["orangery.agent.${h}.>", "_INBOX_${h}.>"] }
-        allow_responses: true } }`,
-  )
-  .join('\n')}
+    { user: "operator", password: "operator" },
+${userEntries(
+  ['olab-s1', 'olab-s2', 'olab-x'].map((h) => generatedAgentUser({ name: h, hosts: [h] })),
+  (user) => agentUser(user.replace(/^agent-/, '')).password,
+)}
   ]
 }`;
 const operatorUrl = () => nats.urlFor('operator', 'operator');

@@ -1,5 +1,6 @@
+import { readFileSync } from 'node:fs';
 import { connect } from '@nats-io/transport-node';
-import type { NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection, TlsOptions } from '@nats-io/nats-core';
 import type { Logger } from '@orangery/telemetry';
 
 export interface NatsOptions {
@@ -12,6 +13,12 @@ export interface NatsOptions {
    * their NATS user may subscribe to its own inboxes only, not to everybody's `_INBOX.>`.
    */
   inboxPrefix?: string;
+  /**
+   * PEM file of the CA that signed the NATS servers' certificates (ORANGERY_NATS_CA, a
+   * project addition): when set, or when a URL says `tls://`, the connection must be TLS
+   * and the server's certificate is verified against it.
+   */
+  caFile?: string;
 }
 
 export function splitServers(servers: string): string[] {
@@ -26,6 +33,8 @@ export interface NatsEndpoints {
   user?: string;
   pass?: string;
   token?: string;
+  /** some URL said `tls://`: the connection must be encrypted */
+  tls: boolean;
 }
 
 /**
@@ -34,7 +43,7 @@ export interface NatsEndpoints {
  * setting of the contract, so an agent's user and password travel in it.
  */
 export function natsEndpoints(servers: string): NatsEndpoints {
-  const out: NatsEndpoints = { servers: [] };
+  const out: NatsEndpoints = { servers: [], tls: false };
   for (const raw of splitServers(servers)) {
     const withScheme = raw.includes('://') ? raw : `nats://${raw}`;
     let u: URL;
@@ -50,6 +59,7 @@ export function natsEndpoints(servers: string): NatsEndpoints {
     } else if (u.username) {
       out.token ??= decodeURIComponent(u.username);
     }
+    if (u.protocol === 'tls:') out.tls = true;
     out.servers.push(`${u.protocol}//${u.host}`);
   }
   return out;
@@ -61,10 +71,14 @@ export function natsEndpoints(servers: string): NatsEndpoints {
  * configuration error), and later outages reconnect forever. Status changes are logged.
  */
 export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
-  const { servers, user, pass, token } = natsEndpoints(opts.servers);
-  opts.logger.info({ servers, user }, 'connecting to NATS');
+  const { servers, user, pass, token, tls: tlsUrl } = natsEndpoints(opts.servers);
+  const caFile = opts.caFile ?? (process.env['ORANGERY_NATS_CA']?.trim() || undefined);
+  const tls = natsTlsOptions(tlsUrl, caFile);
+  opts.logger.info({ servers, user, tls: tls !== undefined }, 'connecting to NATS');
+  if (tls !== undefined) await tlsPreflight(servers, tls, opts.logger);
   const nc = await connect({
     servers,
+    ...(tls !== undefined ? { tls } : {}),
     ...(user !== undefined ? { user, pass } : {}),
     ...(token !== undefined ? { token } : {}),
     name: opts.name,
@@ -80,6 +94,13 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
     noAsyncTraces: true,
     ...(opts.inboxPrefix ? { inboxPrefix: opts.inboxPrefix } : {}),
   });
+  // nats.js upgrades to TLS when the server offers it and refuses one that does not, before
+  // sending CONNECT; a server that offers TLS without requiring it is refused here too, so a
+  // secure deployment cannot silently run beside a half-configured node.
+  if (tls !== undefined && nc.info?.tls_required !== true) {
+    await nc.close().catch(() => undefined);
+    throw new Error(`NATS server ${nc.getServer()} does not require TLS, but ORANGERY_NATS_CA or a tls:// URL asks for it`);
+  }
   opts.logger.info({ server: nc.getServer() }, 'connected to NATS');
   disconnected.set(nc, false);
   void (async () => {
@@ -87,7 +108,10 @@ export async function connectNats(opts: NatsOptions): Promise<NatsConnection> {
       if (s.type === 'disconnect') disconnected.set(nc, true);
       else if (s.type === 'reconnect') disconnected.set(nc, false);
       if (s.type === 'disconnect' || s.type === 'error' || s.type === 'staleConnection') {
-        opts.logger.warn({ status: s.type, data: 'server' in s ? s.server : undefined }, 'NATS connection trouble');
+        // A permission violation arrives here (the server's text names the subject, never a
+        // credential): a user missing a right it needs shows up in the log, not as silence.
+        const error = s.type === 'error' ? s.error.message : undefined;
+        opts.logger.warn({ status: s.type, data: 'server' in s ? s.server : undefined, error }, 'NATS connection trouble');
       } else if (s.type === 'reconnect') {
         opts.logger.info({ server: s.server }, 'NATS reconnected');
       }
@@ -102,6 +126,47 @@ const disconnected = new WeakMap<NatsConnection, boolean>();
 export function natsProblem(nc: NatsConnection): string | undefined {
   if (nc.isClosed()) return 'NATS connection closed';
   if (disconnected.get(nc)) return 'NATS disconnected; reconnecting';
+  return undefined;
+}
+
+/**
+ * One attempt, no credentials, before the patient connection: the waiting connect retries
+ * forever without a word, so a server that has no TLS at all (a configuration mismatch, or
+ * someone else's server on that address) would leave the service waiting silently. That is
+ * fatal; any other failure (down, certificate refused) is logged and the wait goes on.
+ */
+async function tlsPreflight(servers: string[], tls: TlsOptions, logger: Logger): Promise<void> {
+  try {
+    const probe = await connect({ servers, tls, reconnect: false, timeout: 5_000 });
+    await probe.close().catch(() => undefined);
+  } catch (e) {
+    const message = (e as Error).message;
+    if (/does not support 'tls'/.test(message)) {
+      throw new Error(`NATS server ${servers.join(',')} does not offer TLS, but ORANGERY_NATS_CA or a tls:// URL asks for it`);
+    }
+    // An authorization error is expected (the probe has no credentials): TLS itself worked.
+    if (!/authorization/i.test(message)) logger.warn({ error: message }, 'NATS over TLS failed; retrying (check ORANGERY_NATS_CA and the server certificate)');
+  }
+}
+
+/**
+ * TLS options for the client: undefined when neither a `tls://` URL nor a CA file asks for
+ * TLS. The CA is read here, once, so an unreadable file fails at start with its path.
+ */
+export function natsTlsOptions(tlsUrl: boolean, caFile: string | undefined): TlsOptions | undefined {
+  if (caFile === undefined) return tlsUrl ? {} : undefined;
+  return { ca: readFileSync(caFile, 'utf8') };
+}
+
+/** Validates ORANGERY_NATS_CA (a readable PEM file) without connecting. */
+export function natsCaProblem(caFile: string | undefined): string | undefined {
+  if (caFile === undefined || caFile.trim() === '') return undefined;
+  try {
+    const pem = readFileSync(caFile.trim(), 'utf8');
+    if (!pem.includes('-----BEGIN CERTIFICATE-----')) return `ORANGERY_NATS_CA '${caFile}' holds no PEM certificate`;
+  } catch (e) {
+    return `ORANGERY_NATS_CA '${caFile}' cannot be read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`;
+  }
   return undefined;
 }
 

@@ -1,4 +1,4 @@
-import { natsUrlProblem } from '@orangery/messaging';
+import { natsCaProblem, natsUrlProblem } from '@orangery/messaging';
 import { parseDbUrl, type DbConfig } from '@orangery/persistence';
 
 /** A configuration the service cannot run with: main prints it on one line and exits 2. */
@@ -16,7 +16,7 @@ export const DEFAULT_DB_URL = 'mysql://orangery:orangery@127.0.0.1:3306/orangery
 
 export function natsUrlFrom(env: Env): string {
   const url = env['ORANGERY_NATS_URL']?.trim() || DEFAULT_NATS_URL;
-  const problem = natsUrlProblem(url);
+  const problem = natsUrlProblem(url) ?? natsCaProblem(env['ORANGERY_NATS_CA']);
   if (problem) throw new ConfigError(problem);
   return url;
 }

@@ -1,5 +1,6 @@
 import { Inject, Module, type DynamicModule, type OnApplicationShutdown } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { agentInboxPrefix } from '@orangery/contracts';
 import { EventPublisher } from '@orangery/messaging';
 import { CONFIG, LOGGER, NATS, natsWithReadiness, readiness } from '@orangery/service-kit';
 import { countBy, scrapedGauge, type Logger } from '@orangery/telemetry';
@@ -36,7 +37,7 @@ export class VmwareAgentModule {
           provide: NATS,
           useFactory: () => {
             readiness.set('vcenter', () => vcenter.client.currentTime().then(() => undefined));
-            return natsWithReadiness(config.natsUrl, 'vmware-agent', logger);
+            return natsWithReadiness(config.natsUrl, 'vmware-agent', logger, config.agentId !== undefined ? agentInboxPrefix(config.agentId) : undefined);
           },
         },
         {

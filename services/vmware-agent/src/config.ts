@@ -1,3 +1,4 @@
+import { HOST_ID_PATTERN } from '@orangery/contracts';
 import { ConfigError, intFrom, boolFrom, natsUrlFrom, oneOf, type Env } from '@orangery/service-kit';
 import { extraConfigProblem } from './domain/vm-spec';
 
@@ -23,6 +24,12 @@ export interface VmwareAgentConfig {
   reservedCpus: number;
   reservedMemoryMb: number;
   customization: 'after-clone' | 'clone-spec';
+  /**
+   * ORANGERY_HOST_ID, when set: the agent's own NATS identity (docs/security.md), which
+   * gives it the reply inbox prefix `_INBOX_<id>` its NATS user may subscribe to. Unset,
+   * the default `_INBOX` prefix (an open bus).
+   */
+  agentId: string | undefined;
 }
 
 export function loadVmwareAgentConfig(env: Env): VmwareAgentConfig {
@@ -45,7 +52,10 @@ export function loadVmwareAgentConfig(env: Env): VmwareAgentConfig {
   const folder = env['ORANGERY_VCENTER_FOLDER']?.trim() || 'orangery';
   if (!/^[A-Za-z0-9 ._-]+(\/[A-Za-z0-9 ._-]+)*$/.test(folder)) throw new ConfigError(`ORANGERY_VCENTER_FOLDER '${folder}' must be folder names separated by /`);
   const heartbeatSeconds = intFrom(env, 'ORANGERY_HEARTBEAT_SECONDS', 2, 1, 60);
+  const agentId = env['ORANGERY_HOST_ID']?.trim().toLowerCase() || undefined;
+  if (agentId !== undefined && !new RegExp(HOST_ID_PATTERN).test(agentId)) throw new ConfigError(`ORANGERY_HOST_ID '${agentId}' must match ${HOST_ID_PATTERN}`);
   return {
+    agentId,
     natsUrl: natsUrlFrom(env),
     vcenterUrl: url,
     vcenterUser: user,
