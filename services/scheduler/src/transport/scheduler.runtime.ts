@@ -24,11 +24,12 @@ import type { OutboxRelay } from '@orangery/persistence';
 import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { SchedulerConfig } from '../config';
-import { LeaderElection } from '../adapters/leader-election';
+import { MysqlLeaseStore } from '../adapters/mysql-lease-store';
 import type { MysqlSchedulerStore } from '../adapters/mysql-scheduler-store';
 import { NatsAgents, NatsIpam } from '../adapters/nats-ports';
 import { ensureScaleStream, ScaleConsumer, type ScaleVerdict } from '../adapters/scale-stream';
 import { RetryLater, SchedulerCore } from '../domain/scheduler-core';
+import { LeaderLease, leaseTiming } from '../domain/leader-lease';
 import { NotLeaderError, systemClock } from '../domain/ports';
 import { OUTBOX, STORE } from '../tokens';
 
@@ -36,6 +37,8 @@ const HOST_FLUSH_MS = 2_000;
 /** how often host silences are judged (cheap: in memory, probes only for silent hosts); a host past its deadline waits at most this long */
 const HOST_SWEEP_MS = 250;
 const LIST_CONCURRENCY = 8;
+/** how long stepping down waits for each leader activity to wind down */
+const STOP_LEADING_MS = 5_000;
 
 /** What only the leader runs: the core, its subscriptions, the scale consumer, the timers. */
 interface Leading {
@@ -54,7 +57,9 @@ interface Leading {
  */
 export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private responder: Responder | undefined;
-  private election: LeaderElection | undefined;
+  private election: LeaderLease | undefined;
+  private leaseStore: MysqlLeaseStore | undefined;
+  private leaseTimers: { step?: NodeJS.Timeout; deadline?: NodeJS.Timeout; stepping?: Promise<void>; stopped: boolean } = { stopped: false };
   private leading: Leading | undefined;
   private readonly replica = replicaId('scheduler');
   /** the verdicts last written to sched_host, by host */
@@ -75,14 +80,66 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     this.responder = new Responder(this.nc, QUEUE_GROUPS.scheduler, this.logger);
     this.responder.serve(this.routes());
     this.logger.info({ queue: QUEUE_GROUPS.scheduler }, 'serving orangery.scheduler.*');
-    this.election = new LeaderElection(this.config.db, this.replica, { elected: (e) => this.lead(e), deposed: () => this.follow() }, this.logger);
-    this.election.start();
+    this.startLease();
   }
 
   async beforeApplicationShutdown(): Promise<void> {
     await this.responder?.drain();
-    await this.election?.stop();
+    await this.stopLease();
     await this.outbox.stop();
+  }
+
+  // ---- the leader lease ---------------------------------------------------------------------
+
+  /**
+   * Drives the lease (domain/leader-lease.ts): renewals at a fixed rate (a slow renewal
+   * does not push the next one back), candidates' polls, and a timer that steps the leader
+   * down at its deadline even when no renewal ever comes back (a database cut off without
+   * a FIN). Leader activities never block this loop: elected/deposed run beside it.
+   */
+  private startLease(): void {
+    const timing = leaseTiming(this.config.leaderLeaseSeconds);
+    // a statement slower than half a lease counts as failed (the renewal after it still fits before the deadline)
+    this.leaseStore = new MysqlLeaseStore(this.config.db, timing.leaseMs / 2, this.logger);
+    const lease = new LeaderLease(
+      this.leaseStore,
+      this.replica,
+      timing,
+      systemClock,
+      { elected: (e) => this.lead(e), deposed: () => this.follow() },
+      this.logger,
+    );
+    this.election = lease;
+    this.store.fenceWith(() => lease.validEpoch());
+    const t = this.leaseTimers;
+    const armDeadline = () => {
+      clearTimeout(t.deadline);
+      const ms = lease.msUntilDeadline();
+      if (ms !== undefined) t.deadline = setTimeout(() => lease.checkDeadline(), ms + 1);
+    };
+    const loop = () => {
+      if (t.stopped) return;
+      const started = performance.now();
+      t.stepping = lease
+        .step()
+        .catch((err: unknown) => this.logger.warn({ err: String(err) }, 'leader lease step failed'))
+        .finally(() => {
+          t.stepping = undefined;
+          armDeadline();
+          if (!t.stopped) t.step = setTimeout(loop, Math.max(0, lease.nextStepMs - (performance.now() - started)));
+        });
+    };
+    loop();
+  }
+
+  private async stopLease(): Promise<void> {
+    const t = this.leaseTimers;
+    t.stopped = true;
+    clearTimeout(t.step);
+    clearTimeout(t.deadline);
+    await t.stepping;
+    await this.election?.stop();
+    await this.leaseStore?.close();
   }
 
   private routes(): Route[] {
@@ -106,7 +163,6 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
 
   private async lead(epoch: number): Promise<void> {
     const c = this.config;
-    this.store.setEpoch(epoch);
     const core = new SchedulerCore(
       {
         store: this.store,
@@ -133,6 +189,11 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     const subs = this.watchAgents(core, dirtyHosts);
     // Heartbeats first: hosts are known before the journal's slots are worked on.
     await new Promise((r) => setTimeout(r, Math.min(2_500, c.lostAfterSeconds * 500)));
+    if (this.election?.validEpoch() !== epoch) {
+      // the lease ran out while waiting: nothing was started but the subscriptions
+      for (const s of subs) s.unsubscribe();
+      return;
+    }
     await core.start();
     const consumer = new ScaleConsumer(this.nc, (m) => this.judge(core, m), this.logger);
     await consumer.start();
@@ -152,13 +213,19 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
   private async follow(): Promise<void> {
     const l = this.leading;
     this.leading = undefined;
-    this.store.setEpoch(undefined);
     if (!l) return;
+    // The loops stop at once; the rest is bounded: over a NATS connection cut off without a
+    // FIN a drain never completes, and the lease must be free to change hands meanwhile.
     for (const t of l.timers) clearInterval(t);
     for (const s of l.subs) s.unsubscribe();
-    await l.slotApi.drain();
-    await l.consumer.stop();
-    await l.core.stop();
+    const stopping = async (what: string, work: Promise<unknown>) => {
+      const timeout = new Promise((r) => setTimeout(r, STOP_LEADING_MS, 'timeout'));
+      const end = await Promise.race([work.catch((err: unknown) => this.logger.warn({ err: String(err) }, `stopping ${what} failed`)), timeout]);
+      if (end === 'timeout') this.logger.warn({ what, ms: STOP_LEADING_MS }, 'stopping a leader activity timed out; left behind');
+    };
+    await stopping('the slot API', l.slotApi.drain());
+    await stopping('the scale consumer', l.consumer.stop());
+    await stopping('the core', l.core.stop());
   }
 
   private async judge(core: SchedulerCore, m: Parameters<SchedulerCore['handleScale']>[0]): Promise<ScaleVerdict> {
