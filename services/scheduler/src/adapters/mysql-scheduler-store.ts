@@ -120,7 +120,10 @@ export class MysqlSchedulerStore implements SchedulerStore {
         this.statements(tx, all, events);
       });
     } catch (e) {
-      if (isFenced(e)) throw new NotLeaderError();
+      if (isFenced(e)) {
+        this.logger.warn({ epoch, what: 'journal' }, 'a write was refused by the database: another replica leads (fenced)');
+        throw new NotLeaderError();
+      }
       if (isTooLarge(e)) throw new JournalTooLarge(await this.maxAllowedPacket(), String((e as Error).message ?? e));
       throw e;
     }
@@ -217,7 +220,10 @@ export class MysqlSchedulerStore implements SchedulerStore {
         );
       });
     } catch (e) {
-      if (isFenced(e)) throw new NotLeaderError();
+      if (isFenced(e)) {
+        this.logger.warn({ epoch, what: 'hosts' }, 'a write was refused by the database: another replica leads (fenced)');
+        throw new NotLeaderError();
+      }
       throw e;
     }
   }
