@@ -64,6 +64,10 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
   private readonly replica = replicaId('scheduler');
   /** the verdicts last written to sched_host, by host */
   private readonly savedVerdicts = new Map<string, string>();
+  /** the latest heartbeat of each host, heard by this replica as leader or standby, and when (monotonic, wall) */
+  private readonly recentBeats = new Map<string, { beat: Heartbeat; at: number; wall: number }>();
+  private listeningSince = 0;
+  private beatsSub: Subscription | undefined;
 
   constructor(
     @Inject(NATS) private readonly nc: NatsConnection,
@@ -80,13 +84,46 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     this.responder = new Responder(this.nc, QUEUE_GROUPS.scheduler, this.logger);
     this.responder.serve(this.routes());
     this.logger.info({ queue: QUEUE_GROUPS.scheduler }, 'serving orangery.scheduler.*');
+    this.listenForBeats();
     this.startLease();
   }
 
   async beforeApplicationShutdown(): Promise<void> {
     await this.responder?.drain();
     await this.stopLease();
+    this.beatsSub?.unsubscribe();
     await this.outbox.stop();
+  }
+
+  /** How long a new leader hears heartbeats before it works: one heartbeat from every live host. */
+  private heartbeatWaitMs(): number {
+    return Math.min(2_500, this.config.lostAfterSeconds * 500);
+  }
+
+  /**
+   * Every replica hears heartbeats, so that a standby elected leader knows the fleet at
+   * once instead of waiting for a round of heartbeats: that wait came on top of the lease
+   * and made a takeover take lease + 2.5 s. Only the latest beat per host is kept.
+   */
+  private listenForBeats(): void {
+    this.listeningSince = performance.now();
+    let sincePrune = 0;
+    this.beatsSub = this.nc.subscribe(SUBJECTS.heartbeatsAll, {
+      callback: (_e, msg) => {
+        try {
+          const beat = decode(Heartbeat, parseJsonObject(msg.data));
+          if (msg.subject !== SUBJECTS.heartbeat(beat.hostId)) return;
+          const now = performance.now();
+          this.recentBeats.set(beat.hostId, { beat, at: now, wall: Date.now() });
+          if (++sincePrune >= 1_000) {
+            sincePrune = 0;
+            for (const [id, b] of this.recentBeats) if (now - b.at > this.heartbeatWaitMs()) this.recentBeats.delete(id);
+          }
+        } catch {
+          // malformed: the leader's own subscription logs it
+        }
+      },
+    });
   }
 
   // ---- the leader lease ---------------------------------------------------------------------
@@ -163,13 +200,15 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
 
   private async lead(epoch: number): Promise<void> {
     const c = this.config;
+    /** set only while heartbeats heard as a standby are handed to the core, at the times they arrived */
+    const replaying: { at?: number; wall?: number } = {};
     const core = new SchedulerCore(
       {
         store: this.store,
         ipam: new NatsIpam(this.nc),
         agents: new NatsAgents(this.nc, { commandMs: c.agentTimeoutSeconds * 1000 }),
-        clock: systemClock,
-        wallClock: { now: () => Date.now() },
+        clock: { now: () => replaying.at ?? systemClock.now() },
+        wallClock: { now: () => replaying.wall ?? Date.now() },
         log: this.logger,
       },
       {
@@ -187,8 +226,26 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     );
     const dirtyHosts = new Set<string>();
     const subs = this.watchAgents(core, dirtyHosts);
-    // Heartbeats first: hosts are known before the journal's slots are worked on.
-    await new Promise((r) => setTimeout(r, Math.min(2_500, c.lostAfterSeconds * 500)));
+    // Heartbeats first: hosts are known before the journal's slots are worked on. Those this
+    // replica heard in the last wait (as a standby) count, at the times they arrived, so a
+    // host's silence is measured as if this replica had led all along; the replay is
+    // synchronous, so no live beat interleaves with it. Then only the part of the wait this
+    // replica was not listening for is left (none for a standby that has run a while).
+    const waitMs = this.heartbeatWaitMs();
+    const now = performance.now();
+    const heard = [...this.recentBeats.values()].filter((b) => now - b.at <= waitMs).sort((x, y) => x.at - y.at);
+    try {
+      for (const b of heard) {
+        replaying.at = b.at;
+        replaying.wall = b.wall;
+        core.heartbeat(b.beat);
+        dirtyHosts.add(b.beat.hostId);
+      }
+    } finally {
+      replaying.at = undefined;
+      replaying.wall = undefined;
+    }
+    await new Promise((r) => setTimeout(r, Math.max(0, waitMs - (now - this.listeningSince))));
     if (this.election?.validEpoch() !== epoch) {
       // the lease ran out while waiting: nothing was started but the subscriptions
       for (const s of subs) s.unsubscribe();
