@@ -276,8 +276,10 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     for (const t of l.timers) clearInterval(t);
     for (const s of l.subs) s.unsubscribe();
     const stopping = async (what: string, work: Promise<unknown>) => {
-      const timeout = new Promise((r) => setTimeout(r, STOP_LEADING_MS, 'timeout'));
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise((r) => (timer = setTimeout(r, STOP_LEADING_MS, 'timeout')));
       const end = await Promise.race([work.catch((err: unknown) => this.logger.warn({ err: String(err) }, `stopping ${what} failed`)), timeout]);
+      clearTimeout(timer);
       if (end === 'timeout') this.logger.warn({ what, ms: STOP_LEADING_MS }, 'stopping a leader activity timed out; left behind');
     };
     await stopping('the slot API', l.slotApi.drain());
