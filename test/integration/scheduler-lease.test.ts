@@ -12,6 +12,7 @@ import {
   freshDatabase,
   HarnessDir,
   NatsServer,
+  PrivateMariadb,
   ScaleWatcher,
   ServiceProcess,
   SimulatedFleet,
@@ -249,4 +250,30 @@ describe('scheduler leader lease', () => {
       await sql.end();
     }
   });
+
+  it('the database crashes under the only replica: it stops leading, and leads again in a new epoch once the database is back', async () => {
+    const mdb = await PrivateMariadb.start(dir);
+    const d = await ServiceProcess.start(dir, 'scheduler', schedulerEnv(nats.url, mdb.url));
+    await d.waitForLog('leading: consuming scale requests', 30_000);
+    const first = await ServiceProcess.start(dir, 'scheduler', schedulerEnv(nats.url, mdb.url)).then(async (p) => {
+      await p.kill9(); // a standby that came and went: its lease reads change nothing
+      return count(d, 'elected scheduler leader');
+    });
+    expect(first).toBe(1);
+    await mdb.kill();
+    await waitFor('the leader to stop leading', () => count(d, 'no longer the scheduler leader') > 0, 30_000);
+    await mdb.start();
+    await waitFor('the leader to lead again', () => count(d, 'leading: consuming scale requests') > 1, 60_000);
+    const mu = new URL(mdb.url);
+    const conn = await createConnection({ host: mu.hostname, port: Number(mu.port), user: mu.username, password: mu.password, database: mu.pathname.slice(1) });
+    try {
+      const [rows] = await conn.query<RowDataPacket[]>('SELECT holder, epoch FROM sched_leader WHERE id = 1');
+      expect(rows[0]).toMatchObject({ holder: replicaOf(d), epoch: 2 });
+    } finally {
+      await conn.end();
+    }
+    const id = await scale.publish(request('db-back', 1));
+    expect((await scale.outcome(id, 60_000)).type).toBe('io.orangery.scale.completed');
+    expect(scale.seen(id)).toHaveLength(1);
+  }, 180_000);
 });
