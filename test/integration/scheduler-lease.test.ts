@@ -276,4 +276,39 @@ describe('scheduler leader lease', () => {
     expect((await scale.outcome(id, 60_000)).type).toBe('io.orangery.scale.completed');
     expect(scale.seen(id)).toHaveLength(1);
   }, 180_000);
+
+  it('a leader frozen (SIGSTOP) past its lease is replaced; resumed, it steps down before writing anything', async () => {
+    const e = await ServiceProcess.start(dir, 'scheduler', schedulerEnv(nats.url, dbUrl));
+    await e.waitForLog('leading: consuming scale requests', 30_000);
+    const f = await ServiceProcess.start(dir, 'scheduler', schedulerEnv(nats.url, dbUrl));
+    const before = await leaseRow();
+    expect(before.holder).toBe(replicaOf(e));
+    // work in flight when it freezes: a burst it has started on
+    const burst = await Promise.all(Array.from({ length: 4 }, (_, n) => scale.publish(request(`frozen-${n}`, 3))));
+    await waitFor(
+      'the leader to be placing',
+      async () => {
+        const [r] = await db.query<RowDataPacket[]>("SELECT COUNT(*) AS n FROM sched_instance WHERE app LIKE 'frozen-%'");
+        return Number(r[0]!['n']) > 0;
+      },
+      30_000,
+      5,
+    );
+    e.child.kill('SIGSTOP');
+    try {
+      await f.waitForLog('leading: consuming scale requests', 30_000);
+      expect(await leaseRow()).toMatchObject({ holder: replicaOf(f), epoch: before.epoch + 1 });
+    } finally {
+      e.child.kill('SIGCONT');
+    }
+    const [[{ last }]] = (await db.query('SELECT COALESCE(MAX(id), 0) AS last FROM sched_outbox')) as unknown as [[{ last: number }]];
+    await waitFor('the resumed replica to step down', () => count(e, 'no longer the scheduler leader') > 0, 30_000);
+    const outs = await Promise.all(burst.map((id) => scale.outcome(id, 90_000)));
+    expect(outs.map((o) => o.type)).toEqual(Array(4).fill('io.orangery.scale.completed'));
+    for (const id of burst) expect(scale.seen(id), id).toHaveLength(1);
+    const c1 = (await leaseRow()).counter;
+    await waitFor('the new leader to renew a few times', async () => (await leaseRow()).counter > c1 + 3, 15_000);
+    expect(await leaseRow()).toMatchObject({ holder: replicaOf(f), epoch: before.epoch + 1 });
+    expect((await outboxAfter(Number(last))).filter((r) => r.source.includes(`:${e.pid}`))).toEqual([]);
+  }, 180_000);
 });
