@@ -256,7 +256,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     await consumer.start();
     // The slot API is the leader's alone: no responders while there is no leader.
     const slotApi = new Responder(this.nc, QUEUE_GROUPS.scheduler, this.logger);
-    slotApi.serve(slotRoutes(core));
+    slotApi.serve(slotRoutes(core, () => this.election?.validEpoch() === epoch));
     const timers = [
       setInterval(() => core.tick(), c.reconcileSeconds * 1000),
       setInterval(() => core.sweepHosts(), HOST_SWEEP_MS),
@@ -385,9 +385,12 @@ function pick(v: unknown, keys: string[]): Record<string, unknown> | undefined {
 }
 
 /** The migrator's view of slots (docs/scheduler.md "Slot API"): port errors become contract errors. */
-function slotRoutes(core: SchedulerCore): Route[] {
+function slotRoutes(core: SchedulerCore, leads: () => boolean): Route[] {
   const s = SUBJECTS.schedulerSlot;
   const contract = async <T>(work: () => Promise<T>): Promise<T> => {
+    // Reads too: a replica past its lease deadline answers nothing from its memory (the
+    // new leader's may differ), also in the moments before its responders are drained.
+    if (!leads()) throw new OrangeryError('UNAVAILABLE', 'the scheduler leader is changing; try again', {});
     try {
       return await work();
     } catch (e) {
