@@ -23,12 +23,21 @@ const CONFLICT_RETRIES = 3;
 export class MysqlLeaseStore implements LeaseStore {
   private conn: mysql.Connection | undefined;
   private connecting: Promise<mysql.Connection> | undefined;
+  /**
+   * The database hosts, in order (several for a Galera cluster, when the configuration
+   * lists them); a connection that fails moves the next one to the next host.
+   */
+  private readonly hosts: { host: string; port: number }[];
+  private current = 0;
 
   constructor(
     private readonly db: DbConfig,
     private readonly timeoutMs: number,
     private readonly logger: Logger,
-  ) {}
+  ) {
+    const listed = (db as DbConfig & { hosts?: { host: string; port: number }[] }).hosts;
+    this.hosts = listed && listed.length > 0 ? listed : [{ host: db.host, port: db.port }];
+  }
 
   async read(): Promise<LeaseRow> {
     const [rows] = await this.run<mysql.RowDataPacket[]>('SELECT holder, epoch, counter FROM sched_leader WHERE id = 1');
@@ -82,9 +91,10 @@ export class MysqlLeaseStore implements LeaseStore {
   }
 
   private async open(): Promise<mysql.Connection> {
+    const at = this.hosts[this.current]!;
     const pending = mysql.createConnection({
-      host: this.db.host,
-      port: this.db.port,
+      host: at.host,
+      port: at.port,
       user: this.db.user,
       password: this.db.password,
       database: this.db.database,
@@ -97,6 +107,7 @@ export class MysqlLeaseStore implements LeaseStore {
       c = await bounded(pending, this.timeoutMs);
     } catch (e) {
       void pending.then((late) => late.destroy()).catch(() => undefined);
+      this.moveOn();
       throw e;
     }
     c.on('error', () => undefined); // surfaced by the next statement
@@ -115,8 +126,15 @@ export class MysqlLeaseStore implements LeaseStore {
   }
 
   private drop(c: mysql.Connection): void {
-    if (this.conn === c) this.conn = undefined;
+    if (this.conn === c) {
+      this.conn = undefined;
+      this.moveOn();
+    }
     c.destroy();
+  }
+
+  private moveOn(): void {
+    if (this.hosts.length > 1) this.current = (this.current + 1) % this.hosts.length;
   }
 }
 
