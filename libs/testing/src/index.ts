@@ -5,3 +5,4 @@ export * from './client';
 export * from './simulated-fleet';
 export * from './scale';
 export * from './metrics';
+export * from './blackhole-proxy';

@@ -19,6 +19,8 @@ export interface SchedulerConfig {
   agentTimeoutSeconds: number;
   concurrency: number;
   envBackends: Record<string, Backend[]>;
+  /** the leader lease (docs/scheduler.md "Leadership"): a dead or cut-off leader is replaced within about this plus a second */
+  leaderLeaseSeconds: number;
 }
 
 /** `prod=vmware,docker;dev=docker`: the only backends each env's instances may use. */
@@ -63,5 +65,6 @@ export function loadSchedulerConfig(env: Env): SchedulerConfig {
     agentTimeoutSeconds: intFrom(env, 'ORANGERY_AGENT_TIMEOUT_SECONDS', 30, 1, 600),
     concurrency: intFrom(env, 'ORANGERY_SCHEDULER_CONCURRENCY', 256, 1, 10_000),
     envBackends: parseEnvBackends(env['ORANGERY_ENV_BACKENDS']),
+    leaderLeaseSeconds: intFrom(env, 'ORANGERY_LEADER_LEASE_SECONDS', 3, 2, 60),
   };
 }

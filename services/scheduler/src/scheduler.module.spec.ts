@@ -26,3 +26,14 @@ describe('SchedulerModule wiring', () => {
     await ctx.close();
   });
 });
+
+describe('scheduler config', () => {
+  const base = { ORANGERY_NATS_URL: 'nats://nowhere:4222', ORANGERY_DB_URL: 'mysql://u:p@nowhere:3306/sched' };
+  it('the leader lease: 3 s by default, 2 to 60 s, anything else is refused naming the variable', () => {
+    expect(config.leaderLeaseSeconds).toBe(3);
+    expect(loadSchedulerConfig({ ...base, ORANGERY_LEADER_LEASE_SECONDS: '10' }).leaderLeaseSeconds).toBe(10);
+    for (const bad of ['1', '61', '2.5', 'soon']) {
+      expect(() => loadSchedulerConfig({ ...base, ORANGERY_LEADER_LEASE_SECONDS: bad })).toThrow(/ORANGERY_LEADER_LEASE_SECONDS/);
+    }
+  });
+});

@@ -7,6 +7,7 @@ import { MysqlSchedulerStore } from './adapters/mysql-scheduler-store';
 import { SchedulerInitial1732700000000 } from './adapters/migrations/1732700000000-scheduler-initial';
 import { SchedulerHostVerdict1733400000000 } from './adapters/migrations/1733400000000-scheduler-host-verdict';
 import { SchedulerRequestIdNoPad1764600000000 } from './adapters/migrations/1764600000000-scheduler-request-id-nopad';
+import { SchedulerLeaderLease1764700000000 } from './adapters/migrations/1764700000000-scheduler-leader-lease';
 import { SchedulerRuntime } from './transport/scheduler.runtime';
 import { OUTBOX, STORE } from './tokens';
 
@@ -20,7 +21,12 @@ export class SchedulerModule {
           service: 'scheduler',
           config,
           logger,
-          migrations: [SchedulerInitial1732700000000, SchedulerHostVerdict1733400000000, SchedulerRequestIdNoPad1764600000000],
+          migrations: [
+            SchedulerInitial1732700000000,
+            SchedulerHostVerdict1733400000000,
+            SchedulerRequestIdNoPad1764600000000,
+            SchedulerLeaderLease1764700000000,
+          ],
           outbox: { token: OUTBOX, tables: { events: 'sched_outbox', cursor: 'sched_outbox_cursor' } },
         }),
         {

@@ -18,11 +18,20 @@ const MAX_GROUP = 400;
  * The scheduler's journal on MySQL/MariaDB. Writes are group-committed: every change
  * that arrives while a transaction is in flight goes into the next one (one epoch check,
  * multi-row statements, one COMMIT round trip), so thousands of slot transitions a second
- * cost tens of transactions. Each transaction first checks the leader epoch under a share
- * lock: a replica that lost leadership cannot write (fencing token).
+ * cost tens of transactions.
+ *
+ * Fencing (docs/scheduler.md "Leadership"): nothing is sent unless the lease says this
+ * replica leads right now (`fenceWith`), and every transaction starts by WRITING the lease
+ * row under its epoch, then fails on the server when the row holds another epoch, before
+ * any of its writes. A write, not a read under a share lock: on Galera a read lock is local
+ * to one node, while two transactions writing one row on two nodes conflict at
+ * certification, so a takeover committed elsewhere makes this transaction fail (a deadlock,
+ * retried by the pool from scratch, where the check then fails for good). The fence, the
+ * writes and COMMIT go in one round trip: a leader cut off mid-transaction cannot leave the
+ * lease row locked on the server between two of its round trips.
  */
 export class MysqlSchedulerStore implements SchedulerStore {
-  private epoch: number | undefined;
+  private epochNow: () => number | undefined = () => undefined;
   private readonly queue: Pending[] = [];
   private flushing = false;
   private maxPacket: number | undefined;
@@ -34,9 +43,9 @@ export class MysqlSchedulerStore implements SchedulerStore {
     private readonly logger: Logger,
   ) {}
 
-  /** The epoch this replica leads in (undefined: not leading; every commit fails). */
-  setEpoch(epoch: number | undefined): void {
-    this.epoch = epoch;
+  /** Where the epoch to fence writes with comes from (undefined: not leading now; every commit fails). */
+  fenceWith(epochNow: () => number | undefined): void {
+    this.epochNow = epochNow;
   }
 
   async load(): Promise<{ apps: AppRecord[]; slots: SlotRecord[]; drained: string[] }> {
@@ -98,17 +107,23 @@ export class MysqlSchedulerStore implements SchedulerStore {
   }
 
   private async write(all: Changes[]): Promise<PendingEvent[]> {
-    const epoch = this.epoch;
+    const epoch = this.epochNow();
     if (epoch === undefined) throw new NotLeaderError();
     const events: PendingEvent[] = [];
     for (const c of all) for (const e of c.events ?? []) events.push(buildEvent({ ...e, source: e.source || this.source }));
     try {
       await this.sql.transaction(async (tx) => {
-        const [row] = await tx.query<{ epoch: number }[]>('SELECT epoch FROM sched_leader WHERE id = 1 LOCK IN SHARE MODE');
-        if (!row || Number(row.epoch) !== epoch) throw new NotLeaderError();
+        // Checked again on every run: the pool re-runs this after a deadlock (a Galera
+        // certification conflict), and a takeover in between must fail it, not retry past it.
+        if (this.epochNow() !== epoch) throw new NotLeaderError();
+        fence(tx, epoch);
         this.statements(tx, all, events);
       });
     } catch (e) {
+      if (isFenced(e)) {
+        this.logger.warn({ epoch, what: 'journal' }, 'a write was refused by the database: another replica leads (fenced)');
+        throw new NotLeaderError();
+      }
       if (isTooLarge(e)) throw new JournalTooLarge(await this.maxAllowedPacket(), String((e as Error).message ?? e));
       throw e;
     }
@@ -185,17 +200,32 @@ export class MysqlSchedulerStore implements SchedulerStore {
 
   // ---- hosts and the operators' read side (any replica) ----------------------------------
 
-  /** Saves what agents report (not fenced by the epoch: a stale copy of facts harms nothing). */
+  /**
+   * Saves what agents report and the leader's verdicts (`unknown`, `lost`), fenced like the
+   * journal: a deposed leader's verdict must not overwrite the new leader's.
+   */
   async saveHosts(hosts: readonly HostEntry[]): Promise<void> {
     if (hosts.length === 0) return;
-    await this.sql.transaction(async (tx) => {
-      tx.defer(
-        `INSERT INTO sched_host (id, backend, fenced, facts, usage_json, last_seen, verdict) VALUES ${rows(hosts.length, 7)}
-         ON DUPLICATE KEY UPDATE backend = VALUES(backend), fenced = VALUES(fenced), facts = VALUES(facts),
-           usage_json = VALUES(usage_json), last_seen = GREATEST(last_seen, VALUES(last_seen)), verdict = VALUES(verdict)`,
-        hosts.flatMap((h) => [h.id, h.backend, h.fenced ? 1 : 0, JSON.stringify(h.facts), JSON.stringify(h.usage), new Date(h.lastBeatWall), h.judged ?? '']),
-      );
-    });
+    const epoch = this.epochNow();
+    if (epoch === undefined) throw new NotLeaderError();
+    try {
+      await this.sql.transaction(async (tx) => {
+        if (this.epochNow() !== epoch) throw new NotLeaderError();
+        fence(tx, epoch);
+        tx.defer(
+          `INSERT INTO sched_host (id, backend, fenced, facts, usage_json, last_seen, verdict) VALUES ${rows(hosts.length, 7)}
+           ON DUPLICATE KEY UPDATE backend = VALUES(backend), fenced = VALUES(fenced), facts = VALUES(facts),
+             usage_json = VALUES(usage_json), last_seen = GREATEST(last_seen, VALUES(last_seen)), verdict = VALUES(verdict)`,
+          hosts.flatMap((h) => [h.id, h.backend, h.fenced ? 1 : 0, JSON.stringify(h.facts), JSON.stringify(h.usage), new Date(h.lastBeatWall), h.judged ?? '']),
+        );
+      });
+    } catch (e) {
+      if (isFenced(e)) {
+        this.logger.warn({ epoch, what: 'hosts' }, 'a write was refused by the database: another replica leads (fenced)');
+        throw new NotLeaderError();
+      }
+      throw e;
+    }
   }
 
   /** One page of hosts in id order (keyset: after the cursor's id, limit + 1 rows to know whether more remain). */
@@ -344,6 +374,25 @@ interface InstanceRow {
   ip: string | null;
   mac: string | null;
   error: string | null;
+}
+
+/**
+ * The fencing write and check, first in a transaction: the UPDATE puts the lease row in the
+ * transaction's write set (a certification conflict with any takeover on another Galera
+ * node); the SELECT fails with "subquery returns more than 1 row" when the row holds
+ * another epoch, and a failed statement stops the rest of the round trip, COMMIT included.
+ * A statement that errors, rather than a check of affected rows by the client, because the
+ * check must hold with the writes and COMMIT sent in the same round trip.
+ */
+function fence(tx: SqlTx, epoch: number): void {
+  tx.defer('UPDATE sched_leader SET counter = counter + 1 WHERE id = 1 AND epoch = ?', [epoch]);
+  tx.defer('SELECT (SELECT 1 UNION ALL SELECT 1 FROM sched_leader WHERE id = 1 AND epoch <> ?) INTO @orangery_fence', [epoch]);
+}
+
+/** ER_SUBQUERY_NO_1_ROW from `fence`: another epoch holds the lease row. */
+function isFenced(e: unknown): boolean {
+  const d = (e ?? {}) as { code?: string; errno?: number };
+  return d.errno === 1242 || d.code === 'ER_SUBQUERY_NO_1_ROW';
 }
 
 const rows = (n: number, cols: number): string => {

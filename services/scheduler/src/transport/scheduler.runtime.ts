@@ -25,11 +25,12 @@ import type { OutboxRelay } from '@orangery/persistence';
 import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { SchedulerConfig } from '../config';
-import { LeaderElection } from '../adapters/leader-election';
+import { MysqlLeaseStore } from '../adapters/mysql-lease-store';
 import type { MysqlSchedulerStore } from '../adapters/mysql-scheduler-store';
 import { NatsAgents, NatsIpam } from '../adapters/nats-ports';
 import { ensureScaleStream, ScaleConsumer, type ScaleVerdict } from '../adapters/scale-stream';
 import { RetryLater, SchedulerCore } from '../domain/scheduler-core';
+import { LeaderLease, leaseTiming } from '../domain/leader-lease';
 import { NotLeaderError, systemClock } from '../domain/ports';
 import { OUTBOX, STORE } from '../tokens';
 
@@ -41,6 +42,8 @@ const LIST_CONCURRENCY = 8;
 const CONFIRM_ATTEMPTS = 3;
 const CONFIRM_RETRY_MS = 1_000;
 const HOST_ID = new RegExp(HOST_ID_PATTERN);
+/** how long stepping down waits for each leader activity to wind down */
+const STOP_LEADING_MS = 5_000;
 
 /** What only the leader runs: the core, its subscriptions, the scale consumer, the timers. */
 interface Leading {
@@ -59,11 +62,17 @@ interface Leading {
  */
 export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private responder: Responder | undefined;
-  private election: LeaderElection | undefined;
+  private election: LeaderLease | undefined;
+  private leaseStore: MysqlLeaseStore | undefined;
+  private leaseTimers: { step?: NodeJS.Timeout; deadline?: NodeJS.Timeout; stepping?: Promise<void>; stopped: boolean } = { stopped: false };
   private leading: Leading | undefined;
   private readonly replica = replicaId('scheduler');
   /** the verdicts last written to sched_host, by host */
   private readonly savedVerdicts = new Map<string, string>();
+  /** the latest heartbeat of each host, heard by this replica as leader or standby, and when (monotonic, wall) */
+  private readonly recentBeats = new Map<string, { beat: Heartbeat; at: number; wall: number }>();
+  private listeningSince = 0;
+  private beatsSub: Subscription | undefined;
 
   constructor(
     @Inject(NATS) private readonly nc: NatsConnection,
@@ -80,14 +89,99 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     this.responder = new Responder(this.nc, QUEUE_GROUPS.scheduler, this.logger);
     this.responder.serve(this.routes());
     this.logger.info({ queue: QUEUE_GROUPS.scheduler }, 'serving orangery.scheduler.*');
-    this.election = new LeaderElection(this.config.db, this.replica, { elected: (e) => this.lead(e), deposed: () => this.follow() }, this.logger);
-    this.election.start();
+    this.listenForBeats();
+    this.startLease();
   }
 
   async beforeApplicationShutdown(): Promise<void> {
     await this.responder?.drain();
-    await this.election?.stop();
+    await this.stopLease();
+    this.beatsSub?.unsubscribe();
     await this.outbox.stop();
+  }
+
+  /** How long a new leader hears heartbeats before it works: one heartbeat from every live host. */
+  private heartbeatWaitMs(): number {
+    return Math.min(2_500, this.config.lostAfterSeconds * 500);
+  }
+
+  /**
+   * Every replica hears heartbeats, so that a standby elected leader knows the fleet at
+   * once instead of waiting for a round of heartbeats: that wait came on top of the lease
+   * and made a takeover take lease + 2.5 s. Only the latest beat per host is kept.
+   */
+  private listenForBeats(): void {
+    this.listeningSince = performance.now();
+    let sincePrune = 0;
+    this.beatsSub = this.nc.subscribe(SUBJECTS.heartbeatsAll, {
+      callback: (_e, msg) => {
+        try {
+          const beat = decode(Heartbeat, parseJsonObject(msg.data));
+          if (msg.subject !== SUBJECTS.heartbeat(beat.hostId)) return;
+          const now = performance.now();
+          this.recentBeats.set(beat.hostId, { beat, at: now, wall: Date.now() });
+          if (++sincePrune >= 1_000) {
+            sincePrune = 0;
+            for (const [id, b] of this.recentBeats) if (now - b.at > this.heartbeatWaitMs()) this.recentBeats.delete(id);
+          }
+        } catch {
+          // malformed: the leader's own subscription logs it
+        }
+      },
+    });
+  }
+
+  // ---- the leader lease ---------------------------------------------------------------------
+
+  /**
+   * Drives the lease (domain/leader-lease.ts): renewals at a fixed rate (a slow renewal
+   * does not push the next one back), candidates' polls, and a timer that steps the leader
+   * down at its deadline even when no renewal ever comes back (a database cut off without
+   * a FIN). Leader activities never block this loop: elected/deposed run beside it.
+   */
+  private startLease(): void {
+    const timing = leaseTiming(this.config.leaderLeaseSeconds);
+    // a statement slower than half a lease counts as failed (the renewal after it still fits before the deadline)
+    this.leaseStore = new MysqlLeaseStore(this.config.db, timing.leaseMs / 2, this.logger);
+    const lease = new LeaderLease(
+      this.leaseStore,
+      this.replica,
+      timing,
+      systemClock,
+      { elected: (e) => this.lead(e), deposed: () => this.follow() },
+      this.logger,
+    );
+    this.election = lease;
+    this.store.fenceWith(() => lease.validEpoch());
+    const t = this.leaseTimers;
+    const armDeadline = () => {
+      clearTimeout(t.deadline);
+      const ms = lease.msUntilDeadline();
+      if (ms !== undefined) t.deadline = setTimeout(() => lease.checkDeadline(), ms + 1);
+    };
+    const loop = () => {
+      if (t.stopped) return;
+      const started = performance.now();
+      t.stepping = lease
+        .step()
+        .catch((err: unknown) => this.logger.warn({ err: String(err) }, 'leader lease step failed'))
+        .finally(() => {
+          t.stepping = undefined;
+          armDeadline();
+          if (!t.stopped) t.step = setTimeout(loop, Math.max(0, lease.nextStepMs - (performance.now() - started)));
+        });
+    };
+    loop();
+  }
+
+  private async stopLease(): Promise<void> {
+    const t = this.leaseTimers;
+    t.stopped = true;
+    clearTimeout(t.step);
+    clearTimeout(t.deadline);
+    await t.stepping;
+    await this.election?.stop();
+    await this.leaseStore?.close();
   }
 
   private routes(): Route[] {
@@ -111,14 +205,15 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
 
   private async lead(epoch: number): Promise<void> {
     const c = this.config;
-    this.store.setEpoch(epoch);
+    /** set only while heartbeats heard as a standby are handed to the core, at the times they arrived */
+    const replaying: { at?: number; wall?: number } = {};
     const core = new SchedulerCore(
       {
         store: this.store,
         ipam: new NatsIpam(this.nc),
         agents: new NatsAgents(this.nc, { commandMs: c.agentTimeoutSeconds * 1000 }),
-        clock: systemClock,
-        wallClock: { now: () => Date.now() },
+        clock: { now: () => replaying.at ?? systemClock.now() },
+        wallClock: { now: () => replaying.wall ?? Date.now() },
         log: this.logger,
       },
       {
@@ -136,14 +231,37 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     );
     const dirtyHosts = new Set<string>();
     const subs = this.watchAgents(core, dirtyHosts);
-    // Heartbeats first: hosts are known before the journal's slots are worked on.
-    await new Promise((r) => setTimeout(r, Math.min(2_500, c.lostAfterSeconds * 500)));
+    // Heartbeats first: hosts are known before the journal's slots are worked on. Those this
+    // replica heard in the last wait (as a standby) count, at the times they arrived, so a
+    // host's silence is measured as if this replica had led all along; the replay is
+    // synchronous, so no live beat interleaves with it. Then only the part of the wait this
+    // replica was not listening for is left (none for a standby that has run a while).
+    const waitMs = this.heartbeatWaitMs();
+    const now = performance.now();
+    const heard = [...this.recentBeats.values()].filter((b) => now - b.at <= waitMs).sort((x, y) => x.at - y.at);
+    try {
+      for (const b of heard) {
+        replaying.at = b.at;
+        replaying.wall = b.wall;
+        core.heartbeat(b.beat);
+        dirtyHosts.add(b.beat.hostId);
+      }
+    } finally {
+      replaying.at = undefined;
+      replaying.wall = undefined;
+    }
+    await new Promise((r) => setTimeout(r, Math.max(0, waitMs - (now - this.listeningSince))));
+    if (this.election?.validEpoch() !== epoch) {
+      // the lease ran out while waiting: nothing was started but the subscriptions
+      for (const s of subs) s.unsubscribe();
+      return;
+    }
     await core.start();
     const consumer = new ScaleConsumer(this.nc, (m) => this.judge(core, m), this.logger);
     await consumer.start();
     // The slot API is the leader's alone: no responders while there is no leader.
     const slotApi = new Responder(this.nc, QUEUE_GROUPS.scheduler, this.logger);
-    slotApi.serve(slotRoutes(core));
+    slotApi.serve(slotRoutes(core, () => this.election?.validEpoch() === epoch));
     const timers = [
       setInterval(() => core.tick(), c.reconcileSeconds * 1000),
       setInterval(() => core.sweepHosts(), HOST_SWEEP_MS),
@@ -157,13 +275,21 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
   private async follow(): Promise<void> {
     const l = this.leading;
     this.leading = undefined;
-    this.store.setEpoch(undefined);
     if (!l) return;
+    // The loops stop at once; the rest is bounded: over a NATS connection cut off without a
+    // FIN a drain never completes, and the lease must be free to change hands meanwhile.
     for (const t of l.timers) clearInterval(t);
     for (const s of l.subs) s.unsubscribe();
-    await l.slotApi.drain();
-    await l.consumer.stop();
-    await l.core.stop();
+    const stopping = async (what: string, work: Promise<unknown>) => {
+      let timer: NodeJS.Timeout | undefined;
+      const timeout = new Promise((r) => (timer = setTimeout(r, STOP_LEADING_MS, 'timeout')));
+      const end = await Promise.race([work.catch((err: unknown) => this.logger.warn({ err: String(err) }, `stopping ${what} failed`)), timeout]);
+      clearTimeout(timer);
+      if (end === 'timeout') this.logger.warn({ what, ms: STOP_LEADING_MS }, 'stopping a leader activity timed out; left behind');
+    };
+    await stopping('the slot API', l.slotApi.drain());
+    await stopping('the scale consumer', l.consumer.stop());
+    await stopping('the core', l.core.stop());
   }
 
   private async judge(core: SchedulerCore, m: Parameters<SchedulerCore['handleScale']>[0]): Promise<ScaleVerdict> {
@@ -277,9 +403,12 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
 }
 
 /** The migrator's view of slots (docs/scheduler.md "Slot API"): port errors become contract errors. */
-function slotRoutes(core: SchedulerCore): Route[] {
+function slotRoutes(core: SchedulerCore, leads: () => boolean): Route[] {
   const s = SUBJECTS.schedulerSlot;
   const contract = async <T>(work: () => Promise<T>): Promise<T> => {
+    // Reads too: a replica past its lease deadline answers nothing from its memory (the
+    // new leader's may differ), also in the moments before its responders are drained.
+    if (!leads()) throw new OrangeryError('UNAVAILABLE', 'the scheduler leader is changing; try again', {});
     try {
       return await work();
     } catch (e) {
