@@ -1,6 +1,6 @@
 import mysql, { type Pool, type PoolConnection, type QueryError } from 'mysql2';
-import type { DbConfig } from './data-source';
-import { DatabaseUnavailableError, isConflict, isConnectionError, isTooLarge } from './data-source';
+import type { DbConfig, DbHost } from './data-source';
+import { DatabaseUnavailableError, errorText, isConflict, isConnectionError, isTooLarge } from './data-source';
 
 /**
  * A lean transaction runner for hot paths, on mysql2's callback API. Why not TypeORM's
@@ -13,17 +13,36 @@ import { DatabaseUnavailableError, isConflict, isConnectionError, isTooLarge } f
  * TypeORM still owns the schema (migrations) and the service's other, colder queries.
  */
 export class SqlPool {
-  private readonly pool: Pool;
+  /** one mysql2 pool per host of ORANGERY_DB_URL, made when first used */
+  private readonly pools: (Pool | undefined)[];
+  /** the host in use: every new connection goes there until it fails */
+  private current = 0;
 
-  constructor(db: DbConfig, size: number) {
-    this.pool = mysql.createPool({
-      host: db.host,
-      port: db.port,
-      user: db.user,
-      password: db.password,
-      database: db.database,
-      connectionLimit: size,
-      maxIdle: size,
+  constructor(
+    private readonly db: DbConfig,
+    private readonly size: number,
+    private readonly onFailover: (from: DbHost, to: DbHost, reason: string) => void = () => undefined,
+  ) {
+    this.pools = db.hosts.map(() => undefined);
+  }
+
+  /** The host new transactions go to (tests and logs). */
+  get host(): DbHost {
+    return this.db.hosts[this.current] ?? { host: this.db.host, port: this.db.port };
+  }
+
+  private poolAt(i: number): Pool {
+    const existing = this.pools[i];
+    if (existing) return existing;
+    const h = this.db.hosts[i] ?? { host: this.db.host, port: this.db.port };
+    const pool = mysql.createPool({
+      host: h.host,
+      port: h.port,
+      user: this.db.user,
+      password: this.db.password,
+      database: this.db.database,
+      connectionLimit: this.size,
+      maxIdle: this.size,
       idleTimeout: 60_000,
       multipleStatements: true,
       supportBigNumbers: true,
@@ -33,13 +52,32 @@ export class SqlPool {
       enableKeepAlive: true,
       connectTimeout: 5_000,
     });
-    this.pool.on('connection', (c) => {
+    pool.on('connection', (c) => {
       c.query('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED');
+      // Galera: a read waits until this node has applied every write the cluster committed
+      // before it, so a replica that moved to another node (or shares the cluster with a
+      // replica on another node) never decides on an older state. Ignored where wsrep is
+      // off (plain MariaDB); an error (a server without the variable) is harmless.
+      c.query('SET SESSION wsrep_sync_wait = 1', () => undefined);
     });
+    this.pools[i] = pool;
+    return pool;
   }
 
-  private acquire(): Promise<PoolConnection> {
-    return new Promise((res, rej) => this.pool.getConnection((err, c) => (err ? rej(err) : res(c))));
+  /**
+   * Host `from` failed: new connections go to the next one. Only the first caller to see
+   * `from` fail moves on (many transactions fail together when a node dies). Connections
+   * still open on `from` are left to finish or fail on their own: closing them could cut a
+   * COMMIT whose outcome would then be unknown.
+   */
+  private moveOn(from: number, reason: unknown): void {
+    if (this.current !== from || this.db.hosts.length < 2) return;
+    this.current = (from + 1) % this.db.hosts.length;
+    this.onFailover(this.db.hosts[from]!, this.db.hosts[this.current]!, errorText(reason));
+  }
+
+  private acquire(i: number): Promise<PoolConnection> {
+    return new Promise((res, rej) => this.poolAt(i).getConnection((err, c) => (err ? rej(err) : res(c))));
   }
 
   /**
@@ -49,8 +87,8 @@ export class SqlPool {
    * DatabaseUnavailableError. `work` must therefore be safe to run again from scratch.
    */
   async transaction<T>(work: (tx: SqlTx) => Promise<T>, unavailableAfterMs = 4_000): Promise<T> {
-    return this.withRetry(async () => {
-      const conn = await this.acquire();
+    return this.withRetry(async (host) => {
+      const conn = await this.acquire(host);
       const tx = new SqlTx(conn, true);
       let broken = false;
       try {
@@ -72,8 +110,8 @@ export class SqlPool {
 
   /** Autocommit reads, no transaction; same retry rules. */
   async read<T>(work: (tx: SqlTx) => Promise<T>, unavailableAfterMs = 4_000): Promise<T> {
-    return this.withRetry(async () => {
-      const conn = await this.acquire();
+    return this.withRetry(async (host) => {
+      const conn = await this.acquire(host);
       let broken = false;
       try {
         return await work(new SqlTx(conn, false));
@@ -87,20 +125,31 @@ export class SqlPool {
     }, unavailableAfterMs);
   }
 
-  private async withRetry<T>(run: () => Promise<T>, unavailableAfterMs: number): Promise<T> {
+  /**
+   * Runs `run` on the current host. A conflict (deadlock, lock wait timeout, and on Galera a
+   * certification failure, which comes back as a deadlock) runs it again at once; a lost
+   * connection moves to the next host and runs it again there, pausing with backoff once
+   * every host has failed, until `unavailableAfterMs`.
+   */
+  private async withRetry<T>(run: (host: number) => Promise<T>, unavailableAfterMs: number): Promise<T> {
     const deadline = Date.now() + unavailableAfterMs;
     let conflicts = 0;
     let delay = 100;
+    let hostsTried = 0;
     for (;;) {
+      const host = this.current;
       try {
-        return await run();
+        return await run(host);
       } catch (e) {
-        if (isConflict(e) && conflicts < 20) {
+        if (isConflict(e) && conflicts < 30) {
           conflicts++;
           await sleep(Math.random() * 5 * conflicts);
           continue;
         }
         if (isConnectionError(e)) {
+          this.moveOn(host, e);
+          // the next host at once, until every host has been tried; then back off
+          if (++hostsTried < this.db.hosts.length) continue;
           if (Date.now() + delay > deadline) throw new DatabaseUnavailableError(e);
           await sleep(delay);
           delay = Math.min(delay * 2, 1_000);
@@ -112,7 +161,7 @@ export class SqlPool {
   }
 
   async end(): Promise<void> {
-    await new Promise<void>((r) => this.pool.end(() => r()));
+    await Promise.all(this.pools.map((p) => (p ? new Promise<void>((r) => p.end(() => r())) : undefined)));
   }
 }
 
