@@ -4,3 +4,4 @@ export * from './services';
 export * from './client';
 export * from './simulated-fleet';
 export * from './scale';
+export * from './cluster';
