@@ -5,6 +5,9 @@
  * replicas of ipam and scheduler), in the same run, on two simulated servers
  * (libs/testing's SimulatedFleet: no network lab needed).
  *
+ * The single node runs twice: with `innodb_flush_log_at_trx_commit=1` (an fsync per commit,
+ * as one would deploy a lone database) and with `=2`, the Galera nodes' setting.
+ *
  * 1. Burst (after one uncounted warm-up burst): BENCH_BURST scale requests (default 100), each for an app of its own at 2
  *    replicas, published at once; measured per request from its publish to its
  *    scale.completed event (time-to-running: completed means every replica runs), and the
@@ -197,18 +200,24 @@ async function main(): Promise<void> {
   const rows: (string | number)[][] = [];
   let takeovers: number[] = [];
 
-  for (const kind of ['single', 'cluster'] as const) {
+  for (const kind of ['single', 'single-flush2', 'cluster'] as const) {
     const dir = new HarnessDir(`bench-${kind}`);
     let stand: Stand | undefined;
     try {
       let t: Topology;
-      if (kind === 'single') {
-        const [nats, db] = await Promise.all([NatsServer.start(dir), PrivateMariadb.start(dir)]);
-        t = { name: 'single node: 1 NATS, 1 MariaDB, ipam x1, scheduler x1', natsUrl: nats.url, ipamDb: [db.url], schedulerDb: [db.url] };
+      if (kind !== 'cluster') {
+        const flush = kind === 'single' ? 1 : 2;
+        const [nats, db] = await Promise.all([NatsServer.start(dir), PrivateMariadb.start(dir, [`--innodb-flush-log-at-trx-commit=${flush}`])]);
+        t = {
+          name: `single node: 1 NATS, 1 MariaDB (flush_log_at_trx_commit=${flush}), ipam x1, scheduler x1`,
+          natsUrl: nats.url,
+          ipamDb: [db.url],
+          schedulerDb: [db.url],
+        };
       } else {
         const [nats, galera] = await Promise.all([NatsCluster.start(dir, 3, 'bcl-nats'), GaleraCluster.start(dir, 3, 'bcl-galera')]);
         t = {
-          name: 'cluster: 3 NATS (R3), 3 Galera, ipam x2, scheduler x2',
+          name: 'cluster: 3 NATS (R3), 3 Galera (flush_log_at_trx_commit=2), ipam x2, scheduler x2',
           natsUrl: nats.url,
           ipamDb: [galera.url, rotated(galera.url)],
           schedulerDb: [rotated(galera.url), rotated(galera.url)],
