@@ -3,7 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jetstream, jetstreamManager, RetentionPolicy, StorageType } from '@nats-io/jetstream';
 import { headers as natsHeaders } from '@nats-io/nats-core';
 import { EVENTS_STREAM, SUBJECTS } from '@orangery/contracts';
-import { createDataSource, migrationLock, parseDbUrl } from '@orangery/persistence';
+import { createDataSource, migrationLock, parseDbUrl, SqlPool } from '@orangery/persistence';
 import { pino } from 'pino';
 import { ContractClient, GaleraCluster, HarnessDir, NatsCluster, ServiceProcess, SimulatedFleet, waitFor } from '@orangery/testing';
 
@@ -141,6 +141,39 @@ describe('production topology: clustered NATS and Galera, two replicas of every 
       await Promise.all([a!.destroy(), b!.destroy()]);
     }
   }, 60_000);
+
+  it('never reports a transaction committed that a conflict from another Galera node rolled back', async () => {
+    // Two replicas through two nodes run conflicting read-modify-write transactions, the
+    // writes sent with COMMIT. Every transaction the pool says it committed must be there:
+    // the counter equals the number of successes, and so does the count of audit rows.
+    await galera.sql(
+      0,
+      'CREATE TABLE orangery.cl_counter (id INT PRIMARY KEY, n INT NOT NULL) ENGINE=InnoDB; INSERT INTO orangery.cl_counter VALUES (1, 0); CREATE TABLE orangery.cl_audit (id INT AUTO_INCREMENT PRIMARY KEY, by_pool INT NOT NULL) ENGINE=InnoDB;',
+    );
+    const pools = [0, 1].map((i) => new SqlPool(parseDbUrl(galera.urlOf(i)), 4));
+    let committed = 0;
+    try {
+      await Promise.all(
+        pools.flatMap((pool, p) =>
+          Array.from({ length: 4 }, async () => {
+            for (let k = 0; k < 25; k++) {
+              await pool.transaction(async (tx) => {
+                const [row] = await tx.query<{ n: number }[]>('SELECT n FROM cl_counter WHERE id = 1 FOR UPDATE');
+                tx.defer('UPDATE cl_counter SET n = ? WHERE id = 1', [row!.n + 1]);
+                tx.defer('INSERT INTO cl_audit (by_pool) VALUES (?)', [p]);
+              }, 60_000);
+              committed++;
+            }
+          }),
+        ),
+      );
+      expect(committed).toBe(200);
+      expect((await galera.sql(2, 'SELECT n FROM orangery.cl_counter WHERE id = 1')).trim()).toBe(String(committed));
+      expect((await galera.sql(2, 'SELECT COUNT(*) FROM orangery.cl_audit')).trim()).toBe(String(committed));
+    } finally {
+      await Promise.all(pools.map((p) => p.end()));
+    }
+  }, 120_000);
 
   it('updates a stream made with one replica and older settings to 3 replicas, keeping its messages', async () => {
     const jsm = await jetstreamManager(client.nc);

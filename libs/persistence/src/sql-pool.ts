@@ -17,6 +17,8 @@ export class SqlPool {
   private readonly pools: (Pool | undefined)[];
   /** the host in use: every new connection goes there until it fails */
   private current = 0;
+  /** per host: wsrep is on (a Galera node), learned on its first connection */
+  private readonly galera: (boolean | undefined)[];
 
   constructor(
     private readonly db: DbConfig,
@@ -24,6 +26,7 @@ export class SqlPool {
     private readonly onFailover: (from: DbHost, to: DbHost, reason: string) => void = () => undefined,
   ) {
     this.pools = db.hosts.map(() => undefined);
+    this.galera = db.hosts.map(() => undefined);
   }
 
   /** The host new transactions go to (tests and logs). */
@@ -76,8 +79,19 @@ export class SqlPool {
     this.onFailover(this.db.hosts[from]!, this.db.hosts[this.current]!, errorText(reason));
   }
 
-  private acquire(i: number): Promise<PoolConnection> {
-    return new Promise((res, rej) => this.poolAt(i).getConnection((err, c) => (err ? rej(err) : res(c))));
+  private async acquire(i: number): Promise<{ conn: PoolConnection; galera: boolean }> {
+    const conn = await new Promise<PoolConnection>((res, rej) => this.poolAt(i).getConnection((err, c) => (err ? rej(err) : res(c))));
+    let galera = this.galera[i];
+    if (galera === undefined) {
+      galera = await new Promise<boolean>((res) =>
+        // MySQL has no such variable (an error): not Galera
+        conn.query('SELECT @@wsrep_on AS wsrep', (err: QueryError | null, rows: unknown) =>
+          res(!err && Number((rows as { wsrep?: unknown }[])[0]?.wsrep) === 1),
+        ),
+      );
+      this.galera[i] = galera;
+    }
+    return { conn, galera };
   }
 
   /**
@@ -88,8 +102,8 @@ export class SqlPool {
    */
   async transaction<T>(work: (tx: SqlTx) => Promise<T>, unavailableAfterMs = 4_000): Promise<T> {
     return this.withRetry(async (host) => {
-      const conn = await this.acquire(host);
-      const tx = new SqlTx(conn, true);
+      const { conn, galera } = await this.acquire(host);
+      const tx = new SqlTx(conn, true, galera);
       let broken = false;
       try {
         const result = await work(tx);
@@ -111,10 +125,10 @@ export class SqlPool {
   /** Autocommit reads, no transaction; same retry rules. */
   async read<T>(work: (tx: SqlTx) => Promise<T>, unavailableAfterMs = 4_000): Promise<T> {
     return this.withRetry(async (host) => {
-      const conn = await this.acquire(host);
+      const { conn, galera } = await this.acquire(host);
       let broken = false;
       try {
-        return await work(new SqlTx(conn, false));
+        return await work(new SqlTx(conn, false, galera));
       } catch (e) {
         broken = isConnectionError(e);
         throw e;
@@ -167,13 +181,38 @@ export class SqlPool {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The `?` placeholders of a statement, outside quoted strings and identifiers. */
+export function placeholders(sql: string): number {
+  let n = 0;
+  let quote: string | undefined;
+  for (let i = 0; i < sql.length; i++) {
+    const c = sql[i]!;
+    if (quote) {
+      if (c === '\\') i++;
+      else if (c === quote) quote = undefined;
+    } else if (c === "'" || c === '"' || c === '`') quote = c;
+    else if (c === '?') n++;
+  }
+  return n;
+}
+
 export class SqlTx {
   private begun = false;
   private readonly pending: { sql: string; params: unknown[] }[] = [];
 
+  /**
+   * @param oneStatementPerTrip on a Galera node, every statement goes alone, COMMIT too.
+   * Measured on MariaDB 10.11 + Galera 4 (docs/topology.md): when a transaction is aborted by
+   * a conflicting write from another node (a brute-force abort) while a multi-statement
+   * packet runs, the abort's deadlock can be lost, the rest of the packet runs outside any
+   * transaction, and a COMMIT at its end answers OK for a transaction that was rolled back:
+   * ipam answered an allocation that never existed. Alone, each statement (and COMMIT)
+   * reports the abort, as Galera documents.
+   */
   constructor(
     private readonly conn: PoolConnection,
     private readonly transactional: boolean,
+    private readonly oneStatementPerTrip = false,
   ) {}
 
   private send(sql: string, params: unknown[]): Promise<unknown> {
@@ -206,6 +245,7 @@ export class SqlTx {
       stmts.push(st.sql);
       values.push(...(st.params ?? []));
     }
+    if (this.oneStatementPerTrip) return (await this.sendEach(stmts, values)).slice(skip);
     if (stmts.length === 1) return [await this.send(stmts[0]!, values)];
     const results = (await this.send(stmts.join(';\n'), values)) as unknown[];
     return results.slice(skip);
@@ -223,8 +263,21 @@ export class SqlTx {
     const values = this.pending.flatMap((p) => p.params);
     this.pending.length = 0;
     this.begun = true;
-    await this.send(stmts.join(';\n'), values);
+    if (this.oneStatementPerTrip) await this.sendEach(stmts, values);
+    else await this.send(stmts.join(';\n'), values);
     this.begun = false;
+  }
+
+  /** Sends `stmts` one per round trip, handing each its share of `values` (by its placeholders). */
+  private async sendEach(stmts: string[], values: unknown[]): Promise<unknown[]> {
+    const out: unknown[] = [];
+    let at = 0;
+    for (const sql of stmts) {
+      const n = placeholders(sql);
+      out.push(await this.send(sql, values.slice(at, at + n)));
+      at += n;
+    }
+    return out;
   }
 
   async rollback(): Promise<void> {
