@@ -14,8 +14,8 @@ import { ContractClient, GaleraCluster, HarnessDir, NatsCluster, ServiceProcess,
 // over 20 apps one NATS node, one Galera node, the scheduler leader and an ipam replica
 // are killed with SIGKILL, in that order. Afterwards: one outcome per request, every app's
 // replicas running, every running instance's IP unique and bound to it in ipam, each event
-// stored once. Costs about 1.5 to 2.5 minutes on 2 cores (mostly Galera's start and the
-// services' recovery), see docs/topology.md.
+// stored once. Costs about 1 minute on 2 cores (Galera's start ~15 s, the services'
+// recovery), see docs/topology.md.
 const dir = new HarnessDir('cluster');
 let nats: NatsCluster;
 let galera: GaleraCluster;
