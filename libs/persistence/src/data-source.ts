@@ -141,7 +141,7 @@ export async function openMigratedDataSource(o: DataSourceOptions, logger: Logge
       const retry = !(e instanceof CredentialsRefusedError) && (!ds.isInitialized || isConnectionError(e));
       await ds.destroy().catch(() => undefined);
       if (!retry || shouldStop()) throw e;
-      logger.warn({ host: `${host.host}:${host.port}`, err: errorText(e), retryInMs: delay }, 'database not reachable yet; trying the next host');
+      logger.warn({ host: `${host.host}:${host.port}`, err: errorText(e), retryInMs: delay }, 'database not reachable yet; retrying');
       // each host at once, then a pause once every host has failed
       if ((attempt + 1) % o.db.hosts.length === 0) {
         await sleep(delay);
