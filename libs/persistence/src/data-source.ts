@@ -1,17 +1,59 @@
-import { createHash } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
 import { DataSource, type MigrationInterface, type EntitySchema } from 'typeorm';
 import type { Logger } from '@orangery/telemetry';
 
-export interface DbConfig {
+export interface DbHost {
   host: string;
   port: number;
+}
+
+export interface DbConfig {
+  /** the first host of `hosts`: the one a single-host deployment has */
+  host: string;
+  port: number;
+  /**
+   * Every host of ORANGERY_DB_URL, in order: the nodes of a Galera cluster (or a primary
+   * and its standbys). Services use one at a time and move to the next when it fails.
+   */
+  hosts: DbHost[];
   user: string;
   password: string;
   database: string;
 }
 
-/** Parses ORANGERY_DB_URL (`mysql://user:pass@host:port/db`); throws a one-line reason. */
+/** The same configuration pointed at one of its hosts. */
+export function onHost(db: DbConfig, h: DbHost): DbConfig {
+  return { ...db, host: h.host, port: h.port };
+}
+
+/**
+ * Parses ORANGERY_DB_URL (`mysql://user:pass@host:port/db`, or several hosts
+ * `mysql://user:pass@h1:3306,h2:3306,h3:3306/db`); throws a one-line reason.
+ */
 export function parseDbUrl(url: string): DbConfig {
+  // WHATWG URLs hold one host: the list is split out first, and each entry checked alone.
+  const m = /^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*@)?([^/?#@]*)(.*)$/i.exec(url.trim());
+  const hostList = m ? m[3]!.split(',').map((h) => h.trim()) : [];
+  if (m && hostList.length > 1) {
+    if (hostList.some((h) => h === '')) throw new Error('ORANGERY_DB_URL has an empty host in its list (expected h1:3306,h2:3306,...)');
+    const first = parseOneHost(`${m[1]}${m[2] ?? ''}${hostList[0]}${m[4]}`);
+    const hosts = hostList.map((h) => {
+      let u: URL;
+      try {
+        u = new URL(`mysql://${h}`);
+      } catch {
+        throw new Error(`ORANGERY_DB_URL host '${h}' is not host:port`);
+      }
+      if (u.hostname === '' || u.pathname !== '' || u.username !== '') throw new Error(`ORANGERY_DB_URL host '${h}' is not host:port`);
+      return { host: u.hostname, port: u.port === '' ? 3306 : Number(u.port) };
+    });
+    return { ...first, hosts };
+  }
+  return parseOneHost(url);
+}
+
+function parseOneHost(url: string): DbConfig {
   let u: URL;
   try {
     u = new URL(url);
@@ -30,6 +72,7 @@ export function parseDbUrl(url: string): DbConfig {
   return {
     host: u.hostname,
     port,
+    hosts: [{ host: u.hostname, port }],
     user: decodeURIComponent(u.username),
     password: decodeURIComponent(u.password),
     database,
@@ -71,40 +114,136 @@ export function createDataSource(o: DataSourceOptions): DataSource {
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The table of migration locks, one row per service (see migrationLock). */
+export const MIGRATION_LOCK_TABLE = 'orangery_migration_lock';
+const LOCK_TTL_SECONDS = 60;
+const LOCK_RENEW_MS = 10_000;
+const LOCK_WAIT_MS = 300_000;
+
 /**
  * Connects (waiting as long as the database is down: that is not a configuration error)
- * and brings the service's tables up to date. Replicas starting at once serialize on a
- * named lock, so each migration runs exactly once.
+ * and brings the service's tables up to date, on the first host of ORANGERY_DB_URL that
+ * answers; a host that fails on the way is left for the next one. Returns the data source,
+ * initialized.
  */
-export async function initializeDatabase(ds: DataSource, service: string, logger: Logger, shouldStop: () => boolean = () => false): Promise<void> {
+export async function openMigratedDataSource(o: DataSourceOptions, logger: Logger, shouldStop: () => boolean = () => false): Promise<DataSource> {
+  const holder = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`;
+  let delay = 250;
+  for (let attempt = 0; ; attempt++) {
+    const host = o.db.hosts[attempt % o.db.hosts.length] ?? { host: o.db.host, port: o.db.port };
+    const ds = createDataSource({ ...o, db: onHost(o.db, host) });
+    try {
+      await initializeDatabase(ds, o.service, logger, () => true, holder);
+      return ds;
+    } catch (e) {
+      // not reachable yet: any failure to connect; once connected, a lost connection only
+      // (a migration that fails for another reason fails the start)
+      const retry = !(e instanceof CredentialsRefusedError) && (!ds.isInitialized || isConnectionError(e));
+      await ds.destroy().catch(() => undefined);
+      if (!retry || shouldStop()) throw e;
+      logger.warn({ host: `${host.host}:${host.port}`, err: errorText(e), retryInMs: delay }, 'database not reachable yet; retrying');
+      // each host at once, then a pause once every host has failed
+      if ((attempt + 1) % o.db.hosts.length === 0) {
+        await sleep(delay);
+        delay = Math.min(delay * 2, 5_000);
+      }
+    }
+  }
+}
+
+/**
+ * Connects (waiting as long as the database is down: that is not a configuration error,
+ * unless `shouldStop` says to give up) and brings the service's tables up to date.
+ * Replicas starting at once serialize on a lock row (migrationLock), so each migration
+ * runs exactly once, on one server or across the nodes of a Galera cluster.
+ */
+export async function initializeDatabase(
+  ds: DataSource,
+  service: string,
+  logger: Logger,
+  shouldStop: () => boolean = () => false,
+  holder = `${hostname()}:${process.pid}:${randomBytes(4).toString('hex')}`,
+): Promise<void> {
   let delay = 250;
   for (;;) {
     try {
       await ds.initialize();
       break;
     } catch (e) {
-      if (isAccessDenied(e)) throw new Error(`database refused the credentials in ORANGERY_DB_URL: ${errorText(e)}`);
+      if (isAccessDenied(e)) throw new CredentialsRefusedError(e);
       if (shouldStop()) throw e;
       logger.warn({ err: errorText(e), retryInMs: delay }, 'database not reachable yet; retrying');
       await sleep(delay);
       delay = Math.min(delay * 2, 5_000);
     }
   }
-  const qr = ds.createQueryRunner();
+  // Galera: a read waits for the writes the cluster committed before it (a replica that
+  // migrated through another node). Every connection of this pool gets it, including the
+  // one TypeORM opened while initializing (the pool's 'connection' event came too late for it).
+  const pool = (ds.driver as unknown as { pool?: { on(ev: 'connection', f: (c: { query(sql: string, cb: () => void): void }) => void): void } }).pool;
+  pool?.on('connection', (c) => c.query('SET SESSION wsrep_sync_wait = 1', () => undefined));
+  await ds.query('SET SESSION wsrep_sync_wait = 1').catch(() => undefined);
+  const lock = await migrationLock(ds, service, holder, logger);
   try {
-    // server-wide name: the database is part of it (at most 64 characters, so hashed when long)
-    const full = `orangery:${service}:migrations:${ds.options.database as string}`;
-    const lock = full.length <= 64 ? full : `orangery:${service}:migrations:${createHash('sha256').update(full).digest('hex').slice(0, 24)}`;
-    const [row] = (await qr.query('SELECT GET_LOCK(?, 120) AS got', [lock])) as { got: number }[];
-    if (!row || Number(row.got) !== 1) throw new Error('could not take the migrations lock within 120 s');
-    try {
-      const ran = await ds.runMigrations({ transaction: 'each' });
-      if (ran.length > 0) logger.info({ migrations: ran.map((m) => m.name) }, 'database migrated');
-    } finally {
-      await qr.query('SELECT RELEASE_LOCK(?)', [lock]).catch(() => undefined);
-    }
+    const ran = await ds.runMigrations({ transaction: 'each' });
+    if (ran.length > 0) logger.info({ migrations: ran.map((m) => m.name) }, 'database migrated');
   } finally {
-    await qr.release();
+    await lock.release();
+  }
+}
+
+/**
+ * The migrations lock of `service`: a row, not GET_LOCK, because named locks are per
+ * server and Galera nodes do not share them (two replicas on two nodes would both hold
+ * it). Taking it is a write, so two nodes taking it at once are ordered by certification:
+ * one commits, the other gets a deadlock and tries again. The row expires after
+ * LOCK_TTL_SECONDS unless its holder renews it, so a replica killed while migrating holds
+ * the others back for a minute at most. And since Galera commits a node's writes in the
+ * cluster's order, once this node has committed our taking of the lock it has also applied
+ * every migration that the previous holder ran through another node.
+ */
+export async function migrationLock(ds: DataSource, service: string, holder: string, logger: Logger): Promise<{ release(): Promise<void> }> {
+  await ds.query(
+    `CREATE TABLE IF NOT EXISTS ${MIGRATION_LOCK_TABLE} (name VARCHAR(64) NOT NULL PRIMARY KEY, holder VARCHAR(128) NOT NULL, expires_at DATETIME(3) NOT NULL) ENGINE=InnoDB`,
+  );
+  const name = service.slice(0, 64);
+  const take = async (): Promise<boolean> => {
+    // assignments run left to right: expires_at is renewed only when holder is ours after the first
+    await ds.query(
+      `INSERT INTO ${MIGRATION_LOCK_TABLE} (name, holder, expires_at) VALUES (?, ?, NOW(3) + INTERVAL ${LOCK_TTL_SECONDS} SECOND)
+       ON DUPLICATE KEY UPDATE holder = IF(expires_at < NOW(3) OR holder = VALUES(holder), VALUES(holder), holder),
+         expires_at = IF(holder = VALUES(holder), VALUES(expires_at), expires_at)`,
+      [name, holder],
+    );
+    const [row] = (await ds.query(`SELECT holder FROM ${MIGRATION_LOCK_TABLE} WHERE name = ?`, [name])) as { holder: string }[];
+    return row?.holder === holder;
+  };
+  const deadline = Date.now() + LOCK_WAIT_MS;
+  let waited = false;
+  for (;;) {
+    const got = await take().catch((e: unknown) => {
+      if (isConflict(e)) return false;
+      throw e;
+    });
+    if (got) break;
+    if (Date.now() > deadline) throw new Error(`could not take the migrations lock within ${LOCK_WAIT_MS / 1000} s`);
+    if (!waited) logger.info({ service }, 'another replica is migrating; waiting for it');
+    waited = true;
+    await sleep(200 + Math.random() * 200);
+  }
+  const renew = setInterval(() => void take().catch(() => undefined), LOCK_RENEW_MS);
+  return {
+    release: async () => {
+      clearInterval(renew);
+      await ds.query(`DELETE FROM ${MIGRATION_LOCK_TABLE} WHERE name = ? AND holder = ?`, [name, holder]).catch(() => undefined);
+    },
+  };
+}
+
+export class CredentialsRefusedError extends Error {
+  constructor(cause: unknown) {
+    super(`database refused the credentials in ORANGERY_DB_URL: ${errorText(cause)}`);
+    this.name = 'CredentialsRefusedError';
   }
 }
 

@@ -1,6 +1,6 @@
 import mysql, { type Pool, type PoolConnection, type QueryError } from 'mysql2';
-import type { DbConfig } from './data-source';
-import { DatabaseUnavailableError, isConflict, isConnectionError, isTooLarge } from './data-source';
+import type { DbConfig, DbHost } from './data-source';
+import { DatabaseUnavailableError, errorText, isConflict, isConnectionError, isTooLarge } from './data-source';
 
 /**
  * A lean transaction runner for hot paths, on mysql2's callback API. Why not TypeORM's
@@ -13,17 +13,39 @@ import { DatabaseUnavailableError, isConflict, isConnectionError, isTooLarge } f
  * TypeORM still owns the schema (migrations) and the service's other, colder queries.
  */
 export class SqlPool {
-  private readonly pool: Pool;
+  /** one mysql2 pool per host of ORANGERY_DB_URL, made when first used */
+  private readonly pools: (Pool | undefined)[];
+  /** the host in use: every new connection goes there until it fails */
+  private current = 0;
+  /** per host: wsrep is on (a Galera node), learned on its first connection */
+  private readonly galera: (boolean | undefined)[];
 
-  constructor(db: DbConfig, size: number) {
-    this.pool = mysql.createPool({
-      host: db.host,
-      port: db.port,
-      user: db.user,
-      password: db.password,
-      database: db.database,
-      connectionLimit: size,
-      maxIdle: size,
+  constructor(
+    private readonly db: DbConfig,
+    private readonly size: number,
+    private readonly onFailover: (from: DbHost, to: DbHost, reason: string) => void = () => undefined,
+  ) {
+    this.pools = db.hosts.map(() => undefined);
+    this.galera = db.hosts.map(() => undefined);
+  }
+
+  /** The host new transactions go to (tests and logs). */
+  get host(): DbHost {
+    return this.db.hosts[this.current] ?? { host: this.db.host, port: this.db.port };
+  }
+
+  private poolAt(i: number): Pool {
+    const existing = this.pools[i];
+    if (existing) return existing;
+    const h = this.db.hosts[i] ?? { host: this.db.host, port: this.db.port };
+    const pool = mysql.createPool({
+      host: h.host,
+      port: h.port,
+      user: this.db.user,
+      password: this.db.password,
+      database: this.db.database,
+      connectionLimit: this.size,
+      maxIdle: this.size,
       idleTimeout: 60_000,
       multipleStatements: true,
       supportBigNumbers: true,
@@ -33,13 +55,43 @@ export class SqlPool {
       enableKeepAlive: true,
       connectTimeout: 5_000,
     });
-    this.pool.on('connection', (c) => {
+    pool.on('connection', (c) => {
       c.query('SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED');
+      // Galera: a read waits until this node has applied every write the cluster committed
+      // before it, so a replica that moved to another node (or shares the cluster with a
+      // replica on another node) never decides on an older state. Ignored where wsrep is
+      // off (plain MariaDB); an error (a server without the variable) is harmless.
+      c.query('SET SESSION wsrep_sync_wait = 1', () => undefined);
     });
+    this.pools[i] = pool;
+    return pool;
   }
 
-  private acquire(): Promise<PoolConnection> {
-    return new Promise((res, rej) => this.pool.getConnection((err, c) => (err ? rej(err) : res(c))));
+  /**
+   * Host `from` failed: new connections go to the next one. Only the first caller to see
+   * `from` fail moves on (many transactions fail together when a node dies). Connections
+   * still open on `from` are left to finish or fail on their own: closing them could cut a
+   * COMMIT whose outcome would then be unknown.
+   */
+  private moveOn(from: number, reason: unknown): void {
+    if (this.current !== from || this.db.hosts.length < 2) return;
+    this.current = (from + 1) % this.db.hosts.length;
+    this.onFailover(this.db.hosts[from]!, this.db.hosts[this.current]!, errorText(reason));
+  }
+
+  private async acquire(i: number): Promise<{ conn: PoolConnection; galera: boolean }> {
+    const conn = await new Promise<PoolConnection>((res, rej) => this.poolAt(i).getConnection((err, c) => (err ? rej(err) : res(c))));
+    let galera = this.galera[i];
+    if (galera === undefined) {
+      galera = await new Promise<boolean>((res) =>
+        // MySQL has no such variable (an error): not Galera
+        conn.query('SELECT @@wsrep_on AS wsrep', (err: QueryError | null, rows: unknown) =>
+          res(!err && Number((rows as { wsrep?: unknown }[])[0]?.wsrep) === 1),
+        ),
+      );
+      this.galera[i] = galera;
+    }
+    return { conn, galera };
   }
 
   /**
@@ -49,9 +101,9 @@ export class SqlPool {
    * DatabaseUnavailableError. `work` must therefore be safe to run again from scratch.
    */
   async transaction<T>(work: (tx: SqlTx) => Promise<T>, unavailableAfterMs = 4_000): Promise<T> {
-    return this.withRetry(async () => {
-      const conn = await this.acquire();
-      const tx = new SqlTx(conn, true);
+    return this.withRetry(async (host) => {
+      const { conn, galera } = await this.acquire(host);
+      const tx = new SqlTx(conn, true, galera);
       let broken = false;
       try {
         const result = await work(tx);
@@ -72,11 +124,11 @@ export class SqlPool {
 
   /** Autocommit reads, no transaction; same retry rules. */
   async read<T>(work: (tx: SqlTx) => Promise<T>, unavailableAfterMs = 4_000): Promise<T> {
-    return this.withRetry(async () => {
-      const conn = await this.acquire();
+    return this.withRetry(async (host) => {
+      const { conn, galera } = await this.acquire(host);
       let broken = false;
       try {
-        return await work(new SqlTx(conn, false));
+        return await work(new SqlTx(conn, false, galera));
       } catch (e) {
         broken = isConnectionError(e);
         throw e;
@@ -87,20 +139,31 @@ export class SqlPool {
     }, unavailableAfterMs);
   }
 
-  private async withRetry<T>(run: () => Promise<T>, unavailableAfterMs: number): Promise<T> {
+  /**
+   * Runs `run` on the current host. A conflict (deadlock, lock wait timeout, and on Galera a
+   * certification failure, which comes back as a deadlock) runs it again at once; a lost
+   * connection moves to the next host and runs it again there, pausing with backoff once
+   * every host has failed, until `unavailableAfterMs`.
+   */
+  private async withRetry<T>(run: (host: number) => Promise<T>, unavailableAfterMs: number): Promise<T> {
     const deadline = Date.now() + unavailableAfterMs;
     let conflicts = 0;
     let delay = 100;
+    let hostsTried = 0;
     for (;;) {
+      const host = this.current;
       try {
-        return await run();
+        return await run(host);
       } catch (e) {
-        if (isConflict(e) && conflicts < 20) {
+        if (isConflict(e) && conflicts < 30) {
           conflicts++;
           await sleep(Math.random() * 5 * conflicts);
           continue;
         }
         if (isConnectionError(e)) {
+          this.moveOn(host, e);
+          // the next host at once, until every host has been tried; then back off
+          if (++hostsTried < this.db.hosts.length) continue;
           if (Date.now() + delay > deadline) throw new DatabaseUnavailableError(e);
           await sleep(delay);
           delay = Math.min(delay * 2, 1_000);
@@ -113,7 +176,9 @@ export class SqlPool {
 
   /** One round trip on a pooled connection (readiness); fails rather than retrying. */
   async ping(): Promise<void> {
-    const conn = await this.acquire();
+    const { conn } = await this.acquire(this.current).catch((e: unknown) => {
+      throw new DatabaseUnavailableError(e);
+    });
     try {
       await new Promise<void>((res, rej) => conn.query('SELECT 1', (err: QueryError | null) => (err ? rej(err) : res())));
       conn.release();
@@ -124,19 +189,44 @@ export class SqlPool {
   }
 
   async end(): Promise<void> {
-    await new Promise<void>((r) => this.pool.end(() => r()));
+    await Promise.all(this.pools.map((p) => (p ? new Promise<void>((r) => p.end(() => r())) : undefined)));
   }
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** The `?` placeholders of a statement, outside quoted strings and identifiers. */
+export function placeholders(sql: string): number {
+  let n = 0;
+  let quote: string | undefined;
+  for (let i = 0; i < sql.length; i++) {
+    const c = sql[i]!;
+    if (quote) {
+      if (c === '\\') i++;
+      else if (c === quote) quote = undefined;
+    } else if (c === "'" || c === '"' || c === '`') quote = c;
+    else if (c === '?') n++;
+  }
+  return n;
+}
+
 export class SqlTx {
   private begun = false;
   private readonly pending: { sql: string; params: unknown[] }[] = [];
 
+  /**
+   * @param oneStatementPerTrip on a Galera node, every statement goes alone, COMMIT too.
+   * Measured on MariaDB 10.11 + Galera 4 (docs/topology.md): when a transaction is aborted by
+   * a conflicting write from another node (a brute-force abort) while a multi-statement
+   * packet runs, the abort's deadlock can be lost, the rest of the packet runs outside any
+   * transaction, and a COMMIT at its end answers OK for a transaction that was rolled back:
+   * ipam answered an allocation that never existed. Alone, each statement (and COMMIT)
+   * reports the abort, as Galera documents.
+   */
   constructor(
     private readonly conn: PoolConnection,
     private readonly transactional: boolean,
+    private readonly oneStatementPerTrip = false,
   ) {}
 
   private send(sql: string, params: unknown[]): Promise<unknown> {
@@ -171,6 +261,7 @@ export class SqlTx {
       stmts.push(st.sql);
       values.push(...(st.params ?? []));
     }
+    if (this.oneStatementPerTrip) return (await this.sendEach(stmts, values)).slice(skip);
     if (stmts.length === 1) return [await this.send(stmts[0]!, values)];
     const results = (await this.send(stmts.join(';\n'), values)) as unknown[];
     return results.slice(skip);
@@ -188,8 +279,21 @@ export class SqlTx {
     const values = this.pending.flatMap((p) => p.params);
     this.pending.length = 0;
     this.begun = true;
-    await this.send(stmts.join(';\n'), values);
+    if (this.oneStatementPerTrip) await this.sendEach(stmts, values);
+    else await this.send(stmts.join(';\n'), values);
     this.begun = false;
+  }
+
+  /** Sends `stmts` one per round trip, handing each its share of `values` (by its placeholders). */
+  private async sendEach(stmts: string[], values: unknown[]): Promise<unknown[]> {
+    const out: unknown[] = [];
+    let at = 0;
+    for (const sql of stmts) {
+      const n = placeholders(sql);
+      out.push(await this.send(sql, values.slice(at, at + n)));
+      at += n;
+    }
+    return out;
   }
 
   async rollback(): Promise<void> {

@@ -2,7 +2,7 @@ import type { Provider } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { MigrationInterface } from 'typeorm';
 import { connectNats, EventPublisher, natsProblem } from '@orangery/messaging';
-import { createDataSource, initializeDatabase, OutboxRelay, SqlPool, type DbConfig, type OutboxTables } from '@orangery/persistence';
+import { openMigratedDataSource, OutboxRelay, SqlPool, type DbConfig, type OutboxTables } from '@orangery/persistence';
 import type { Logger } from '@orangery/telemetry';
 import { CONFIG, DATA_SOURCE, LOGGER, NATS, replicaId } from './bootstrap';
 import { DatabaseServiceConnections, SQL_POOL } from './connections';
@@ -35,9 +35,7 @@ export function databaseServiceProviders<C extends { natsUrl: string; db: DbConf
       useFactory: async () => {
         readiness.expect('database', 'connecting and running migrations');
         // migrations only; requests and the outbox use SQL_POOL
-        const ds = createDataSource({ db: config.db, service, migrations: s.migrations, poolSize: 2 });
-        await initializeDatabase(ds, service, logger);
-        return ds;
+        return openMigratedDataSource({ db: config.db, service, migrations: s.migrations, poolSize: 2 }, logger);
       },
     },
     // after the migrations have run
@@ -45,7 +43,9 @@ export function databaseServiceProviders<C extends { natsUrl: string; db: DbConf
       provide: SQL_POOL,
       inject: [DATA_SOURCE],
       useFactory: () => {
-        const sql = new SqlPool(config.db, config.dbPoolSize);
+        const sql = new SqlPool(config.db, config.dbPoolSize, (from, to, reason) =>
+          logger.warn({ from: `${from.host}:${from.port}`, to: `${to.host}:${to.port}`, reason }, 'database host failed; moving to the next one'),
+        );
         readiness.set('database', () => sql.ping().then(() => undefined));
         return sql;
       },

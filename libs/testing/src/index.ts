@@ -6,3 +6,4 @@ export * from './simulated-fleet';
 export * from './scale';
 export * from './metrics';
 export * from './blackhole-proxy';
+export * from './cluster';

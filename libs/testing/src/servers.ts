@@ -102,16 +102,18 @@ export class PrivateMariadb {
     private readonly dir: HarnessDir,
     private readonly data: string,
     readonly port: number,
+    private readonly extraArgs: readonly string[] = [],
   ) {
     this.url = `mysql://orangery:orangery@127.0.0.1:${port}/orangery`;
   }
 
-  static async start(dir: HarnessDir): Promise<PrivateMariadb> {
+  /** `extraArgs`: more mariadbd options, e.g. `--innodb-flush-log-at-trx-commit=2` for a benchmark. */
+  static async start(dir: HarnessDir, extraArgs: readonly string[] = []): Promise<PrivateMariadb> {
     const port = await freePort();
     const data = dir.sub('mysql');
     const user = (await run('id', ['-un'])).stdout.trim();
     await run('mariadb-install-db', ['--no-defaults', `--user=${user}`, `--datadir=${data}`, '--auth-root-authentication-method=socket', '--skip-test-db']);
-    const db = new PrivateMariadb(dir, data, port);
+    const db = new PrivateMariadb(dir, data, port, extraArgs);
     await db.start();
     await run('mariadb', [
       '--protocol=socket',
@@ -139,6 +141,7 @@ export class PrivateMariadb {
         '--innodb-buffer-pool-size=64M',
         '--skip-name-resolve',
         `--log-error=${join(this.dir.path, 'mysqld.err')}`,
+        ...this.extraArgs,
       ],
       { stdio: 'ignore' },
     );

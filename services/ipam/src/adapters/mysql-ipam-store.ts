@@ -105,7 +105,11 @@ class MysqlIpamTx implements IpamTx {
   }
 
   async lockPoolCatalog(): Promise<void> {
-    await this.q.query('SELECT id FROM ipam_catalog_lock WHERE id = 1 FOR UPDATE');
+    // A write, not SELECT ... FOR UPDATE: on Galera row locks are per node, and only rows a
+    // transaction writes are certified across the cluster. Rewriting the row takes the same
+    // exclusive lock on one server, and makes two pool creations through two nodes conflict
+    // (one is aborted as a deadlock and runs again, seeing the other's pool).
+    await this.q.queryAll([{ sql: 'DELETE FROM ipam_catalog_lock WHERE id = 1' }, { sql: 'INSERT INTO ipam_catalog_lock (id) VALUES (1)' }]);
   }
 
   async findPool(name: string, lock: 'none' | 'share' | 'update'): Promise<PoolRecord | undefined> {

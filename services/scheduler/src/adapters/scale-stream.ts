@@ -1,5 +1,5 @@
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerConfig, type ConsumerMessages } from '@nats-io/jetstream';
-import { ensureStream } from '@orangery/messaging';
+import { ensureStream, streamConfigDrift } from '@orangery/messaging';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SCALE_STREAM, SUBJECTS } from '@orangery/contracts';
 import type { Logger } from '@orangery/telemetry';
@@ -39,12 +39,19 @@ export async function ensureScaleStream(nc: NatsConnection, logger: Logger): Pro
   const jsm = await jetstreamManager(nc);
   try {
     const info = await jsm.consumers.info(SCALE_STREAM.name, SCALE_STREAM.consumer);
-    if (info.config.max_deliver !== SCALE_MAX_DELIVER) {
-      // a consumer made before max_deliver existed: bound it too
-      await jsm.consumers.update(SCALE_STREAM.name, SCALE_STREAM.consumer, { max_deliver: SCALE_MAX_DELIVER });
-      logger.info({ maxDeliver: SCALE_MAX_DELIVER }, 'scale consumer updated');
+    // A consumer made with older settings (before max_deliver existed, another ack wait...)
+    // is brought to the current ones; its replicas follow the stream's (num_replicas 0).
+    const desired = Object.fromEntries(CONSUMER_UPDATABLE.map((k) => [k, SCALE_CONSUMER_CONFIG[k]])) as Partial<ConsumerConfig>;
+    const drift = streamConfigDrift(info.config, desired);
+    if (drift.length > 0) {
+      await jsm.consumers.update(SCALE_STREAM.name, SCALE_STREAM.consumer, desired).then(
+        () => logger.info({ changed: drift }, 'scale consumer updated to its current settings'),
+        // it still delivers with its older settings: not a reason to stop the scheduler
+        (err: unknown) => logger.warn({ changed: drift, err: String(err) }, 'scale consumer could not be updated'),
+      );
     }
-  } catch {
+  } catch (e) {
+    if (!isNotFoundError(e)) throw e;
     await jsm.consumers.add(SCALE_STREAM.name, SCALE_CONSUMER_CONFIG).catch(async (e: unknown) => {
       await jsm.consumers.info(SCALE_STREAM.name, SCALE_STREAM.consumer).catch(() => {
         throw e;
@@ -52,6 +59,14 @@ export async function ensureScaleStream(nc: NatsConnection, logger: Logger): Pro
     });
   }
 }
+
+/** The settings JetStream lets a durable consumer change in place. */
+const CONSUMER_UPDATABLE = ['ack_wait', 'max_ack_pending', 'max_deliver', 'filter_subject'] as const;
+
+const isNotFoundError = (e: unknown): boolean => {
+  const x = e as { api_error?: { err_code?: number; code?: number }; message?: string };
+  return x.api_error?.err_code === 10014 || x.api_error?.code === 404 || /not found/i.test(x.message ?? '');
+};
 
 export type ScaleVerdict = 'ack' | 'retry' | 'abandon';
 
