@@ -1,6 +1,9 @@
 import mysql, { type Pool, type PoolConnection, type QueryError } from 'mysql2';
 import type { DbConfig } from './data-source';
-import { DatabaseUnavailableError, isConflict, isConnectionError, isTooLarge } from './data-source';
+import { DatabaseBusyError, DatabaseUnavailableError, isConflict, isConnectionError, isTooLarge } from './data-source';
+
+/** Callers waiting for a connection at most, by default; beyond, DatabaseBusyError at once. */
+export const DEFAULT_DB_QUEUE_LIMIT = 1_000;
 
 /**
  * A lean transaction runner for hot paths, on mysql2's callback API. Why not TypeORM's
@@ -14,8 +17,16 @@ import { DatabaseUnavailableError, isConflict, isConnectionError, isTooLarge } f
  */
 export class SqlPool {
   private readonly pool: Pool;
+  private readonly queueLimit: number;
 
-  constructor(db: DbConfig, size: number) {
+  /**
+   * `queueLimit` bounds the callers waiting for one of the `size` connections (mysql2's own
+   * queue is unbounded by default, so a stalled database turned into unbounded memory and
+   * latency): the next caller gets DatabaseBusyError at once, which services answer as a
+   * retryable UNAVAILABLE.
+   */
+  constructor(db: DbConfig, size: number, queueLimit = DEFAULT_DB_QUEUE_LIMIT) {
+    this.queueLimit = queueLimit;
     this.pool = mysql.createPool({
       host: db.host,
       port: db.port,
@@ -23,6 +34,7 @@ export class SqlPool {
       password: db.password,
       database: db.database,
       connectionLimit: size,
+      queueLimit,
       maxIdle: size,
       idleTimeout: 60_000,
       multipleStatements: true,
@@ -39,7 +51,9 @@ export class SqlPool {
   }
 
   private acquire(): Promise<PoolConnection> {
-    return new Promise((res, rej) => this.pool.getConnection((err, c) => (err ? rej(err) : res(c))));
+    return new Promise((res, rej) =>
+      this.pool.getConnection((err, c) => (err ? rej(/Queue limit reached/i.test(err.message) ? new DatabaseBusyError(this.queueLimit) : err) : res(c))),
+    );
   }
 
   /**
@@ -132,7 +146,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export class SqlTx {
   private begun = false;
-  private readonly pending: { sql: string; params: unknown[] }[] = [];
+  private readonly pending: { sql: string; params: unknown[]; onResult?: (result: unknown) => void }[] = [];
 
   constructor(
     private readonly conn: PoolConnection,
@@ -162,7 +176,9 @@ export class SqlTx {
       stmts.push('START TRANSACTION');
       this.begun = true;
     }
-    for (const p of this.pending.splice(0)) {
+    const flushed = this.pending.splice(0);
+    const firstFlushed = stmts.length;
+    for (const p of flushed) {
       stmts.push(p.sql);
       values.push(...p.params);
     }
@@ -173,23 +189,30 @@ export class SqlTx {
     }
     if (stmts.length === 1) return [await this.send(stmts[0]!, values)];
     const results = (await this.send(stmts.join(';\n'), values)) as unknown[];
+    flushed.forEach((p, i) => p.onResult?.(results[firstFlushed + i]));
     return results.slice(skip);
   }
 
-  /** Buffers a write; it is sent with the next query or with COMMIT. */
-  defer(sql: string, params: unknown[] = []): void {
-    this.pending.push({ sql, params });
+  /**
+   * Buffers a write; it is sent with the next query or with COMMIT. `onResult` gets the
+   * statement's result header (e.g. `insertId`, the first AUTO_INCREMENT id it generated).
+   */
+  defer(sql: string, params: unknown[] = [], onResult?: (result: unknown) => void): void {
+    this.pending.push({ sql, params, onResult });
   }
 
   async commit(): Promise<void> {
     if (!this.transactional) return;
     if (!this.begun && this.pending.length === 0) return;
-    const stmts = [...(this.begun ? [] : ['START TRANSACTION']), ...this.pending.map((p) => p.sql), 'COMMIT'];
-    const values = this.pending.flatMap((p) => p.params);
-    this.pending.length = 0;
+    const flushed = this.pending.splice(0);
+    const offset = this.begun ? 0 : 1;
+    const stmts = [...(this.begun ? [] : ['START TRANSACTION']), ...flushed.map((p) => p.sql), 'COMMIT'];
+    const values = flushed.flatMap((p) => p.params);
     this.begun = true;
-    await this.send(stmts.join(';\n'), values);
+    const results = (await this.send(stmts.join(';\n'), values)) as unknown[];
     this.begun = false;
+    // after COMMIT succeeded: a result seen only once the rows are durable
+    flushed.forEach((p, i) => p.onResult?.(Array.isArray(results) ? results[offset + i] : results));
   }
 
   async rollback(): Promise<void> {

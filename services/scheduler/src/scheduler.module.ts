@@ -9,6 +9,7 @@ import { SchedulerHostVerdict1733400000000 } from './adapters/migrations/1733400
 import { SchedulerRequestIdNoPad1764600000000 } from './adapters/migrations/1764600000000-scheduler-request-id-nopad';
 import { SchedulerRuntime } from './transport/scheduler.runtime';
 import { OUTBOX, STORE } from './tokens';
+import { SchedulerOutboxSent1764700000000 } from './adapters/migrations/1764700000000-scheduler-outbox-sent';
 
 @Module({})
 export class SchedulerModule {
@@ -20,8 +21,13 @@ export class SchedulerModule {
           service: 'scheduler',
           config,
           logger,
-          migrations: [SchedulerInitial1732700000000, SchedulerHostVerdict1733400000000, SchedulerRequestIdNoPad1764600000000],
-          outbox: { token: OUTBOX, tables: { events: 'sched_outbox', cursor: 'sched_outbox_cursor' } },
+          migrations: [
+            SchedulerInitial1732700000000,
+            SchedulerHostVerdict1733400000000,
+            SchedulerRequestIdNoPad1764600000000,
+            SchedulerOutboxSent1764700000000,
+          ],
+          outbox: { token: OUTBOX, tables: { events: 'sched_outbox', cursor: 'sched_outbox_cursor' }, retentionSeconds: config.outboxRetentionSeconds },
         }),
         {
           provide: STORE,
