@@ -45,7 +45,7 @@ export class IpamModule {
         {
           provide: IPAM_SERVICE,
           inject: [IPAM_STORE],
-          useFactory: (store: MysqlIpamStore) => new IpamService(store, systemClock),
+          useFactory: (store: MysqlIpamStore) => new IpamService(store, systemClock, config.maxAddresses),
         },
         IpamHandler,
       ],

@@ -136,6 +136,11 @@ class MysqlIpamTx implements IpamTx {
     return row ? toPoolRecord(row) : undefined;
   }
 
+  async totalPoolSize(): Promise<number> {
+    const [row] = await this.rows<{ total: number | string | null }>('SELECT COALESCE(SUM(size), 0) AS total FROM ipam_pool');
+    return Number(row?.total ?? 0);
+  }
+
   async listPools(page: { after: string | undefined; limit: number }): Promise<PoolRecord[]> {
     const after = keysetAfter(['name'], page.after === undefined ? undefined : [page.after]);
     return (
