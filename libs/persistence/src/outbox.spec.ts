@@ -136,3 +136,64 @@ describe('isPoisonPublishError', () => {
     expect(isPoisonPublishError(err)).toBe(poison);
   });
 });
+
+describe('OutboxRelay marks what JetStream acked', () => {
+  /** Records the mark UPDATEs; `down` makes them fail like a database away. */
+  function markingSql() {
+    const updates: { fromId: number; ids: string[] }[] = [];
+    let down = false;
+    const sql = {
+      async transaction<T>(work: (tx: unknown) => Promise<T>): Promise<T> {
+        return work({
+          async query(text: string, params: unknown[] = []) {
+            if (down) throw Object.assign(new Error('database unavailable'), { name: 'DatabaseUnavailableError' });
+            expect(text).toContain('SET sent = 1 WHERE id >= ? AND sent = 0 AND event_id IN (?)');
+            updates.push({ fromId: params[0] as number, ids: params[1] as string[] });
+            return { affectedRows: (params[1] as string[]).length };
+          },
+        });
+      },
+    } as unknown as SqlPool;
+    return { sql, updates, setDown: (d: boolean) => (down = d) };
+  }
+
+  const pending = (id: string) => ({ natsSubject: 'orangery.evt.ip.bound', event: { id } as EventEnvelope });
+
+  it("marks only the events whose publish was acked, from the transaction's first row id, in one UPDATE for several transactions", async () => {
+    const m = markingSql();
+    const r = new OutboxRelay(
+      m.sql,
+      { publish: async (_s, ev) => (ev.id === 'b' ? Promise.reject(transientError()) : undefined) },
+      logger() as unknown as Logger,
+      { events: 'ipam_audit', cursor: 'ipam_outbox_cursor' },
+      { service: 'test', retentionSeconds: 0 },
+    );
+    await r.publishCommitted([pending('a'), pending('b')], 40);
+    await r.publishCommitted([pending('c')], 42);
+    // no row id (a caller that could not tell): nothing marked, the sweeper publishes it again
+    await r.publishCommitted([pending('d')]);
+    expect(await r.markConfirmed()).toBe(2);
+    expect(m.updates).toEqual([{ fromId: 40, ids: ['a', 'c'] }]);
+    expect(await r.markConfirmed()).toBe(0);
+  });
+
+  it('keeps the marks while the database is away and sends them once it is back', async () => {
+    const m = markingSql();
+    const r = new OutboxRelay(
+      m.sql,
+      { publish: async () => undefined },
+      logger() as unknown as Logger,
+      { events: 'sched_outbox', cursor: 'sched_outbox_cursor' },
+      {
+        service: 'test',
+        retentionSeconds: 0,
+      },
+    );
+    await r.publishCommitted([pending('a')], 7);
+    m.setDown(true);
+    expect(await r.markConfirmed()).toBe(0);
+    m.setDown(false);
+    expect(await r.markConfirmed()).toBe(1);
+    expect(m.updates).toEqual([{ fromId: 7, ids: ['a'] }]);
+  });
+});
