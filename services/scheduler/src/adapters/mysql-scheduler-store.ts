@@ -1,5 +1,14 @@
 import { buildEvent, CURSORS, memoryLimitMb, pageOf, type Amounts, type HostSummary, type InstanceSummary, type PageQuery } from '@orangery/contracts';
-import { isTooLarge, keysetAfter, OutboxRowIds, type OutboxRelay, type PendingEvent, type SqlPool, type SqlTx } from '@orangery/persistence';
+import {
+  DatabaseUnavailableError,
+  isTooLarge,
+  keysetAfter,
+  OutboxRowIds,
+  type OutboxRelay,
+  type PendingEvent,
+  type SqlPool,
+  type SqlTx,
+} from '@orangery/persistence';
 import type { Logger } from '@orangery/telemetry';
 import type { HostEntry } from '../domain/host-book';
 import type { AppRecord, SlotRecord } from '../domain/model';
@@ -76,7 +85,8 @@ export class MysqlSchedulerStore implements SchedulerStore {
           for (const p of group) p.resolve();
           void this.outbox.publishCommitted(events, rowIds.first);
         } catch (e) {
-          if (e instanceof NotLeaderError || group.length === 1) {
+          // The database away or busy fails every change alike: one by one would only multiply the load.
+          if (e instanceof NotLeaderError || e instanceof DatabaseUnavailableError || group.length === 1) {
             for (const p of group) p.reject(e);
             continue;
           }
