@@ -88,6 +88,7 @@ export class Responder {
     // one line per 1000 refusals: an overload must not also flood the log
     if (this.refused % 1000 === 1)
       this.logger.warn({ subject: route.subject, limit: this.maxInFlight, refused: this.refused }, 'too many requests in flight; refusing');
+    requestsTotal.inc({ subject: route.subject, code: 'UNAVAILABLE' });
     if (!msg.reply) return;
     const error = new OrangeryError('UNAVAILABLE', `${this.maxInFlight} requests are already in flight here; retry shortly`, {
       retryable: true,
