@@ -75,6 +75,9 @@ export const EVENTS_STREAM = {
   // Dashboards replay a week of history; the dedupe window covers outbox re-publishing.
   maxAgeSeconds: 7 * 24 * 3600,
   duplicateWindowSeconds: 120,
+  /** default byte bound (ORANGERY_EVENTS_STREAM_MAX_MB): the oldest events go first when it is reached */
+  maxBytes: 512 * 1024 * 1024,
+  discard: 'old',
 } as const;
 
 /**
@@ -86,6 +89,12 @@ export const SCALE_STREAM = {
   subjects: ['orangery.scale.>'],
   maxAgeSeconds: 7 * 24 * 3600,
   duplicateWindowSeconds: 120,
+  /**
+   * default byte bound (ORANGERY_SCALE_STREAM_MAX_MB). At the bound a new request is refused
+   * (the publisher's JetStream publish fails) rather than an older one dropped unseen.
+   */
+  maxBytes: 256 * 1024 * 1024,
+  discard: 'new',
   /** the scheduler's durable consumer */
   consumer: 'orangery-scheduler',
 } as const;

@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { DiscardPolicy } from '@nats-io/jetstream';
+import { EVENTS_STREAM, SCALE_STREAM } from '@orangery/contracts';
 import { clusterSizeOf, desiredStreamConfig, streamConfigDrift } from './jetstream';
 
 const spec = { name: 'S', subjects: ['a.>', 'b.>'], maxAgeSeconds: 60, duplicateWindowSeconds: 10 };
@@ -31,5 +33,20 @@ describe('stream settings', () => {
   it('names every setting that differs', () => {
     const desired = desiredStreamConfig(spec, 3);
     expect(streamConfigDrift({ ...desired, num_replicas: 1, max_age: 1, subjects: ['a.>'] }, desired).sort()).toEqual(['max_age', 'num_replicas', 'subjects']);
+  });
+
+  it('bounds both project streams: events drop the oldest, scale requests refuse the newest', () => {
+    expect(desiredStreamConfig(EVENTS_STREAM, 1)).toMatchObject({ max_bytes: 512 * 1024 * 1024, discard: DiscardPolicy.Old });
+    expect(desiredStreamConfig(SCALE_STREAM, 1)).toMatchObject({ max_bytes: 256 * 1024 * 1024, discard: DiscardPolicy.New });
+  });
+
+  it.each<[string, object, string[]]>([
+    ['a stream without a bound gets one', { max_bytes: -1, discard: DiscardPolicy.New }, ['max_bytes']],
+    ['a changed bound is applied', { max_bytes: 2048, discard: DiscardPolicy.New }, ['max_bytes']],
+    ['a stream made with discard old gets discard new', { max_bytes: 1024, discard: DiscardPolicy.Old }, ['discard']],
+    ['an equal stream needs nothing', { max_bytes: 1024, discard: DiscardPolicy.New }, []],
+  ])('%s', (_what, bounds, drift) => {
+    const desired = desiredStreamConfig({ ...spec, maxBytes: 1024, discard: 'new' }, 1);
+    expect(streamConfigDrift({ ...desired, ...bounds }, desired)).toEqual(drift);
   });
 });

@@ -10,7 +10,7 @@ import {
 } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { headers as newHeaders } from '@nats-io/nats-core';
-import { EVENTS_STREAM, messageIdOf, type EventEnvelope } from '@orangery/contracts';
+import { EVENTS_STREAM, SCALE_STREAM, messageIdOf, type EventEnvelope } from '@orangery/contracts';
 import type { Logger } from '@orangery/telemetry';
 
 const nanos = (seconds: number): number => seconds * 1_000_000_000;
@@ -20,6 +20,10 @@ export interface StreamSpec {
   readonly subjects: readonly string[];
   readonly maxAgeSeconds: number;
   readonly duplicateWindowSeconds: number;
+  /** the stream's byte bound (max_bytes); none when absent */
+  readonly maxBytes?: number;
+  /** at the bound: `old` drops the oldest messages, `new` refuses the publish (the publisher gets an error) */
+  readonly discard?: 'old' | 'new';
 }
 
 /** The most replicas a stream gets (CONTRACT: "as many replicas as the cluster has nodes, up to 3"). */
@@ -44,9 +48,10 @@ export function desiredStreamConfig(spec: StreamSpec, clusterSize: number): Part
     subjects: [...spec.subjects],
     retention: RetentionPolicy.Limits,
     storage: StorageType.File,
-    discard: DiscardPolicy.Old,
+    discard: spec.discard === 'new' ? DiscardPolicy.New : DiscardPolicy.Old,
     max_age: nanos(spec.maxAgeSeconds),
     duplicate_window: nanos(spec.duplicateWindowSeconds),
+    max_bytes: spec.maxBytes ?? -1,
     num_replicas: Math.max(1, Math.min(MAX_REPLICAS, clusterSize)),
   };
 }
@@ -133,7 +138,17 @@ function isNotFound(e: unknown): boolean {
 }
 
 /** ORANGERY_EVENTS (CONTRACT.md "Events"): every service that publishes ensures it. */
-export const ensureEventsStream = (nc: NatsConnection, logger: Logger): Promise<void> => ensureStream(nc, EVENTS_STREAM, logger);
+export const ensureEventsStream = (nc: NatsConnection, logger: Logger): Promise<void> =>
+  ensureStream(nc, { ...EVENTS_STREAM, maxBytes: streamByteLimits.events }, logger);
+
+/** The byte bounds of the project's streams (ORANGERY_EVENTS_STREAM_MAX_MB, ORANGERY_SCALE_STREAM_MAX_MB). */
+export const streamByteLimits = { events: EVENTS_STREAM.maxBytes as number, scale: SCALE_STREAM.maxBytes as number };
+
+/** Sets the byte bounds every stream is created or updated with (runService, from the environment). */
+export function setStreamByteLimits(limits: { events: number; scale: number }): void {
+  streamByteLimits.events = limits.events;
+  streamByteLimits.scale = limits.scale;
+}
 
 /**
  * Publishes a CloudEvent into JetStream and waits for the stream's ack. The event id is the

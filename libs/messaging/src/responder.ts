@@ -18,21 +18,49 @@ export interface Route {
   handler: RequestHandler;
 }
 
+/** Requests handled at once per Responder, by default (ORANGERY_MAX_IN_FLIGHT_REQUESTS). */
+export const DEFAULT_MAX_IN_FLIGHT = 1_024;
+let processMaxInFlight = DEFAULT_MAX_IN_FLIGHT;
+
+/** Sets the default cap of every Responder made afterwards (runService, from the environment). */
+export function setDefaultMaxInFlight(n: number): void {
+  if (!Number.isSafeInteger(n) || n < 1) throw new Error(`max in-flight requests must be a positive integer, got ${n}`);
+  processMaxInFlight = n;
+}
+
+export interface ResponderOptions {
+  /** requests handled at once; beyond, a request is refused at once with a retryable UNAVAILABLE */
+  maxInFlight?: number;
+}
+
 /**
  * Serves request-reply subjects with the contract's plain-JSON envelope: a bare NATS
  * client in any language sends a JSON object and gets `{ok, data}` or `{ok:false, error}`.
- * Replicas share a queue group. Handlers run concurrently; `drain()` stops taking new
- * requests and waits until those in flight have been answered.
+ * Replicas share a queue group. Handlers run concurrently, at most `maxInFlight` at once:
+ * beyond that a request is answered at once with UNAVAILABLE (`retryable: true`) instead of
+ * queueing without bound (a slow database or peer would otherwise turn into unbounded memory
+ * and replies that arrive after the caller gave up). `drain()` stops taking new requests and
+ * waits until those in flight have been answered.
  */
 export class Responder {
   private readonly subs: Subscription[] = [];
   private readonly inFlight = new Set<Promise<void>>();
+  private readonly maxInFlight: number;
+  private refused = 0;
 
   constructor(
     private readonly nc: NatsConnection,
     private readonly queue: string,
     private readonly logger: Logger,
-  ) {}
+    options: ResponderOptions = {},
+  ) {
+    this.maxInFlight = options.maxInFlight ?? processMaxInFlight;
+  }
+
+  /** Requests refused because maxInFlight were being handled. */
+  refusedCount(): number {
+    return this.refused;
+  }
 
   serve(routes: readonly Route[]): void {
     for (const route of routes) {
@@ -43,11 +71,33 @@ export class Responder {
             this.logger.error({ err, subject: route.subject }, 'subscription error');
             return;
           }
+          if (this.inFlight.size >= this.maxInFlight) {
+            this.refuse(route, msg);
+            return;
+          }
           const p = this.handle(route, msg).finally(() => this.inFlight.delete(p));
           this.inFlight.add(p);
         },
       });
       this.subs.push(sub);
+    }
+  }
+
+  private refuse(route: Route, msg: Msg): void {
+    this.refused++;
+    // one line per 1000 refusals: an overload must not also flood the log
+    if (this.refused % 1000 === 1)
+      this.logger.warn({ subject: route.subject, limit: this.maxInFlight, refused: this.refused }, 'too many requests in flight; refusing');
+    requestsTotal.inc({ subject: route.subject, code: 'UNAVAILABLE' });
+    if (!msg.reply) return;
+    const error = new OrangeryError('UNAVAILABLE', `${this.maxInFlight} requests are already in flight here; retry shortly`, {
+      retryable: true,
+      limit: this.maxInFlight,
+    });
+    try {
+      msg.respond(JSON.stringify(errorReply(error.toBody())));
+    } catch (e) {
+      this.logger.warn({ err: e, subject: route.subject }, 'could not send the reply');
     }
   }
 
@@ -69,6 +119,15 @@ export class Responder {
           span.setAttribute('orangery.error_code', e.code);
           if (e.code === 'INTERNAL' || e.code === 'UNAVAILABLE') this.logger.warn({ err: e, subject: route.subject }, e.message);
           return errorReply(e.toBody());
+        }
+        if ((e as { unavailable?: unknown } | null)?.unavailable === true) {
+          // the database (DatabaseUnavailableError, DatabaseBusyError): nothing was done; retryable
+          span.setAttribute('orangery.error_code', 'UNAVAILABLE');
+          this.logger.warn({ err: String(e), subject: route.subject }, 'request refused: the database is unavailable or busy');
+          // the driver's text stays in the log: it may name the database's host
+          const busy = (e as Error).name === 'DatabaseBusyError';
+          const what = busy ? 'the database is busy (too many requests wait for a connection)' : 'the database is unreachable';
+          return errorReply(new OrangeryError('UNAVAILABLE', `${what}; nothing was changed, retry later`, { retryable: true }).toBody());
         }
         span.recordException(e as Error);
         span.setStatus({ code: SpanStatusCode.ERROR });

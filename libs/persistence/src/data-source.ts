@@ -248,9 +248,20 @@ export class CredentialsRefusedError extends Error {
 }
 
 export class DatabaseUnavailableError extends Error {
+  /** read by the Responder (duck-typed; messaging does not import persistence): a retryable UNAVAILABLE */
+  readonly unavailable = true;
   constructor(cause: unknown) {
     super(`database unavailable: ${errorText(cause)}`);
     this.name = 'DatabaseUnavailableError';
+  }
+}
+
+/** Every connection is busy and `queueLimit` callers already wait: refused at once, never queued. */
+export class DatabaseBusyError extends DatabaseUnavailableError {
+  constructor(readonly queueLimit: number) {
+    super(`database busy: ${queueLimit} requests already wait for a connection`);
+    this.message = `database busy: ${queueLimit} requests already wait for a connection`;
+    this.name = 'DatabaseBusyError';
   }
 }
 

@@ -1,6 +1,9 @@
 import mysql, { type Pool, type PoolConnection, type QueryError } from 'mysql2';
 import type { DbConfig, DbHost } from './data-source';
-import { DatabaseUnavailableError, errorText, isConflict, isConnectionError, isTooLarge } from './data-source';
+import { DatabaseBusyError, DatabaseUnavailableError, errorText, isConflict, isConnectionError, isTooLarge } from './data-source';
+
+/** Callers waiting for a connection at most, by default; beyond, DatabaseBusyError at once. */
+export const DEFAULT_DB_QUEUE_LIMIT = 1_000;
 
 /**
  * A lean transaction runner for hot paths, on mysql2's callback API. Why not TypeORM's
@@ -20,10 +23,17 @@ export class SqlPool {
   /** per host: wsrep is on (a Galera node), learned on its first connection */
   private readonly galera: (boolean | undefined)[];
 
+  /**
+   * `queueLimit` bounds the callers waiting for one of the `size` connections (mysql2's own
+   * queue is unbounded by default, so a stalled database turned into unbounded memory and
+   * latency): the next caller gets DatabaseBusyError at once, which services answer as a
+   * retryable UNAVAILABLE.
+   */
   constructor(
     private readonly db: DbConfig,
     private readonly size: number,
     private readonly onFailover: (from: DbHost, to: DbHost, reason: string) => void = () => undefined,
+    private readonly queueLimit = DEFAULT_DB_QUEUE_LIMIT,
   ) {
     this.pools = db.hosts.map(() => undefined);
     this.galera = db.hosts.map(() => undefined);
@@ -45,6 +55,7 @@ export class SqlPool {
       password: this.db.password,
       database: this.db.database,
       connectionLimit: this.size,
+      queueLimit: this.queueLimit,
       maxIdle: this.size,
       idleTimeout: 60_000,
       multipleStatements: true,
@@ -80,7 +91,9 @@ export class SqlPool {
   }
 
   private async acquire(i: number): Promise<{ conn: PoolConnection; galera: boolean }> {
-    const conn = await new Promise<PoolConnection>((res, rej) => this.poolAt(i).getConnection((err, c) => (err ? rej(err) : res(c))));
+    const conn = await new Promise<PoolConnection>((res, rej) =>
+      this.poolAt(i).getConnection((err, c) => (err ? rej(/Queue limit reached/i.test(err.message) ? new DatabaseBusyError(this.queueLimit) : err) : res(c))),
+    );
     let galera = this.galera[i];
     if (galera === undefined) {
       galera = await new Promise<boolean>((res) =>
@@ -212,7 +225,7 @@ export function placeholders(sql: string): number {
 
 export class SqlTx {
   private begun = false;
-  private readonly pending: { sql: string; params: unknown[] }[] = [];
+  private readonly pending: { sql: string; params: unknown[]; onResult?: (result: unknown) => void }[] = [];
 
   /**
    * @param oneStatementPerTrip on a Galera node, every statement goes alone, COMMIT too.
@@ -252,7 +265,9 @@ export class SqlTx {
       stmts.push('START TRANSACTION');
       this.begun = true;
     }
-    for (const p of this.pending.splice(0)) {
+    const flushed = this.pending.splice(0);
+    const firstFlushed = stmts.length;
+    for (const p of flushed) {
       stmts.push(p.sql);
       values.push(...p.params);
     }
@@ -261,27 +276,35 @@ export class SqlTx {
       stmts.push(st.sql);
       values.push(...(st.params ?? []));
     }
-    if (this.oneStatementPerTrip) return (await this.sendEach(stmts, values)).slice(skip);
-    if (stmts.length === 1) return [await this.send(stmts[0]!, values)];
-    const results = (await this.send(stmts.join(';\n'), values)) as unknown[];
+    const results = this.oneStatementPerTrip
+      ? await this.sendEach(stmts, values)
+      : stmts.length === 1
+        ? [await this.send(stmts[0]!, values)]
+        : ((await this.send(stmts.join(';\n'), values)) as unknown[]);
+    flushed.forEach((p, i) => p.onResult?.(results[firstFlushed + i]));
     return results.slice(skip);
   }
 
-  /** Buffers a write; it is sent with the next query or with COMMIT. */
-  defer(sql: string, params: unknown[] = []): void {
-    this.pending.push({ sql, params });
+  /**
+   * Buffers a write; it is sent with the next query or with COMMIT. `onResult` gets the
+   * statement's result header (e.g. `insertId`, the first AUTO_INCREMENT id it generated).
+   */
+  defer(sql: string, params: unknown[] = [], onResult?: (result: unknown) => void): void {
+    this.pending.push({ sql, params, onResult });
   }
 
   async commit(): Promise<void> {
     if (!this.transactional) return;
     if (!this.begun && this.pending.length === 0) return;
-    const stmts = [...(this.begun ? [] : ['START TRANSACTION']), ...this.pending.map((p) => p.sql), 'COMMIT'];
-    const values = this.pending.flatMap((p) => p.params);
-    this.pending.length = 0;
+    const flushed = this.pending.splice(0);
+    const offset = this.begun ? 0 : 1;
+    const stmts = [...(this.begun ? [] : ['START TRANSACTION']), ...flushed.map((p) => p.sql), 'COMMIT'];
+    const values = flushed.flatMap((p) => p.params);
     this.begun = true;
-    if (this.oneStatementPerTrip) await this.sendEach(stmts, values);
-    else await this.send(stmts.join(';\n'), values);
+    const results = this.oneStatementPerTrip ? await this.sendEach(stmts, values) : ((await this.send(stmts.join(';\n'), values)) as unknown[]);
     this.begun = false;
+    // after COMMIT succeeded: a result seen only once the rows are durable
+    flushed.forEach((p, i) => p.onResult?.(Array.isArray(results) ? results[offset + i] : results));
   }
 
   /** Sends `stmts` one per round trip, handing each its share of `values` (by its placeholders). */

@@ -3,7 +3,8 @@ import { hostname } from 'node:os';
 import { NestFactory } from '@nestjs/core';
 import type { INestApplicationContext, DynamicModule } from '@nestjs/common';
 import { collectProcessMetrics, createLogger, startTelemetry, stopTelemetry, type Logger } from '@orangery/telemetry';
-import { ConfigError } from './config';
+import { setDefaultMaxInFlight, setStreamByteLimits } from '@orangery/messaging';
+import { ConfigError, intFrom } from './config';
 import { observeAddrFrom, startObserveServer, type ObserveAddr } from './observe';
 
 export interface ServiceDefinition<C> {
@@ -31,6 +32,14 @@ export async function runService<C>(def: ServiceDefinition<C>): Promise<void> {
   try {
     observeAddr = observeAddrFrom(process.env, def.observePort);
     config = def.loadConfig(process.env);
+    // every service's request handlers, alike (docs: "Limits")
+    setDefaultMaxInFlight(intFrom(process.env, 'ORANGERY_MAX_IN_FLIGHT_REQUESTS', 1024, 1, 100_000));
+    // every service that creates a stream must create it alike: set these the same everywhere
+    const mb = 1024 * 1024;
+    setStreamByteLimits({
+      events: intFrom(process.env, 'ORANGERY_EVENTS_STREAM_MAX_MB', 512, 1, 1_048_576) * mb,
+      scale: intFrom(process.env, 'ORANGERY_SCALE_STREAM_MAX_MB', 256, 1, 1_048_576) * mb,
+    });
   } catch (e) {
     const reason = e instanceof ConfigError ? e.message : `unexpected error reading configuration: ${String(e)}`;
     process.stderr.write(`orangery-${def.name}: configuration error: ${reason}\n`);

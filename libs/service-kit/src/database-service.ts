@@ -8,14 +8,14 @@ import { CONFIG, DATA_SOURCE, LOGGER, NATS, replicaId } from './bootstrap';
 import { DatabaseServiceConnections, SQL_POOL } from './connections';
 import { readiness } from './observe';
 
-export interface DatabaseServiceSetup<C extends { natsUrl: string; db: DbConfig; dbPoolSize: number }> {
+export interface DatabaseServiceSetup<C extends { natsUrl: string; db: DbConfig; dbPoolSize: number; dbQueueLimit?: number }> {
   /** the service's name: its NATS client name, its migrations table prefix, its log lines */
   service: string;
   config: C;
   logger: Logger;
   migrations: (new () => MigrationInterface)[];
-  /** the service's OUTBOX token and the tables of its transactional outbox */
-  outbox: { token: symbol; tables: OutboxTables };
+  /** the service's OUTBOX token, the tables of its transactional outbox and how long published rows are kept (0: forever) */
+  outbox: { token: symbol; tables: OutboxTables; retentionSeconds: number };
 }
 
 /**
@@ -24,7 +24,9 @@ export interface DatabaseServiceSetup<C extends { natsUrl: string; db: DbConfig;
  * tables), SQL_POOL, the outbox relay under the service's token, and the connections closed
  * last on shutdown. The service adds its store, domain and transport on top.
  */
-export function databaseServiceProviders<C extends { natsUrl: string; db: DbConfig; dbPoolSize: number }>(s: DatabaseServiceSetup<C>): Provider[] {
+export function databaseServiceProviders<C extends { natsUrl: string; db: DbConfig; dbPoolSize: number; dbQueueLimit?: number }>(
+  s: DatabaseServiceSetup<C>,
+): Provider[] {
   const { service, config, logger } = s;
   return [
     { provide: CONFIG, useValue: config },
@@ -43,8 +45,12 @@ export function databaseServiceProviders<C extends { natsUrl: string; db: DbConf
       provide: SQL_POOL,
       inject: [DATA_SOURCE],
       useFactory: () => {
-        const sql = new SqlPool(config.db, config.dbPoolSize, (from, to, reason) =>
-          logger.warn({ from: `${from.host}:${from.port}`, to: `${to.host}:${to.port}`, reason }, 'database host failed; moving to the next one'),
+        const sql = new SqlPool(
+          config.db,
+          config.dbPoolSize,
+          (from, to, reason) =>
+            logger.warn({ from: `${from.host}:${from.port}`, to: `${to.host}:${to.port}`, reason }, 'database host failed; moving to the next one'),
+          config.dbQueueLimit,
         );
         readiness.set('database', () => sql.ping().then(() => undefined));
         return sql;
@@ -53,7 +59,8 @@ export function databaseServiceProviders<C extends { natsUrl: string; db: DbConf
     {
       provide: s.outbox.token,
       inject: [SQL_POOL, NATS],
-      useFactory: (sql: SqlPool, nc: NatsConnection) => new OutboxRelay(sql, new EventPublisher(nc), logger, s.outbox.tables),
+      useFactory: (sql: SqlPool, nc: NatsConnection) =>
+        new OutboxRelay(sql, new EventPublisher(nc), logger, s.outbox.tables, { service, retentionSeconds: s.outbox.retentionSeconds }),
     },
     DatabaseServiceConnections,
   ];

@@ -10,6 +10,7 @@ import { IpamInitial1732500000000 } from './adapters/migrations/1732500000000-ip
 import { IpamOutboxCursor1732600000000 } from './adapters/migrations/1732600000000-ipam-outbox-cursor';
 import { IpamHandler } from './transport/ipam.handler';
 import { IPAM_SERVICE, IPAM_STORE, OUTBOX } from './tokens';
+import { IpamOutboxSent1764700000000 } from './adapters/migrations/1764700000000-ipam-outbox-sent';
 
 @Module({})
 export class IpamModule {
@@ -21,8 +22,8 @@ export class IpamModule {
           service: 'ipam',
           config,
           logger,
-          migrations: [IpamInitial1732500000000, IpamOutboxCursor1732600000000],
-          outbox: { token: OUTBOX, tables: { events: 'ipam_audit', cursor: 'ipam_outbox_cursor' } },
+          migrations: [IpamInitial1732500000000, IpamOutboxCursor1732600000000, IpamOutboxSent1764700000000],
+          outbox: { token: OUTBOX, tables: { events: 'ipam_audit', cursor: 'ipam_outbox_cursor' }, retentionSeconds: config.outboxRetentionSeconds },
         }),
         {
           provide: IPAM_STORE,
@@ -44,7 +45,7 @@ export class IpamModule {
         {
           provide: IPAM_SERVICE,
           inject: [IPAM_STORE],
-          useFactory: (store: MysqlIpamStore) => new IpamService(store, systemClock),
+          useFactory: (store: MysqlIpamStore) => new IpamService(store, systemClock, config.maxAddresses),
         },
         IpamHandler,
       ],

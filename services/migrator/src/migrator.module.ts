@@ -7,6 +7,7 @@ import { MysqlMigrationStore } from './adapters/mysql-migration-store';
 import { MigratorInitial1733100000000 } from './adapters/migrations/1733100000000-migrator-initial';
 import { MigratorRuntime } from './transport/migrator.runtime';
 import { OUTBOX, STORE } from './tokens';
+import { MigratorOutboxSent1764700000000 } from './adapters/migrations/1764700000000-migrator-outbox-sent';
 
 @Module({})
 export class MigratorModule {
@@ -18,8 +19,8 @@ export class MigratorModule {
           service: 'migrator',
           config,
           logger,
-          migrations: [MigratorInitial1733100000000],
-          outbox: { token: OUTBOX, tables: { events: 'mig_outbox', cursor: 'mig_outbox_cursor' } },
+          migrations: [MigratorInitial1733100000000, MigratorOutboxSent1764700000000],
+          outbox: { token: OUTBOX, tables: { events: 'mig_outbox', cursor: 'mig_outbox_cursor' }, retentionSeconds: config.outboxRetentionSeconds },
         }),
         {
           provide: STORE,

@@ -7,6 +7,10 @@ export interface SchedulerConfig {
   natsUrl: string;
   db: DbConfig;
   dbPoolSize: number;
+  /** requests waiting for a database connection at most (ORANGERY_DB_QUEUE_LIMIT); beyond, UNAVAILABLE at once */
+  dbQueueLimit: number;
+  /** outbox rows kept this long once published (ORANGERY_OUTBOX_RETENTION_HOURS; 0 keeps them forever) */
+  outboxRetentionSeconds: number;
   lostAfterSeconds: number;
   fenceAfterSeconds: number;
   fenceMarginSeconds: number;
@@ -53,6 +57,8 @@ export function loadSchedulerConfig(env: Env): SchedulerConfig {
     natsUrl: natsUrlFrom(env),
     db: dbFrom(env),
     dbPoolSize: intFrom(env, 'ORANGERY_DB_POOL_SIZE', 8, 2, 200),
+    dbQueueLimit: intFrom(env, 'ORANGERY_DB_QUEUE_LIMIT', 1000, 1, 100_000),
+    outboxRetentionSeconds: intFrom(env, 'ORANGERY_OUTBOX_RETENTION_HOURS', 168, 0, 24 * 3650) * 3600,
     lostAfterSeconds,
     fenceAfterSeconds: intFrom(env, 'ORANGERY_FENCE_AFTER_SECONDS', 10, 2, 3600),
     fenceMarginSeconds: intFrom(env, 'ORANGERY_FENCE_MARGIN_SECONDS', 5, 0, 3600),

@@ -10,6 +10,7 @@ import { SchedulerRequestIdNoPad1764600000000 } from './adapters/migrations/1764
 import { SchedulerLeaderLease1764700000000 } from './adapters/migrations/1764700000000-scheduler-leader-lease';
 import { SchedulerRuntime } from './transport/scheduler.runtime';
 import { OUTBOX, STORE } from './tokens';
+import { SchedulerOutboxSent1764700000000 } from './adapters/migrations/1764700000000-scheduler-outbox-sent';
 
 @Module({})
 export class SchedulerModule {
@@ -26,8 +27,9 @@ export class SchedulerModule {
             SchedulerHostVerdict1733400000000,
             SchedulerRequestIdNoPad1764600000000,
             SchedulerLeaderLease1764700000000,
+            SchedulerOutboxSent1764700000000,
           ],
-          outbox: { token: OUTBOX, tables: { events: 'sched_outbox', cursor: 'sched_outbox_cursor' } },
+          outbox: { token: OUTBOX, tables: { events: 'sched_outbox', cursor: 'sched_outbox_cursor' }, retentionSeconds: config.outboxRetentionSeconds },
         }),
         {
           provide: STORE,

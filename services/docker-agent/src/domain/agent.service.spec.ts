@@ -788,3 +788,24 @@ describe('restartAfterFailure', () => {
     expect(events.instances.map((e) => e.what)).toEqual(['failed']);
   });
 });
+
+describe('forgetGone', () => {
+  it('forgets the stops it asked for and the restart counts of containers missing from two listings in a row', async () => {
+    const w = setup();
+    await w.agent.create(web(0));
+    await w.agent.create(web(1));
+    const [c0, c1] = [...w.engine.containers.keys()];
+    await w.agent.stop({ instanceId: 'prod:web:0' });
+    await w.agent.remove('prod:web:0');
+    await w.agent.stop({ instanceId: 'prod:web:1' });
+    expect(w.agent.trackedContainers()).toBe(2);
+    const present = new Set([c1!]);
+    // missing once: kept (its `die` may still be on its way)
+    w.agent.forgetGone(present);
+    expect(w.agent.expectedStops.has(c0!)).toBe(true);
+    w.agent.forgetGone(present);
+    expect(w.agent.expectedStops.has(c0!)).toBe(false);
+    expect(w.agent.expectedStops.has(c1!)).toBe(true);
+    expect(w.agent.trackedContainers()).toBe(1);
+  });
+});

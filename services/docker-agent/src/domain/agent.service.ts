@@ -30,6 +30,8 @@ export class AgentService {
   /** containers we are stopping on purpose: their exit is `stopped`, not `failed` */
   readonly expectedStops = new Set<string>();
   private readonly restarts = new Map<string, number>();
+  /** container ids missing from the last forgetGone listing (forgotten if missing again) */
+  private missingOnce = new Set<string>();
 
   constructor(
     private readonly engine: Engine,
@@ -184,6 +186,32 @@ export class AgentService {
       await this.startChecked(c);
     });
     return true;
+  }
+
+  /**
+   * Forgets what is kept per container (restart attempts, stops it requested) for containers
+   * the engine no longer has, so these sets hold what exists rather than every container
+   * ever seen. An entry goes only when its container is missing from two listings in a row:
+   * the `die` of a container removed just now may still be on its way, and it must still be
+   * read as a requested stop.
+   */
+  forgetGone(present: ReadonlySet<string>): void {
+    const missing = new Set<string>();
+    for (const id of [...this.restarts.keys(), ...this.expectedStops]) {
+      if (present.has(id)) continue;
+      if (this.missingOnce.has(id)) {
+        this.restarts.delete(id);
+        this.expectedStops.delete(id);
+      } else {
+        missing.add(id);
+      }
+    }
+    this.missingOnce = missing;
+  }
+
+  /** Entries kept per container (for tests and a gauge). */
+  trackedContainers(): number {
+    return new Set([...this.restarts.keys(), ...this.expectedStops]).size;
   }
 
   /** While true, nothing starts on this host (self-fence: its instance network is isolated); see SelfFence. */

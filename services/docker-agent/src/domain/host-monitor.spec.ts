@@ -11,6 +11,7 @@ function setup(diskPolicy: 'report' | 'stop' = 'report') {
   const engine = new FakeEngine();
   const events = new RecordingEvents();
   const stops: string[] = [];
+  const gone: ReadonlySet<string>[] = [];
   const fence = { fenced: false, isolated: false };
   let wall = Date.parse('2026-03-01T10:00:00Z');
   const usage = new UsageMeter(engine, { now: () => 0 }, 100);
@@ -21,7 +22,7 @@ function setup(diskPolicy: 'report' | 'stop' = 'report') {
   const monitor = new HostMonitor(
     {
       engine,
-      agent: { stop: async ({ instanceId }) => (stops.push(instanceId), undefined as never) },
+      agent: { stop: async ({ instanceId }) => (stops.push(instanceId), undefined as never), forgetGone: (present) => void gone.push(present) },
       usage,
       fence,
       events,
@@ -32,12 +33,25 @@ function setup(diskPolicy: 'report' | 'stop' = 'report') {
     { diskPolicy },
   );
   const tick = (ms: number) => (wall += ms);
-  return { engine, events, stops, fence, monitor, tick };
+  return { engine, events, stops, gone, fence, monitor, tick };
 }
 
 const withDisk = (quotaMb: number) => ({ [LABEL.diskMb]: String(quotaMb) });
 
 describe('HostMonitor', () => {
+  it('forgets the disk level of an instance whose container is gone, and tells the agent which containers exist', async () => {
+    const w = setup();
+    const ids = Array.from({ length: 20 }, (_, i) =>
+      w.engine.seed({ instanceId: `prod:web:${i}`, ip: `198.18.0.${10 + i}`, labels: withDisk(100), sizeRw: 85 * MB }),
+    );
+    await w.monitor.checkDisks();
+    expect(w.monitor.trackedDiskLevels()).toBe(20);
+    for (const id of ids.slice(1)) w.engine.containers.delete(id);
+    await w.monitor.checkDisks();
+    expect(w.monitor.trackedDiskLevels()).toBe(1);
+    expect([...w.gone.at(-1)!]).toEqual([ids[0]]);
+  });
+
   it('numbers heartbeats in order, stamps them with the injected wall time, and reports the fence', () => {
     const w = setup();
     const first = w.monitor.heartbeat();

@@ -6,7 +6,7 @@ import type { DomainLog, Engine, EventSink } from './ports';
 
 export interface HostMonitorDeps {
   engine: Pick<Engine, 'listManaged'>;
-  agent: Pick<AgentService, 'stop'>;
+  agent: Pick<AgentService, 'stop' | 'forgetGone'>;
   usage: Pick<UsageMeter, 'latest' | 'refresh'>;
   /** the self-fence's state, as the heartbeat reports it */
   fence: { readonly fenced: boolean; readonly isolated: boolean };
@@ -27,6 +27,11 @@ export class HostMonitor {
   private diskUsedMb = 0;
   private usageRefresh: Promise<void> | undefined;
   private readonly diskLevels = new Map<string, string>();
+
+  /** Instances whose disk level is remembered (bounded by the containers that exist). */
+  trackedDiskLevels(): number {
+    return this.diskLevels.size;
+  }
 
   constructor(
     private readonly deps: HostMonitorDeps,
@@ -57,6 +62,10 @@ export class HostMonitor {
    */
   async checkDisks(): Promise<void> {
     const all = await this.deps.engine.listManaged(true);
+    // the full listing: what is kept per instance or container follows what exists
+    const instances = new Set(all.map((c) => c.labels[LABEL.instanceId] ?? c.id));
+    for (const id of this.diskLevels.keys()) if (!instances.has(id)) this.diskLevels.delete(id);
+    this.deps.agent.forgetGone(new Set(all.map((c) => c.id)));
     let used = 0;
     for (const c of all) {
       used += c.sizeRw ?? 0;

@@ -1,7 +1,17 @@
 import { trace } from '@opentelemetry/api';
 import type { Backend, EventEnvelope, Owner } from '@orangery/contracts';
 import { OrangeryError } from '@orangery/contracts';
-import { DatabaseUnavailableError, isDuplicateKey, keysetAfter, type OutboxRelay, type SqlPool, type SqlTx } from '@orangery/persistence';
+import {
+  DatabaseBusyError,
+  DatabaseUnavailableError,
+  isDuplicateKey,
+  keysetAfter,
+  OutboxRowIds,
+  OUTBOX_SENT,
+  type OutboxRelay,
+  type SqlPool,
+  type SqlTx,
+} from '@orangery/persistence';
 import { poolRecordOf, type PoolPlan } from '../domain/pool-plan';
 import {
   OwnerConflict,
@@ -84,6 +94,8 @@ function toPoolRecord(r: PoolRow): PoolRecord {
 
 class MysqlIpamTx implements IpamTx {
   readonly events: { natsSubject: string; event: EventEnvelope }[] = [];
+  /** the audit rows that carry them (the outbox) */
+  readonly rowIds = new OutboxRowIds();
 
   constructor(
     private readonly q: SqlTx,
@@ -126,6 +138,11 @@ class MysqlIpamTx implements IpamTx {
   async findOverlappingPool(first: number, last: number): Promise<PoolRecord | undefined> {
     const [row] = await this.rows<PoolRow>('SELECT * FROM ipam_pool WHERE first_ip <= ? AND last_ip >= ? ORDER BY first_ip LIMIT 1', [last, first]);
     return row ? toPoolRecord(row) : undefined;
+  }
+
+  async totalPoolSize(): Promise<number> {
+    const [row] = await this.rows<{ total: number | string | null }>('SELECT COALESCE(SUM(size), 0) AS total FROM ipam_pool');
+    return Number(row?.total ?? 0);
   }
 
   async listPools(page: { after: string | undefined; limit: number }): Promise<PoolRecord[]> {
@@ -303,15 +320,18 @@ class MysqlIpamTx implements IpamTx {
         entry.event?.event.id ?? null,
         entry.event?.natsSubject ?? null,
         entry.event ? JSON.stringify(entry.event.event) : null,
+        // an audit row without an event has nothing to publish
+        entry.event ? OUTBOX_SENT.pending : OUTBOX_SENT.published,
       );
       if (entry.event) this.events.push(entry.event);
     }
     // Sent with the next query or COMMIT; rows get ids in this order (the outbox cursor's order).
     this.q.defer(
       `INSERT INTO ipam_audit (at, action, ip, pool_name, actor, replica, trace_id, before_json, after_json,
-         event_id, event_subject, event_json)
-       VALUES ${entries.map(() => '(NOW(3), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ')}`,
+         event_id, event_subject, event_json, sent)
+       VALUES ${entries.map(() => '(NOW(3), ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ')}`,
       params,
+      this.rowIds.track,
     );
   }
 }
@@ -390,7 +410,7 @@ export class MysqlIpamStore implements IpamStore {
       }),
     );
     // After the commit, never before: an event for a rolled-back change must not exist.
-    if (tx && tx.events.length > 0) await this.relay.publishCommitted(tx.events);
+    if (tx && tx.events.length > 0) await this.relay.publishCommitted(tx.events, tx.rowIds.first);
     return result;
   }
 
@@ -404,7 +424,8 @@ export class MysqlIpamStore implements IpamStore {
     } catch (e) {
       if (isDuplicateKey(e)) throw new OwnerConflict();
       if (e instanceof DatabaseUnavailableError) {
-        throw new OrangeryError('UNAVAILABLE', 'the IPAM database is unreachable; nothing was changed, retry later', {
+        const what = e instanceof DatabaseBusyError ? 'busy (too many requests wait for a connection)' : 'unreachable';
+        throw new OrangeryError('UNAVAILABLE', `the IPAM database is ${what}; nothing was changed, retry later`, {
           retryable: true,
         });
       }

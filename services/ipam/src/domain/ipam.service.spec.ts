@@ -862,3 +862,25 @@ describe('a failed request records no event and changes nothing', () => {
     expect(await ipam.getPool('net')).toMatchObject({ used: 0, free: 5 });
   });
 });
+
+describe('the address quota (ORANGERY_IPAM_MAX_ADDRESSES)', () => {
+  it('refuses a pool that would take the pools past the quota, changes nothing, and takes one that fits', async () => {
+    const store = new InMemoryIpamStore();
+    // 'net' holds 5 addresses, OTHER 5: a quota of 8 takes the first only
+    const ipam = new IpamService(store, new FakeClock(), 8);
+    await ipam.createPool(poolReq());
+    await expectError(ipam.createPool(OTHER), 'INVALID_REQUEST', { field: 'cidr', size: 5, quota: 8, inPools: 5 });
+    expect((await ipam.listPools()).pools.map((p) => p.name)).toEqual(['net']);
+    // a /30 (2 addresses, less its gateway: 1) fits in what is left
+    await ipam.createPool({ name: 'small', cidr: '198.18.2.0/30', gateway: '198.18.2.1' });
+    expect((await ipam.listPools()).pools.map((p) => p.name)).toEqual(['net', 'small']);
+  });
+
+  it('counts deleted pools out of the quota', async () => {
+    const ipam = new IpamService(new InMemoryIpamStore(), new FakeClock(), 5);
+    await ipam.createPool(poolReq());
+    await expectError(ipam.createPool(OTHER), 'INVALID_REQUEST', { field: 'cidr' });
+    await ipam.deletePool('net');
+    await ipam.createPool(OTHER);
+  });
+});

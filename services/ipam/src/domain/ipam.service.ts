@@ -38,6 +38,9 @@ import { AllocationBatch, bindBatchInTx } from './ipam-batch';
 import { planPool } from './pool-plan';
 import { OwnerConflict, type AddressRecord, type Clock, type IpamStore, type IpamTx, type PoolRecord } from './ports';
 
+/** Addresses all pools may hold together, by default: sixteen /16 pools. */
+export const DEFAULT_MAX_ADDRESSES = 16 * 65_536;
+
 export { EVENT_SOURCE, toAllocation, toPool, type CallContext } from './allocation-rules';
 
 /** A batch is retried this often when a concurrent request gave one of its fresh owners an address first. */
@@ -57,6 +60,8 @@ export class IpamService {
   constructor(
     private readonly store: IpamStore,
     private readonly clock: Clock,
+    /** addresses all pools may hold together (ORANGERY_IPAM_MAX_ADDRESSES): each is a row */
+    private readonly maxAddresses = DEFAULT_MAX_ADDRESSES,
   ) {}
 
   async createPool(req: PoolCreateRequest, ctx: CallContext = {}): Promise<Pool> {
@@ -73,6 +78,15 @@ export class IpamService {
           pool: other.name,
           cidr: other.cidrText,
         });
+      }
+      // Under the catalog lock: two creations cannot both fit in the last of the quota.
+      const inUse = await tx.totalPoolSize();
+      if (inUse + plan.size > this.maxAddresses) {
+        throw new OrangeryError(
+          'INVALID_REQUEST',
+          `cidr: a pool of ${plan.size} addresses would exceed this IPAM's quota of ${this.maxAddresses} addresses (${inUse} in pools already)`,
+          { field: 'cidr', size: plan.size, quota: this.maxAddresses, inPools: inUse },
+        );
       }
       const pool = await tx.insertPool(plan, new Date(this.clock.now()));
       await tx.audit({ action: 'pool.create', ip: null, poolName: pool.name, before: null, after: toPool(pool) });

@@ -61,6 +61,8 @@ export interface IpamTx {
   findPool(name: string, lock: 'none' | 'share' | 'update'): Promise<PoolRecord | undefined>;
   findPoolById(id: number): Promise<PoolRecord | undefined>;
   findOverlappingPool(first: number, last: number): Promise<PoolRecord | undefined>;
+  /** the addresses (rows) every pool holds together: the sum of their sizes */
+  totalPoolSize(): Promise<number>;
   /** up to `limit` pools in name order, after the name `after` (none: from the first) */
   listPools(page: { after: string | undefined; limit: number }): Promise<PoolRecord[]>;
   insertPool(plan: PoolPlan, now: Date): Promise<PoolRecord>;

@@ -1,7 +1,13 @@
 import { buildEvent, type NewEvent } from '@orangery/contracts';
-import type { OutboxRelay, PendingEvent, SqlPool, SqlTx } from '@orangery/persistence';
+import { OutboxRowIds, type OutboxRelay, type PendingEvent, type SqlPool, type SqlTx } from '@orangery/persistence';
 import type { DrainRecord, MigrationRecord } from '../domain/model';
 import { LeaseLostError, type MigrationStore } from '../domain/ports';
+
+/** A transaction's events and the outbox rows that hold them. */
+interface Outboxed {
+  events: PendingEvent[];
+  rowIds: OutboxRowIds;
+}
 
 interface Header {
   affectedRows: number;
@@ -27,10 +33,17 @@ export class MysqlMigrationStore implements MigrationStore {
     private readonly leaseSeconds: number,
   ) {}
 
-  private writeEvents(q: SqlTx, events: NewEvent<unknown>[] | undefined): PendingEvent[] {
+  private writeEvents(q: SqlTx, events: NewEvent<unknown>[] | undefined): Outboxed {
     const built = (events ?? []).map((e) => buildEvent({ ...e, source: e.source || this.source }));
-    for (const b of built) q.defer('INSERT INTO mig_outbox (event_subject, event_json) VALUES (?, ?)', [b.natsSubject, JSON.stringify(b.event)]);
-    return built;
+    const rowIds = new OutboxRowIds();
+    for (const b of built) {
+      q.defer(
+        'INSERT INTO mig_outbox (event_id, event_subject, event_json) VALUES (?, ?, ?)',
+        [b.event.id, b.natsSubject, JSON.stringify(b.event)],
+        rowIds.track,
+      );
+    }
+    return { events: built, rowIds };
   }
 
   private columns(m: MigrationRecord): unknown[] {
@@ -46,7 +59,7 @@ export class MysqlMigrationStore implements MigrationStore {
       );
       return this.writeEvents(q, events);
     });
-    await this.outbox.publishCommitted(pending);
+    await this.outbox.publishCommitted(pending.events, pending.rowIds.first);
   }
 
   async insertDrain(d: DrainRecord, migrations: MigrationRecord[]): Promise<void> {
@@ -73,7 +86,7 @@ export class MysqlMigrationStore implements MigrationStore {
       if (r.affectedRows !== 1) throw new LeaseLostError(m.id);
       return this.writeEvents(q, events);
     });
-    await this.outbox.publishCommitted(pending);
+    await this.outbox.publishCommitted(pending.events, pending.rowIds.first);
   }
 
   async discard(id: string, owner: string): Promise<void> {
@@ -168,7 +181,7 @@ export class MysqlMigrationStore implements MigrationStore {
       return this.writeEvents(q, events);
     });
     if (!result) return false;
-    await this.outbox.publishCommitted(result);
+    await this.outbox.publishCommitted(result.events, result.rowIds.first);
     return true;
   }
 }

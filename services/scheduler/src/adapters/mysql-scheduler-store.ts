@@ -1,5 +1,14 @@
 import { buildEvent, CURSORS, memoryLimitMb, pageOf, type Amounts, type HostSummary, type InstanceSummary, type PageQuery } from '@orangery/contracts';
-import { isTooLarge, keysetAfter, type OutboxRelay, type PendingEvent, type SqlPool, type SqlTx } from '@orangery/persistence';
+import {
+  DatabaseUnavailableError,
+  isTooLarge,
+  keysetAfter,
+  OutboxRowIds,
+  type OutboxRelay,
+  type PendingEvent,
+  type SqlPool,
+  type SqlTx,
+} from '@orangery/persistence';
 import type { Logger } from '@orangery/telemetry';
 import type { HostEntry } from '../domain/host-book';
 import type { AppRecord, SlotRecord } from '../domain/model';
@@ -81,11 +90,12 @@ export class MysqlSchedulerStore implements SchedulerStore {
       while (this.queue.length > 0) {
         const group = this.queue.splice(0, MAX_GROUP);
         try {
-          const events = await this.write(group.map((p) => p.changes));
+          const { events, rowIds } = await this.write(group.map((p) => p.changes));
           for (const p of group) p.resolve();
-          void this.outbox.publishCommitted(events);
+          void this.outbox.publishCommitted(events, rowIds.first);
         } catch (e) {
-          if (e instanceof NotLeaderError || group.length === 1) {
+          // The database away or busy fails every change alike: one by one would only multiply the load.
+          if (e instanceof NotLeaderError || e instanceof DatabaseUnavailableError || group.length === 1) {
             for (const p of group) p.reject(e);
             continue;
           }
@@ -93,7 +103,8 @@ export class MysqlSchedulerStore implements SchedulerStore {
           this.logger.warn({ err: String(e), changes: group.length }, 'group commit failed; writing its changes one by one');
           for (const p of group) {
             try {
-              void this.outbox.publishCommitted(await this.write([p.changes]));
+              const { events, rowIds } = await this.write([p.changes]);
+              void this.outbox.publishCommitted(events, rowIds.first);
               p.resolve();
             } catch (err) {
               p.reject(err);
@@ -106,10 +117,11 @@ export class MysqlSchedulerStore implements SchedulerStore {
     }
   }
 
-  private async write(all: Changes[]): Promise<PendingEvent[]> {
+  private async write(all: Changes[]): Promise<{ events: PendingEvent[]; rowIds: OutboxRowIds }> {
     const epoch = this.epochNow();
     if (epoch === undefined) throw new NotLeaderError();
     const events: PendingEvent[] = [];
+    const rowIds = new OutboxRowIds();
     for (const c of all) for (const e of c.events ?? []) events.push(buildEvent({ ...e, source: e.source || this.source }));
     try {
       await this.sql.transaction(async (tx) => {
@@ -117,7 +129,7 @@ export class MysqlSchedulerStore implements SchedulerStore {
         // certification conflict), and a takeover in between must fail it, not retry past it.
         if (this.epochNow() !== epoch) throw new NotLeaderError();
         fence(tx, epoch);
-        this.statements(tx, all, events);
+        this.statements(tx, all, events, rowIds);
       });
     } catch (e) {
       if (isFenced(e)) {
@@ -127,7 +139,7 @@ export class MysqlSchedulerStore implements SchedulerStore {
       if (isTooLarge(e)) throw new JournalTooLarge(await this.maxAllowedPacket(), String((e as Error).message ?? e));
       throw e;
     }
-    return events;
+    return { events, rowIds };
   }
 
   /** The database's max_allowed_packet (read once; undefined when it cannot be read). */
@@ -141,7 +153,7 @@ export class MysqlSchedulerStore implements SchedulerStore {
     return this.maxPacket;
   }
 
-  private statements(tx: SqlTx, all: Changes[], events: PendingEvent[]): void {
+  private statements(tx: SqlTx, all: Changes[], events: PendingEvent[], rowIds: OutboxRowIds): void {
     const apps = all.flatMap((c) => c.apps ?? []);
     const slots = all.flatMap((c) => c.slots ?? []);
     const deletes = all.flatMap((c) => c.deleteSlots ?? []);
@@ -192,8 +204,9 @@ export class MysqlSchedulerStore implements SchedulerStore {
     if (deletes.length > 0) tx.defer(`DELETE FROM sched_instance WHERE id IN (${deletes.map(() => '?').join(', ')})`, deletes);
     if (events.length > 0) {
       tx.defer(
-        `INSERT INTO sched_outbox (event_subject, event_json) VALUES ${rows(events.length, 2)}`,
-        events.flatMap((e) => [e.natsSubject, JSON.stringify(e.event)]),
+        `INSERT INTO sched_outbox (event_id, event_subject, event_json) VALUES ${rows(events.length, 3)}`,
+        events.flatMap((e) => [e.event.id, e.natsSubject, JSON.stringify(e.event)]),
+        rowIds.track,
       );
     }
   }

@@ -1,5 +1,5 @@
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerConfig, type ConsumerMessages } from '@nats-io/jetstream';
-import { ensureStream, streamConfigDrift } from '@orangery/messaging';
+import { ensureStream, streamByteLimits, streamConfigDrift } from '@orangery/messaging';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { SCALE_STREAM, SUBJECTS } from '@orangery/contracts';
 import type { Logger } from '@orangery/telemetry';
@@ -35,7 +35,7 @@ export const SCALE_CONSUMER_CONFIG = {
 
 /** Creates the scale stream and the scheduler's durable consumer (idempotent; replicas may race). */
 export async function ensureScaleStream(nc: NatsConnection, logger: Logger): Promise<void> {
-  await ensureStream(nc, SCALE_STREAM, logger);
+  await ensureStream(nc, { ...SCALE_STREAM, maxBytes: streamByteLimits.scale }, logger);
   const jsm = await jetstreamManager(nc);
   try {
     const info = await jsm.consumers.info(SCALE_STREAM.name, SCALE_STREAM.consumer);

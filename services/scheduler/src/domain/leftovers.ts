@@ -42,6 +42,24 @@ export class Leftovers {
       .catch((e: unknown) => this.ports.log.warn({ instanceId, err: errorOf(e).message }, 'could not journal instance.orphaned'));
   }
 
+  /** Copies kept now (a gauge; the map is bounded by what agents still list). */
+  keptCount(): number {
+    return this.kept.size;
+  }
+
+  /**
+   * After a host's full listing: forgets the kept copies of that host it no longer lists as
+   * leftovers (removed by someone else, or adopted by a record again), so the map holds what
+   * still exists and not every copy ever seen. Forgetting only delays a removal: a copy that
+   * shows up again is kept (and announced) afresh, never removed early.
+   */
+  listed(hostId: string, leftoverIds: ReadonlySet<string>): void {
+    const prefix = `${hostId}/`;
+    for (const key of this.kept.keys()) {
+      if (key.startsWith(prefix) && !leftoverIds.has(key.slice(prefix.length))) this.kept.delete(key);
+    }
+  }
+
   /** An agent lists a copy no record places on its host: stop it, keep it, remove it past its retention. */
   found(hostId: string, inst: AgentInstance): void {
     const key = `${hostId}/${inst.instanceId}`;

@@ -40,6 +40,7 @@ async function observationWorld(slots: SlotRecord[] = [runningSlot(0, 'a')], loa
   for (const s of slots) if (s.hostId) agents.plant(s.hostId, { instanceId: s.id, env: s.env, app: s.app, slot: s.slot, state: 'running' });
   const listing = (host: string): AgentInstance[] => agents.instancesOn(host);
   return {
+    leftovers,
     store,
     hosts,
     book,
@@ -172,6 +173,27 @@ describe('Leftovers', () => {
     await vi.advanceTimersByTimeAsync(0);
     expect(w.agents.callsOf('remove', 'b')).toHaveLength(1);
     expect(w.agents.instancesOn('b')).toEqual([]);
+    w.observations.agentList('b', w.listing('b'));
+    expect(w.leftovers.keptCount()).toBe(0);
+  });
+
+  it('forgets a kept copy its host no longer lists (removed by someone else): the map does not grow with every copy ever seen', async () => {
+    const w = await observationWorld([]);
+    for (let i = 0; i < 50; i++) w.agents.plant('b', { instanceId: `prod:web:${i}`, env: 'prod', app: 'web', slot: i, state: 'stopped' });
+    w.agents.plant('a', { instanceId: 'prod:api:1', env: 'prod', app: 'api', slot: 1, state: 'stopped' });
+    w.observations.agentList('b', w.listing('b'));
+    w.observations.agentList('a', w.listing('a'));
+    expect(w.leftovers.keptCount()).toBe(51);
+    // an operator removed b's copies by hand: b's next listing has one left
+    w.observations.agentList('b', w.listing('b').slice(0, 1));
+    expect(w.leftovers.keptCount()).toBe(2);
+    // another host's kept copies are untouched, and nothing was removed by the scheduler
+    expect(w.agents.callsOf('remove')).toEqual([]);
+    // the copy still listed keeps its original deadline: announced once
+    const still = w.listing('b')[0]!.instanceId;
+    w.observations.agentList('b', w.listing('b').slice(0, 1));
+    await vi.advanceTimersByTimeAsync(0);
+    expect(w.orphaned().filter((e) => e.data.instanceId === still)).toHaveLength(1);
   });
 });
 

@@ -50,7 +50,7 @@ export class Observations {
   constructor(
     private readonly book: SlotBook,
     private readonly hosts: HostBook,
-    private readonly leftovers: Pick<Leftovers, 'found'>,
+    private readonly leftovers: Pick<Leftovers, 'found' | 'listed'>,
     private readonly events: SchedulerEvents,
     private readonly ports: ObservationPorts,
     private readonly settings: ObservationSettings,
@@ -176,6 +176,7 @@ export class Observations {
     // remove instances the (new) leader placed.
     if (this.book.stopped || !this.book.loaded) return;
     const seen = new Set<string>();
+    const leftovers = new Set<string>();
     for (const inst of instances) {
       seen.add(inst.instanceId);
       const s = this.book.slot(inst.instanceId);
@@ -183,6 +184,7 @@ export class Observations {
       if (!s || s.hostId !== hostId) {
         // Not ours there: stopped, kept for the retention period, never started (Leftovers).
         this.leftovers.found(hostId, inst);
+        leftovers.add(inst.instanceId);
         continue;
       }
       if (s.phase === null && inst.state !== 'running') this.verifyLater(s.id, inst.state === 'failed' ? this.settings.failedGraceMs : STOPPED_VERIFY_MS);
@@ -191,6 +193,7 @@ export class Observations {
       const s = this.book.slot(id);
       if (s && s.phase === null && !s.hold && !seen.has(id)) this.verifyLater(id, 0);
     }
+    this.leftovers.listed(hostId, leftovers);
   }
 
   private verifyLater(id: string, delayMs: number): void {

@@ -232,6 +232,33 @@ describe('VmwareAgentService with the change-stream index', () => {
     expect(vc.calls.filter((m) => m === 'powerOn')).toHaveLength(1);
   });
 
+  it("start, stop, get and remove read the instance's VM only, not the whole of vCenter, once the index is in sync", async () => {
+    const { vc, agent } = world();
+    agent.index.reset(await vc.vms());
+    for (let i = 0; i < 5; i++) vc.addForeignVm(`other-${i}`, `198.18.99.${i + 1}`);
+    const c = cmd();
+    await agent.create(H1, c);
+    vc.calls.length = 0;
+    expect((await agent.stop(H1, { instanceId: c.instanceId, timeoutSeconds: 0 })).state).toBe('stopped');
+    expect((await agent.get(H1, c.instanceId)).state).toBe('stopped');
+    expect((await agent.start(H1, c.instanceId)).state).toBe('running');
+    expect((await agent.remove(H1, c.instanceId)).state).toBe('removed');
+    expect(vc.calls).not.toContain('vms');
+    expect(vc.calls).toContain('vm');
+  });
+
+  it('finds a VM the index does not know yet (its clone event not arrived) with one listing; a wrong host is NOT_FOUND', async () => {
+    const { vc, agent } = world();
+    const c = cmd();
+    await agent.create(H1, c);
+    // the index came in sync before the clone was seen
+    agent.index.reset([]);
+    vc.calls.length = 0;
+    expect((await agent.get(H1, c.instanceId)).instanceId).toBe(c.instanceId);
+    expect(vc.calls).toEqual(['vms']);
+    expect(await codeOf(agent.get(H2, c.instanceId))).toBe('NOT_FOUND');
+  });
+
   it('lists vCenter again when the stream broke', async () => {
     const { vc, agent } = world();
     agent.index.reset([]);

@@ -209,9 +209,40 @@ export class VmwareAgentService {
     }
   }
 
+  /**
+   * The instance's VM on `hostId`, read from vCenter. With the change-stream index in sync,
+   * its candidates come from the index and only they are read (one VM each); a listing of
+   * the whole datacenter happens only when the index is not in sync or knows no such VM (a
+   * clone whose `enter` has not arrived yet, or a VM that is really gone).
+   */
+  private async lookup(hostId: string, instanceId: string): Promise<ManagedVm | undefined> {
+    if (this.index.ready) {
+      for (const candidate of managed(this.index.list()).filter((v) => v.labels.instanceId === instanceId)) {
+        const now = await this.vc.vm(candidate.ref);
+        if (!now) {
+          this.index.remove(candidate.ref);
+          continue;
+        }
+        this.index.upsert(now);
+        const found = managedOn([now], hostId).find((v) => v.labels.instanceId === instanceId);
+        if (found) return found;
+      }
+    }
+    return managedOn(await this.vc.vms(), hostId).find((v) => v.labels.instanceId === instanceId);
+  }
+
+  private async lookupOrFail(hostId: string, instanceId: string): Promise<ManagedVm> {
+    const vm = await this.lookup(hostId, instanceId);
+    if (!vm) throw new OrangeryError('NOT_FOUND', `no instance ${instanceId} on ${hostId}`, { instanceId });
+    return vm;
+  }
+
   start(hostId: string, instanceId: string): Promise<AgentInstance> {
     return this.serialize(instanceId, async () => {
-      const all = await this.vc.vms();
+      const found = await this.lookupOrFail(hostId, instanceId);
+      if (found.powerState === 'poweredOn') return this.describe(found);
+      // the duplicate-address check needs every VM: the index (with the ones that matter read fresh), or one listing
+      const all = await this.freshFor(instanceId, found.labels.ip, await this.snapshot());
       const vm = this.require(all, hostId, instanceId);
       if (vm.powerState === 'poweredOn') return this.describe(vm);
       return this.describe(await this.startChecked(vm, all));
@@ -220,7 +251,7 @@ export class VmwareAgentService {
 
   stop(hostId: string, cmd: StopInstanceCommand): Promise<AgentInstance> {
     return this.serialize(cmd.instanceId, async () => {
-      const vm = this.require(await this.vc.vms(), hostId, cmd.instanceId);
+      const vm = await this.lookupOrFail(hostId, cmd.instanceId);
       if (vm.powerState !== 'poweredOn') return this.describe(vm);
       this.expectedStops.add(vm.ref);
       const graceMs = (cmd.timeoutSeconds ?? this.settings.stopTimeoutSeconds) * 1000;
@@ -246,7 +277,7 @@ export class VmwareAgentService {
 
   remove(hostId: string, instanceId: string): Promise<AgentInstance> {
     return this.serialize(instanceId, async () => {
-      const vm = managed(await this.vc.vms()).find((v) => v.labels.instanceId === instanceId && v.labels.hostId === hostId);
+      const vm = await this.lookup(hostId, instanceId);
       if (!vm) return this.describeMissing(hostId, instanceId);
       this.expectedStops.add(vm.ref);
       await this.limiter.run(hostId, async () => {
@@ -259,7 +290,7 @@ export class VmwareAgentService {
   }
 
   async get(hostId: string, instanceId: string): Promise<AgentInstance> {
-    return this.describe(this.require(await this.vc.vms(), hostId, instanceId));
+    return this.describe(await this.lookupOrFail(hostId, instanceId));
   }
 
   async list(hostId: string): Promise<{ hostId: string; instances: AgentInstance[] }> {

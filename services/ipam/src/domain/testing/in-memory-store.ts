@@ -58,6 +58,10 @@ class InMemoryTx implements IpamTx {
     return structuredClone(overlapping.sort((a, b) => a.first - b.first)[0]);
   }
 
+  async totalPoolSize(): Promise<number> {
+    return [...this.state.pools.values()].reduce((n, p) => n + p.size, 0);
+  }
+
   async listPools(page: { after: string | undefined; limit: number }): Promise<PoolRecord[]> {
     const sorted = [...this.state.pools.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
     return structuredClone(sorted.filter((p) => page.after === undefined || p.name > page.after).slice(0, page.limit));
