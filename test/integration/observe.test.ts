@@ -101,6 +101,10 @@ describe('health and metrics endpoints', () => {
       return value(m, 'orangery_hosts', { backend: 'docker', state: 'ready' }) === 2 ? m : undefined;
     });
     expect(value(s, 'orangery_instances', { backend: 'docker', state: 'running' })).toBe(running);
+    expect(value(s, 'orangery_scheduler_leader', {})).toBe(1);
+    expect(value(s, 'orangery_failover_paused', { backend: 'docker' })).toBe(0);
+    expect(value(s, 'orangery_scale_requests_pending', {})).toBe(0);
+    expect(value(s, 'orangery_scale_request_oldest_pending_seconds', {})).toBe(0);
     expect(value(s, 'process_resident_memory_bytes', {})).toBeGreaterThan(0);
     expect(value(s, 'orangery_requests_total', { subject: 'orangery.scheduler.instances.list', code: 'ok' })).toBeGreaterThanOrEqual(1);
 

@@ -46,7 +46,7 @@ export class SchedulerModule {
   }
 }
 
-/** orangery_hosts and orangery_instances (CONTRACT.md "Health and metrics"), from the tables every replica reads. */
+/** orangery_hosts and orangery_instances (CONTRACT.md "Health and metrics") and the scale backlog, from the tables every replica reads. */
 function fleetGauges(store: MysqlSchedulerStore, lostAfterMs: number): void {
   // One database read per scrape serves both gauges: the first reads, the second reuses it.
   let last: { at: number; counts: Promise<Awaited<ReturnType<MysqlSchedulerStore['fleetCounts']>>> } | undefined;
@@ -60,4 +60,10 @@ function fleetGauges(store: MysqlSchedulerStore, lostAfterMs: number): void {
   scrapedGauge('orangery_instances', 'Instances by backend and state', ['backend', 'state'], async () =>
     (await counts()).instances.map((c) => ({ labels: { backend: c.backend, state: c.state }, value: c.count })),
   );
+  scrapedGauge('orangery_scale_requests_pending', 'Apps whose accepted scale request has not completed (nor been rejected) yet', [], async () => [
+    { labels: {}, value: (await counts()).pendingRequests },
+  ]);
+  scrapedGauge('orangery_scale_request_oldest_pending_seconds', 'How long the oldest accepted, not yet completed scale request has waited', [], async () => [
+    { labels: {}, value: (await counts()).oldestPendingSeconds },
+  ]);
 }

@@ -281,10 +281,11 @@ export class MysqlSchedulerStore implements SchedulerStore {
   }
 
   /**
-   * Fleet counts for /metrics (orangery_hosts, orangery_instances): hosts by backend and
-   * the state hosts.list shows, instances by backend and state. Two grouped scans.
+   * Fleet counts for /metrics (orangery_hosts, orangery_instances, orangery_scale_*): hosts
+   * by backend and the state hosts.list shows, instances by backend and state, scale
+   * requests accepted and not complete. Three grouped scans.
    */
-  async fleetCounts(lostAfterMs: number): Promise<{ hosts: FleetCount[]; instances: FleetCount[] }> {
+  async fleetCounts(lostAfterMs: number): Promise<{ hosts: FleetCount[]; instances: FleetCount[]; pendingRequests: number; oldestPendingSeconds: number }> {
     return this.sql.read(async (q) => {
       const hostRows = await q.query<Pick<HostRow, 'backend' | 'drain' | 'fenced' | 'verdict' | 'silent_us'>[]>(
         `SELECT backend, drain, fenced, verdict, TIMESTAMPDIFF(MICROSECOND, last_seen, NOW(3)) AS silent_us FROM sched_host`,
@@ -300,7 +301,17 @@ export class MysqlSchedulerStore implements SchedulerStore {
       const inst = await q.query<{ backend: string | null; state: string; n: number | string }[]>(
         `SELECT backend, state, COUNT(*) AS n FROM sched_instance GROUP BY backend, state`,
       );
-      return { hosts: [...hosts.values()], instances: inst.map((r) => ({ backend: r.backend ?? '', state: r.state, count: Number(r.n) })) };
+      // apps whose accepted request is not complete yet, and how long the oldest has waited
+      const [pending] = await q.query<{ n: number | string; oldest_us: number | string | null }[]>(
+        `SELECT COUNT(*) AS n, TIMESTAMPDIFF(MICROSECOND, MIN(r.received_at), NOW(3)) AS oldest_us
+         FROM sched_app a JOIN sched_request r ON r.request_id = a.request_id WHERE a.outcome = 'pending'`,
+      );
+      return {
+        hosts: [...hosts.values()],
+        instances: inst.map((r) => ({ backend: r.backend ?? '', state: r.state, count: Number(r.n) })),
+        pendingRequests: Number(pending?.n ?? 0),
+        oldestPendingSeconds: pending?.oldest_us === null || pending?.oldest_us === undefined ? 0 : Number(pending.oldest_us) / 1e6,
+      };
     });
   }
 

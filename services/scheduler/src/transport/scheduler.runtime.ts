@@ -23,7 +23,7 @@ import {
 import { ensureEventsStream, Responder, type Route } from '@orangery/messaging';
 import type { OutboxRelay } from '@orangery/persistence';
 import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
-import type { Logger } from '@orangery/telemetry';
+import { scrapedGauge, type Logger } from '@orangery/telemetry';
 import type { SchedulerConfig } from '../config';
 import { MysqlLeaseStore } from '../adapters/mysql-lease-store';
 import type { MysqlSchedulerStore } from '../adapters/mysql-scheduler-store';
@@ -86,6 +86,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     await ensureEventsStream(this.nc, this.logger);
     await ensureScaleStream(this.nc, this.logger);
     this.outbox.start();
+    this.leaderGauges();
     this.responder = new Responder(this.nc, QUEUE_GROUPS.scheduler, this.logger);
     this.responder.serve(this.routes());
     this.logger.info({ queue: QUEUE_GROUPS.scheduler }, 'serving orangery.scheduler.*');
@@ -199,6 +200,17 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
         },
       },
     ];
+  }
+
+  /** orangery_scheduler_leader (every replica) and orangery_failover_paused (the leader only: it alone judges). */
+  private leaderGauges(): void {
+    scrapedGauge('orangery_scheduler_leader', 'Whether this scheduler replica is the leader (1) or a follower (0)', [], () => [
+      { labels: {}, value: this.leading ? 1 : 0 },
+    ]);
+    scrapedGauge('orangery_failover_paused', "1 while the leader has paused a backend's failover (more than half of its hosts silent)", ['backend'], () => {
+      const core = this.leading?.core;
+      return core ? (['docker', 'vmware'] as const).map((backend) => ({ labels: { backend }, value: core.failover.isPaused(backend) ? 1 : 0 })) : [];
+    });
   }
 
   // ---- leadership ---------------------------------------------------------------------------
