@@ -2,6 +2,9 @@ import mysql, { type Pool, type PoolConnection, type QueryError } from 'mysql2';
 import type { DbConfig, DbHost } from './data-source';
 import { DatabaseBusyError, DatabaseUnavailableError, errorText, isConflict, isConnectionError, isTooLarge } from './data-source';
 
+/** Seconds a write transaction may sit idle on the server before it is rolled back (a vanished client). */
+const IDLE_WRITE_TRANSACTION_TIMEOUT_S = 5;
+
 /** Callers waiting for a connection at most, by default; beyond, DatabaseBusyError at once. */
 export const DEFAULT_DB_QUEUE_LIMIT = 1_000;
 
@@ -73,6 +76,12 @@ export class SqlPool {
       // replica on another node) never decides on an older state. Ignored where wsrep is
       // off (plain MariaDB); an error (a server without the variable) is harmless.
       c.query('SET SESSION wsrep_sync_wait = 1', () => undefined);
+      // A client that vanishes without a FIN (its host blackholed) in the middle of a
+      // transaction would keep that transaction's row locks until the server noticed the
+      // dead connection (hours): on Galera, where statements go one per round trip, the
+      // scheduler's lease row among them. The server ends a write transaction left idle
+      // this long; ours never wait between statements for more than milliseconds.
+      c.query(`SET SESSION idle_write_transaction_timeout = ${IDLE_WRITE_TRANSACTION_TIMEOUT_S}`, () => undefined);
     });
     this.pools[i] = pool;
     return pool;
