@@ -1,8 +1,8 @@
 import type { Msg, MsgHdrs, NatsConnection, Subscription } from '@nats-io/nats-core';
 import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
-import { errorReply, isOrangeryError, okReply, OrangeryError, parseJsonObject, type Reply } from '@orangery/contracts';
+import { errorReply, invalidRequest, isOrangeryError, okReply, OrangeryError, parseJsonObject, type Reply } from '@orangery/contracts';
 import type { Logger } from '@orangery/telemetry';
-import { contextFromHeaders } from './trace-headers';
+import { contextFromHeaders, headersOf } from './trace-headers';
 
 export interface RequestContext {
   subject: string;
@@ -52,15 +52,19 @@ export class Responder {
   }
 
   private async handle(route: Route, msg: Msg): Promise<void> {
-    const parent = contextFromHeaders(msg.headers);
+    // A header block the client cannot read is the caller's error, answered like a bad body
+    // (reading it here unguarded threw out of this method: no reply, the caller timed out).
+    const { headers, malformed } = headersOf(msg);
+    const parent = contextFromHeaders(headers);
     const span = trace.getTracer('orangery').startSpan(route.subject, { kind: SpanKind.SERVER }, parent);
     const reply = await context.with(trace.setSpan(parent, span), async (): Promise<Reply<unknown>> => {
       try {
+        if (malformed) throw invalidRequest('headers', 'the message headers are malformed (a header name with a space, colon or control character)');
         const body = parseJsonObject(msg.data);
         const data = await route.handler(body, {
           subject: msg.subject,
-          headers: msg.headers,
-          actor: msg.headers?.get('Orangery-Actor') || undefined,
+          headers,
+          actor: headers?.get('Orangery-Actor') || undefined,
         });
         return okReply(data ?? {});
       } catch (e) {
