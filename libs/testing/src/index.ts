@@ -4,3 +4,5 @@ export * from './services';
 export * from './client';
 export * from './simulated-fleet';
 export * from './scale';
+export * from './fuzz';
+export * from './fuzz-sender';
