@@ -326,6 +326,28 @@ export function adversarialPayload(schema: TSchema | undefined, valid?: unknown)
   return fc.oneof({ arbitrary: mutated as fc.Arbitrary<FuzzPayload>, weight: 14 }, { arbitrary: notObject, weight: 3 }, { arbitrary: withHeaders, weight: 3 });
 }
 
+/**
+ * Not random: every field of `valid` (and the whole body) given each of `kinds` of
+ * adversarial string, and every header set once. What a sample of a few dozen payloads may
+ * miss for a subject, this sweep sends to each.
+ */
+export function fieldSweep(valid: unknown, kinds: readonly string[] = ['huge', 'crlf', 'control', 'loneSurrogate']): FuzzPayload[] {
+  const v = valid as Json;
+  const out: FuzzPayload[] = [];
+  for (const p of pathsOf(v)) {
+    for (const k of kinds) out.push({ what: `string:${k} at ${label(p)}`, body: JSON.stringify(setAt(v, p, ADVERSARIAL_STRINGS[k]!())) });
+  }
+  for (const h of HEADER_SETS)
+    out.push({
+      what: `headers: ${h.what}`,
+      body: JSON.stringify(v),
+      ...(h.headers ? { headers: h.headers } : {}),
+      ...(h.rawHeaders ? { rawHeaders: h.rawHeaders } : {}),
+    });
+  for (const n of NOT_AN_OBJECT) out.push({ what: n.what, body: n.body() });
+  return out;
+}
+
 /** `runs` values of `arb`, the same for the same seed (replay: ORANGERY_FUZZ_SEED). */
 export function samplePayloads<T>(arb: fc.Arbitrary<T>, seed: number, runs: number): T[] {
   return fc.sample(arb, { seed, numRuns: runs });
