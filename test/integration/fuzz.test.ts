@@ -1,5 +1,4 @@
 import { createHash, randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { jetstreamManager } from '@nats-io/jetstream';
 import type { TSchema } from '@sinclair/typebox';
@@ -30,6 +29,9 @@ import {
 } from '@orangery/contracts';
 import {
   adversarialPayload,
+  contractViolation,
+  rssKb,
+  unexpectedErrorLines,
   ContractClient,
   describePayload,
   fieldSweep,
@@ -43,7 +45,6 @@ import {
   ServiceProcess,
   SimulatedFleet,
   waitFor,
-  type FuzzOutcome,
   type FuzzPayload,
 } from '@orangery/testing';
 
@@ -153,31 +154,6 @@ const MUTATING = new Set<string>([
 
 const CODES = new Set<string>(ERROR_CODES);
 
-/** Why a reply breaks the contract, or undefined when it keeps it. */
-function contractViolation(outcome: FuzzOutcome): string | undefined {
-  if ('noReply' in outcome) return outcome.noReply;
-  if ('refusedByClient' in outcome) return undefined; // never sent: nothing to judge
-  let r: unknown;
-  try {
-    r = JSON.parse(outcome.reply);
-  } catch {
-    return `reply is not JSON: ${JSON.stringify(outcome.reply.slice(0, 200))}`;
-  }
-  if (typeof r !== 'object' || r === null) return `reply is not an object: ${outcome.reply.slice(0, 200)}`;
-  const o = r as { ok?: unknown; data?: unknown; error?: { code?: unknown; message?: unknown } };
-  if (o.ok === true) return typeof o.data === 'object' && o.data !== null ? undefined : `ok reply without data: ${outcome.reply.slice(0, 200)}`;
-  if (o.ok !== false || typeof o.error !== 'object' || o.error === null) return `not the reply envelope: ${outcome.reply.slice(0, 200)}`;
-  if (!CODES.has(String(o.error.code))) return `not a contract code: ${String(o.error.code)}`;
-  if (typeof o.error.message !== 'string' || o.error.message === '') return 'error without a message';
-  if (o.error.code === 'INTERNAL') return `INTERNAL (a bug): ${String(o.error.message).slice(0, 200)}`;
-  return undefined;
-}
-
-const rssKb = (pid: number): number => {
-  const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) : 0;
-};
-
 function sampleRss(): void {
   for (const s of services) {
     if (s.child.exitCode !== null) continue;
@@ -268,7 +244,7 @@ describe(`fuzz every subject (seed ${SEED})`, () => {
       const outcome = await sender.request(subject, payload, REPLY_TIMEOUT_MS);
       sent++;
       if ('refusedByClient' in outcome) refused++;
-      const why = contractViolation(outcome);
+      const why = contractViolation(outcome, CODES);
       if (why) failures.push(`${subject} <- ${describePayload(payload)}: ${why}`);
       if ('reply' in outcome && MUTATING.has(subject) && outcome.reply.startsWith('{"ok":true')) touchedPools.add(touchedPool(subject, payload));
     });
@@ -402,16 +378,7 @@ describe(`fuzz every subject (seed ${SEED})`, () => {
     }
     // A bug the envelope hides still shows in the log: nothing unhandled, nothing unexpected.
     for (const s of services) {
-      const bad = s.lines.filter(
-        (l) =>
-          l.includes('"msg":"unhandled rejection"') ||
-          l.includes('"msg":"request failed with an unexpected error"') ||
-          l.includes('"msg":"scale consumer stopped"'),
-      );
-      expect(
-        bad.map((l) => l.slice(0, 400)),
-        `${s.name} logged`,
-      ).toEqual([]);
+      expect(unexpectedErrorLines(s.lines), `${s.name} logged`).toEqual([]);
     }
     const after = await stateSnapshot();
     const untouched = (pools: { name: string }[]) => pools.filter((p) => !touchedPools.has(p.name));

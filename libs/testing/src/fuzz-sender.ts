@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { connect as tcpConnect, type Socket } from 'node:net';
 import { headers as newHeaders, type NatsConnection, type Subscription } from '@nats-io/nats-core';
 import type { FuzzPayload } from './fuzz';
@@ -90,4 +91,44 @@ export class FuzzSender {
     this.inbox.unsubscribe();
     this.socket?.destroy();
   }
+}
+
+/**
+ * Why a reply breaks the contract (CONTRACT.md "Request-reply"), or undefined when it keeps
+ * it: JSON, `{ ok: true, data: {...} }` or `{ ok: false, error: { code, message } }` with a
+ * contract code. INTERNAL counts as a violation: it is the envelope of a bug. No reply at
+ * all is one; a payload the client refused to send is nothing to judge.
+ */
+export function contractViolation(outcome: FuzzOutcome, knownCodes: ReadonlySet<string>): string | undefined {
+  if ('noReply' in outcome) return outcome.noReply;
+  if ('refusedByClient' in outcome) return undefined;
+  let r: unknown;
+  try {
+    r = JSON.parse(outcome.reply);
+  } catch {
+    return `reply is not JSON: ${JSON.stringify(outcome.reply.slice(0, 200))}`;
+  }
+  if (typeof r !== 'object' || r === null) return `reply is not an object: ${outcome.reply.slice(0, 200)}`;
+  const o = r as { ok?: unknown; data?: unknown; error?: { code?: unknown; message?: unknown } };
+  if (o.ok === true) return typeof o.data === 'object' && o.data !== null ? undefined : `ok reply without data: ${outcome.reply.slice(0, 200)}`;
+  if (o.ok !== false || typeof o.error !== 'object' || o.error === null) return `not the reply envelope: ${outcome.reply.slice(0, 200)}`;
+  if (!knownCodes.has(String(o.error.code))) return `not a contract code: ${String(o.error.code)}`;
+  if (typeof o.error.message !== 'string' || o.error.message === '') return 'error without a message';
+  if (o.error.code === 'INTERNAL') return `INTERNAL (a bug): ${o.error.message.slice(0, 200)}`;
+  return undefined;
+}
+
+/** A process's resident memory in kB (/proc/<pid>/status VmRSS). */
+export function rssKb(pid: number): number {
+  const m = /VmRSS:\s+(\d+)\s+kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) : 0;
+}
+
+/** Log lines that say a bug happened even when the reply looked fine. */
+export function unexpectedErrorLines(lines: readonly string[]): string[] {
+  return lines
+    .filter((l) =>
+      ['"msg":"unhandled rejection"', '"msg":"request failed with an unexpected error"', '"msg":"scale consumer stopped"'].some((m) => l.includes(m)),
+    )
+    .map((l) => l.slice(0, 400));
 }
