@@ -304,6 +304,8 @@ describe('parseJsonObject', () => {
     ['truncated JSON', '{"name":'],
     ['single-quoted JSON', "{'name':'p'}"],
     ['invalid UTF-8 bytes', new Uint8Array([0xff, 0xfe])],
+    // found by the fuzz suite: decoded with U+FFFD, '{"a":"\ufffd("}' was accepted as valid JSON
+    ['invalid UTF-8 inside a JSON string', new Uint8Array([0x7b, 0x22, 0x61, 0x22, 0x3a, 0x22, 0xc3, 0x28, 0x22, 0x7d])],
     ['a JSON array', '[]'],
     ['a JSON array of objects', '[{"name":"p"}]'],
     ['JSON null', 'null'],

@@ -92,9 +92,18 @@ export function decodeBatch<T extends TSchema>(schema: BatchRequestSchema<T>, va
   });
 }
 
-/** Parses a message body that must be a JSON object. */
+// JSON on the wire is UTF-8 (RFC 8259): bytes that are not are refused, never replaced by
+// U+FFFD (which would store a value other than the one sent, e.g. in an environment).
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Parses a message body that must be a JSON object (UTF-8). */
 export function parseJsonObject(raw: Uint8Array | string): Record<string, unknown> {
-  const text = typeof raw === 'string' ? raw : new TextDecoder().decode(raw);
+  let text: string;
+  try {
+    text = typeof raw === 'string' ? raw : utf8.decode(raw);
+  } catch {
+    throw invalidRequest('', 'body is not valid UTF-8');
+  }
   let value: unknown;
   try {
     value = text.trim() === '' ? {} : JSON.parse(text);

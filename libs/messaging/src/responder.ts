@@ -1,14 +1,39 @@
 import type { Msg, MsgHdrs, NatsConnection, Subscription } from '@nats-io/nats-core';
 import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
-import { errorReply, isOrangeryError, okReply, OrangeryError, parseJsonObject, type Reply } from '@orangery/contracts';
+import { errorReply, invalidRequest, isOrangeryError, okReply, OrangeryError, parseJsonObject, type ErrorBody, type Reply } from '@orangery/contracts';
 import { requestDuration, requestsTotal, type Logger } from '@orangery/telemetry';
-import { contextFromHeaders } from './trace-headers';
+import { contextFromHeaders, headersOf } from './trace-headers';
 
 export interface RequestContext {
   subject: string;
   headers: MsgHdrs | undefined;
   /** who sent it, when the caller says (header `Orangery-Actor`); for audit trails */
   actor: string | undefined;
+}
+
+/** Most characters of an error's message, and of each string in its details, in a reply. */
+export const MAX_ERROR_TEXT = 1024;
+
+const clip = (s: string): string => (s.length > MAX_ERROR_TEXT ? `${s.slice(0, MAX_ERROR_TEXT)}... (${s.length} characters)` : s);
+
+function clipStrings(v: unknown, depth: number): unknown {
+  if (typeof v === 'string') return clip(v);
+  if (depth <= 0 || v === null || typeof v !== 'object') return v;
+  if (Array.isArray(v)) return v.map((x) => clipStrings(x, depth - 1));
+  return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, clipStrings(x, depth - 1)]));
+}
+
+/**
+ * An error body with every string bounded: a refusal may quote the input it refuses (an
+ * entry of `reserved`, a name), and a 1 MB field quoted in the message and again in the
+ * details made a reply four times the request, over NATS' max_payload, so it was never
+ * sent and the caller timed out (found by the fuzz suite).
+ */
+export function boundedErrorBody(body: ErrorBody): ErrorBody {
+  const message = clip(body.message);
+  return body.details === undefined
+    ? { code: body.code, message }
+    : { code: body.code, message, details: clipStrings(body.details, 4) as Record<string, unknown> };
 }
 
 export type RequestHandler = (body: Record<string, unknown>, ctx: RequestContext) => Promise<unknown>;
@@ -103,22 +128,26 @@ export class Responder {
 
   private async handle(route: Route, msg: Msg): Promise<void> {
     const started = performance.now();
-    const parent = contextFromHeaders(msg.headers);
+    // A header block the client cannot read is the caller's error, answered like a bad body
+    // (reading it here unguarded threw out of this method: no reply, the caller timed out).
+    const { headers, malformed } = headersOf(msg);
+    const parent = contextFromHeaders(headers);
     const span = trace.getTracer('orangery').startSpan(route.subject, { kind: SpanKind.SERVER }, parent);
     const reply = await context.with(trace.setSpan(parent, span), async (): Promise<Reply<unknown>> => {
       try {
+        if (malformed) throw invalidRequest('headers', 'the message headers are malformed (a header name with a space, colon or control character)');
         const body = parseJsonObject(msg.data);
         const data = await route.handler(body, {
           subject: msg.subject,
-          headers: msg.headers,
-          actor: msg.headers?.get('Orangery-Actor') || undefined,
+          headers,
+          actor: headers?.get('Orangery-Actor') || undefined,
         });
         return okReply(data ?? {});
       } catch (e) {
         if (isOrangeryError(e)) {
           span.setAttribute('orangery.error_code', e.code);
           if (e.code === 'INTERNAL' || e.code === 'UNAVAILABLE') this.logger.warn({ err: e, subject: route.subject }, e.message);
-          return errorReply(e.toBody());
+          return errorReply(boundedErrorBody(e.toBody()));
         }
         if ((e as { unavailable?: unknown } | null)?.unavailable === true) {
           // the database (DatabaseUnavailableError, DatabaseBusyError): nothing was done; retryable
@@ -140,10 +169,21 @@ export class Responder {
     requestsTotal.inc({ subject: route.subject, code: reply.ok ? 'ok' : reply.error.code });
     requestDuration.observe({ subject: route.subject }, (performance.now() - started) / 1000);
     if (!msg.reply) return;
+    const text = JSON.stringify(reply);
     try {
-      msg.respond(JSON.stringify(reply));
+      msg.respond(text);
     } catch (e) {
-      this.logger.warn({ err: e, subject: route.subject }, 'could not send the reply');
+      this.logger.warn({ err: e, subject: route.subject, bytes: text.length }, 'could not send the reply');
+      // Most likely over max_payload: a short error still tells the caller, who would otherwise wait for its timeout.
+      try {
+        msg.respond(
+          JSON.stringify(
+            errorReply({ code: 'INTERNAL', message: 'the reply could not be sent (larger than the server allows?)', details: { bytes: text.length } }),
+          ),
+        );
+      } catch {
+        /* the connection itself is gone: the caller's timeout tells it */
+      }
     }
   }
 

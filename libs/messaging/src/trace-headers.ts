@@ -15,6 +15,22 @@ export function headersWithTrace(ctx: Context = context.active(), base?: MsgHdrs
   return h;
 }
 
+/**
+ * A message's headers, or `malformed` when its header block cannot be read. The client
+ * decodes headers lazily, on the first `msg.headers`, and throws there for a header name it
+ * would never write (a space, a colon, a control character): any publisher on the bus can
+ * send such a block as raw protocol bytes. Every read of a received message's headers goes
+ * through here, so a bad block is bad input to answer or ignore, never an exception thrown
+ * out of a subscription callback or a consumer loop.
+ */
+export function headersOf(msg: { readonly headers?: MsgHdrs | undefined }): { headers: MsgHdrs | undefined; malformed: boolean } {
+  try {
+    return { headers: msg.headers, malformed: false };
+  } catch {
+    return { headers: undefined, malformed: true };
+  }
+}
+
 export function contextFromHeaders(h: MsgHdrs | undefined): Context {
   return propagation.extract(ROOT_CONTEXT, h, getter);
 }

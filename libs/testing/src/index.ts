@@ -7,3 +7,5 @@ export * from './scale';
 export * from './metrics';
 export * from './blackhole-proxy';
 export * from './cluster';
+export * from './fuzz';
+export * from './fuzz-sender';

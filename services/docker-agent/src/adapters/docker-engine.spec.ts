@@ -72,3 +72,34 @@ describe('create: the plan as the engine gets it', () => {
     expect(hc).not.toHaveProperty('Privileged');
   });
 });
+
+describe('hasImage', () => {
+  const engineAnswering = (err: Error & { statusCode?: number }) => {
+    const engine = new DockerEngine('unix:///nonexistent.sock');
+    (engine.docker as unknown as { getImage: () => { inspect: () => Promise<never> } }).getImage = () => ({
+      inspect: async () => {
+        throw err;
+      },
+    });
+    return engine;
+  };
+
+  it('an image the engine does not have is false (IMAGE_NOT_FOUND in the domain)', async () => {
+    expect(await engineAnswering(Object.assign(new Error('(HTTP code 404) no such image'), { statusCode: 404 })).hasImage('orangery/none:1')).toBe(false);
+  });
+
+  it("a reference the engine cannot parse (its 400, e.g. '2/_@', which the contract's pattern lets through) is INVALID_REQUEST naming image, not INTERNAL", async () => {
+    const err = await engineAnswering(Object.assign(new Error('(HTTP code 400) unexpected - invalid reference format'), { statusCode: 400 }))
+      .hasImage('2/_@')
+      .catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: 'INVALID_REQUEST', details: { field: 'image' } });
+  });
+
+  it('any other engine error stays an error of the engine', async () => {
+    const err = await engineAnswering(Object.assign(new Error('(HTTP code 500) server error'), { statusCode: 500 }))
+      .hasImage('a:1')
+      .catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(Error);
+    expect((err as { code?: string }).code).toBeUndefined();
+  });
+});

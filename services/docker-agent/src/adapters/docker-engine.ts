@@ -1,4 +1,5 @@
 import Docker from 'dockerode';
+import { invalidRequest } from '@orangery/contracts';
 import { statfs } from 'node:fs/promises';
 import { LABEL, type ContainerPlan } from '../domain/container-spec';
 import type { Logger } from '@orangery/telemetry';
@@ -101,6 +102,9 @@ export class DockerEngine implements Engine {
       return true;
     } catch (e) {
       if (statusCode(e) === 404) return false;
+      // The contract's image pattern is looser than Docker's reference grammar ('2/_@'
+      // passes it): the engine's 400 is the caller's error, not an INTERNAL (fuzz suite).
+      if (statusCode(e) === 400) throw invalidRequest('image', `is not an image reference the engine accepts (${(e as Error).message})`);
       throw e;
     }
   }

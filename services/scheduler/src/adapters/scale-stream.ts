@@ -1,6 +1,6 @@
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerConfig, type ConsumerMessages } from '@nats-io/jetstream';
-import { ensureStream, streamByteLimits, streamConfigDrift } from '@orangery/messaging';
-import type { NatsConnection } from '@nats-io/nats-core';
+import { ensureStream, headersOf, streamByteLimits, streamConfigDrift } from '@orangery/messaging';
+import type { MsgHdrs, NatsConnection } from '@nats-io/nats-core';
 import { SCALE_STREAM, SUBJECTS } from '@orangery/contracts';
 import type { Logger } from '@orangery/telemetry';
 import type { ScaleMessage } from '../domain/scale-intake';
@@ -68,6 +68,20 @@ const isNotFoundError = (e: unknown): boolean => {
   return x.api_error?.err_code === 10014 || x.api_error?.code === 404 || /not found/i.test(x.message ?? '');
 };
 
+/**
+ * A stored message as the intake judges it. A header block the client cannot read (any
+ * publisher can store one with raw protocol bytes) loses its traceparent, nothing else:
+ * the request still gets its one outcome, and the consumer loop never sees the throw
+ * (it used to end the loop, and with it every later scale request, for good).
+ */
+export function scaleMessageOf(
+  m: { readonly seq: number; readonly subject: string; readonly data: Uint8Array; readonly headers?: MsgHdrs | undefined },
+  generation: { generation?: number },
+): ScaleMessage {
+  const traceparent = headersOf(m).headers?.get('traceparent') || undefined;
+  return { seq: m.seq, ...generation, subject: m.subject, body: m.data, ...(traceparent ? { traceparent } : {}) };
+}
+
 export type ScaleVerdict = 'ack' | 'retry' | 'abandon';
 
 /**
@@ -97,9 +111,9 @@ export class ScaleConsumer {
     void (async () => {
       for await (const m of this.messages!) {
         while (this.inFlight.size >= MAX_IN_FLIGHT) await Promise.race(this.inFlight);
-        const traceparent = m.headers?.get('traceparent') || undefined;
         const delivery = m.info.deliveryCount;
-        const p = this.handle({ seq: m.seq, ...generation, subject: m.subject, body: m.data, ...(traceparent ? { traceparent } : {}) })
+        const p = Promise.resolve()
+          .then(() => this.handle(scaleMessageOf(m, generation)))
           .then((v) => {
             if (v === 'ack') m.ack();
             else if (v === 'retry') {
