@@ -1,0 +1,22 @@
+import { Module, type DynamicModule } from '@nestjs/common';
+import { connectNats } from '@orangery/messaging';
+import { CONFIG, LOGGER, NATS, replicaId } from '@orangery/service-kit';
+import type { Logger } from '@orangery/telemetry';
+import type { ConsoleConfig } from './config';
+import { ConsoleRuntime } from './transport/console.runtime';
+
+/** The console holds no database and no state: NATS, and the HTTP server over it. */
+@Module({})
+export class ConsoleModule {
+  static forRoot(config: ConsoleConfig, logger: Logger): DynamicModule {
+    return {
+      module: ConsoleModule,
+      providers: [
+        { provide: CONFIG, useValue: config },
+        { provide: LOGGER, useValue: logger },
+        { provide: NATS, useFactory: () => connectNats({ servers: config.natsUrl, name: replicaId('console'), logger }) },
+        ConsoleRuntime,
+      ],
+    };
+  }
+}
