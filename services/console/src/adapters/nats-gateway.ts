@@ -102,18 +102,25 @@ export class NatsGateway {
   }
 
   /**
-   * An ordered consumer of every event after `afterSeq` (undefined: from now on). Ordered
-   * consumers are ephemeral: the server deletes them once `stop()`ped, or when their client
-   * is gone for longer than the inactivity threshold.
+   * An ordered consumer of every event after `afterSeq` (undefined: from now on), and how
+   * to end it: `close()` stops the pulling and deletes the consumer on the server (were
+   * the console to die first, the server drops it after the inactivity threshold).
    */
-  async events(afterSeq: number | undefined): Promise<ConsumerMessages> {
+  async events(afterSeq: number | undefined): Promise<{ messages: ConsumerMessages; close: () => Promise<void> }> {
     const consumer = await this.js.consumers.get(EVENTS_STREAM.name, {
       filter_subjects: SUBJECTS.eventsAll,
       ...(afterSeq === undefined ? { deliver_policy: DeliverPolicy.New } : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: afterSeq + 1 }),
       inactive_threshold: 30_000_000_000,
     });
     // A small buffer: a slow SSE client stops the pulling rather than growing memory.
-    return consumer.consume({ max_messages: 64 });
+    const messages = await consumer.consume({ max_messages: 64 });
+    return {
+      messages,
+      close: async () => {
+        await messages.close().catch(() => undefined);
+        await consumer.delete().catch(() => undefined);
+      },
+    };
   }
 
   /**

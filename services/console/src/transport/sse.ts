@@ -34,13 +34,13 @@ export async function serveEvents(req: IncomingMessage, res: ServerResponse, gat
   } else if (!opts.follow) {
     endSeq = await gateway.lastEventSeq();
   }
-  const messages = await gateway.events(after);
+  const { messages, close: closeConsumer } = await gateway.events(after);
   let closed = false;
   const close = () => {
     if (closed) return;
     closed = true;
     clearInterval(ping);
-    void messages.close().catch(() => undefined);
+    void closeConsumer();
   };
   req.on('close', close);
   res.on('close', close);
