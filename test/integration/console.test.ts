@@ -4,13 +4,13 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { createConnection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EVENTS_STREAM } from '@orangery/contracts';
-import { ContractClient, freePort, freshDatabase, HarnessDir, NatsServer, REPO_ROOT, ServiceProcess, SimulatedFleet, waitFor } from '@orangery/testing';
+import { ContractClient, REPO_ROOT, ServiceProcess, SimulatedFleet, waitFor } from '@orangery/testing';
+import { startConsoleStack, type ConsoleStack } from './fixtures/console-stack';
 
 // The console as a real process (node dist/services/console/main.js) over a real ipam,
 // scheduler and migrator on a private nats-server and a fresh database, with simulated
 // agents (libs/testing); the CLI as a real process (dist/cli/orangery.js) against it.
-const dir = new HarnessDir('console');
-let nats: NatsServer;
+let stack: ConsoleStack;
 let dbUrl: string;
 let client: ContractClient;
 let fleet: SimulatedFleet;
@@ -19,16 +19,6 @@ let base: string;
 const OPERATOR = 'alice-operator-token-0123456789';
 const VIEWER = 'victor-viewer-token-0123456789';
 const HOSTS = 3;
-
-const common = () => ({
-  ORANGERY_NATS_URL: nats.url,
-  ORANGERY_DB_URL: dbUrl,
-  ORANGERY_HEARTBEAT_SECONDS: '1',
-  ORANGERY_LOST_AFTER_SECONDS: '3',
-  ORANGERY_FENCE_AFTER_SECONDS: '3',
-  ORANGERY_FENCE_MARGIN_SECONDS: '1',
-  ORANGERY_AGENT_TIMEOUT_SECONDS: '10',
-});
 
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 type Json = any;
@@ -143,48 +133,13 @@ async function migrationEnded(id: string): Promise<Json> {
 }
 
 beforeAll(async () => {
-  nats = await NatsServer.start(dir);
-  dbUrl = await freshDatabase('console');
-  client = await ContractClient.connect(nats.url);
-  await ServiceProcess.start(dir, 'ipam', { ORANGERY_NATS_URL: nats.url, ORANGERY_DB_URL: dbUrl });
-  fleet = await SimulatedFleet.start({
-    natsUrl: nats.url,
-    hosts: HOSTS,
-    idPrefix: 'con-',
-    capacity: { cpu: 8, memoryMb: 16_384, diskMb: 100_000 },
-    heartbeatSeconds: 1,
-    fenceAfterSeconds: 3,
-  });
-  const scheduler = await ServiceProcess.start(dir, 'scheduler', {
-    ...common(),
-    ORANGERY_FAILED_GRACE_SECONDS: '1',
-    ORANGERY_RECONCILE_SECONDS: '1',
-    ORANGERY_ANTI_ENTROPY_SECONDS: '2',
-  });
-  await scheduler.waitForLog('leading: consuming scale requests', 60_000);
-  await ServiceProcess.start(dir, 'migrator', { ...common(), ORANGERY_MIGRATION_LEASE_SECONDS: '3' });
-  const port = await freePort();
-  base = `http://127.0.0.1:${port}`;
-  consoleProc = await ServiceProcess.start(dir, 'console', {
-    ORANGERY_NATS_URL: nats.url,
-    ORANGERY_CONSOLE_ADDR: `127.0.0.1:${port}`,
-    ORANGERY_CONSOLE_TOKENS: `alice:${OPERATOR}:operator,victor:${VIEWER}:viewer`,
-    ORANGERY_CONSOLE_REQUEST_TIMEOUT_SECONDS: '10',
-  });
-  await waitFor(
-    `${HOSTS} ready hosts`,
-    async () => {
-      const r = await client.request('orangery.scheduler.hosts.list', {});
-      return r.ok && r.data.hosts.filter((h: { state: string }) => h.state === 'ready').length === HOSTS;
-    },
-    20_000,
-  );
+  stack = await startConsoleStack('console', { hosts: HOSTS, tokens: `alice:${OPERATOR}:operator,victor:${VIEWER}:viewer` });
+  ({ dbUrl, client, fleet, base } = stack);
+  consoleProc = stack.console;
 }, 180_000);
 
 afterAll(async () => {
-  await fleet?.stop();
-  await client?.close();
-  await dir.cleanup();
+  await stack?.close();
 });
 
 /** One sample request per operation: every route of the contract. */
