@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { REPO_ROOT, waitFor } from '@orangery/testing';
+import { ensureLabPackages } from '../lab';
 import { startConsoleStack, type ConsoleStack } from './fixtures/console-stack';
 
 // The dashboard end to end in headless Chromium (Debian's `chromium`, driven by
@@ -27,7 +28,8 @@ async function apiGet(path: string): Promise<any> {
 }
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium`);
+  // Debian's chromium, installed as the lab installs its packages (npm test runs as root).
+  if (!existsSync(CHROMIUM)) await ensureLabPackages(['chromium']);
   mkdirSync(SHOTS, { recursive: true });
   stack = await startConsoleStack('console-dash', { hosts: 3, tokens: `ops:${OPERATOR}:operator,watcher:${VIEWER}:viewer` });
   const pool = await stack.client.request('orangery.ipam.pool.create', { name: 'sim', cidr: '198.19.0.0/16', gateway: '198.19.0.1', cooldownSeconds: 0 });
@@ -35,7 +37,7 @@ beforeAll(async () => {
   // Running as root (the lab needs it) requires --no-sandbox.
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
   page = await browser.newPage({ viewport: { width: 1366, height: 900 } });
-}, 180_000);
+}, 900_000);
 
 afterAll(async () => {
   await browser?.close();
