@@ -244,6 +244,8 @@ describe('console: fleet, scale, migrations', () => {
     expect(inst.status).toBe(200);
     expect(inst.body.instances).toEqual([]);
     expectError(await api('GET', '/api/v1/instances?env=BAD', { token: VIEWER }), 400, 'INVALID_REQUEST');
+    const unfiltered = await api('GET', '/api/v1/instances?env=&app=', { token: VIEWER });
+    expect(unfiltered.status).toBe(200);
   });
 
   it('scales through JetStream (202) and reports the request completed', async () => {

@@ -22,6 +22,8 @@ describe('console routes', () => {
     expect(queryObject(op, new URLSearchParams('limit=5&cursor=abc'))).toEqual({ value: { limit: 5, cursor: 'abc' } });
     expect(queryObject(op, new URLSearchParams('limit=five'))).toEqual({ value: { limit: 'five' } });
     expect(queryObject(op, new URLSearchParams('limit=1&limit=2')).repeated).toBe('limit');
+    const inst = OPERATIONS.find((o) => o.id === 'listInstances')!;
+    expect(queryObject(inst, new URLSearchParams('env=&app='))).toEqual({ value: {} });
   });
 
   it('every command is a POST or PUT and every read a GET', () => {

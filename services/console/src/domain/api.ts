@@ -326,12 +326,14 @@ export function matchRoute(method: string, pathname: string): RouteMatch | { all
 /**
  * A route's query string as an object to validate: integer fields converted from their
  * decimal text (anything else stays a string, and the schema names the field); a key given
- * twice is INVALID_REQUEST's business of the caller (reported in `repeated`).
+ * twice is reported in `repeated` (INVALID_REQUEST); an empty value is no value.
  */
 export function queryObject(op: Operation, search: URLSearchParams): { value: Record<string, unknown>; repeated?: string } {
   const props = (op.query?.properties ?? {}) as Record<string, { type?: string }>;
   const value: Record<string, unknown> = {};
   for (const [k, v] of search) {
+    // `?env=&app=` (the contract's own spelling of optional filters) means no filter.
+    if (v === '') continue;
     if (k in value) return { value, repeated: k };
     value[k] = props[k]?.type === 'integer' && /^-?\d{1,15}$/.test(v) ? Number(v) : v;
   }
