@@ -4,7 +4,8 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { createConnection } from 'mysql2/promise';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EVENTS_STREAM } from '@orangery/contracts';
-import { ContractClient, REPO_ROOT, ServiceProcess, SimulatedFleet, waitFor } from '@orangery/testing';
+import { spawn } from 'node:child_process';
+import { ContractClient, freePort, REPO_ROOT, ScaleWatcher, ServiceProcess, SimulatedFleet, waitFor } from '@orangery/testing';
 import { startConsoleStack, type ConsoleStack } from './fixtures/console-stack';
 
 // The console as a real process (node dist/services/console/main.js) over a real ipam,
@@ -276,6 +277,16 @@ describe('console: fleet, scale, migrations', () => {
     expectError(await api('GET', '/api/v1/requests/never-published', { token: VIEWER }), 404, 'NOT_FOUND');
   });
 
+  it('knows the outcome of a scale request published by another system, straight to JetStream', async () => {
+    const upstream = new ScaleWatcher(client.nc);
+    try {
+      const id = await upstream.publish({ env: 'test', app: 'upstream', ...scaleBody(1) } as Parameters<ScaleWatcher['publish']>[0]);
+      expect(await requestOutcome(id)).toEqual({ state: 'completed' });
+    } finally {
+      upstream.close();
+    }
+  });
+
   it('the scale request names the operator as its source and actor', async () => {
     const r = await api('POST', '/api/v1/apps/test/web/scale', { body: scaleBody(2) });
     await requestOutcome(r.body.requestId);
@@ -302,8 +313,8 @@ describe('console: fleet, scale, migrations', () => {
   });
 
   it('drains a host (202 with its migrations); a bad host id is 400', async () => {
-    const inst = (await api('GET', '/api/v1/instances?env=test&app=web', { token: VIEWER })).body.instances;
-    const host = inst[0].host;
+    const host = (await api('GET', '/api/v1/instances?env=test&app=web', { token: VIEWER })).body.instances[0].host;
+    const inst = (await api('GET', '/api/v1/instances', { token: VIEWER })).body.instances;
     const r = await api('POST', `/api/v1/hosts/${host}/drain`, { body: {} });
     expect(r.status, JSON.stringify(r.body)).toBe(202);
     expect(r.body.migrationIds.length).toBe(inst.filter((i: { host: string }) => i.host === host).length);
@@ -325,34 +336,51 @@ describe('console: fleet, scale, migrations', () => {
 
 describe('console: server-sent events', () => {
   it('streams stored events with their stream sequence and resumes after Last-Event-ID without gap or duplicate', async () => {
+    // Other work may still publish events meanwhile: every read is checked as consecutive
+    // sequences from where it should start, and reads are compared where they overlap.
     const jsm = await jetstreamManager(client.nc);
     const last = (await jsm.streams.info(EVENTS_STREAM.name)).state.last_seq;
     expect(last).toBeGreaterThan(20);
-    const all = await sse(`?history=${last}&follow=false`, Number.MAX_SAFE_INTEGER);
-    expect(all.map((e) => e.id)).toEqual(Array.from({ length: last }, (_, i) => i + 1));
+    const consecutiveFrom = (ids: number[], first: number) => expect(ids).toEqual(Array.from({ length: ids.length }, (_, i) => first + i));
+    const all = await sse('?lastEventId=0&follow=false', Number.MAX_SAFE_INTEGER);
+    expect(all.length).toBeGreaterThanOrEqual(last);
+    consecutiveFrom(
+      all.map((e) => e.id),
+      1,
+    );
     expect(all[0]!.event).toMatchObject({ specversion: '1.0', type: expect.stringMatching(/^io\.orangery\./) });
     const mid = Math.floor(last / 2);
     const resumed = await sse('?follow=false', Number.MAX_SAFE_INTEGER, { 'Last-Event-ID': String(mid) });
-    expect(resumed.map((e) => e.id)).toEqual(all.slice(mid).map((e) => e.id));
-    expect(resumed.map((e) => e.event.id)).toEqual(all.slice(mid).map((e) => e.event.id));
+    expect(resumed.length).toBeGreaterThanOrEqual(all.length - mid);
+    consecutiveFrom(
+      resumed.map((e) => e.id),
+      mid + 1,
+    );
+    expect(resumed.slice(0, all.length - mid).map((e) => e.event.id)).toEqual(all.slice(mid).map((e) => e.event.id));
     const byQuery = await sse(`?lastEventId=${mid}&follow=false`, Number.MAX_SAFE_INTEGER);
-    expect(byQuery.map((e) => e.id)).toEqual(resumed.map((e) => e.id));
+    consecutiveFrom(
+      byQuery.map((e) => e.id),
+      mid + 1,
+    );
+    expect(byQuery.slice(0, resumed.length).map((e) => e.event.id)).toEqual(resumed.slice(0, byQuery.length).map((e) => e.event.id));
+    const tail = await sse(`?history=3&follow=false`, Number.MAX_SAFE_INTEGER);
+    expect(tail).toHaveLength(3);
     expectError(await api('GET', '/api/v1/events', { token: VIEWER, headers: { 'Last-Event-ID': 'abc' } }), 400, 'INVALID_REQUEST');
   });
 
   it('follows new events live, and closing the connection deletes its consumer', async () => {
     const jsm = await jetstreamManager(client.nc);
-    const consumers = async () => (await jsm.consumers.list(EVENTS_STREAM.name).next()).length;
-    const before = await consumers();
+    const consumerNames = async () => new Set((await jsm.consumers.list(EVENTS_STREAM.name).next()).map((c) => c.name));
+    const before = await consumerNames();
     const last = (await jsm.streams.info(EVENTS_STREAM.name)).state.last_seq;
     const live = sse('', 1, { 'Last-Event-ID': String(last) }, 60_000);
-    await waitFor('the SSE consumer', async () => (await consumers()) === before + 1, 10_000);
+    const mine = await waitFor('the SSE consumer', async () => [...(await consumerNames())].find((n) => !before.has(n)), 10_000);
     const r = await api('POST', '/api/v1/apps/test/live/scale', { body: scaleBody(1) });
     expect(r.status).toBe(202);
     const got = await live;
     expect(got).toHaveLength(1);
     expect(got[0]!.id).toBe(last + 1);
-    await waitFor('the SSE consumer to be deleted', async () => (await consumers()) === before, 10_000);
+    await waitFor('the SSE consumer to be deleted', async () => !(await consumerNames()).has(mine), 10_000);
     await requestOutcome(r.body.requestId);
   });
 });
@@ -492,6 +520,53 @@ describe('orangery CLI', () => {
     const unknown = await cli(['migrate', 'test:nothing:0']);
     expect(unknown.code).toBe(1);
     expect(unknown.stderr).toContain('NOT_FOUND');
+  });
+});
+
+describe('orangery events --follow', () => {
+  it('streams new events until interrupted, then exits 0', async () => {
+    const jsm = await jetstreamManager(client.nc);
+    const consumerNames = async () => new Set((await jsm.consumers.list(EVENTS_STREAM.name).next()).map((c) => c.name));
+    const before = await consumerNames();
+    const child = spawn(process.execPath, [join(REPO_ROOT, 'dist', 'cli', 'orangery.js'), 'events', '--follow', '--last', '0'], {
+      env: { PATH: process.env['PATH'] ?? '', ORANGERY_CONSOLE_URL: base, ORANGERY_TOKEN: VIEWER },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      await waitFor('the table header', () => stdout.startsWith('SEQ'), 15_000);
+      // The stream starts with new events: publish only once its consumer exists.
+      await waitFor("the CLI's consumer", async () => [...(await consumerNames())].some((n) => !before.has(n)), 15_000);
+      const r = await api('POST', '/api/v1/apps/test/follow/scale', { body: scaleBody(1) });
+      await waitFor('a scale.completed line', () => /\bscale\.completed\s+test:follow\n/.test(stdout), 60_000);
+      expect(stdout).toMatch(/\binstance\.running\s+test:follow:0\n/);
+      await requestOutcome(r.body.requestId);
+    } finally {
+      child.kill('SIGINT');
+    }
+    expect(await exited).toBe(0);
+  });
+});
+
+describe('console: generated token', () => {
+  it('without ORANGERY_CONSOLE_TOKENS prints one operator token on stderr, never in its JSON log, and it works', async () => {
+    const port = await freePort();
+    const proc = await ServiceProcess.start(stack.dir, 'console', { ORANGERY_NATS_URL: stack.nats.url, ORANGERY_CONSOLE_ADDR: `127.0.0.1:${port}` }, 90_000);
+    try {
+      const lines = proc.stderr.split('\n').filter((l) => l.includes('operator token'));
+      expect(lines).toHaveLength(1);
+      const token = /\(name admin\): (\S+)$/.exec(lines[0]!)?.[1];
+      expect(token).toMatch(/^[A-Za-z0-9_-]{32}$/);
+      expect(proc.lines.join('\n')).not.toContain(token!);
+      const r = await fetch(`http://127.0.0.1:${port}/api/v1/pools`, { headers: { Authorization: `Bearer ${token}` } });
+      expect(r.status).toBe(200);
+      const viewer = await fetch(`http://127.0.0.1:${port}/api/v1/pools`, { headers: { Authorization: `Bearer ${OPERATOR}` } });
+      expect(viewer.status).toBe(401);
+    } finally {
+      await proc.kill9();
+    }
   });
 });
 
