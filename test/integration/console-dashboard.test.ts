@@ -119,10 +119,30 @@ describe('dashboard in headless Chromium', () => {
     await shot('05-viewer-refused');
   });
 
+  it('the /docs page lists every operation of /openapi.json and its "Try it" calls the API with the token', async () => {
+    await page.goto(`${stack.base}/docs`);
+    await page.waitForSelector('form.op');
+    const doc = (await (await fetch(`${stack.base}/openapi.json`)).json()) as { paths: Record<string, object> };
+    const operations = Object.values(doc.paths).reduce((n, item) => n + Object.keys(item).length, 0);
+    expect(await page.locator('form.op').count()).toBe(operations);
+    await page.fill('#token', VIEWER);
+    await page.dispatchEvent('#token', 'change');
+    const hosts = page.locator('form.op', { hasText: 'List the hosts' });
+    await hosts.locator('button').click();
+    await expect.poll(() => hosts.locator('pre').textContent(), { timeout: 15_000 }).toMatch(/^200 OK\n/);
+    expect(await hosts.locator('pre').textContent()).toContain('"con-0001"');
+    const create = page.locator('form.op', { hasText: 'Create an address pool' });
+    await create.locator('button').click();
+    await expect.poll(() => create.locator('pre').textContent(), { timeout: 15_000 }).toMatch(/^403 Forbidden\n/);
+    await shot('06-docs');
+  });
+
   it('a wrong token shows the refusal', async () => {
+    await page.goto(`${stack.base}/`);
+    await page.waitForSelector('#hosts .card[data-host]');
     await page.fill('#token', 'wrong-token');
     await page.click('#signin button');
     await expect.poll(() => page.locator('#status').textContent(), { timeout: 15_000 }).toContain('UNAUTHORIZED');
-    await shot('06-wrong-token');
+    await shot('07-wrong-token');
   });
 });
