@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import { DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JetStreamClient } from '@nats-io/jetstream';
+import { DeliverPolicy, jetstream, jetstreamManager, type Consumer, type ConsumerMessages, type JetStreamClient } from '@nats-io/jetstream';
 import { errors, headers as newHeaders, type NatsConnection } from '@nats-io/nats-core';
 import { context } from '@opentelemetry/api';
 import { EVENTS_STREAM, SCALE_REQUESTED_TYPE, SCALE_STREAM, SUBJECTS, messageIdOf, type Reply } from '@orangery/contracts';
@@ -97,8 +97,12 @@ export class NatsGateway {
 
   /** The last sequence of ORANGERY_EVENTS (0 when empty). */
   async lastEventSeq(): Promise<number> {
-    const jsm = await jetstreamManager(this.nc);
-    return (await jsm.streams.info(EVENTS_STREAM.name)).state.last_seq;
+    try {
+      const jsm = await jetstreamManager(this.nc);
+      return (await jsm.streams.info(EVENTS_STREAM.name)).state.last_seq;
+    } catch (e) {
+      throw unavailable('JetStream did not answer', e);
+    }
   }
 
   /**
@@ -107,13 +111,19 @@ export class NatsGateway {
    * the console to die first, the server drops it after the inactivity threshold).
    */
   async events(afterSeq: number | undefined): Promise<{ messages: ConsumerMessages; close: () => Promise<void> }> {
-    const consumer = await this.js.consumers.get(EVENTS_STREAM.name, {
-      filter_subjects: SUBJECTS.eventsAll,
-      ...(afterSeq === undefined ? { deliver_policy: DeliverPolicy.New } : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: afterSeq + 1 }),
-      inactive_threshold: 30_000_000_000,
-    });
-    // A small buffer: a slow SSE client stops the pulling rather than growing memory.
-    const messages = await consumer.consume({ max_messages: 64 });
+    let consumer: Consumer;
+    let messages: ConsumerMessages;
+    try {
+      consumer = await this.js.consumers.get(EVENTS_STREAM.name, {
+        filter_subjects: SUBJECTS.eventsAll,
+        ...(afterSeq === undefined ? { deliver_policy: DeliverPolicy.New } : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: afterSeq + 1 }),
+        inactive_threshold: 30_000_000_000,
+      });
+      // A small buffer: a slow SSE client stops the pulling rather than growing memory.
+      messages = await consumer.consume({ max_messages: 64 });
+    } catch (e) {
+      throw unavailable('could not open a consumer of the event stream', e);
+    }
     return {
       messages,
       close: async () => {
@@ -171,3 +181,6 @@ export class NatsGateway {
     };
   }
 }
+
+const unavailable = (what: string, e: unknown): ApiError =>
+  new ApiError('UNAVAILABLE', `${what}: ${e instanceof Error ? e.message : String(e)}`, { stream: EVENTS_STREAM.name });
