@@ -5,6 +5,12 @@ import type { Logger } from '@orangery/telemetry';
 import type { ConsoleConfig } from './config';
 import { ConsoleRuntime } from './transport/console.runtime';
 
+/**
+ * The reply inbox prefix of the console's NATS user (docs/security.md, tools/creds): only
+ * the three control-plane services may read the shared `_INBOX.>`.
+ */
+export const CONSOLE_INBOX_PREFIX = '_INBOX_console';
+
 /** The console holds no database and no state: NATS, and the HTTP server over it. */
 @Module({})
 export class ConsoleModule {
@@ -14,7 +20,10 @@ export class ConsoleModule {
       providers: [
         { provide: CONFIG, useValue: config },
         { provide: LOGGER, useValue: logger },
-        { provide: NATS, useFactory: () => connectNats({ servers: config.natsUrl, name: replicaId('console'), logger }) },
+        {
+          provide: NATS,
+          useFactory: () => connectNats({ servers: config.natsUrl, name: replicaId('console'), logger, inboxPrefix: CONSOLE_INBOX_PREFIX }),
+        },
         ConsoleRuntime,
       ],
     };

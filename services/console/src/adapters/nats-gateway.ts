@@ -24,10 +24,27 @@ export class NatsGateway {
     this.js = jetstream(nc, { timeout: 10_000 });
   }
 
-  /** The streams the console reads and writes, created if missing (same config as every service's). */
-  static async provision(nc: NatsConnection, logger: Logger): Promise<void> {
-    await ensureStream(nc, EVENTS_STREAM, logger);
-    await ensureStream(nc, SCALE_STREAM, logger);
+  /**
+   * The streams the console uses. ORANGERY_EVENTS must exist: it is created if missing
+   * (the same config as every service's), and where the console's NATS user may not create
+   * it (docs/security.md: the `console` user reads it only) the console waits, logging,
+   * until a service has. ORANGERY_SCALE is created if the user may; otherwise publishing a
+   * scale request answers 503 until the scheduler has created it.
+   */
+  static async provision(nc: NatsConnection, logger: Logger, signal: { stopped: boolean }): Promise<void> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await ensureStream(nc, EVENTS_STREAM, logger);
+        break;
+      } catch (e) {
+        if (signal.stopped) throw e;
+        if (attempt === 1 || attempt % 30 === 0) logger.warn({ err: e, stream: EVENTS_STREAM.name }, 'the event stream is not there yet; waiting for it');
+        await new Promise((r) => setTimeout(r, 2_000));
+      }
+    }
+    await ensureStream(nc, SCALE_STREAM, logger).catch((e: unknown) =>
+      logger.info({ err: e, stream: SCALE_STREAM.name }, 'could not look up or create the scale stream (the scheduler creates it)'),
+    );
   }
 
   /**
@@ -134,22 +151,28 @@ export class NatsGateway {
   }
 
   /**
-   * Feeds the request index for as long as the connection lives: every scale request id
-   * stored in ORANGERY_SCALE and every scale outcome in ORANGERY_EVENTS, from each stream's
-   * start (the index keeps the newest). Resolves once both have caught up with what the
-   * streams held when it was called.
+   * Feeds the request index for as long as the connection lives: every scale outcome in
+   * ORANGERY_EVENTS and every request id stored in ORANGERY_SCALE, from each stream's start
+   * (the index keeps the newest). Resolves once the outcomes have caught up with what the
+   * stream held when it was called (and the request ids too, when they can be read).
+   *
+   * Reading ORANGERY_SCALE is best effort: the `console` NATS user of docs/security.md may
+   * only publish there (requests carry `environment` values, which may be secrets). Without
+   * it, the index knows the requests this replica published and every outcome; a request
+   * published elsewhere is unknown (404) until its outcome arrives. The console retries
+   * every minute in case the stream appears or the permission is granted.
    */
   async feedIndex(index: RequestIndex, logger: Logger): Promise<{ stop: () => Promise<void> }> {
     const jsm = await jetstreamManager(this.nc);
     const feeds: ConsumerMessages[] = [];
-    const caughtUp: Promise<void>[] = [];
-    const follow = async (stream: string, subject: string, onEvent: (value: unknown) => void) => {
+    let stopped = false;
+    const follow = async (stream: string, subject: string, onEvent: (value: unknown) => void): Promise<{ caughtUp: Promise<void> }> => {
       const lastSeq = (await jsm.streams.info(stream)).state.last_seq;
       const consumer = await this.js.consumers.get(stream, { filter_subjects: subject, deliver_policy: DeliverPolicy.All, inactive_threshold: 30_000_000_000 });
       const messages = await consumer.consume({ max_messages: 512 });
       feeds.push(messages);
       let done!: () => void;
-      caughtUp.push(new Promise<void>((r) => (done = r)));
+      const caughtUp = new Promise<void>((r) => (done = r));
       if (lastSeq === 0) done();
       void (async () => {
         for await (const m of messages) {
@@ -164,18 +187,43 @@ export class NatsGateway {
       // A filtered stream may hold nothing for us below lastSeq: caught up when nothing is pending.
       const info = await consumer.info(false).catch(() => undefined);
       if (info && info.num_pending === 0 && info.delivered.stream_seq === 0) done();
+      return { caughtUp };
     };
-    await follow(SCALE_STREAM.name, SUBJECTS.scaleAll, (v) => {
-      const id = (v as { id?: unknown } | null)?.id;
-      if (typeof id === 'string' && id !== '') index.noteRequest(id);
-    });
-    await follow(EVENTS_STREAM.name, SUBJECTS.event('scale', '*'), (v) => {
+    const outcomes = await follow(EVENTS_STREAM.name, SUBJECTS.event('scale', '*'), (v) => {
       const o = outcomeOf(v);
       if (o) index.noteOutcome(o.requestId, o.status);
     });
-    await Promise.all(caughtUp);
+    const followRequests = () =>
+      follow(SCALE_STREAM.name, SUBJECTS.scaleAll, (v) => {
+        const id = (v as { id?: unknown } | null)?.id;
+        if (typeof id === 'string' && id !== '') index.noteRequest(id);
+      });
+    let requests: { caughtUp: Promise<void> } | undefined;
+    try {
+      requests = await followRequests();
+    } catch (e) {
+      logger.warn(
+        { err: e, stream: SCALE_STREAM.name },
+        'cannot read the scale stream: requests published elsewhere are known by their outcome only; retrying every minute',
+      );
+      void (async () => {
+        while (!stopped) {
+          await new Promise((r) => setTimeout(r, 60_000).unref());
+          if (stopped) return;
+          try {
+            await followRequests();
+            logger.info({ stream: SCALE_STREAM.name }, 'reading the scale stream now');
+            return;
+          } catch {
+            // still not readable
+          }
+        }
+      })();
+    }
+    await Promise.all([outcomes.caughtUp, requests?.caughtUp]);
     return {
       stop: async () => {
+        stopped = true;
         await Promise.all(feeds.map((f) => f.close().catch(() => undefined)));
       },
     };

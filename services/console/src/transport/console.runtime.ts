@@ -19,6 +19,7 @@ export class ConsoleRuntime implements OnApplicationBootstrap, BeforeApplication
   private http: ConsoleHttpServer | undefined;
   private feed: { stop: () => Promise<void> } | undefined;
   private indexReady = false;
+  private readonly lifecycle = { stopped: false };
 
   constructor(
     @Inject(CONFIG) private readonly config: ConsoleConfig,
@@ -28,7 +29,7 @@ export class ConsoleRuntime implements OnApplicationBootstrap, BeforeApplication
 
   async onApplicationBootstrap(): Promise<void> {
     const { config, logger } = this;
-    await NatsGateway.provision(this.nc, logger);
+    await NatsGateway.provision(this.nc, logger, this.lifecycle);
     const gateway = new NatsGateway(this.nc, config.requestTimeoutMs);
     const index = new RequestIndex(config.requestIndexSize);
     this.http = new ConsoleHttpServer({
@@ -60,6 +61,7 @@ export class ConsoleRuntime implements OnApplicationBootstrap, BeforeApplication
   }
 
   async beforeApplicationShutdown(): Promise<void> {
+    this.lifecycle.stopped = true;
     await this.http?.close();
     await this.feed?.stop();
     await this.nc.drain().catch(() => undefined);
