@@ -8,6 +8,7 @@ import { chmodSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, st
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import bcrypt from 'bcryptjs';
+import { MIGRATION_LOCK_TABLE } from '@orangery/persistence';
 import { allUsers, authorizationBlock, type AgentSpec, type RoleUser } from './permissions';
 
 const run = promisify(execFile);
@@ -52,9 +53,13 @@ function writePrivate(path: string, text: string): void {
   chmodSync(path, 0o600); // writeFileSync keeps the mode of a file that already exists
 }
 
-/** The tables a service's migrations create (`CREATE TABLE [IF NOT EXISTS] name`), and its migrations table. */
+/**
+ * The tables a service's migrations create (`CREATE TABLE [IF NOT EXISTS] name`), its
+ * migrations table, and the migration lock table every service shares (one row each,
+ * libs/persistence: a lock correct on Galera, where named locks are per node).
+ */
 export function tablesOf(service: DbService, migrationSources: readonly string[]): string[] {
-  const tables = new Set<string>([`${service}_migrations`]);
+  const tables = new Set<string>([`${service}_migrations`, MIGRATION_LOCK_TABLE]);
   for (const src of migrationSources) {
     for (const m of src.matchAll(/CREATE TABLE (?:IF NOT EXISTS )?`?([A-Za-z0-9_]+)`?/g)) tables.add(m[1]!);
   }

@@ -167,7 +167,7 @@ describe('the nats-server authorization block', () => {
 describe('database users', () => {
   it("finds a service's tables in its migrations, and its migrations table", () => {
     const src = ['await q.query(`CREATE TABLE IF NOT EXISTS ipam_pool (', 'CREATE TABLE `ipam_audit` (', "q.query('DROP TABLE IF EXISTS ipam_old')"];
-    expect(tablesOf('ipam', src)).toEqual(['ipam_audit', 'ipam_migrations', 'ipam_pool']);
+    expect(tablesOf('ipam', src)).toEqual(['ipam_audit', 'ipam_migrations', 'ipam_pool', 'orangery_migration_lock']);
   });
 
   it('grants each service its own tables only, with quoted names and passwords', () => {

@@ -43,12 +43,16 @@ export class ContractClient {
     const total = info.state.messages;
     const js = jetstream(this.nc);
     // An ephemeral pull consumer with one filter subject: works on nats-server 2.9 (Debian 12).
-    const ci = await jsm.consumers.add(EVENTS_STREAM.name, {
-      filter_subject: filter,
-      deliver_policy: DeliverPolicy.All,
-      ack_policy: AckPolicy.None,
-      inactive_threshold: 30_000_000_000,
-    });
+    // Retried: right after a cluster node dies, JetStream's API may time out while its groups
+    // elect new leaders (the stream itself is intact).
+    const ci = await withRetries(() =>
+      jsm.consumers.add(EVENTS_STREAM.name, {
+        filter_subject: filter,
+        deliver_policy: DeliverPolicy.All,
+        ack_policy: AckPolicy.None,
+        inactive_threshold: 30_000_000_000,
+      }),
+    );
     const c = await js.consumers.get(EVENTS_STREAM.name, ci.name);
     // eslint-disable-next-line @typescript-eslint/no-explicit-any
     const out: any[] = [];
@@ -64,5 +68,17 @@ export class ContractClient {
 
   async close(): Promise<void> {
     await this.nc.close();
+  }
+}
+
+/** Up to 4 tries, 2 s apart, of a JetStream API call that timed out. */
+async function withRetries<T>(call: () => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await call();
+    } catch (e) {
+      if (attempt >= 4 || !/timeout/i.test(String((e as Error)?.message ?? e))) throw e;
+      await new Promise((r) => setTimeout(r, 2_000));
+    }
   }
 }
