@@ -2,19 +2,10 @@ import { execFile, type ChildProcess } from 'node:child_process';
 import { chmodSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { connect as tcpConnect } from 'node:net';
 import { freePort, spawn, stopChild, waitFor, type HarnessDir } from './processes';
+import { portAnswers } from './servers';
 
 const run = promisify(execFile);
-
-const portAnswers = (port: number): Promise<boolean> =>
-  new Promise((r) => {
-    const s = tcpConnect({ port, host: '127.0.0.1' }, () => {
-      s.destroy();
-      r(true);
-    });
-    s.on('error', () => r(false));
-  });
 
 const monitorJson = async (port: number, path: string): Promise<Record<string, unknown>> => {
   const res = await fetch(`http://127.0.0.1:${port}${path}`);

@@ -9,7 +9,8 @@ import { connect as tcpConnect } from 'node:net';
 
 const run = promisify(execFile);
 
-const portAnswers = (port: number): Promise<boolean> =>
+/** Whether something accepts TCP connections on 127.0.0.1:`port`. */
+export const portAnswers = (port: number): Promise<boolean> =>
   new Promise((r) => {
     const s = tcpConnect({ port, host: '127.0.0.1' }, () => {
       s.destroy();
