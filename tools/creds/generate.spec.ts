@@ -42,6 +42,13 @@ describe('generateCreds', () => {
     expect(sql).not.toMatch(/`sched_[a-z_]+` TO 'orangery_ipam'/);
   });
 
+  it("keeps every host of a Galera list, in order, in the services' database URLs", async () => {
+    const d = join(tmp, 'galera');
+    await generateCreds(options(d, { dbUrl: 'mysql://root:x@g1:3306,g2:3307,g3:3306/orangery' }));
+    const secrets = JSON.parse(read(d, 'secrets.json'));
+    expect(read(d, 'env/ipam.env')).toContain(`ORANGERY_DB_URL=mysql://orangery_ipam:${secrets.db.ipam}@g1:3306,g2:3307,g3:3306/orangery`);
+  });
+
   it('keeps every secret, the CA and the certificate on a re-run', async () => {
     const before = ['secrets.json', 'nats-hashes.json', 'nats-auth.conf', 'ca.pem', 'server-cert.pem'].map((f) => read(dir, f));
     await generateCreds(options(dir));

@@ -38,6 +38,11 @@ const table: [string, 'publish' | 'subscribe', string, boolean][] = [
   ['agent-host-a', 'publish', 'orangery.agent.host-b.instance.stop', false],
   ['agent-host-a', 'publish', 'orangery.scale.prod.web', false],
   ['agent-host-a', 'publish', '$JS.API.STREAM.CREATE.ORANGERY_EVENTS', true],
+  // updating a stream could shrink it: the control-plane services only
+  ['agent-host-a', 'publish', '$JS.API.STREAM.UPDATE.ORANGERY_EVENTS', false],
+  ['ipam', 'publish', '$JS.API.STREAM.UPDATE.ORANGERY_EVENTS', true],
+  ['scheduler', 'publish', '$JS.API.STREAM.UPDATE.ORANGERY_SCALE', true],
+  ['migrator', 'publish', '$JS.API.STREAM.UPDATE.ORANGERY_SCALE', false],
   ['agent-host-a', 'publish', '$JS.API.STREAM.DELETE.ORANGERY_EVENTS', false],
   ['agent-host-a', 'publish', '$JS.API.STREAM.PURGE.ORANGERY_SCALE', false],
   ['agent-host-a', 'subscribe', 'orangery.agent.host-a.instance.create', true],
@@ -151,6 +156,12 @@ describe('the permission table', () => {
     expect(() => agentUser({ name: 'a', hosts: ['bad.host'] })).toThrow(/bad\.host/);
     expect(() => agentUser({ name: 'x>', hosts: ['h'] })).toThrow();
     expect(() => agentUser({ name: 'a', hosts: [] })).toThrow(/no host/);
+  });
+
+  it("refuses an agent whose reply inbox would be a role's (a host named console reading the console's replies)", () => {
+    for (const role of ['console', 'operator', 'upstream']) {
+      expect(() => allUsers([{ name: role, hosts: [role] }])).toThrow(/reply inbox _INBOX_/);
+    }
   });
 });
 

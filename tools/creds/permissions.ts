@@ -42,6 +42,12 @@ const JS_INFO = `${JS_API}.INFO`;
 
 /** Creating (and looking up) one stream: what `ensureStream` sends. */
 const ensureStreamSubjects = (stream: string): string[] => [JS_INFO, `${JS_API}.STREAM.INFO.${stream}`, `${JS_API}.STREAM.CREATE.${stream}`];
+/**
+ * The control-plane services also bring an existing stream to their settings (replicas when
+ * the cluster grew, byte bounds: never lower, libs/messaging ensureStream). Agents may not:
+ * an update could shrink the stream.
+ */
+const ownStreamSubjects = (stream: string): string[] => [...ensureStreamSubjects(stream), `${JS_API}.STREAM.UPDATE.${stream}`];
 
 /**
  * Reading one stream through consumers of one's own (a dashboard replaying events, a CLI's
@@ -95,7 +101,7 @@ export function serviceUser(role: ServiceRole): RoleUser {
         user: 'ipam',
         role,
         inboxPrefix: INBOX,
-        permissions: perms([SUBJECTS.eventsAll, ...ensureStreamSubjects(EVENTS_STREAM.name)], ['orangery.ipam.>', replies], true),
+        permissions: perms([SUBJECTS.eventsAll, ...ownStreamSubjects(EVENTS_STREAM.name)], ['orangery.ipam.>', replies], true),
       };
     case 'scheduler':
       return {
@@ -107,8 +113,8 @@ export function serviceUser(role: ServiceRole): RoleUser {
             'orangery.ipam.>',
             'orangery.agent.*.>',
             SUBJECTS.eventsAll,
-            ...ensureStreamSubjects(EVENTS_STREAM.name),
-            ...ensureStreamSubjects(SCALE_STREAM.name),
+            ...ownStreamSubjects(EVENTS_STREAM.name),
+            ...ownStreamSubjects(SCALE_STREAM.name),
             // its durable scale consumer: create/update, look up, pull, ack
             `${JS_API}.CONSUMER.*.${SCALE_STREAM.name}`,
             `${JS_API}.CONSUMER.*.${SCALE_STREAM.name}.>`,
@@ -126,7 +132,7 @@ export function serviceUser(role: ServiceRole): RoleUser {
         role,
         inboxPrefix: INBOX,
         permissions: perms(
-          ['orangery.ipam.>', 'orangery.scheduler.>', 'orangery.agent.*.>', SUBJECTS.eventsAll, ...ensureStreamSubjects(EVENTS_STREAM.name)],
+          ['orangery.ipam.>', 'orangery.scheduler.>', 'orangery.agent.*.>', SUBJECTS.eventsAll, ...ownStreamSubjects(EVENTS_STREAM.name)],
           ['orangery.migrator.>', SUBJECTS.heartbeatsAll, SUBJECTS.eventsAll, replies],
           true,
         ),
@@ -220,6 +226,15 @@ export function allUsers(agents: readonly AgentSpec[]): RoleUser[] {
   for (const u of users) {
     if (names.has(u.user)) throw new Error(`two agents named '${u.user.replace(/^agent-/, '')}'`);
     names.add(u.user);
+  }
+  // An agent's reply inbox is `_INBOX_<host id>`: a host named like a role's inbox
+  // (`console`, `operator`, `upstream`) would read that role's replies.
+  const inboxOwner = new Map<string, string>();
+  for (const u of users) {
+    if (u.inboxPrefix === '_INBOX') continue; // the three control-plane services share it, and only they may read it
+    const other = inboxOwner.get(u.inboxPrefix);
+    if (other !== undefined) throw new Error(`${u.user} would share the reply inbox ${u.inboxPrefix} with ${other}: give the host another id`);
+    inboxOwner.set(u.inboxPrefix, u.user);
   }
   const hostOwner = new Map<string, string>();
   for (const u of users) {

@@ -107,12 +107,25 @@ async function applyStreamConfig(jsm: JetStreamManager, desired: ReturnType<type
   });
   if (current) {
     // Never fewer replicas than the stream has: a service that saw a smaller cluster (a node
-    // away at its start) must not shrink what another one grew.
-    const target = { ...desired, num_replicas: Math.max(desired.num_replicas, current.config.num_replicas ?? 1) };
+    // away at its start) must not shrink what another one grew. Never a smaller byte bound
+    // either: JetStream applies a lower max_bytes by deleting the oldest messages at once,
+    // whatever the discard policy, and stored scale requests would vanish without an
+    // outcome. Lowering a bound is an operator's deliberate act (`nats stream edit`).
+    const have = current.config.max_bytes ?? -1;
+    const want = desired.max_bytes ?? -1;
+    const maxBytes = have === -1 || want === -1 ? -1 : Math.max(have, want);
+    const target = { ...desired, num_replicas: Math.max(desired.num_replicas, current.config.num_replicas ?? 1), max_bytes: maxBytes };
     const drift = streamConfigDrift(current.config, target);
     if (drift.length === 0) return;
-    await jsm.streams.update(desired.name, target);
-    logger.info({ stream: desired.name, changed: drift, replicas: target.num_replicas }, 'updated a stream to its current settings');
+    try {
+      await jsm.streams.update(desired.name, target);
+      logger.info({ stream: desired.name, changed: drift, replicas: target.num_replicas }, 'updated a stream to its current settings');
+    } catch (e) {
+      // A user without the right to update (docs/security.md), or a cluster that cannot place
+      // the replicas: the stream exists and works as it is; say so and carry on.
+      if (isReplicaPlacementError(e)) throw e;
+      logger.warn({ stream: desired.name, changed: drift, err: String(e) }, 'could not update a stream to its current settings; using it as it is');
+    }
     return;
   }
   try {

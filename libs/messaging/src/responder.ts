@@ -169,7 +169,14 @@ export class Responder {
     requestsTotal.inc({ subject: route.subject, code: reply.ok ? 'ok' : reply.error.code });
     requestDuration.observe({ subject: route.subject }, (performance.now() - started) / 1000);
     if (!msg.reply) return;
-    const text = JSON.stringify(reply);
+    let text: string;
+    try {
+      text = JSON.stringify(reply);
+    } catch (e) {
+      // a handler's data that JSON cannot hold (a BigInt, a cycle): the caller still gets an answer
+      this.logger.error({ err: e, subject: route.subject }, 'could not serialise the reply');
+      text = JSON.stringify(errorReply({ code: 'INTERNAL', message: 'the reply could not be serialised; it was logged' }));
+    }
     try {
       msg.respond(text);
     } catch (e) {

@@ -3,7 +3,7 @@ import { DeliverPolicy, jetstream, jetstreamManager, type Consumer, type Consume
 import { errors, headers as newHeaders, type NatsConnection } from '@nats-io/nats-core';
 import { context } from '@opentelemetry/api';
 import { EVENTS_STREAM, SCALE_REQUESTED_TYPE, SCALE_STREAM, SUBJECTS, messageIdOf, type Reply } from '@orangery/contracts';
-import { currentTraceparent, ensureStream, headersWithTrace } from '@orangery/messaging';
+import { currentTraceparent, ensureEventsStream, ensureStream, headersWithTrace, streamByteLimits } from '@orangery/messaging';
 import type { Logger } from '@orangery/telemetry';
 import { ApiError } from '../domain/http-errors';
 import { outcomeOf, type RequestIndex } from '../domain/request-index';
@@ -34,7 +34,7 @@ export class NatsGateway {
   static async provision(nc: NatsConnection, logger: Logger, signal: { stopped: boolean }): Promise<void> {
     for (let attempt = 1; ; attempt++) {
       try {
-        await ensureStream(nc, EVENTS_STREAM, logger);
+        await ensureEventsStream(nc, logger);
         break;
       } catch (e) {
         if (signal.stopped) throw e;
@@ -42,7 +42,7 @@ export class NatsGateway {
         await new Promise((r) => setTimeout(r, 2_000));
       }
     }
-    await ensureStream(nc, SCALE_STREAM, logger).catch((e: unknown) =>
+    await ensureStream(nc, { ...SCALE_STREAM, maxBytes: streamByteLimits.scale }, logger).catch((e: unknown) =>
       logger.info({ err: e, stream: SCALE_STREAM.name }, 'could not look up or create the scale stream (the scheduler creates it)'),
     );
   }

@@ -25,6 +25,13 @@ export const SSE_HIGH_WATER_BYTES = 256 * 1024;
  * than buffered for. Closing the connection stops the consumer, which deletes it.
  */
 export async function serveEvents(req: IncomingMessage, res: ServerResponse, gateway: NatsGateway, opts: SseOptions, logger: Logger): Promise<void> {
+  // Watch for the client leaving from the first moment: a close that happens while the
+  // consumer is being set up would otherwise go unseen, and the stream (its slot, its
+  // consumer, its timer) would run for ever on a destroyed socket.
+  let gone = false;
+  const leave = () => (gone = true);
+  req.on('close', leave);
+  res.on('close', leave);
   let after = opts.afterSeq;
   let endSeq: number | undefined;
   if (after === undefined && (opts.history > 0 || !opts.follow)) {
@@ -35,6 +42,10 @@ export async function serveEvents(req: IncomingMessage, res: ServerResponse, gat
     endSeq = await gateway.lastEventSeq();
   }
   const { messages, close: closeConsumer } = await gateway.events(after);
+  if (gone || req.destroyed || res.destroyed) {
+    await closeConsumer();
+    return;
+  }
   let closed = false;
   const close = () => {
     if (closed) return;
@@ -66,6 +77,7 @@ export async function serveEvents(req: IncomingMessage, res: ServerResponse, gat
         .map((line) => `data: ${line}\n`)
         .join('');
       const ok = res.write(`id: ${m.seq}\n${data}\n`);
+      if (res.destroyed) break;
       if (!ok && res.writableLength > SSE_HIGH_WATER_BYTES && !(await drained(res, opts.slowClientMs))) {
         logger.info({ seq: m.seq, buffered: res.writableLength }, 'SSE client too slow: disconnected');
         res.destroy();

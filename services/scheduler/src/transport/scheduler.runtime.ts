@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { Inject, type BeforeApplicationShutdown, type OnApplicationBootstrap } from '@nestjs/common';
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import {
@@ -146,7 +147,9 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     this.leaseStore = new MysqlLeaseStore(this.config.db, timing.leaseMs / 2, this.logger);
     const lease = new LeaderLease(
       this.leaseStore,
-      this.replica,
+      // Unique per process start: in containers `hostname:pid` repeats (pid 1 everywhere),
+      // and a holder id that matches the row's would take the lease without waiting.
+      `${this.replica}/${randomUUID().slice(0, 8)}`,
       timing,
       systemClock,
       { elected: (e) => this.lead(e), deposed: () => this.follow() },
