@@ -92,6 +92,10 @@ let nats: NatsServer;
 let client: ContractClient;
 let scale: ScaleWatcher;
 let fleet: SimulatedFleet;
+let migrator: ServiceProcess;
+let migratorEnv: Record<string, string>;
+/** per-command reply delays of the fleet, set by a test */
+const delays: Partial<Record<string, number>> = {};
 
 beforeAll(async () => {
   await startReceiver();
@@ -123,10 +127,12 @@ beforeAll(async () => {
     capacity: { cpu: 8, memoryMb: 16_384, diskMb: 100_000 },
     heartbeatSeconds: 1,
     fenceAfterSeconds: 3,
+    replyDelayMs: (_h, cmd) => delays[cmd] ?? 0,
   });
   const scheduler = await ServiceProcess.start(dir, 'scheduler', { ...common, ORANGERY_RECONCILE_SECONDS: '1' });
   await scheduler.waitForLog('leading: consuming scale requests', 60_000);
-  await ServiceProcess.start(dir, 'migrator', { ...common, ORANGERY_MIGRATION_LEASE_SECONDS: '3' });
+  migratorEnv = { ...common, ORANGERY_MIGRATION_LEASE_SECONDS: '3' };
+  migrator = await ServiceProcess.start(dir, 'migrator', migratorEnv);
   await waitFor(
     '3 ready hosts',
     async () => {
@@ -343,5 +349,57 @@ describe('one trace end to end', () => {
     const mine = events.filter((e: any) => e.subject === migrationId);
     expect(mine.map((e) => e.type)).toEqual(expect.arrayContaining(['io.orangery.migration.started', 'io.orangery.migration.completed']));
     for (const e of mine) expect(traceIdOf(e.traceparent), e.type).toBe(traceId);
+  }, 120_000);
+
+  it('a saga resumed by a restarted migrator continues the trace of the request that started it', async () => {
+    const { traceparent, traceId } = newTraceparent();
+    const list = await client.requestWithRetry(SUBJECTS.scheduler.instancesList, { env: 'test', app: 'traced' });
+    expect(list.ok, JSON.stringify(list)).toBe(true);
+    const id = String(list.data.instances[1]?.id ?? list.data.instances[0]?.id);
+    delays['create'] = 2_500;
+    try {
+      const h = natsHeaders();
+      h.set('traceparent', traceparent);
+      const msg = await client.nc.request(SUBJECTS.migrator.migrate, JSON.stringify({ instanceId: id }), { timeout: 30_000, headers: h });
+      const reply = msg.json<{ ok: boolean; data: { migrationId: string } }>();
+      expect(reply.ok, msg.string()).toBe(true);
+      const migrationId = reply.data.migrationId;
+      await waitFor(
+        'the saga at create-new',
+        async () => {
+          const r = await client.requestWithRetry(SUBJECTS.migrator.migrationsGet, { migrationId });
+          return r.ok && r.data.step === 'create-new' ? true : undefined;
+        },
+        20_000,
+      );
+      // killed before its commit: what commits now is the new process, from the record
+      await migrator.kill9();
+      migrator = await ServiceProcess.start(dir, 'migrator', migratorEnv);
+      const m = await waitFor(
+        'the migration to end',
+        async () => {
+          const r = await client.requestWithRetry(SUBJECTS.migrator.migrationsGet, { migrationId });
+          return r.ok && r.data.state !== 'running' ? r.data : undefined;
+        },
+        60_000,
+      );
+      expect(m.state, JSON.stringify(m)).toBe('completed');
+      const resumed = await waitFor(
+        'the resumed saga spans',
+        async () => {
+          const t = spans.filter((s) => s.traceId === traceId && s.service === 'orangery-migrator');
+          return t.some((s) => s.name === 'migrator.commit') ? t : undefined;
+        },
+        30_000,
+      );
+      // the create-new attempt cut by the kill, then again by the new process, then the rest
+      expect(resumed.filter((s) => s.name === 'migrator.create-new').length).toBeGreaterThanOrEqual(1);
+      expect(resumed.map((s) => s.name)).toEqual(expect.arrayContaining(['migrator.create-new', 'migrator.commit']));
+      const completed = (await client.events(SUBJECTS.event('migration', 'completed'))).filter((e) => e.subject === migrationId);
+      expect(completed.length).toBe(1);
+      expect(traceIdOf(completed[0].traceparent)).toBe(traceId);
+    } finally {
+      delete delays['create'];
+    }
   }, 120_000);
 });
