@@ -127,8 +127,10 @@ export class IpamClient extends ContractClient {
     );
   }
 
-  /** One reply per item, in order; a refusal of the whole batch is thrown. */
-  /** One reply per item, in order; an item's `traceparent` is the trace its ip.allocated carries (project addition). */
+  /**
+   * One reply per item, in order; a refusal of the whole batch is thrown. An item's
+   * `traceparent` is the trace its ip.allocated carries (project addition).
+   */
   async allocateBatch(items: readonly { pool: string; owner: Owner; traceparent?: string }[]): Promise<Reply<Allocation>[]> {
     return unwrapReply(await this.send<{ results: Reply<Allocation>[] }>(SUBJECTS.ipam.allocateBatch, { items })).results;
   }
