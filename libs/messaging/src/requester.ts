@@ -1,6 +1,7 @@
 import { errors, type NatsConnection } from '@nats-io/nats-core';
 import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { contractCode, PortError, RETRYABLE_CODES, type Reply } from '@orangery/contracts';
+import { errorKindOf } from '@orangery/telemetry';
 import { headersWithTrace } from './trace-headers';
 
 /** Why a request got no reply: nobody serves the subject, or the server was too slow. */
@@ -32,7 +33,8 @@ export async function requestJson<T = unknown>(nc: NatsConnection, subject: stri
     if (!reply.ok) span.setAttribute('orangery.error_code', reply.error.code);
     return reply;
   } catch (e) {
-    span.setStatus({ code: SpanStatusCode.ERROR, message: e instanceof Error ? e.message : String(e) });
+    // the error's name or contract code, not its text: a driver's message may name a host
+    span.setStatus({ code: SpanStatusCode.ERROR, message: errorKindOf(e) });
     if (e instanceof errors.RequestError && e.isNoResponders()) throw new NoReplyError(subject, 'no-responders');
     if (e instanceof errors.NoRespondersError) throw new NoReplyError(subject, 'no-responders');
     if (e instanceof errors.TimeoutError) throw new NoReplyError(subject, 'timeout');

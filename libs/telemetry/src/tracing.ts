@@ -59,3 +59,10 @@ export function activeTraceparent(): string | undefined {
   propagation.inject(context.active(), carrier);
   return carrier['traceparent'];
 }
+
+/** What a span's error status says of `e`: its contract code (`code`) or its class name, never its message. */
+export function errorKindOf(e: unknown): string {
+  const code = (e as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && /^[A-Z][A-Z0-9_]{0,63}$/.test(code)) return code;
+  return e instanceof Error ? e.name : typeof e;
+}

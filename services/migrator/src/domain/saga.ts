@@ -1,5 +1,5 @@
 import { context, SpanStatusCode, trace } from '@opentelemetry/api';
-import { contextOfTraceparent } from '@orangery/telemetry';
+import { contextOfTraceparent, errorKindOf } from '@orangery/telemetry';
 import { isRetryable, OrangeryError, type NewEvent } from '@orangery/contracts';
 import type { MigrationRecord } from './model';
 import type { AgentPort, Clock, DomainLog, IpamPort, Liveness, MigrationStore, SchedulerPort } from './ports';
@@ -102,7 +102,8 @@ export class MigrationSaga {
       span.setAttribute('orangery.result', result.kind);
       return result;
     } catch (e) {
-      span.setStatus({ code: SpanStatusCode.ERROR, message: e instanceof Error ? e.message : String(e) });
+      // the error's name or contract code, not its text: a driver's message may name a host
+      span.setStatus({ code: SpanStatusCode.ERROR, message: errorKindOf(e) });
       return isRetryable(e) ? { kind: 'retry', error: e } : { kind: 'fail', error: e };
     } finally {
       span.end();

@@ -1,5 +1,5 @@
 import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
-import { contextOfTraceparent } from '@orangery/telemetry';
+import { contextOfTraceparent, errorKindOf } from '@orangery/telemetry';
 import type { Backend, ScaleCompletedData, ScaleRejectionCode, ScaleRequestData } from '@orangery/contracts';
 import type { HostBook } from './host-book';
 import { appKeyOf, type AppRecord, type AppSpec, type SlotRecord } from './model';
@@ -83,7 +83,8 @@ export class RequestJudge {
     try {
       await context.with(trace.setSpan(parent, span), () => this.handleParsed(parsed));
     } catch (e) {
-      span.setStatus({ code: SpanStatusCode.ERROR, message: e instanceof Error ? e.message : String(e) });
+      // the error's name or contract code, not its text: a driver's message may name a host
+      span.setStatus({ code: SpanStatusCode.ERROR, message: errorKindOf(e) });
       throw e;
     } finally {
       span.end();

@@ -1,5 +1,5 @@
 import { context, ROOT_CONTEXT, SpanStatusCode, trace, type Context } from '@opentelemetry/api';
-import { contextOfTraceparent } from '@orangery/telemetry';
+import { contextOfTraceparent, errorKindOf } from '@orangery/telemetry';
 import { isRetryable, OrangeryError, type AgentInstance, type ScaleRejectionCode } from '@orangery/contracts';
 import type { HostBook } from './host-book';
 import type { Leftovers } from './leftovers';
@@ -111,7 +111,8 @@ export class SlotReconciler {
       span.setAttribute('orangery.result', result.kind);
       return result;
     } catch (e) {
-      span.setStatus({ code: SpanStatusCode.ERROR, message: e instanceof Error ? e.message : String(e) });
+      // the error's name or contract code, not its text: a driver's message may name a host
+      span.setStatus({ code: SpanStatusCode.ERROR, message: errorKindOf(e) });
       throw e;
     } finally {
       span.end();
