@@ -1,3 +1,5 @@
+import { randomBytes } from 'node:crypto';
+import { headers as natsHeaders } from '@nats-io/nats-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ContractClient, freePort, observeGet, promValue, scrape, ServiceProcess, waitFor, type HarnessDir, type NatsServer } from '@orangery/testing';
 import { LAB_IMAGES, SVC_INDEX, SVC_PORT, type Lab, type LabServer } from '../lab';
@@ -312,6 +314,25 @@ describe('docker-agent in the lab', () => {
     );
     // published while serving the command: it continues the command's trace
     expect(failed.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/);
+  });
+
+  it("publishes instance.running, which comes from the engine's start event, in the trace of the create command", async () => {
+    const s2 = lab.servers[1]!;
+    const traceId = randomBytes(16).toString('hex');
+    const h = natsHeaders();
+    h.set('traceparent', `00-${traceId}-${randomBytes(8).toString('hex')}-01`);
+    const cmd = command(19);
+    const msg = await client.nc.request(`orangery.agent.${s2.id}.instance.create`, JSON.stringify(cmd), { timeout: 30_000, headers: h });
+    const r = msg.json<{ ok: boolean }>();
+    expect(r.ok, msg.string()).toBe(true);
+    try {
+      const running = await waitFor('instance.running for test:web:19', async () =>
+        (await client.events('orangery.evt.instance.running')).find((e) => e.subject === 'test:web:19'),
+      );
+      expect(String(running.traceparent).split('-')[1]).toBe(traceId);
+    } finally {
+      expect((await req(s2, 'remove', { instanceId: 'test:web:19' })).ok).toBe(true);
+    }
   });
 
   it('reports a container whose writable layer outgrows its disk quota', async () => {

@@ -1,5 +1,5 @@
 import { Type, type Static, type TArray, type TObject, type TSchema } from '@sinclair/typebox';
-import { ReplySchema } from './envelope-schemas';
+import { ReplySchema, TRACEPARENT_PATTERN } from './envelope-schemas';
 import { MAX_SLOT, NAME_PATTERN, HOST_ID_PATTERN } from './names';
 import { NextCursorField, PagedRequest } from './paging';
 
@@ -116,9 +116,24 @@ export type BatchRequestSchema<T extends TSchema> = TObject<{ items: TArray<T> }
 export const BatchRequest = <T extends TSchema>(item: T, description: string): BatchRequestSchema<T> =>
   Type.Object({ items: Type.Array(item, { minItems: 1, maxItems: MAX_BATCH_ITEMS, description }) }, strict);
 
-export const AllocateBatchRequest = BatchRequest(AllocateRequest, 'each item is exactly an orangery.ipam.allocate request');
+/**
+ * A batch item's own trace (project addition): the W3C `traceparent` of the caller that asked
+ * for this item, so ipam's event for it (ip.allocated, ip.bound) carries that caller's trace
+ * rather than the batch's. Absent: the event takes the batch request's trace.
+ */
+const ItemTrace = {
+  traceparent: Type.Optional(
+    Type.String({ pattern: TRACEPARENT_PATTERN, description: "W3C trace context of the item's caller; its ip event carries it (default: the request's)" }),
+  ),
+};
+export const AllocateBatchItem = Type.Object({ ...AllocateRequest.properties, ...ItemTrace }, strict);
+export type AllocateBatchItem = Static<typeof AllocateBatchItem>;
+export const BindBatchItem = Type.Object({ ...BindRequest.properties, ...ItemTrace }, strict);
+export type BindBatchItem = Static<typeof BindBatchItem>;
+
+export const AllocateBatchRequest = BatchRequest(AllocateBatchItem, 'each item is an orangery.ipam.allocate request, plus an optional traceparent');
 export type AllocateBatchRequest = Static<typeof AllocateBatchRequest>;
-export const BindBatchRequest = BatchRequest(BindRequest, 'each item is exactly an orangery.ipam.bind request');
+export const BindBatchRequest = BatchRequest(BindBatchItem, 'each item is an orangery.ipam.bind request, plus an optional traceparent');
 export type BindBatchRequest = Static<typeof BindBatchRequest>;
 
 /** Reply data of a batch: one single-request reply per item, in item order. */

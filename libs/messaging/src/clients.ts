@@ -127,13 +127,16 @@ export class IpamClient extends ContractClient {
     );
   }
 
-  /** One reply per item, in order; a refusal of the whole batch is thrown. */
-  async allocateBatch(items: readonly { pool: string; owner: Owner }[]): Promise<Reply<Allocation>[]> {
+  /**
+   * One reply per item, in order; a refusal of the whole batch is thrown. An item's
+   * `traceparent` is the trace its ip.allocated carries (project addition).
+   */
+  async allocateBatch(items: readonly { pool: string; owner: Owner; traceparent?: string }[]): Promise<Reply<Allocation>[]> {
     return unwrapReply(await this.send<{ results: Reply<Allocation>[] }>(SUBJECTS.ipam.allocateBatch, { items })).results;
   }
 
   /** One reply per item, in order; a refusal of the whole batch is thrown. */
-  async bindBatch(items: readonly BindItem[]): Promise<Reply<unknown>[]> {
+  async bindBatch(items: readonly (BindItem & { traceparent?: string })[]): Promise<Reply<unknown>[]> {
     return unwrapReply(await this.send<{ results: Reply<unknown>[] }>(SUBJECTS.ipam.bindBatch, { items })).results;
   }
 }

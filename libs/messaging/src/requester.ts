@@ -1,6 +1,7 @@
 import { errors, type NatsConnection } from '@nats-io/nats-core';
-import { context } from '@opentelemetry/api';
+import { context, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
 import { contractCode, PortError, RETRYABLE_CODES, type Reply } from '@orangery/contracts';
+import { errorKindOf } from '@orangery/telemetry';
 import { headersWithTrace } from './trace-headers';
 
 /** Why a request got no reply: nobody serves the subject, or the server was too slow. */
@@ -14,19 +15,32 @@ export class NoReplyError extends Error {
   }
 }
 
-/** Sends a contract request and returns the reply envelope; trace context rides along. */
+/**
+ * Sends a contract request and returns the reply envelope. The request runs in a CLIENT span
+ * (named after the subject, child of the active context) whose context rides in the headers,
+ * so the server's span is its child.
+ */
 export async function requestJson<T = unknown>(nc: NatsConnection, subject: string, body: unknown, timeoutMs = 5_000): Promise<Reply<T>> {
+  const span = trace
+    .getTracer('orangery')
+    .startSpan(subject, { kind: SpanKind.CLIENT, attributes: { 'messaging.system': 'nats', 'messaging.destination.name': subject } }, context.active());
   try {
     const msg = await nc.request(subject, JSON.stringify(body), {
       timeout: timeoutMs,
-      headers: headersWithTrace(context.active()),
+      headers: headersWithTrace(trace.setSpan(context.active(), span)),
     });
-    return JSON.parse(msg.string()) as Reply<T>;
+    const reply = JSON.parse(msg.string()) as Reply<T>;
+    if (!reply.ok) span.setAttribute('orangery.error_code', reply.error.code);
+    return reply;
   } catch (e) {
+    // the error's name or contract code, not its text: a driver's message may name a host
+    span.setStatus({ code: SpanStatusCode.ERROR, message: errorKindOf(e) });
     if (e instanceof errors.RequestError && e.isNoResponders()) throw new NoReplyError(subject, 'no-responders');
     if (e instanceof errors.NoRespondersError) throw new NoReplyError(subject, 'no-responders');
     if (e instanceof errors.TimeoutError) throw new NoReplyError(subject, 'timeout');
     throw e;
+  } finally {
+    span.end();
   }
 }
 

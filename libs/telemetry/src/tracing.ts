@@ -1,5 +1,5 @@
 import { NodeSDK } from '@opentelemetry/sdk-node';
-import { trace, type Tracer } from '@opentelemetry/api';
+import { context, propagation, ROOT_CONTEXT, trace, type Context, type Tracer } from '@opentelemetry/api';
 
 let sdk: NodeSDK | undefined;
 
@@ -42,3 +42,27 @@ export async function stopTelemetry(): Promise<void> {
 }
 
 export const tracer = (name = 'orangery'): Tracer => trace.getTracer(name);
+
+/**
+ * The context that continues a stored W3C `traceparent` (a saga's, an app record's), through
+ * the registered propagator; undefined when it is not a valid one.
+ */
+export function contextOfTraceparent(traceparent: string | undefined, tracestate?: string): Context | undefined {
+  if (!traceparent) return undefined;
+  const ctx = propagation.extract(ROOT_CONTEXT, { traceparent, ...(tracestate ? { tracestate } : {}) });
+  return trace.getSpanContext(ctx) ? ctx : undefined;
+}
+
+/** The active context's W3C `traceparent`, to store with work that outlives it (a saga); undefined when there is no valid span. */
+export function activeTraceparent(): string | undefined {
+  const carrier: Record<string, string> = {};
+  propagation.inject(context.active(), carrier);
+  return carrier['traceparent'];
+}
+
+/** What a span's error status says of `e`: its contract code (`code`) or its class name, never its message. */
+export function errorKindOf(e: unknown): string {
+  const code = (e as { code?: unknown } | null)?.code;
+  if (typeof code === 'string' && /^[A-Z][A-Z0-9_]{0,63}$/.test(code)) return code;
+  return e instanceof Error ? e.name : typeof e;
+}

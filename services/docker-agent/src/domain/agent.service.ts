@@ -1,3 +1,4 @@
+import { context, type Context } from '@opentelemetry/api';
 import { OrangeryError, type AgentInstance, type Amounts, type ContainerCreateCommand, type StopInstanceCommand } from '@orangery/contracts';
 import { cidrOf } from '@orangery/netaddr';
 import { LABEL, memoryLimitMb, networkName, parentInterface, planContainer, specHash } from './container-spec';
@@ -5,6 +6,8 @@ import { stateOf, type ArpProbe, type Engine, type EventSink, type ManagedContai
 import { withTimeout } from './timeouts';
 
 const DEFAULT_ENGINE_TIMEOUT_MS = 2_000;
+/** start commands whose engine `start` event is awaited, at most (their trace contexts) */
+const MAX_START_TRACES = 1_000;
 
 export interface AgentSettings {
   hostId: string;
@@ -30,6 +33,11 @@ export class AgentService {
   /** containers we are stopping on purpose: their exit is `stopped`, not `failed` */
   readonly expectedStops = new Set<string>();
   private readonly restarts = new Map<string, number>();
+  /**
+   * The trace context of the command that started a container, until the engine's `start`
+   * event for it (InstanceEvents) publishes instance.running in that trace; bounded.
+   */
+  private readonly startTraces = new Map<string, Context>();
   /** container ids missing from the last forgetGone listing (forgotten if missing again) */
   private missingOnce = new Set<string>();
 
@@ -114,6 +122,7 @@ export class AgentService {
           await probe;
           await this.refuseDuplicateIp(cmd.instanceId, cmd.network.ip);
           this.refuseWhileFenced(cmd.instanceId);
+          this.rememberStartTrace(id);
           await this.engine.start(id);
         } catch (e) {
           // Nothing half-done: a container that could not start is not left behind.
@@ -307,7 +316,22 @@ export class AgentService {
     await this.probeWire(instanceId, ip, Number(c.labels[LABEL.vlan] ?? 0));
     // Checked last, right before the start: a fence may have come during the probe.
     this.refuseWhileFenced(instanceId);
+    this.rememberStartTrace(c.id);
     await this.engine.start(c.id);
+  }
+
+  private rememberStartTrace(containerId: string): void {
+    this.startTraces.delete(containerId);
+    this.startTraces.set(containerId, context.active());
+    // a start whose event never came (the stream was down) must not be kept for ever
+    if (this.startTraces.size > MAX_START_TRACES) this.startTraces.delete(this.startTraces.keys().next().value!);
+  }
+
+  /** The context of the command that started `containerId` (once), for its instance.running. */
+  takeStartTrace(containerId: string): Context | undefined {
+    const ctx = this.startTraces.get(containerId);
+    this.startTraces.delete(containerId);
+    return ctx;
   }
 
   private refuseWhileFenced(instanceId: string): void {

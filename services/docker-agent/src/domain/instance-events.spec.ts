@@ -1,4 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { context, ROOT_CONTEXT, trace, TraceFlags } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import type { ContainerCreateCommand } from '@orangery/contracts';
 import { AgentService } from './agent.service';
 import { LABEL } from './container-spec';
@@ -135,6 +137,47 @@ describe('InstanceEvents', () => {
     expect(w.events.instances.map((e) => e.what)).toEqual(['failed']);
     expect(w.engine.stateOfInstance(ID)).toBe('exited');
     await w.stop();
+  });
+
+  it('instance.running of a container a command started is in the trace of that command', async () => {
+    const manager = new AsyncLocalStorageContextManager().enable();
+    context.setGlobalContextManager(manager);
+    try {
+      const engine = new FakeEngine({ images: [IMAGE], interfaces: ['eth1'] });
+      const events = new RecordingEvents();
+      const traceOf: Record<string, string | undefined> = {};
+      const sink = {
+        instance: (e: Parameters<RecordingEvents['instance']>[0]) => {
+          traceOf[e.what] = trace.getSpanContext(context.active())?.traceId;
+          events.instance(e);
+        },
+        host: events.host.bind(events),
+      } as unknown as RecordingEvents;
+      const agent = new AgentService(engine, new FakeArpProbe(), sink, {
+        hostId: 'srv-1',
+        uplink: 'eth1',
+        reservedCpus: 1,
+        totalCpus: 4,
+        restartMaxRetries: 3,
+        stopTimeoutSeconds: 10,
+      });
+      const watch = new InstanceEvents({ agent, events: sink, routes: undefined, log: silentDomainLog }, { uplink: 'eth1' });
+      const following = new AbortController();
+      const done = (async () => {
+        for await (const e of engine.events(following.signal)) watch.on(e);
+      })();
+      const traceId = '0af7651916cd43dd8448eb211c80319c';
+      const commandCtx = trace.setSpanContext(ROOT_CONTEXT, { traceId, spanId: 'b7ad6b7169203331', traceFlags: TraceFlags.SAMPLED });
+      // the engine's `start` event arrives outside the command's context, on the stream
+      await context.with(commandCtx, () => agent.create(cmd));
+      await new Promise((r) => setTimeout(r, 0));
+      expect(events.instances.map((e) => e.what)).toContain('running');
+      expect(traceOf['running']).toBe(traceId);
+      following.abort();
+      await done;
+    } finally {
+      context.disable();
+    }
   });
 
   it('ignores events of containers without an instance id', async () => {

@@ -1,3 +1,4 @@
+import { context } from '@opentelemetry/api';
 import type { AgentService } from './agent.service';
 import { LABEL, parentInterface } from './container-spec';
 import { exitOf, type DomainLog, type EngineEvent, type EventSink, type HostRoutes, type ManagedContainer } from './ports';
@@ -16,7 +17,7 @@ export class InstanceEvents {
 
   constructor(
     private readonly deps: {
-      agent: Pick<AgentService, 'expectedStops' | 'restartAfterFailure' | 'fenced'>;
+      agent: Pick<AgentService, 'expectedStops' | 'restartAfterFailure' | 'fenced'> & Partial<Pick<AgentService, 'takeStartTrace'>>;
       events: EventSink;
       routes: HostRoutes | undefined;
       log: DomainLog;
@@ -46,7 +47,11 @@ export class InstanceEvents {
     switch (e.kind) {
       case 'start':
         this.route(e.labels, true);
-        this.deps.events.instance({ what: 'running', instanceId, data: base });
+        {
+          // in the trace of the command that started it (create/start), when one did
+          const ctx = this.deps.agent.takeStartTrace?.(e.containerId) ?? context.active();
+          context.with(ctx, () => this.deps.events.instance({ what: 'running', instanceId, data: base }));
+        }
         return;
       case 'oom':
         this.oomKilled.add(e.containerId);

@@ -76,6 +76,27 @@ describe('allocate.batch', () => {
     expect(new Set(events.map((e) => e.event.id)).size).toBe(20);
   });
 
+  it("gives each item's event its own traceparent when the item carries one, else the request's", async () => {
+    const { ipam, store } = await world(WIDE);
+    const tp = (n: number) => `00-${String(n).repeat(32)}-${'b'.repeat(16)}-01`;
+    const batchTrace = `00-${'c'.repeat(32)}-${'d'.repeat(16)}-01`;
+    const reqs = [
+      { ...alloc(owner('a', 0), 'wide'), traceparent: tp(1) },
+      alloc(owner('b', 0), 'wide'),
+      { ...alloc(owner('c', 0), 'wide'), traceparent: tp(2) },
+    ];
+    const results = await ipam.allocateBatch(reqs, { traceparent: batchTrace });
+    const ips = ipsOf(results);
+    const allocated = store.events.filter((e) => e.natsSubject === 'orangery.evt.ip.allocated');
+    expect(ips.map((ip) => allocated.find((e) => e.event.subject === ip)?.event.traceparent)).toEqual([tp(1), batchTrace, tp(2)]);
+    await ipam.bindBatch([{ ...bindReq(ips[0]!, 'h1', 'prod:a:0'), traceparent: tp(3) }, bindReq(ips[1]!, 'h1', 'prod:b:0')], { traceparent: batchTrace });
+    const bound = store.events.filter((e) => e.natsSubject === 'orangery.evt.ip.bound');
+    expect(bound.map((e) => [e.event.subject, e.event.traceparent])).toEqual([
+      [ips[0], tp(3)],
+      [ips[1], batchTrace],
+    ]);
+  });
+
   it('is idempotent per owner: the same batch again returns the same addresses and changes nothing', async () => {
     const { ipam, store } = await world(WIDE);
     const reqs = Array.from({ length: 30 }, (_, i) => alloc(owner('web', i), 'wide'));

@@ -43,7 +43,16 @@ function failure(e: unknown): Reply<never> {
   throw e;
 }
 
+/** A batch item may carry its caller's trace: its event carries that one (default: the request's). */
+export interface ItemTrace {
+  traceparent?: string;
+}
+
+const itemContext = (ctx: CallContext, item: ItemTrace): CallContext => (item.traceparent ? { ...ctx, traceparent: item.traceparent } : ctx);
+
 interface Change {
+  /** the batch item it serves */
+  index: number;
   pool: PoolRecord;
   before: AddressRecord;
   after: AddressRecord;
@@ -79,7 +88,7 @@ export class AllocationBatch {
   constructor(
     private readonly tx: IpamTx,
     private readonly now: number,
-    private readonly reqs: readonly AllocateRequest[],
+    private readonly reqs: readonly (AllocateRequest & ItemTrace)[],
     private readonly ctx: CallContext,
   ) {
     this.results = reqs.map(() => undefined);
@@ -208,14 +217,16 @@ export class AllocationBatch {
     const after = allocatedTo(before, owner);
     this.rows.set(before.ip, after);
     this.liveOf.set(ownerKey(owner), before.ip);
-    this.changes.push({ pool, before, after });
+    this.changes.push({ index: i, pool, before, after });
     this.results[i] = okReply(toAllocation(after, pool));
   }
 
   private async write(): Promise<void> {
     if (this.changes.length === 0) return;
     await this.tx.updateAddresses(this.changes.map((c) => ({ ip: c.before.ip, patch: patchOf(c.after) })));
-    await this.tx.auditAll(this.changes.map((c) => auditEntryOf('allocate', c.pool, c.before, toAllocation(c.after, c.pool), this.ctx, this.now)));
+    await this.tx.auditAll(
+      this.changes.map((c) => auditEntryOf('allocate', c.pool, c.before, toAllocation(c.after, c.pool), itemContext(this.ctx, this.reqs[c.index]!), this.now)),
+    );
   }
 }
 
@@ -224,7 +235,7 @@ export class AllocationBatch {
  * then the items applied in order (a later item for the same ip sees the earlier one, as a
  * later single would), and the writes sent with COMMIT.
  */
-export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly BindRequest[], ctx: CallContext): Promise<Reply<Allocation>[]> {
+export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly (BindRequest & ItemTrace)[], ctx: CallContext): Promise<Reply<Allocation>[]> {
   const ips = reqs.map((r) => ipv4ToInt(r.ip));
   const { rows: locked, pools } = await tx.openBinds([...new Set(ips)].sort((a, b) => a - b));
   const rows = new Map(locked.map((r) => [r.ip, r]));
@@ -240,7 +251,7 @@ export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly Bind
       if (bindChangesNothing(row, req)) return okReply(toAllocation(row, pool));
       const after: AddressRecord = { ...row, state: 'bound', instanceId: req.instanceId, backend: req.backend, host: req.host };
       const allocation = toAllocation(after, pool);
-      audits.push(auditEntryOf('bind', pool, row, allocation, ctx, now));
+      audits.push(auditEntryOf('bind', pool, row, allocation, itemContext(ctx, req), now));
       rows.set(row.ip, after);
       finalState.set(row.ip, after);
       return okReply(allocation);

@@ -34,7 +34,7 @@ import {
   toPool,
   type CallContext,
 } from './allocation-rules';
-import { AllocationBatch, bindBatchInTx } from './ipam-batch';
+import { AllocationBatch, bindBatchInTx, type ItemTrace } from './ipam-batch';
 import { planPool } from './pool-plan';
 import { OwnerConflict, type AddressRecord, type Clock, type IpamStore, type IpamTx, type PoolRecord } from './ports';
 
@@ -189,7 +189,7 @@ export class IpamService {
    * single request would have replied (ipam-batch.ts says in which order they are served).
    * All of the batch's changes commit together or not at all.
    */
-  async allocateBatch(reqs: readonly AllocateRequest[], ctx: CallContext = {}): Promise<Reply<Allocation>[]> {
+  async allocateBatch(reqs: readonly (AllocateRequest & ItemTrace)[], ctx: CallContext = {}): Promise<Reply<Allocation>[]> {
     if (reqs.length === 0) return [];
     for (let attempt = 0; ; attempt++) {
       try {
@@ -204,7 +204,7 @@ export class IpamService {
   }
 
   /** `bind` for many items at once, in one transaction, each item as the single request. */
-  async bindBatch(reqs: readonly BindRequest[], ctx: CallContext = {}): Promise<Reply<Allocation>[]> {
+  async bindBatch(reqs: readonly (BindRequest & ItemTrace)[], ctx: CallContext = {}): Promise<Reply<Allocation>[]> {
     if (reqs.length === 0) return [];
     return this.store.transaction((tx) => bindBatchInTx(tx, this.clock.now(), reqs, ctx), ctx.actor);
   }

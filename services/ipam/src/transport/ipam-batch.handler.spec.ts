@@ -55,6 +55,21 @@ describe('orangery.ipam.allocate.batch decoding', () => {
     expect(store.events).toHaveLength(3);
   });
 
+  it("takes an item's valid traceparent for its event and answers a malformed one alone", async () => {
+    const { store, call } = await routes();
+    const traceparent = `00-${'a'.repeat(32)}-${'b'.repeat(16)}-01`;
+    const body = {
+      items: [
+        { ...item(0), traceparent },
+        { ...item(1), traceparent: 'not-a-trace' },
+      ],
+    };
+    const { results } = (await call(SUBJECTS.ipam.allocateBatch, body)) as { results: { ok: boolean; error?: { code: string; details: unknown } }[] };
+    expect(results.map((r) => r.ok)).toEqual([true, false]);
+    expect(results[1]!.error).toMatchObject({ code: 'INVALID_REQUEST', details: { field: 'items[1].traceparent' } });
+    expect(store.events.map((e) => e.event.traceparent)).toEqual([traceparent]);
+  });
+
   it('serves a batch of only malformed items without a transaction', async () => {
     const { store, call } = await routes();
     const before = store.transactions;

@@ -1,3 +1,4 @@
+import { activeTraceparent } from '@orangery/telemetry';
 import { randomUUID } from 'node:crypto';
 import {
   isRetryable,
@@ -23,6 +24,12 @@ export interface RequestOptions {
 type Attempted<T> = { value: T } | { retry: unknown };
 const iso = (ms: number): string => new Date(ms).toISOString();
 export const newMigrationId = (): string => `m-${randomUUID()}`;
+
+/** The request's trace (the responder's server span), kept on the saga so its steps continue it. */
+const traced = (): { traceparent?: string } => {
+  const traceparent = activeTraceparent();
+  return traceparent ? { traceparent } : {};
+};
 
 /** The scheduler's refusal as the caller of migrate sees it (its away or INTERNAL: UNAVAILABLE). */
 function asContractError(e: unknown): OrangeryError {
@@ -96,6 +103,7 @@ export class MigrationService {
       step: 'hold',
       rollingBack: false,
       steps: [],
+      ...traced(),
       createdAt: iso(now),
       updatedAt: iso(now),
     };
@@ -154,6 +162,7 @@ export class MigrationService {
     });
     const now = clock.now();
     const drainId = `d-${randomUUID()}`;
+    const trace = traced();
     const lastOfApp = new Map<string, string>();
     const migrations: MigrationRecord[] = [];
     for (const inst of all.filter((i) => i.host === hostId).sort((a, b) => (a.id < b.id ? -1 : 1))) {
@@ -172,6 +181,7 @@ export class MigrationService {
         rollingBack: false,
         steps: [],
         drainId,
+        ...trace,
         ...(after !== undefined ? { after } : {}),
         createdAt: iso(now),
         updatedAt: iso(now),

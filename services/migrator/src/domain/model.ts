@@ -33,6 +33,11 @@ export interface MigrationRecord {
   /** why the forward path failed (kept while rolling back, becomes `error`) */
   failure?: MigrationReason;
   drainId?: string;
+  /**
+   * W3C trace context of the migrate/drain request that started it: its steps (also after a
+   * restart; the record is stored whole) and its events continue that trace
+   */
+  traceparent?: string;
   /** a drain's migration runs only after this one (the previous of its app) has ended */
   after?: string;
   readonly createdAt: string;

@@ -1,3 +1,5 @@
+import { context, SpanStatusCode, trace } from '@opentelemetry/api';
+import { contextOfTraceparent, errorKindOf } from '@orangery/telemetry';
 import { isRetryable, OrangeryError, type NewEvent } from '@orangery/contracts';
 import type { MigrationRecord } from './model';
 import type { AgentPort, Clock, DomainLog, IpamPort, Liveness, MigrationStore, SchedulerPort } from './ports';
@@ -83,12 +85,28 @@ export class MigrationSaga {
     entry.attempts++;
     m.updatedAt = new Date(this.deps.clock.now()).toISOString();
     await this.deps.store.save(m, owner);
+    // A span per attempt, in the trace of the request that started the migration (kept on
+    // the record, so a resumed saga continues it too): its scheduler, agent and ipam calls join it.
+    const parent = contextOfTraceparent(m.traceparent) ?? context.active();
+    const span = trace
+      .getTracer('orangery')
+      .startSpan(
+        `migrator.${m.step}`,
+        { attributes: { 'orangery.migration_id': m.id, 'orangery.instance_id': m.instanceId, 'orangery.attempt': entry.attempts } },
+        parent,
+      );
     try {
       const step = stepOf(m);
       if (!step) throw new OrangeryError('INTERNAL', `migration ${m.id} is at an unknown step '${m.step}'`);
-      return await step.run({ m, owner, deps: this.deps, opts: this.opts });
+      const result = await context.with(trace.setSpan(parent, span), () => step.run({ m, owner, deps: this.deps, opts: this.opts }));
+      span.setAttribute('orangery.result', result.kind);
+      return result;
     } catch (e) {
+      // the error's name or contract code, not its text: a driver's message may name a host
+      span.setStatus({ code: SpanStatusCode.ERROR, message: errorKindOf(e) });
       return isRetryable(e) ? { kind: 'retry', error: e } : { kind: 'fail', error: e };
+    } finally {
+      span.end();
     }
   }
 

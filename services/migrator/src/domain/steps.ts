@@ -50,5 +50,6 @@ export function migrationEvent(m: MigrationRecord, what: 'started' | 'completed'
       ...(what === 'failed' && m.error ? { reason: m.error } : {}),
       ...(m.drainId ? { drainId: m.drainId } : {}),
     },
+    ...(m.traceparent ? { traceparent: m.traceparent } : {}),
   };
 }

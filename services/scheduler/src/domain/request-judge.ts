@@ -1,3 +1,5 @@
+import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api';
+import { contextOfTraceparent, errorKindOf } from '@orangery/telemetry';
 import type { Backend, ScaleCompletedData, ScaleRejectionCode, ScaleRequestData } from '@orangery/contracts';
 import type { HostBook } from './host-book';
 import { appKeyOf, type AppRecord, type AppSpec, type SlotRecord } from './model';
@@ -68,6 +70,28 @@ export class RequestJudge {
    */
   async handleScale(msg: ScaleMessage): Promise<void> {
     const parsed = parseScale(msg);
+    // A CONSUMER span in the request's trace (its `traceparent`): the ipam lookups made while
+    // judging it are its children.
+    const parent = contextOfTraceparent(parsed.traceparent) ?? ROOT_CONTEXT;
+    const span = trace
+      .getTracer('orangery')
+      .startSpan(
+        'scheduler.scale-request',
+        { kind: SpanKind.CONSUMER, attributes: { 'orangery.request_id': parsed.requestId, 'messaging.system': 'nats' } },
+        parent,
+      );
+    try {
+      await context.with(trace.setSpan(parent, span), () => this.handleParsed(parsed));
+    } catch (e) {
+      // the error's name or contract code, not its text: a driver's message may name a host
+      span.setStatus({ code: SpanStatusCode.ERROR, message: errorKindOf(e) });
+      throw e;
+    } finally {
+      span.end();
+    }
+  }
+
+  private async handleParsed(parsed: ReturnType<typeof parseScale>): Promise<void> {
     if (await this.ports.store.requestSeen(parsed.requestId)) return;
     if (!parsed.ok) {
       await this.rejectRequest(parsed.seq, { ...parsed, code: 'INVALID_REQUEST' });

@@ -1,3 +1,5 @@
+import { context, ROOT_CONTEXT, SpanStatusCode, trace, type Context } from '@opentelemetry/api';
+import { contextOfTraceparent, errorKindOf } from '@orangery/telemetry';
 import { isRetryable, OrangeryError, type AgentInstance, type ScaleRejectionCode } from '@orangery/contracts';
 import type { HostBook } from './host-book';
 import type { Leftovers } from './leftovers';
@@ -84,10 +86,37 @@ export class SlotReconciler {
     if (!s || s.hold) return DONE;
     const app = this.book.app(appKeyOf(s));
     const desired = app !== undefined && s.slot < app.spec.replicas;
-    if (!desired) return this.stepRemove(s);
-    if (s.phase === 'remove' || s.phase === 'replace') return this.stepReplace(s, app);
-    if (s.phase === 'create') return this.stepCreate(s, app);
+    if (!desired) return this.traced('scheduler.remove-slot', s, app, () => this.stepRemove(s));
+    if (s.phase === 'remove' || s.phase === 'replace') return this.traced('scheduler.replace-slot', s, app, () => this.stepReplace(s, app));
+    if (s.phase === 'create') return this.traced(s.hostId ? 'scheduler.start-slot' : 'scheduler.place', s, app, () => this.stepCreate(s, app));
     return DONE;
+  }
+
+  /**
+   * One step in a span of the trace of the request that asked for the app's present state
+   * (the app record's `traceparent`), so the ipam requests and agent commands it sends, and
+   * the events they cause, carry that trace. No traceparent: the span starts a trace.
+   */
+  private async traced(name: string, s: SlotRecord, app: AppRecord | undefined, run: () => Promise<Result>): Promise<Result> {
+    const parent: Context = contextOfTraceparent(app?.traceparent) ?? ROOT_CONTEXT;
+    const span = trace
+      .getTracer('orangery')
+      .startSpan(
+        name,
+        { attributes: { 'orangery.instance_id': s.id, 'orangery.app': `${s.env}:${s.app}`, ...(s.hostId ? { 'orangery.host_id': s.hostId } : {}) } },
+        parent,
+      );
+    try {
+      const result = await context.with(trace.setSpan(parent, span), run);
+      span.setAttribute('orangery.result', result.kind);
+      return result;
+    } catch (e) {
+      // the error's name or contract code, not its text: a driver's message may name a host
+      span.setStatus({ code: SpanStatusCode.ERROR, message: errorKindOf(e) });
+      throw e;
+    } finally {
+      span.end();
+    }
   }
 
   /** Off its host (confirmed by the agent, or the host silent past its self-fence), IP back, record gone. */

@@ -1,4 +1,6 @@
 import { describe, expect, it } from 'vitest';
+import { context, ROOT_CONTEXT, trace, TraceFlags } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import type { VmCreateCommand } from '@orangery/contracts';
 import { EsxiHosts } from './esxi-hosts';
 import { HeartbeatSource } from './heartbeats';
@@ -84,6 +86,32 @@ describe('VcenterChanges', () => {
       ['stopped', 'prod:web:0', 'poweredOff in vCenter'],
     ]);
     expect(w.agent.expectedStops.size).toBe(0);
+  });
+
+  it('instance.running of a VM a command powered on is in the trace of that command, though the change comes later', async () => {
+    const manager = new AsyncLocalStorageContextManager().enable();
+    context.setGlobalContextManager(manager);
+    try {
+      const w = world();
+      const ref = await withOneVm(w);
+      await w.agent.stop(H1, { instanceId: 'prod:web:0' });
+      w.changes.vm({ ref, kind: 'modify', powerState: 'poweredOff' });
+      const traceId = '0af7651916cd43dd8448eb211c80319c';
+      const commandCtx = trace.setSpanContext(ROOT_CONTEXT, { traceId, spanId: 'b7ad6b7169203331', traceFlags: TraceFlags.SAMPLED });
+      await context.with(commandCtx, () => w.agent.start(H1, 'prod:web:0'));
+      const traceOf: Record<string, string | undefined> = {};
+      const record = w.events.instance.bind(w.events);
+      w.events.instance = (e) => {
+        traceOf[e.what] = trace.getSpanContext(context.active())?.traceId;
+        record(e);
+      };
+      // vCenter's change feed, outside the command's context
+      w.changes.vm({ ref, kind: 'modify', powerState: 'poweredOn' });
+      expect(seen(w).map((x) => x[0])).toContain('running');
+      expect(traceOf['running']).toBe(traceId);
+    } finally {
+      context.disable();
+    }
   });
 
   it('a resync: a VM of ours gone while nobody watched is removed, one that came is reported, a foreign one is not', async () => {

@@ -1,3 +1,4 @@
+import { context } from '@opentelemetry/api';
 import type { ChangeHandlers, DomainLog, EventSink, HostConnection, Vm, VmChange } from './ports';
 import type { EsxiHosts } from './esxi-hosts';
 import { labelsOf } from './vm-spec';
@@ -27,7 +28,7 @@ export class VcenterChanges implements ChangeHandlers {
 
   constructor(
     private readonly deps: {
-      agent: Pick<VmwareAgentService, 'index' | 'expectedStops' | 'adopt'>;
+      agent: Pick<VmwareAgentService, 'index' | 'expectedStops' | 'adopt'> & Partial<Pick<VmwareAgentService, 'takePowerOnTrace'>>;
       hosts: Pick<EsxiHosts, 'connection'>;
       events: EventSink;
       /** ms on any clock: only differences are used */
@@ -114,7 +115,10 @@ export class VcenterChanges implements ChangeHandlers {
     if (!changed) return;
     const data = { vmId: c.ref, ip: now.ip, mac: now.mac };
     if (powerState === 'poweredOn') {
-      this.deps.events.instance({ what: 'running', hostId: now.hostId, instanceId: now.instanceId, data });
+      // in the trace of the command that powered it on (create/start), when one did
+      const ctx = this.deps.agent.takePowerOnTrace?.(c.ref) ?? context.active();
+      const on = now;
+      context.with(ctx, () => this.deps.events.instance({ what: 'running', hostId: on.hostId, instanceId: on.instanceId, data }));
       return;
     }
     const requested = this.deps.agent.expectedStops.delete(c.ref);

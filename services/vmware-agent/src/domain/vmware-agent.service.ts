@@ -1,9 +1,13 @@
+import { context, type Context } from '@opentelemetry/api';
 import { invalidRequest, OrangeryError, type AgentInstance, type Amounts, type StopInstanceCommand, type VmCreateCommand } from '@orangery/contracts';
 import { memoryLimitMb } from '@orangery/contracts';
 import { HostLimiter } from './host-limiter';
 import { VmIndex } from './vm-index';
 import { stateOfVm, type EsxiHost, type EventSink, type Vcenter, type Vm } from './ports';
 import { labelsOf, planVm, specHash, type VmLabels } from './vm-spec';
+
+/** power-ons whose change from vCenter is awaited, at most (their trace contexts) */
+const MAX_POWER_ON_TRACES = 1_000;
 
 export interface VmwareAgentSettings {
   /** ORANGERY_VCENTER_EXTRA_CONFIG: VMX keys with placeholders */
@@ -37,6 +41,11 @@ export class VmwareAgentService {
   private readonly claims = new Map<string, string>();
   /** VMs we power off on purpose: their power-off is `stopped on request` */
   readonly expectedStops = new Set<string>();
+  /**
+   * The trace context of the command that powered a VM on, until vCenter's change feed
+   * (VcenterChanges) reports it powered on and instance.running is published in that trace; bounded.
+   */
+  private readonly powerOnTraces = new Map<string, Context>();
   readonly limiter: HostLimiter;
   private readonly pollMs: number;
 
@@ -415,8 +424,19 @@ export class VmwareAgentService {
   }
 
   /** Power on, then wait for the guest to report the IP (or the timeout, with the power on). */
+  /** The context of the command that powered `vmRef` on (once), for its instance.running. */
+  takePowerOnTrace(vmRef: string): Context | undefined {
+    const ctx = this.powerOnTraces.get(vmRef);
+    this.powerOnTraces.delete(vmRef);
+    return ctx;
+  }
+
   private async powerOnAndWait(vm: ManagedVm): Promise<ManagedVm> {
     this.expectedStops.delete(vm.ref);
+    this.powerOnTraces.delete(vm.ref);
+    this.powerOnTraces.set(vm.ref, context.active());
+    // a power-on whose change never came must not be kept for ever
+    if (this.powerOnTraces.size > MAX_POWER_ON_TRACES) this.powerOnTraces.delete(this.powerOnTraces.keys().next().value!);
     await this.limiter.run(vm.labels.hostId, () => this.vc.powerOn(vm.ref));
     const deadline = Date.now() + this.settings.guestIpTimeoutMs;
     let last: Vm | undefined;
