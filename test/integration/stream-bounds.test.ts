@@ -49,6 +49,25 @@ describe('stream byte bounds', () => {
     expect((await jsm.streams.info('T_OLD')).config.max_bytes).toBe(64 * 1024);
   });
 
+  it('a stream holding more than a new, lower bound keeps its bound and every message (an update would delete the oldest)', async () => {
+    const spec = { name: 'T_FULL', subjects: ['t.full.>'], maxAgeSeconds: 3600, duplicateWindowSeconds: 120, maxBytes: 256 * 1024, discard: 'new' as const };
+    await ensureStream(nc, spec, logger);
+    const js = jetstream(nc);
+    for (let i = 0; i < 100; i++) await js.publish(`t.full.${i}`, payload);
+    const jsm = await jetstreamManager(nc);
+    const before = await jsm.streams.info('T_FULL');
+    expect(before.state.messages).toBe(100);
+    // a service started with a bound below what the stream holds (~100 KB): nothing deleted
+    await ensureStream(nc, { ...spec, maxBytes: 32 * 1024 }, logger);
+    const after = await jsm.streams.info('T_FULL');
+    expect(after.state.messages).toBe(100);
+    expect(after.config.max_bytes).toBe(256 * 1024);
+    // one the stream fits under is applied
+    await ensureStream(nc, { ...spec, maxBytes: 192 * 1024 }, logger);
+    expect((await jsm.streams.info('T_FULL')).config.max_bytes).toBe(192 * 1024);
+    expect((await jsm.streams.info('T_FULL')).state.messages).toBe(100);
+  });
+
   it('at its bound, a discard-new stream (scale requests) refuses the publish and keeps every stored request', async () => {
     await ensureStream(
       nc,

@@ -107,13 +107,21 @@ async function applyStreamConfig(jsm: JetStreamManager, desired: ReturnType<type
   });
   if (current) {
     // Never fewer replicas than the stream has: a service that saw a smaller cluster (a node
-    // away at its start) must not shrink what another one grew. Never a smaller byte bound
-    // either: JetStream applies a lower max_bytes by deleting the oldest messages at once,
+    // away at its start) must not shrink what another one grew. Never a byte bound below
+    // what the stream holds: JetStream applies it by deleting the oldest messages at once,
     // whatever the discard policy, and stored scale requests would vanish without an
-    // outcome. Lowering a bound is an operator's deliberate act (`nats stream edit`).
-    const have = current.config.max_bytes ?? -1;
+    // outcome. Such a stream keeps its bound (an operator may shrink it deliberately).
     const want = desired.max_bytes ?? -1;
-    const maxBytes = have === -1 || want === -1 ? -1 : Math.max(have, want);
+    const stored = current.state.bytes ?? 0;
+    let maxBytes = want;
+    if (want !== -1 && stored > want) {
+      maxBytes = current.config.max_bytes ?? -1;
+      if (maxBytes !== want)
+        logger.warn(
+          { stream: desired.name, stored, bound: want },
+          'a stream holds more than its new byte bound: its bound is left as it is, nothing is deleted',
+        );
+    }
     const target = { ...desired, num_replicas: Math.max(desired.num_replicas, current.config.num_replicas ?? 1), max_bytes: maxBytes };
     const drift = streamConfigDrift(current.config, target);
     if (drift.length === 0) return;
