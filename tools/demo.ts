@@ -153,6 +153,8 @@ let lab: Lab | undefined;
 let client: ContractClient | undefined;
 let scale: ScaleWatcher | undefined;
 let lock: ChildProcess | undefined;
+/** The lab's setup while it runs: a stop meanwhile waits for it, then tears it down. */
+let setup: Promise<Lab> | undefined;
 let stopping: Promise<void> | undefined;
 let scaled = false;
 
@@ -189,6 +191,7 @@ async function stop(code: number): Promise<void> {
     await client?.close().catch(() => undefined);
     await Promise.all(agents.map(stopAgent));
     try {
+      lab ??= await setup?.catch(() => undefined);
       await lab?.teardown();
     } catch (e) {
       say(`lab teardown: ${(e as Error).message} (the next start sweeps what is left)`);
@@ -212,7 +215,8 @@ async function main(): Promise<void> {
     throw e;
   }
   say('setting up the lab: 2 servers, 1 legacy VM, vcsim with 3 ESXi hosts (the first run builds images and vcsim: up to 2 minutes)');
-  lab = await Lab.setup({ servers: 2, legacyVms: 1, vcenter: true });
+  setup = Lab.setup({ servers: 2, legacyVms: 1, vcenter: true });
+  lab = await setup;
   say(
     `lab up in ${Math.round(lab.timings.setupMs / 1000)} s: fabric ${lab.fabric} ${lab.subnet}, servers ${lab.servers.map((s) => s.id).join(' ')}, vCenter ${lab.vcenter!.url}`,
   );
