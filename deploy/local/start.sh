@@ -137,7 +137,8 @@ if [ "$demo" = 1 ]; then
   else
     # In its own session, so a Ctrl-C here reaches only this script, which stops it in order.
     [ -f "$logs/demo.log" ] && mv -f "$logs/demo.log" "$logs/demo.log.prev"
-    setsid node tools/run-ts.mjs tools/demo.ts >"$logs/demo.log" 2>&1 </dev/null &
+    : >"$logs/demo.log" # exists before the loop below reads it
+    setsid node tools/run-ts.mjs tools/demo.ts >>"$logs/demo.log" 2>&1 </dev/null &
     demopid=$!
     echo $demopid >"$run/demo.pid"
     shown=0

@@ -73,9 +73,13 @@ describe('npm start with the demo', () => {
     const res = await fetch(api, { headers: { authorization: `Bearer ${token}` } });
     expect(res.status).toBe(200);
     const { instances } = (await res.json()) as { instances: { state: string; backend: string; host: string; ip: string }[] };
-    expect(instances.map((i) => i.state)).toEqual(['running', 'running', 'running']);
-    expect(new Set(instances.map((i) => i.host)).size).toBe(3);
-    expect(instances.map((i) => i.backend).sort()).toEqual(['docker', 'docker', 'vmware']);
+    const why = `${JSON.stringify(instances)}\n${started.out}`;
+    expect(
+      instances.map((i) => i.state),
+      why,
+    ).toEqual(['running', 'running', 'running']);
+    expect(new Set(instances.map((i) => i.host)).size, why).toBe(3);
+    expect(instances.map((i) => i.backend).sort(), why).toEqual(['docker', 'docker', 'vmware']);
     for (const i of instances) expect(i.ip).toMatch(/^198\.18\./);
 
     // the token is on the terminal only: no log file under the run dir holds it
