@@ -7,7 +7,7 @@
 #   - the demo (tools/demo.ts), when no agent is configured (no ORANGERY_UPLINK, no
 #     ORANGERY_VCENTER_URL) and ORANGERY_DEMO is not 0: the local lab (2 simulated servers,
 #     vcsim with 3 ESXi hosts, every VM on the same fabric), 2 docker-agents and 1 vmware-agent
-#     on it, a pool and the app demo/hello scaled to 3 over both backends; the console gets a
+#     on it, a pool, demo/hello x3 as containers and demo/legacy x3 as VMs; the console gets a
 #     fresh operator token, printed once here with the dashboard URL. The lab needs root (as
 #     npm test does) and the lab lock /tmp/orangery-lab.lock: without root, or with the lab
 #     busy, it says so and runs the control plane and console only. ORANGERY_DEMO=0: no demo.
@@ -56,7 +56,7 @@ stop_services() {
   done
 }
 
-stop_demo() { # the demo runner (it scales hello to 0, stops its agents, tears the lab down), then agents a killed one left
+stop_demo() { # the demo runner (it scales its apps to 0, stops its agents, tears the lab down), then agents a killed one left
   local pidf pid i
   if [ -e "$run/demo.pid" ]; then
     pid=$(cat "$run/demo.pid")
@@ -171,7 +171,7 @@ Orangery is running.
               node tools/nats-req.mjs orangery.ipam.pool.create '{"name":"lab","cidr":"198.18.0.0/24","gateway":"198.18.0.1"}'
 INFO
 if [ "$demo" = 1 ]; then
-  echo "  demo        ${demo_state}$([ "$demo_state" = running ] && echo ": lab servers olab-s1 olab-s2, vCenter (vcsim) with esx01..03, pool demo-net, app demo/hello x3 (log $logs/demo.log)")"
+  echo "  demo        ${demo_state}$([ "$demo_state" = running ] && echo ": lab servers olab-s1 olab-s2, vCenter (vcsim) with esx01..03, pool demo-net, demo/hello x3 containers, demo/legacy x3 VMs (log $logs/demo.log)")"
   if [ -n "$demo_token" ]; then
     echo "  dashboard   ${console_url}?token=$demo_token"
     echo "  token       $demo_token   (operator, name demo; shown only here: keep it)"

@@ -7,7 +7,7 @@ import { labResidue } from '../lab';
 
 // `npm start` with the demo (issue 15), end to end: deploy/local/start.sh --detach on private
 // ports and a private run dir, as a user runs it on a machine with no agent configured; the
-// dashboard URL and token it prints answer, the app runs over both backends, and
+// dashboard URL and token it prints answer, the apps run on both backends, and
 // `start.sh stop` leaves no lab behind. The demo takes the lab lock itself, or runs under
 // an ancestor holding it (`flock /tmp/orangery-lab.lock npm test`).
 const runDir = join(REPO_ROOT, '.run', 'demo-test');
@@ -59,7 +59,7 @@ afterAll(async () => {
 }, 180_000);
 
 describe('npm start with the demo', () => {
-  it('prints a dashboard URL and an operator token that answer: demo/hello runs 3 instances over docker and vmware', async () => {
+  it('prints a dashboard URL and an operator token that answer: demo/hello runs 3 containers, demo/legacy 3 VMs', async () => {
     expect(started.code, started.out).toBe(0);
     expect(started.out).toMatch(/^ {2}demo {8}running/m);
     const token = field('token')!;
@@ -68,18 +68,28 @@ describe('npm start with the demo', () => {
     expect(dashboard).toBe(`http://${env['ORANGERY_CONSOLE_ADDR']}/?token=${token}`);
     expect((await fetch(dashboard)).status).toBe(200);
 
-    const api = `http://${env['ORANGERY_CONSOLE_ADDR']}/api/v1/instances?env=demo&app=hello`;
+    const api = `http://${env['ORANGERY_CONSOLE_ADDR']}/api/v1/instances?env=demo`;
     expect((await fetch(api)).status).toBe(401);
     const res = await fetch(api, { headers: { authorization: `Bearer ${token}` } });
     expect(res.status).toBe(200);
-    const { instances } = (await res.json()) as { instances: { state: string; backend: string; host: string; ip: string }[] };
+    const { instances } = (await res.json()) as { instances: { app: string; state: string; backend: string; host: string; ip: string }[] };
     const why = `${JSON.stringify(instances)}\n${started.out}`;
+    const of = (app: string) => instances.filter((i) => i.app === app);
     expect(
-      instances.map((i) => i.state),
+      of('hello').map((i) => [i.state, i.backend]),
       why,
-    ).toEqual(['running', 'running', 'running']);
-    expect(new Set(instances.map((i) => i.host)).size, why).toBe(3);
-    expect(instances.map((i) => i.backend).sort(), why).toEqual(['docker', 'docker', 'vmware']);
+    ).toEqual(Array(3).fill(['running', 'docker']));
+    expect(new Set(of('hello').map((i) => i.host)), why).toEqual(new Set(['olab-s1', 'olab-s2']));
+    expect(
+      of('legacy').map((i) => [i.state, i.backend]),
+      why,
+    ).toEqual(Array(3).fill(['running', 'vmware']));
+    expect(
+      of('legacy')
+        .map((i) => i.host)
+        .sort(),
+      why,
+    ).toEqual(['esx01-lab-local', 'esx02-lab-local', 'esx03-lab-local']);
     for (const i of instances) expect(i.ip).toMatch(/^198\.18\./);
 
     // the token is on the terminal only: no log file under the run dir holds it
@@ -88,7 +98,7 @@ describe('npm start with the demo', () => {
     expect((await labResidue()).netns.length).toBeGreaterThan(0);
   });
 
-  it('start.sh stop: the demo scales to 0, stops its agents and tears the lab down', async () => {
+  it('start.sh stop: the demo scales both apps to 0, stops its agents and tears the lab down', async () => {
     stopped = await startSh(['stop'], 150_000);
     expect(stopped.code, stopped.out).toBe(0);
     expect(stopped.out).toMatch(/stopped the demo/);
