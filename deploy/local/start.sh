@@ -4,6 +4,13 @@
 #   - starts private NATS (JetStream) and MariaDB under .run/dev on the contract's default
 #     ports (4222, 3306), builds every service and runs each one in the background
 #   - stays in the foreground; Ctrl-C (or SIGTERM) stops the services and the servers
+#   - the demo (tools/demo.ts), when no agent is configured (no ORANGERY_UPLINK, no
+#     ORANGERY_VCENTER_URL) and ORANGERY_DEMO is not 0: the local lab (2 simulated servers,
+#     vcsim with 3 ESXi hosts, every VM on the same fabric), 2 docker-agents and 1 vmware-agent
+#     on it, a pool, demo/hello x3 as containers and demo/legacy x3 as VMs; the console gets a
+#     fresh operator token, printed once here with the dashboard URL. The lab needs root (as
+#     npm test does) and the lab lock /tmp/orangery-lab.lock: without root, or with the lab
+#     busy, it says so and runs the control plane and console only. ORANGERY_DEMO=0: no demo.
 #
 #   npm start                      run, Ctrl-C to stop
 #   npm start -- --detach          start and return; stop later with `npm start -- stop`
@@ -12,9 +19,12 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cd "$root"
 export NX_DAEMON=false NX_NO_CLOUD=true NX_TUI=false
-run=$root/.run/dev
+run=${ORANGERY_RUN_DIR:-$root/.run/dev}
+export ORANGERY_RUN_DIR=$run # infra.sh keeps its servers there too
 logs=$run/logs
 mode=${1:-foreground}
+demo=0
+if [ "${ORANGERY_DEMO:-1}" != 0 ] && [ -z "${ORANGERY_UPLINK:-}" ] && [ -z "${ORANGERY_VCENTER_URL:-}" ]; then demo=1; fi
 
 services() { # every control-plane service that exists; host agents only when configured
   local p name
@@ -46,7 +56,33 @@ stop_services() {
   done
 }
 
+stop_demo() { # the demo runner (it scales its apps to 0, stops its agents, tears the lab down), then agents a killed one left
+  local pidf pid i
+  if [ -e "$run/demo.pid" ]; then
+    pid=$(cat "$run/demo.pid")
+    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "tools/demo.ts"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for ((i = 0; i < 1200; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+      echo "stopped the demo (pid $pid): agents stopped, lab torn down"
+    fi
+    rm -f "$run/demo.pid"
+  fi
+  for pidf in "$run"/demo-*.pid; do
+    [ -e "$pidf" ] || continue
+    pid=$(cat "$pidf")
+    if kill -0 "$pid" 2>/dev/null && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -Eq "dist/services/(docker|vmware)-agent/main.js"; then
+      kill -TERM "$pid" 2>/dev/null || true
+      for ((i = 0; i < 250; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+      echo "stopped $(basename "$pidf" .pid) (pid $pid), left by a killed demo"
+    fi
+    rm -f "$pidf"
+  done
+}
+
 stop_all() {
+  stop_demo
   stop_services
   bash deploy/local/infra.sh down dev
 }
@@ -62,11 +98,26 @@ eval "$(bash deploy/local/infra.sh env dev)"
 echo "building services..."
 npm run build --silent
 mkdir -p "$logs"
+stop_demo
 stop_services >/dev/null
+demo_token="" console_url=""
+if [ "$demo" = 1 ]; then
+  # The console on loopback unless told otherwise, with an operator token known here (printed
+  # once below, never written to a log); ORANGERY_CONSOLE_TOKENS set by the caller wins.
+  export ORANGERY_CONSOLE_ADDR=${ORANGERY_CONSOLE_ADDR:-127.0.0.1:7480}
+  console_host=${ORANGERY_CONSOLE_ADDR%:*}
+  case "$console_host" in "" | 0.0.0.0 | "[::]") console_host=127.0.0.1 ;; esac
+  console_url="http://$console_host:${ORANGERY_CONSOLE_ADDR##*:}/"
+  [ -z "${ORANGERY_CONSOLE_TOKENS:-}" ] && demo_token=$(node -e 'process.stdout.write(require("crypto").randomBytes(24).toString("base64url"))')
+fi
 for name in $(services); do
   # a fresh log per run (the last one kept as .prev): the ready check below reads it
   [ -f "$logs/$name.log" ] && mv -f "$logs/$name.log" "$logs/$name.log.prev"
-  nohup node --enable-source-maps "dist/services/$name/main.js" >"$logs/$name.log" 2>&1 &
+  if [ "$name" = console ] && [ -n "$demo_token" ]; then
+    ORANGERY_CONSOLE_TOKENS="demo:$demo_token:operator" nohup node --enable-source-maps "dist/services/$name/main.js" >"$logs/$name.log" 2>&1 &
+  else
+    nohup node --enable-source-maps "dist/services/$name/main.js" >"$logs/$name.log" 2>&1 &
+  fi
   echo $! >"$run/svc-$name.pid"
 done
 for name in $(services); do
@@ -77,6 +128,37 @@ for name in $(services); do
   done
 done
 
+demo_state=""
+if [ "$demo" = 1 ]; then
+  trap 'echo; echo "stopping..."; stop_all; exit 130' INT TERM
+  if [ "$(id -u)" != 0 ]; then
+    echo "demo: the lab needs root (as npm test does); running the control plane and console only"
+    demo_state="none: not root (the lab needs root, as npm test does)"
+  else
+    # In its own session, so a Ctrl-C here reaches only this script, which stops it in order.
+    [ -f "$logs/demo.log" ] && mv -f "$logs/demo.log" "$logs/demo.log.prev"
+    : >"$logs/demo.log" # exists before the loop below reads it
+    setsid node tools/run-ts.mjs tools/demo.ts >>"$logs/demo.log" 2>&1 </dev/null &
+    demopid=$!
+    echo $demopid >"$run/demo.pid"
+    shown=0
+    while :; do
+      n=$(wc -l <"$logs/demo.log")
+      if [ "$n" -gt "$shown" ]; then sed -n "$((shown + 1)),${n}p" "$logs/demo.log" | grep '^demo: ' || true; shown=$n; fi
+      if grep -qx 'demo: ready' "$logs/demo.log"; then demo_state=running; break; fi
+      if ! kill -0 "$demopid" 2>/dev/null; then
+        rc=0; wait "$demopid" || rc=$?
+        sed -n "$((shown + 1)),\$p" "$logs/demo.log" | grep '^demo: ' || true
+        rm -f "$run/demo.pid"
+        if [ "$rc" = 75 ]; then demo_state="none: the lab is busy (see above); npm start again once it is free"
+        else demo_state="failed (exit $rc): see $logs/demo.log; the control plane and console run without it"; fi
+        break
+      fi
+      sleep 0.2
+    done
+  fi
+fi
+
 cat <<INFO
 
 Orangery is running.
@@ -84,10 +166,19 @@ Orangery is running.
   MariaDB     ${ORANGERY_DB_URL/:orangery@/:***@}
   services    $(services | tr '\n' ' ')
   logs        $logs/<service>.log (JSON lines)
-  agents      $( [ -n "${ORANGERY_UPLINK:-}" ] && echo "docker-agent on uplink $ORANGERY_UPLINK" || echo "none: set ORANGERY_UPLINK (and DOCKER_HOST) to run this machine's docker-agent")
+  agents      $( if [ -n "${ORANGERY_UPLINK:-}" ]; then echo "docker-agent on uplink $ORANGERY_UPLINK"; elif [ "$demo_state" = running ]; then echo "demo: 2 docker-agents and 1 vmware-agent on the lab (logs $logs/demo-*.log)"; else echo "none: set ORANGERY_UPLINK (and DOCKER_HOST) to run this machine's docker-agent"; fi)
   try         node tools/nats-req.mjs <subject> '<json>', e.g.
               node tools/nats-req.mjs orangery.ipam.pool.create '{"name":"lab","cidr":"198.18.0.0/24","gateway":"198.18.0.1"}'
 INFO
+if [ "$demo" = 1 ]; then
+  echo "  demo        ${demo_state}$([ "$demo_state" = running ] && echo ": lab servers olab-s1 olab-s2, vCenter (vcsim) with esx01..03, pool demo-net, demo/hello x3 containers, demo/legacy x3 VMs (log $logs/demo.log)")"
+  if [ -n "$demo_token" ]; then
+    echo "  dashboard   ${console_url}?token=$demo_token"
+    echo "  token       $demo_token   (operator, name demo; shown only here: keep it)"
+  else
+    echo "  dashboard   $console_url   (a token from ORANGERY_CONSOLE_TOKENS)"
+  fi
+fi
 
 if [ "$mode" = --detach ]; then
   echo "  stop        npm start -- stop"
