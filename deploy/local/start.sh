@@ -101,15 +101,16 @@ mkdir -p "$logs"
 stop_demo
 stop_services >/dev/null
 demo_token="" console_url=""
-if [ "$demo" = 1 ]; then
-  # The console on loopback unless told otherwise, with an operator token known here (printed
-  # once below, never written to a log); ORANGERY_CONSOLE_TOKENS set by the caller wins.
-  export ORANGERY_CONSOLE_ADDR=${ORANGERY_CONSOLE_ADDR:-127.0.0.1:7480}
-  console_host=${ORANGERY_CONSOLE_ADDR%:*}
-  case "$console_host" in "" | 0.0.0.0 | "[::]") console_host=127.0.0.1 ;; esac
-  console_url="http://$console_host:${ORANGERY_CONSOLE_ADDR##*:}/"
-  [ -z "${ORANGERY_CONSOLE_TOKENS:-}" ] && demo_token=$(node -e 'process.stdout.write(require("crypto").randomBytes(24).toString("base64url"))')
-fi
+# The demo's console listens on loopback unless told otherwise.
+[ "$demo" = 1 ] && export ORANGERY_CONSOLE_ADDR=${ORANGERY_CONSOLE_ADDR:-127.0.0.1:7480}
+console_addr=${ORANGERY_CONSOLE_ADDR:-0.0.0.0:7480}
+console_host=${console_addr%:*}
+case "$console_host" in "" | 0.0.0.0 | "[::]") console_host=127.0.0.1 ;; esac
+console_url="http://$console_host:${console_addr##*:}/"
+# An operator token known here, printed once below and never written to a log (left to
+# itself the console would print one on its stderr, which goes to its log file);
+# ORANGERY_CONSOLE_TOKENS set by the caller wins.
+[ -z "${ORANGERY_CONSOLE_TOKENS:-}" ] && demo_token=$(node -e 'process.stdout.write(require("crypto").randomBytes(24).toString("base64url"))')
 for name in $(services); do
   # a fresh log per run (the last one kept as .prev): the ready check below reads it
   [ -f "$logs/$name.log" ] && mv -f "$logs/$name.log" "$logs/$name.log.prev"
@@ -172,6 +173,8 @@ Orangery is running.
 INFO
 if [ "$demo" = 1 ]; then
   echo "  demo        ${demo_state}$([ "$demo_state" = running ] && echo ": lab servers olab-s1 olab-s2, vCenter (vcsim) with esx01..03, pool demo-net, demo/hello x3 containers, demo/legacy x3 VMs (log $logs/demo.log)")"
+fi
+if services | grep -qx console; then
   if [ -n "$demo_token" ]; then
     echo "  dashboard   ${console_url}?token=$demo_token"
     echo "  token       $demo_token   (operator, name demo; shown only here: keep it)"
