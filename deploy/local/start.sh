@@ -174,7 +174,8 @@ INFO
 if [ "$demo" = 1 ]; then
   echo "  demo        ${demo_state}$([ "$demo_state" = running ] && echo ": lab servers olab-s1 olab-s2, vCenter (vcsim) with esx01..03, pool demo-net, demo/hello x3 containers, demo/legacy x3 VMs (log $logs/demo.log)")"
 fi
-if services | grep -qx console; then
+# (not `services | grep -q`: with pipefail, grep's early exit fails the pipeline)
+if [[ " $(services | tr '\n' ' ') " == *" console "* ]]; then
   if [ -n "$demo_token" ]; then
     echo "  dashboard   ${console_url}?token=$demo_token"
     echo "  token       $demo_token   (operator, name demo; shown only here: keep it)"
