@@ -1,7 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { HOST_ID_PATTERN, INSTANCE_ID_PATTERN, MAX_SLOT, NAME_PATTERN } from './names';
 import { ERROR_CODES, type ErrorCode } from './errors';
-import { Ipv4 } from './ipam';
+import { Backend, Ipv4, Name } from './ipam';
 
 /**
  * Host agents' command payloads (orangery.agent.<hostId>.instance.*) and what agents
@@ -102,6 +102,21 @@ export const CreateInstanceCommand = Type.Object(
   strict,
 );
 export type CreateInstanceCommand = Static<typeof CreateInstanceCommand>;
+/**
+ * v1.1 (issue 16): a create for a swarm node's host. Swarm picks a task's address inside the
+ * node's ipam block, so the command names the pool instead of a network; the swarm-agent
+ * binds the address the task got (`orangery.ipam.block.bind`) and answers it in the
+ * instance's `ip`/`mac`, with `hostId` the node the task runs on.
+ */
+export const SwarmCreateInstanceCommand = Type.Object(
+  {
+    ...Type.Omit(CreateInstanceCommand, ['network', 'template']).properties,
+    image: Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9][A-Za-z0-9._/:@-]*$' }),
+    pool: Name,
+  },
+  strict,
+);
+export type SwarmCreateInstanceCommand = Static<typeof SwarmCreateInstanceCommand>;
 /** What a docker-agent accepts: a create with an image. */
 export type ContainerCreateCommand = CreateInstanceCommand & { image: string };
 /** What the vmware-agent accepts: a create with a template. */
@@ -166,7 +181,7 @@ export const AgentInstance = Type.Object({
   app: Type.String(),
   slot: Type.Integer(),
   hostId: Type.String({ pattern: HOST_ID_PATTERN }),
-  backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]),
+  backend: Backend,
   containerId: Type.Optional(Type.String()),
   state: InstanceState,
   ip: Type.String(),
@@ -185,7 +200,7 @@ export type Amounts = Static<typeof Amounts>;
 
 export const HostFacts = Type.Object({
   hostId: Type.String({ pattern: HOST_ID_PATTERN }),
-  backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]),
+  backend: Backend,
   /** what instances may use: total less the host's reservations */
   capacity: Amounts,
   total: Amounts,
@@ -234,8 +249,6 @@ export type AgentInstanceList = Static<typeof AgentInstanceList>;
 // `data` of the events agents publish (orangery.evt.host.*, orangery.evt.instance.*).
 // Like the reply envelopes they describe what is sent, and fields may be added to it, so
 // none of them refuses unknown properties.
-
-const Backend = Type.Union([Type.Literal('docker'), Type.Literal('vmware')]);
 
 /** `io.orangery.host.registered`: at start, and again when the instance network answers after a self-fence. */
 export const HostRegisteredData = Type.Composite(

@@ -28,6 +28,11 @@ import {
   PoolCreateRequest,
   PoolListRequest,
   PoolNameRequest,
+  BlockBindRequest,
+  BlockListRequest,
+  BlockRef,
+  BlockReserveRequest,
+  BlockUnbindRequest,
   type Allocation,
 } from './ipam';
 import { QUEUE_GROUPS, SUBJECTS } from './subjects';
@@ -48,6 +53,11 @@ const VALIDATED_WITH: Record<keyof typeof SUBJECTS.ipam, TSchema> = {
   // through decodeBatch, which accepts exactly what these accept (bad items answered one by one)
   allocateBatch: AllocateBatchRequest,
   bindBatch: BindBatchRequest,
+  blockReserve: BlockReserveRequest,
+  blockRelease: BlockRef,
+  blockList: BlockListRequest,
+  blockBind: BlockBindRequest,
+  blockUnbind: BlockUnbindRequest,
 };
 
 /** What each agent command decodes its request with (services/docker-agent/src/transport/host-runtime.ts). */

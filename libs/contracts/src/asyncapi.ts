@@ -3,6 +3,7 @@ import {
   AgentInstance,
   AgentInstanceList,
   CreateInstanceCommand,
+  SwarmCreateInstanceCommand,
   Heartbeat,
   HostDisconnectedData,
   HostFacts,
@@ -55,7 +56,16 @@ import {
   PoolListRequest,
   PoolNameRequest,
   PoolWithUsage,
+  Backend,
+  BlockBindRequest,
+  BlockList,
+  BlockListRequest,
+  BlockRef,
+  BlockReserveRequest,
+  BlockUnbindRequest,
+  IpBlock,
 } from './ipam';
+import { EnvList, EnvListRequest, EnvNameRequest, EnvPutRequest, EnvRecord } from './envs';
 import { HOST_ID_PATTERN, NAME_PATTERN } from './names';
 import {
   DrainReplyData,
@@ -106,6 +116,11 @@ export const IPAM_ERRORS: Record<IpamKey, readonly ErrorCode[]> = {
     'INTERNAL',
   ],
   bindBatch: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
+  blockReserve: ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'POOL_EXHAUSTED', 'UNAVAILABLE', 'INTERNAL'],
+  blockRelease: ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'NOT_FOUND', 'POOL_IN_USE', 'UNAVAILABLE', 'INTERNAL'],
+  blockList: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
+  blockBind: ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'NOT_IN_BLOCK', 'IP_TAKEN', 'OWNER_HAS_IP', 'UNAVAILABLE', 'INTERNAL'],
+  blockUnbind: ['INVALID_REQUEST', 'NOT_FOUND', 'NOT_IN_BLOCK', 'UNAVAILABLE', 'INTERNAL'],
 };
 
 type AgentKey = keyof typeof SUBJECTS.agent;
@@ -366,7 +381,20 @@ const NAMED_SCHEMAS = {
   EmptyReply: ReplySchema(Type.Object({})),
   AllocationReply: ReplySchema(Allocation),
   AllocationBatchReply: ReplySchema(AllocationBatch),
+  BlockReserveRequest,
+  BlockRefRequest: BlockRef,
+  BlockListRequest,
+  BlockBindRequest,
+  BlockUnbindRequest,
+  IpBlockReply: ReplySchema(IpBlock),
+  BlockListReply: ReplySchema(BlockList),
+  EnvPutRequest,
+  EnvNameRequest,
+  EnvListRequest,
+  EnvReply: ReplySchema(EnvRecord),
+  EnvListReply: ReplySchema(EnvList),
   CreateInstanceCommand,
+  SwarmCreateInstanceCommand,
   InstanceRef,
   StopInstanceCommand,
   ListInstancesCommand,
@@ -391,7 +419,7 @@ const NAMED_SCHEMAS = {
   SlotCreateRequest,
   HostDrainRequest,
   SlotViewReply: ReplySchema(SlotView),
-  SlotTargetReply: ReplySchema(Type.Object({ hostId: Type.String(), backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]) })),
+  SlotTargetReply: ReplySchema(Type.Object({ hostId: Type.String(), backend: Backend })),
   HostDrainReply: ReplySchema(Type.Object({ hostId: Type.String(), state: Type.String() })),
   MigrateRequest,
   MigrateReply: ReplySchema(MigrateReplyData),
@@ -515,6 +543,46 @@ const IPAM: Record<IpamKey, Pick<RequestReply, 'summary' | 'description' | 'requ
     request: 'BindBatchRequest',
     reply: 'AllocationBatchReply',
   },
+  blockReserve: {
+    summary: 'Reserve a swarm node\'s block of a pool (project addition, issue 16, docs/ipam.md "Blocks").',
+    description:
+      'Request { pool, host, size }: size a power of two from 4 to 4096. Idempotent per (pool, host): a host that holds a ' +
+      'block gets it back whatever size it asks. A new block is an aligned CIDR range of the pool none of whose addresses ' +
+      'is network, broadcast, gateway, reserved, held (allocated or bound) or in cooldown; POOL_EXHAUSTED when no such ' +
+      'range is left. Same concurrency guarantees as allocate: two hosts never get overlapping blocks, from any replica. ' +
+      "Inside a block Docker's per-node IPAM picks task addresses; nothing else in ipam hands them out.",
+    request: 'BlockReserveRequest',
+    reply: 'IpBlockReply',
+  },
+  blockRelease: {
+    summary: "Return a node's block to the pool (its node left the swarm).",
+    description:
+      'Request { pool, host }. POOL_IN_USE (details.bound) while an address of the block is bound; NOT_FOUND when the host ' +
+      'holds no block in the pool. Released addresses of the block keep their cooldown.',
+    request: 'BlockRefRequest',
+    reply: 'IpBlockReply',
+  },
+  blockList: {
+    summary: 'List blocks, by pool and/or host.',
+    request: 'BlockListRequest',
+    reply: 'BlockListReply',
+  },
+  blockBind: {
+    summary: "Record a running swarm task's address as bound to its instance.",
+    description:
+      "Request { pool, ip, owner, instanceId, host }: ip must be inside host's block of pool (else NOT_IN_BLOCK). IP_TAKEN " +
+      'when another owner holds it bound. When the owner holds another address inside a block (its task moved or was ' +
+      'replaced) that one is released in the same transaction; an address it holds outside blocks is OWNER_HAS_IP. ' +
+      'Idempotent. Reply: the allocation, bound, backend swarm.',
+    request: 'BlockBindRequest',
+    reply: 'AllocationReply',
+  },
+  blockUnbind: {
+    summary: "A task's address is free again inside its block (the task is gone).",
+    description: 'Request { ip }: NOT_IN_BLOCK for an address outside every block; NOT_FOUND if never allocated. Idempotent.',
+    request: 'BlockUnbindRequest',
+    reply: 'AllocationReply',
+  },
 };
 
 const OPERATORS: RequestReply[] = [
@@ -534,6 +602,27 @@ const OPERATORS: RequestReply[] = [
     reply: 'HostsListReply',
     errors: ['INVALID_REQUEST'],
   },
+  ...(
+    [
+      ['Put', 'envsPut', 'Create or replace an environment record.', 'EnvPutRequest', 'EnvReply'],
+      ['Get', 'envsGet', "Get an environment's record (NOT_FOUND if none).", 'EnvNameRequest', 'EnvReply'],
+      ['List', 'envsList', 'List the environment records, in name order (paged like the other lists).', 'EnvListRequest', 'EnvListReply'],
+      ['Delete', 'envsDelete', "Delete an environment's record (NOT_FOUND if none); its apps then behave as before records.", 'EnvNameRequest', 'EmptyReply'],
+    ] as const
+  ).map(([name, key, summary, request, reply]): RequestReply => ({
+    id: `schedulerEnvs${name}`,
+    subject: SUBJECTS.scheduler[key],
+    tag: 'scheduler',
+    queue: QUEUE_GROUPS.scheduler,
+    summary,
+    description:
+      'CONTRACT.md v1.1 "Environments". A scale request for an env with a record: backend auto chooses only among its ' +
+      'backends, only hosts carrying every hostLabel are eligible, a forbidden backend or pool is scale.rejected with ' +
+      'POLICY_VIOLATION (details { field, allowed }). Changing a record moves nothing running; the next scale request follows it.',
+    request,
+    reply,
+    errors: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL', ...(name === 'Get' || name === 'Delete' ? (['NOT_FOUND'] as const) : [])],
+  })),
   {
     id: 'schedulerInstancesList',
     subject: SUBJECTS.scheduler.instancesList,

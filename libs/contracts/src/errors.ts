@@ -18,6 +18,12 @@ export const ERROR_CODES = [
   'SUPERSEDED',
   'START_FAILED',
   'IP_IN_USE_ON_WIRE',
+  // CONTRACT.md v1.1 "Environments": the env's record forbids the backend or pool.
+  'POLICY_VIOLATION',
+  // Project additions (issue 16): an address outside the swarm node's block (docs/ipam.md
+  // "Blocks"); a migration that would have to change the instance's IP (docs/migrator.md).
+  'NOT_IN_BLOCK',
+  'IP_WOULD_CHANGE',
   // Project additions for agents (docs/docker-agent.md): the image is not on the engine;
   // a command for an instance id that exists with another spec; the instance is unknown.
   'IMAGE_NOT_FOUND',

@@ -12,3 +12,4 @@ export * from './scheduler';
 export * from './migrator';
 export * from './spec-hash';
 export * from './paging';
+export * from './envs';

@@ -39,8 +39,10 @@ export type PoolListRequest = Static<typeof PoolListRequest>;
 export const AllocateRequest = Type.Object({ pool: Name, owner: OwnerSchema, ip: Type.Optional(Ipv4) }, strict);
 export type AllocateRequest = Static<typeof AllocateRequest>;
 
-export const Backend = Type.Union([Type.Literal('docker'), Type.Literal('vmware')]);
-export type Backend = Static<typeof Backend>;
+/** Where instances run (v1.1 adds `swarm`: a Docker Swarm task). */
+export const BACKENDS = ['docker', 'vmware', 'swarm'] as const;
+export const Backend = Type.Union(BACKENDS.map((b) => Type.Literal(b)));
+export type Backend = (typeof BACKENDS)[number];
 
 export const BindRequest = Type.Object(
   {
@@ -92,7 +94,14 @@ export type Pool = Static<typeof Pool>;
 
 export const PoolWithUsage = Type.Intersect([
   Pool,
-  Type.Object({ size: Type.Integer(), used: Type.Integer(), free: Type.Integer(), quarantined: Type.Integer() }),
+  Type.Object({
+    size: Type.Integer(),
+    used: Type.Integer(),
+    free: Type.Integer(),
+    quarantined: Type.Integer(),
+    /** v1.1 (issue 16): addresses inside swarm nodes' blocks that no task holds; free = size - used - quarantined - blocked */
+    blocked: Type.Optional(Type.Integer()),
+  }),
 ]);
 export type PoolWithUsage = Static<typeof PoolWithUsage>;
 
@@ -141,3 +150,63 @@ export const AllocationBatch = Type.Object({
   results: Type.Array(ReplySchema(Allocation), { description: "one reply per item, in the request's item order" }),
 });
 export type AllocationBatch = Static<typeof AllocationBatch>;
+
+// ---- swarm node blocks (project addition, issue 16; docs/ipam.md "Blocks") ------------------
+
+/**
+ * Docker's swarm-scoped macvlan IPAM is per node and hands the same address out on several
+ * nodes (moby/moby#49921). ipam gives every swarm node its own block of a pool: an aligned
+ * CIDR range (Docker's `--ip-range`) of addresses nobody holds, that only that node's tasks
+ * use. Inside a block Docker picks the address; the swarm-agent records each running task's
+ * address as `bound` to its instance (`block.bind`) and returns it when the task goes
+ * (`block.unbind`). A block goes back to the pool (`block.release`) when its node leaves.
+ */
+export const MAX_BLOCK_SIZE = 4096;
+export const BlockReserveRequest = Type.Object(
+  {
+    pool: Name,
+    /** the swarm node's host id (`<cluster>-<node hostname>`) */
+    host: Type.String({ pattern: HOST_ID_PATTERN }),
+    /** addresses in the block: a power of two (an aligned CIDR range), 4..MAX_BLOCK_SIZE */
+    size: Type.Integer({ minimum: 4, maximum: MAX_BLOCK_SIZE }),
+  },
+  strict,
+);
+export type BlockReserveRequest = Static<typeof BlockReserveRequest>;
+export const BlockRef = Type.Object({ pool: Name, host: Type.String({ pattern: HOST_ID_PATTERN }) }, strict);
+export type BlockRef = Static<typeof BlockRef>;
+export const BlockListRequest = Type.Object({ pool: Type.Optional(Name), host: Type.Optional(Type.String({ pattern: HOST_ID_PATTERN })) }, strict);
+export type BlockListRequest = Static<typeof BlockListRequest>;
+export const IpBlock = Type.Object({
+  pool: Name,
+  host: Type.String(),
+  /** the block as a CIDR inside the pool's (Docker's --ip-range) */
+  cidr: Type.String(),
+  first: Ipv4,
+  last: Ipv4,
+  size: Type.Integer(),
+  /** the pool's network: what a node's config-only macvlan network needs besides the range */
+  prefixLength: Type.Integer(),
+  gateway: Ipv4,
+  vlan: Type.Integer(),
+  /** addresses of the block bound to a task now */
+  bound: Type.Integer(),
+  createdAt: Type.String({ format: 'date-time' }),
+});
+export type IpBlock = Static<typeof IpBlock>;
+export const BlockList = Type.Object({ blocks: Type.Array(IpBlock) });
+export type BlockList = Static<typeof BlockList>;
+/** A running task's address (inside `host`'s block of `pool`) recorded as bound to its instance. */
+export const BlockBindRequest = Type.Object(
+  {
+    pool: Name,
+    ip: Ipv4,
+    owner: OwnerSchema,
+    instanceId: Type.String({ pattern: '^[!-~]{1,255}$' }),
+    host: Type.String({ pattern: HOST_ID_PATTERN }),
+  },
+  strict,
+);
+export type BlockBindRequest = Static<typeof BlockBindRequest>;
+export const BlockUnbindRequest = Type.Object({ ip: Ipv4 }, strict);
+export type BlockUnbindRequest = Static<typeof BlockUnbindRequest>;

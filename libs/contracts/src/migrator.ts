@@ -1,6 +1,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { ERROR_CODES, type ErrorCode } from './errors';
 import { HOST_ID_PATTERN, INSTANCE_ID_PATTERN } from './names';
+import { Backend } from './ipam';
 
 /**
  * The migrator's operator subjects (CONTRACT.md "Operators") and the events it publishes
@@ -9,7 +10,7 @@ import { HOST_ID_PATTERN, INSTANCE_ID_PATTERN } from './names';
  */
 const strict = { additionalProperties: false } as const;
 
-const BackendField = Type.Union([Type.Literal('docker'), Type.Literal('vmware')]);
+const BackendField = Backend;
 const HostIdField = Type.String({ pattern: HOST_ID_PATTERN });
 /** Migration ids are `m-<uuid>`; they are also the scheduler hold's `by`. */
 export const MIGRATION_ID_PATTERN = '^m-[0-9a-f-]{36}$';

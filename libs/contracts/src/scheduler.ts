@@ -2,7 +2,7 @@ import { Type, type Static } from '@sinclair/typebox';
 import { InstanceNetwork, Resources } from './agent';
 import { EVENT_TYPE_PREFIX } from './cloudevents';
 import { InboundEventSchema } from './envelope-schemas';
-import { Name } from './ipam';
+import { Backend, Name } from './ipam';
 import { HOST_ID_PATTERN, INSTANCE_ID_PATTERN, MAX_SLOT } from './names';
 import { NextCursorField, PagedRequest } from './paging';
 
@@ -35,8 +35,8 @@ export function environmentBytes(environment: Record<string, string>): number {
   return n;
 }
 
-export const ScaleBackend = Type.Union([Type.Literal('auto'), Type.Literal('docker'), Type.Literal('vmware')], {
-  description: 'auto (default) compares docker and vmware hosts by free capacity',
+export const ScaleBackend = Type.Union([Type.Literal('auto'), Type.Literal('docker'), Type.Literal('vmware'), Type.Literal('swarm')], {
+  description: 'auto (default) compares hosts of every backend the env allows by free capacity',
 });
 export type ScaleBackend = Static<typeof ScaleBackend>;
 
@@ -102,7 +102,7 @@ export const InstancePlacedData = Type.Object({
   app: Type.String(),
   slot: Type.Integer(),
   hostId: Type.String({ pattern: HOST_ID_PATTERN }),
-  backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]),
+  backend: Backend,
   requestId: Type.Optional(Type.String({ description: 'the scale request the placement serves' })),
   attempt: Type.Integer({ minimum: 1, description: '1 for the first placement of this slot, more after a failed start elsewhere' }),
 });
@@ -117,7 +117,7 @@ const Amounts = Type.Object({ cpu: Type.Number(), memoryMb: Type.Integer(), disk
 
 export const HostSummary = Type.Object({
   id: Type.String(),
-  backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]),
+  backend: Backend,
   state: Type.Union([Type.Literal('ready'), Type.Literal('draining'), Type.Literal('unknown'), Type.Literal('lost')]),
   capacity: Amounts,
   allocated: Amounts,
@@ -142,7 +142,7 @@ export const InstanceSummary = Type.Object({
   app: Type.String(),
   slot: Type.Integer({ minimum: 0, maximum: MAX_SLOT }),
   state: Type.Unsafe<InstanceLifecycleState>({ type: 'string', enum: [...INSTANCE_STATES] }),
-  backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware'), Type.Null()]),
+  backend: Type.Union([Backend, Type.Null()]),
   host: Type.Union([Type.String(), Type.Null()]),
   ip: Type.Union([Type.String(), Type.Null()]),
   mac: Type.Union([Type.String(), Type.Null()]),
@@ -165,7 +165,7 @@ export const SlotReserveRequest = Type.Object(
     instanceId: InstanceIdField,
     by: HolderField,
     toHost: Type.Optional(Type.String({ pattern: HOST_ID_PATTERN })),
-    toBackend: Type.Optional(Type.Union([Type.Literal('docker'), Type.Literal('vmware')])),
+    toBackend: Type.Optional(Backend),
     exclude: Type.Optional(Type.Array(Type.String({ pattern: HOST_ID_PATTERN }), { maxItems: 1000 })),
   },
   strict,
@@ -190,7 +190,7 @@ export const SlotView = Type.Object({
   slot: Type.Integer(),
   state: Type.String(),
   phase: Type.Union([Type.String(), Type.Null()]),
-  backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware'), Type.Null()]),
+  backend: Type.Union([Backend, Type.Null()]),
   hostId: Type.Union([Type.String(), Type.Null()]),
   ip: Type.Union([Type.String(), Type.Null()]),
   mac: Type.Union([Type.String(), Type.Null()]),
@@ -205,7 +205,7 @@ export const SlotView = Type.Object({
     Type.Null(),
     Type.Object({
       by: Type.String(),
-      target: Type.Optional(Type.Object({ hostId: Type.String(), backend: Type.Union([Type.Literal('docker'), Type.Literal('vmware')]) })),
+      target: Type.Optional(Type.Object({ hostId: Type.String(), backend: Backend })),
     }),
   ]),
 });

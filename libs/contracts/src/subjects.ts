@@ -12,10 +12,21 @@ export const SUBJECTS = {
     // Project additions to contract v1 (docs/ipam.md "Batch requests").
     allocateBatch: 'orangery.ipam.allocate.batch',
     bindBatch: 'orangery.ipam.bind.batch',
+    // Project additions (issue 16, docs/ipam.md "Blocks"): swarm nodes' address blocks.
+    blockReserve: 'orangery.ipam.block.reserve',
+    blockRelease: 'orangery.ipam.block.release',
+    blockList: 'orangery.ipam.block.list',
+    blockBind: 'orangery.ipam.block.bind',
+    blockUnbind: 'orangery.ipam.block.unbind',
   },
   scheduler: {
     hostsList: 'orangery.scheduler.hosts.list',
     instancesList: 'orangery.scheduler.instances.list',
+    // CONTRACT.md v1.1 "Environments"
+    envsPut: 'orangery.scheduler.envs.put',
+    envsGet: 'orangery.scheduler.envs.get',
+    envsList: 'orangery.scheduler.envs.list',
+    envsDelete: 'orangery.scheduler.envs.delete',
   },
   /** The scheduler leader's slot API for the migrator (internal; docs/scheduler.md "Slot API"). */
   schedulerSlot: {

@@ -5,7 +5,7 @@ import type { AppRef, HostState, HostView } from './types';
 export const RACK_LABEL = 'rack';
 
 /** Backends as bits, so a request's allowed backends are one mask. */
-export const BACKEND_BIT: Readonly<Record<Backend, number>> = { docker: 1, vmware: 2 };
+export const BACKEND_BIT: Readonly<Record<Backend, number>> = { docker: 1, vmware: 2, swarm: 4 };
 export const HOST_STATES: readonly HostState[] = ['ready', 'draining', 'lost', 'unknown'];
 export const READY = HOST_STATES.indexOf('ready');
 
