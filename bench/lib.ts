@@ -1,5 +1,6 @@
 /** Small helpers shared by the benchmarks: percentiles, timed loops, tables, CPU time. */
 import { readFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
 
 /** CPU time (user + system, ms) a process has used so far, from /proc. */
 export function cpuMs(pid: number): number {
@@ -66,3 +67,37 @@ export function table(headers: string[], rows: (string | number)[][]): string {
 }
 
 export const fmt = (n: number, digits = 1): string => (Number.isFinite(n) ? n.toFixed(digits) : 'n/a');
+
+/** The machine a benchmark ran on, for its output: cores, CPU model, Node version. */
+export function machineLine(): string {
+  let model = 'unknown CPU';
+  try {
+    model = /model name\s*:\s*(.+)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim() ?? model;
+  } catch {
+    // not Linux: leave it unknown
+  }
+  return `Machine: ${cpus().length} cores, ${model}, ${totalmem() > 0 ? `${Math.round(totalmem() / 2 ** 30)} GiB, ` : ''}Node ${process.version}.`;
+}
+
+export function median(values: readonly number[]): number {
+  if (values.length === 0) return NaN;
+  const s = [...values].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+/** Median and spread of repeated runs of one configuration: "median (min-max)". */
+export interface Repeated {
+  runs: number[];
+  median: number;
+  min: number;
+  max: number;
+}
+export function repeated(runs: readonly number[]): Repeated {
+  return { runs: [...runs], median: median(runs), min: Math.min(...runs), max: Math.max(...runs) };
+}
+/** `12.3 (11.9-13.0)`: the median and, in brackets, the smallest and largest of the runs. */
+export const fmtRepeated = (r: Repeated, digits = 1): string => `${fmt(r.median, digits)} (${fmt(r.min, digits)}-${fmt(r.max, digits)})`;
+
+/** Every configuration of a benchmark runs at least this many times (BENCH_REPEATS), median and spread reported. */
+export const REPEATS = Math.max(3, Number(process.env['BENCH_REPEATS'] ?? 3) || 3);
