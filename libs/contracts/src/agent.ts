@@ -208,12 +208,27 @@ export const HostFacts = Type.Object({
   labels: Type.Record(Type.String(), Type.String()),
   /** VLANs this host can reach (docker: any, through <uplink>.<vlan>) */
   vlans: Type.Union([Type.Literal('any'), Type.Array(Type.Integer())]),
+  /**
+   * v1.1 (issue 16), swarm nodes: the swarm cluster (ORANGERY_SWARM_CLUSTER) the node belongs to.
+   * Swarm moves a slot's task between the nodes of one cluster by itself, so the scheduler
+   * follows a swarm instance to any host of the same cluster instead of taking it for a leftover.
+   */
+  cluster: Type.Optional(Type.String({ pattern: HOST_ID_PATTERN })),
 });
 export type HostFacts = Static<typeof HostFacts>;
 
 /** Exactly the HostFacts fields of `f` (a heartbeat, a host.registered's data): what a host is, nothing more. */
 export function hostFactsOf(f: HostFacts): HostFacts {
-  return { hostId: f.hostId, backend: f.backend, capacity: f.capacity, total: f.total, reserved: f.reserved, labels: f.labels, vlans: f.vlans };
+  return {
+    hostId: f.hostId,
+    backend: f.backend,
+    capacity: f.capacity,
+    total: f.total,
+    reserved: f.reserved,
+    labels: f.labels,
+    vlans: f.vlans,
+    ...(f.cluster !== undefined ? { cluster: f.cluster } : {}),
+  };
 }
 
 export const Heartbeat = Type.Intersect([
