@@ -1,4 +1,4 @@
-import type { Amounts, Backend, Heartbeat, HostFacts } from '@orangery/contracts';
+import { hostFactsOf, type Amounts, type Backend, type Heartbeat, type HostFacts } from '@orangery/contracts';
 import { Inventory, toMillicores, type AppRef, type HostState, type HostView } from './placement';
 
 /** A host as the leader knows it: the agent's facts and live figures, and what we placed there. */
@@ -113,15 +113,8 @@ export class HostBook {
     const known = this.hosts.get(hb.hostId);
     const wasLost = known ? this.isDown(known.id) : true;
     const notConnected = 'connectionState' in hb && hb.connectionState !== undefined && hb.connectionState !== 'connected';
-    const facts: HostFacts = {
-      hostId: hb.hostId,
-      backend: hb.backend,
-      capacity: hb.capacity,
-      total: hb.total,
-      reserved: hb.reserved,
-      labels: hb.labels,
-      vlans: hb.vlans,
-    };
+    // exactly the facts (a swarm node's cluster too), none of a heartbeat's live figures
+    const facts: HostFacts = hostFactsOf(hb);
     if (!known) {
       this.hosts.set(hb.hostId, {
         id: hb.hostId,
@@ -176,6 +169,30 @@ export class HostBook {
         lastStates.set(h.id, s);
       }
     }
+  }
+
+  /**
+   * Swarm (issue 16): whether two hosts are nodes of the same swarm cluster (or the same
+   * host). Swarm moves a slot's task between the nodes of its cluster by itself, so the
+   * records follow it there; a host not heard from yet (no facts) is in no cluster.
+   */
+  sameCluster(a: string, b: string): boolean {
+    if (a === b) return true;
+    const x = this.hosts.get(a);
+    const y = this.hosts.get(b);
+    if (!x || !y || x.placeholder || y.placeholder || x.backend !== 'swarm' || y.backend !== 'swarm') return false;
+    return x.facts.cluster !== undefined && x.facts.cluster === y.facts.cluster;
+  }
+
+  /**
+   * A node of `hostId`'s swarm cluster that can be asked now: `hostId` itself when it is
+   * up, else another live node of its cluster (one swarm-agent answers for every node, and
+   * a slot's service is cluster-wide). undefined: none.
+   */
+  swarmContact(hostId: string): string | undefined {
+    if (!this.isDown(hostId)) return hostId;
+    for (const h of this.hosts.values()) if (h.id !== hostId && !this.isDown(h.id) && this.sameCluster(hostId, h.id)) return h.id;
+    return undefined;
   }
 
   /** The failover judge's verdict on a silent host. */
