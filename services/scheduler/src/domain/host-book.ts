@@ -213,9 +213,9 @@ export class HostBook {
     }
   }
 
-  /** Records a slot on a host (a host not heard of yet gets a placeholder: it shows as lost). */
-  reserve(hostId: string, slotId: string, ref: AppRef, demand: Amounts): void {
-    const h = this.hosts.get(hostId) ?? this.placeholder(hostId);
+  /** Records a slot on a host (a host not heard of yet gets a placeholder of `backend`: it shows as unknown). */
+  reserve(hostId: string, slotId: string, ref: AppRef, demand: Amounts, backend?: Backend): void {
+    const h = this.hosts.get(hostId) ?? this.placeholder(hostId, backend);
     if (h.placed.has(slotId)) return;
     h.placed.set(slotId, { ref, demand });
     this.applyToCache(h, ref, demand, +1);
@@ -292,11 +292,12 @@ export class HostBook {
     };
   }
 
-  private placeholder(id: string): HostEntry {
+  /** `backend`: the one the records name (a swarm node's placeholder is never judged like a docker host's) */
+  private placeholder(id: string, backend: Backend = 'docker'): HostEntry {
     const h: HostEntry = {
       id,
-      backend: 'docker',
-      facts: { hostId: id, backend: 'docker', capacity: zero(), total: zero(), reserved: zero(), labels: {}, vlans: [] },
+      backend,
+      facts: { hostId: id, backend, capacity: zero(), total: zero(), reserved: zero(), labels: {}, vlans: [] },
       drain: this.drained.has(id),
       // Silent since now, not since ever: a host the journal names but whose heartbeat has
       // not arrived yet (this leader just started) gets a whole fence period to show up

@@ -269,7 +269,7 @@ export class SlotReconciler {
     });
     if (node !== hostId) {
       this.hosts.unreserve(hostId, s.id);
-      this.hosts.reserve(node, s.id, app, demandOf(s.spec.resources));
+      this.hosts.reserve(node, s.id, app, demandOf(s.spec.resources), 'swarm');
       this.ports.log.info({ instanceId: s.id, placed: hostId, node, ip: inst.ip }, 'swarm ran the task on another node of the cluster');
     }
     this.apps.checkAppSoon(appKeyOf(s));

@@ -3,6 +3,8 @@ import type { Heartbeat, SwarmCreateInstanceCommand } from '@orangery/contracts'
 import { SchedulerCore, type CoreSettings } from './scheduler-core';
 import { heartbeat, scaleMessage } from './testing/factories';
 import { FakeAgents, FakeIpam, InMemorySchedulerStore, MemoryLog } from './testing/fakes';
+import type { AppRecord, SlotRecord } from './model';
+import { appRecord, runningSlot } from './testing/records';
 
 /**
  * Swarm slots (issue 16) through the whole core against in-memory ports: swarm nodes are
@@ -32,8 +34,10 @@ let mono = 0;
 const live = new Map<string, Partial<Heartbeat>>();
 const swarmNode = (cluster = 'c1'): Partial<Heartbeat> => ({ backend: 'swarm', cluster });
 
-async function world(hosts: Record<string, Partial<Heartbeat>>): Promise<void> {
+async function world(hosts: Record<string, Partial<Heartbeat>>, journal: { apps?: AppRecord[]; slots?: SlotRecord[] } = {}): Promise<void> {
   store = new InMemorySchedulerStore();
+  for (const a of journal.apps ?? []) store.apps.set(`${a.env}:${a.app}`, a);
+  for (const s of journal.slots ?? []) store.slots.set(s.id, s);
   agents = new FakeAgents();
   ipam = new FakeIpam().addPool('prod-pool', 100);
   core = new SchedulerCore({ store, ipam, agents, clock: { now: () => mono }, wallClock: { now: () => Date.now() }, log: new MemoryLog() }, SETTINGS);
@@ -163,6 +167,22 @@ describe('swarm slots', () => {
     expect(agents.callsOf('probe')).toEqual([]);
     expect(agents.callsOf('create')).toHaveLength(creates);
     expect(slot(0)).toMatchObject({ hostId: 'n1', state: 'running', phase: null });
+  });
+
+  it('a new leader never judges a swarm node it has not heard from like a docker host: unknown, its slot not replaced', async () => {
+    const spec = { ...appRecord().spec, backends: ['swarm' as const] };
+    await world(
+      { d1: {}, n2: swarmNode() },
+      { apps: [appRecord({ spec, stable: spec, backend: 'swarm' })], slots: [runningSlot(0, 'n1', { backend: 'swarm', ip: '10.7.0.50' })] },
+    );
+    agents.offWire.add('n1');
+    await run(DEADLINE + 10_000);
+    expect(stateOf('n1')).toBe('unknown');
+    expect(core.hosts.get('n1')?.backend).toBe('swarm');
+    expect(eventsOf('host', 'lost')).toEqual([]);
+    expect(agents.callsOf('probe')).toEqual([]);
+    expect(agents.callsOf('create')).toEqual([]);
+    expect(slot(0)).toMatchObject({ hostId: 'n1', ip: '10.7.0.50', state: 'running', phase: null });
   });
 
   it('scaling to 0 removes each service through its node (or a live node of the cluster) and releases nothing in ipam', async () => {

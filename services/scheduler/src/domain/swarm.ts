@@ -68,7 +68,7 @@ export async function followSwarmTask(
   ]);
   if (from !== inst.hostId) {
     if (from) hosts.unreserve(from, s.id);
-    hosts.reserve(inst.hostId, s.id, s, demandOf(s.spec.resources));
+    hosts.reserve(inst.hostId, s.id, s, demandOf(s.spec.resources), 'swarm');
   }
   log.info({ instanceId: s.id, from, to: inst.hostId, ip: inst.ip, was: s.ip }, 'swarm task followed');
   return next;
