@@ -184,6 +184,12 @@ export class HostBook {
     return x.facts.cluster !== undefined && x.facts.cluster === y.facts.cluster;
   }
 
+  /** A swarm node heard from, whose cluster is therefore known. */
+  clusterKnown(id: string): boolean {
+    const h = this.hosts.get(id);
+    return h !== undefined && !h.placeholder && h.backend === 'swarm' && h.facts.cluster !== undefined;
+  }
+
   /**
    * A node of `hostId`'s swarm cluster that can be asked now: `hostId` itself when it is
    * up, else another live node of its cluster (one swarm-agent answers for every node, and

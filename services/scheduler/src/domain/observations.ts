@@ -49,6 +49,8 @@ export type RegistrationCheck = 'registered' | 'unreachable' | 'refused' | 'busy
  */
 export class Observations {
   private readonly verifying = new Map<string, NodeJS.Timeout>();
+  /** swarm slots: the node whose listing or event caused the verify (asked when the record's node is unknown) */
+  private readonly hints = new Map<string, string>();
   /** hosts whose registration hint is being checked with their agent */
   private readonly confirming = new Set<string>();
   /** each host's state at the last sweep, so the host book notices changes */
@@ -66,6 +68,7 @@ export class Observations {
   stop(): void {
     for (const t of this.verifying.values()) clearTimeout(t);
     this.verifying.clear();
+    this.hints.clear();
   }
 
   // ---- hosts ------------------------------------------------------------------------------
@@ -179,9 +182,9 @@ export class Observations {
     const s = this.book.slot(instanceId);
     if (!s || s.phase !== null || s.hold) return;
     if (isSwarmSlot(s, this.hosts)) {
-      if (!s.hostId || !this.hosts.sameCluster(s.hostId, hostId)) return;
+      if (!s.hostId || !this.ofSlotsCluster(s.hostId, hostId)) return;
       if (what === 'running' && hostId === s.hostId && ip === s.ip) return;
-      this.verifyLater(instanceId, what === 'running' ? 0 : STOPPED_VERIFY_MS);
+      this.verifyLater(instanceId, what === 'running' ? 0 : STOPPED_VERIFY_MS, hostId);
       return;
     }
     if (s.hostId !== hostId) return;
@@ -204,7 +207,7 @@ export class Observations {
       if (s && this.swarmTaskOfSlot(s, hostId, inst)) {
         // swarm's, wherever it runs in the cluster: followed (verify), never a leftover
         const moved = s.hostId !== hostId || inst.ip !== s.ip || inst.mac !== s.mac;
-        if (s.phase === null && (inst.state !== 'running' || moved)) this.verifyLater(s.id, inst.state === 'running' ? 0 : STOPPED_VERIFY_MS);
+        if (s.phase === null && (inst.state !== 'running' || moved)) this.verifyLater(s.id, inst.state === 'running' ? 0 : STOPPED_VERIFY_MS, hostId);
         continue;
       }
       if (!s || s.hostId !== hostId) {
@@ -229,10 +232,22 @@ export class Observations {
   private swarmTaskOfSlot(s: SlotRecord, hostId: string, inst: AgentInstance): boolean {
     if (inst.backend !== 'swarm' || this.hosts.get(hostId)?.backend !== 'swarm') return false;
     if (s.hostId === null) return s.backend === null || s.backend === 'swarm';
-    return isSwarmSlot(s, this.hosts) && this.hosts.sameCluster(s.hostId, hostId);
+    return isSwarmSlot(s, this.hosts) && this.ofSlotsCluster(s.hostId, hostId);
   }
 
-  private verifyLater(id: string, delayMs: number): void {
+  /**
+   * `hostId` may hold the task of a swarm slot recorded on `recorded`: a node of the same
+   * cluster, or any swarm node heard from when the recorded node's cluster is not known (a
+   * new leader that never heard from that node: it may have left the swarm, its tasks moved).
+   * Only a bound get then moves the record (verifySwarm).
+   */
+  private ofSlotsCluster(recorded: string, hostId: string): boolean {
+    if (this.hosts.sameCluster(recorded, hostId)) return true;
+    return !this.hosts.clusterKnown(recorded) && this.hosts.clusterKnown(hostId);
+  }
+
+  private verifyLater(id: string, delayMs: number, hint?: string): void {
+    if (hint !== undefined) this.hints.set(id, hint);
     if (this.verifying.has(id) || this.book.stopped) return;
     this.verifying.set(
       id,
@@ -286,8 +301,13 @@ export class Observations {
    * brings the scheduler back.
    */
   private async verifySwarm(s: SlotRecord): Promise<void> {
-    const contact = this.hosts.swarmContact(s.hostId!);
-    if (!contact) return; // no live node of the cluster: nothing can be asked, nothing is done
+    const hint = this.hints.get(s.id);
+    this.hints.delete(s.id);
+    // the cluster the task must be in: the record's node's, or (that node never heard from)
+    // the cluster of the node that listed the task or raised the event
+    const anchor = this.hosts.clusterKnown(s.hostId!) ? s.hostId! : hint !== undefined && this.hosts.clusterKnown(hint) ? hint : undefined;
+    const contact = anchor !== undefined ? this.hosts.swarmContact(anchor) : undefined;
+    if (!anchor || !contact) return; // no live node of the cluster: nothing can be asked, nothing is done
     const inst = await this.ports.agents.get(contact, s.id);
     if (this.book.stopped || this.book.slot(s.id) !== s) return;
     if (!inst || inst.state === 'removed') {
@@ -301,7 +321,7 @@ export class Observations {
       return;
     }
     if (inst.hostId === s.hostId && inst.ip === s.ip && inst.mac === s.mac) return;
-    const wrong = notASwarmTask(this.hosts, s, s.hostId!, inst);
+    const wrong = notASwarmTask(this.hosts, s, anchor, inst);
     if (wrong !== undefined) {
       this.ports.log.warn({ instanceId: s.id, host: contact, why: wrong }, "not following the swarm-agent's answer");
       return;

@@ -185,6 +185,21 @@ describe('swarm slots', () => {
     expect(slot(0)).toMatchObject({ hostId: 'n1', ip: '10.7.0.50', state: 'running', phase: null });
   });
 
+  it('a new leader follows a task listed on a live node when the recorded node is never heard from (it left the swarm): not stopped', async () => {
+    const spec = { ...appRecord().spec, backends: ['swarm' as const] };
+    await world(
+      { n2: swarmNode(), n3: swarmNode() },
+      { apps: [appRecord({ spec, stable: spec, backend: 'swarm' })], slots: [runningSlot(0, 'n1', { backend: 'swarm', ip: '10.7.0.50' })] },
+    );
+    agents.moveSwarmTask('prod:web:0', 'n2', '10.7.0.51');
+    core.agentList('n2', agents.instancesOn('n2'));
+    await run(1_000);
+    expect(slot(0)).toMatchObject({ hostId: 'n2', ip: '10.7.0.51', state: 'running', phase: null });
+    expect(agents.callsOf('stop')).toEqual([]);
+    expect(agents.callsOf('create')).toEqual([]);
+    expect(eventsOf('instance', 'orphaned')).toEqual([]);
+  });
+
   it('scaling to 0 removes each service through its node (or a live node of the cluster) and releases nothing in ipam', async () => {
     await world({ n1: swarmNode(), n2: swarmNode(), n3: swarmNode() });
     agents.swarmNode = (host) => host;
