@@ -260,9 +260,11 @@ export class Observations {
 
   /** Asks the agent how the instance really is, and acts: restart a stopped one, replace a failed one, recreate a missing one. */
   private async verify(id: string): Promise<void> {
+    const hint = this.hints.get(id);
+    this.hints.delete(id);
     const s = this.book.slot(id);
     if (!s || s.phase !== null || !s.hostId || s.hold) return;
-    if (isSwarmSlot(s, this.hosts)) return this.verifySwarm(s);
+    if (isSwarmSlot(s, this.hosts)) return this.verifySwarm(s, hint);
     const inst = await this.ports.agents.get(s.hostId, id);
     // Deposed meanwhile: the new leader's records decide, not ours (a start from here could
     // restart a copy the new leader has just moved elsewhere).
@@ -300,9 +302,7 @@ export class Observations {
    * Failed or stopped: swarm restarts it (it owns restarts); its next event or listing
    * brings the scheduler back.
    */
-  private async verifySwarm(s: SlotRecord): Promise<void> {
-    const hint = this.hints.get(s.id);
-    this.hints.delete(s.id);
+  private async verifySwarm(s: SlotRecord, hint: string | undefined): Promise<void> {
     // the cluster the task must be in: the record's node's, or (that node never heard from)
     // the cluster of the node that listed the task or raised the event
     const anchor = this.hosts.clusterKnown(s.hostId!) ? s.hostId! : hint !== undefined && this.hosts.clusterKnown(hint) ? hint : undefined;
