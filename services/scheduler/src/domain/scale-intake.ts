@@ -165,15 +165,16 @@ export function backendsFor(
   envPolicy: readonly Backend[] | undefined,
 ): { backends: Backend[]; reason?: string; field?: string } {
   const asked: Backend[] = data.backend === undefined || data.backend === 'auto' ? ['docker', 'vmware'] : [data.backend];
-  const withArtifact = asked.filter((b) => (b === 'docker' ? data.image !== undefined : data.template !== undefined));
+  // containers and swarm services run an image, VMs are cloned from a template
+  const withArtifact = asked.filter((b) => (b === 'vmware' ? data.template !== undefined : data.image !== undefined));
   if (withArtifact.length === 0) {
     const field = asked.length === 1 && asked[0] === 'vmware' ? 'data.template' : 'data.image';
     return {
       backends: [],
       field,
       reason:
-        data.backend === 'docker'
-          ? 'backend docker needs an image'
+        data.backend === 'docker' || data.backend === 'swarm'
+          ? `backend ${data.backend} needs an image`
           : data.backend === 'vmware'
             ? 'backend vmware needs a template'
             : 'give an image (containers) or a template (VMs)',
