@@ -384,10 +384,10 @@ class MysqlIpamTx implements IpamTx {
     // gateway and reserved addresses have no row, live ones are NULL, cooling or blocked ones
     // above now). Ranges of never-used addresses first keep released ones for their owners.
     const rows = await this.rows<{ k: number | string }>(
-      `SELECT ip DIV ? AS k, SUM(available_at = 0) AS fresh FROM ipam_address FORCE INDEX (ix_pick)
+      `SELECT ip DIV ? AS k, SUM(available_at > 0) > 0 AS reused FROM ipam_address FORCE INDEX (ix_pick)
        WHERE pool_id = ? AND available_at <= ?
-       GROUP BY k HAVING COUNT(*) = ? ORDER BY fresh < ?, k LIMIT ?`,
-      [size, poolId, nowMs, size, size, Math.floor(limit)],
+       GROUP BY k HAVING COUNT(*) = ? ORDER BY reused, k LIMIT ?`,
+      [size, poolId, nowMs, size, Math.floor(limit)],
     );
     return rows.map((r) => Number(r.k) * size);
   }
