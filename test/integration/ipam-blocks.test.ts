@@ -165,6 +165,21 @@ describe('block rules through the public subjects', () => {
       ip: '198.18.24.12',
       block: { host: 'sw-a', cidr: '198.18.24.8/29' },
     });
+    // A plain bind may not move a task's block address off its node; swarm outside blocks binds as before.
+    const web2 = owner('web', 2);
+    ok(await req('orangery.ipam.block.bind', { pool: 'p-rules', ip: '198.18.24.11', owner: web2, instanceId: instanceOf(web2), host: 'sw-a' }));
+    const beforePlainBind = await snapshot();
+    refused(await req('orangery.ipam.bind', { ip: '198.18.24.11', instanceId: instanceOf(web2), backend: 'docker', host: 'h1' }), 'NOT_IN_BLOCK', {
+      host: 'sw-a',
+    });
+    const batch = ok(await req('orangery.ipam.bind.batch', { items: [{ ip: '198.18.24.11', instanceId: instanceOf(web2), backend: 'swarm', host: 'sw-b' }] }));
+    expect(batch.results[0]).toMatchObject({ ok: false, error: { code: 'NOT_IN_BLOCK' } });
+    expect(await snapshot()).toBe(beforePlainBind);
+    expect(ok(await req('orangery.ipam.bind', { ip: single.ip, instanceId: instanceOf(web1), backend: 'swarm', host: 'sw-z' }))).toMatchObject({
+      backend: 'swarm',
+      host: 'sw-z',
+    });
+    ok(await req('orangery.ipam.block.unbind', { ip: '198.18.24.11' }));
     // Owner holding an address outside blocks: OWNER_HAS_IP.
     refused(
       await req('orangery.ipam.block.bind', { pool: 'p-rules', ip: '198.18.24.11', owner: web1, instanceId: instanceOf(web1), host: 'sw-a' }),
@@ -182,7 +197,7 @@ describe('block rules through the public subjects', () => {
     expect(events.find((e) => e.subject === '198.18.24.20' && e.type === 'io.orangery.ip.bound')!.data).toEqual(moved);
     expect(
       (await rows<{ action: string }>("SELECT action FROM ipam_audit WHERE pool_name = 'p-rules' AND action LIKE 'block.%' ORDER BY id")).map((r) => r.action),
-    ).toEqual(['block.reserve', 'block.reserve', 'block.bind', 'block.unbind', 'block.bind', 'block.unbind', 'block.bind']);
+    ).toEqual(['block.reserve', 'block.reserve', 'block.bind', 'block.unbind', 'block.bind', 'block.unbind', 'block.bind', 'block.bind', 'block.unbind']);
   });
 
   it('block.release: POOL_IN_USE while bound; then addresses return with their cooldown; pool.delete waits for blocks', async () => {
