@@ -167,6 +167,8 @@ describe('block rules through the public subjects', () => {
       ip: '198.18.24.12',
       block: { host: 'sw-a', cidr: '198.18.24.8/29' },
     });
+    const batched = ok(await req('orangery.ipam.allocate.batch', { items: [{ pool: 'p-rules', owner: owner('x', 0), ip: '198.18.24.12' }] }));
+    expect(batched.results[0]).toMatchObject({ ok: false, error: { code: 'IP_TAKEN', details: { block: { host: 'sw-a', cidr: '198.18.24.8/29' } } } });
     // A plain bind may not move a task's block address off its node; swarm outside blocks binds as before.
     const web2 = owner('web', 2);
     ok(await req('orangery.ipam.block.bind', { pool: 'p-rules', ip: '198.18.24.11', owner: web2, instanceId: instanceOf(web2), host: 'sw-a' }));
