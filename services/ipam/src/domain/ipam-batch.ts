@@ -16,6 +16,7 @@ import {
   bindChangesNothing,
   checkRequestable,
   checkRequestedRow,
+  isBlockedRow,
   isLive,
   latestReleased,
   notBindable,
@@ -27,7 +28,8 @@ import {
   toAllocation,
   type CallContext,
 } from './allocation-rules';
-import type { AddressPatch, AddressRecord, AuditEntry, IpamTx, PoolRecord } from './ports';
+import type { AddressPatch, AddressRecord, AuditEntry, BlockRecord, IpamTx, PoolRecord } from './ports';
+import { blocksOfSwarmRows, checkBindOutsideBlockRules } from './blocks';
 
 /**
  * Batch allocate and bind (docs/ipam.md "Batch requests"). Each item gets exactly the reply
@@ -84,6 +86,8 @@ export class AllocationBatch {
   private readonly liveOf = new Map<string, number>();
   private readonly changes: Change[] = [];
   private readonly exhausted: { index: number; pool: PoolRecord }[] = [];
+  /** blocks of explicitly asked ips that are inside one */
+  private readonly blockOf = new Map<number, BlockRecord | undefined>();
 
   constructor(
     private readonly tx: IpamTx,
@@ -148,6 +152,8 @@ export class AllocationBatch {
     });
     if (explicit.size > 0) {
       for (const row of await this.tx.lockAddresses([...explicit].sort((a, b) => a - b))) this.rows.set(row.ip, row);
+      // Only for an ip inside a swarm node's block (an error path): its refusal names the node.
+      for (const row of this.rows.values()) if (isBlockedRow(row)) this.blockOf.set(row.ip, await this.tx.findBlockAt(row.ip));
     }
   }
 
@@ -198,12 +204,14 @@ export class AllocationBatch {
     }
     if (wanted !== undefined) {
       checkRequestable(pool, wanted);
-      this.claim(i, pool, checkRequestedRow(pool, owner, wanted, this.rows.get(wanted), this.now));
+      this.claim(i, pool, checkRequestedRow(pool, owner, wanted, this.rows.get(wanted), this.now, this.blockOf.get(wanted)));
       return undefined;
     }
     // Affinity: the owner's own most recently released address in this pool, cooldown or not
     // (unless another item of this batch took it after its cooldown: then its owner changed).
-    const mine = (this.rowsOfOwner.get(ownerKey(owner)) ?? []).map((ip) => this.rows.get(ip)!).filter((r) => r.poolId === pool.id && sameOwner(r.owner, owner));
+    const mine = (this.rowsOfOwner.get(ownerKey(owner)) ?? [])
+      .map((ip) => this.rows.get(ip)!)
+      .filter((r) => r.poolId === pool.id && sameOwner(r.owner, owner) && !isBlockedRow(r));
     const affinity = latestReleased(mine);
     if (affinity) {
       this.claim(i, pool, affinity);
@@ -240,6 +248,7 @@ export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly (Bin
   const { rows: locked, pools } = await tx.openBinds([...new Set(ips)].sort((a, b) => a - b));
   const rows = new Map(locked.map((r) => [r.ip, r]));
   const poolsById = new Map(pools.map((p) => [p.id, p]));
+  const blockOf = await blocksOfSwarmRows(tx, locked);
   const finalState = new Map<number, AddressRecord>();
   const audits: AuditEntry[] = [];
   const results = reqs.map((req, i): Reply<Allocation> => {
@@ -249,6 +258,7 @@ export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly (Bin
       const pool = poolsById.get(row.poolId);
       if (!pool) throw poolVanished(row.poolId);
       if (bindChangesNothing(row, req)) return okReply(toAllocation(row, pool));
+      if (row.backend === 'swarm') checkBindOutsideBlockRules(req, blockOf.get(row.ip), pool);
       const after: AddressRecord = { ...row, state: 'bound', instanceId: req.instanceId, backend: req.backend, host: req.host };
       const allocation = toAllocation(after, pool);
       audits.push(auditEntryOf('bind', pool, row, allocation, itemContext(ctx, req), now));
