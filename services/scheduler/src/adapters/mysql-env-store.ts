@@ -86,7 +86,8 @@ export class MysqlEnvStore {
     const now = new Date();
     const r = await this.sql.transaction(async (tx) =>
       tx.query<{ affectedRows: number }>(
-        'INSERT INTO sched_envs (name, body, created_at, updated_at) VALUES (?, ?, ?, ?) ON DUPLICATE KEY UPDATE name = name',
+        // IGNORE: an existing row is left alone and counts 0 rows (ON DUPLICATE KEY UPDATE counts a found row with the client's FOUND_ROWS flag)
+        'INSERT IGNORE INTO sched_envs (name, body, created_at, updated_at) VALUES (?, ?, ?, ?)',
         [env.name, JSON.stringify(env), now, now],
       ),
     );
