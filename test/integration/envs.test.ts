@@ -84,7 +84,9 @@ beforeAll(async () => {
   }
   // every create command an agent gets, to see what the scheduler sends (a plain subscription beside the fleets')
   creates = client.nc.subscribe('orangery.agent.*.instance.create', {
-    callback: (_e, m: Msg) => createCommands.push({ hostId: m.subject.split('.')[2]!, body: JSON.parse(new TextDecoder().decode(m.data)) }),
+    callback: (_e, m: Msg) => {
+      createCommands.push({ hostId: m.subject.split('.')[2]!, body: JSON.parse(new TextDecoder().decode(m.data)) });
+    },
   });
   docker = await SimulatedFleet.start({
     natsUrl: nats.url,
