@@ -249,6 +249,13 @@ class MysqlIpamTx implements IpamTx {
     return { pools: pools.map(toPoolRecord), mine: mine.map(toAddress) };
   }
 
+  async lockOwnersAddresses(owners: readonly Owner[]): Promise<AddressRecord[]> {
+    if (owners.length === 0) return [];
+    const keys = [...new Set(owners.map(ownerKey))].sort();
+    const rows = await this.rows<AddressRow>(`SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE owner_key IN (?) ORDER BY owner_key FOR UPDATE`, [keys]);
+    return rows.map(toAddress);
+  }
+
   async lockAddresses(ips: readonly number[]): Promise<AddressRecord[]> {
     if (ips.length === 0) return [];
     const rows = await this.rows<AddressRow>(`SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE ip IN (?) ORDER BY ip FOR UPDATE`, [[...ips]]);
@@ -312,9 +319,9 @@ class MysqlIpamTx implements IpamTx {
         entry.action,
         entry.ip,
         entry.poolName,
-        this.actor ?? null,
+        entry.actor !== undefined ? entry.actor : (this.actor ?? null),
         this.replica,
-        traceId && traceId !== '00000000000000000000000000000000' ? traceId : null,
+        traceIdOf(entry.event?.event.traceparent) ?? (traceId && traceId !== '00000000000000000000000000000000' ? traceId : null),
         entry.before === null ? null : JSON.stringify(entry.before),
         entry.after === null ? null : JSON.stringify(entry.after),
         entry.event?.event.id ?? null,
@@ -366,6 +373,12 @@ function addressValues(p: AddressPatch): unknown[] {
     p.backend,
     p.host,
   ];
+}
+
+/** The trace id of a W3C traceparent (`00-<trace id>-<span id>-<flags>`): a grouped change's own trace. */
+function traceIdOf(traceparent: string | undefined): string | null {
+  const id = traceparent?.split('-')[1];
+  return id && /^[0-9a-f]{32}$/.test(id) && id !== '00000000000000000000000000000000' ? id : null;
 }
 
 const sameValue = (a: unknown, b: unknown): boolean => (a instanceof Date && b instanceof Date ? a.getTime() === b.getTime() : a === b);

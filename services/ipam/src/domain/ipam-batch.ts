@@ -1,6 +1,8 @@
 import {
   errorReply,
   instanceIdOf,
+  invalidRequest,
+  type AddressLookupRequest,
   OrangeryError,
   okReply,
   type AllocateRequest,
@@ -46,9 +48,14 @@ function failure(e: unknown): Reply<never> {
 /** A batch item may carry its caller's trace: its event carries that one (default: the request's). */
 export interface ItemTrace {
   traceparent?: string;
+  /** group commit only (never from a batch request): the single's own actor, null when it named none */
+  actor?: string | null;
 }
 
-const itemContext = (ctx: CallContext, item: ItemTrace): CallContext => (item.traceparent ? { ...ctx, traceparent: item.traceparent } : ctx);
+const itemContext = (ctx: CallContext, item: ItemTrace): CallContext =>
+  item.traceparent || item.actor !== undefined
+    ? { ...ctx, ...(item.traceparent ? { traceparent: item.traceparent } : {}), ...(item.actor !== undefined ? { itemActor: item.actor } : {}) }
+    : ctx;
 
 interface Change {
   /** the batch item it serves */
@@ -264,6 +271,71 @@ export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly (Bin
     await tx.auditAll(audits);
   }
   return results;
+}
+
+/** A release item: its lookup (by ip, or by owner), validated before it is queued. */
+export type ReleaseItem = ({ ip: number; text: string } | { owner: Owner }) & ItemTrace;
+
+/**
+ * Group-committed `release` singles in one transaction (docs/ipam.md "Group commit"): the
+ * rows of every ip and every owner locked (two round trips), their pools read (one), then
+ * the items applied in order (a later item sees what an earlier one did, as a later single
+ * would), and the writes sent with COMMIT.
+ */
+export async function releaseBatchInTx(tx: IpamTx, now: number, items: readonly ReleaseItem[], ctx: CallContext): Promise<Reply<Allocation>[]> {
+  const ips = [...new Set(items.flatMap((it) => ('ip' in it ? [it.ip] : [])))].sort((a, b) => a - b);
+  const owners = items.flatMap((it) => ('owner' in it ? [it.owner] : []));
+  const rows = new Map<number, AddressRecord>();
+  for (const r of await tx.lockAddresses(ips)) rows.set(r.ip, r);
+  if (owners.length > 0) for (const r of await tx.lockOwnersAddresses(owners)) if (!rows.has(r.ip)) rows.set(r.ip, r);
+  const poolsById = new Map((await tx.findPoolsByIds([...new Set([...rows.values()].map((r) => r.poolId))])).map((p) => [p.id, p]));
+  const finalState = new Map<number, AddressRecord>();
+  const audits: AuditEntry[] = [];
+  const results = items.map((item): Reply<Allocation> => {
+    try {
+      let row: AddressRecord | undefined;
+      if ('ip' in item) {
+        row = rows.get(item.ip);
+        if (!row || row.state === 'free') throw new OrangeryError('NOT_FOUND', `${item.text} is not allocated`, { ip: item.text });
+      } else {
+        const mine = [...rows.values()].filter((r) => sameOwner(r.owner, item.owner));
+        row = mine.find(isLive) ?? latestReleased(mine);
+        if (!row) throw new OrangeryError('NOT_FOUND', `${instanceIdOf(item.owner)} holds no address`, { owner: item.owner });
+      }
+      const pool = poolsById.get(row.poolId);
+      if (!pool) throw poolVanished(row.poolId);
+      if (row.state === 'released') return okReply(toAllocation(row, pool));
+      const after: AddressRecord = {
+        ...row,
+        state: 'released',
+        availableAt: now + pool.cooldownSeconds * 1000,
+        releasedAt: new Date(now),
+        instanceId: null,
+        backend: null,
+        host: null,
+      };
+      const allocation = toAllocation(after, pool);
+      audits.push(auditEntryOf('release', pool, row, allocation, itemContext(ctx, item), now));
+      rows.set(row.ip, after);
+      finalState.set(row.ip, after);
+      return okReply(allocation);
+    } catch (e) {
+      return failure(e);
+    }
+  });
+  if (finalState.size > 0) {
+    await tx.updateAddresses([...finalState.values()].map((r) => ({ ip: r.ip, patch: patchOf(r) })));
+    await tx.auditAll(audits);
+  }
+  return results;
+}
+
+/** The lookup of a `release` or `get` request; both or neither of ip and owner is INVALID_REQUEST. */
+export function lookupKey(req: AddressLookupRequest): { ip: number; text: string } | { owner: Owner } {
+  if (req.ip !== undefined && req.owner !== undefined) throw invalidRequest('ip', 'give either ip or owner, not both');
+  if (req.ip !== undefined) return { ip: ipv4ToInt(req.ip), text: req.ip };
+  if (req.owner !== undefined) return { owner: req.owner };
+  throw invalidRequest('ip', 'is required (or owner)');
 }
 
 function patchOf(r: AddressRecord): AddressPatch {

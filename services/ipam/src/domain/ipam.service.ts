@@ -1,7 +1,6 @@
 import {
   CURSORS,
   DEFAULT_PAGE_LIMIT,
-  invalidRequest,
   instanceIdOf,
   OrangeryError,
   pageOf,
@@ -34,7 +33,8 @@ import {
   toPool,
   type CallContext,
 } from './allocation-rules';
-import { AllocationBatch, bindBatchInTx, type ItemTrace } from './ipam-batch';
+import { AllocationBatch, bindBatchInTx, lookupKey, releaseBatchInTx, type ItemTrace, type ReleaseItem } from './ipam-batch';
+import { DEFAULT_GROUP_LIMITS, GroupCommitter, type GroupLimits } from './group-commit';
 import { planPool } from './pool-plan';
 import { OwnerConflict, type AddressRecord, type Clock, type IpamStore, type IpamTx, type PoolRecord } from './ports';
 
@@ -57,12 +57,50 @@ const BATCH_OWNER_CONFLICT_RETRIES = 8;
  * - allocations hold a shared lock on their pool's row, which pool.delete takes exclusively.
  */
 export class IpamService {
+  /** group commit of concurrent singles (docs/ipam.md "Group commit"); undefined: every single alone */
+  private readonly groups:
+    | {
+        allocate: GroupCommitter<AllocateRequest & ItemTrace, Allocation>;
+        bind: GroupCommitter<BindRequest & ItemTrace, Allocation>;
+        release: GroupCommitter<ReleaseItem, Allocation>;
+      }
+    | undefined;
+
   constructor(
     private readonly store: IpamStore,
     private readonly clock: Clock,
     /** addresses all pools may hold together (ORANGERY_IPAM_MAX_ADDRESSES): each is a row */
     private readonly maxAddresses = DEFAULT_MAX_ADDRESSES,
-  ) {}
+    /** group commit limits (ORANGERY_IPAM_GROUP_MAX, ORANGERY_IPAM_GROUP_IN_FLIGHT); a maxSize of 1 turns it off */
+    groupLimits: GroupLimits = DEFAULT_GROUP_LIMITS,
+  ) {
+    if (groupLimits.maxSize > 1) {
+      // Each grouped item carries its caller's trace and actor; the group's transaction none.
+      this.groups = {
+        allocate: new GroupCommitter(
+          (items) => this.allocateBatch(items),
+          ({ traceparent, actor, ...req }) => this.allocateAlone(req, contextOf(traceparent, actor)),
+          groupLimits,
+        ),
+        bind: new GroupCommitter(
+          (items) => this.bindBatch(items),
+          ({ traceparent, actor, ...req }) => this.bindAlone(req, contextOf(traceparent, actor)),
+          groupLimits,
+        ),
+        release: new GroupCommitter(
+          (items) => this.store.transaction((tx) => releaseBatchInTx(tx, this.clock.now(), items, {})),
+          ({ traceparent, actor, ...by }) => this.releaseAlone(by, contextOf(traceparent, actor)),
+          groupLimits,
+        ),
+      };
+    }
+  }
+
+  /** Requests served through group commit and the transactions that served them (tests, bench). */
+  groupStats(): { groups: number; served: number } {
+    const all = this.groups ? [this.groups.allocate, this.groups.bind, this.groups.release] : [];
+    return { groups: all.reduce((n, g) => n + g.groups, 0), served: all.reduce((n, g) => n + g.served, 0) };
+  }
 
   async createPool(req: PoolCreateRequest, ctx: CallContext = {}): Promise<Pool> {
     const plan = planPool(req);
@@ -128,6 +166,11 @@ export class IpamService {
   }
 
   async allocate(req: AllocateRequest, ctx: CallContext = {}): Promise<Allocation> {
+    if (this.groups) return this.groups.allocate.submit({ ...req, ...itemTraceOf(ctx) });
+    return this.allocateAlone(req, ctx);
+  }
+
+  private async allocateAlone(req: AllocateRequest, ctx: CallContext): Promise<Allocation> {
     const wanted = req.ip === undefined ? undefined : ipv4ToInt(req.ip);
     for (let attempt = 0; ; attempt++) {
       try {
@@ -169,6 +212,11 @@ export class IpamService {
   }
 
   async bind(req: BindRequest, ctx: CallContext = {}): Promise<Allocation> {
+    if (this.groups) return this.groups.bind.submit({ ...req, ...itemTraceOf(ctx) });
+    return this.bindAlone(req, ctx);
+  }
+
+  private async bindAlone(req: BindRequest, ctx: CallContext): Promise<Allocation> {
     const ip = ipv4ToInt(req.ip);
     return this.store.transaction(async (tx) => {
       const row = await tx.lockAddress(ip);
@@ -211,6 +259,11 @@ export class IpamService {
 
   async release(req: AddressLookupRequest, ctx: CallContext = {}): Promise<Allocation> {
     const by = lookupKey(req);
+    if (this.groups) return this.groups.release.submit({ ...by, ...itemTraceOf(ctx) });
+    return this.releaseAlone(by, ctx);
+  }
+
+  private async releaseAlone(by: { ip: number; text: string } | { owner: Owner }, ctx: CallContext): Promise<Allocation> {
     return this.store.transaction(async (tx) => {
       const row = await this.findForLookup(tx, by);
       const pool = await this.requirePoolById(tx, row.poolId);
@@ -284,9 +337,11 @@ export class IpamService {
   }
 }
 
-function lookupKey(req: AddressLookupRequest): { ip: number; text: string } | { owner: Owner } {
-  if (req.ip !== undefined && req.owner !== undefined) throw invalidRequest('ip', 'give either ip or owner, not both');
-  if (req.ip !== undefined) return { ip: ipv4ToInt(req.ip), text: req.ip };
-  if (req.owner !== undefined) return { owner: req.owner };
-  throw invalidRequest('ip', 'is required (or owner)');
+/** A grouped single's own trace and actor (null: it named none), carried by its item. */
+function itemTraceOf(ctx: CallContext): ItemTrace {
+  return { ...(ctx.traceparent ? { traceparent: ctx.traceparent } : {}), actor: ctx.actor ?? null };
+}
+
+function contextOf(traceparent: string | undefined, actor: string | null | undefined): CallContext {
+  return { ...(traceparent ? { traceparent } : {}), ...(actor ? { actor } : {}) };
 }

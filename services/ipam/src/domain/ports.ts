@@ -42,6 +42,8 @@ export interface AuditEntry {
   poolName: string;
   before: unknown;
   after: unknown;
+  /** who asked for this change, when it differs from the transaction's actor (group commit; null: nobody named) */
+  actor?: string | null;
   /** the event to publish once this change is committed (transactional outbox) */
   event?: { natsSubject: string; event: EventEnvelope };
 }
@@ -97,6 +99,8 @@ export interface IpamTx {
   lockNextAvailableMany(poolId: number, nowMs: number, limit: number, excluding: readonly number[]): Promise<AddressRecord[]>;
   /** Starts a batch bind: the rows of `ips` that exist, locked for update, and their pools. */
   openBinds(ips: readonly number[]): Promise<{ rows: AddressRecord[]; pools: PoolRecord[] }>;
+  /** every address whose current or last owner is one of `owners`, locked for update (in index order) */
+  lockOwnersAddresses(owners: readonly Owner[]): Promise<AddressRecord[]>;
   findPoolsByIds(ids: readonly number[]): Promise<PoolRecord[]>;
   /** Many updateAddress at once (one ip at most once); throws OwnerConflict likewise. */
   updateAddresses(changes: readonly { ip: number; patch: AddressPatch }[]): Promise<void>;

@@ -144,6 +144,11 @@ class InMemoryTx implements IpamTx {
     return structuredClone({ pools, mine });
   }
 
+  async lockOwnersAddresses(owners: readonly Owner[]): Promise<AddressRecord[]> {
+    this.store.roundTrips++;
+    return structuredClone([...this.state.addresses.values()].filter((r) => owners.some((o) => sameOwner(r.owner, o))));
+  }
+
   async lockAddresses(ips: readonly number[]): Promise<AddressRecord[]> {
     this.store.roundTrips++;
     return structuredClone(ips.flatMap((ip) => this.state.addresses.get(ip) ?? []));
