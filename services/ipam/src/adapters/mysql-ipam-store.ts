@@ -414,7 +414,7 @@ export class MysqlIpamStore implements IpamStore {
     });
   }
 
-  async transaction<T>(work: (tx: IpamTx) => Promise<T>, actor?: string): Promise<T> {
+  async transaction<T>(work: (tx: IpamTx) => Promise<T>, actor?: string, onCommitted?: () => void): Promise<T> {
     let tx: MysqlIpamTx | undefined;
     const result = await this.guard(() =>
       this.sql.transaction(async (q) => {
@@ -422,6 +422,7 @@ export class MysqlIpamStore implements IpamStore {
         return work(tx);
       }),
     );
+    onCommitted?.();
     // After the commit, never before: an event for a rolled-back change must not exist.
     if (tx && tx.events.length > 0) await this.relay.publishCommitted(tx.events, tx.rowIds.first);
     return result;

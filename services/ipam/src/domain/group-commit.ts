@@ -37,10 +37,14 @@ export class GroupCommitter<T, R> {
   served = 0;
 
   constructor(
-    /** the items as one transaction: one reply per item, in item order */
-    private readonly runGroup: (items: T[]) => Promise<Reply<R>[]>,
-    /** one item alone: the single request's path (throws its error) */
-    private readonly runOne: (item: T) => Promise<R>,
+    /**
+     * the items as one transaction: one reply per item, in item order. `committed` frees the
+     * group's slot once its transaction committed: the next group may start while this one
+     * still waits for its events' acks (the replies wait for them, as singles do).
+     */
+    private readonly runGroup: (items: T[], committed: () => void) => Promise<Reply<R>[]>,
+    /** one item alone: the single request's path (throws its error); `committed` as for runGroup */
+    private readonly runOne: (item: T, committed?: () => void) => Promise<R>,
     private readonly limits: GroupLimits = DEFAULT_GROUP_LIMITS,
   ) {}
 
@@ -57,22 +61,29 @@ export class GroupCommitter<T, R> {
       this.inFlight++;
       this.groups++;
       this.served += group.length;
-      void this.run(group).finally(() => {
+      let freed = false;
+      const free = () => {
+        if (freed) return;
+        freed = true;
         this.inFlight--;
         this.pump();
-      });
+      };
+      void this.run(group, free).finally(free);
     }
   }
 
-  private async run(group: Waiting<T, R>[]): Promise<void> {
+  private async run(group: Waiting<T, R>[], free: () => void): Promise<void> {
     if (group.length === 1) {
       const [w] = group as [Waiting<T, R>];
-      await this.runOne(w.item).then(w.resolve, w.reject);
+      await this.runOne(w.item, free).then(w.resolve, w.reject);
       return;
     }
     let replies: Reply<R>[];
     try {
-      replies = await this.runGroup(group.map((w) => w.item));
+      replies = await this.runGroup(
+        group.map((w) => w.item),
+        free,
+      );
       if (replies.length !== group.length) throw new Error(`group of ${group.length} answered ${replies.length} replies`);
     } catch (e) {
       if (e instanceof OrangeryError && e.code === 'UNAVAILABLE') {

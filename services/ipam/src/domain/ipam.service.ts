@@ -78,18 +78,18 @@ export class IpamService {
       // Each grouped item carries its caller's trace and actor; the group's transaction none.
       this.groups = {
         allocate: new GroupCommitter(
-          (items) => this.allocateBatch(items),
-          ({ traceparent, actor, ...req }) => this.allocateAlone(req, contextOf(traceparent, actor)),
+          (items, committed) => this.allocateBatch(items, {}, committed),
+          ({ traceparent, actor, ...req }, committed) => this.allocateAlone(req, contextOf(traceparent, actor), committed),
           groupLimits,
         ),
         bind: new GroupCommitter(
-          (items) => this.bindBatch(items),
-          ({ traceparent, actor, ...req }) => this.bindAlone(req, contextOf(traceparent, actor)),
+          (items, committed) => this.bindBatch(items, {}, committed),
+          ({ traceparent, actor, ...req }, committed) => this.bindAlone(req, contextOf(traceparent, actor), committed),
           groupLimits,
         ),
         release: new GroupCommitter(
-          (items) => this.store.transaction((tx) => releaseBatchInTx(tx, this.clock.now(), items, {})),
-          ({ traceparent, actor, ...by }) => this.releaseAlone(by, contextOf(traceparent, actor)),
+          (items, committed) => this.store.transaction((tx) => releaseBatchInTx(tx, this.clock.now(), items, {}), undefined, committed),
+          ({ traceparent, actor, ...by }, committed) => this.releaseAlone(by, contextOf(traceparent, actor), committed),
           groupLimits,
         ),
       };
@@ -170,11 +170,11 @@ export class IpamService {
     return this.allocateAlone(req, ctx);
   }
 
-  private async allocateAlone(req: AllocateRequest, ctx: CallContext): Promise<Allocation> {
+  private async allocateAlone(req: AllocateRequest, ctx: CallContext, onCommitted?: () => void): Promise<Allocation> {
     const wanted = req.ip === undefined ? undefined : ipv4ToInt(req.ip);
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.store.transaction((tx) => this.allocateInTx(tx, req.pool, req.owner, wanted, ctx), ctx.actor);
+        return await this.store.transaction((tx) => this.allocateInTx(tx, req.pool, req.owner, wanted, ctx), ctx.actor, onCommitted);
       } catch (e) {
         // Another request for the same owner committed first; running again returns its
         // address (idempotent) or OWNER_HAS_IP.
@@ -216,20 +216,24 @@ export class IpamService {
     return this.bindAlone(req, ctx);
   }
 
-  private async bindAlone(req: BindRequest, ctx: CallContext): Promise<Allocation> {
+  private async bindAlone(req: BindRequest, ctx: CallContext, onCommitted?: () => void): Promise<Allocation> {
     const ip = ipv4ToInt(req.ip);
-    return this.store.transaction(async (tx) => {
-      const row = await tx.lockAddress(ip);
-      if (!row || !isLive(row)) {
-        throw notBindable(req.ip);
-      }
-      const pool = await this.requirePoolById(tx, row.poolId);
-      if (bindChangesNothing(row, req)) {
-        return toAllocation(row, pool);
-      }
-      const after: AddressRecord = { ...row, state: 'bound', instanceId: req.instanceId, backend: req.backend, host: req.host };
-      return this.commitChange(tx, 'bind', pool, row, after, ctx);
-    }, ctx.actor);
+    return this.store.transaction(
+      async (tx) => {
+        const row = await tx.lockAddress(ip);
+        if (!row || !isLive(row)) {
+          throw notBindable(req.ip);
+        }
+        const pool = await this.requirePoolById(tx, row.poolId);
+        if (bindChangesNothing(row, req)) {
+          return toAllocation(row, pool);
+        }
+        const after: AddressRecord = { ...row, state: 'bound', instanceId: req.instanceId, backend: req.backend, host: req.host };
+        return this.commitChange(tx, 'bind', pool, row, after, ctx);
+      },
+      ctx.actor,
+      onCommitted,
+    );
   }
 
   /**
@@ -237,11 +241,11 @@ export class IpamService {
    * single request would have replied (ipam-batch.ts says in which order they are served).
    * All of the batch's changes commit together or not at all.
    */
-  async allocateBatch(reqs: readonly (AllocateRequest & ItemTrace)[], ctx: CallContext = {}): Promise<Reply<Allocation>[]> {
+  async allocateBatch(reqs: readonly (AllocateRequest & ItemTrace)[], ctx: CallContext = {}, onCommitted?: () => void): Promise<Reply<Allocation>[]> {
     if (reqs.length === 0) return [];
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.store.transaction((tx) => new AllocationBatch(tx, this.clock.now(), reqs, ctx).run(), ctx.actor);
+        return await this.store.transaction((tx) => new AllocationBatch(tx, this.clock.now(), reqs, ctx).run(), ctx.actor, onCommitted);
       } catch (e) {
         // A single or another batch gave one of our fresh owners an address first: the whole
         // batch runs again and now finds that owner's row (each item is idempotent).
@@ -252,9 +256,9 @@ export class IpamService {
   }
 
   /** `bind` for many items at once, in one transaction, each item as the single request. */
-  async bindBatch(reqs: readonly (BindRequest & ItemTrace)[], ctx: CallContext = {}): Promise<Reply<Allocation>[]> {
+  async bindBatch(reqs: readonly (BindRequest & ItemTrace)[], ctx: CallContext = {}, onCommitted?: () => void): Promise<Reply<Allocation>[]> {
     if (reqs.length === 0) return [];
-    return this.store.transaction((tx) => bindBatchInTx(tx, this.clock.now(), reqs, ctx), ctx.actor);
+    return this.store.transaction((tx) => bindBatchInTx(tx, this.clock.now(), reqs, ctx), ctx.actor, onCommitted);
   }
 
   async release(req: AddressLookupRequest, ctx: CallContext = {}): Promise<Allocation> {
@@ -263,23 +267,27 @@ export class IpamService {
     return this.releaseAlone(by, ctx);
   }
 
-  private async releaseAlone(by: { ip: number; text: string } | { owner: Owner }, ctx: CallContext): Promise<Allocation> {
-    return this.store.transaction(async (tx) => {
-      const row = await this.findForLookup(tx, by);
-      const pool = await this.requirePoolById(tx, row.poolId);
-      if (row.state === 'released') return toAllocation(row, pool);
-      const now = this.clock.now();
-      const after: AddressRecord = {
-        ...row,
-        state: 'released',
-        availableAt: now + pool.cooldownSeconds * 1000,
-        releasedAt: new Date(now),
-        instanceId: null,
-        backend: null,
-        host: null,
-      };
-      return this.commitChange(tx, 'release', pool, row, after, ctx);
-    }, ctx.actor);
+  private async releaseAlone(by: { ip: number; text: string } | { owner: Owner }, ctx: CallContext, onCommitted?: () => void): Promise<Allocation> {
+    return this.store.transaction(
+      async (tx) => {
+        const row = await this.findForLookup(tx, by);
+        const pool = await this.requirePoolById(tx, row.poolId);
+        if (row.state === 'released') return toAllocation(row, pool);
+        const now = this.clock.now();
+        const after: AddressRecord = {
+          ...row,
+          state: 'released',
+          availableAt: now + pool.cooldownSeconds * 1000,
+          releasedAt: new Date(now),
+          instanceId: null,
+          backend: null,
+          host: null,
+        };
+        return this.commitChange(tx, 'release', pool, row, after, ctx);
+      },
+      ctx.actor,
+      onCommitted,
+    );
   }
 
   async get(req: AddressLookupRequest): Promise<Allocation> {

@@ -116,8 +116,11 @@ export class OwnerConflict extends Error {
 }
 
 export interface IpamStore {
-  /** Runs `work` in a transaction; events it audited are published after the commit. */
-  transaction<T>(work: (tx: IpamTx) => Promise<T>, actor?: string): Promise<T>;
+  /**
+   * Runs `work` in a transaction; events it audited are published after the commit.
+   * `onCommitted` is called once the commit succeeded, before the events' publish is awaited.
+   */
+  transaction<T>(work: (tx: IpamTx) => Promise<T>, actor?: string, onCommitted?: () => void): Promise<T>;
   /** A read-only view without locks. */
   read<T>(work: (tx: IpamTx) => Promise<T>): Promise<T>;
 }

@@ -207,7 +207,7 @@ export class InMemoryIpamStore implements IpamStore {
   private state: StoreState = { pools: new Map(), addresses: new Map(), nextPoolId: 1 };
   private queue: Promise<unknown> = Promise.resolve();
 
-  async transaction<T>(work: (tx: IpamTx) => Promise<T>): Promise<T> {
+  async transaction<T>(work: (tx: IpamTx) => Promise<T>, _actor?: string, onCommitted?: () => void): Promise<T> {
     const run = this.queue.then(async () => {
       this.transactions++;
       const draft = structuredClone(this.state);
@@ -215,6 +215,7 @@ export class InMemoryIpamStore implements IpamStore {
       const result = await work(tx);
       this.state = draft;
       this.audits.push(...tx.audits);
+      onCommitted?.();
       return result;
     });
     this.queue = run.catch(() => undefined);
