@@ -60,7 +60,7 @@ describe('many concurrent singles on three replicas, grouped', () => {
   it('gives each owner one address, none twice, the same one when asked twice at once; another pool is OWNER_HAS_IP', async () => {
     // every owner asked twice in g-main, at once, from different clients (so different
     // replicas and groups), and every tenth also in g-other
-    const reqs = owners.flatMap((o, i) => [{ i, pool: 'g-main' }, { i, pool: 'g-main' }, ...(i % 10 === 0 ? [{ i, pool: 'g-other' }] : [])]);
+    const reqs = owners.flatMap((_, i) => [{ i, pool: 'g-main' }, { i, pool: 'g-main' }, ...(i % 10 === 0 ? [{ i, pool: 'g-other' }] : [])]);
     const replies: AnyReply[] = await Promise.all(
       reqs.map((r, k) => client(k).request('orangery.ipam.allocate', { pool: r.pool, owner: owners[r.i] }, 30_000)),
     );

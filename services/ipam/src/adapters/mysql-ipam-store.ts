@@ -20,6 +20,7 @@ import {
   type AuditEntry,
   type IpamStore,
   type IpamTx,
+  type PickAhead,
   type PoolRecord,
   type PoolUsage,
 } from '../domain/ports';
@@ -238,15 +239,27 @@ class MysqlIpamTx implements IpamTx {
     await this.auditAll([entry]);
   }
 
-  async openAllocations(poolNames: readonly string[], owners: readonly Owner[]): Promise<{ pools: PoolRecord[]; mine: AddressRecord[] }> {
+  async openAllocations(
+    poolNames: readonly string[],
+    owners: readonly Owner[],
+    picks?: PickAhead,
+  ): Promise<{ pools: PoolRecord[]; mine: AddressRecord[]; picked: Map<number, AddressRecord[]> }> {
     // One round trip, as openAllocation. Owner keys sorted: concurrent batches lock
-    // overlapping owners in the same (index) order, which keeps deadlocks rare.
+    // overlapping owners in the same (index) order, which keeps deadlocks rare. The picks
+    // ahead come after the owners' rows, by pool id (a subquery on ipam_pool would lock its
+    // row exclusively in a locking read).
     const keys = [...new Set(owners.map(ownerKey))].sort();
-    const [pools, mine] = (await this.q.queryAll([
+    const ahead = [...(picks?.limits ?? [])].filter(([, n]) => Number.isSafeInteger(n) && n > 0);
+    const [pools, mine, ...picked] = (await this.q.queryAll([
       { sql: 'SELECT * FROM ipam_pool WHERE name IN (?) ORDER BY name LOCK IN SHARE MODE', params: [[...poolNames]] },
       { sql: `SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE owner_key IN (?) ORDER BY owner_key FOR UPDATE`, params: [keys] },
-    ])) as [PoolRow[], AddressRow[]];
-    return { pools: pools.map(toPoolRecord), mine: mine.map(toAddress) };
+      ...ahead.map(([poolId, n]) => ({
+        sql: `SELECT ${ADDRESS_COLUMNS} FROM ipam_address FORCE INDEX (ix_pick)
+              WHERE pool_id = ? AND available_at <= ? ORDER BY available_at, ip LIMIT ${n} FOR UPDATE SKIP LOCKED`,
+        params: [poolId, picks!.nowMs],
+      })),
+    ])) as [PoolRow[], AddressRow[], ...AddressRow[][]];
+    return { pools: pools.map(toPoolRecord), mine: mine.map(toAddress), picked: new Map(ahead.map(([poolId], k) => [poolId, picked[k]!.map(toAddress)])) };
   }
 
   async lockOwnersAddresses(owners: readonly Owner[]): Promise<AddressRecord[]> {

@@ -39,6 +39,9 @@ import type { AddressPatch, AddressRecord, AuditEntry, IpamTx, PoolRecord } from
 
 const ownerKey = (o: Owner): string => instanceIdOf(o);
 
+/** Pool name -> id entries a service keeps at most (cleared when full: it is only a hint). */
+const POOL_ID_CACHE_MAX = 10_000;
+
 /** An item's failure as its result; anything but an OrangeryError fails the whole batch. */
 function failure(e: unknown): Reply<never> {
   if (e instanceof OrangeryError) return errorReply(e.toBody());
@@ -91,12 +94,20 @@ export class AllocationBatch {
   private readonly liveOf = new Map<string, number>();
   private readonly changes: Change[] = [];
   private readonly exhausted: { index: number; pool: PoolRecord }[] = [];
+  /** fresh rows locked ahead with the owners' rows, for the first round's draws, by pool id */
+  private ahead = new Map<number, AddressRecord[]>();
 
   constructor(
     private readonly tx: IpamTx,
     private readonly now: number,
     private readonly reqs: readonly (AllocateRequest & ItemTrace)[],
     private readonly ctx: CallContext,
+    /**
+     * pool name -> id as seen by earlier transactions (the service's cache): the first round's
+     * fresh draws are locked in the first round trip by these ids, and used only when the
+     * pool read in that round trip still has the id
+     */
+    private readonly knownPoolIds: Map<string, number> = new Map(),
   ) {
     this.results = reqs.map(() => undefined);
     this.wanted = reqs.map((r) => (r.ip === undefined ? undefined : ipv4ToInt(r.ip)));
@@ -129,8 +140,27 @@ export class AllocationBatch {
   /** Locks the pools (shared), every row of the batch's owners, and the rows of explicit ips. */
   private async open(): Promise<void> {
     const owners = new Map(this.reqs.map((r) => [ownerKey(r.owner), r.owner]));
-    const { pools, mine } = await this.tx.openAllocations([...new Set(this.reqs.map((r) => r.pool))], [...owners.values()]);
-    for (const p of pools) this.remember(p);
+    // Upper bound of the first round's fresh draws per pool: each owner's first item without an ip.
+    const limits = new Map<number, number>();
+    const firsts = new Set<string>();
+    for (const r of this.reqs) {
+      const key = ownerKey(r.owner);
+      if (firsts.has(key)) continue;
+      firsts.add(key);
+      const id = this.knownPoolIds.get(r.pool);
+      if (r.ip === undefined && id !== undefined) limits.set(id, (limits.get(id) ?? 0) + 1);
+    }
+    const { pools, mine, picked } = await this.tx.openAllocations([...new Set(this.reqs.map((r) => r.pool))], [...owners.values()], {
+      nowMs: this.now,
+      limits,
+    });
+    for (const p of pools) {
+      this.remember(p);
+      if (this.knownPoolIds.size >= POOL_ID_CACHE_MAX) this.knownPoolIds.clear();
+      this.knownPoolIds.set(p.name, p.id);
+      const ahead = picked.get(p.id);
+      if (ahead) this.ahead.set(p.id, ahead);
+    }
     for (const row of mine) {
       this.rows.set(row.ip, row);
       if (!row.owner) continue;
@@ -175,7 +205,7 @@ export class AllocationBatch {
     }
     for (const [pool, items] of fresh) {
       const taken = this.changes.filter((c) => c.pool.id === pool.id).map((c) => c.before.ip);
-      const picked = await this.tx.lockNextAvailableMany(pool.id, this.now, items.length, taken);
+      const picked = await this.draw(pool, items.length, taken);
       items.forEach((i, k) => {
         const row = picked[k];
         if (row) this.claim(i, pool, this.rows.get(row.ip) ?? row);
@@ -183,6 +213,24 @@ export class AllocationBatch {
       });
       for (const row of picked) if (!this.rows.has(row.ip)) this.rows.set(row.ip, row);
     }
+  }
+
+  /**
+   * Up to `n` fresh rows of `pool` in pick order, never one of `taken`: from the rows locked
+   * ahead (first round), then from the database for what they lack.
+   */
+  private async draw(pool: PoolRecord, n: number, taken: readonly number[]): Promise<AddressRecord[]> {
+    const ahead = this.ahead.get(pool.id);
+    if (!ahead) return this.tx.lockNextAvailableMany(pool.id, this.now, n, taken);
+    this.ahead.delete(pool.id);
+    const skip = new Set(taken);
+    const usable = ahead.filter((r) => !skip.has(r.ip)).slice(0, n);
+    // fewer than needed (rows this batch took otherwise, or the pool ran short): ask for the rest
+    if (usable.length < n) {
+      const more = await this.tx.lockNextAvailableMany(pool.id, this.now, n - usable.length, [...taken, ...ahead.map((r) => r.ip)]);
+      return [...usable, ...more];
+    }
+    return usable;
   }
 
   /**

@@ -66,6 +66,9 @@ export class IpamService {
       }
     | undefined;
 
+  /** pool name -> id, a hint for batches to lock fresh rows in their first round trip (checked there) */
+  private readonly poolIds = new Map<string, number>();
+
   constructor(
     private readonly store: IpamStore,
     private readonly clock: Clock,
@@ -245,7 +248,7 @@ export class IpamService {
     if (reqs.length === 0) return [];
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.store.transaction((tx) => new AllocationBatch(tx, this.clock.now(), reqs, ctx).run(), ctx.actor, onCommitted);
+        return await this.store.transaction((tx) => new AllocationBatch(tx, this.clock.now(), reqs, ctx, this.poolIds).run(), ctx.actor, onCommitted);
       } catch (e) {
         // A single or another batch gave one of our fresh owners an address first: the whole
         // batch runs again and now finds that owner's row (each item is idempotent).

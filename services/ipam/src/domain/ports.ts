@@ -89,7 +89,11 @@ export interface IpamTx {
    * absent from `pools`) and every row whose current or last owner is one of `owners`,
    * locked for update.
    */
-  openAllocations(poolNames: readonly string[], owners: readonly Owner[]): Promise<{ pools: PoolRecord[]; mine: AddressRecord[] }>;
+  openAllocations(
+    poolNames: readonly string[],
+    owners: readonly Owner[],
+    picks?: PickAhead,
+  ): Promise<{ pools: PoolRecord[]; mine: AddressRecord[]; picked: Map<number, AddressRecord[]> }>;
   /** The rows of `ips` that exist, locked for update. */
   lockAddresses(ips: readonly number[]): Promise<AddressRecord[]>;
   /**
@@ -106,6 +110,16 @@ export interface IpamTx {
   updateAddresses(changes: readonly { ip: number; patch: AddressPatch }[]): Promise<void>;
   /** Many audit entries at once, in order. */
   auditAll(entries: readonly AuditEntry[]): Promise<void>;
+}
+
+/**
+ * Fresh addresses to lock in the same round trip as the owners' rows (as lockNextAvailableMany
+ * without exclusions), by pool id: ids the caller saw before, checked against the pools read
+ * in that round trip (a pool deleted and created again has another id: its picks are unused).
+ */
+export interface PickAhead {
+  nowMs: number;
+  limits: ReadonlyMap<number, number>;
 }
 
 /** Raised by updateAddress: the owner's live address was created concurrently. */

@@ -8,6 +8,7 @@ import {
   type Clock,
   type IpamStore,
   type IpamTx,
+  type PickAhead,
   type PoolRecord,
   type PoolUsage,
 } from '../ports';
@@ -137,11 +138,21 @@ class InMemoryTx implements IpamTx {
     this.audits.push(structuredClone(entry));
   }
 
-  async openAllocations(poolNames: readonly string[], owners: readonly Owner[]): Promise<{ pools: PoolRecord[]; mine: AddressRecord[] }> {
+  async openAllocations(
+    poolNames: readonly string[],
+    owners: readonly Owner[],
+    picks?: PickAhead,
+  ): Promise<{ pools: PoolRecord[]; mine: AddressRecord[]; picked: Map<number, AddressRecord[]> }> {
     this.store.roundTrips++;
     const pools = [...this.state.pools.values()].filter((p) => poolNames.includes(p.name));
     const mine = [...this.state.addresses.values()].filter((r) => owners.some((o) => sameOwner(r.owner, o)));
-    return structuredClone({ pools, mine });
+    const picked = new Map<number, AddressRecord[]>();
+    for (const [poolId, limit] of picks?.limits ?? []) {
+      const candidates = this.rowsOf(poolId).filter((r) => r.availableAt !== null && r.availableAt <= picks!.nowMs);
+      candidates.sort((a, b) => a.availableAt! - b.availableAt! || a.ip - b.ip);
+      picked.set(poolId, candidates.slice(0, limit));
+    }
+    return structuredClone({ pools, mine, picked });
   }
 
   async lockOwnersAddresses(owners: readonly Owner[]): Promise<AddressRecord[]> {
