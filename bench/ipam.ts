@@ -15,6 +15,9 @@
  *  5. allocations/s with 1, 10 and 100 pools (cost growth: same address count, spread);
  *  6. /16 pool creation time, and the latency of the first vs the 60,000th allocation.
  * Bounded: every phase runs for a fixed time or count and stops by itself.
+ * Knobs: BENCH_SECONDS (4), BENCH_REPEATS (3, at least 3), BENCH_FILL (60000),
+ * BENCH_REPLICAS ("1,3"), BENCH_PHASES (all: raw,singles,batch,growth,fill; results files are
+ * written only when all run), BENCH_IPAM_ENV (extra replica settings, JSON).
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
