@@ -47,7 +47,8 @@ export class IpamModule {
         {
           provide: IPAM_SERVICE,
           inject: [IPAM_STORE],
-          useFactory: (store: MysqlIpamStore) => new IpamService(store, systemClock, config.maxAddresses),
+          useFactory: (store: MysqlIpamStore) =>
+            new IpamService(store, systemClock, config.maxAddresses, { maxSize: config.groupMax, maxInFlight: config.groupInFlight }),
         },
         {
           provide: IP_BLOCKS,

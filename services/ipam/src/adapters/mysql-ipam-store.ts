@@ -22,6 +22,7 @@ import {
   type AuditEntry,
   type IpamStore,
   type IpamTx,
+  type PickAhead,
   type PoolRecord,
   type PoolUsage,
 } from '../domain/ports';
@@ -243,15 +244,34 @@ class MysqlIpamTx implements IpamTx {
     await this.auditAll([entry]);
   }
 
-  async openAllocations(poolNames: readonly string[], owners: readonly Owner[]): Promise<{ pools: PoolRecord[]; mine: AddressRecord[] }> {
+  async openAllocations(
+    poolNames: readonly string[],
+    owners: readonly Owner[],
+    picks?: PickAhead,
+  ): Promise<{ pools: PoolRecord[]; mine: AddressRecord[]; picked: Map<number, AddressRecord[]> }> {
     // One round trip, as openAllocation. Owner keys sorted: concurrent batches lock
-    // overlapping owners in the same (index) order, which keeps deadlocks rare.
+    // overlapping owners in the same (index) order, which keeps deadlocks rare. The picks
+    // ahead come after the owners' rows, by pool id (a subquery on ipam_pool would lock its
+    // row exclusively in a locking read).
     const keys = [...new Set(owners.map(ownerKey))].sort();
-    const [pools, mine] = (await this.q.queryAll([
+    const ahead = [...(picks?.limits ?? [])].filter(([, n]) => Number.isSafeInteger(n) && n > 0);
+    const [pools, mine, ...picked] = (await this.q.queryAll([
       { sql: 'SELECT * FROM ipam_pool WHERE name IN (?) ORDER BY name LOCK IN SHARE MODE', params: [[...poolNames]] },
       { sql: `SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE owner_key IN (?) ORDER BY owner_key FOR UPDATE`, params: [keys] },
-    ])) as [PoolRow[], AddressRow[]];
-    return { pools: pools.map(toPoolRecord), mine: mine.map(toAddress) };
+      ...ahead.map(([poolId, n]) => ({
+        sql: `SELECT ${ADDRESS_COLUMNS} FROM ipam_address FORCE INDEX (ix_pick)
+              WHERE pool_id = ? AND available_at <= ? ORDER BY available_at, ip LIMIT ${n} FOR UPDATE SKIP LOCKED`,
+        params: [poolId, picks!.nowMs],
+      })),
+    ])) as [PoolRow[], AddressRow[], ...AddressRow[][]];
+    return { pools: pools.map(toPoolRecord), mine: mine.map(toAddress), picked: new Map(ahead.map(([poolId], k) => [poolId, picked[k]!.map(toAddress)])) };
+  }
+
+  async lockOwnersAddresses(owners: readonly Owner[]): Promise<AddressRecord[]> {
+    if (owners.length === 0) return [];
+    const keys = [...new Set(owners.map(ownerKey))].sort();
+    const rows = await this.rows<AddressRow>(`SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE owner_key IN (?) ORDER BY owner_key FOR UPDATE`, [keys]);
+    return rows.map(toAddress);
   }
 
   async lockAddresses(ips: readonly number[]): Promise<AddressRecord[]> {
@@ -317,9 +337,9 @@ class MysqlIpamTx implements IpamTx {
         entry.action,
         entry.ip,
         entry.poolName,
-        this.actor ?? null,
+        entry.actor !== undefined ? entry.actor : (this.actor ?? null),
         this.replica,
-        traceId && traceId !== '00000000000000000000000000000000' ? traceId : null,
+        traceIdOf(entry.event?.event.traceparent) ?? (traceId && traceId !== '00000000000000000000000000000000' ? traceId : null),
         entry.before === null ? null : JSON.stringify(entry.before),
         entry.after === null ? null : JSON.stringify(entry.after),
         entry.event?.event.id ?? null,
@@ -473,6 +493,12 @@ function addressValues(p: AddressPatch): unknown[] {
   ];
 }
 
+/** The trace id of a W3C traceparent (`00-<trace id>-<span id>-<flags>`): a grouped change's own trace. */
+function traceIdOf(traceparent: string | undefined): string | null {
+  const id = traceparent?.split('-')[1];
+  return id && /^[0-9a-f]{32}$/.test(id) && id !== '00000000000000000000000000000000' ? id : null;
+}
+
 const sameValue = (a: unknown, b: unknown): boolean => (a instanceof Date && b instanceof Date ? a.getTime() === b.getTime() : a === b);
 
 /**
@@ -508,7 +534,7 @@ export class MysqlIpamStore implements IpamStore {
     });
   }
 
-  async transaction<T>(work: (tx: IpamTx) => Promise<T>, actor?: string): Promise<T> {
+  async transaction<T>(work: (tx: IpamTx) => Promise<T>, actor?: string, onCommitted?: () => void): Promise<T> {
     let tx: MysqlIpamTx | undefined;
     const result = await this.guard(() =>
       this.sql.transaction(async (q) => {
@@ -516,6 +542,7 @@ export class MysqlIpamStore implements IpamStore {
         return work(tx);
       }),
     );
+    onCommitted?.();
     // After the commit, never before: an event for a rolled-back change must not exist.
     if (tx && tx.events.length > 0) await this.relay.publishCommitted(tx.events, tx.rowIds.first);
     return result;

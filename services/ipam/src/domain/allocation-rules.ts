@@ -16,6 +16,11 @@ export interface CallContext {
   traceparent?: string;
   /** the caller's own name for itself (header Orangery-Actor), kept in the audit trail */
   actor?: string;
+  /**
+   * group commit: the audit row's actor for this change alone (null: none), where one
+   * transaction serves several callers; unset, the transaction's actor applies
+   */
+  itemActor?: string | null;
 }
 
 export const sameOwner = (a: Owner | undefined, b: Owner): boolean => a !== undefined && a.env === b.env && a.app === b.app && a.slot === b.slot;
@@ -144,6 +149,8 @@ export function auditEntryOf(
     poolName: pool.name,
     before: before.state === 'free' ? null : toAllocation(before, pool),
     after,
+    // a grouped single's own caller (a group's transaction serves several)
+    ...(ctx.itemActor !== undefined ? { actor: ctx.itemActor } : {}),
     event: buildEvent({
       area: 'ip',
       what,

@@ -243,6 +243,28 @@ describe('block.unbind and plain release inside a block', () => {
     await expectError(ipam.allocate({ pool: 'net', owner: owner('x', 0), ip: '198.18.0.5' }), 'IP_TAKEN');
   });
 
+  it('released in a group (group commit), bound block addresses stay blocked too; a plain address gets its cooldown', async () => {
+    const { store, clock, reserve, bind } = await setup();
+    const grouped = new IpamService(store, clock, undefined, { maxSize: 16, maxInFlight: 1 });
+    await reserve('sw-a');
+    await bind('198.18.0.5', owner('web', 0), 'sw-a');
+    await bind('198.18.0.6', owner('web', 1), 'sw-a');
+    const plain = await grouped.allocate({ pool: 'net', owner: owner('y', 0) });
+    // The first release runs alone; the next three queue behind it and share one transaction.
+    const done = await Promise.all([
+      grouped.release({ ip: plain.ip }),
+      grouped.release({ ip: '198.18.0.5' }),
+      grouped.release({ owner: owner('web', 1) }),
+      grouped.release({ ip: plain.ip }),
+    ]);
+    expect(done.map((a) => a.state)).toEqual(['released', 'released', 'released', 'released']);
+    expect(await grouped.getPool('net')).toMatchObject({ used: 0, quarantined: 1, blocked: 4 });
+    clock.advance(COOLDOWN + 1);
+    // After any cooldown the block's addresses still cannot be had outside swarm.
+    await expectError(grouped.allocate({ pool: 'net', owner: owner('x', 0), ip: '198.18.0.5' }), 'IP_TAKEN');
+    await expectError(grouped.allocate({ pool: 'net', owner: owner('x', 1), ip: '198.18.0.6' }), 'IP_TAKEN');
+  });
+
   it('plain bind may not move a block address off its node (NOT_IN_BLOCK); swarm outside blocks binds as before', async () => {
     const { reserve, bind, ipam, store } = await setup();
     await reserve('sw-a');

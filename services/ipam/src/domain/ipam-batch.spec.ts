@@ -65,6 +65,32 @@ describe('allocate.batch', () => {
     expect(ipsOf(results).slice(0, 3)).toEqual(['198.18.4.2', '198.18.4.3', '198.18.4.4']);
   });
 
+  it('locks the fresh rows with the owners once it knows the pool: later batches take one read, as singles would answer', async () => {
+    const { ipam, store } = await world(WIDE, OTHER);
+    const { ipam: reference } = await world(WIDE, OTHER);
+    const first = Array.from({ length: 10 }, (_, i) => alloc(owner('web', i), 'wide'));
+    expect(await ipam.allocateBatch(first)).toEqual(await singles(reference, first));
+    // fresh owners, a repeated one, an explicit ip, another pool
+    const second = [
+      ...Array.from({ length: 5 }, (_, i) => alloc(owner('api', i), 'wide')),
+      alloc(owner('web', 3), 'wide'),
+      alloc(owner('api', 9), 'wide', '198.18.4.100'),
+      alloc(owner('api', 10), 'other'),
+    ];
+    const reads = store.roundTrips;
+    const got = await ipam.allocateBatch(second);
+    expect(got).toEqual(await singles(reference, second));
+    // pools + owners + the picks ahead in 'wide' in one; the explicit ip's row; a pick in
+    // 'other', which no batch had seen yet (without the picks ahead: 4)
+    expect(store.roundTrips - reads).toBe(3);
+    // a pool deleted and created again has another id: the old id's picks are not used
+    const third = [alloc(owner('x', 0), 'other'), alloc(owner('x', 1), 'other')];
+    for (const w of [ipam, reference]) {
+      await w.release({ owner: owner('api', 10) });
+    }
+    expect(ipsOf(await ipam.allocateBatch(third))).toEqual(ipsOf(await singles(reference, third)));
+  });
+
   it('writes one audit row and one ip.allocated event per address, exactly as singles', async () => {
     const { ipam, store } = await world(WIDE);
     const reqs = Array.from({ length: 20 }, (_, i) => alloc(owner('web', i), 'wide'));

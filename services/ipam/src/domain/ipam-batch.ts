@@ -1,6 +1,8 @@
 import {
   errorReply,
   instanceIdOf,
+  invalidRequest,
+  type AddressLookupRequest,
   OrangeryError,
   okReply,
   type AllocateRequest,
@@ -29,7 +31,7 @@ import {
   type CallContext,
 } from './allocation-rules';
 import type { AddressPatch, AddressRecord, AuditEntry, BlockRecord, IpamTx, PoolRecord } from './ports';
-import { blocksOfSwarmRows, checkBindOutsideBlockRules } from './blocks';
+import { blocksOfSwarmRows, checkBindOutsideBlockRules, releasedRow } from './blocks';
 
 /**
  * Batch allocate and bind (docs/ipam.md "Batch requests"). Each item gets exactly the reply
@@ -38,6 +40,9 @@ import { blocksOfSwarmRows, checkBindOutsideBlockRules } from './blocks';
  */
 
 const ownerKey = (o: Owner): string => instanceIdOf(o);
+
+/** Pool name -> id entries a service keeps at most (cleared when full: it is only a hint). */
+const POOL_ID_CACHE_MAX = 10_000;
 
 /** An item's failure as its result; anything but an OrangeryError fails the whole batch. */
 function failure(e: unknown): Reply<never> {
@@ -48,9 +53,14 @@ function failure(e: unknown): Reply<never> {
 /** A batch item may carry its caller's trace: its event carries that one (default: the request's). */
 export interface ItemTrace {
   traceparent?: string;
+  /** group commit only (never from a batch request): the single's own actor, null when it named none */
+  actor?: string | null;
 }
 
-const itemContext = (ctx: CallContext, item: ItemTrace): CallContext => (item.traceparent ? { ...ctx, traceparent: item.traceparent } : ctx);
+const itemContext = (ctx: CallContext, item: ItemTrace): CallContext =>
+  item.traceparent || item.actor !== undefined
+    ? { ...ctx, ...(item.traceparent ? { traceparent: item.traceparent } : {}), ...(item.actor !== undefined ? { itemActor: item.actor } : {}) }
+    : ctx;
 
 interface Change {
   /** the batch item it serves */
@@ -88,12 +98,20 @@ export class AllocationBatch {
   private readonly exhausted: { index: number; pool: PoolRecord }[] = [];
   /** blocks of explicitly asked ips that are inside one */
   private readonly blockOf = new Map<number, BlockRecord | undefined>();
+  /** fresh rows locked ahead with the owners' rows, for the first round's draws, by pool id */
+  private ahead = new Map<number, AddressRecord[]>();
 
   constructor(
     private readonly tx: IpamTx,
     private readonly now: number,
     private readonly reqs: readonly (AllocateRequest & ItemTrace)[],
     private readonly ctx: CallContext,
+    /**
+     * pool name -> id as seen by earlier transactions (the service's cache): the first round's
+     * fresh draws are locked in the first round trip by these ids, and used only when the
+     * pool read in that round trip still has the id
+     */
+    private readonly knownPoolIds: Map<string, number> = new Map(),
   ) {
     this.results = reqs.map(() => undefined);
     this.wanted = reqs.map((r) => (r.ip === undefined ? undefined : ipv4ToInt(r.ip)));
@@ -126,8 +144,27 @@ export class AllocationBatch {
   /** Locks the pools (shared), every row of the batch's owners, and the rows of explicit ips. */
   private async open(): Promise<void> {
     const owners = new Map(this.reqs.map((r) => [ownerKey(r.owner), r.owner]));
-    const { pools, mine } = await this.tx.openAllocations([...new Set(this.reqs.map((r) => r.pool))], [...owners.values()]);
-    for (const p of pools) this.remember(p);
+    // Upper bound of the first round's fresh draws per pool: each owner's first item without an ip.
+    const limits = new Map<number, number>();
+    const firsts = new Set<string>();
+    for (const r of this.reqs) {
+      const key = ownerKey(r.owner);
+      if (firsts.has(key)) continue;
+      firsts.add(key);
+      const id = this.knownPoolIds.get(r.pool);
+      if (r.ip === undefined && id !== undefined) limits.set(id, (limits.get(id) ?? 0) + 1);
+    }
+    const { pools, mine, picked } = await this.tx.openAllocations([...new Set(this.reqs.map((r) => r.pool))], [...owners.values()], {
+      nowMs: this.now,
+      limits,
+    });
+    for (const p of pools) {
+      this.remember(p);
+      if (this.knownPoolIds.size >= POOL_ID_CACHE_MAX) this.knownPoolIds.clear();
+      this.knownPoolIds.set(p.name, p.id);
+      const ahead = picked.get(p.id);
+      if (ahead) this.ahead.set(p.id, ahead);
+    }
     for (const row of mine) {
       this.rows.set(row.ip, row);
       if (!row.owner) continue;
@@ -174,7 +211,7 @@ export class AllocationBatch {
     }
     for (const [pool, items] of fresh) {
       const taken = this.changes.filter((c) => c.pool.id === pool.id).map((c) => c.before.ip);
-      const picked = await this.tx.lockNextAvailableMany(pool.id, this.now, items.length, taken);
+      const picked = await this.draw(pool, items.length, taken);
       items.forEach((i, k) => {
         const row = picked[k];
         if (row) this.claim(i, pool, this.rows.get(row.ip) ?? row);
@@ -182,6 +219,24 @@ export class AllocationBatch {
       });
       for (const row of picked) if (!this.rows.has(row.ip)) this.rows.set(row.ip, row);
     }
+  }
+
+  /**
+   * Up to `n` fresh rows of `pool` in pick order, never one of `taken`: from the rows locked
+   * ahead (first round), then from the database for what they lack.
+   */
+  private async draw(pool: PoolRecord, n: number, taken: readonly number[]): Promise<AddressRecord[]> {
+    const ahead = this.ahead.get(pool.id);
+    if (!ahead) return this.tx.lockNextAvailableMany(pool.id, this.now, n, taken);
+    this.ahead.delete(pool.id);
+    const skip = new Set(taken);
+    const usable = ahead.filter((r) => !skip.has(r.ip)).slice(0, n);
+    // fewer than needed (rows this batch took otherwise, or the pool ran short): ask for the rest
+    if (usable.length < n) {
+      const more = await this.tx.lockNextAvailableMany(pool.id, this.now, n - usable.length, [...taken, ...ahead.map((r) => r.ip)]);
+      return [...usable, ...more];
+    }
+    return usable;
   }
 
   /**
@@ -274,6 +329,65 @@ export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly (Bin
     await tx.auditAll(audits);
   }
   return results;
+}
+
+/** A release item: its lookup (by ip, or by owner), validated before it is queued. */
+export type ReleaseItem = ({ ip: number; text: string } | { owner: Owner }) & ItemTrace;
+
+/**
+ * Group-committed `release` singles in one transaction (docs/ipam.md "Group commit"): the
+ * rows of every ip and every owner locked (two round trips), their pools read (one), then
+ * the items applied in order (a later item sees what an earlier one did, as a later single
+ * would), and the writes sent with COMMIT.
+ */
+export async function releaseBatchInTx(tx: IpamTx, now: number, items: readonly ReleaseItem[], ctx: CallContext): Promise<Reply<Allocation>[]> {
+  const ips = [...new Set(items.flatMap((it) => ('ip' in it ? [it.ip] : [])))].sort((a, b) => a - b);
+  const owners = items.flatMap((it) => ('owner' in it ? [it.owner] : []));
+  const rows = new Map<number, AddressRecord>();
+  for (const r of await tx.lockAddresses(ips)) rows.set(r.ip, r);
+  if (owners.length > 0) for (const r of await tx.lockOwnersAddresses(owners)) if (!rows.has(r.ip)) rows.set(r.ip, r);
+  const poolsById = new Map((await tx.findPoolsByIds([...new Set([...rows.values()].map((r) => r.poolId))])).map((p) => [p.id, p]));
+  // A live address inside a block is a swarm task's: released, it stays in its block.
+  const inBlock = await blocksOfSwarmRows(tx, rows.values());
+  const finalState = new Map<number, AddressRecord>();
+  const audits: AuditEntry[] = [];
+  const results = items.map((item): Reply<Allocation> => {
+    try {
+      let row: AddressRecord | undefined;
+      if ('ip' in item) {
+        row = rows.get(item.ip);
+        if (!row || row.state === 'free') throw new OrangeryError('NOT_FOUND', `${item.text} is not allocated`, { ip: item.text });
+      } else {
+        const mine = [...rows.values()].filter((r) => sameOwner(r.owner, item.owner));
+        row = mine.find(isLive) ?? latestReleased(mine);
+        if (!row) throw new OrangeryError('NOT_FOUND', `${instanceIdOf(item.owner)} holds no address`, { owner: item.owner });
+      }
+      const pool = poolsById.get(row.poolId);
+      if (!pool) throw poolVanished(row.poolId);
+      if (row.state === 'released') return okReply(toAllocation(row, pool));
+      const after = releasedRow(row, pool, now, inBlock.has(row.ip));
+      const allocation = toAllocation(after, pool);
+      audits.push(auditEntryOf('release', pool, row, allocation, itemContext(ctx, item), now));
+      rows.set(row.ip, after);
+      finalState.set(row.ip, after);
+      return okReply(allocation);
+    } catch (e) {
+      return failure(e);
+    }
+  });
+  if (finalState.size > 0) {
+    await tx.updateAddresses([...finalState.values()].map((r) => ({ ip: r.ip, patch: patchOf(r) })));
+    await tx.auditAll(audits);
+  }
+  return results;
+}
+
+/** The lookup of a `release` or `get` request; both or neither of ip and owner is INVALID_REQUEST. */
+export function lookupKey(req: AddressLookupRequest): { ip: number; text: string } | { owner: Owner } {
+  if (req.ip !== undefined && req.owner !== undefined) throw invalidRequest('ip', 'give either ip or owner, not both');
+  if (req.ip !== undefined) return { ip: ipv4ToInt(req.ip), text: req.ip };
+  if (req.owner !== undefined) return { owner: req.owner };
+  throw invalidRequest('ip', 'is required (or owner)');
 }
 
 function patchOf(r: AddressRecord): AddressPatch {

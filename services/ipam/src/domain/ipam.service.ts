@@ -1,7 +1,6 @@
 import {
   CURSORS,
   DEFAULT_PAGE_LIMIT,
-  invalidRequest,
   instanceIdOf,
   OrangeryError,
   pageOf,
@@ -35,7 +34,8 @@ import {
   toPool,
   type CallContext,
 } from './allocation-rules';
-import { AllocationBatch, bindBatchInTx, type ItemTrace } from './ipam-batch';
+import { AllocationBatch, bindBatchInTx, lookupKey, releaseBatchInTx, type ItemTrace, type ReleaseItem } from './ipam-batch';
+import { DEFAULT_GROUP_LIMITS, GroupCommitter, type GroupLimits } from './group-commit';
 import { checkBindOutsideBlockRules, releasedRow } from './blocks';
 import { planPool } from './pool-plan';
 import { OwnerConflict, type AddressRecord, type Clock, type IpamStore, type IpamTx, type PoolRecord } from './ports';
@@ -59,12 +59,53 @@ const BATCH_OWNER_CONFLICT_RETRIES = 8;
  * - allocations hold a shared lock on their pool's row, which pool.delete takes exclusively.
  */
 export class IpamService {
+  /** group commit of concurrent singles (docs/ipam.md "Group commit"); undefined: every single alone */
+  private readonly groups:
+    | {
+        allocate: GroupCommitter<AllocateRequest & ItemTrace, Allocation>;
+        bind: GroupCommitter<BindRequest & ItemTrace, Allocation>;
+        release: GroupCommitter<ReleaseItem, Allocation>;
+      }
+    | undefined;
+
+  /** pool name -> id, a hint for batches to lock fresh rows in their first round trip (checked there) */
+  private readonly poolIds = new Map<string, number>();
+
   constructor(
     private readonly store: IpamStore,
     private readonly clock: Clock,
     /** addresses all pools may hold together (ORANGERY_IPAM_MAX_ADDRESSES): each is a row */
     private readonly maxAddresses = DEFAULT_MAX_ADDRESSES,
-  ) {}
+    /** group commit limits (ORANGERY_IPAM_GROUP_MAX, ORANGERY_IPAM_GROUP_IN_FLIGHT); a maxSize of 1 turns it off */
+    groupLimits: GroupLimits = DEFAULT_GROUP_LIMITS,
+  ) {
+    if (groupLimits.maxSize > 1) {
+      // Each grouped item carries its caller's trace and actor; the group's transaction none.
+      this.groups = {
+        allocate: new GroupCommitter(
+          (items, committed) => this.allocateBatch(items, {}, committed),
+          ({ traceparent, actor, ...req }, committed) => this.allocateAlone(req, contextOf(traceparent, actor), committed),
+          groupLimits,
+        ),
+        bind: new GroupCommitter(
+          (items, committed) => this.bindBatch(items, {}, committed),
+          ({ traceparent, actor, ...req }, committed) => this.bindAlone(req, contextOf(traceparent, actor), committed),
+          groupLimits,
+        ),
+        release: new GroupCommitter(
+          (items, committed) => this.store.transaction((tx) => releaseBatchInTx(tx, this.clock.now(), items, {}), undefined, committed),
+          ({ traceparent, actor, ...by }, committed) => this.releaseAlone(by, contextOf(traceparent, actor), committed),
+          groupLimits,
+        ),
+      };
+    }
+  }
+
+  /** Requests served through group commit and the transactions that served them (tests, bench). */
+  groupStats(): { groups: number; served: number } {
+    const all = this.groups ? [this.groups.allocate, this.groups.bind, this.groups.release] : [];
+    return { groups: all.reduce((n, g) => n + g.groups, 0), served: all.reduce((n, g) => n + g.served, 0) };
+  }
 
   async createPool(req: PoolCreateRequest, ctx: CallContext = {}): Promise<Pool> {
     const plan = planPool(req);
@@ -138,10 +179,15 @@ export class IpamService {
   }
 
   async allocate(req: AllocateRequest, ctx: CallContext = {}): Promise<Allocation> {
+    if (this.groups) return this.groups.allocate.submit({ ...req, ...itemTraceOf(ctx) });
+    return this.allocateAlone(req, ctx);
+  }
+
+  private async allocateAlone(req: AllocateRequest, ctx: CallContext, onCommitted?: () => void): Promise<Allocation> {
     const wanted = req.ip === undefined ? undefined : ipv4ToInt(req.ip);
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.store.transaction((tx) => this.allocateInTx(tx, req.pool, req.owner, wanted, ctx), ctx.actor);
+        return await this.store.transaction((tx) => this.allocateInTx(tx, req.pool, req.owner, wanted, ctx), ctx.actor, onCommitted);
       } catch (e) {
         // Another request for the same owner committed first; running again returns its
         // address (idempotent) or OWNER_HAS_IP.
@@ -182,21 +228,30 @@ export class IpamService {
   }
 
   async bind(req: BindRequest, ctx: CallContext = {}): Promise<Allocation> {
+    if (this.groups) return this.groups.bind.submit({ ...req, ...itemTraceOf(ctx) });
+    return this.bindAlone(req, ctx);
+  }
+
+  private async bindAlone(req: BindRequest, ctx: CallContext, onCommitted?: () => void): Promise<Allocation> {
     const ip = ipv4ToInt(req.ip);
-    return this.store.transaction(async (tx) => {
-      const row = await tx.lockAddress(ip);
-      if (!row || !isLive(row)) {
-        throw notBindable(req.ip);
-      }
-      const pool = await this.requirePoolById(tx, row.poolId);
-      if (bindChangesNothing(row, req)) {
-        return toAllocation(row, pool);
-      }
-      // Only block.bind makes an address inside a block live, always with backend swarm.
-      if (row.backend === 'swarm') checkBindOutsideBlockRules(req, await tx.findBlockAt(ip), pool);
-      const after: AddressRecord = { ...row, state: 'bound', instanceId: req.instanceId, backend: req.backend, host: req.host };
-      return this.commitChange(tx, 'bind', pool, row, after, ctx);
-    }, ctx.actor);
+    return this.store.transaction(
+      async (tx) => {
+        const row = await tx.lockAddress(ip);
+        if (!row || !isLive(row)) {
+          throw notBindable(req.ip);
+        }
+        const pool = await this.requirePoolById(tx, row.poolId);
+        if (bindChangesNothing(row, req)) {
+          return toAllocation(row, pool);
+        }
+        // Only block.bind makes an address inside a block live, always with backend swarm.
+        if (row.backend === 'swarm') checkBindOutsideBlockRules(req, await tx.findBlockAt(ip), pool);
+        const after: AddressRecord = { ...row, state: 'bound', instanceId: req.instanceId, backend: req.backend, host: req.host };
+        return this.commitChange(tx, 'bind', pool, row, after, ctx);
+      },
+      ctx.actor,
+      onCommitted,
+    );
   }
 
   /**
@@ -204,11 +259,11 @@ export class IpamService {
    * single request would have replied (ipam-batch.ts says in which order they are served).
    * All of the batch's changes commit together or not at all.
    */
-  async allocateBatch(reqs: readonly (AllocateRequest & ItemTrace)[], ctx: CallContext = {}): Promise<Reply<Allocation>[]> {
+  async allocateBatch(reqs: readonly (AllocateRequest & ItemTrace)[], ctx: CallContext = {}, onCommitted?: () => void): Promise<Reply<Allocation>[]> {
     if (reqs.length === 0) return [];
     for (let attempt = 0; ; attempt++) {
       try {
-        return await this.store.transaction((tx) => new AllocationBatch(tx, this.clock.now(), reqs, ctx).run(), ctx.actor);
+        return await this.store.transaction((tx) => new AllocationBatch(tx, this.clock.now(), reqs, ctx, this.poolIds).run(), ctx.actor, onCommitted);
       } catch (e) {
         // A single or another batch gave one of our fresh owners an address first: the whole
         // batch runs again and now finds that owner's row (each item is idempotent).
@@ -219,21 +274,30 @@ export class IpamService {
   }
 
   /** `bind` for many items at once, in one transaction, each item as the single request. */
-  async bindBatch(reqs: readonly (BindRequest & ItemTrace)[], ctx: CallContext = {}): Promise<Reply<Allocation>[]> {
+  async bindBatch(reqs: readonly (BindRequest & ItemTrace)[], ctx: CallContext = {}, onCommitted?: () => void): Promise<Reply<Allocation>[]> {
     if (reqs.length === 0) return [];
-    return this.store.transaction((tx) => bindBatchInTx(tx, this.clock.now(), reqs, ctx), ctx.actor);
+    return this.store.transaction((tx) => bindBatchInTx(tx, this.clock.now(), reqs, ctx), ctx.actor, onCommitted);
   }
 
   async release(req: AddressLookupRequest, ctx: CallContext = {}): Promise<Allocation> {
     const by = lookupKey(req);
-    return this.store.transaction(async (tx) => {
-      const row = await this.findForLookup(tx, by);
-      const pool = await this.requirePoolById(tx, row.poolId);
-      if (row.state === 'released') return toAllocation(row, pool);
-      // A live address inside a block is a swarm task's (backend swarm): it stays in its block.
-      const inBlock = row.backend === 'swarm' && (await tx.findBlockAt(row.ip)) !== undefined;
-      return this.commitChange(tx, 'release', pool, row, releasedRow(row, pool, this.clock.now(), inBlock), ctx);
-    }, ctx.actor);
+    if (this.groups) return this.groups.release.submit({ ...by, ...itemTraceOf(ctx) });
+    return this.releaseAlone(by, ctx);
+  }
+
+  private async releaseAlone(by: { ip: number; text: string } | { owner: Owner }, ctx: CallContext, onCommitted?: () => void): Promise<Allocation> {
+    return this.store.transaction(
+      async (tx) => {
+        const row = await this.findForLookup(tx, by);
+        const pool = await this.requirePoolById(tx, row.poolId);
+        if (row.state === 'released') return toAllocation(row, pool);
+        // A live address inside a block is a swarm task's (backend swarm): it stays in its block.
+        const inBlock = row.backend === 'swarm' && (await tx.findBlockAt(row.ip)) !== undefined;
+        return this.commitChange(tx, 'release', pool, row, releasedRow(row, pool, this.clock.now(), inBlock), ctx);
+      },
+      ctx.actor,
+      onCommitted,
+    );
   }
 
   async get(req: AddressLookupRequest): Promise<Allocation> {
@@ -298,9 +362,11 @@ export class IpamService {
   }
 }
 
-function lookupKey(req: AddressLookupRequest): { ip: number; text: string } | { owner: Owner } {
-  if (req.ip !== undefined && req.owner !== undefined) throw invalidRequest('ip', 'give either ip or owner, not both');
-  if (req.ip !== undefined) return { ip: ipv4ToInt(req.ip), text: req.ip };
-  if (req.owner !== undefined) return { owner: req.owner };
-  throw invalidRequest('ip', 'is required (or owner)');
+/** A grouped single's own trace and actor (null: it named none), carried by its item. */
+function itemTraceOf(ctx: CallContext): ItemTrace {
+  return { ...(ctx.traceparent ? { traceparent: ctx.traceparent } : {}), actor: ctx.actor ?? null };
+}
+
+function contextOf(traceparent: string | undefined, actor: string | null | undefined): CallContext {
+  return { ...(traceparent ? { traceparent } : {}), ...(actor ? { actor } : {}) };
 }

@@ -42,6 +42,8 @@ export interface AuditEntry {
   poolName: string;
   before: unknown;
   after: unknown;
+  /** who asked for this change, when it differs from the transaction's actor (group commit; null: nobody named) */
+  actor?: string | null;
   /** the event to publish once this change is committed (transactional outbox) */
   event?: { natsSubject: string; event: EventEnvelope };
 }
@@ -89,7 +91,11 @@ export interface IpamTx {
    * absent from `pools`) and every row whose current or last owner is one of `owners`,
    * locked for update.
    */
-  openAllocations(poolNames: readonly string[], owners: readonly Owner[]): Promise<{ pools: PoolRecord[]; mine: AddressRecord[] }>;
+  openAllocations(
+    poolNames: readonly string[],
+    owners: readonly Owner[],
+    picks?: PickAhead,
+  ): Promise<{ pools: PoolRecord[]; mine: AddressRecord[]; picked: Map<number, AddressRecord[]> }>;
   /** The rows of `ips` that exist, locked for update. */
   lockAddresses(ips: readonly number[]): Promise<AddressRecord[]>;
   /**
@@ -99,6 +105,8 @@ export interface IpamTx {
   lockNextAvailableMany(poolId: number, nowMs: number, limit: number, excluding: readonly number[]): Promise<AddressRecord[]>;
   /** Starts a batch bind: the rows of `ips` that exist, locked for update, and their pools. */
   openBinds(ips: readonly number[]): Promise<{ rows: AddressRecord[]; pools: PoolRecord[] }>;
+  /** every address whose current or last owner is one of `owners`, locked for update (in index order) */
+  lockOwnersAddresses(owners: readonly Owner[]): Promise<AddressRecord[]>;
   findPoolsByIds(ids: readonly number[]): Promise<PoolRecord[]>;
   /** Many updateAddress at once (one ip at most once); throws OwnerConflict likewise. */
   updateAddresses(changes: readonly { ip: number; patch: AddressPatch }[]): Promise<void>;
@@ -149,6 +157,16 @@ export interface BlockRecord {
  */
 export const BLOCKED_AT = Number.MAX_SAFE_INTEGER;
 
+/**
+ * Fresh addresses to lock in the same round trip as the owners' rows (as lockNextAvailableMany
+ * without exclusions), by pool id: ids the caller saw before, checked against the pools read
+ * in that round trip (a pool deleted and created again has another id: its picks are unused).
+ */
+export interface PickAhead {
+  nowMs: number;
+  limits: ReadonlyMap<number, number>;
+}
+
 /** Raised by updateAddress: the owner's live address was created concurrently. */
 export class OwnerConflict extends Error {
   constructor() {
@@ -157,8 +175,11 @@ export class OwnerConflict extends Error {
 }
 
 export interface IpamStore {
-  /** Runs `work` in a transaction; events it audited are published after the commit. */
-  transaction<T>(work: (tx: IpamTx) => Promise<T>, actor?: string): Promise<T>;
+  /**
+   * Runs `work` in a transaction; events it audited are published after the commit.
+   * `onCommitted` is called once the commit succeeded, before the events' publish is awaited.
+   */
+  transaction<T>(work: (tx: IpamTx) => Promise<T>, actor?: string, onCommitted?: () => void): Promise<T>;
   /** A read-only view without locks. */
   read<T>(work: (tx: IpamTx) => Promise<T>): Promise<T>;
 }

@@ -10,6 +10,7 @@ import {
   type Clock,
   type IpamStore,
   type IpamTx,
+  type PickAhead,
   type PoolRecord,
   type PoolUsage,
 } from '../ports';
@@ -148,11 +149,26 @@ class InMemoryTx implements IpamTx {
     this.audits.push(structuredClone(entry));
   }
 
-  async openAllocations(poolNames: readonly string[], owners: readonly Owner[]): Promise<{ pools: PoolRecord[]; mine: AddressRecord[] }> {
+  async openAllocations(
+    poolNames: readonly string[],
+    owners: readonly Owner[],
+    picks?: PickAhead,
+  ): Promise<{ pools: PoolRecord[]; mine: AddressRecord[]; picked: Map<number, AddressRecord[]> }> {
     this.store.roundTrips++;
     const pools = [...this.state.pools.values()].filter((p) => poolNames.includes(p.name));
     const mine = [...this.state.addresses.values()].filter((r) => owners.some((o) => sameOwner(r.owner, o)));
-    return structuredClone({ pools, mine });
+    const picked = new Map<number, AddressRecord[]>();
+    for (const [poolId, limit] of picks?.limits ?? []) {
+      const candidates = this.rowsOf(poolId).filter((r) => r.availableAt !== null && r.availableAt <= picks!.nowMs);
+      candidates.sort((a, b) => a.availableAt! - b.availableAt! || a.ip - b.ip);
+      picked.set(poolId, candidates.slice(0, limit));
+    }
+    return structuredClone({ pools, mine, picked });
+  }
+
+  async lockOwnersAddresses(owners: readonly Owner[]): Promise<AddressRecord[]> {
+    this.store.roundTrips++;
+    return structuredClone([...this.state.addresses.values()].filter((r) => owners.some((o) => sameOwner(r.owner, o))));
   }
 
   async lockAddresses(ips: readonly number[]): Promise<AddressRecord[]> {
@@ -279,7 +295,7 @@ export class InMemoryIpamStore implements IpamStore {
   private state: StoreState = { pools: new Map(), addresses: new Map(), nextPoolId: 1, blocks: new Map(), nextBlockId: 1 };
   private queue: Promise<unknown> = Promise.resolve();
 
-  async transaction<T>(work: (tx: IpamTx) => Promise<T>): Promise<T> {
+  async transaction<T>(work: (tx: IpamTx) => Promise<T>, _actor?: string, onCommitted?: () => void): Promise<T> {
     const run = this.queue.then(async () => {
       this.transactions++;
       const draft = structuredClone(this.state);
@@ -287,6 +303,7 @@ export class InMemoryIpamStore implements IpamStore {
       const result = await work(tx);
       this.state = draft;
       this.audits.push(...tx.audits);
+      onCommitted?.();
       return result;
     });
     this.queue = run.catch(() => undefined);
