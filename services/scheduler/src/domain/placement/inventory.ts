@@ -1,4 +1,5 @@
 import { memoryLimitMb, type Amounts, type Backend, type Resources } from '@orangery/contracts';
+import { bucketOf, FreeIndex } from './free-index';
 import type { AppRef, HostState, HostView } from './types';
 
 /** The label spread balances across when several hosts score the same. */
@@ -80,6 +81,9 @@ export class Inventory {
   private readonly byId = new Map<string, number>();
   /** verdicts on the hosts' fixed facts (backend, state, VLANs), by what was asked of them */
   private readonly verdicts = new Map<string, Uint8Array>();
+  /** free-capacity indexes of the hosts each verdict admits, by the verdict's key */
+  private readonly indexes = new Map<string, FreeIndex>();
+  private indexList: FreeIndex[] = [];
   /** env:app -> host index -> instances of it there */
   private readonly apps = new Map<string, Map<number, number>>();
 
@@ -136,11 +140,34 @@ export class Inventory {
   verdict(key: string, judge: (i: number) => boolean): Uint8Array {
     let verdict = this.verdicts.get(key);
     if (!verdict) {
-      if (this.verdicts.size >= MAX_VERDICTS) this.verdicts.clear();
+      if (this.verdicts.size >= MAX_VERDICTS) {
+        this.verdicts.clear();
+        this.indexes.clear();
+        this.indexList = [];
+      }
       verdict = Uint8Array.from({ length: this.size }, (_, i) => (judge(i) ? 1 : 0));
       this.verdicts.set(key, verdict);
     }
     return verdict;
+  }
+
+  /**
+   * For the engine: the hosts `verdict(key)` admits, indexed by free capacity (free-index.ts),
+   * built on first use and kept current by `take` from then on.
+   */
+  freeIndex(key: string, admitted: Uint8Array): FreeIndex {
+    let index = this.indexes.get(key);
+    if (!index) {
+      index = new FreeIndex(admitted, this.cpuScale, this.memoryScale, (i) => this.freeFraction(i));
+      this.indexes.set(key, index);
+      this.indexList.push(index);
+    }
+    return index;
+  }
+
+  /** The mean of host `i`'s free cpu and memory fractions: 1 empty, 0 full (what free-index.ts ranks by). */
+  freeFraction(i: number): number {
+    return (this.freeCpuMilli[i]! * this.cpuScale[i]! + this.freeMemoryMb[i]! * this.memoryScale[i]!) / 2;
   }
 
   /** Free capacity of a host (cpu in cores). */
@@ -170,6 +197,10 @@ export class Inventory {
     this.freeCpuMilli[i]! -= sign * need.cpuMilli;
     this.freeMemoryMb[i]! -= sign * need.memoryMb;
     this.freeDiskMb[i]! -= sign * need.diskMb;
+    if (this.indexList.length > 0) {
+      const b = bucketOf(this.freeFraction(i));
+      for (const index of this.indexList) index.move(i, b);
+    }
   }
 
   /** For the engine: adds `delta` instances of `key` on host `i`. */

@@ -1,17 +1,23 @@
 import type { Amounts } from '@orangery/contracts';
 import { CAPACITY, demandOf, FEASIBILITY, firstRejection, STATIC, type Demand } from './filters';
+import { BUCKETS, SAMPLE } from './free-index';
 import { Inventory } from './inventory';
 import { fitScore, SCORE_EPSILON, SPREAD_PENALTY, spreadPenalty, utilisationAfter } from './scoring';
 import type { FilterReason, HostView, InsufficientCapacity, ManyDecision, PlacementDecision, PlacementRequest, SlotPlacement } from './types';
+
+/** How the engine searches: `indexed` (the default) or `exhaustive` (every host, for comparison). */
+export interface PlaceOptions {
+  readonly search?: 'indexed' | 'exhaustive';
+}
 
 /**
  * Chooses the host for one instance. `hosts` is a snapshot, or an Inventory kept by the
  * caller (built once, much cheaper for many decisions); either way nothing is changed.
  */
-export function place(request: PlacementRequest, hosts: readonly HostView[] | Inventory): PlacementDecision {
+export function place(request: PlacementRequest, hosts: readonly HostView[] | Inventory, options: PlaceOptions = {}): PlacementDecision {
   const inventory = hosts instanceof Inventory ? hosts : Inventory.of(hosts);
   const demand = demandOf(request);
-  const best = bestHost(inventory, demand);
+  const best = bestHost(inventory, demand, options.search === 'exhaustive');
   if (best < 0) return { ok: false, reason: insufficientCapacity(inventory, demand) };
   return { ok: true, hostId: inventory.ids[best]!, score: scoreOf(inventory, best, demand) };
 }
@@ -22,7 +28,8 @@ export function place(request: PlacementRequest, hosts: readonly HostView[] | In
  * A caller's Inventory serves as the working copy and is restored before returning: the
  * caller assigns what it actually commits.
  */
-export function placeMany(request: PlacementRequest, count: number, hosts: readonly HostView[] | Inventory): ManyDecision {
+export function placeMany(request: PlacementRequest, count: number, hosts: readonly HostView[] | Inventory, options: PlaceOptions = {}): ManyDecision {
+  const exhaustive = options.search === 'exhaustive';
   if (!Number.isInteger(count) || count < 0) throw new RangeError(`count must be a whole number >= 0, got ${count}`);
   const borrowed = hosts instanceof Inventory;
   const inventory = borrowed ? hosts : Inventory.of(hosts);
@@ -31,7 +38,7 @@ export function placeMany(request: PlacementRequest, count: number, hosts: reado
   const placements: SlotPlacement[] = [];
   try {
     for (let n = 0; n < count; n++) {
-      const best = bestHost(inventory, demand);
+      const best = bestHost(inventory, demand, exhaustive);
       if (best < 0) return { ok: false, placements, reason: insufficientCapacity(inventory, demand) };
       placements.push({ hostId: inventory.ids[best]!, score: scoreOf(inventory, best, demand) });
       inventory.take(best, demand, +1);
@@ -54,7 +61,7 @@ export function placeMany(request: PlacementRequest, count: number, hosts: reado
  * host and per rack go into the inventory's scratch arrays first (O(instances of the
  * app)) and are cleared after, so the pass over the hosts allocates nothing.
  */
-function bestHost(inventory: Inventory, demand: Demand): number {
+function bestHost(inventory: Inventory, demand: Demand, exhaustive: boolean): number {
   const { onHost, onRack, rack } = inventory;
   const where = demand.spread === 'host' ? inventory.instancesOf(demand.key) : undefined;
   if (where) {
@@ -64,7 +71,7 @@ function bestHost(inventory: Inventory, demand: Demand): number {
     }
   }
   try {
-    return scan(inventory, demand);
+    return exhaustive ? scan(inventory, demand) : search(inventory, demand);
   } finally {
     if (where) {
       for (const [i] of where) {
@@ -87,7 +94,7 @@ function bestHost(inventory: Inventory, demand: Demand): number {
 function scan(inventory: Inventory, demand: Demand): number {
   const { size, ids, rack, onHost, onRack, freeCpuMilli, freeMemoryMb, freeDiskMb, cpuScale, memoryScale } = inventory;
   const { excluded, cpuMilli, memoryMb, diskMb } = demand;
-  const eligible = inventory.verdict(`${demand.backends}/${demand.vlan}`, (i) => !firstRejection(STATIC, inventory, i, demand));
+  const eligible = staticVerdict(inventory, demand);
   const anyExcluded = excluded.size > 0;
   const binpack = demand.policy === 'binpack';
   const penalty = SPREAD_PENALTY;
@@ -116,6 +123,77 @@ function scan(inventory: Inventory, demand: Demand): number {
       bestScore = score;
       bestRackLoad = rackLoad;
     }
+  }
+  return best;
+}
+
+/** The STATIC filters' verdict per host, cached by the inventory under what they read of the demand. */
+function staticKey(demand: Demand): string {
+  return `${demand.backends}/${demand.vlan}`;
+}
+
+function staticVerdict(inventory: Inventory, demand: Demand): Uint8Array {
+  return inventory.verdict(staticKey(demand), (i) => !firstRejection(STATIC, inventory, i, demand));
+}
+
+/**
+ * The indexed search (free-index.ts): the same filters, score and tie-breaks as `scan`,
+ * over the hosts the STATIC filters admit, walked bucket by bucket from the policy's best
+ * end, stopping at the bound or after SAMPLE feasible hosts without the app. The full tie
+ * is broken by host index (= id order), not by the order the walk meets hosts, so where the
+ * walk reaches the bound its answer is `scan`'s.
+ */
+function search(inventory: Inventory, demand: Demand): number {
+  const { ids, rack, onHost, onRack, freeCpuMilli, freeMemoryMb, freeDiskMb, cpuScale, memoryScale } = inventory;
+  const { excluded, cpuMilli, memoryMb, diskMb } = demand;
+  const index = inventory.freeIndex(staticKey(demand), staticVerdict(inventory, demand));
+  const { head, next } = index;
+  const anyExcluded = excluded.size > 0;
+  const binpack = demand.policy === 'binpack';
+  const penalty = SPREAD_PENALTY;
+  const epsilon = SCORE_EPSILON;
+  // d, the share of a host the demand takes, over the hosts indexed
+  const dLow = (cpuMilli * index.minCpuScale + memoryMb * index.minMemoryScale) / 2;
+  const dHigh = (cpuMilli * index.maxCpuScale + memoryMb * index.maxMemoryScale) / 2;
+  let best = -1;
+  let bestScore = -Infinity;
+  let bestRackLoad = 0;
+  let clean = 0;
+  // binpack: a host fits only if f >= its d >= dLow, so the walk starts there (a bucket early, for float noise)
+  let b = binpack ? index.above(Math.max(0, Math.floor(dLow * BUCKETS) - 1)) : index.below(BUCKETS - 1);
+  while (b >= 0) {
+    // the best score a host in bucket b could reach (f < (b + 1) / BUCKETS, f >= b / BUCKETS)
+    const bound = binpack ? 1 - b / BUCKETS + dHigh : (b + 1) / BUCKETS - dLow;
+    if (best >= 0 && bound < bestScore - epsilon) break;
+    for (let i = head[b]!; i >= 0; i = next[i]!) {
+      if (
+        (anyExcluded && excluded.has(ids[i]!)) || // notExcluded
+        freeCpuMilli[i]! < cpuMilli || // cpuFree
+        freeMemoryMb[i]! < memoryMb || // memoryFree
+        freeDiskMb[i]! < diskMb // diskFree
+      ) {
+        continue;
+      }
+      const utilisation = 1 - ((freeCpuMilli[i]! - cpuMilli) * cpuScale[i]! + (freeMemoryMb[i]! - memoryMb) * memoryScale[i]!) / 2;
+      const here = onHost[i]!;
+      const score = (binpack ? utilisation : 1 - utilisation) - penalty * here;
+      if (here === 0) clean++;
+      if (score >= bestScore - epsilon) {
+        const rackLoad = onRack[rack[i]!]!;
+        if (
+          best < 0 ||
+          score > bestScore + epsilon ||
+          rackLoad < bestRackLoad ||
+          (rackLoad === bestRackLoad && i < best) // the full tie: the lowest id, as the scan in id order keeps it
+        ) {
+          best = i;
+          bestScore = score;
+          bestRackLoad = rackLoad;
+        }
+      }
+      if (clean >= SAMPLE && onHost[best]! === 0) return best;
+    }
+    b = binpack ? (b + 1 < BUCKETS ? index.above(b + 1) : -1) : b > 0 ? index.below(b - 1) : -1;
   }
   return best;
 }
