@@ -35,17 +35,17 @@ function judge(inventory: Inventory, req: PlacementRequest, id: string): { fits:
   };
 }
 
-/** The most the indexed answer may lose to the exhaustive one: a bucket, plus the spread of d over the fleet. */
+/**
+ * The most the indexed answer may lose to the exhaustive one: a bucket of free fraction,
+ * plus the spread of d inside a shape class (read from the index's scratch, which holds
+ * the last decision's, i.e. this request's).
+ */
 function tolerance(inventory: Inventory, req: PlacementRequest): number {
   const d = demandOf(req);
-  let lo = Infinity;
-  let hi = 0;
-  for (let i = 0; i < inventory.size; i++) {
-    const share = (d.cpuMilli * inventory.cpuScale[i]! + d.memoryMb * inventory.memoryScale[i]!) / 2;
-    lo = Math.min(lo, share);
-    hi = Math.max(hi, share);
-  }
-  return 1 / BUCKETS + (hi - lo) + 1e-9;
+  const index = inventory.freeIndex(`${d.backends}/${d.vlan}`, new Uint8Array(0));
+  let spread = 0;
+  for (let c = 0; c < index.classes; c++) spread = Math.max(spread, index.dHigh[c]! - index.dLow[c]!);
+  return 1 / BUCKETS + spread + 1e-9;
 }
 
 describe('indexed placement against the exhaustive search', () => {
@@ -67,8 +67,8 @@ describe('indexed placement against the exhaustive search', () => {
             : randomRequest(rnd, ids);
           const slots = 1 + Math.floor(rnd() * 6);
           for (let n = 0; n < slots; n++) {
-            const indexed = place(req, inventory);
             const exhaustive = place(req, inventory, { search: 'exhaustive' });
+            const indexed = place(req, inventory);
             expect(indexed.ok).toBe(exhaustive.ok);
             if (!indexed.ok || !exhaustive.ok) break;
             const got = judge(inventory, req, indexed.hostId);
@@ -155,8 +155,9 @@ describe('FreeIndex', () => {
         }
         const index = inventory.freeIndex(`${demandOf(req).backends}/${req.vlan}`, new Uint8Array(0));
         let held = 0;
-        for (let b = 0; b < BUCKETS; b++) {
-          for (let i = index.head[b]!; i >= 0; i = index.next[i]!) {
+        for (let slot = 0; slot < index.classes * BUCKETS; slot++) {
+          const b = slot % BUCKETS;
+          for (let i = index.head[slot]!; i >= 0; i = index.next[i]!) {
             expect(index.bucket[i]).toBe(b);
             expect(bucketOf(inventory.freeFraction(i))).toBe(b);
             held++;
@@ -168,28 +169,34 @@ describe('FreeIndex', () => {
     );
   });
 
-  it('finds the buckets in use on either side of a bucket', () => {
-    const admitted = Uint8Array.from([1, 1, 1, 0]);
-    const f = [0, 0.5, 0.99999, 0.7];
-    const index = new FreeIndex(admitted, new Float64Array(4), new Float64Array(4), (i) => f[i]!);
+  it('finds the buckets in use on either side of a bucket, per shape class', () => {
+    const admitted = Uint8Array.from([1, 1, 1, 0, 1]);
+    const f = [0, 0.5, 0.99999, 0.7, 0.25];
+    // hosts 0-3 one shape (8 CPU, 16 GiB), host 4 another (64 CPU, 256 GiB)
+    const cpu = Float64Array.from([8, 8, 8, 8, 64], (x) => 1 / (x * 1000));
+    const mem = Float64Array.from([16, 16, 16, 16, 256], (x) => 1 / (x * 1024));
+    const index = new FreeIndex(admitted, cpu, mem, (i) => f[i]!);
+    expect(index.classes).toBe(2);
     const [b0, b1, b2] = [bucketOf(0), bucketOf(0.5), bucketOf(0.99999)];
     expect([b0, b1, b2]).toEqual([0, BUCKETS / 2, BUCKETS - 1]);
-    expect(index.below(BUCKETS - 1)).toBe(b2);
-    expect(index.below(b2 - 1)).toBe(b1);
-    expect(index.below(b1 - 1)).toBe(b0);
-    expect(index.above(1)).toBe(b1);
-    expect(index.above(b1 + 1)).toBe(b2);
-    expect(index.above(0)).toBe(0);
+    expect(index.below(0, BUCKETS - 1)).toBe(b2);
+    expect(index.below(0, b2 - 1)).toBe(b1);
+    expect(index.below(0, b1 - 1)).toBe(b0);
+    expect(index.above(0, 1)).toBe(b1);
+    expect(index.above(0, b1 + 1)).toBe(b2);
+    expect(index.above(0, 0)).toBe(0);
+    expect(index.below(1, BUCKETS - 1)).toBe(bucketOf(0.25));
     index.move(2, b1);
-    expect(index.above(b1 + 1)).toBe(-1);
-    expect(index.below(BUCKETS - 1)).toBe(b1);
+    expect(index.above(0, b1 + 1)).toBe(-1);
+    expect(index.below(0, BUCKETS - 1)).toBe(b1);
     index.move(0, 31);
     index.move(1, 32);
-    expect(index.above(0)).toBe(31);
-    expect(index.below(30)).toBe(-1);
-    expect(index.above(32)).toBe(32);
+    expect(index.above(0, 0)).toBe(31);
+    expect(index.below(0, 30)).toBe(-1);
+    expect(index.above(0, 32)).toBe(32);
     // a host the index does not hold is never moved in
     index.move(3, 5);
-    expect(index.above(0)).toBe(31);
+    expect(index.above(0, 0)).toBe(31);
+    expect(index.below(1, BUCKETS - 1)).toBe(bucketOf(0.25));
   });
 });

@@ -1,29 +1,30 @@
 /**
  * An index of hosts by how free they are, so a decision looks at a few hosts instead of
- * every one (Nomad ranks a bounded sample of feasible nodes; this ranks the hosts that
- * could score best first, and stops when no host left could win).
+ * every one (Nomad ranks a bounded sample of feasible nodes; this ranks first the hosts
+ * that could score best, and stops when no host left could win, or after a sample).
  *
- * A host's key is its free fraction f = (freeCpu / capacityCpu + freeMemory / capacityMemory) / 2,
- * the number both policies rank by: for a request needing d = (cpu / capacityCpu +
- * memory / capacityMemory) / 2 of the host, least-loaded scores f - d and binpack 1 - f + d
- * (scoring.ts). Hosts sit in BUCKETS buckets by f (a doubly linked list per bucket, a bitmap
- * of the buckets in use), one index per set of hosts the request's fixed facts admit
- * (backends, VLAN: the inventory's verdicts). Moving a host when its free capacity changes
- * is O(1) per index.
+ * A host's key is its free fraction f = (freeCpu / capacityCpu + freeMemory / capacityMemory) / 2.
+ * For a request needing d = (cpu / capacityCpu + memory / capacityMemory) / 2 of the host,
+ * least-loaded scores f - d and binpack 1 - f + d (scoring.ts). d depends on the host's
+ * size, so hosts are grouped by shape class (capacities rounded to a quarter power of two:
+ * d varies by at most ~9 % inside a class), and inside a class kept in BUCKETS buckets by f
+ * (a doubly linked list per bucket, a bitmap of the buckets in use). There is one index per
+ * set of hosts the request's fixed facts admit (backends, VLAN: the inventory's verdicts).
+ * Moving a host when its free capacity changes is O(1) per index.
  *
- * place.ts walks the buckets from the best end (least-loaded: the freest; binpack: the
- * fullest that could still fit) and stops when either
- * - bound: the best score any host of the next bucket could reach, with the index's
- *   extreme d, is clearly below the best found; up to here the answer is the exhaustive
- *   search's (ties included: place.ts breaks them by rack and host index, which does not
- *   depend on the order hosts are met); or
+ * place.ts walks the buckets of all classes in the order of the best score a host in them
+ * could reach (from f's bucket and the class's extreme d), and stops when either
+ * - bound: no bucket left could hold a host scoring within SCORE_EPSILON of the best found;
+ *   the answer is then the exhaustive search's (ties included: place.ts breaks them by rack
+ *   and host index, not by the order hosts are met); or
  * - sample: SAMPLE feasible hosts without the app have been ranked and the best of them
- *   runs no instance of it. The answer is then within one bucket (1 / BUCKETS of free
- *   fraction) plus the spread of d of the exhaustive best: it loses only among hosts that
- *   are nearly tied, which is where the rack and host-id tie-breaks would have chosen.
- * Spread is never traded: the sample stop needs a best without the app, and hosts that run
- * it (at most the app's instances) are ranked but not counted, so whenever any feasible
- * host without the app exists, the walk finds one.
+ *   runs no instance of it. Every host not ranked is in a bucket whose bound is at most the
+ *   current one, so the answer loses at most one bucket (1 / BUCKETS) plus the spread of d
+ *   inside one class to the exhaustive best: only among nearly tied hosts.
+ * Spread is never traded: the sample stop needs a best without the app, hosts that run it
+ * (at most the app's instances) are ranked but not counted, and a penalised best never
+ * meets the bound, so whenever a feasible host without the app exists the walk finds one.
+ * The walk is deterministic: no randomness, the lists are in id order when built.
  */
 export const BUCKETS = 1024;
 const WORDS = BUCKETS / 32;
@@ -38,46 +39,78 @@ export function bucketOf(f: number): number {
   return b >= BUCKETS ? BUCKETS - 1 : b;
 }
 
+/**
+ * The shape class of a host: its cpu and memory capacities, each rounded to a quarter of a
+ * power of two. d, the share of a host a request takes, varies by at most 2^(1/8) (~9 %)
+ * inside a class, so the bound of a bucket of one class is nearly tight. Fleets have a few
+ * shapes; a fleet where every host differs still has few classes.
+ */
+function shapeOf(cpuScale: number, memoryScale: number): string {
+  const q = (scale: number) => (scale > 0 ? Math.round(-Math.log2(scale) * 4) : 'none');
+  return `${q(cpuScale)}/${q(memoryScale)}`;
+}
+
 export class FreeIndex {
   /** the bucket of each host of the inventory, -1 when the index does not hold it */
   readonly bucket: Int32Array;
+  /** the shape class of each host held */
+  readonly shape: Int32Array;
   readonly next: Int32Array;
   readonly prev: Int32Array;
-  readonly head = new Int32Array(BUCKETS).fill(-1);
-  readonly tail = new Int32Array(BUCKETS).fill(-1);
-  private readonly used = new Uint32Array(WORDS);
-  /** extremes of 1 / capacity over the hosts held, for the bounds on d */
-  readonly minCpuScale: number;
-  readonly maxCpuScale: number;
-  readonly minMemoryScale: number;
-  readonly maxMemoryScale: number;
+  /** per class, BUCKETS list heads and tails: [class * BUCKETS + bucket] */
+  readonly head: Int32Array;
+  readonly tail: Int32Array;
+  private readonly used: Uint32Array;
+  readonly classes: number;
+  /** extremes of 1 / capacity per class, for the bounds on d */
+  readonly minCpuScale: Float64Array;
+  readonly maxCpuScale: Float64Array;
+  readonly minMemoryScale: Float64Array;
+  readonly maxMemoryScale: Float64Array;
   readonly members: number;
+  /** scratch for the engine's walk, per class: the next bucket, and the lowest and highest d */
+  readonly cursor: Int32Array;
+  readonly dLow: Float64Array;
+  readonly dHigh: Float64Array;
 
   /** `admitted[i]` 1 for the hosts to hold; `freeOf(i)` their free fraction now. */
   constructor(admitted: Uint8Array, cpuScale: Float64Array, memoryScale: Float64Array, freeOf: (i: number) => number) {
     const n = admitted.length;
     this.bucket = new Int32Array(n).fill(-1);
+    this.shape = new Int32Array(n).fill(-1);
     this.next = new Int32Array(n).fill(-1);
     this.prev = new Int32Array(n).fill(-1);
-    let minC = Infinity;
-    let maxC = 0;
-    let minM = Infinity;
-    let maxM = 0;
+    const shapes = new Map<string, number>();
     let members = 0;
     for (let i = 0; i < n; i++) {
       if (admitted[i] !== 1) continue;
       members++;
-      minC = Math.min(minC, cpuScale[i]!);
-      maxC = Math.max(maxC, cpuScale[i]!);
-      minM = Math.min(minM, memoryScale[i]!);
-      maxM = Math.max(maxM, memoryScale[i]!);
+      const key = shapeOf(cpuScale[i]!, memoryScale[i]!);
+      let c = shapes.get(key);
+      if (c === undefined) shapes.set(key, (c = shapes.size));
+      this.shape[i] = c;
+    }
+    const classes = (this.classes = shapes.size);
+    this.members = members;
+    this.head = new Int32Array(classes * BUCKETS).fill(-1);
+    this.tail = new Int32Array(classes * BUCKETS).fill(-1);
+    this.used = new Uint32Array(classes * WORDS);
+    this.minCpuScale = new Float64Array(classes).fill(Infinity);
+    this.maxCpuScale = new Float64Array(classes);
+    this.minMemoryScale = new Float64Array(classes).fill(Infinity);
+    this.maxMemoryScale = new Float64Array(classes);
+    this.cursor = new Int32Array(classes);
+    this.dLow = new Float64Array(classes);
+    this.dHigh = new Float64Array(classes);
+    for (let i = 0; i < n; i++) {
+      const c = this.shape[i]!;
+      if (c < 0) continue;
+      this.minCpuScale[c] = Math.min(this.minCpuScale[c]!, cpuScale[i]!);
+      this.maxCpuScale[c] = Math.max(this.maxCpuScale[c]!, cpuScale[i]!);
+      this.minMemoryScale[c] = Math.min(this.minMemoryScale[c]!, memoryScale[i]!);
+      this.maxMemoryScale[c] = Math.max(this.maxMemoryScale[c]!, memoryScale[i]!);
       this.link(i, bucketOf(freeOf(i)));
     }
-    this.members = members;
-    this.minCpuScale = members ? minC : 0;
-    this.maxCpuScale = maxC;
-    this.minMemoryScale = members ? minM : 0;
-    this.maxMemoryScale = maxM;
   }
 
   /** Host `i`'s free fraction is now in bucket `b`: moves it there (to the bucket's tail). */
@@ -88,43 +121,51 @@ export class FreeIndex {
     this.link(i, b);
   }
 
-  /** The highest bucket in use at or below `b`, or -1. */
-  below(b: number): number {
+  /** The highest bucket of class `c` in use at or below `b`, or -1. */
+  below(c: number, b: number): number {
+    if (b < 0) return -1;
+    const base = c * WORDS;
     for (let w = b >> 5, mask = b & 31; w >= 0; w--, mask = 31) {
-      const bits = this.used[w]! & (mask === 31 ? 0xffffffff : (2 ** (mask + 1) - 1) >>> 0);
+      const bits = this.used[base + w]! & (mask === 31 ? 0xffffffff : (2 ** (mask + 1) - 1) >>> 0);
       if (bits !== 0) return (w << 5) + 31 - Math.clz32(bits);
     }
     return -1;
   }
 
-  /** The lowest bucket in use at or above `b`, or -1. */
-  above(b: number): number {
+  /** The lowest bucket of class `c` in use at or above `b`, or -1. */
+  above(c: number, b: number): number {
+    if (b >= BUCKETS) return -1;
+    const base = c * WORDS;
     for (let w = b >> 5, from = b & 31; w < WORDS; w++, from = 0) {
-      const bits = (this.used[w]! >>> from) << from;
+      const bits = (this.used[base + w]! >>> from) << from;
       if (bits !== 0) return (w << 5) + 31 - Math.clz32(bits & -bits);
     }
     return -1;
   }
 
   private link(i: number, b: number): void {
-    const t = this.tail[b]!;
+    const c = this.shape[i]!;
+    const slot = c * BUCKETS + b;
+    const t = this.tail[slot]!;
     this.prev[i] = t;
     this.next[i] = -1;
     if (t < 0) {
-      this.head[b] = i;
-      this.used[b >> 5]! |= 1 << (b & 31);
+      this.head[slot] = i;
+      this.used[c * WORDS + (b >> 5)]! |= 1 << (b & 31);
     } else this.next[t] = i;
-    this.tail[b] = i;
+    this.tail[slot] = i;
     this.bucket[i] = b;
   }
 
   private unlink(i: number, b: number): void {
+    const c = this.shape[i]!;
+    const slot = c * BUCKETS + b;
     const p = this.prev[i]!;
     const q = this.next[i]!;
-    if (p < 0) this.head[b] = q;
+    if (p < 0) this.head[slot] = q;
     else this.next[p] = q;
-    if (q < 0) this.tail[b] = p;
+    if (q < 0) this.tail[slot] = p;
     else this.prev[q] = p;
-    if (this.head[b]! < 0) this.used[b >> 5]! &= ~(1 << (b & 31));
+    if (this.head[slot]! < 0) this.used[c * WORDS + (b >> 5)]! &= ~(1 << (b & 31));
   }
 }

@@ -147,25 +147,38 @@ function search(inventory: Inventory, demand: Demand): number {
   const { ids, rack, onHost, onRack, freeCpuMilli, freeMemoryMb, freeDiskMb, cpuScale, memoryScale } = inventory;
   const { excluded, cpuMilli, memoryMb, diskMb } = demand;
   const index = inventory.freeIndex(staticKey(demand), staticVerdict(inventory, demand));
-  const { head, next } = index;
+  const { head, next, classes, cursor, dLow, dHigh } = index;
   const anyExcluded = excluded.size > 0;
   const binpack = demand.policy === 'binpack';
   const penalty = SPREAD_PENALTY;
   const epsilon = SCORE_EPSILON;
-  // d, the share of a host the demand takes, over the hosts indexed
-  const dLow = (cpuMilli * index.minCpuScale + memoryMb * index.minMemoryScale) / 2;
-  const dHigh = (cpuMilli * index.maxCpuScale + memoryMb * index.maxMemoryScale) / 2;
+  for (let c = 0; c < classes; c++) {
+    // d, the share of a host of class c the demand takes
+    dLow[c] = (cpuMilli * index.minCpuScale[c]! + memoryMb * index.minMemoryScale[c]!) / 2;
+    dHigh[c] = (cpuMilli * index.maxCpuScale[c]! + memoryMb * index.maxMemoryScale[c]!) / 2;
+    // binpack: a host fits only if f >= its d >= dLow, so its walk starts there (a bucket early, for float noise)
+    cursor[c] = binpack ? index.above(c, Math.max(0, Math.floor(dLow[c]! * BUCKETS) - 1)) : index.below(c, BUCKETS - 1);
+  }
   let best = -1;
   let bestScore = -Infinity;
   let bestRackLoad = 0;
   let clean = 0;
-  // binpack: a host fits only if f >= its d >= dLow, so the walk starts there (a bucket early, for float noise)
-  let b = binpack ? index.above(Math.max(0, Math.floor(dLow * BUCKETS) - 1)) : index.below(BUCKETS - 1);
-  while (b >= 0) {
-    // the best score a host in bucket b could reach (f < (b + 1) / BUCKETS, f >= b / BUCKETS)
-    const bound = binpack ? 1 - b / BUCKETS + dHigh : (b + 1) / BUCKETS - dLow;
-    if (best >= 0 && bound < bestScore - epsilon) break;
-    for (let i = head[b]!; i >= 0; i = next[i]!) {
+  for (;;) {
+    // the class whose next bucket could hold the best score: f in [b, b + 1) / BUCKETS
+    let c = -1;
+    let bound = -Infinity;
+    for (let k = 0; k < classes; k++) {
+      const b = cursor[k]!;
+      if (b < 0) continue;
+      const u = binpack ? 1 - b / BUCKETS + dHigh[k]! : (b + 1) / BUCKETS - dLow[k]!;
+      if (u > bound) {
+        bound = u;
+        c = k;
+      }
+    }
+    if (c < 0 || (best >= 0 && bound < bestScore - epsilon)) break;
+    const b = cursor[c]!;
+    for (let i = head[c * BUCKETS + b]!; i >= 0; i = next[i]!) {
       if (
         (anyExcluded && excluded.has(ids[i]!)) || // notExcluded
         freeCpuMilli[i]! < cpuMilli || // cpuFree
@@ -193,7 +206,7 @@ function search(inventory: Inventory, demand: Demand): number {
       }
       if (clean >= SAMPLE && onHost[best]! === 0) return best;
     }
-    b = binpack ? (b + 1 < BUCKETS ? index.above(b + 1) : -1) : b > 0 ? index.below(b - 1) : -1;
+    cursor[c] = binpack ? index.above(c, b + 1) : index.below(c, b - 1);
   }
   return best;
 }
