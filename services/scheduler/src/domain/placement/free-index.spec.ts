@@ -42,9 +42,14 @@ function judge(inventory: Inventory, req: PlacementRequest, id: string): { fits:
  */
 function tolerance(inventory: Inventory, req: PlacementRequest): number {
   const d = demandOf(req);
-  const index = inventory.freeIndex(`${d.backends}/${d.vlan}`, new Uint8Array(0));
+  const key = `${d.backends}/${d.vlan}`;
+  const classOk = inventory.classVerdict(
+    key,
+    inventory.verdict(key, () => true),
+  ); // both cached by the decision
+  const index = inventory.freeIndex();
   let spread = 0;
-  for (let c = 0; c < index.classes; c++) spread = Math.max(spread, index.dHigh[c]! - index.dLow[c]!);
+  for (let c = 0; c < index.classes; c++) if (classOk[c] === 1) spread = Math.max(spread, index.dHigh[c]! - index.dLow[c]!);
   return 1 / BUCKETS + spread + 1e-9;
 }
 
@@ -153,7 +158,7 @@ describe('FreeIndex', () => {
             placed.push([id, r]);
           }
         }
-        const index = inventory.freeIndex(`${demandOf(req).backends}/${req.vlan}`, new Uint8Array(0));
+        const index = inventory.freeIndex();
         let held = 0;
         for (let slot = 0; slot < index.classes * BUCKETS; slot++) {
           const b = slot % BUCKETS;
@@ -175,7 +180,11 @@ describe('FreeIndex', () => {
     // hosts 0-3 one shape (8 CPU, 16 GiB), host 4 another (64 CPU, 256 GiB)
     const cpu = Float64Array.from([8, 8, 8, 8, 64], (x) => 1 / (x * 1000));
     const mem = Float64Array.from([16, 16, 16, 16, 256], (x) => 1 / (x * 1024));
-    const index = new FreeIndex(admitted, cpu, mem, (i) => f[i]!);
+    // free amounts giving the fractions f: f = (freeCpu * cpuScale + freeMemory * memoryScale) / 2
+    const freeCpu = Float64Array.from(f, (x, i) => x / cpu[i]!);
+    const freeMem = Float64Array.from(f, (x, i) => x / mem[i]!);
+    const shape = Int32Array.from([0, 0, 0, 0, 1]);
+    const index = new FreeIndex(admitted, shape, 2, cpu, mem, freeCpu, freeMem);
     expect(index.classes).toBe(2);
     const [b0, b1, b2] = [bucketOf(0), bucketOf(0.5), bucketOf(0.99999)];
     expect([b0, b1, b2]).toEqual([0, BUCKETS / 2, BUCKETS - 1]);

@@ -30,7 +30,7 @@ export const BUCKETS = 1024;
 const WORDS = BUCKETS / 32;
 
 /** Feasible hosts without the app ranked before the walk may stop short of the bound. */
-export const SAMPLE = 32;
+export const SAMPLE = 8;
 
 /** The bucket of a free fraction (clamped to 0..1: an overcommitted host fits nothing). */
 export function bucketOf(f: number): number {
@@ -41,19 +41,19 @@ export function bucketOf(f: number): number {
 
 /**
  * The shape class of a host: its cpu and memory capacities, each rounded to a quarter of a
- * power of two. d, the share of a host a request takes, varies by at most 2^(1/8) (~9 %)
- * inside a class, so the bound of a bucket of one class is nearly tight. Fleets have a few
- * shapes; a fleet where every host differs still has few classes.
+ * power of two (as a number: the inventory numbers the classes once). d varies by at most
+ * 2^(1/8) (~9 %) inside a class, so the bound of a bucket of one class is nearly tight.
+ * Fleets have a few shapes; a fleet where every host differs still has few classes.
  */
-function shapeOf(cpuScale: number, memoryScale: number): string {
-  const q = (scale: number) => (scale > 0 ? Math.round(-Math.log2(scale) * 4) : 'none');
-  return `${q(cpuScale)}/${q(memoryScale)}`;
+export function shapeKey(cpuScale: number, memoryScale: number): number {
+  const q = (scale: number) => (scale > 0 ? Math.round(-Math.log2(scale) * 4) + 1 : 0);
+  return q(cpuScale) * 1024 + q(memoryScale);
 }
 
 export class FreeIndex {
   /** the bucket of each host of the inventory, -1 when the index does not hold it */
   readonly bucket: Int32Array;
-  /** the shape class of each host held */
+  /** the shape class of each host (the inventory's) */
   readonly shape: Int32Array;
   readonly next: Int32Array;
   readonly prev: Int32Array;
@@ -73,25 +73,25 @@ export class FreeIndex {
   readonly dLow: Float64Array;
   readonly dHigh: Float64Array;
 
-  /** `admitted[i]` 1 for the hosts to hold; `freeOf(i)` their free fraction now. */
-  constructor(admitted: Uint8Array, cpuScale: Float64Array, memoryScale: Float64Array, freeOf: (i: number) => number) {
+  /**
+   * `admitted[i]` 1 for the hosts to hold; `shape[i]` each host's class (0..classes-1, the
+   * inventory's); the rest the inventory's columns, for the hosts' free fraction now.
+   */
+  constructor(
+    admitted: Uint8Array,
+    shape: Int32Array,
+    classes: number,
+    cpuScale: Float64Array,
+    memoryScale: Float64Array,
+    freeCpuMilli: Float64Array,
+    freeMemoryMb: Float64Array,
+  ) {
     const n = admitted.length;
+    this.shape = shape;
     this.bucket = new Int32Array(n).fill(-1);
-    this.shape = new Int32Array(n).fill(-1);
-    this.next = new Int32Array(n).fill(-1);
-    this.prev = new Int32Array(n).fill(-1);
-    const shapes = new Map<string, number>();
-    let members = 0;
-    for (let i = 0; i < n; i++) {
-      if (admitted[i] !== 1) continue;
-      members++;
-      const key = shapeOf(cpuScale[i]!, memoryScale[i]!);
-      let c = shapes.get(key);
-      if (c === undefined) shapes.set(key, (c = shapes.size));
-      this.shape[i] = c;
-    }
-    const classes = (this.classes = shapes.size);
-    this.members = members;
+    this.next = new Int32Array(n);
+    this.prev = new Int32Array(n);
+    this.classes = classes;
     this.head = new Int32Array(classes * BUCKETS).fill(-1);
     this.tail = new Int32Array(classes * BUCKETS).fill(-1);
     this.used = new Uint32Array(classes * WORDS);
@@ -102,15 +102,20 @@ export class FreeIndex {
     this.cursor = new Int32Array(classes);
     this.dLow = new Float64Array(classes);
     this.dHigh = new Float64Array(classes);
+    let members = 0;
     for (let i = 0; i < n; i++) {
-      const c = this.shape[i]!;
-      if (c < 0) continue;
-      this.minCpuScale[c] = Math.min(this.minCpuScale[c]!, cpuScale[i]!);
-      this.maxCpuScale[c] = Math.max(this.maxCpuScale[c]!, cpuScale[i]!);
-      this.minMemoryScale[c] = Math.min(this.minMemoryScale[c]!, memoryScale[i]!);
-      this.maxMemoryScale[c] = Math.max(this.maxMemoryScale[c]!, memoryScale[i]!);
-      this.link(i, bucketOf(freeOf(i)));
+      if (admitted[i] !== 1) continue;
+      members++;
+      const c = shape[i]!;
+      const cs = cpuScale[i]!;
+      const ms = memoryScale[i]!;
+      if (cs < this.minCpuScale[c]!) this.minCpuScale[c] = cs;
+      if (cs > this.maxCpuScale[c]!) this.maxCpuScale[c] = cs;
+      if (ms < this.minMemoryScale[c]!) this.minMemoryScale[c] = ms;
+      if (ms > this.maxMemoryScale[c]!) this.maxMemoryScale[c] = ms;
+      this.link(i, bucketOf((freeCpuMilli[i]! * cs + freeMemoryMb[i]! * ms) / 2));
     }
+    this.members = members;
   }
 
   /** Host `i`'s free fraction is now in bucket `b`: moves it there (to the bucket's tail). */

@@ -146,13 +146,20 @@ function staticVerdict(inventory: Inventory, demand: Demand): Uint8Array {
 function search(inventory: Inventory, demand: Demand): number {
   const { ids, rack, onHost, onRack, freeCpuMilli, freeMemoryMb, freeDiskMb, cpuScale, memoryScale } = inventory;
   const { excluded, cpuMilli, memoryMb, diskMb } = demand;
-  const index = inventory.freeIndex(staticKey(demand), staticVerdict(inventory, demand));
+  const key = staticKey(demand);
+  const eligible = inventory.verdict(key, (i) => !firstRejection(STATIC, inventory, i, demand));
+  const classOk = inventory.classVerdict(key, eligible);
+  const index = inventory.freeIndex();
   const { head, next, classes, cursor, dLow, dHigh } = index;
   const anyExcluded = excluded.size > 0;
   const binpack = demand.policy === 'binpack';
   const penalty = SPREAD_PENALTY;
   const epsilon = SCORE_EPSILON;
   for (let c = 0; c < classes; c++) {
+    if (classOk[c] === 0) {
+      cursor[c] = -1; // no host of the class passes the STATIC filters
+      continue;
+    }
     // d, the share of a host of class c the demand takes
     dLow[c] = (cpuMilli * index.minCpuScale[c]! + memoryMb * index.minMemoryScale[c]!) / 2;
     dHigh[c] = (cpuMilli * index.maxCpuScale[c]! + memoryMb * index.maxMemoryScale[c]!) / 2;
@@ -180,6 +187,7 @@ function search(inventory: Inventory, demand: Demand): number {
     const b = cursor[c]!;
     for (let i = head[c * BUCKETS + b]!; i >= 0; i = next[i]!) {
       if (
+        eligible[i] === 0 || // STATIC: backendAllowed, hostReady, vlanReachable
         (anyExcluded && excluded.has(ids[i]!)) || // notExcluded
         freeCpuMilli[i]! < cpuMilli || // cpuFree
         freeMemoryMb[i]! < memoryMb || // memoryFree
