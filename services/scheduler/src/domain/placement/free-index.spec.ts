@@ -4,7 +4,7 @@ import { demandOf, FEASIBILITY, firstRejection } from './filters';
 import { BUCKETS, bucketOf, FreeIndex, SAMPLE } from './free-index';
 import { Inventory } from './inventory';
 import { place, placeMany } from './place';
-import { host, mulberry32, rack, randomFleet, randomRequest, request, used } from './testing/fleet';
+import { esxHost, host, mulberry32, rack, randomFleet, randomRequest, request, used } from './testing/fleet';
 import type { HostView, PlacementRequest } from './types';
 
 /**
@@ -125,6 +125,22 @@ describe('indexed placement against the exhaustive search', () => {
     expect([0, 1, 2, 3].map((r) => racks.filter((x) => x === r).length)).toEqual([2, 2, 2, 2]);
     // all among the first hosts of the bucket: the walk stopped after its sample
     expect(Math.max(...hosts.map((id) => Number(id.slice(1))))).toBeLessThan(SAMPLE * 2);
+  });
+
+  it('with more VLAN sets than classes tell apart, still only hosts reaching the VLAN', () => {
+    // 60 ESXi hosts, each its own VLAN set: the classes fall back to backend + shape
+    const fleet = Array.from({ length: 60 }, (_, i) => esxHost(`e${String(i).padStart(2, '0')}`, { vlans: [1000 + i, 2000 + (i % 7)] }));
+    const inventory = Inventory.of(fleet);
+    expect(inventory.classes).toBe(1);
+    for (const vlan of [1000, 1033, 1059, 2003]) {
+      for (const policy of ['binpack', 'least-loaded'] as const) {
+        const d = place(request({ vlan, policy, backend: 'vmware' }), inventory);
+        const exhaustive = place(request({ vlan, policy, backend: 'vmware' }), inventory, { search: 'exhaustive' });
+        expect(d.ok && fleet.find((h) => h.id === d.hostId)!.vlans).toContain(vlan);
+        expect(d).toEqual(exhaustive);
+      }
+    }
+    expect(place(request({ vlan: 3000, backend: 'vmware' }), inventory).ok).toBe(false);
   });
 
   it('finds the one host without the app however many hosts run it', () => {
