@@ -9,13 +9,18 @@
  * a scheduler: a client doing ipam allocate -> agent create -> ipam bind for the same number
  * of instances, batched like the scheduler batches its ipam calls. ratio = scheduler / baseline (1.0: the scheduler adds no cost).
  *
- * Bounded: APPS x REPLICAS instances (default 400 x 10), every wait capped; stops by itself.
+ * Each configuration runs REPEATS times (baseline, then scheduler, alternating on the same
+ * servers and fleet; a fresh scheduler process per run, so every run starts from a leader
+ * that has just loaded its journal); the table reports the median and the spread, the CPU
+ * table the median CPU per instance of each process.
+ *
+ * Bounded: APPS x REPLICAS instances (default 400 x 10) per run, every wait capped; stops by itself.
  */
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { ContractClient, freshDatabase, HarnessDir, NatsServer, ScaleWatcher, ServiceProcess, SimulatedFleet, waitFor } from '@orangery/testing';
-import { cpuMs, fmt, percentile, table } from './lib';
+import { cpuMs, fmt, fmtRepeated, machineLine, median, percentile, REPEATS, repeated, table } from './lib';
 
 const HOSTS = Number(process.env['BENCH_HOSTS'] ?? 1_000);
 const APPS = Number(process.env['BENCH_APPS'] ?? 400);
@@ -32,7 +37,7 @@ const resources = { cpu: 0.5, memoryMb: 512 };
  * BASELINE_BATCH instances, each one allocate.batch, then its creates at once, then one
  * bind.batch; BASELINE_PIPELINES batches in flight.
  */
-async function baseline(client: ContractClient, fleet: SimulatedFleet, count: number): Promise<{ perSecond: number; p50: number; p99: number }> {
+async function baseline(client: ContractClient, fleet: SimulatedFleet, count: number, run: number): Promise<{ perSecond: number; p50: number; p99: number }> {
   const lat: number[] = [];
   let next = 0;
   const t0 = performance.now();
@@ -43,7 +48,7 @@ async function baseline(client: ContractClient, fleet: SimulatedFleet, count: nu
         const s = performance.now();
         const owners = Array.from({ length: n }, (_, k) => {
           const i = first + k;
-          return { env: 'base', app: `b${Math.floor(i / REPLICAS)}`, slot: i % REPLICAS };
+          return { env: 'base', app: `r${run}b${Math.floor(i / REPLICAS)}`, slot: i % REPLICAS };
         });
         const a = await client.request('orangery.ipam.allocate.batch', { items: owners.map((owner) => ({ pool: 'bench', owner })) });
         if (!a.ok) throw new Error(`baseline allocate: ${JSON.stringify(a.error)}`);
@@ -95,11 +100,6 @@ async function main(): Promise<void> {
     const dbPid = Number(readFileSync(`${process.env['ORANGERY_LOCAL_RUN_DIR']}/mysqld.pid`, 'utf8'));
     const pids: Record<string, number> = { ipam: ipam.pid, mariadb: dbPid, nats: natsPid, 'fleet + load generator': process.pid };
     const cpu = () => Object.fromEntries(Object.entries(pids).map(([k, pid]) => [k, cpuMs(pid)]));
-    const cpuRows: (string | number)[][] = [];
-    const account = (phase: string, before: Record<string, number>, count: number, seconds: number) => {
-      const after = cpu();
-      for (const k of Object.keys(pids)) cpuRows.push([phase, k, fmt((after[k]! - before[k]!) / count, 3), fmt((after[k]! - before[k]!) / 1000 / seconds, 2)]);
-    };
     const pool = await client.request('orangery.ipam.pool.create', { name: 'bench', cidr: '198.19.0.0/16', gateway: '198.19.0.1', cooldownSeconds: 0 });
     if (!pool.ok) throw new Error(JSON.stringify(pool.error));
     log(`starting ${HOSTS} simulated hosts`);
@@ -112,91 +112,132 @@ async function main(): Promise<void> {
       arpProbe: false,
     });
     const total = APPS * REPLICAS;
-    log(`baseline: ${total} x (allocate, create, bind) in batches of ${BASELINE_BATCH}, ${BASELINE_PIPELINES} in flight`);
-    const baseCpu = cpu();
-    const baseT0 = performance.now();
-    const base = await baseline(client, fleet, total);
-    account('baseline', baseCpu, total, (performance.now() - baseT0) / 1000);
-    log(`baseline ${fmt(base.perSecond, 0)} instances/s`);
+    interface Run {
+      perSecond: number;
+      p50: number;
+      p99: number;
+    }
+    const baseRuns: Run[] = [];
+    const schedRuns: Run[] = [];
+    /** phase -> process -> CPU ms per instance, one value per run */
+    const cpuRuns = new Map<string, Map<string, number[]>>();
+    const account = (phase: string, before: Record<string, number>, count: number) => {
+      const after = cpu();
+      let byProcess = cpuRuns.get(phase);
+      if (!byProcess) cpuRuns.set(phase, (byProcess = new Map()));
+      for (const k of Object.keys(before)) byProcess.set(k, [...(byProcess.get(k) ?? []), (after[k]! - before[k]!) / count]);
+    };
+    for (let run = 0; run < REPEATS; run++) {
+      log(`run ${run + 1}/${REPEATS}: baseline: ${total} x (allocate, create, bind) in batches of ${BASELINE_BATCH}, ${BASELINE_PIPELINES} in flight`);
+      delete pids['scheduler'];
+      const baseCpu = cpu();
+      const base = await baseline(client, fleet, total, run);
+      account('baseline', baseCpu, total);
+      baseRuns.push(base);
+      log(`baseline ${fmt(base.perSecond, 0)} instances/s`);
 
-    const scheduler = await ServiceProcess.start(dir, 'scheduler', { ORANGERY_NATS_URL: nats.url, ORANGERY_DB_URL: dbUrl });
-    pids['scheduler'] = scheduler.pid;
-    await waitFor('scheduler to lead', () => scheduler.hasLog('leading: consuming scale requests') || undefined, 60_000).catch(() => undefined);
-    await waitFor(
-      `${HOSTS} ready hosts`,
-      async () => {
-        const r = await client.request('orangery.scheduler.hosts.list', {}, 20_000);
-        return r.ok && r.data.hosts.filter((h: { state: string }) => h.state === 'ready').length >= HOSTS;
-      },
-      60_000,
-      500,
-    );
+      const scheduler = await ServiceProcess.start(dir, 'scheduler', { ORANGERY_NATS_URL: nats.url, ORANGERY_DB_URL: dbUrl });
+      pids['scheduler'] = scheduler.pid;
+      await scheduler.waitForLog('leading: consuming scale requests', 120_000);
+      await waitFor(
+        `${HOSTS} ready hosts`,
+        async () => {
+          const r = await client.request('orangery.scheduler.hosts.list', { limit: 10_000 }, 20_000);
+          return r.ok && r.data.hosts.filter((h: { state: string }) => h.state === 'ready').length >= HOSTS;
+        },
+        60_000,
+        500,
+      );
 
-    log(`scheduler: ${APPS} scale requests x ${REPLICAS} replicas = ${total} instances`);
-    const schedCpu = cpu();
-    const t0 = performance.now();
-    const sent = new Map<string, number>();
-    const ids = await Promise.all(
-      Array.from({ length: APPS }, async (_, n) => {
-        const id = await scale.publish({
-          env: 'bench',
-          app: `a${n}`,
-          replicas: REPLICAS,
-          resources,
-          image: 'bench:1',
-          backend: 'docker',
-          pool: 'bench',
-          spread: 'host',
-        });
-        sent.set(id, performance.now());
-        return id;
-      }),
-    );
-    const done = await Promise.all(ids.map(async (id) => ({ id, ev: await scale.outcome(id, 600_000), at: performance.now() })));
-    const seconds = (performance.now() - t0) / 1000;
-    const failed = done.filter((d) => d.ev.type !== 'io.orangery.scale.completed');
-    if (failed.length > 0) throw new Error(`${failed.length} requests not completed, e.g. ${JSON.stringify(failed[0]!.ev.data)}`);
-    const lat = done.map((d) => d.at - sent.get(d.id)!).sort((a, b) => a - b);
-    const running = fleet.instances().filter((i) => i.instanceId.startsWith('bench:') && i.state === 'running').length;
-    if (running !== total) throw new Error(`the fleet runs ${running} bench instances, expected ${total}`);
-    const perSecond = total / seconds;
-    account('scheduler', schedCpu, total, seconds);
-    log(`scheduler ${fmt(perSecond, 0)} instances/s`);
+      log(`run ${run + 1}/${REPEATS}: scheduler: ${APPS} scale requests x ${REPLICAS} replicas = ${total} instances`);
+      const schedCpu = cpu();
+      const t0 = performance.now();
+      const sent = new Map<string, number>();
+      const ids = await Promise.all(
+        Array.from({ length: APPS }, async (_, n) => {
+          const id = await scale.publish({
+            env: 'bench',
+            app: `r${run}a${n}`,
+            replicas: REPLICAS,
+            resources,
+            image: 'bench:1',
+            backend: 'docker',
+            pool: 'bench',
+            spread: 'host',
+          });
+          sent.set(id, performance.now());
+          return id;
+        }),
+      );
+      const done = await Promise.all(ids.map(async (id) => ({ id, ev: await scale.outcome(id, 600_000), at: performance.now() })));
+      const seconds = (performance.now() - t0) / 1000;
+      const failed = done.filter((d) => d.ev.type !== 'io.orangery.scale.completed');
+      if (failed.length > 0) throw new Error(`${failed.length} requests not completed, e.g. ${JSON.stringify(failed[0]!.ev.data)}`);
+      const lat = done.map((d) => d.at - sent.get(d.id)!).sort((a, b) => a - b);
+      account('scheduler', schedCpu, total);
+      const running = fleet.instances().filter((i) => i.instanceId.startsWith(`bench:r${run}a`) && i.state === 'running').length;
+      if (running !== total) throw new Error(`the fleet runs ${running} bench instances of run ${run + 1}, expected ${total}`);
+      schedRuns.push({ perSecond: total / seconds, p50: percentile(lat, 50), p99: percentile(lat, 99) });
+      log(`scheduler ${fmt(total / seconds, 0)} instances/s`);
+      // a clean stop (profiles, when ORANGERY_BENCH_NODE_ARGS asks for them, are written at exit)
+      await scheduler.terminate();
+    }
 
+    const rate = (runs: Run[]) => repeated(runs.map((r) => r.perSecond));
+    const ratios = repeated(schedRuns.map((r, k) => r.perSecond / baseRuns[k]!.perSecond));
     const rows = [
       [
         `baseline: allocate.batch + creates + bind.batch of ${BASELINE_BATCH}, ${BASELINE_PIPELINES} batches in flight, no scheduler`,
         total,
-        fmt(base.perSecond, 0),
-        fmt(base.p50, 1),
-        fmt(base.p99, 1),
+        fmtRepeated(rate(baseRuns), 0),
+        fmt(median(baseRuns.map((r) => r.p50)), 1),
+        fmt(median(baseRuns.map((r) => r.p99)), 1),
         '1.00',
       ],
       [
         `scheduler: ${APPS} scale requests x ${REPLICAS} replicas`,
         total,
-        fmt(perSecond, 0),
-        fmt(percentile(lat, 50), 0),
-        fmt(percentile(lat, 99), 0),
-        fmt(perSecond / base.perSecond, 2),
+        fmtRepeated(rate(schedRuns), 0),
+        fmt(median(schedRuns.map((r) => r.p50)), 0),
+        fmt(median(schedRuns.map((r) => r.p99)), 0),
+        fmtRepeated(ratios, 2),
       ],
     ];
+    const cpuRows: (string | number)[][] = [];
+    for (const [phase, byProcess] of cpuRuns) {
+      let sum = 0;
+      for (const [k, runs] of byProcess) {
+        sum += median(runs);
+        cpuRows.push([phase, k, fmtRepeated(repeated(runs), 3)]);
+      }
+      cpuRows.push([phase, '**all processes**', fmt(sum, 3)]);
+    }
     const out =
-      table(['path', 'instances', 'instances/s', 'p50 ms', 'p99 ms', 'ratio'], rows) +
-      '\n\nCPU per instance, by process:\n\n' +
-      table(['phase', 'process', 'CPU ms / instance', 'cores busy'], cpuRows);
+      table(
+        [
+          `path (${REPEATS} runs each)`,
+          'instances per run',
+          'instances/s, median (min-max)',
+          'p50 ms',
+          'p99 ms',
+          'ratio (per run, vs the baseline run before it)',
+        ],
+        rows,
+      ) +
+      '\n\nCPU per instance, by process (median (min-max) of the runs):\n\n' +
+      table(['phase', 'process', 'CPU ms / instance'], cpuRows);
+    const perSecond = rate(schedRuns).median;
     const note =
       `${HOSTS} simulated hosts, one scheduler and one ipam process, NATS, MariaDB, the fleet and the load generator on ${cpus().length} cores. ` +
-      `Latency: per batch of instances for the baseline, per scale request (publish to scale.completed) for the scheduler. ` +
-      `Target >= ${TARGET} instances/s: ${perSecond >= TARGET ? 'met' : 'not met'}.`;
+      `Latency: per batch of instances for the baseline, per scale request (publish to scale.completed) for the scheduler; p50 and p99 are medians over the runs. ` +
+      `Target >= ${TARGET} instances/s: ${perSecond >= TARGET ? 'met' : 'not met'}; ratio >= 0.9: ${ratios.median >= 0.9 ? 'met' : 'not met'}.\n\n${machineLine()}`;
     mkdirSync('bench/results', { recursive: true });
     writeFileSync(
       'bench/results/scheduler-e2e.md',
       `<!-- written by npm run bench:scheduler on ${new Date().toISOString()}; ${cpus().length}-core machine -->\n${out}\n\n${note}\n`,
     );
     process.stdout.write(`${out}\n\n${note}\n`);
-    // a clean stop (profiles, when ORANGERY_BENCH_NODE_ARGS asks for them, are written at exit)
-    await Promise.all([scheduler.terminate(), ipam.terminate()]);
+    await ipam.terminate();
   } finally {
     scale.close();
     await fleet?.stop();

@@ -131,3 +131,19 @@ describe('hostLabels in the engine', () => {
     if (!none.ok) expect(none.reason.details.filtered).toEqual({ 'labels-mismatch': 2 });
   });
 });
+
+describe('hostLabels and the cached STATIC verdicts', () => {
+  it('one inventory asked with and without labels (either search) answers each by its own labels', () => {
+    // Emptier unlabelled hosts first, so a verdict cached without labels would pick one of them.
+    const hosts = [host('a-free'), host('b-free'), host('c-zone', { labels: { zone: 'z1' }, ...used(4, 8192) })];
+    for (const search of ['indexed', 'exhaustive'] as const) {
+      const inventory = Inventory.of(hosts);
+      const opts = search === 'exhaustive' ? { search } : {};
+      const plain = place(request({ policy: 'least-loaded' }), inventory, opts);
+      const labelled = place(request({ policy: 'least-loaded', hostLabels: { zone: 'z1' } }), inventory, opts);
+      const again = place(request({ policy: 'least-loaded' }), inventory, opts);
+      expect([plain, labelled, again].map((d) => (d.ok ? d.hostId : d.reason.code))).toEqual(['a-free', 'c-zone', 'a-free']);
+      expect(place(request({ hostLabels: { zone: 'z2' } }), inventory, opts)).toMatchObject({ ok: false, reason: { code: 'INSUFFICIENT_CAPACITY' } });
+    }
+  });
+});

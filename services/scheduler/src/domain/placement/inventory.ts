@@ -1,4 +1,5 @@
 import { memoryLimitMb, type Amounts, type Backend, type Resources } from '@orangery/contracts';
+import { bucketOf, FreeIndex, shapeKey } from './free-index';
 import type { AppRef, HostState, HostView } from './types';
 
 /** The label spread balances across when several hosts score the same. */
@@ -35,6 +36,8 @@ export function needOf(resources: Readonly<Resources>): Need {
 export const appKey = (ref: AppRef): string => `${ref.env}:${ref.app}`;
 
 const MAX_VERDICTS = 64;
+/** distinct (backend, VLAN set) pairs up to which the index's classes tell them apart */
+const MAX_REACH_CLASSES = 32;
 
 type Placed = AppRef & { readonly resources: Readonly<Resources> };
 
@@ -78,10 +81,21 @@ export class Inventory {
    */
   readonly onHost: Int32Array;
   readonly onRack: Int32Array;
+  /**
+   * Each host's class for the free-capacity index (free-index.ts), 0..classes-1: hosts of
+   * one class share a backend, the VLANs they reach and a shape, so the STATIC filters'
+   * backend and VLAN verdicts are the same for all of them and a request skips whole classes.
+   */
+  readonly klass: Int32Array;
+  readonly classes: number;
 
   private readonly byId = new Map<string, number>();
   /** verdicts on the hosts' fixed facts (backend, state, VLANs), by what was asked of them */
   private readonly verdicts = new Map<string, Uint8Array>();
+  /** the free-capacity index of all hosts (free-index.ts), built on first use */
+  private index: FreeIndex | undefined;
+  /** per verdict key: 1 for each class of the index holding a host the verdict admits */
+  private readonly classVerdicts = new Map<string, Uint8Array>();
   /** env:app -> host index -> instances of it there */
   private readonly apps = new Map<string, Map<number, number>>();
 
@@ -108,6 +122,19 @@ export class Inventory {
     this.freeCpuMilli = Float64Array.from(views, (v, i) => this.capacityCpuMilli[i]! - toMillicores(v.allocated.cpu));
     this.freeMemoryMb = Float64Array.from(views, (v) => v.capacity.memoryMb - v.allocated.memoryMb);
     this.freeDiskMb = Float64Array.from(views, (v) => v.capacity.diskMb - v.allocated.diskMb);
+    // Where VLAN sets are many (every ESXi host its own), the classes leave them out: fewer
+    // classes to weigh per decision, the VLAN filter is then asked host by host in the walk.
+    const reach = views.map((v) => `${v.backend}/${v.vlans === 'any' ? '*' : [...v.vlans].sort((a, b) => a - b).join(',')}`);
+    const withVlans = new Set(reach).size <= MAX_REACH_CLASSES;
+    const classIndex = new Map<string, number>();
+    this.klass = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      const key = `${withVlans ? reach[i] : views[i]!.backend}|${shapeKey(this.cpuScale[i]!, this.memoryScale[i]!)}`;
+      let c = classIndex.get(key);
+      if (c === undefined) classIndex.set(key, (c = classIndex.size));
+      this.klass[i] = c;
+    }
+    this.classes = classIndex.size;
     this.onHost = new Int32Array(n);
     this.onRack = new Int32Array(this.racks.length);
     views.forEach((v, i) => {
@@ -139,11 +166,40 @@ export class Inventory {
   verdict(key: string, judge: (i: number) => boolean): Uint8Array {
     let verdict = this.verdicts.get(key);
     if (!verdict) {
-      if (this.verdicts.size >= MAX_VERDICTS) this.verdicts.clear();
-      verdict = Uint8Array.from({ length: this.size }, (_, i) => (judge(i) ? 1 : 0));
+      if (this.verdicts.size >= MAX_VERDICTS) {
+        this.verdicts.clear();
+        this.classVerdicts.clear();
+      }
+      verdict = new Uint8Array(this.size);
+      for (let i = 0; i < this.size; i++) verdict[i] = judge(i) ? 1 : 0;
       this.verdicts.set(key, verdict);
     }
     return verdict;
+  }
+
+  /** For the engine: every host indexed by free capacity (free-index.ts), built on first use and kept current by `take`. */
+  freeIndex(): FreeIndex {
+    if (!this.index) {
+      const all = new Uint8Array(this.size).fill(1);
+      this.index = new FreeIndex(all, this.klass, this.classes, this.cpuScale, this.memoryScale, this.freeCpuMilli, this.freeMemoryMb);
+    }
+    return this.index;
+  }
+
+  /** For the engine: per class of the index, 1 when `eligible` (the verdict under `key`) admits a host of it. */
+  classVerdict(key: string, eligible: Uint8Array): Uint8Array {
+    let verdict = this.classVerdicts.get(key);
+    if (!verdict) {
+      verdict = new Uint8Array(this.classes);
+      for (let i = 0; i < this.size; i++) if (eligible[i] === 1) verdict[this.klass[i]!] = 1;
+      this.classVerdicts.set(key, verdict);
+    }
+    return verdict;
+  }
+
+  /** The mean of host `i`'s free cpu and memory fractions: 1 empty, 0 full (what free-index.ts ranks by). */
+  freeFraction(i: number): number {
+    return (this.freeCpuMilli[i]! * this.cpuScale[i]! + this.freeMemoryMb[i]! * this.memoryScale[i]!) / 2;
   }
 
   /** Free capacity of a host (cpu in cores). */
@@ -173,6 +229,7 @@ export class Inventory {
     this.freeCpuMilli[i]! -= sign * need.cpuMilli;
     this.freeMemoryMb[i]! -= sign * need.memoryMb;
     this.freeDiskMb[i]! -= sign * need.diskMb;
+    this.index?.move(i, bucketOf(this.freeFraction(i)));
   }
 
   /** For the engine: adds `delta` instances of `key` on host `i`. */

@@ -1,17 +1,23 @@
 import type { Amounts } from '@orangery/contracts';
 import { CAPACITY, demandOf, FEASIBILITY, firstRejection, STATIC, type Demand } from './filters';
+import { BUCKETS, SAMPLE } from './free-index';
 import { Inventory } from './inventory';
 import { fitScore, SCORE_EPSILON, SPREAD_PENALTY, spreadPenalty, utilisationAfter } from './scoring';
 import type { FilterReason, HostView, InsufficientCapacity, ManyDecision, PlacementDecision, PlacementRequest, SlotPlacement } from './types';
+
+/** How the engine searches: `indexed` (the default) or `exhaustive` (every host, for comparison). */
+export interface PlaceOptions {
+  readonly search?: 'indexed' | 'exhaustive';
+}
 
 /**
  * Chooses the host for one instance. `hosts` is a snapshot, or an Inventory kept by the
  * caller (built once, much cheaper for many decisions); either way nothing is changed.
  */
-export function place(request: PlacementRequest, hosts: readonly HostView[] | Inventory): PlacementDecision {
+export function place(request: PlacementRequest, hosts: readonly HostView[] | Inventory, options: PlaceOptions = {}): PlacementDecision {
   const inventory = hosts instanceof Inventory ? hosts : Inventory.of(hosts);
   const demand = demandOf(request);
-  const best = bestHost(inventory, demand);
+  const best = bestHost(inventory, demand, options.search === 'exhaustive');
   if (best < 0) return { ok: false, reason: insufficientCapacity(inventory, demand) };
   return { ok: true, hostId: inventory.ids[best]!, score: scoreOf(inventory, best, demand) };
 }
@@ -22,7 +28,8 @@ export function place(request: PlacementRequest, hosts: readonly HostView[] | In
  * A caller's Inventory serves as the working copy and is restored before returning: the
  * caller assigns what it actually commits.
  */
-export function placeMany(request: PlacementRequest, count: number, hosts: readonly HostView[] | Inventory): ManyDecision {
+export function placeMany(request: PlacementRequest, count: number, hosts: readonly HostView[] | Inventory, options: PlaceOptions = {}): ManyDecision {
+  const exhaustive = options.search === 'exhaustive';
   if (!Number.isInteger(count) || count < 0) throw new RangeError(`count must be a whole number >= 0, got ${count}`);
   const borrowed = hosts instanceof Inventory;
   const inventory = borrowed ? hosts : Inventory.of(hosts);
@@ -31,7 +38,7 @@ export function placeMany(request: PlacementRequest, count: number, hosts: reado
   const placements: SlotPlacement[] = [];
   try {
     for (let n = 0; n < count; n++) {
-      const best = bestHost(inventory, demand);
+      const best = bestHost(inventory, demand, exhaustive);
       if (best < 0) return { ok: false, placements, reason: insufficientCapacity(inventory, demand) };
       placements.push({ hostId: inventory.ids[best]!, score: scoreOf(inventory, best, demand) });
       inventory.take(best, demand, +1);
@@ -54,7 +61,7 @@ export function placeMany(request: PlacementRequest, count: number, hosts: reado
  * host and per rack go into the inventory's scratch arrays first (O(instances of the
  * app)) and are cleared after, so the pass over the hosts allocates nothing.
  */
-function bestHost(inventory: Inventory, demand: Demand): number {
+function bestHost(inventory: Inventory, demand: Demand, exhaustive: boolean): number {
   const { onHost, onRack, rack } = inventory;
   const where = demand.spread === 'host' ? inventory.instancesOf(demand.key) : undefined;
   if (where) {
@@ -64,7 +71,7 @@ function bestHost(inventory: Inventory, demand: Demand): number {
     }
   }
   try {
-    return scan(inventory, demand);
+    return exhaustive ? scan(inventory, demand) : search(inventory, demand);
   } finally {
     if (where) {
       for (const [i] of where) {
@@ -87,7 +94,7 @@ function bestHost(inventory: Inventory, demand: Demand): number {
 function scan(inventory: Inventory, demand: Demand): number {
   const { size, ids, rack, onHost, onRack, freeCpuMilli, freeMemoryMb, freeDiskMb, cpuScale, memoryScale } = inventory;
   const { excluded, cpuMilli, memoryMb, diskMb } = demand;
-  const eligible = inventory.verdict(`${demand.backends}/${demand.vlan}/${demand.labelsKey}`, (i) => !firstRejection(STATIC, inventory, i, demand));
+  const eligible = staticVerdict(inventory, demand);
   const anyExcluded = excluded.size > 0;
   const binpack = demand.policy === 'binpack';
   const penalty = SPREAD_PENALTY;
@@ -116,6 +123,98 @@ function scan(inventory: Inventory, demand: Demand): number {
       bestScore = score;
       bestRackLoad = rackLoad;
     }
+  }
+  return best;
+}
+
+/** The STATIC filters' verdict per host, cached by the inventory under what they read of the demand. */
+function staticKey(demand: Demand): string {
+  return `${demand.backends}/${demand.vlan}/${demand.labelsKey}`;
+}
+
+function staticVerdict(inventory: Inventory, demand: Demand): Uint8Array {
+  return inventory.verdict(staticKey(demand), (i) => !firstRejection(STATIC, inventory, i, demand));
+}
+
+/**
+ * The indexed search (free-index.ts): the same filters, score and tie-breaks as `scan`,
+ * over the hosts the STATIC filters admit, walked bucket by bucket from the policy's best
+ * end, stopping at the bound or after SAMPLE feasible hosts without the app. The full tie
+ * is broken by host index (= id order), not by the order the walk meets hosts, so where the
+ * walk reaches the bound its answer is `scan`'s.
+ */
+function search(inventory: Inventory, demand: Demand): number {
+  const { ids, rack, onHost, onRack, freeCpuMilli, freeMemoryMb, freeDiskMb, cpuScale, memoryScale } = inventory;
+  const { excluded, cpuMilli, memoryMb, diskMb } = demand;
+  const key = staticKey(demand);
+  const eligible = inventory.verdict(key, (i) => !firstRejection(STATIC, inventory, i, demand));
+  const classOk = inventory.classVerdict(key, eligible);
+  const index = inventory.freeIndex();
+  const { head, next, classes, cursor, dLow, dHigh } = index;
+  const anyExcluded = excluded.size > 0;
+  const binpack = demand.policy === 'binpack';
+  const penalty = SPREAD_PENALTY;
+  const epsilon = SCORE_EPSILON;
+  for (let c = 0; c < classes; c++) {
+    if (classOk[c] === 0) {
+      cursor[c] = -1; // no host of the class passes the STATIC filters
+      continue;
+    }
+    // d, the share of a host of class c the demand takes
+    dLow[c] = (cpuMilli * index.minCpuScale[c]! + memoryMb * index.minMemoryScale[c]!) / 2;
+    dHigh[c] = (cpuMilli * index.maxCpuScale[c]! + memoryMb * index.maxMemoryScale[c]!) / 2;
+    // binpack: a host fits only if f >= its d >= dLow, so its walk starts there (a bucket early, for float noise)
+    cursor[c] = binpack ? index.above(c, Math.max(0, Math.floor(dLow[c]! * BUCKETS) - 1)) : index.below(c, BUCKETS - 1);
+  }
+  let best = -1;
+  let bestScore = -Infinity;
+  let bestRackLoad = 0;
+  let clean = 0;
+  for (;;) {
+    // the class whose next bucket could hold the best score: f in [b, b + 1) / BUCKETS
+    let c = -1;
+    let bound = -Infinity;
+    for (let k = 0; k < classes; k++) {
+      const b = cursor[k]!;
+      if (b < 0) continue;
+      const u = binpack ? 1 - b / BUCKETS + dHigh[k]! : (b + 1) / BUCKETS - dLow[k]!;
+      if (u > bound) {
+        bound = u;
+        c = k;
+      }
+    }
+    if (c < 0 || (best >= 0 && bound < bestScore - epsilon)) break;
+    const b = cursor[c]!;
+    for (let i = head[c * BUCKETS + b]!; i >= 0; i = next[i]!) {
+      if (
+        eligible[i] === 0 || // STATIC: backendAllowed, hostReady, vlanReachable
+        (anyExcluded && excluded.has(ids[i]!)) || // notExcluded
+        freeCpuMilli[i]! < cpuMilli || // cpuFree
+        freeMemoryMb[i]! < memoryMb || // memoryFree
+        freeDiskMb[i]! < diskMb // diskFree
+      ) {
+        continue;
+      }
+      const utilisation = 1 - ((freeCpuMilli[i]! - cpuMilli) * cpuScale[i]! + (freeMemoryMb[i]! - memoryMb) * memoryScale[i]!) / 2;
+      const here = onHost[i]!;
+      const score = (binpack ? utilisation : 1 - utilisation) - penalty * here;
+      if (here === 0) clean++;
+      if (score >= bestScore - epsilon) {
+        const rackLoad = onRack[rack[i]!]!;
+        if (
+          best < 0 ||
+          score > bestScore + epsilon ||
+          rackLoad < bestRackLoad ||
+          (rackLoad === bestRackLoad && i < best) // the full tie: the lowest id, as the scan in id order keeps it
+        ) {
+          best = i;
+          bestScore = score;
+          bestRackLoad = rackLoad;
+        }
+      }
+      if (clean >= SAMPLE && onHost[best]! === 0) return best;
+    }
+    cursor[c] = binpack ? index.above(c, b + 1) : index.below(c, b - 1);
   }
   return best;
 }
