@@ -141,7 +141,14 @@ export class DockerSwarmEngine implements SwarmEngine {
 
   async tasks(serviceId?: string): Promise<SwarmTask[]> {
     const filters = serviceId ? JSON.stringify({ service: [serviceId] }) : undefined;
-    const list = (await this.docker.listTasks(filters ? { filters } : {})) as any[];
+    let list: any[];
+    try {
+      list = (await this.docker.listTasks(filters ? { filters } : {})) as any[];
+    } catch (e) {
+      // a filter naming a service that is gone is a 404: it has no tasks
+      if (serviceId && statusCode(e) === 404) return [];
+      throw e;
+    }
     const ours = serviceId ? undefined : new Set((await this.services()).map((s) => s.id));
     return list
       .filter((t) => (serviceId ? t.ServiceID === serviceId : ours!.has(t.ServiceID)))
@@ -179,7 +186,8 @@ export class DockerSwarmEngine implements SwarmEngine {
         Scope: 'swarm',
         ConfigFrom: { Network: spec.configFrom },
         CheckDuplicate: true,
-        Labels: spec.labels,
+        // no Labels, Options or IPAM: the daemon refuses any with --config-from (403 "user
+        // specified configurations are not supported if the network depends on a configuration network")
       } as any);
     } catch (e) {
       // another replica (or an earlier call) made it meanwhile
