@@ -1,5 +1,6 @@
 import { Inject, Module, type DynamicModule, type OnApplicationShutdown } from '@nestjs/common';
 import type { NatsConnection } from '@nats-io/nats-core';
+import { agentInboxPrefix } from '@orangery/contracts';
 import { EventPublisher } from '@orangery/messaging';
 import { CONFIG, LOGGER, NATS, natsWithReadiness, readiness } from '@orangery/service-kit';
 import { countBy, scrapedGauge, type Logger } from '@orangery/telemetry';
@@ -40,7 +41,16 @@ export class SwarmAgentModule {
           },
         },
         { provide: NODE_ENGINES, useValue: engines },
-        { provide: NATS, useFactory: () => natsWithReadiness(config.natsUrl, `swarm-agent-${config.cluster}`, logger) },
+        {
+          provide: NATS,
+          useFactory: () =>
+            natsWithReadiness(
+              config.natsUrl,
+              `swarm-agent-${config.cluster}`,
+              logger,
+              config.agentId !== undefined ? agentInboxPrefix(config.agentId) : undefined,
+            ),
+        },
         { provide: EVENTS, inject: [NATS], useFactory: (nc: NatsConnection) => new EventQueue(new EventPublisher(nc), logger) },
         { provide: IPAM_BLOCKS, inject: [NATS], useFactory: (nc: NatsConnection) => new NatsBlockIpam(nc) },
         {

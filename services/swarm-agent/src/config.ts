@@ -3,6 +3,8 @@ import { ConfigError, intFrom, natsUrlFrom, type Env } from '@orangery/service-k
 
 export interface SwarmAgentConfig {
   natsUrl: string;
+  /** ORANGERY_HOST_ID when set: the agent's NATS user name (its reply inbox `_INBOX_<id>`, docs/security.md) */
+  agentId: string | undefined;
   /** ORANGERY_SWARM_MANAGER: the manager's engine */
   manager: string;
   /** ORANGERY_SWARM_CLUSTER: nodes are hosts `<cluster>-<hostname>` */
@@ -71,8 +73,11 @@ export function loadSwarmAgentConfig(env: Env): SwarmAgentConfig {
   if (!/^[A-Za-z0-9_.-]{1,15}$/.test(uplink)) throw new ConfigError(`ORANGERY_SWARM_UPLINK '${uplink}' is not an interface name`);
   const blockSize = intFrom(env, 'ORANGERY_SWARM_BLOCK_SIZE', 64, 4, MAX_BLOCK_SIZE);
   if ((blockSize & (blockSize - 1)) !== 0) throw new ConfigError(`ORANGERY_SWARM_BLOCK_SIZE must be a power of two, got ${blockSize}`);
+  const agentId = env['ORANGERY_HOST_ID']?.trim().toLowerCase() || undefined;
+  if (agentId !== undefined && !new RegExp(HOST_ID_PATTERN).test(agentId)) throw new ConfigError(`ORANGERY_HOST_ID '${agentId}' must match ${HOST_ID_PATTERN}`);
   return {
     natsUrl: natsUrlFrom(env),
+    agentId,
     manager: engineUrl('ORANGERY_SWARM_MANAGER', managerRaw),
     cluster,
     uplink,

@@ -1,37 +1,36 @@
 import type { NatsConnection } from '@nats-io/nats-core';
-import { SUBJECTS, type Allocation, type BlockBindRequest, type IpBlock, type Owner } from '@orangery/contracts';
-import { callContract, unwrapReply } from '@orangery/messaging';
+import type { Allocation, BlockBindRequest, IpBlock, Owner } from '@orangery/contracts';
+import { IpamBlocksClient, IpamClient } from '@orangery/messaging';
 import type { BlockIpam } from '../domain/ports';
 
-/** ipam's block calls over NATS (docs/asyncapi.yaml); no reply is a retryable UNAVAILABLE. */
+/** ipam's block calls (and `ipam.get`) over NATS; no reply is a retryable UNAVAILABLE. */
 export class NatsBlockIpam implements BlockIpam {
-  constructor(
-    private readonly nc: NatsConnection,
-    private readonly timeoutMs = 5_000,
-  ) {}
+  private readonly blocks: IpamBlocksClient;
+  private readonly ipam: IpamClient;
 
-  async reserve(pool: string, host: string, size: number): Promise<IpBlock> {
-    return unwrapReply(await callContract<IpBlock>(this.nc, SUBJECTS.ipam.blockReserve, { pool, host, size }, this.timeoutMs));
+  constructor(nc: NatsConnection, timeoutMs = 5_000) {
+    this.blocks = new IpamBlocksClient(nc, timeoutMs);
+    this.ipam = new IpamClient(nc, timeoutMs);
+  }
+
+  reserve(pool: string, host: string, size: number): Promise<IpBlock> {
+    return this.blocks.reserve({ pool, host, size });
   }
 
   async release(pool: string, host: string): Promise<void> {
-    unwrapReply(await callContract(this.nc, SUBJECTS.ipam.blockRelease, { pool, host }, this.timeoutMs));
+    await this.blocks.release({ pool, host });
   }
 
-  async bind(req: BlockBindRequest): Promise<Allocation> {
-    return unwrapReply(await callContract<Allocation>(this.nc, SUBJECTS.ipam.blockBind, req, this.timeoutMs));
+  bind(req: BlockBindRequest): Promise<Allocation> {
+    return this.blocks.bind(req);
   }
 
   async unbind(ip: string): Promise<void> {
-    const r = await callContract(this.nc, SUBJECTS.ipam.blockUnbind, { ip }, this.timeoutMs);
-    if (!r.ok && r.error.code === 'NOT_FOUND') return;
-    unwrapReply(r);
+    await this.blocks.unbind(ip);
   }
 
   async held(owner: Owner): Promise<Allocation | undefined> {
-    const r = await callContract<Allocation>(this.nc, SUBJECTS.ipam.get, { owner }, this.timeoutMs);
-    if (!r.ok && r.error.code === 'NOT_FOUND') return undefined;
-    const a = unwrapReply(r);
-    return a.state === 'released' ? undefined : a;
+    const a = await this.ipam.get(owner);
+    return a && a.state !== 'released' ? a : undefined;
   }
 }
