@@ -140,7 +140,10 @@ export class SwarmAgentService {
         throw new OrangeryError('START_FAILED', reason, { instanceId, taskState: o.task?.state ?? null });
       }
       await this.deps.sleep(this.settings.pollMs);
-      o = await this.mustObserve(instanceId);
+      // Through the watch's pass (joined when one is running): many creates waiting at once
+      // cost the manager one listing per pass, not one each.
+      await this.deps.watch.pass().catch((e) => this.deps.log.warn({ err: String(e) }, 'task pass failed'));
+      o = this.deps.watch.find(instanceId) ?? (await this.mustObserve(instanceId));
     }
   }
 

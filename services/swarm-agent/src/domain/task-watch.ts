@@ -129,6 +129,8 @@ export class TaskWatch {
   async bindNow(o: Observed): Promise<boolean> {
     return this.locked(o.instanceId, async () => {
       this.touched.add(o.instanceId);
+      const held = this.bound.get(o.instanceId);
+      if (held && held.ip === o.ip && held.hostId === o.hostId) return true;
       return this.bind(o);
     });
   }
