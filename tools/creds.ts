@@ -2,6 +2,7 @@
 // per service (docs/security.md). Prints file names, never a secret.
 //
 //   npm run creds -- [--dir .run/creds] [--agent-host <hostId>]... [--agent <name>=<host>,<host>...]...
+//                    [--swarm-agent <name>=<node host>,<node host>...]...
 //                    [--nats <host:port>]... [--san <name or ip>]... [--db-url mysql://host:port/db]
 //                    [--db-user-host %] [--rotate]
 import { parseArgs } from 'node:util';
@@ -9,7 +10,7 @@ import { generateCreds } from './creds/generate';
 import type { AgentSpec } from './creds/permissions';
 
 const usage =
-  'usage: npm run creds -- [--dir DIR] [--agent-host HOST]... [--agent NAME=HOST,HOST...]... [--nats HOST:PORT]... [--san NAME]... [--db-url mysql://host:port/db] [--db-user-host HOST] [--rotate]';
+  'usage: npm run creds -- [--dir DIR] [--agent-host HOST]... [--agent NAME=HOST,HOST...]... [--swarm-agent NAME=HOST,HOST...]... [--nats HOST:PORT]... [--san NAME]... [--db-url mysql://host:port/db] [--db-user-host HOST] [--rotate]';
 
 function fail(msg: string): never {
   console.error(`creds: ${msg}\n${usage}`);
@@ -23,6 +24,7 @@ try {
       dir: { type: 'string', default: '.run/creds' },
       'agent-host': { type: 'string', multiple: true, default: [] },
       agent: { type: 'string', multiple: true, default: [] },
+      'swarm-agent': { type: 'string', multiple: true, default: [] },
       nats: { type: 'string', multiple: true, default: [] },
       san: { type: 'string', multiple: true, default: [] },
       'db-url': { type: 'string', default: 'mysql://127.0.0.1:3306/orangery' },
@@ -42,16 +44,22 @@ if (args.help) {
 }
 
 const agents: AgentSpec[] = args['agent-host'].map((h) => ({ name: h, hosts: [h] }));
-for (const a of args.agent) {
-  const m = /^([^=]+)=(.+)$/.exec(a);
-  if (!m) fail(`--agent '${a}' must be NAME=HOST,HOST...`);
-  agents.push({
-    name: m[1]!,
-    hosts: m[2]!
-      .split(',')
-      .map((h) => h.trim())
-      .filter((h) => h !== ''),
-  });
+for (const [flag, swarm] of [
+  ['agent', false],
+  ['swarm-agent', true],
+] as const) {
+  for (const a of args[flag]) {
+    const m = /^([^=]+)=(.+)$/.exec(a);
+    if (!m) fail(`--${flag} '${a}' must be NAME=HOST,HOST...`);
+    agents.push({
+      name: m[1]!,
+      hosts: m[2]!
+        .split(',')
+        .map((h) => h.trim())
+        .filter((h) => h !== ''),
+      ...(swarm ? { swarm: true } : {}),
+    });
+  }
 }
 const natsServers = args.nats.length > 0 ? args.nats : ['127.0.0.1:4222'];
 const sans = args.san.length > 0 ? args.san : ['localhost', '127.0.0.1'];

@@ -8,6 +8,11 @@ import {
   AllocateRequest,
   BindBatchRequest,
   BindRequest,
+  BlockBindRequest,
+  BlockListRequest,
+  BlockRef,
+  BlockReserveRequest,
+  BlockUnbindRequest,
   DrainRequest,
   ERROR_CODES,
   Heartbeat,
@@ -124,6 +129,16 @@ const REQUEST_SUBJECTS: { subject: string; schema: TSchema; example: Record<stri
     schema: BindBatchRequest,
     example: { items: [{ ip: '198.18.100.251', instanceId: GHOST, backend: 'vmware', host: 'fz-0002' }] },
   },
+  // swarm nodes' blocks (docs/ipam.md "Blocks"): a pool that does not exist, an address in no block
+  { subject: SUBJECTS.ipam.blockReserve, schema: BlockReserveRequest, example: { pool: 'fz-none', host: 'fz-0009', size: 4 } },
+  { subject: SUBJECTS.ipam.blockRelease, schema: BlockRef, example: { pool: 'fz-none', host: 'fz-0009' } },
+  { subject: SUBJECTS.ipam.blockList, schema: BlockListRequest, example: { pool: 'fz', host: 'fz-0009' } },
+  {
+    subject: SUBJECTS.ipam.blockBind,
+    schema: BlockBindRequest,
+    example: { pool: 'fz-none', ip: '198.18.100.252', owner: { env: 'fz', app: 'ghost', slot: 2 }, instanceId: GHOST, host: 'fz-0009' },
+  },
+  { subject: SUBJECTS.ipam.blockUnbind, schema: BlockUnbindRequest, example: { ip: '198.18.100.252' } },
   { subject: SUBJECTS.scheduler.hostsList, schema: HostsListRequest, example: { limit: 2 } },
   { subject: SUBJECTS.scheduler.instancesList, schema: InstancesListRequest, example: { env: 'fz', app: 'base', limit: 5 } },
   { subject: SUBJECTS.schedulerSlot.get, schema: SlotGetRequest, example: { instanceId: GHOST } },
@@ -150,6 +165,10 @@ const MUTATING = new Set<string>([
   SUBJECTS.ipam.release,
   SUBJECTS.ipam.allocateBatch,
   SUBJECTS.ipam.bindBatch,
+  SUBJECTS.ipam.blockReserve,
+  SUBJECTS.ipam.blockRelease,
+  SUBJECTS.ipam.blockBind,
+  SUBJECTS.ipam.blockUnbind,
 ]);
 
 const CODES = new Set<string>(ERROR_CODES);
@@ -401,6 +420,7 @@ function touchedPool(subject: string, payload: FuzzPayload): string {
   try {
     const b = JSON.parse(typeof payload.body === 'string' ? payload.body : new TextDecoder().decode(payload.body)) as Record<string, unknown>;
     if (subject === SUBJECTS.ipam.poolCreate || subject === SUBJECTS.ipam.poolDelete) return String(b['name']);
+    if (subject.startsWith('orangery.ipam.block.') && typeof b['pool'] === 'string') return b['pool'];
     return 'fz'; // an allocation or release moved a count of some pool: the fixture pool is the only one with addresses
   } catch {
     return '';

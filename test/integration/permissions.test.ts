@@ -30,7 +30,21 @@ const open: NatsConnection[] = [];
 const creds = (...extra: string[]) =>
   run(
     process.execPath,
-    ['tools/run-ts.mjs', 'tools/creds.ts', '--dir', credsDir, '--agent-host', 'host-a', '--agent-host', 'host-b', '--agent', 'vc1=esx-1,esx-2', ...extra],
+    [
+      'tools/run-ts.mjs',
+      'tools/creds.ts',
+      '--dir',
+      credsDir,
+      '--agent-host',
+      'host-a',
+      '--agent-host',
+      'host-b',
+      '--agent',
+      'vc1=esx-1,esx-2',
+      '--swarm-agent',
+      'sw1=sw1-n1,sw1-n2',
+      ...extra,
+    ],
     {
       cwd: REPO_ROOT,
     },
@@ -52,6 +66,7 @@ const INBOX: Record<string, string> = {
   console: '_INBOX_console',
   'agent-host-a': '_INBOX_host-a',
   'agent-vc1': '_INBOX_vc1',
+  'agent-sw1': '_INBOX_sw1',
 };
 
 /** Connects as a role, from its env file, as that role's client would (its own inbox prefix). */
@@ -117,7 +132,7 @@ describe('npm run creds', () => {
   it('writes every file with mode 0600 in a 0700 directory', () => {
     expect(statSync(credsDir).mode & 0o777).toBe(0o700);
     const files = ['ca.pem', 'ca-key.pem', 'server-cert.pem', 'server-key.pem', 'nats-auth.conf', 'db-users.sql', 'secrets.json'];
-    for (const u of ['ipam', 'scheduler', 'migrator', 'console', 'operator', 'upstream', 'agent-host-a', 'agent-host-b', 'agent-vc1'])
+    for (const u of ['ipam', 'scheduler', 'migrator', 'console', 'operator', 'upstream', 'agent-host-a', 'agent-host-b', 'agent-vc1', 'agent-sw1'])
       files.push(join('env', `${u}.env`));
     for (const f of files) expect({ f, mode: (statSync(join(credsDir, f)).mode & 0o777).toString(8) }).toEqual({ f, mode: '600' });
   });
@@ -353,6 +368,43 @@ describe('attacks, each refused by a permission', () => {
     expect(await request(mig, 'orangery.scheduler.slot.get', { instanceId: 'prod:victim:0' })).toMatchObject({ ok: false, error: { code: 'NOT_FOUND' } });
     // Nothing moved.
     expect(await request(op, 'orangery.ipam.get', { owner })).toMatchObject({ ok: true, data: { ip: held.data.ip, state: 'allocated' } });
+  });
+
+  it("a swarm-agent keeps its nodes' ipam blocks and bindings; other agents may not touch blocks, nor it single addresses", async () => {
+    const sw = await connectAs('agent-sw1');
+    const block = await request(sw, 'orangery.ipam.block.reserve', { pool: 'sec', host: 'sw1-n1', size: 4 });
+    expect(block, JSON.stringify(block)).toMatchObject({ ok: true, data: { pool: 'sec', host: 'sw1-n1', size: 4 } });
+    const o = { env: 'test', app: 'swarmed', slot: 0 };
+    const bound = await request(sw, 'orangery.ipam.block.bind', { pool: 'sec', ip: block.data.first, owner: o, instanceId: 'test:swarmed:0', host: 'sw1-n1' });
+    expect(bound).toMatchObject({ ok: true, data: { ip: block.data.first, state: 'bound', backend: 'swarm', host: 'sw1-n1' } });
+    expect(await request(sw, 'orangery.ipam.get', { ip: block.data.first })).toMatchObject({ ok: true, data: { state: 'bound' } });
+    expect(await request(sw, 'orangery.ipam.pool.get', { name: 'sec' })).toMatchObject({ ok: true, data: { blocked: 3 } });
+    expect(await request(sw, 'orangery.ipam.block.list', { host: 'sw1-n1' })).toMatchObject({ ok: true, data: { blocks: [{ bound: 1 }] } });
+    for (const [user, subject] of [
+      ['agent-host-a', 'orangery.ipam.block.reserve'],
+      ['agent-host-a', 'orangery.ipam.block.bind'],
+      ['agent-host-a', 'orangery.ipam.block.unbind'],
+      ['agent-host-a', 'orangery.ipam.block.release'],
+      ['agent-vc1', 'orangery.ipam.block.unbind'],
+      ['upstream', 'orangery.ipam.block.unbind'],
+      ['console', 'orangery.ipam.block.release'],
+      ['agent-sw1', 'orangery.ipam.release'],
+      ['agent-sw1', 'orangery.ipam.allocate'],
+      ['agent-sw1', 'orangery.ipam.bind'],
+      ['agent-sw1', 'orangery.ipam.pool.delete'],
+    ] as const) {
+      const errors: Error[] = [];
+      const nc = await connectAs(user, errors);
+      const body = { ip: block.data.first, pool: 'sec', host: 'sw1-n1', size: 4, owner: o, instanceId: 'x', name: 'sec', backend: 'docker' };
+      await expect(request(nc, subject, body, 2_000), `${user} ${subject}`).rejects.toThrow();
+      expect(violation(errors, 'publish', subject), `${user} ${subject}`).toBe(true);
+    }
+    // Operators list blocks and give one back once its tasks are gone.
+    const op = await connectAs('operator');
+    expect(await request(op, 'orangery.ipam.block.list', { pool: 'sec' })).toMatchObject({ ok: true, data: { blocks: [{ host: 'sw1-n1', bound: 1 }] } });
+    expect(await request(sw, 'orangery.ipam.block.unbind', { ip: block.data.first })).toMatchObject({ ok: true, data: { state: 'released' } });
+    expect(await request(op, 'orangery.ipam.block.release', { pool: 'sec', host: 'sw1-n1' })).toMatchObject({ ok: true });
+    expect(await request(op, 'orangery.ipam.block.list', { pool: 'sec' })).toMatchObject({ ok: true, data: { blocks: [] } });
   });
 
   it('upstream and agents cannot send agent commands or ipam writes, nor snoop on replies', async () => {

@@ -105,7 +105,7 @@ function envFile(u: RoleUser, o: CredsOptions, secrets: Secrets, caPath: string,
     lines.push(`# NATS clients of this user must use the reply inbox prefix ${u.inboxPrefix} (nats CLI: --inbox-prefix ${u.inboxPrefix})`);
   lines.push(`ORANGERY_NATS_URL=${natsUrl(o.natsServers, u.user, secrets.nats[u.user]!)}`);
   lines.push(`ORANGERY_NATS_CA=${caPath}`);
-  if (u.role === 'agent') lines.push(`ORANGERY_HOST_ID=${u.user.replace(/^agent-/, '')}`);
+  if (u.role === 'agent' || u.role === 'swarm-agent') lines.push(`ORANGERY_HOST_ID=${u.user.replace(/^agent-/, '')}`);
   if ((DB_SERVICES as readonly string[]).includes(u.role)) {
     const svc = u.role as DbService;
     // every host of a Galera list, in the same order for every service (docs/topology.md)

@@ -18,6 +18,7 @@ const users = allUsers([
   { name: 'host-a', hosts: ['host-a'] },
   { name: 'host-b', hosts: ['host-b'] },
   { name: 'vc1', hosts: ['esx-1', 'esx-2'] },
+  { name: 'sw1', hosts: ['sw1-n1', 'sw1-n2'], swarm: true },
 ]);
 const byName = (n: string): RoleUser => users.find((u) => u.user === n)!;
 const can = (user: string, op: 'publish' | 'subscribe', subject: string): boolean => byName(user).permissions[op].allow.some((p) => matches(p, subject));
@@ -57,6 +58,32 @@ const table: [string, 'publish' | 'subscribe', string, boolean][] = [
   ['agent-vc1', 'publish', 'orangery.hb.esx-3', false],
   ['agent-vc1', 'subscribe', 'orangery.agent.esx-2.instance.get', true],
   ['agent-vc1', 'subscribe', 'orangery.agent.host-a.instance.get', false],
+  // swarm-agent: an agent of its nodes, plus its nodes' ipam blocks and task bindings
+  ['agent-sw1', 'publish', 'orangery.hb.sw1-n1', true],
+  ['agent-sw1', 'publish', 'orangery.hb.sw1-n2', true],
+  ['agent-sw1', 'publish', 'orangery.hb.host-a', false],
+  ['agent-sw1', 'subscribe', 'orangery.agent.sw1-n2.instance.create', true],
+  ['agent-sw1', 'subscribe', 'orangery.agent.host-a.instance.create', false],
+  ['agent-sw1', 'subscribe', '_INBOX_sw1.x', true],
+  ['agent-sw1', 'publish', 'orangery.ipam.block.reserve', true],
+  ['agent-sw1', 'publish', 'orangery.ipam.block.release', true],
+  ['agent-sw1', 'publish', 'orangery.ipam.block.list', true],
+  ['agent-sw1', 'publish', 'orangery.ipam.block.bind', true],
+  ['agent-sw1', 'publish', 'orangery.ipam.block.unbind', true],
+  ['agent-sw1', 'publish', 'orangery.ipam.get', true],
+  ['agent-sw1', 'publish', 'orangery.ipam.pool.get', true],
+  ['agent-sw1', 'publish', 'orangery.ipam.allocate', false],
+  ['agent-sw1', 'publish', 'orangery.ipam.bind', false],
+  ['agent-sw1', 'publish', 'orangery.ipam.release', false],
+  ['agent-sw1', 'publish', 'orangery.ipam.pool.delete', false],
+  ['agent-sw1', 'publish', 'orangery.scheduler.slot.hold', false],
+  ['agent-host-a', 'publish', 'orangery.ipam.block.bind', false],
+  ['agent-host-a', 'publish', 'orangery.ipam.block.reserve', false],
+  ['agent-vc1', 'publish', 'orangery.ipam.block.unbind', false],
+  ['operator', 'publish', 'orangery.ipam.block.list', true],
+  ['operator', 'publish', 'orangery.ipam.block.release', true],
+  ['console', 'publish', 'orangery.ipam.block.release', false],
+  ['upstream', 'publish', 'orangery.ipam.block.list', false],
   // upstream: scale requests in, events out; nothing else
   ['upstream', 'publish', 'orangery.scale.prod.web', true],
   ['upstream', 'publish', 'orangery.ipam.release', false],
@@ -132,6 +159,7 @@ describe('the permission table', () => {
       'agent-host-a',
       'agent-host-b',
       'agent-vc1',
+      'agent-sw1',
     ]);
   });
 

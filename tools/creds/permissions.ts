@@ -17,7 +17,7 @@ export interface Permissions {
 }
 
 export type ServiceRole = 'ipam' | 'scheduler' | 'migrator' | 'console';
-export type Role = ServiceRole | 'operator' | 'upstream' | 'agent';
+export type Role = ServiceRole | 'operator' | 'upstream' | 'agent' | 'swarm-agent';
 
 export interface RoleUser {
   /** the NATS user name, also the env file's name */
@@ -35,7 +35,24 @@ export interface AgentSpec {
   /** the agent's own identity (ORANGERY_HOST_ID): its NATS user is `agent-<name>` */
   name: string;
   hosts: string[];
+  /** a swarm-agent (`--swarm-agent`): also keeps its nodes' ipam blocks and task bindings */
+  swarm?: boolean;
 }
+
+/**
+ * What a swarm-agent asks ipam besides an agent's rights (docs/ipam.md "Blocks"): its nodes'
+ * blocks and its tasks' bindings, and the reads it needs to build the nodes' networks. Not
+ * allocate, plain bind or release: it cannot take or free an address outside blocks.
+ */
+export const SWARM_AGENT_REQUESTS = [
+  SUBJECTS.ipam.blockReserve,
+  SUBJECTS.ipam.blockRelease,
+  SUBJECTS.ipam.blockList,
+  SUBJECTS.ipam.blockBind,
+  SUBJECTS.ipam.blockUnbind,
+  SUBJECTS.ipam.get,
+  SUBJECTS.ipam.poolGet,
+] as const;
 
 const JS_API = '$JS.API';
 const JS_INFO = `${JS_API}.INFO`;
@@ -207,11 +224,16 @@ export function agentUser(spec: AgentSpec): RoleUser {
   const inbox = agentInboxPrefix(spec.name);
   return {
     user: `agent-${spec.name}`,
-    role: 'agent',
+    role: spec.swarm ? 'swarm-agent' : 'agent',
     inboxPrefix: inbox,
     hosts: sorted(spec.hosts),
     permissions: perms(
-      [...spec.hosts.map((h) => SUBJECTS.heartbeat(h)), ...AGENT_EVENT_SUBJECTS, ...ensureStreamSubjects(EVENTS_STREAM.name)],
+      [
+        ...spec.hosts.map((h) => SUBJECTS.heartbeat(h)),
+        ...AGENT_EVENT_SUBJECTS,
+        ...ensureStreamSubjects(EVENTS_STREAM.name),
+        ...(spec.swarm ? SWARM_AGENT_REQUESTS : []),
+      ],
       [...spec.hosts.map((h) => `orangery.agent.${h}.>`), ownInbox(inbox)],
       true,
     ),

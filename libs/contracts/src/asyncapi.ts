@@ -100,7 +100,7 @@ export const IPAM_ERRORS: Record<IpamKey, readonly ErrorCode[]> = {
   poolList: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
   poolDelete: ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'POOL_IN_USE', 'UNAVAILABLE', 'INTERNAL'],
   allocate: ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'POOL_EXHAUSTED', 'IP_OUT_OF_POOL', 'IP_RESERVED', 'IP_TAKEN', 'OWNER_HAS_IP', 'UNAVAILABLE', 'INTERNAL'],
-  bind: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
+  bind: ['INVALID_REQUEST', 'NOT_FOUND', 'NOT_IN_BLOCK', 'UNAVAILABLE', 'INTERNAL'],
   release: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   get: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
   // The codes of a batch's own reply and of its items' results (those of the single subject).
@@ -115,7 +115,7 @@ export const IPAM_ERRORS: Record<IpamKey, readonly ErrorCode[]> = {
     'UNAVAILABLE',
     'INTERNAL',
   ],
-  bindBatch: ['INVALID_REQUEST', 'NOT_FOUND', 'UNAVAILABLE', 'INTERNAL'],
+  bindBatch: ['INVALID_REQUEST', 'NOT_FOUND', 'NOT_IN_BLOCK', 'UNAVAILABLE', 'INTERNAL'],
   blockReserve: ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'POOL_EXHAUSTED', 'UNAVAILABLE', 'INTERNAL'],
   blockRelease: ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'NOT_FOUND', 'POOL_IN_USE', 'UNAVAILABLE', 'INTERNAL'],
   blockList: ['INVALID_REQUEST', 'UNAVAILABLE', 'INTERNAL'],
@@ -471,7 +471,9 @@ const IPAM: Record<IpamKey, Pick<RequestReply, 'summary' | 'description' | 'requ
     summary: 'Get a pool with its usage.',
     description:
       'size: addresses that can ever be handed out (the cidr less network, broadcast, gateway and reserved); ' +
-      'used: allocated or bound; quarantined: released and still within their cooldown; free = size - used - quarantined.',
+      'used: allocated or bound; quarantined: released and still within their cooldown; free = size - used - quarantined. ' +
+      "v1.1 (issue 16): blocked = addresses inside swarm nodes' blocks that no task holds (bound ones count as used), " +
+      'and free = size - used - quarantined - blocked.',
     request: 'PoolNameRequest',
     reply: 'PoolWithUsageReply',
   },
@@ -486,7 +488,9 @@ const IPAM: Record<IpamKey, Pick<RequestReply, 'summary' | 'description' | 'requ
   },
   poolDelete: {
     summary: 'Delete a pool.',
-    description: 'Succeeds when no address is allocated or bound (released ones go with the pool); POOL_IN_USE otherwise.',
+    description:
+      'Succeeds when no address is allocated or bound (released ones go with the pool); POOL_IN_USE otherwise, and ' +
+      "(v1.1) while a swarm node's block of the pool exists (details.blocks).",
     request: 'PoolNameRequest',
     reply: 'EmptyReply',
   },
@@ -495,7 +499,8 @@ const IPAM: Record<IpamKey, Pick<RequestReply, 'summary' | 'description' | 'requ
     description:
       'Idempotent per owner: an owner holds at most one live address platform-wide and always gets it back. ' +
       'A released address returns to its former owner; nobody else gets it before the cooldown has passed. ' +
-      'With ip: IP_OUT_OF_POOL, IP_RESERVED or IP_TAKEN when it cannot be had.',
+      'With ip: IP_OUT_OF_POOL, IP_RESERVED or IP_TAKEN when it cannot be had (IP_TAKEN with details.block { host, cidr } ' +
+      "for an address inside a swarm node's block). Addresses inside blocks are never handed out, not even as affinity.",
     request: 'AllocateRequest',
     reply: 'AllocationReply',
   },
@@ -503,13 +508,16 @@ const IPAM: Record<IpamKey, Pick<RequestReply, 'summary' | 'description' | 'requ
     summary: 'Bind an allocated address to an instance on a host.',
     description:
       'Needs an allocated or bound address (else NOT_FOUND). Binding a bound address again with a new ' +
-      'backend or host is how failover and migration move it.',
+      'backend or host is how failover and migration move it. An address a swarm task holds inside a block binds only ' +
+      "with backend swarm and that block's host (else NOT_IN_BLOCK); swarm outside blocks binds as any backend.",
     request: 'BindRequest',
     reply: 'AllocationReply',
   },
   release: {
     summary: 'Release an address; the reply is the allocation, now released.',
-    description: 'Give exactly one of ip or owner. Releasing a released address returns it unchanged.',
+    description:
+      'Give exactly one of ip or owner. Releasing a released address returns it unchanged. An address inside a ' +
+      "swarm node's block stays in its block (as orangery.ipam.block.unbind): no cooldown applies there.",
     request: 'AddressLookupRequest',
     reply: 'AllocationReply',
   },
@@ -546,24 +554,27 @@ const IPAM: Record<IpamKey, Pick<RequestReply, 'summary' | 'description' | 'requ
   blockReserve: {
     summary: 'Reserve a swarm node\'s block of a pool (project addition, issue 16, docs/ipam.md "Blocks").',
     description:
-      'Request { pool, host, size }: size a power of two from 4 to 4096. Idempotent per (pool, host): a host that holds a ' +
-      'block gets it back whatever size it asks. A new block is an aligned CIDR range of the pool none of whose addresses ' +
-      'is network, broadcast, gateway, reserved, held (allocated or bound) or in cooldown; POOL_EXHAUSTED when no such ' +
-      'range is left. Same concurrency guarantees as allocate: two hosts never get overlapping blocks, from any replica. ' +
-      "Inside a block Docker's per-node IPAM picks task addresses; nothing else in ipam hands them out.",
+      'Request { pool, host, size }: size a power of two from 4 to 4096 (else INVALID_REQUEST, field size). Idempotent ' +
+      'per (pool, host): a host that holds a block gets it back whatever size it asks. A new block is an aligned CIDR ' +
+      'range of the pool none of whose addresses is network, broadcast, gateway, reserved, held (allocated or bound), in ' +
+      'cooldown or in another block: ranges of never-used addresses first (released ones stay for their owners), lowest ' +
+      'first; POOL_EXHAUSTED (details.blockSize) when no such range is left. Same concurrency guarantees as allocate: two ' +
+      "hosts never get overlapping blocks, from any replica. Inside a block Docker's per-node IPAM picks task addresses; " +
+      'nothing else in ipam hands them out. Writes an audit row, no event.',
     request: 'BlockReserveRequest',
     reply: 'IpBlockReply',
   },
   blockRelease: {
     summary: "Return a node's block to the pool (its node left the swarm).",
     description:
-      'Request { pool, host }. POOL_IN_USE (details.bound) while an address of the block is bound; NOT_FOUND when the host ' +
-      'holds no block in the pool. Released addresses of the block keep their cooldown.',
+      'Request { pool, host }. POOL_IN_USE (details.bound, details.ips) while an address of the block is bound; NOT_FOUND ' +
+      'when the host holds no block in the pool. The addresses go back to the pool: released ones keep their cooldown ' +
+      '(counted from their release) and their former owner affinity.',
     request: 'BlockRefRequest',
     reply: 'IpBlockReply',
   },
   blockList: {
-    summary: 'List blocks, by pool and/or host.',
+    summary: 'List blocks, by pool and/or host, in address order (an unknown pool lists none).',
     request: 'BlockListRequest',
     reply: 'BlockListReply',
   },
@@ -573,13 +584,16 @@ const IPAM: Record<IpamKey, Pick<RequestReply, 'summary' | 'description' | 'requ
       "Request { pool, ip, owner, instanceId, host }: ip must be inside host's block of pool (else NOT_IN_BLOCK). IP_TAKEN " +
       'when another owner holds it bound. When the owner holds another address inside a block (its task moved or was ' +
       'replaced) that one is released in the same transaction; an address it holds outside blocks is OWNER_HAS_IP. ' +
-      'Idempotent. Reply: the allocation, bound, backend swarm.',
+      'Idempotent. Reply: the allocation, bound, backend swarm, host the node. Events: ip.bound (and ip.released for ' +
+      'the address it left), no ip.allocated.',
     request: 'BlockBindRequest',
     reply: 'AllocationReply',
   },
   blockUnbind: {
     summary: "A task's address is free again inside its block (the task is gone).",
-    description: 'Request { ip }: NOT_IN_BLOCK for an address outside every block; NOT_FOUND if never allocated. Idempotent.',
+    description:
+      'Request { ip }: NOT_IN_BLOCK for an address outside every block; NOT_FOUND if never bound. Idempotent. The address ' +
+      'stays in its block: Docker picks addresses there, so no cooldown or affinity holds inside a block. Event: ip.released.',
     request: 'BlockUnbindRequest',
     reply: 'AllocationReply',
   },

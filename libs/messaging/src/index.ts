@@ -5,3 +5,4 @@ export * from './requester';
 export * from './jetstream';
 export * from './event-buffer';
 export * from './clients';
+export * from './ipam-blocks-client';

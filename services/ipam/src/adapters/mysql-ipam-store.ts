@@ -14,7 +14,9 @@ import {
 } from '@orangery/persistence';
 import { poolRecordOf, type PoolPlan } from '../domain/pool-plan';
 import {
+  BLOCKED_AT,
   OwnerConflict,
+  type BlockRecord,
   type AddressPatch,
   type AddressRecord,
   type AuditEntry,
@@ -195,16 +197,19 @@ class MysqlIpamTx implements IpamTx {
   }
 
   async usage(poolId: number, nowMs: number): Promise<PoolUsage> {
-    const [row] = await this.rows<{ used: number | string; quarantined: number | string; next: number | string | null }>(
+    // Blocked addresses (BLOCKED_AT) are above every cooldown's end: counted apart.
+    const [row] = await this.rows<{ used: number | string; quarantined: number | string; blocked: number | string; next: number | string | null }>(
       `SELECT
          (SELECT COUNT(*) FROM ipam_address WHERE pool_id = ? AND available_at IS NULL) AS used,
-         (SELECT COUNT(*) FROM ipam_address WHERE pool_id = ? AND available_at > ?) AS quarantined,
-         (SELECT MIN(available_at) FROM ipam_address WHERE pool_id = ? AND available_at > ?) AS next`,
-      [poolId, poolId, nowMs, poolId, nowMs],
+         (SELECT COUNT(*) FROM ipam_address WHERE pool_id = ? AND available_at > ? AND available_at < ?) AS quarantined,
+         (SELECT COUNT(*) FROM ipam_address WHERE pool_id = ? AND available_at = ?) AS blocked,
+         (SELECT MIN(available_at) FROM ipam_address WHERE pool_id = ? AND available_at > ? AND available_at < ?) AS next`,
+      [poolId, poolId, nowMs, BLOCKED_AT, poolId, BLOCKED_AT, poolId, nowMs, BLOCKED_AT],
     );
     return {
       used: Number(row?.used ?? 0),
       quarantined: Number(row?.quarantined ?? 0),
+      blocked: Number(row?.blocked ?? 0),
       nextAvailableAt: row?.next === null || row?.next === undefined ? null : Number(row.next),
     };
   }
@@ -334,7 +339,107 @@ class MysqlIpamTx implements IpamTx {
       this.rowIds.track,
     );
   }
+
+  // ---- swarm node blocks ----
+
+  async findBlock(poolId: number, host: string, lock: 'none' | 'share' | 'update'): Promise<BlockRecord | undefined> {
+    const suffix = lock === 'share' ? ' LOCK IN SHARE MODE' : lock === 'update' ? ' FOR UPDATE' : '';
+    const [row] = await this.rows<BlockRow>(`SELECT * FROM ipam_block WHERE pool_id = ? AND host = ?${suffix}`, [poolId, host]);
+    return row ? toBlock(row) : undefined;
+  }
+
+  async findBlockAt(ip: number): Promise<BlockRecord | undefined> {
+    // Blocks never overlap: the one starting at or below ip is the only candidate.
+    const [row] = await this.rows<BlockRow>('SELECT * FROM ipam_block WHERE first_ip <= ? ORDER BY first_ip DESC LIMIT 1', [ip]);
+    return row && Number(row.last_ip) >= ip ? toBlock(row) : undefined;
+  }
+
+  async listBlocks(filter: { poolId?: number; host?: string }): Promise<(BlockRecord & { bound: number })[]> {
+    const where: string[] = [];
+    const params: unknown[] = [];
+    if (filter.poolId !== undefined) {
+      where.push('b.pool_id = ?');
+      params.push(filter.poolId);
+    }
+    if (filter.host !== undefined) {
+      where.push('b.host = ?');
+      params.push(filter.host);
+    }
+    const rows = await this.rows<BlockRow & { bound: number | string }>(
+      `SELECT b.*, (SELECT COUNT(*) FROM ipam_address a WHERE a.ip BETWEEN b.first_ip AND b.last_ip AND a.available_at IS NULL) AS bound
+       FROM ipam_block b ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY b.first_ip`,
+      params,
+    );
+    return rows.map((r) => ({ ...toBlock(r), bound: Number(r.bound) }));
+  }
+
+  async countBlocks(poolId: number): Promise<number> {
+    const [row] = await this.rows<{ n: number | string }>('SELECT COUNT(*) AS n FROM ipam_block WHERE pool_id = ?', [poolId]);
+    return Number(row?.n ?? 0);
+  }
+
+  async freeBlockCandidates(poolId: number, size: number, nowMs: number, limit: number): Promise<number[]> {
+    // One range scan of ix_pick (covering): the available addresses grouped by aligned range;
+    // a range qualifies when all `size` of its addresses are there (network, broadcast,
+    // gateway and reserved addresses have no row, live ones are NULL, cooling or blocked ones
+    // above now). Ranges of never-used addresses first keep released ones for their owners.
+    const rows = await this.rows<{ k: number | string }>(
+      `SELECT ip DIV ? AS k, SUM(available_at > 0) > 0 AS reused FROM ipam_address FORCE INDEX (ix_pick)
+       WHERE pool_id = ? AND available_at <= ?
+       GROUP BY k HAVING COUNT(*) = ? ORDER BY reused, k LIMIT ?`,
+      [size, poolId, nowMs, size, Math.floor(limit)],
+    );
+    return rows.map((r) => Number(r.k) * size);
+  }
+
+  async lockRange(first: number, last: number): Promise<AddressRecord[]> {
+    const rows = await this.rows<AddressRow>(`SELECT ${ADDRESS_COLUMNS} FROM ipam_address WHERE ip BETWEEN ? AND ? ORDER BY ip FOR UPDATE`, [first, last]);
+    return rows.map(toAddress);
+  }
+
+  async setAvailableAt(ips: readonly number[], value: number): Promise<void> {
+    if (ips.length === 0) return;
+    this.q.defer('UPDATE ipam_address SET available_at = ? WHERE ip IN (?)', [value, [...ips]]);
+  }
+
+  async insertBlock(block: Omit<BlockRecord, 'id'>): Promise<BlockRecord> {
+    // Not deferred: a rival's block for the same host (unique key) must surface here, as
+    // OwnerConflict through the store's guard, so the reserve reruns and returns it.
+    const res = (await this.q.query('INSERT INTO ipam_block (pool_id, host, first_ip, last_ip, size, created_at) VALUES (?, ?, ?, ?, ?, ?)', [
+      block.poolId,
+      block.host,
+      block.first,
+      block.last,
+      block.size,
+      block.createdAt,
+    ])) as { insertId: number };
+    return { ...block, id: Number(res.insertId) };
+  }
+
+  async deleteBlock(id: number): Promise<void> {
+    this.q.defer('DELETE FROM ipam_block WHERE id = ?', [id]);
+  }
 }
+
+interface BlockRow {
+  id: number;
+  pool_id: number;
+  host: string;
+  first_ip: number | string;
+  last_ip: number | string;
+  size: number;
+  created_at: Date;
+}
+
+const toBlock = (r: BlockRow): BlockRecord => ({
+  id: Number(r.id),
+  poolId: Number(r.pool_id),
+  host: r.host,
+  first: Number(r.first_ip),
+  last: Number(r.last_ip),
+  size: Number(r.size),
+  createdAt: r.created_at,
+});
 
 const UPDATE_COLUMNS = [
   'state',
@@ -384,20 +489,22 @@ export class MysqlIpamStore implements IpamStore {
   ) {}
 
   /** orangery_ipam_addresses: every pool's used, quarantined and free counts, one grouped scan. */
-  async addressCounts(nowMs: number): Promise<{ pool: string; used: number; quarantined: number; free: number }[]> {
+  async addressCounts(nowMs: number): Promise<{ pool: string; used: number; quarantined: number; blocked: number; free: number }[]> {
     const rows = await this.sql.read((q) =>
-      q.query<{ name: string; size: number | string; used: number | string | null; quarantined: number | string | null }[]>(
+      q.query<{ name: string; size: number | string; used: number | string | null; quarantined: number | string | null; blocked: number | string | null }[]>(
         `SELECT p.name, p.size,
            SUM(a.ip IS NOT NULL AND a.available_at IS NULL) AS used,
-           SUM(a.available_at > ?) AS quarantined
+           SUM(a.available_at > ? AND a.available_at < ?) AS quarantined,
+           SUM(a.available_at = ?) AS blocked
          FROM ipam_pool p LEFT JOIN ipam_address a ON a.pool_id = p.id GROUP BY p.id, p.name, p.size`,
-        [nowMs],
+        [nowMs, BLOCKED_AT, BLOCKED_AT],
       ),
     );
     return rows.map((r) => {
       const used = Number(r.used ?? 0);
       const quarantined = Number(r.quarantined ?? 0);
-      return { pool: r.name, used, quarantined, free: Number(r.size) - used - quarantined };
+      const blocked = Number(r.blocked ?? 0);
+      return { pool: r.name, used, quarantined, blocked, free: Number(r.size) - used - quarantined - blocked };
     });
   }
 

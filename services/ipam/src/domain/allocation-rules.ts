@@ -1,7 +1,7 @@
 import { buildEvent, instanceIdOf, OrangeryError, type Allocation, type Owner, type Pool } from '@orangery/contracts';
 import { intToIpv4, macForIpv4 } from '@orangery/netaddr';
 import { classifyIp, planPool } from './pool-plan';
-import type { AddressRecord, AuditEntry, PoolRecord, PoolUsage } from './ports';
+import { BLOCKED_AT, type AddressRecord, type AuditEntry, type BlockRecord, type PoolRecord, type PoolUsage } from './ports';
 
 /**
  * The allocation rules of CONTRACT.md as pure functions over rows, shared by the single
@@ -21,6 +21,22 @@ export interface CallContext {
 export const sameOwner = (a: Owner | undefined, b: Owner): boolean => a !== undefined && a.env === b.env && a.app === b.app && a.slot === b.slot;
 
 export const isLive = (r: AddressRecord): boolean => r.state === 'allocated' || r.state === 'bound';
+
+/** An address inside a swarm node's block that no task holds: never handed out by allocate. */
+export const isBlockedRow = (r: AddressRecord): boolean => r.availableAt === BLOCKED_AT;
+
+/** The CIDR text of a block (sizes are powers of two, blocks aligned). */
+export const blockCidr = (b: Pick<BlockRecord, 'first' | 'size'>): string => `${intToIpv4(b.first)}/${32 - Math.log2(b.size)}`;
+
+/** `allocate` with an `ip` inside a swarm node's block (the block's host named when known). */
+export const ipInBlock = (ipText: string, block: BlockRecord | undefined, poolName: string): OrangeryError =>
+  new OrangeryError(
+    'IP_TAKEN',
+    block
+      ? `${ipText} is inside swarm node '${block.host}''s address block ${blockCidr(block)} of pool '${poolName}': only that node's tasks use it`
+      : `${ipText} is inside a swarm node's address block of pool '${poolName}' (orangery.ipam.block.list names it)`,
+    { ip: ipText, pool: poolName, ...(block ? { block: { host: block.host, cidr: blockCidr(block) } } : {}) },
+  );
 
 /** The most recently released of `rows` (affinity: an owner gets its last address back). */
 export const latestReleased = (rows: readonly AddressRecord[]): AddressRecord | undefined =>
@@ -51,6 +67,7 @@ export const poolExhausted = (pool: PoolRecord, usage: PoolUsage): OrangeryError
     size: pool.size,
     used: usage.used,
     quarantined: usage.quarantined,
+    blocked: usage.blocked,
     ...(usage.nextAvailableAt !== null ? { nextAvailableAt: new Date(usage.nextAvailableAt).toISOString() } : {}),
   });
 
@@ -77,6 +94,8 @@ export function checkRequestable(pool: PoolRecord, ip: number): void {
 export function checkRequestedRow(pool: PoolRecord, owner: Owner, ip: number, row: AddressRecord | undefined, now: number): AddressRecord {
   const ipText = intToIpv4(ip);
   if (!row) throw new OrangeryError('INTERNAL', `pool '${pool.name}' has no row for ${ipText}`);
+  // Before the cooldown rule: a blocked address's former owner has no claim on it either.
+  if (isBlockedRow(row)) throw ipInBlock(ipText, undefined, pool.name);
   if (isLive(row)) {
     throw new OrangeryError('IP_TAKEN', `${ipText} is held by another instance`, { ip: ipText, owner: row.owner });
   }

@@ -16,6 +16,7 @@ import {
   bindChangesNothing,
   checkRequestable,
   checkRequestedRow,
+  isBlockedRow,
   isLive,
   latestReleased,
   notBindable,
@@ -27,7 +28,8 @@ import {
   toAllocation,
   type CallContext,
 } from './allocation-rules';
-import type { AddressPatch, AddressRecord, AuditEntry, IpamTx, PoolRecord } from './ports';
+import type { AddressPatch, AddressRecord, AuditEntry, BlockRecord, IpamTx, PoolRecord } from './ports';
+import { checkBindOutsideBlockRules } from './blocks';
 
 /**
  * Batch allocate and bind (docs/ipam.md "Batch requests"). Each item gets exactly the reply
@@ -203,7 +205,9 @@ export class AllocationBatch {
     }
     // Affinity: the owner's own most recently released address in this pool, cooldown or not
     // (unless another item of this batch took it after its cooldown: then its owner changed).
-    const mine = (this.rowsOfOwner.get(ownerKey(owner)) ?? []).map((ip) => this.rows.get(ip)!).filter((r) => r.poolId === pool.id && sameOwner(r.owner, owner));
+    const mine = (this.rowsOfOwner.get(ownerKey(owner)) ?? [])
+      .map((ip) => this.rows.get(ip)!)
+      .filter((r) => r.poolId === pool.id && sameOwner(r.owner, owner) && !isBlockedRow(r));
     const affinity = latestReleased(mine);
     if (affinity) {
       this.claim(i, pool, affinity);
@@ -240,6 +244,10 @@ export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly (Bin
   const { rows: locked, pools } = await tx.openBinds([...new Set(ips)].sort((a, b) => a - b));
   const rows = new Map(locked.map((r) => [r.ip, r]));
   const poolsById = new Map(pools.map((p) => [p.id, p]));
+  // Only block.bind makes an address inside a block live, always with backend swarm: only
+  // those rows need their block looked up (none on the docker/vmware path).
+  const blockOf = new Map<number, BlockRecord | undefined>();
+  for (const row of locked) if (row.backend === 'swarm') blockOf.set(row.ip, await tx.findBlockAt(row.ip));
   const finalState = new Map<number, AddressRecord>();
   const audits: AuditEntry[] = [];
   const results = reqs.map((req, i): Reply<Allocation> => {
@@ -249,6 +257,7 @@ export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly (Bin
       const pool = poolsById.get(row.poolId);
       if (!pool) throw poolVanished(row.poolId);
       if (bindChangesNothing(row, req)) return okReply(toAllocation(row, pool));
+      if (row.backend === 'swarm') checkBindOutsideBlockRules(req, blockOf.get(row.ip), pool);
       const after: AddressRecord = { ...row, state: 'bound', instanceId: req.instanceId, backend: req.backend, host: req.host };
       const allocation = toAllocation(after, pool);
       audits.push(auditEntryOf('bind', pool, row, allocation, itemContext(ctx, req), now));

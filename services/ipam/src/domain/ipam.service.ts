@@ -16,13 +16,15 @@ import {
   type PoolWithUsage,
   type Reply,
 } from '@orangery/contracts';
-import { ipv4ToInt } from '@orangery/netaddr';
+import { intToIpv4, ipv4ToInt } from '@orangery/netaddr';
 import {
   allocatedTo,
   auditEntryOf,
   bindChangesNothing,
   checkRequestable,
   checkRequestedRow,
+  ipInBlock,
+  isBlockedRow,
   isLive,
   latestReleased,
   notBindable,
@@ -35,6 +37,7 @@ import {
   type CallContext,
 } from './allocation-rules';
 import { AllocationBatch, bindBatchInTx, type ItemTrace } from './ipam-batch';
+import { checkBindOutsideBlockRules, releasedRow } from './blocks';
 import { planPool } from './pool-plan';
 import { OwnerConflict, type AddressRecord, type Clock, type IpamStore, type IpamTx, type PoolRecord } from './ports';
 
@@ -115,6 +118,14 @@ export class IpamService {
     return this.store.transaction(async (tx) => {
       const pool = await this.requirePool(tx, name, 'update');
       const usage = await tx.usage(pool.id, this.clock.now());
+      const blocks = await tx.countBlocks(pool.id);
+      if (blocks > 0) {
+        throw new OrangeryError('POOL_IN_USE', `pool '${name}' still has ${blocks} swarm node block(s); release them first (orangery.ipam.block.release)`, {
+          name,
+          used: usage.used,
+          blocks,
+        });
+      }
       if (usage.used > 0) {
         throw new OrangeryError('POOL_IN_USE', `pool '${name}' still has ${usage.used} address(es) allocated or bound`, {
           name,
@@ -154,8 +165,9 @@ export class IpamService {
     if (wanted !== undefined) {
       chosen = await this.lockRequested(tx, pool, owner, wanted, now);
     } else {
-      // Affinity: the owner's own most recently released address in this pool, cooldown or not.
-      chosen = latestReleased(mine.filter((r) => r.poolId === pool.id));
+      // Affinity: the owner's own most recently released address in this pool, cooldown or not
+      // (not one inside a swarm node's block: only that node's tasks use those).
+      chosen = latestReleased(mine.filter((r) => r.poolId === pool.id && !isBlockedRow(r)));
       chosen ??= await tx.lockNextAvailable(pool.id, now);
       if (!chosen) throw poolExhausted(pool, await tx.usage(pool.id, now));
     }
@@ -165,7 +177,9 @@ export class IpamService {
 
   private async lockRequested(tx: IpamTx, pool: PoolRecord, owner: Owner, ip: number, now: number): Promise<AddressRecord> {
     checkRequestable(pool, ip);
-    return checkRequestedRow(pool, owner, ip, await tx.lockAddress(ip), now);
+    const row = await tx.lockAddress(ip);
+    if (row && isBlockedRow(row)) throw ipInBlock(intToIpv4(ip), await tx.findBlockAt(ip), pool.name);
+    return checkRequestedRow(pool, owner, ip, row, now);
   }
 
   async bind(req: BindRequest, ctx: CallContext = {}): Promise<Allocation> {
@@ -179,6 +193,8 @@ export class IpamService {
       if (bindChangesNothing(row, req)) {
         return toAllocation(row, pool);
       }
+      // Only block.bind makes an address inside a block live, always with backend swarm.
+      if (row.backend === 'swarm') checkBindOutsideBlockRules(req, await tx.findBlockAt(ip), pool);
       const after: AddressRecord = { ...row, state: 'bound', instanceId: req.instanceId, backend: req.backend, host: req.host };
       return this.commitChange(tx, 'bind', pool, row, after, ctx);
     }, ctx.actor);
@@ -215,17 +231,9 @@ export class IpamService {
       const row = await this.findForLookup(tx, by);
       const pool = await this.requirePoolById(tx, row.poolId);
       if (row.state === 'released') return toAllocation(row, pool);
-      const now = this.clock.now();
-      const after: AddressRecord = {
-        ...row,
-        state: 'released',
-        availableAt: now + pool.cooldownSeconds * 1000,
-        releasedAt: new Date(now),
-        instanceId: null,
-        backend: null,
-        host: null,
-      };
-      return this.commitChange(tx, 'release', pool, row, after, ctx);
+      // A live address inside a block is a swarm task's (backend swarm): it stays in its block.
+      const inBlock = row.backend === 'swarm' && (await tx.findBlockAt(row.ip)) !== undefined;
+      return this.commitChange(tx, 'release', pool, row, releasedRow(row, pool, this.clock.now(), inBlock), ctx);
     }, ctx.actor);
   }
 
@@ -265,7 +273,14 @@ export class IpamService {
 
   private async withUsage(tx: IpamTx, pool: PoolRecord): Promise<PoolWithUsage> {
     const u = await tx.usage(pool.id, this.clock.now());
-    return { ...toPool(pool), size: pool.size, used: u.used, quarantined: u.quarantined, free: pool.size - u.used - u.quarantined };
+    return {
+      ...toPool(pool),
+      size: pool.size,
+      used: u.used,
+      quarantined: u.quarantined,
+      free: pool.size - u.used - u.quarantined - u.blocked,
+      blocked: u.blocked,
+    };
   }
 
   /** Writes an address change with its audit row and event (in the same transaction). */

@@ -37,7 +37,7 @@ export interface AddressRecord {
 export type AddressPatch = Omit<AddressRecord, 'ip' | 'poolId'>;
 
 export interface AuditEntry {
-  action: 'pool.create' | 'pool.delete' | 'allocate' | 'bind' | 'release';
+  action: 'pool.create' | 'pool.delete' | 'allocate' | 'bind' | 'release' | BlockAuditAction;
   ip: number | null;
   poolName: string;
   before: unknown;
@@ -49,6 +49,8 @@ export interface AuditEntry {
 export interface PoolUsage {
   used: number;
   quarantined: number;
+  /** addresses inside swarm nodes' blocks that no task holds (available_at = BLOCKED_AT) */
+  blocked: number;
   /** earliest moment a quarantined address becomes free, epoch ms */
   nextAvailableAt: number | null;
 }
@@ -102,7 +104,50 @@ export interface IpamTx {
   updateAddresses(changes: readonly { ip: number; patch: AddressPatch }[]): Promise<void>;
   /** Many audit entries at once, in order. */
   auditAll(entries: readonly AuditEntry[]): Promise<void>;
+
+  // ---- swarm node blocks (domain/blocks.ts, docs/ipam.md "Blocks") ----
+
+  /** `host`'s block of pool `poolId`; 'share' / 'update' lock its row. */
+  findBlock(poolId: number, host: string, lock: 'none' | 'share' | 'update'): Promise<BlockRecord | undefined>;
+  /** The block that contains `ip`, if any. */
+  findBlockAt(ip: number): Promise<BlockRecord | undefined>;
+  /** Blocks in (pool name, first address) order, each with its addresses bound now. */
+  listBlocks(filter: { poolId?: number; host?: string }): Promise<(BlockRecord & { bound: number })[]>;
+  countBlocks(poolId: number): Promise<number>;
+  /**
+   * First addresses of up to `limit` aligned ranges of `size` addresses of the pool whose every
+   * address is allocatable and available now (committed state, no locks): ranges made only of
+   * never-used addresses first, then by address.
+   */
+  freeBlockCandidates(poolId: number, size: number, nowMs: number, limit: number): Promise<number[]>;
+  /** The rows of [first, last], locked for update (waiting for other holders), in ip order. */
+  lockRange(first: number, last: number): Promise<AddressRecord[]>;
+  /** Sets available_at of `ips` to `value` (nothing else changes). */
+  setAvailableAt(ips: readonly number[], value: number): Promise<void>;
+  /** Throws OwnerConflict when the host has a block in the pool already (a concurrent reserve). */
+  insertBlock(block: Omit<BlockRecord, 'id'>): Promise<BlockRecord>;
+  deleteBlock(id: number): Promise<void>;
 }
+
+export type BlockAuditAction = 'block.reserve' | 'block.release' | 'block.bind' | 'block.unbind';
+
+/** A swarm node's block: an aligned range [first, last] of a pool only that node's tasks use. */
+export interface BlockRecord {
+  id: number;
+  poolId: number;
+  host: string;
+  first: number;
+  last: number;
+  size: number;
+  createdAt: Date;
+}
+
+/**
+ * available_at of an address inside a block that no task holds: above every `<= now` range,
+ * so the pick of a fresh address (index ix_pick) never reaches it, and told apart from a
+ * cooldown by its value. Number.MAX_SAFE_INTEGER: exact in JS and in BIGINT.
+ */
+export const BLOCKED_AT = Number.MAX_SAFE_INTEGER;
 
 /** Raised by updateAddress: the owner's live address was created concurrently. */
 export class OwnerConflict extends Error {

@@ -24,7 +24,9 @@ import { LOGGER, NATS } from '@orangery/service-kit';
 import type { Logger } from '@orangery/telemetry';
 import type { IpamService, CallContext } from '../domain/ipam.service';
 import type { OutboxRelay } from '@orangery/persistence';
-import { IPAM_SERVICE, OUTBOX } from '../tokens';
+import { IP_BLOCKS, IPAM_SERVICE, OUTBOX } from '../tokens';
+import type { IpBlocks } from '../domain/blocks';
+import { blockRoutes } from './ipam-blocks.routes';
 
 const callContext = (ctx: RequestContext): CallContext => {
   const traceparent = currentTraceparent();
@@ -73,6 +75,7 @@ export class IpamHandler implements OnApplicationBootstrap, BeforeApplicationShu
     @Inject(IPAM_SERVICE) private readonly ipam: IpamService,
     @Inject(OUTBOX) private readonly outbox: OutboxRelay,
     @Inject(LOGGER) private readonly logger: Logger,
+    @Inject(IP_BLOCKS) private readonly blocks: IpBlocks,
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
@@ -80,7 +83,7 @@ export class IpamHandler implements OnApplicationBootstrap, BeforeApplicationShu
     await ensureEventsStream(this.nc, this.logger);
     this.outbox.start();
     this.responder = new Responder(this.nc, QUEUE_GROUPS.ipam, this.logger);
-    this.responder.serve(ipamRoutes(this.ipam));
+    this.responder.serve([...ipamRoutes(this.ipam), ...blockRoutes(this.blocks)]);
     this.logger.info({ queue: QUEUE_GROUPS.ipam }, 'serving orangery.ipam.*');
   }
 

@@ -2,7 +2,7 @@ import { describe, it, expect } from 'vitest';
 import type { Owner } from '@orangery/contracts';
 import { ipv4ToInt } from '@orangery/netaddr';
 import { planPool } from '../pool-plan';
-import { OwnerConflict, type AddressRecord, type IpamTx } from '../ports';
+import { BLOCKED_AT, OwnerConflict, type AddressRecord, type IpamTx } from '../ports';
 import { FakeClock, InMemoryIpamStore } from './in-memory-store';
 
 // The test double must keep the port contracts, or the service tests prove nothing.
@@ -76,14 +76,42 @@ describe('InMemoryIpamStore', () => {
     expect(store.audits).toHaveLength(audits);
   });
 
-  it('usage counts live rows as used and rows still in cooldown as quarantined', async () => {
+  it('usage counts live rows as used, rows still in cooldown as quarantined and blocked rows apart', async () => {
     const { store, pool } = await storeWithPool();
     await store.transaction(async (tx) => {
       await setRow(tx, '198.18.0.2', { state: 'allocated', owner: web0, availableAt: null });
       await setRow(tx, '198.18.0.3', { state: 'released', owner: { ...web0, slot: 1 }, availableAt: T0 + 9 });
       await setRow(tx, '198.18.0.4', { state: 'released', owner: { ...web0, slot: 2 }, availableAt: T0 });
+      await tx.setAvailableAt([ip('198.18.0.5'), ip('198.18.0.6')], BLOCKED_AT);
     });
-    expect(await store.read((tx) => tx.usage(pool.id, T0))).toEqual({ used: 1, quarantined: 1, nextAvailableAt: T0 + 9 });
+    expect(await store.read((tx) => tx.usage(pool.id, T0))).toEqual({ used: 1, quarantined: 1, blocked: 2, nextAvailableAt: T0 + 9 });
+  });
+
+  it('freeBlockCandidates lists aligned ranges whose every address is available, never-used ranges first', async () => {
+    const store = new InMemoryIpamStore();
+    // 198.18.0.0/28: rows .1 to .14 (.0 network, .15 broadcast), gateway .1 excluded too.
+    const pool = await store.transaction((tx) => tx.insertPool(planPool({ name: 'n16', cidr: '198.18.0.0/28', gateway: '198.18.0.1' }), new Date(T0)));
+    await store.transaction(async (tx) => {
+      await setRow(tx, '198.18.0.5', { state: 'released', owner: web0, availableAt: T0 - 1 }); // usable, not never-used
+      await setRow(tx, '198.18.0.9', { state: 'allocated', owner: { ...web0, slot: 1 }, availableAt: null });
+    });
+    // Ranges of 4: .0-.3 lacks .0/.1, .4-.7 has a used one, .8-.11 a live one, .12-.15 lacks .15.
+    expect(await store.read((tx) => tx.freeBlockCandidates(pool.id, 4, T0, 10))).toEqual([ip('198.18.0.4')]);
+    expect(await store.read((tx) => tx.freeBlockCandidates(pool.id, 2, T0, 10))).toEqual(
+      ['198.18.0.2', '198.18.0.6', '198.18.0.10', '198.18.0.12', '198.18.0.4'].map(ip),
+    );
+    expect(await store.read((tx) => tx.freeBlockCandidates(pool.id, 2, T0, 2))).toEqual(['198.18.0.2', '198.18.0.6'].map(ip));
+  });
+
+  it('insertBlock refuses a second block for one host and pool, as the unique key does', async () => {
+    const { store, pool } = await storeWithPool();
+    const block = { poolId: pool.id, host: 'sw-a', first: ip('198.18.0.4'), last: ip('198.18.0.5'), size: 2, createdAt: new Date(T0) };
+    await store.transaction((tx) => tx.insertBlock(block));
+    await expect(store.transaction((tx) => tx.insertBlock({ ...block, first: ip('198.18.0.2'), last: ip('198.18.0.3') }))).rejects.toBeInstanceOf(
+      OwnerConflict,
+    );
+    expect((await store.read((tx) => tx.findBlockAt(ip('198.18.0.5'))))?.host).toBe('sw-a');
+    expect(await store.read((tx) => tx.findBlockAt(ip('198.18.0.6')))).toBeUndefined();
   });
 
   it("openAllocation returns the pool by name and the owner's rows, live or released", async () => {

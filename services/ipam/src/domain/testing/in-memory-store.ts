@@ -1,7 +1,9 @@
 import type { Owner } from '@orangery/contracts';
 import { poolRecordOf, type PoolPlan } from '../pool-plan';
 import {
+  BLOCKED_AT,
   OwnerConflict,
+  type BlockRecord,
   type AddressPatch,
   type AddressRecord,
   type AuditEntry,
@@ -18,6 +20,8 @@ export interface StoreState {
   pools: Map<number, PoolRecord>;
   addresses: Map<number, AddressRecord>;
   nextPoolId: number;
+  blocks: Map<number, BlockRecord>;
+  nextBlockId: number;
 }
 
 /** Points in a transaction where a test may step in (to fail, or to commit a rival change). */
@@ -33,6 +37,8 @@ const isLive = (r: AddressRecord): boolean => r.state === 'allocated' || r.state
 
 class InMemoryTx implements IpamTx {
   readonly audits: AuditEntry[] = [];
+  /** addresses this transaction has written */
+  private readonly touched = new Set<number>();
 
   constructor(
     private readonly state: StoreState,
@@ -96,10 +102,11 @@ class InMemoryTx implements IpamTx {
 
   async usage(poolId: number, nowMs: number): Promise<PoolUsage> {
     const rows = this.rowsOf(poolId);
-    const waiting = rows.filter((r) => r.availableAt !== null && r.availableAt > nowMs).map((r) => r.availableAt!);
+    const waiting = rows.filter((r) => r.availableAt !== null && r.availableAt > nowMs && r.availableAt < BLOCKED_AT).map((r) => r.availableAt!);
     return {
       used: rows.filter((r) => r.availableAt === null).length,
       quarantined: waiting.length,
+      blocked: rows.filter((r) => r.availableAt === BLOCKED_AT).length,
       nextAvailableAt: waiting.length > 0 ? Math.min(...waiting) : null,
     };
   }
@@ -125,10 +132,14 @@ class InMemoryTx implements IpamTx {
     if ((patch.state === 'allocated' || patch.state === 'bound') && patch.owner) {
       // Like a unique index on the live owner: sees this transaction's rows and committed ones.
       const clash = (rows: Iterable<AddressRecord>) => [...rows].some((r) => r.ip !== ip && isLive(r) && sameOwner(r.owner, patch.owner));
-      if (clash(this.state.addresses.values()) || clash(this.store.committed().addresses.values())) {
+      // Committed rows this transaction has rewritten count as this transaction's (the index
+      // sees a transaction's own changes): a block.bind releases the owner's old row first.
+      const committedOnly = [...this.store.committed().addresses.values()].filter((r) => !this.touched.has(r.ip));
+      if (clash(this.state.addresses.values()) || clash(committedOnly)) {
         throw new OwnerConflict();
       }
     }
+    this.touched.add(ip);
     this.state.addresses.set(ip, { ...structuredClone(patch), ip, poolId: row.poolId });
   }
 
@@ -179,6 +190,72 @@ class InMemoryTx implements IpamTx {
     for (const e of entries) await this.audit(e);
   }
 
+  async findBlock(poolId: number, host: string): Promise<BlockRecord | undefined> {
+    return structuredClone([...this.state.blocks.values()].find((b) => b.poolId === poolId && b.host === host));
+  }
+
+  async findBlockAt(ip: number): Promise<BlockRecord | undefined> {
+    return structuredClone([...this.state.blocks.values()].find((b) => b.first <= ip && ip <= b.last));
+  }
+
+  async listBlocks(filter: { poolId?: number; host?: string }): Promise<(BlockRecord & { bound: number })[]> {
+    const blocks = [...this.state.blocks.values()]
+      .filter((b) => (filter.poolId === undefined || b.poolId === filter.poolId) && (filter.host === undefined || b.host === filter.host))
+      .sort((a, b) => a.first - b.first);
+    return structuredClone(
+      blocks.map((b) => ({
+        ...b,
+        bound: [...this.state.addresses.values()].filter((r) => r.ip >= b.first && r.ip <= b.last && r.availableAt === null).length,
+      })),
+    );
+  }
+
+  async countBlocks(poolId: number): Promise<number> {
+    return [...this.state.blocks.values()].filter((b) => b.poolId === poolId).length;
+  }
+
+  async freeBlockCandidates(poolId: number, size: number, nowMs: number, limit: number): Promise<number[]> {
+    const ranges = new Map<number, { n: number; fresh: number }>();
+    for (const r of this.rowsOf(poolId)) {
+      if (r.availableAt === null || r.availableAt > nowMs) continue;
+      const k = Math.floor(r.ip / size);
+      const range = ranges.get(k) ?? { n: 0, fresh: 0 };
+      range.n++;
+      if (r.availableAt === 0) range.fresh++;
+      ranges.set(k, range);
+    }
+    return [...ranges.entries()]
+      .filter(([, r]) => r.n === size)
+      .sort(([ka, a], [kb, b]) => Number(a.fresh < size) - Number(b.fresh < size) || ka - kb)
+      .slice(0, limit)
+      .map(([k]) => k * size);
+  }
+
+  async lockRange(first: number, last: number): Promise<AddressRecord[]> {
+    return structuredClone([...this.state.addresses.values()].filter((r) => r.ip >= first && r.ip <= last).sort((a, b) => a.ip - b.ip));
+  }
+
+  async setAvailableAt(ips: readonly number[], value: number): Promise<void> {
+    for (const ip of ips) {
+      const row = this.state.addresses.get(ip);
+      if (row) row.availableAt = value;
+    }
+  }
+
+  async insertBlock(block: Omit<BlockRecord, 'id'>): Promise<BlockRecord> {
+    const clash = (blocks: Iterable<BlockRecord>) => [...blocks].some((b) => (b.poolId === block.poolId && b.host === block.host) || b.first === block.first);
+    // Like the unique keys (pool_id, host) and (first_ip): this transaction's rows and committed ones.
+    if (clash(this.state.blocks.values()) || clash(this.store.committed().blocks.values())) throw new OwnerConflict();
+    const id = this.state.nextBlockId++;
+    const row = { ...structuredClone(block), id };
+    this.state.blocks.set(id, row);
+    return structuredClone(row);
+  }
+
+  async deleteBlock(id: number): Promise<void> {
+    this.state.blocks.delete(id);
+  }
+
   private rowsOf(poolId: number): AddressRecord[] {
     return [...this.state.addresses.values()].filter((r) => r.poolId === poolId);
   }
@@ -199,7 +276,7 @@ export class InMemoryIpamStore implements IpamStore {
   transactions = 0;
   /** reads the batch methods made (the MySQL store sends each as one round trip) */
   roundTrips = 0;
-  private state: StoreState = { pools: new Map(), addresses: new Map(), nextPoolId: 1 };
+  private state: StoreState = { pools: new Map(), addresses: new Map(), nextPoolId: 1, blocks: new Map(), nextBlockId: 1 };
   private queue: Promise<unknown> = Promise.resolve();
 
   async transaction<T>(work: (tx: IpamTx) => Promise<T>): Promise<T> {
