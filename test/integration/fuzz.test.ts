@@ -14,6 +14,9 @@ import {
   BlockReserveRequest,
   BlockUnbindRequest,
   DrainRequest,
+  EnvListRequest,
+  EnvNameRequest,
+  EnvPutRequest,
   ERROR_CODES,
   Heartbeat,
   HostDrainRequest,
@@ -151,6 +154,21 @@ const REQUEST_SUBJECTS: { subject: string; schema: TSchema; example: Record<stri
   { subject: SUBJECTS.schedulerSlot.commit, schema: SlotHoldRequest, example: { instanceId: GHOST, by: MIGRATION } },
   { subject: SUBJECTS.schedulerSlot.release, schema: SlotHoldRequest, example: { instanceId: GHOST, by: MIGRATION } },
   { subject: SUBJECTS.schedulerSlot.hostDrain, schema: HostDrainRequest, example: { hostId: 'fz-ghost', drain: false } },
+  {
+    subject: SUBJECTS.scheduler.envsPut,
+    schema: EnvPutRequest,
+    example: {
+      name: 'fz-env',
+      backends: ['docker', 'swarm'],
+      pools: ['fz'],
+      hostLabels: { tier: 'gold' },
+      defaults: { spread: 'none', backend: 'docker' },
+      containerSecurity: { allowPrivilegeEscalation: true, pidsLimit: 8192, addCapabilities: ['NET_RAW'] },
+    },
+  },
+  { subject: SUBJECTS.scheduler.envsGet, schema: EnvNameRequest, example: { name: 'fz-env' } },
+  { subject: SUBJECTS.scheduler.envsList, schema: EnvListRequest, example: { limit: 3 } },
+  { subject: SUBJECTS.scheduler.envsDelete, schema: EnvNameRequest, example: { name: 'fz-none' } },
   { subject: SUBJECTS.migrator.migrationsGet, schema: MigrationGetRequest, example: { migrationId: MIGRATION } },
   { subject: SUBJECTS.migrator.migrate, schema: MigrateRequest, example: { instanceId: GHOST, toBackend: 'docker', toHost: 'fz-0002' } },
   { subject: SUBJECTS.migrator.drain, schema: DrainRequest, example: { hostId: 'fz-ghost' } },
@@ -405,6 +423,8 @@ describe(`fuzz every subject (seed ${SEED})`, () => {
     expect(after.instances).toEqual(before.instances);
     const known = new Set(before.hosts.map((h: { id: string }) => h.id));
     expect(after.hosts.filter((h: { id: string }) => known.has(h.id))).toEqual(before.hosts);
+    // a fuzzed envs.put may have given env 'fz' a record (a valid random body): without it, the rules of before
+    await client.request(SUBJECTS.scheduler.envsDelete, { name: 'fz' });
     const id = await scale.publish(scaleData('base', 3));
     const out = await scale.outcome(id, 60_000);
     expect(out.type, JSON.stringify(out.data)).toBe('io.orangery.scale.completed');

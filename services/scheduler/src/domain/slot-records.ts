@@ -44,6 +44,7 @@ export function slotSpecOf(spec: AppSpec): SlotSpec {
     pool: spec.pool,
     vlan: spec.vlan,
     ...(spec.environment ? { environment: spec.environment } : {}),
+    ...(spec.security ? { security: spec.security } : {}),
   };
 }
 
@@ -81,6 +82,7 @@ export function placementRequestOf(app: AppRecord, policy: PlacementPolicy, trie
     spread: spec.spread,
     policy,
     excludeHosts: tried,
+    ...(spec.hostLabels ? { hostLabels: spec.hostLabels } : {}),
   };
 }
 
@@ -97,16 +99,18 @@ export function createCommandOf(s: SlotRecord, alloc: AllocationInfo, backend: B
     resources: s.spec.resources,
     network: { ip: alloc.ip, mac: alloc.mac, prefixLength: alloc.prefixLength, gateway: alloc.gateway, vlan: alloc.vlan },
     ...(s.spec.environment ? { environment: s.spec.environment } : {}),
+    // the env record's relaxations of a container's confinement; a VM has no such thing
+    ...(s.spec.security && backend !== 'vmware' ? { security: s.spec.security } : {}),
   };
 }
 
 /**
  * The slot API's view of a record (docs/scheduler.md "Slot API"). Never the environment:
  * it may hold secrets, and the migrator does not need it (slot.create sends it to the
- * agent from here).
+ * agent from here). Nor the env's container security: it goes to agents only.
  */
 export function slotViewOf(s: SlotRecord): SlotView {
-  const { environment: _secret, ...spec } = s.spec;
+  const { environment: _secret, security: _security, ...spec } = s.spec;
   return {
     id: s.id,
     env: s.env,
