@@ -167,6 +167,7 @@ export function backendsFor(
 ): { backends: Backend[]; reason?: string; field?: string } {
   const auto: Backend[] = envPolicy?.includes('swarm') ? ['docker', 'vmware', 'swarm'] : ['docker', 'vmware'];
   const asked: Backend[] = data.backend === undefined || data.backend === 'auto' ? auto : [data.backend];
+  // containers and swarm services run an image, VMs are cloned from a template
   const withArtifact = asked.filter((b) => (b === 'vmware' ? data.template !== undefined : data.image !== undefined));
   if (withArtifact.length === 0) {
     const field = asked.length === 1 && asked[0] === 'vmware' ? 'data.template' : 'data.image';

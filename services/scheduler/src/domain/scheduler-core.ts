@@ -202,8 +202,8 @@ export class SchedulerCore {
    * scheduler ask the slot's recorded host about the instance (Observations.verify), and
    * only that bound reply changes anything.
    */
-  instanceEvent(what: string, instanceId: string, hostId: string): void {
-    this.observations.instanceEvent(what, instanceId, hostId);
+  instanceEvent(what: string, instanceId: string, hostId: string, ip?: string): void {
+    this.observations.instanceEvent(what, instanceId, hostId, ip);
   }
 
   agentList(hostId: string, instances: readonly AgentInstance[]): void {

@@ -7,6 +7,7 @@ import {
   type Backend,
   type CreateInstanceCommand,
   type SlotView,
+  type SwarmCreateInstanceCommand,
 } from '@orangery/contracts';
 import type { AppRecord, AppSpec, Demand, SlotError, SlotRecord, SlotSpec } from './model';
 import type { PlacementPolicy, PlacementRequest } from './placement';
@@ -101,6 +102,25 @@ export function createCommandOf(s: SlotRecord, alloc: AllocationInfo, backend: B
     ...(s.spec.environment ? { environment: s.spec.environment } : {}),
     // the env record's relaxations of a container's confinement; a VM has no such thing
     ...(s.spec.security && backend !== 'vmware' ? { security: s.spec.security } : {}),
+  };
+}
+
+/**
+ * A swarm node's create (issue 16): the pool instead of a network, since swarm picks the
+ * task's address inside its node's ipam block and the swarm-agent binds it; resources as
+ * for a container (the agent maps memory, heap and cpu like the docker-agent).
+ */
+export function swarmCreateCommandOf(s: SlotRecord): SwarmCreateInstanceCommand {
+  if (!s.spec.image) throw new OrangeryError('INVALID_REQUEST', 'the slot has no image for swarm');
+  return {
+    instanceId: s.id,
+    env: s.env,
+    app: s.app,
+    slot: s.slot,
+    image: s.spec.image,
+    resources: s.spec.resources,
+    pool: s.spec.pool,
+    ...(s.spec.environment ? { environment: s.spec.environment } : {}),
   };
 }
 

@@ -440,7 +440,9 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
       callback: (_e, msg) => {
         const what = msg.subject.split('.')[3] ?? '';
         const data = json(msg.data)?.['data'] as Record<string, unknown> | undefined;
-        if (typeof data?.['instanceId'] === 'string' && typeof data['hostId'] === 'string') core.instanceEvent(what, data['instanceId'], data['hostId']);
+        if (typeof data?.['instanceId'] === 'string' && typeof data['hostId'] === 'string') {
+          core.instanceEvent(what, data['instanceId'], data['hostId'], typeof data['ip'] === 'string' ? data['ip'] : undefined);
+        }
       },
     });
     return [hb, registered, instances];

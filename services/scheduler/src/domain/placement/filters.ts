@@ -1,4 +1,5 @@
 import { appKey, BACKEND_BIT, needOf, READY, type Inventory, type Need } from './inventory';
+import { BACKENDS } from '@orangery/contracts';
 import type { FilterReason, PlacementRequest } from './types';
 
 /**
@@ -25,7 +26,7 @@ export interface Demand extends Need {
 export function demandOf(request: PlacementRequest): Demand {
   const need = needOf(request.resources);
   let backends = 0;
-  for (const b of ['docker', 'vmware', 'swarm'] as const) {
+  for (const b of BACKENDS) {
     const asked = request.backend === 'auto' || request.backend === b;
     if (asked && (request.allowedBackends?.includes(b) ?? true)) backends |= BACKEND_BIT[b];
   }
