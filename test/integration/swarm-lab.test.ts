@@ -124,7 +124,7 @@ describe('environments and Docker Swarm in the lab', () => {
       const own = bs.find((b) => b.host === i.host);
       expect(own && inBlock(i.ip, own), `${i.ip} in the block of ${i.host}`).toBe(true);
       const a = await ipamGet({ ip: i.ip });
-      expect([a.state, a.backend, a.host, a.instanceId, a.owner]).toEqual(['bound', 'swarm', i.host, i.instanceId, { env: 'test', app: 'web', slot: i.slot }]);
+      expect([a.state, a.backend, a.host, a.instanceId, a.owner]).toEqual(['bound', 'swarm', i.host, i.id, { env: 'test', app: 'web', slot: i.slot }]);
       const body = await waitFor(`${i.ip} answers the legacy VM`, async () => (await lab.vmHttpGet(lab.vms[0]!, i.ip, SVC_PORT)) ?? undefined, 20_000, 250);
       expect(body).toBe(SVC_INDEX);
     }
@@ -191,10 +191,10 @@ describe('environments and Docker Swarm in the lab', () => {
       for (const i of after) {
         expect(inBlock(i.ip, own), `${i.ip} in the block of olab-sw1`).toBe(true);
         await waitFor(
-          `ipam binds ${i.ip} to ${i.instanceId} on olab-sw1`,
+          `ipam binds ${i.ip} to ${i.id} on olab-sw1`,
           async () => {
             const a = await ipamGet({ ip: i.ip });
-            return a.state === 'bound' && a.instanceId === i.instanceId && a.host === hostOf('olab-sw1');
+            return a.state === 'bound' && a.instanceId === i.id && a.host === hostOf('olab-sw1');
           },
           30_000,
           500,
