@@ -15,6 +15,7 @@ let client: ContractClient;
 let scale: ScaleWatcher;
 let docker: SimulatedFleet;
 let vmware: SimulatedFleet;
+let swarm: SimulatedFleet;
 let creates: Subscription;
 const createCommands: { hostId: string; body: Record<string, unknown> }[] = [];
 const schedulers: ServiceProcess[] = [];
@@ -97,13 +98,23 @@ beforeAll(async () => {
     labels: (i) => (i === 0 ? { tier: 'gold', zone: 'a' } : { tier: 'std', zone: 'a' }),
   });
   vmware = await SimulatedFleet.start({ natsUrl: nats.url, hosts: 2, idPrefix: 'vm-', backend: 'vmware', capacity: CAPACITY, heartbeatSeconds: 1 });
+  swarm = await SimulatedFleet.start({
+    natsUrl: nats.url,
+    hosts: 2,
+    idPrefix: 'sw-',
+    backend: 'swarm',
+    cluster: 'perf',
+    capacity: CAPACITY,
+    heartbeatSeconds: 1,
+    labels: () => ({ tier: 'test' }),
+  });
   await Promise.all([startScheduler(), startScheduler()]);
   await waitFor('a leader', () => schedulers.some((s) => s.hasLog('leading: consuming scale requests')), 60_000);
   await waitFor(
-    '5 ready hosts',
+    '7 ready hosts',
     async () => {
       const res = await client.request('orangery.scheduler.hosts.list', {});
-      return res.ok && res.data.hosts.filter((h: { state: string }) => h.state === 'ready').length === 5;
+      return res.ok && res.data.hosts.filter((h: { state: string }) => h.state === 'ready').length === 7;
     },
     20_000,
   );
@@ -116,6 +127,7 @@ afterAll(async () => {
   scale?.close();
   await docker?.stop();
   await vmware?.stop();
+  await swarm?.stop();
   await client?.close();
   await db?.end();
   await dir.cleanup();
@@ -204,6 +216,23 @@ describe('env records when scale requests are judged', () => {
       ['vmware', 'vm-'],
       ['vmware', 'vm-'],
     ]);
+  });
+
+  it('test (swarm only): a request without backend lands on swarm nodes, with the env container security in its creates', async () => {
+    const security = { pidsLimit: 2048 };
+    expect((await envs('put', { name: 'test', backends: ['swarm'], containerSecurity: security })).ok).toBe(true);
+    const r = await scaleAndWait(request('test', 'web', 2, { image: 'web:1' }));
+    expect(r.type, JSON.stringify(r.data)).toBe('io.orangery.scale.completed');
+    expect((await instances('test', 'web')).map((i) => [i.backend, i.host.slice(0, 3)])).toEqual([
+      ['swarm', 'sw-'],
+      ['swarm', 'sw-'],
+    ]);
+    const sent = createCommands.filter((c) => String(c.body['instanceId']).startsWith('test:web:'));
+    expect(sent.length).toBeGreaterThanOrEqual(2);
+    for (const c of sent) expect(c.body).toMatchObject({ pool: 'sim', security });
+    // a VM template asked of a swarm-only env: nothing it allows can run it
+    const vm = await scaleAndWait(request('test', 'vm', 1, { template: 'centos-9' }));
+    expect(vm.data['reason']).toMatchObject({ code: 'INVALID_REQUEST', details: { field: 'data.backend' } });
   });
 
   it('prod with backend swarm: scale.rejected POLICY_VIOLATION with details, nothing placed', async () => {

@@ -5,7 +5,7 @@ import { HostBook } from './host-book';
 import { RequestJudge, RetryLater } from './request-judge';
 import { SchedulerEvents } from './scheduler-events';
 import { SlotBook } from './slot-book';
-import { createCommandOf, slotViewOf } from './slot-records';
+import { createCommandOf, slotViewOf, swarmCreateCommandOf } from './slot-records';
 import { heartbeat, scaleData, scaleMessage } from './testing/factories';
 import { FakeIpam, InMemorySchedulerStore, MemoryLog } from './testing/fakes';
 
@@ -227,6 +227,7 @@ describe('RequestJudge with env records', () => {
     expect(slot.spec.security).toEqual(security);
     const alloc = { ip: '198.18.0.10', mac: '02:00:c6:12:00:0a', prefixLength: 24, gateway: '198.18.0.1', vlan: 100 };
     expect(createCommandOf(slot, alloc, 'docker').security).toEqual(security);
+    expect(swarmCreateCommandOf(slot).security).toEqual(security);
     expect(createCommandOf({ ...slot, spec: { ...slot.spec, template: 'centos-9' } }, alloc, 'vmware')).not.toHaveProperty('security');
     expect(JSON.stringify(slotViewOf(slot))).not.toContain('pidsLimit');
     // nor any event

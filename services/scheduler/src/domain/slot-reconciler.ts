@@ -253,6 +253,11 @@ export class SlotReconciler {
     if (inst.state !== 'running') {
       return this.attemptFailed(s, hostId, new OrangeryError('START_FAILED', inst.reason ?? `the task is ${inst.state} after create`));
     }
+    if (inst.instanceId === s.id && (!inst.ip || !inst.mac)) {
+      // running, but its address not known to the agent yet: ask again (the create is idempotent)
+      this.ports.log.warn({ instanceId: s.id, host: inst.hostId }, 'swarm task running without a known address yet; asking again');
+      return this.backoff(s);
+    }
     const wrong = notASwarmTask(this.hosts, s, hostId, inst);
     if (wrong !== undefined) return this.attemptFailed(s, hostId, new OrangeryError('START_FAILED', `the swarm-agent's reply cannot be recorded: ${wrong}`));
     const node = inst.hostId;

@@ -121,6 +121,8 @@ export function swarmCreateCommandOf(s: SlotRecord): SwarmCreateInstanceCommand 
     resources: s.spec.resources,
     pool: s.spec.pool,
     ...(s.spec.environment ? { environment: s.spec.environment } : {}),
+    // the env record's relaxations, as for a docker-agent's container
+    ...(s.spec.security ? { security: s.spec.security } : {}),
   };
 }
 

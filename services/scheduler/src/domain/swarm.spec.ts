@@ -117,6 +117,21 @@ describe('swarm slots', () => {
     expect(core.slotList().some((s) => s.hostId === 'x1' && s.state === 'running' && s.lastError?.host === 'n1')).toBe(false);
   });
 
+  it('a running task whose address the agent does not know yet is asked for again, not removed', async () => {
+    await world({ n1: swarmNode() });
+    const create = agents.create.bind(agents);
+    let answers = 0;
+    agents.create = async (hostId, command) => {
+      const inst = await create(hostId, command);
+      return answers++ < 2 ? { ...inst, ip: '', mac: '' } : inst;
+    };
+    await core.handleScale(scaleMessage(1, { replicas: 1, backend: 'swarm' }, { id: 'req-1' }));
+    await run(5_000);
+    expect(slot(0)).toMatchObject({ state: 'running', hostId: 'n1', ip: expect.stringMatching(/^10\.7\.0\./) });
+    expect(agents.callsOf('remove')).toEqual([]);
+    expect(answers).toBe(3);
+  });
+
   it('follows a task swarm moved to another node (listing, or an event verified by a bound get): nothing stopped, removed or created', async () => {
     await world({ n1: swarmNode(), n2: swarmNode() });
     agents.swarmNode = () => 'n1';
