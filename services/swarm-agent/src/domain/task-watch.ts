@@ -77,6 +77,10 @@ export class TaskWatch {
   /** what the last events said of each instance (the diff's base; commands do not touch it) */
   private reported = new Map<string, Observed>();
   private passing: Promise<void> | undefined;
+  /** one ipam change at a time per instance (a command's and the pass's) */
+  private readonly locks = new Map<string, Promise<unknown>>();
+  /** instances a command bound or unbound since the running pass read the swarm: the pass leaves them to the next one */
+  private readonly touched = new Set<string>();
 
   constructor(private readonly deps: TaskWatchDeps) {}
 
@@ -123,11 +127,19 @@ export class TaskWatch {
 
   /** Binds a running instance's address now (a create's reply carries it bound); the next pass retries on failure. */
   async bindNow(o: Observed): Promise<boolean> {
-    return this.bind(o);
+    return this.locked(o.instanceId, async () => {
+      this.touched.add(o.instanceId);
+      return this.bind(o);
+    });
   }
 
   /** A command removed the instance: unbind its address now; the command publishes instance.removed. */
   async removedNow(instanceId: string, ip: string | undefined): Promise<void> {
+    return this.locked(instanceId, () => this.removedNowLocked(instanceId, ip));
+  }
+
+  private async removedNowLocked(instanceId: string, ip: string | undefined): Promise<void> {
+    this.touched.add(instanceId);
     this.removedByCommand.add(instanceId);
     this.view.delete(instanceId);
     const held = this.bound.get(instanceId)?.ip ?? ip;
@@ -156,6 +168,8 @@ export class TaskWatch {
   }
 
   private async passNow(): Promise<void> {
+    // before the read: what a command changes from now on is newer than this pass's view
+    this.touched.clear();
     const { next, tasks, tasksOf } = await this.observeAll();
     this.deps.nodes.adoptPools(new Set([...next.values()].map((o) => o.pool)));
     const first = !this.started;
@@ -255,26 +269,44 @@ export class TaskWatch {
 
   private async reconcileBindings(next: ReadonlyMap<string, Observed>): Promise<void> {
     // Unbinds first: an address a gone task held may be the one a new task got.
-    for (const [instanceId, held] of [...this.bound]) {
-      const o = next.get(instanceId);
-      if (o && o.state === 'running' && o.ip === held.ip) continue;
-      if (o && o.state === 'running' && o.ip !== undefined) continue; // its bind below moves the owner
-      try {
-        await this.deps.ipam.unbind(held.ip);
-        this.bound.delete(instanceId);
-      } catch (e) {
-        this.deps.log.warn({ instanceId, ip: held.ip, err: String(e) }, 'unbind failed; retried on the next pass');
-      }
+    for (const [instanceId] of [...this.bound]) {
+      await this.locked(instanceId, async () => {
+        const held = this.bound.get(instanceId);
+        const o = next.get(instanceId);
+        // a command changed it after this pass's read, or its bind below moves the owner
+        if (!held || this.touched.has(instanceId) || (o && o.state === 'running' && o.ip !== undefined)) return;
+        try {
+          await this.deps.ipam.unbind(held.ip);
+          this.bound.delete(instanceId);
+        } catch (e) {
+          this.deps.log.warn({ instanceId, ip: held.ip, err: String(e) }, 'unbind failed; retried on the next pass');
+        }
+      });
     }
     for (const o of next.values()) {
-      if (o.state === 'running') {
-        const held = this.bound.get(o.instanceId);
-        if (held && held.ip === o.ip && held.hostId === o.hostId) continue;
-        await this.bind(o);
-      } else if (!this.bound.has(o.instanceId) && !this.staleChecked.has(o.instanceId)) {
-        await this.dropLeftoverBinding(o);
-      }
+      await this.locked(o.instanceId, async () => {
+        if (this.touched.has(o.instanceId)) return;
+        if (o.state === 'running') {
+          const held = this.bound.get(o.instanceId);
+          if (held && held.ip === o.ip && held.hostId === o.hostId) return;
+          await this.bind(o);
+        } else if (!this.bound.has(o.instanceId) && !this.staleChecked.has(o.instanceId)) {
+          await this.dropLeftoverBinding(o);
+        }
+      });
     }
+  }
+
+  private locked<T>(instanceId: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(instanceId) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(fn);
+    this.locks.set(instanceId, next);
+    void next
+      .finally(() => {
+        if (this.locks.get(instanceId) === next) this.locks.delete(instanceId);
+      })
+      .catch(() => undefined);
+    return next;
   }
 
   /** An instance with no running task may still hold a binding from before this process: return it. */

@@ -36,6 +36,11 @@ export function agentRoutes(hostId: string, agent: SwarmAgentService, nodes: Pic
   ];
 }
 
+/** The manager's last full answer is recent enough to heartbeat on: within 3 watch periods and 2 heartbeats (at least 3 s). */
+export function managerFresh(ageMs: number, config: Pick<SwarmAgentConfig, 'watchMs' | 'heartbeatSeconds'>): boolean {
+  return ageMs <= Math.max(3_000, 3 * config.watchMs, 2 * config.heartbeatSeconds * 1000);
+}
+
 /**
  * Timers and publishing only: the node inventory (each node's subjects served while it is
  * in the swarm), the networks pass, heartbeats, and the task watch. Decisions are the domain's.
@@ -43,6 +48,9 @@ export function agentRoutes(hostId: string, agent: SwarmAgentService, nodes: Pic
 export class SwarmRuntime implements OnApplicationBootstrap, BeforeApplicationShutdown {
   private readonly responders = new Map<string, Responder>();
   private readonly periodic = new PeriodicTasks((err) => this.logger.warn({ err: String(err) }, 'periodic task failed'));
+  /** when the manager last answered a full read (the task watch); heartbeats vouch for no older view */
+  private managerAnsweredAt = performance.now();
+  private silentLogged = false;
 
   constructor(
     @Inject(CONFIG) private readonly config: SwarmAgentConfig,
@@ -62,7 +70,10 @@ export class SwarmRuntime implements OnApplicationBootstrap, BeforeApplicationSh
     await this.watch.pass().catch((err) => this.logger.warn({ err: String(err) }, 'first task pass failed; retried'));
     await this.nodes.refreshNetworks().catch((err) => this.logger.warn({ err: String(err) }, 'networks pass failed; retried'));
     this.periodic.every(this.config.heartbeatSeconds * 1000, async () => this.publishHeartbeats());
-    this.periodic.every(this.config.watchMs, () => this.watch.pass());
+    this.periodic.every(this.config.watchMs, async () => {
+      await this.watch.pass();
+      this.managerAnsweredAt = performance.now();
+    });
     this.periodic.every(this.config.inventorySeconds * 1000, async () => {
       await this.refreshInventory();
       await this.nodes.refreshNetworks();
@@ -91,6 +102,16 @@ export class SwarmRuntime implements OnApplicationBootstrap, BeforeApplicationSh
   }
 
   private publishHeartbeats(): void {
+    // Heartbeats vouch for what the manager says now: while it does not answer, none go out
+    // (the scheduler sees the nodes silent: unknown, nothing moves; swarm owns restarts).
+    if (!managerFresh(performance.now() - this.managerAnsweredAt, this.config)) {
+      if (!this.silentLogged)
+        this.logger.warn({ manager: this.config.manager }, 'the swarm manager does not answer; heartbeats stop until it does (no task is touched)');
+      this.silentLogged = true;
+      return;
+    }
+    if (this.silentLogged) this.logger.info({}, 'the swarm manager answers again; heartbeats resume');
+    this.silentLogged = false;
     try {
       for (const hb of this.nodes.heartbeats(this.watch.allocatedByHost(), new Date())) this.nc.publish(SUBJECTS.heartbeat(hb.hostId), JSON.stringify(hb));
     } catch (err) {
