@@ -39,8 +39,15 @@ mkdir -p "$results"
 status=0
 step "unit tests"
 npx vitest run --project unit --reporter=default --reporter=json --outputFile="$results/unit.json" || status=1
-step "integration tests (real NATS, MariaDB and service processes)"
-npx vitest run --project integration --reporter=default --reporter=json --outputFile="$results/integration.json" || status=1
+step "integration tests (real NATS, MariaDB, service processes and the network lab)"
+# Two streams at once (vitest.config.ts): the files that use the network lab, one at a time,
+# and the others (own NATS, own database, own processes), one at a time. Each line is
+# prefixed with its stream; a stream's failure fails the run.
+rm -f "$results/integration.json" "$results/integration-lab.json"
+(set -o pipefail; npx vitest run --project integration-lab --reporter=default --reporter=json --outputFile="$results/integration-lab.json" 2>&1 | sed -u 's/^/[lab] /') &
+lab=$!
+(set -o pipefail; npx vitest run --project integration --reporter=default --reporter=json --outputFile="$results/integration.json" 2>&1 | sed -u 's/^/[svc] /') || status=1
+wait "$lab" || status=1
 
-node tools/test-summary.mjs "$results/unit.json" "$results/integration.json" || status=1
+node tools/test-summary.mjs "$results/unit.json" "$results/integration.json" "$results/integration-lab.json" || status=1
 exit $status

@@ -108,6 +108,28 @@ describe('dashboard in headless Chromium', () => {
     await shot('04-migrated');
   });
 
+  it('lists the environments and saves one from the page, with confirmation', async () => {
+    const form = page.locator('#env-form');
+    await form.locator('input[name=name]').fill('dash-env');
+    await form.locator('input[name=backends]').fill('docker, vmware');
+    await form.locator('input[name=pools]').fill('sim');
+    await form.locator('input[name=labels]').fill('tier=gold,zone=a');
+    await form.locator('select[name=defaultSpread]').selectOption('none');
+    await form.locator('button').click();
+    await expect.poll(() => page.locator('#confirm-text').textContent()).toContain('Save env dash-env (backends docker, vmware)');
+    await page.locator('#confirm-ok').click();
+    await page.waitForSelector('#envs tr[data-env="dash-env"]', { timeout: 15_000 });
+    expect(await page.locator('#envs tr[data-env="dash-env"]').textContent()).toContain('tier=gold, zone=a');
+    expect(await apiGet('/api/v1/envs/dash-env')).toMatchObject({
+      name: 'dash-env',
+      backends: ['docker', 'vmware'],
+      pools: ['sim'],
+      hostLabels: { tier: 'gold', zone: 'a' },
+      defaults: { spread: 'none' },
+    });
+    await shot('04b-env-saved');
+  });
+
   it('a viewer token sees the fleet but its commands are refused on the page', async () => {
     await page.goto(`${stack.base}/?token=${VIEWER}`);
     await page.waitForSelector('#hosts .card[data-host]');

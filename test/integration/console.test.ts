@@ -157,6 +157,7 @@ const ROUTES: { method: string; path: string; command: boolean; body?: unknown }
   { method: 'POST', path: '/api/v1/hosts/con-0001/drain', command: true, body: {} },
   { method: 'GET', path: '/api/v1/envs', command: false },
   { method: 'PUT', path: '/api/v1/envs/test', command: true, body: { backends: ['docker'] } },
+  { method: 'DELETE', path: '/api/v1/envs/test', command: true },
   { method: 'GET', path: '/api/v1/events', command: false },
 ];
 
@@ -323,14 +324,25 @@ describe('console: fleet, scale, migrations', () => {
     expectError(await api('POST', `/api/v1/hosts/${host}/drain`, { body: { force: true } }), 400, 'INVALID_REQUEST');
   });
 
-  it('envs are proxied to the scheduler: no responder yet is 503 UNAVAILABLE; bad bodies are 400', async () => {
-    const list = await api('GET', '/api/v1/envs', { token: VIEWER });
-    expectError(list, 503, 'UNAVAILABLE');
-    expect(list.body.error.message).toContain('orangery.scheduler.envs.list');
-    expectError(await api('PUT', '/api/v1/envs/test', { body: { backends: ['docker'] } }), 503, 'UNAVAILABLE');
-    expectError(await api('GET', '/api/v1/envs/test', { token: VIEWER }), 503, 'UNAVAILABLE');
-    expectError(await api('PUT', '/api/v1/envs/test', { body: { backends: ['mainframe'] } }), 400, 'INVALID_REQUEST');
-    expectError(await api('PUT', '/api/v1/envs/test', { body: { name: 'prod', backends: ['docker'] } }), 400, 'INVALID_REQUEST');
+  it("envs: put, get, list, delete through the scheduler's records; bad bodies are 400 and change nothing, a missing env 404", async () => {
+    const put = await api('PUT', '/api/v1/envs/con-prod', {
+      body: { backends: ['vmware', 'docker'], hostLabels: { tier: 'gold' }, defaults: { spread: 'none' } },
+    });
+    expect(put.status, JSON.stringify(put.body)).toBe(200);
+    expect(put.body).toMatchObject({ name: 'con-prod', backends: ['docker', 'vmware'], hostLabels: { tier: 'gold' }, defaults: { spread: 'none' } });
+    expect((await api('GET', '/api/v1/envs/con-prod', { token: VIEWER })).body).toEqual(put.body);
+    const list = await api('GET', '/api/v1/envs?limit=1000', { token: VIEWER });
+    expect(list.status).toBe(200);
+    expect(list.body.envs.map((e: { name: string }) => e.name)).toContain('con-prod');
+    expectError(await api('PUT', '/api/v1/envs/con-prod', { body: { backends: ['mainframe'] } }), 400, 'INVALID_REQUEST');
+    expectError(await api('PUT', '/api/v1/envs/con-prod', { body: { name: 'prod', backends: ['docker'] } }), 400, 'INVALID_REQUEST');
+    expectError(await api('PUT', '/api/v1/envs/con-prod', { body: { backends: ['docker'], hostLabels: { 'no spaces': 'x' } } }), 400, 'INVALID_REQUEST');
+    // the scheduler's own check: a default backend the env forbids
+    expectError(await api('PUT', '/api/v1/envs/con-prod', { body: { backends: ['docker'], defaults: { backend: 'vmware' } } }), 400, 'INVALID_REQUEST');
+    expect((await api('GET', '/api/v1/envs/con-prod', { token: VIEWER })).body).toEqual(put.body);
+    expect(await api('DELETE', '/api/v1/envs/con-prod')).toMatchObject({ status: 200, body: {} });
+    expectError(await api('DELETE', '/api/v1/envs/con-prod'), 404, 'NOT_FOUND');
+    expectError(await api('GET', '/api/v1/envs/con-prod', { token: VIEWER }), 404, 'NOT_FOUND');
   });
 });
 
@@ -429,6 +441,48 @@ describe('orangery CLI', () => {
     ).toEqual(['1.0', '1.0', '1.0']);
   });
 
+  it('envs put, get, list and delete', async () => {
+    const put = await cli([
+      'envs',
+      'put',
+      'cli-env',
+      '--backends',
+      'docker,vmware',
+      '--pools',
+      'sim',
+      '--label',
+      'tier=gold',
+      '--label',
+      'zone=a',
+      '--default-spread',
+      'none',
+      '--pids-limit',
+      '8192',
+    ]);
+    expect(put.code, put.stderr).toBe(0);
+    expect(put.stdout).toContain('env cli-env saved: backends docker,vmware');
+    const got = JSON.parse((await cli(['envs', 'get', 'cli-env', '--json'])).stdout);
+    expect(got).toMatchObject({
+      name: 'cli-env',
+      backends: ['docker', 'vmware'],
+      pools: ['sim'],
+      hostLabels: { tier: 'gold', zone: 'a' },
+      defaults: { spread: 'none' },
+      containerSecurity: { pidsLimit: 8192 },
+    });
+    const table = await cli(['envs'], { ORANGERY_TOKEN: VIEWER });
+    expect(table.code, table.stderr).toBe(0);
+    expect(table.stdout).toMatch(/^NAME\s+BACKENDS\s+POOLS\s+HOST LABELS\s+DEFAULTS\s+UPDATED\n/);
+    expect(table.stdout).toMatch(/\ncli-env\s+docker,vmware\s+sim\s+tier=gold,zone=a\s+spread=none\s/);
+    const refused = await cli(['envs', 'put', 'cli-env', '--backends', 'docker', '--default-backend', 'vmware']);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toContain('INVALID_REQUEST');
+    expect((await cli(['envs', 'put', 'cli-env', '--backends', 'mainframe'])).code).toBe(1);
+    const del = await cli(['envs', 'delete', 'cli-env']);
+    expect(del.code, del.stderr).toBe(0);
+    expect((await cli(['envs', 'delete', 'cli-env'])).code).toBe(1);
+  });
+
   it('exits 1 on a refusal with the code and message, 2 on bad usage', async () => {
     const exists = await cli(['pools', 'create', 'sim', '--cidr', '198.19.0.0/16', '--gateway', '198.19.0.1']);
     expect(exists.code).toBe(1);
@@ -436,9 +490,9 @@ describe('orangery CLI', () => {
     const forbidden = await cli(['drain', 'con-0001'], { ORANGERY_TOKEN: VIEWER });
     expect(forbidden.code).toBe(1);
     expect(forbidden.stderr).toContain('FORBIDDEN');
-    const envs = await cli(['envs', '--json']);
+    const envs = await cli(['envs', 'get', 'nope', '--json']);
     expect(envs.code).toBe(1);
-    expect(JSON.parse(envs.stdout).error.code).toBe('UNAVAILABLE');
+    expect(JSON.parse(envs.stdout).error.code).toBe('NOT_FOUND');
     for (const args of [
       ['scale', 'test/web'],
       ['scale', 'nonsense', '--replicas', '1'],

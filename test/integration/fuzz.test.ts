@@ -8,7 +8,15 @@ import {
   AllocateRequest,
   BindBatchRequest,
   BindRequest,
+  BlockBindRequest,
+  BlockListRequest,
+  BlockRef,
+  BlockReserveRequest,
+  BlockUnbindRequest,
   DrainRequest,
+  EnvListRequest,
+  EnvNameRequest,
+  EnvPutRequest,
   ERROR_CODES,
   Heartbeat,
   HostDrainRequest,
@@ -124,6 +132,16 @@ const REQUEST_SUBJECTS: { subject: string; schema: TSchema; example: Record<stri
     schema: BindBatchRequest,
     example: { items: [{ ip: '198.18.100.251', instanceId: GHOST, backend: 'vmware', host: 'fz-0002' }] },
   },
+  // swarm nodes' blocks (docs/ipam.md "Blocks"): a pool that does not exist, an address in no block
+  { subject: SUBJECTS.ipam.blockReserve, schema: BlockReserveRequest, example: { pool: 'fz-none', host: 'fz-0009', size: 4 } },
+  { subject: SUBJECTS.ipam.blockRelease, schema: BlockRef, example: { pool: 'fz-none', host: 'fz-0009' } },
+  { subject: SUBJECTS.ipam.blockList, schema: BlockListRequest, example: { pool: 'fz', host: 'fz-0009' } },
+  {
+    subject: SUBJECTS.ipam.blockBind,
+    schema: BlockBindRequest,
+    example: { pool: 'fz-none', ip: '198.18.100.252', owner: { env: 'fz', app: 'ghost', slot: 2 }, instanceId: GHOST, host: 'fz-0009' },
+  },
+  { subject: SUBJECTS.ipam.blockUnbind, schema: BlockUnbindRequest, example: { ip: '198.18.100.252' } },
   { subject: SUBJECTS.scheduler.hostsList, schema: HostsListRequest, example: { limit: 2 } },
   { subject: SUBJECTS.scheduler.instancesList, schema: InstancesListRequest, example: { env: 'fz', app: 'base', limit: 5 } },
   { subject: SUBJECTS.schedulerSlot.get, schema: SlotGetRequest, example: { instanceId: GHOST } },
@@ -136,6 +154,21 @@ const REQUEST_SUBJECTS: { subject: string; schema: TSchema; example: Record<stri
   { subject: SUBJECTS.schedulerSlot.commit, schema: SlotHoldRequest, example: { instanceId: GHOST, by: MIGRATION } },
   { subject: SUBJECTS.schedulerSlot.release, schema: SlotHoldRequest, example: { instanceId: GHOST, by: MIGRATION } },
   { subject: SUBJECTS.schedulerSlot.hostDrain, schema: HostDrainRequest, example: { hostId: 'fz-ghost', drain: false } },
+  {
+    subject: SUBJECTS.scheduler.envsPut,
+    schema: EnvPutRequest,
+    example: {
+      name: 'fz-env',
+      backends: ['docker', 'swarm'],
+      pools: ['fz'],
+      hostLabels: { tier: 'gold' },
+      defaults: { spread: 'none', backend: 'docker' },
+      containerSecurity: { allowPrivilegeEscalation: true, pidsLimit: 8192, addCapabilities: ['NET_RAW'] },
+    },
+  },
+  { subject: SUBJECTS.scheduler.envsGet, schema: EnvNameRequest, example: { name: 'fz-env' } },
+  { subject: SUBJECTS.scheduler.envsList, schema: EnvListRequest, example: { limit: 3 } },
+  { subject: SUBJECTS.scheduler.envsDelete, schema: EnvNameRequest, example: { name: 'fz-none' } },
   { subject: SUBJECTS.migrator.migrationsGet, schema: MigrationGetRequest, example: { migrationId: MIGRATION } },
   { subject: SUBJECTS.migrator.migrate, schema: MigrateRequest, example: { instanceId: GHOST, toBackend: 'docker', toHost: 'fz-0002' } },
   { subject: SUBJECTS.migrator.drain, schema: DrainRequest, example: { hostId: 'fz-ghost' } },
@@ -150,6 +183,10 @@ const MUTATING = new Set<string>([
   SUBJECTS.ipam.release,
   SUBJECTS.ipam.allocateBatch,
   SUBJECTS.ipam.bindBatch,
+  SUBJECTS.ipam.blockReserve,
+  SUBJECTS.ipam.blockRelease,
+  SUBJECTS.ipam.blockBind,
+  SUBJECTS.ipam.blockUnbind,
 ]);
 
 const CODES = new Set<string>(ERROR_CODES);
@@ -386,6 +423,8 @@ describe(`fuzz every subject (seed ${SEED})`, () => {
     expect(after.instances).toEqual(before.instances);
     const known = new Set(before.hosts.map((h: { id: string }) => h.id));
     expect(after.hosts.filter((h: { id: string }) => known.has(h.id))).toEqual(before.hosts);
+    // a fuzzed envs.put may have given env 'fz' a record (a valid random body): without it, the rules of before
+    await client.request(SUBJECTS.scheduler.envsDelete, { name: 'fz' });
     const id = await scale.publish(scaleData('base', 3));
     const out = await scale.outcome(id, 60_000);
     expect(out.type, JSON.stringify(out.data)).toBe('io.orangery.scale.completed');
@@ -401,6 +440,7 @@ function touchedPool(subject: string, payload: FuzzPayload): string {
   try {
     const b = JSON.parse(typeof payload.body === 'string' ? payload.body : new TextDecoder().decode(payload.body)) as Record<string, unknown>;
     if (subject === SUBJECTS.ipam.poolCreate || subject === SUBJECTS.ipam.poolDelete) return String(b['name']);
+    if (subject.startsWith('orangery.ipam.block.') && typeof b['pool'] === 'string') return b['pool'];
     return 'fz'; // an allocation or release moved a count of some pool: the fixture pool is the only one with addresses
   } catch {
     return '';

@@ -1,5 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createConnection, type Connection } from 'mysql2/promise';
+import { PortError } from '@orangery/contracts';
+import { IpamBlocksClient } from '@orangery/messaging';
 import { ContractClient, freshDatabase, HarnessDir, NatsServer, ServiceProcess } from '@orangery/testing';
 
 // Swarm nodes' address blocks (docs/ipam.md "Blocks", issue 16) on three ipam replicas (real
@@ -165,6 +167,8 @@ describe('block rules through the public subjects', () => {
       ip: '198.18.24.12',
       block: { host: 'sw-a', cidr: '198.18.24.8/29' },
     });
+    const batched = ok(await req('orangery.ipam.allocate.batch', { items: [{ pool: 'p-rules', owner: owner('x', 0), ip: '198.18.24.12' }] }));
+    expect(batched.results[0]).toMatchObject({ ok: false, error: { code: 'IP_TAKEN', details: { block: { host: 'sw-a', cidr: '198.18.24.8/29' } } } });
     // A plain bind may not move a task's block address off its node; swarm outside blocks binds as before.
     const web2 = owner('web', 2);
     ok(await req('orangery.ipam.block.bind', { pool: 'p-rules', ip: '198.18.24.11', owner: web2, instanceId: instanceOf(web2), host: 'sw-a' }));
@@ -313,5 +317,27 @@ describe('block.bind under concurrency', () => {
     }
     expect(ok(await req('orangery.ipam.pool.get', { name: 'p-relrace' }))).toMatchObject({ used: 0, blocked: 0 });
     expect(ok(await req('orangery.ipam.block.list', { pool: 'p-relrace' })).blocks).toEqual([]);
+  });
+});
+
+describe('IpamBlocksClient (libs/messaging) against the replicas', () => {
+  it("does a node's life: reserve, bind, move, unbind, release; refusals as PortErrors", async () => {
+    await createPool('p-client', '198.18.29.0/27');
+    const blocks = new IpamBlocksClient(clients[0]!.nc);
+    const a = await blocks.reserve({ pool: 'p-client', host: 'cl-a', size: 4 });
+    expect(a).toMatchObject({ cidr: '198.18.29.4/30', bound: 0 });
+    expect(await blocks.reserve({ pool: 'p-client', host: 'cl-a', size: 8 })).toEqual(a);
+    const o = owner('cl', 0);
+    expect(await blocks.bind({ pool: 'p-client', ip: '198.18.29.5', owner: o, instanceId: instanceOf(o), host: 'cl-a' })).toMatchObject({ state: 'bound' });
+    expect((await blocks.list({ host: 'cl-a' })).map((b) => b.bound)).toEqual([1]);
+    const outside = await blocks.bind({ pool: 'p-client', ip: '198.18.29.9', owner: o, instanceId: instanceOf(o), host: 'cl-a' }).catch((e: unknown) => e);
+    expect(outside).toBeInstanceOf(PortError);
+    expect(outside).toMatchObject({ code: 'NOT_IN_BLOCK' });
+    await expect(blocks.release({ pool: 'p-client', host: 'cl-a' })).rejects.toMatchObject({ code: 'POOL_IN_USE', details: { bound: 1 } });
+    expect(await blocks.unbind('198.18.29.5')).toMatchObject({ state: 'released' });
+    expect(await blocks.unbind('198.18.29.6')).toBeUndefined(); // never bound
+    expect(await blocks.release({ pool: 'p-client', host: 'cl-a' })).toMatchObject({ cidr: '198.18.29.4/30' });
+    expect(await blocks.release({ pool: 'p-client', host: 'cl-a' })).toBeUndefined();
+    expect(await blocks.list({ pool: 'p-client' })).toEqual([]);
   });
 });

@@ -2,7 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor } from '@orangery/testing';
-import { Lab, LAB_GATEWAY, LAB_IMAGES, LAB_SUBNET, labResidue, SVC_INDEX, SVC_PORT, SWARM_SOCKET_DIR, type LabSwarm } from '../lab';
+import { cleanLabLeftovers, Lab, LAB_GATEWAY, LAB_IMAGES, LAB_SUBNET, labResidue, SVC_INDEX, SVC_PORT, SWARM_SOCKET_DIR, type LabSwarm } from '../lab';
 
 // The lab's Docker Swarm, proven on the wire: two nodes (a dockerd each in its own network
 // namespace) form a swarm over the fabric; a swarm-scoped macvlan network made from one
@@ -147,4 +147,41 @@ describe('the lab swarm: 2 nodes in their own namespaces, one legacy VM', () => 
     expect(left).toEqual({ interfaces: [], netns: [], processes: [], mounts: [], cgroups: [], dirs: [] });
     expect(existsSync(SWARM_SOCKET_DIR)).toBe(false);
   }, 120_000);
+});
+
+describe('a crashed run with a swarm', () => {
+  it('is swept by the next cleanup: services, tasks, engines in their namespaces, all gone', async () => {
+    const lab = await Lab.setup({ servers: 0, legacyVms: 0 });
+    try {
+      const swarm = await lab.addSwarm({ nodes: 2 });
+      for (const n of swarm.nodes) {
+        await lab.docker(n, [
+          'network',
+          'create',
+          '--config-only',
+          '--subnet',
+          LAB_SUBNET,
+          '--gateway',
+          LAB_GATEWAY,
+          '--ip-range',
+          block(n.node),
+          '-o',
+          `parent=${swarm.uplink}`,
+          CFG,
+        ]);
+      }
+      await lab.swarmDocker(['network', 'create', '-d', 'macvlan', '--scope', 'swarm', '--config-from', CFG, NET]);
+      await lab.swarmDocker(['service', 'create', '-d', '--name', SVC, '--replicas', '2', '--network', NET, '--no-resolve-image', LAB_IMAGES.svc]);
+      await waitFor('tasks running', async () => (await lab.swarmTasks(SVC)).filter((t) => t.state === 'running').length === 2, 60_000, 250);
+      // The process loses track of its lab (as if it had crashed): no teardown, engines and tasks alive.
+      lab.supersede();
+      expect((await labResidue([lab.labDir])).processes.length).toBeGreaterThan(0);
+      const report = await cleanLabLeftovers(lab.labDir);
+      expect(report.netns).toEqual(expect.arrayContaining(['olab-sw1', 'olab-sw2']));
+      expect(await labResidue([lab.labDir])).toEqual({ interfaces: [], netns: [], processes: [], mounts: [], cgroups: [], dirs: [] });
+      expect(existsSync(SWARM_SOCKET_DIR)).toBe(false);
+    } finally {
+      await cleanLabLeftovers(lab.labDir).catch(() => undefined);
+    }
+  }, 180_000);
 });

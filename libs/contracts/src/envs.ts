@@ -31,7 +31,12 @@ export const EnvPutRequest = Type.Object(
     backends: Type.Array(Backend, { minItems: 1, maxItems: 3, uniqueItems: true, description: 'the backends its instances may use' }),
     pools: Type.Optional(Type.Array(Name, { maxItems: MAX_ENV_POOLS, uniqueItems: true, description: 'the pools it may use (absent: any)' })),
     hostLabels: Type.Optional(
-      Type.Record(LabelKey, LabelValue, { maxProperties: MAX_ENV_HOST_LABELS, description: 'an eligible host carries every one of these labels' }),
+      Type.Record(LabelKey, LabelValue, {
+        maxProperties: MAX_ENV_HOST_LABELS,
+        // a key outside LabelKey's pattern is refused, not let through unchecked
+        additionalProperties: false,
+        description: 'an eligible host carries every one of these labels',
+      }),
     ),
     defaults: Type.Optional(EnvDefaults),
     /** project addition: what containers of this env may relax of the agents' secure defaults (docs/docker-agent.md "Container hardening") */

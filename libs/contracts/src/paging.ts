@@ -65,6 +65,8 @@ export const CURSORS = {
   hosts: shape<[string]>('host', [{ pattern: HOST_ID_PATTERN }]),
   /** scheduler.instances.list: ORDER BY env, app, slot */
   instances: shape<[string, string, number]>('inst', [{ pattern: NAME_PATTERN }, { pattern: NAME_PATTERN }, { min: 0, max: MAX_SLOT }]),
+  /** scheduler.envs.list: ORDER BY name */
+  envs: shape<[string]>('env', [{ pattern: NAME_PATTERN }]),
 } as const;
 
 type KeyOf<S> = S extends CursorShape<infer K> ? K : never;

@@ -79,7 +79,7 @@ export const ScaleCompletedData = Type.Object({
 });
 export type ScaleCompletedData = Static<typeof ScaleCompletedData>;
 
-export const SCALE_REJECTION_CODES = ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'INSUFFICIENT_CAPACITY', 'SUPERSEDED', 'START_FAILED'] as const;
+export const SCALE_REJECTION_CODES = ['INVALID_REQUEST', 'POOL_NOT_FOUND', 'INSUFFICIENT_CAPACITY', 'SUPERSEDED', 'START_FAILED', 'POLICY_VIOLATION'] as const;
 export type ScaleRejectionCode = (typeof SCALE_REJECTION_CODES)[number];
 
 /** `data` of io.orangery.scale.rejected. */

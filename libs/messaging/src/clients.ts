@@ -6,6 +6,7 @@ import {
   type Allocation,
   type Backend,
   type CreateInstanceCommand,
+  type SwarmCreateInstanceCommand,
   type ErrorCode,
   type InstanceNetwork,
   type HostsListData,
@@ -229,7 +230,8 @@ export class AgentClient extends ContractClient {
     this.commandMs = timeouts.commandMs ?? 30_000;
   }
 
-  async create(hostId: string, command: CreateInstanceCommand): Promise<AgentInstance> {
+  /** a swarm node's host takes a SwarmCreateInstanceCommand (a pool, no network: swarm picks the address) */
+  async create(hostId: string, command: CreateInstanceCommand | SwarmCreateInstanceCommand): Promise<AgentInstance> {
     return unwrapReply(await this.send<AgentInstance>(SUBJECTS.agent.create(hostId), command, this.commandMs));
   }
 

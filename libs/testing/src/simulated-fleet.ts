@@ -21,6 +21,7 @@ import {
   hostFactsOf,
   StopInstanceCommand,
   SUBJECTS,
+  SwarmCreateInstanceCommand,
   type AgentInstance,
   type Amounts,
   type ErrorCode,
@@ -49,8 +50,21 @@ export interface SimulatedFleetOptions {
   hosts: number;
   /** host ids are `${idPrefix}${n}`, n from 1, zero-padded to at least 4 digits: `sim-0001` */
   idPrefix?: string;
-  /** default docker */
-  backend?: 'docker' | 'vmware';
+  /**
+   * default docker. `swarm`: the hosts are the nodes of ONE swarm cluster (`cluster`), as a
+   * swarm-agent reports them: creates are SwarmCreateInstanceCommands (a pool, no network),
+   * the fleet picks the task's node (`swarmNode`) and an address from that node's range
+   * (`swarmAddress`; a simulated agent calls no ipam), get/remove/stop/start find a slot's
+   * task on any node of the cluster, list answers a node's own tasks, and `moveTask`
+   * moves a task to another node as swarm would (new address, events from both nodes).
+   */
+  backend?: 'docker' | 'vmware' | 'swarm';
+  /** swarm: the cluster's name, in every node's facts (default `swarm`) */
+  cluster?: string;
+  /** swarm: the node a create sent to `hostId` runs its task on (default that node) */
+  swarmNode?: (hostId: string, instanceId: string) => string;
+  /** swarm: the n-th address (n from 0) of node `index`'s range; default 198.19.<100 + index>.<10 + n> */
+  swarmAddress?: (index: number, n: number) => string;
   /** per host, after reservations; default 32 cores, 128 GiB, 1 TiB */
   capacity?: Amounts;
   /** labels of the host at `index` (0-based position in hostIds), e.g. racks */
@@ -121,6 +135,8 @@ interface SimHost {
   fencedAt: number | undefined;
   /** events raised while the host is silent: the agent keeps them in memory until NATS is back */
   pending: QueuedEvent[];
+  /** swarm: addresses of its range handed out so far */
+  nextAddress: number;
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -235,7 +251,7 @@ export class SimulatedFleet {
   /** per-instance command chains, used only when replies are delayed */
   private readonly chains = new Map<string, Promise<void>>();
   private stopped = false;
-  private readonly backend: 'docker' | 'vmware';
+  private readonly backend: 'docker' | 'vmware' | 'swarm';
   private readonly source: (hostId: string) => string;
 
   private constructor(
@@ -246,7 +262,7 @@ export class SimulatedFleet {
     this.backend = opts.backend ?? 'docker';
     this.source = (hostId) => `orangery/${this.backend}-agent/${hostId}`;
     const capacity = opts.capacity ?? DEFAULT_CAPACITY;
-    const reserved = this.backend === 'docker' ? RESERVED : { cpu: 0, memoryMb: 0, diskMb: 0 };
+    const reserved = this.backend !== 'vmware' ? RESERVED : { cpu: 0, memoryMb: 0, diskMb: 0 };
     const total = { cpu: capacity.cpu + reserved.cpu, memoryMb: capacity.memoryMb + reserved.memoryMb, diskMb: capacity.diskMb };
     const prefix = opts.idPrefix ?? 'sim-';
     const width = Math.max(4, String(opts.hosts).length);
@@ -268,12 +284,14 @@ export class SimulatedFleet {
           reserved,
           labels: opts.labels?.(index) ?? {},
           vlans: 'any',
+          ...(this.backend === 'swarm' ? { cluster: opts.cluster ?? 'swarm' } : {}),
         },
         seq: 0,
         instances: new Map(),
         lastContact: now,
         fencedAt: undefined,
         pending: [],
+        nextAddress: 0,
       });
     }
     this.hostIds = ids;
@@ -383,7 +401,8 @@ export class SimulatedFleet {
     const now = Date.now();
     for (const host of this.hosts.values()) {
       if (this.isSilent(host)) {
-        if (host.fencedAt === undefined && now - host.lastContact >= fenceAfterMs) this.fence(host, now);
+        // a down swarm node's tasks are swarm's to move (moveTask), not stopped here
+        if (host.fencedAt === undefined && now - host.lastContact >= fenceAfterMs && this.backend !== 'swarm') this.fence(host, now);
         continue;
       }
       if (host.fencedAt !== undefined) {
@@ -536,6 +555,7 @@ export class SimulatedFleet {
   private execute(host: SimHost, command: SimulatedCommand, msg: Msg, traceparent: string | undefined): Reply<unknown> {
     try {
       const body = parseJsonObject(msg.data);
+      if (this.backend === 'swarm') return this.executeSwarm(host, command, body, traceparent);
       switch (command) {
         case 'create':
           return okReply(this.create(host, decode(CreateInstanceCommand, body), traceparent));
@@ -555,6 +575,112 @@ export class SimulatedFleet {
       if (isOrangeryError(e)) return errorReply(e.toBody());
       return errorReply({ code: 'INTERNAL', message: `simulated fleet: ${String(e)}` });
     }
+  }
+
+  // ---------------------------------------------------------------------------------------
+  // swarm: one cluster, a slot's task on any of its nodes
+
+  private executeSwarm(host: SimHost, command: SimulatedCommand, body: Record<string, unknown>, traceparent?: string): Reply<unknown> {
+    switch (command) {
+      case 'create':
+        return okReply(this.createTask(host, decode(SwarmCreateInstanceCommand, body), traceparent));
+      case 'get':
+        return okReply(this.requireTask(host, decode(InstanceRef, body).instanceId).data);
+      case 'list':
+        decode(ListInstancesCommand, body);
+        return okReply({ hostId: host.id, instances: [...host.instances.values()].map((i) => i.data) });
+      case 'remove': {
+        const instanceId = decode(InstanceRef, body).instanceId;
+        const task = this.taskOf(instanceId);
+        return okReply(this.remove(task?.host ?? host, instanceId, traceparent));
+      }
+      case 'stop': {
+        const instanceId = decode(StopInstanceCommand, body).instanceId;
+        return okReply(this.stopInstance(this.requireTask(host, instanceId).host, instanceId, traceparent));
+      }
+      case 'start': {
+        const instanceId = decode(InstanceRef, body).instanceId;
+        return okReply(this.startInstance(this.requireTask(host, instanceId).host, instanceId, traceparent));
+      }
+    }
+  }
+
+  /** The slot's task, on whichever node of the cluster it runs. */
+  private taskOf(instanceId: string): SimInstance | undefined {
+    for (const h of this.hosts.values()) {
+      const inst = h.instances.get(instanceId);
+      if (inst) return inst;
+    }
+    return undefined;
+  }
+
+  private requireTask(asked: SimHost, instanceId: string): SimInstance {
+    const inst = this.taskOf(instanceId);
+    if (!inst) throw new OrangeryError('NOT_FOUND', `no service for ${instanceId} in the swarm of ${asked.id}`, { instanceId });
+    return inst;
+  }
+
+  /** The next address of a node's range (a simulated swarm-agent takes no block from ipam). */
+  private nextAddress(node: SimHost): { ip: string; mac: string } {
+    const n = node.nextAddress++;
+    const ip = this.opts.swarmAddress?.(node.index, n) ?? `198.19.${100 + node.index}.${10 + n}`;
+    const mac = ['02', '42', ...ip.split('.').map((o) => Number(o).toString(16).padStart(2, '0'))].join(':');
+    return { ip, mac };
+  }
+
+  private createTask(host: SimHost, cmd: SwarmCreateInstanceCommand, traceparent?: string): AgentInstance {
+    this.injected(host, 'create', cmd.instanceId, undefined, traceparent);
+    // the service's spec: what the swarm-agent compares for an idempotent create
+    const spec = JSON.stringify([cmd.image, cmd.resources, cmd.pool, cmd.environment ?? {}, cmd.command ?? null, cmd.security ?? null]);
+    const existing = this.taskOf(cmd.instanceId);
+    if (existing) {
+      if (existing.spec !== spec) {
+        throw new OrangeryError('INSTANCE_CONFLICT', `${cmd.instanceId} already exists in the swarm with another spec; remove it first`, {
+          instanceId: cmd.instanceId,
+        });
+      }
+      return existing.data;
+    }
+    const nodeId = this.opts.swarmNode?.(host.id, cmd.instanceId) ?? host.id;
+    const node = this.hosts.get(nodeId);
+    if (!node) throw new Error(`swarmNode named ${nodeId}, not a node of this fleet`);
+    const { ip, mac } = this.nextAddress(node);
+    const inst: SimInstance = {
+      host: node,
+      spec,
+      ...(cmd.environment !== undefined ? { environment: { ...cmd.environment } } : {}),
+      data: {
+        instanceId: cmd.instanceId,
+        env: cmd.env,
+        app: cmd.app,
+        slot: cmd.slot,
+        hostId: node.id,
+        backend: 'swarm',
+        containerId: randomBytes(32).toString('hex'),
+        state: 'running',
+        ip,
+        mac,
+        image: cmd.image,
+        resources: { ...cmd.resources },
+      },
+    };
+    this.track(node, inst);
+    this.lifecycle(inst, 'running', {}, traceparent);
+    return inst.data;
+  }
+
+  private track(node: SimHost, inst: SimInstance): void {
+    node.instances.set(inst.data.instanceId, inst);
+    let sameIp = this.byIp.get(inst.data.ip);
+    if (!sameIp) this.byIp.set(inst.data.ip, (sameIp = new Set()));
+    sameIp.add(inst);
+  }
+
+  private untrack(inst: SimInstance): void {
+    inst.host.instances.delete(inst.data.instanceId);
+    const sameIp = this.byIp.get(inst.data.ip);
+    sameIp?.delete(inst);
+    if (sameIp?.size === 0) this.byIp.delete(inst.data.ip);
   }
 
   private injected(host: SimHost, command: SimulatedMutation, instanceId: string, ip: string | undefined, traceparent?: string): void {
@@ -707,6 +833,30 @@ export class SimulatedFleet {
   environmentOf(hostId: string, instanceId: string): Record<string, string> | undefined {
     const env = this.hosts.get(hostId)?.instances.get(instanceId)?.environment;
     return env ? { ...env } : undefined;
+  }
+
+  /**
+   * swarm: swarm moves the slot's task to `toNode` (its node was drained or went down, or
+   * the task failed): the old task ends (instance.removed from the old node, its address
+   * free), the new one runs with the next address of `toNode`'s range (instance.running
+   * from `toNode`), as the swarm-agent reports it. Returns the new task.
+   */
+  moveTask(instanceId: string, toNode: string): AgentInstance {
+    if (this.backend !== 'swarm') throw new Error('moveTask: not a swarm fleet');
+    const old = this.taskOf(instanceId);
+    const node = this.hosts.get(toNode);
+    if (!old || !node) throw new Error(`moveTask: no task ${instanceId}, or no node ${toNode}`);
+    this.untrack(old);
+    this.lifecycle(old, 'removed', { reason: `task moved to ${toNode} by swarm` });
+    const { ip, mac } = this.nextAddress(node);
+    const inst: SimInstance = {
+      ...old,
+      host: node,
+      data: { ...old.data, hostId: node.id, ip, mac, state: 'running', containerId: randomBytes(32).toString('hex') },
+    };
+    this.track(node, inst);
+    this.lifecycle(inst, 'running', {});
+    return structuredClone(inst.data);
   }
 
   /** Commands received per kind (those of silent hosts are not counted). */

@@ -27,7 +27,11 @@ export interface SchedulerConfig {
   leaderLeaseSeconds: number;
 }
 
-/** `prod=vmware,docker;dev=docker`: the only backends each env's instances may use. */
+/**
+ * `prod=vmware,docker;test=swarm`: the only backends each env's instances may use. A seed
+ * since issue 16: at start the scheduler creates a record `{ name, backends }` for each
+ * listed env without one (docs/scheduler.md "Environments"); an env's record rules it.
+ */
 export function parseEnvBackends(text: string | undefined): Record<string, Backend[]> {
   const out: Record<string, Backend[]> = {};
   if (!text || text.trim() === '') return out;
@@ -40,7 +44,9 @@ export function parseEnvBackends(text: string | undefined): Record<string, Backe
     }
     const backends = list.split(',').map((b) => b.trim());
     for (const b of backends) {
-      if (b !== 'docker' && b !== 'vmware') throw new ConfigError(`ORANGERY_ENV_BACKENDS: unknown backend '${b}' for env '${name}' (docker or vmware)`);
+      if (b !== 'docker' && b !== 'vmware' && b !== 'swarm') {
+        throw new ConfigError(`ORANGERY_ENV_BACKENDS: unknown backend '${b}' for env '${name}' (docker, vmware or swarm)`);
+      }
     }
     out[name] = backends as Backend[];
   }

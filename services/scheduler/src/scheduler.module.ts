@@ -9,8 +9,10 @@ import { SchedulerHostVerdict1733400000000 } from './adapters/migrations/1733400
 import { SchedulerRequestIdNoPad1764600000000 } from './adapters/migrations/1764600000000-scheduler-request-id-nopad';
 import { SchedulerLeaderLease1764700000000 } from './adapters/migrations/1764700000000-scheduler-leader-lease';
 import { SchedulerRuntime } from './transport/scheduler.runtime';
-import { OUTBOX, STORE } from './tokens';
+import { ENVS, OUTBOX, STORE } from './tokens';
 import { SchedulerOutboxSent1764700000000 } from './adapters/migrations/1764700000000-scheduler-outbox-sent';
+import { SchedulerEnvs1764800000000 } from './adapters/migrations/1764800000000-scheduler-envs';
+import { MysqlEnvStore } from './adapters/mysql-env-store';
 
 @Module({})
 export class SchedulerModule {
@@ -28,6 +30,7 @@ export class SchedulerModule {
             SchedulerRequestIdNoPad1764600000000,
             SchedulerLeaderLease1764700000000,
             SchedulerOutboxSent1764700000000,
+            SchedulerEnvs1764800000000,
           ],
           outbox: { token: OUTBOX, tables: { events: 'sched_outbox', cursor: 'sched_outbox_cursor' }, retentionSeconds: config.outboxRetentionSeconds },
         }),
@@ -40,6 +43,7 @@ export class SchedulerModule {
             return store;
           },
         },
+        { provide: ENVS, inject: [SQL_POOL], useFactory: (sql: SqlPool) => new MysqlEnvStore(sql) },
         SchedulerRuntime,
       ],
     };

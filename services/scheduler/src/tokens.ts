@@ -1,2 +1,3 @@
 export const STORE = Symbol('SCHEDULER_STORE');
 export const OUTBOX = Symbol('OUTBOX');
+export const ENVS = Symbol('SCHEDULER_ENVS');

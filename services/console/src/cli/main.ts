@@ -1,5 +1,5 @@
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
-import type { HostSummary, InstanceSummary, MigrationView, PoolWithUsage } from '@orangery/contracts';
+import type { EnvRecord, HostSummary, InstanceSummary, MigrationView, PoolWithUsage } from '@orangery/contracts';
 import { ConsoleClient, Refusal } from './console-client';
 import { labels, ratio, table } from './format';
 
@@ -48,6 +48,11 @@ const list = (v: string, prev: string[] = []): string[] => [
     .map((s) => s.trim())
     .filter((s) => s !== ''),
 ];
+const keyValue = (v: string, prev: Record<string, string> = {}): Record<string, string> => {
+  const i = v.indexOf('=');
+  if (i <= 0) throw new InvalidArgumentError('must be key=value');
+  return { ...prev, [v.slice(0, i)]: v.slice(i + 1) };
+};
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** One progress line on stderr: rewritten in place on a terminal, a new line elsewhere when it changes. */
@@ -117,6 +122,30 @@ async function waitScale(c: ConsoleClient, requestId: string, env: string, app: 
     }
     await sleep(o.interval * 1000);
   }
+}
+
+const envsTable = (xs: readonly EnvRecord[]) =>
+  table(
+    ['NAME', 'BACKENDS', 'POOLS', 'HOST LABELS', 'DEFAULTS', 'UPDATED'],
+    xs.map((e) => [
+      e.name,
+      e.backends.join(','),
+      (e.pools ?? []).join(',') || '-',
+      labels(e.hostLabels),
+      [e.defaults?.backend ? `backend=${e.defaults.backend}` : '', e.defaults?.spread ? `spread=${e.defaults.spread}` : ''].filter(Boolean).join(' ') || '-',
+      e.updatedAt,
+    ]),
+  );
+
+interface EnvPutOpts extends JsonOpt {
+  backends: string[];
+  pools?: string[];
+  label: Record<string, string>;
+  defaultBackend?: string;
+  defaultSpread?: string;
+  allowPrivilegeEscalation?: boolean;
+  pidsLimit?: number;
+  addCapabilities?: string[];
 }
 
 const stepOf = (m: MigrationView): string => m.step ?? m.steps.at(-1)?.name ?? 'starting';
@@ -346,15 +375,52 @@ export function buildProgram(setExit: (code: number) => void): Command {
     setExit(r.code);
   });
 
-  withJson(program.command('envs').description('list the environments')).action(async (o: JsonOpt) => {
-    const xs = await client().all<{ name: string; backends?: string[]; pools?: string[]; hostLabels?: Record<string, string> }>('/api/v1/envs', 'envs');
+  const envs = withJson(program.command('envs').description('list the environments; `envs get|put|delete <name>` for one')).action(async (o: JsonOpt) => {
+    const xs = await client().all<EnvRecord>('/api/v1/envs', 'envs');
     if (o.json) return json({ envs: xs });
-    out(
-      table(
-        ['NAME', 'BACKENDS', 'POOLS', 'HOST LABELS'],
-        xs.map((e) => [e.name, (e.backends ?? []).join(','), (e.pools ?? []).join(',') || '-', labels(e.hostLabels)]),
-      ),
-    );
+    out(envsTable(xs));
+  });
+  // `envs get x --json`: the parent `envs` has --json too, and commander gives it the flag
+  const asJson = (o: JsonOpt): boolean => Boolean(o.json || (envs.opts() as JsonOpt).json);
+  withJson(envs.command('get <name>').description("one environment's record")).action(async (name: string, o: JsonOpt) => {
+    const e = await client().call<EnvRecord>('GET', `/api/v1/envs/${encodeURIComponent(name)}`);
+    if (asJson(o)) return json(e);
+    out(envsTable([e]));
+  });
+  withJson(
+    envs
+      .command('put <name>')
+      .description("create or replace an environment's record (the whole record: what is not given is removed)")
+      .requiredOption('--backends <list>', 'the backends its instances may use: docker, vmware, swarm (comma separated)', list)
+      .option('--pools <list>', 'the only pools it may use (comma separated; absent: any)', list)
+      .option('--label <key=value>', 'an eligible host carries this label (repeatable)', keyValue, {})
+      .addOption(new Option('--default-backend <backend>', 'for requests that name none').choices(['auto', 'docker', 'vmware', 'swarm']))
+      .addOption(new Option('--default-spread <spread>', 'for requests that name none').choices(['host', 'none']))
+      .option('--allow-privilege-escalation', 'containers keep setuid binaries working (no no-new-privileges)')
+      .option('--pids-limit <n>', "containers' PIDs limit instead of the agent's", integer(16, 4_194_304))
+      .option('--add-capabilities <list>', 'capabilities the agent drops that containers keep (comma separated)', list),
+  ).action(async (name: string, o: EnvPutOpts) => {
+    const defaults = { ...(o.defaultBackend ? { backend: o.defaultBackend } : {}), ...(o.defaultSpread ? { spread: o.defaultSpread } : {}) };
+    const security = {
+      ...(o.allowPrivilegeEscalation ? { allowPrivilegeEscalation: true } : {}),
+      ...(o.pidsLimit !== undefined ? { pidsLimit: o.pidsLimit } : {}),
+      ...(o.addCapabilities ? { addCapabilities: o.addCapabilities } : {}),
+    };
+    const body = {
+      backends: o.backends,
+      ...(o.pools ? { pools: o.pools } : {}),
+      ...(Object.keys(o.label).length > 0 ? { hostLabels: o.label } : {}),
+      ...(Object.keys(defaults).length > 0 ? { defaults } : {}),
+      ...(Object.keys(security).length > 0 ? { containerSecurity: security } : {}),
+    };
+    const e = await client().call<EnvRecord>('PUT', `/api/v1/envs/${encodeURIComponent(name)}`, { body });
+    if (asJson(o)) return json(e);
+    out(`env ${e.name} saved: backends ${e.backends.join(',')}\n`);
+  });
+  withJson(envs.command('delete <name>').description("delete an environment's record (running instances stay)")).action(async (name: string, o: JsonOpt) => {
+    await client().call('DELETE', `/api/v1/envs/${encodeURIComponent(name)}`);
+    if (asJson(o)) return json({ deleted: name });
+    out(`env ${name} deleted\n`);
   });
 
   withJson(

@@ -64,6 +64,7 @@ describe('OpenAPI document', () => {
         'GET /api/v1/envs',
         'GET /api/v1/envs/{name}',
         'PUT /api/v1/envs/{name}',
+        'DELETE /api/v1/envs/{name}',
         'GET /api/v1/events',
       ].sort(),
     );

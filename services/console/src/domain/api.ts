@@ -1,6 +1,9 @@
 import { Type, type TObject, type TSchema } from '@sinclair/typebox';
 import {
   DrainReplyData,
+  EnvList,
+  EnvPutRequest,
+  EnvRecord,
   ErrorBodySchema,
   HOST_ID_PATTERN,
   HostsListData,
@@ -27,7 +30,7 @@ import {
  * OpenAPI document (openapi.ts): each operation's path, role, parameters, body and reply
  * are the contract's TypeBox schemas, the same ones the services validate with.
  */
-export type Method = 'GET' | 'POST' | 'PUT';
+export type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
 
 export interface Operation {
   id: string;
@@ -74,30 +77,13 @@ export const RequestStatusSchema = Type.Object({
 });
 
 /**
- * Environments (CONTRACT.md v1.1 "Environments"): the scheduler validates them (issue 16);
- * the console checks the shape the contract gives and passes the body on.
+ * Environments (CONTRACT.md v1.1 "Environments"): libs/contracts' EnvPutRequest, the name
+ * from the path (in the body it may repeat it); the scheduler serves the records.
  */
-const BackendName = Type.Union([Type.Literal('docker'), Type.Literal('vmware'), Type.Literal('swarm')]);
 export const EnvBody = Type.Object(
-  {
-    name: Type.Optional(Type.String({ description: 'if given, the same as the path' })),
-    backends: Type.Array(BackendName, { minItems: 1, maxItems: 3 }),
-    pools: Type.Optional(Type.Array(Name, { maxItems: 1000 })),
-    hostLabels: Type.Optional(Type.Record(Type.String({ maxLength: 63 }), Type.String({ maxLength: 63 }), { maxProperties: 64 })),
-    defaults: Type.Optional(
-      Type.Object(
-        {
-          spread: Type.Optional(Type.Union([Type.Literal('host'), Type.Literal('none')])),
-          backend: Type.Optional(Type.Union([Type.Literal('auto'), BackendName])),
-        },
-        { additionalProperties: false },
-      ),
-    ),
-  },
+  { ...Type.Omit(EnvPutRequest, ['name']).properties, name: Type.Optional(Type.String({ description: 'if given, the same as the path' })) },
   { additionalProperties: false },
 );
-const EnvRecord = Type.Object({}, { additionalProperties: true, description: 'the env as the scheduler answers it (orangery.scheduler.envs.get)' });
-const EnvList = Type.Object({ envs: Type.Array(EnvRecord), nextCursor: Type.Optional(Type.String()) }, { additionalProperties: true });
 
 const EventStream = Type.String({
   description:
@@ -259,6 +245,18 @@ export const OPERATIONS: readonly Operation[] = [
     body: EnvBody,
     success: { status: 200, schema: EnvRecord, description: 'the env' },
     errors: ['INVALID_REQUEST'],
+  },
+  {
+    id: 'deleteEnv',
+    method: 'DELETE',
+    path: '/api/v1/envs/{name}',
+    tag: 'envs',
+    summary:
+      "Delete an environment's record (orangery.scheduler.envs.delete): its apps keep running as they are; its next scale requests follow the rules without a record.",
+    command: true,
+    params: { name: Name },
+    success: { status: 200, schema: Type.Object({}, { additionalProperties: false }), description: 'deleted' },
+    errors: ['INVALID_REQUEST', 'NOT_FOUND'],
   },
   {
     id: 'events',

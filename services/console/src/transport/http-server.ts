@@ -20,11 +20,12 @@ export const MAX_BODY_BYTES = 128 * 1024;
 /** At most this many SSE clients at once; one more gets 503. */
 export const MAX_SSE_CLIENTS = 256;
 
-/** The environments' subjects (CONTRACT.md v1.1; served by the scheduler once issue 16 lands). */
+/** The environments' subjects (CONTRACT.md v1.1 "Environments", served by every scheduler replica). */
 export const ENV_SUBJECTS = {
-  put: 'orangery.scheduler.envs.put',
-  get: 'orangery.scheduler.envs.get',
-  list: 'orangery.scheduler.envs.list',
+  put: SUBJECTS.scheduler.envsPut,
+  get: SUBJECTS.scheduler.envsGet,
+  list: SUBJECTS.scheduler.envsList,
+  delete: SUBJECTS.scheduler.envsDelete,
 } as const;
 
 export interface HttpServerOptions {
@@ -243,6 +244,7 @@ export class ConsoleHttpServer {
         }
         return ok(await ask(ENV_SUBJECTS.put, { ...c.body, name }, c));
       },
+      deleteEnv: async (c) => ok(await ask(ENV_SUBJECTS.delete, { name: c.params['name'] }, c)),
       events: async (c, req, res) => {
         const header = req.headers['last-event-id'];
         const fromHeader = typeof header === 'string' && header.trim() !== '' ? header.trim() : undefined;

@@ -117,6 +117,16 @@ export const DASHBOARD_HTML = `<!doctype html>
 <h2>Hosts</h2><div id="hosts" class="cards"></div>
 <h2>Pools</h2><div id="pools" class="cards"></div>
 <h2>Instances</h2><table><thead><tr><th>id</th><th>state</th><th>backend</th><th>host</th><th>ip</th><th>mac</th><th></th></tr></thead><tbody id="instances"></tbody></table>
+<h2>Environments</h2>
+<table><thead><tr><th>name</th><th>backends</th><th>pools</th><th>host labels</th><th>defaults</th><th>updated</th></tr></thead><tbody id="envs"></tbody></table>
+<form id="env-form" class="actions">
+<label>name <input name="name" required pattern="[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?" size="10"></label>
+<label>backends <input name="backends" required placeholder="docker,vmware" size="14"></label>
+<label>pools <input name="pools" placeholder="any" size="12"></label>
+<label>host labels <input name="labels" placeholder="tier=gold,zone=a" size="16"></label>
+<label>default backend <select name="defaultBackend"><option value="">-</option><option>auto</option><option>docker</option><option>vmware</option><option>swarm</option></select></label>
+<label>default spread <select name="defaultSpread"><option value="">-</option><option>host</option><option>none</option></select></label>
+<button>Save env…</button></form>
 <h2>Events</h2><div id="feed" aria-live="polite"></div>
 <dialog id="confirm"><form method="dialog"><p id="confirm-text"></p><button value="cancel">Cancel</button> <button value="ok" id="confirm-ok">Confirm</button></form></dialog>
 <script src="/dashboard.js"></script></body></html>`;
@@ -184,6 +194,27 @@ $('scale-form').addEventListener('submit', async (e) => {
     track({ kind: 'scale', id: r.requestId, env: v('env'), app: v('app'), replicas: body.replicas, state: 'pending', text: 'scale ' + v('env') + '/' + v('app') + ': accepted' });
   } catch (err) { showError(err); }
 });
+// An env's record: the whole record is replaced (what the form leaves empty is removed); containerSecurity only through the API or CLI.
+$('env-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const f = new FormData(e.target); const v = (k) => String(f.get(k) || '').trim();
+  const items = (k) => v(k).split(',').map((x) => x.trim()).filter((x) => x !== '');
+  const body = { backends: items('backends') };
+  if (v('pools')) body.pools = items('pools');
+  if (v('labels')) body.hostLabels = Object.fromEntries(items('labels').map((kv) => [kv.slice(0, kv.indexOf('=') < 0 ? kv.length : kv.indexOf('=')), kv.indexOf('=') < 0 ? '' : kv.slice(kv.indexOf('=') + 1)]));
+  const defaults = {}; if (v('defaultBackend')) defaults.backend = v('defaultBackend'); if (v('defaultSpread')) defaults.spread = v('defaultSpread');
+  if (Object.keys(defaults).length > 0) body.defaults = defaults;
+  if (!(await confirmAction('Save env ' + v('name') + ' (backends ' + body.backends.join(', ') + ')? Running instances stay; its next scale requests follow it.'))) return;
+  try { await api('PUT', '/api/v1/envs/' + encodeURIComponent(v('name')), body); $('status').textContent = 'env ' + v('name') + ' saved'; $('status').className = ''; refreshEnvs(); }
+  catch (err) { showError(err); }
+});
+async function refreshEnvs() {
+  try {
+    const r = await api('GET', '/api/v1/envs');
+    const text = (o) => Object.entries(o || {}).map(([k, x]) => k + '=' + x).join(', ');
+    $('envs').replaceChildren(...r.envs.map((x) => el('tr', { 'data-env': x.name }, ...[x.name, x.backends.join(', '), (x.pools || []).join(', ') || 'any', text(x.hostLabels), text(x.defaults), x.updatedAt].map((c) => el('td', {}, c)))));
+  } catch (e) { showError(e); }
+}
 async function migrate(instanceId) {
   if (!(await confirmAction('Migrate ' + instanceId + ' to another host (same IP and MAC)?'))) return;
   try { const r = await api('POST', '/api/v1/instances/' + encodeURIComponent(instanceId) + '/migrate', {}); track({ kind: 'migration', id: r.migrationId, state: 'running', text: 'migrate ' + instanceId + ': started' }); }
@@ -210,6 +241,7 @@ async function refresh() {
     $('instances').replaceChildren(...inst.instances.map((i) => el('tr', { 'data-instance': i.id }, ...[i.id, i.state, i.backend, i.host, i.ip, i.mac].map((v) => el('td', {}, v == null ? '' : String(v))),
       el('td', {}, ...(i.state === 'running' ? [button('Migrate…', 'migrate ' + i.id, () => migrate(i.id))] : [])))));
   } catch (e) { showError(e); }
+  refreshEnvs();
 }
 let lastId; let feedAbort;
 async function followEvents(signal) {

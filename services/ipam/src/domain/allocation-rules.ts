@@ -91,11 +91,19 @@ export function checkRequestable(pool: PoolRecord, ip: number): void {
 }
 
 /** The locked row of an explicitly requested `ip`, if `owner` may take it now. */
-export function checkRequestedRow(pool: PoolRecord, owner: Owner, ip: number, row: AddressRecord | undefined, now: number): AddressRecord {
+export function checkRequestedRow(
+  pool: PoolRecord,
+  owner: Owner,
+  ip: number,
+  row: AddressRecord | undefined,
+  now: number,
+  /** the block `row` is in, when it is blocked and the caller looked it up (names its host) */
+  block?: BlockRecord,
+): AddressRecord {
   const ipText = intToIpv4(ip);
   if (!row) throw new OrangeryError('INTERNAL', `pool '${pool.name}' has no row for ${ipText}`);
   // Before the cooldown rule: a blocked address's former owner has no claim on it either.
-  if (isBlockedRow(row)) throw ipInBlock(ipText, undefined, pool.name);
+  if (isBlockedRow(row)) throw ipInBlock(ipText, block, pool.name);
   if (isLive(row)) {
     throw new OrangeryError('IP_TAKEN', `${ipText} is held by another instance`, { ip: ipText, owner: row.owner });
   }

@@ -131,7 +131,7 @@ describe('addresses of a block are never handed out by allocate', () => {
     });
     expect(e.message).toContain("'sw-a'");
     const [item] = await ipam.allocateBatch([{ pool: 'net', owner: owner('x', 0), ip: '198.18.0.5' }]);
-    expect(item).toMatchObject({ ok: false, error: { code: 'IP_TAKEN', details: { ip: '198.18.0.5' } } });
+    expect(item).toMatchObject({ ok: false, error: { code: 'IP_TAKEN', details: { ip: '198.18.0.5', block: { host: 'sw-a', cidr: '198.18.0.4/30' } } } });
     expect(store.snapshot()).toEqual(before);
   });
 

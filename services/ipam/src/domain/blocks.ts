@@ -71,6 +71,22 @@ export function checkBindOutsideBlockRules(req: { ip: string; backend: string; h
 }
 
 /**
+ * The blocks of those `rows` a swarm task holds (live, backend swarm): only block.bind makes an
+ * address inside a block live, always with backend swarm, so other rows need no lookup (none
+ * on the docker/vmware paths). For batch paths: bind (checkBindOutsideBlockRules) and release
+ * (releasedRow's `inBlock`).
+ */
+export async function blocksOfSwarmRows(tx: IpamTx, rows: Iterable<AddressRecord>): Promise<Map<number, BlockRecord>> {
+  const out = new Map<number, BlockRecord>();
+  for (const row of rows) {
+    if (row.backend !== 'swarm' || !isLive(row)) continue;
+    const block = await tx.findBlockAt(row.ip);
+    if (block) out.set(row.ip, block);
+  }
+  return out;
+}
+
+/**
  * `row` released at `now`. Inside a block it stays blocked (Docker picks addresses there, so
  * no cooldown can hold); `releasedAt` is kept, and the cooldown counts from it once the block
  * goes back to the pool.

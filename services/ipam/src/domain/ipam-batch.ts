@@ -29,7 +29,7 @@ import {
   type CallContext,
 } from './allocation-rules';
 import type { AddressPatch, AddressRecord, AuditEntry, BlockRecord, IpamTx, PoolRecord } from './ports';
-import { checkBindOutsideBlockRules } from './blocks';
+import { blocksOfSwarmRows, checkBindOutsideBlockRules } from './blocks';
 
 /**
  * Batch allocate and bind (docs/ipam.md "Batch requests"). Each item gets exactly the reply
@@ -86,6 +86,8 @@ export class AllocationBatch {
   private readonly liveOf = new Map<string, number>();
   private readonly changes: Change[] = [];
   private readonly exhausted: { index: number; pool: PoolRecord }[] = [];
+  /** blocks of explicitly asked ips that are inside one */
+  private readonly blockOf = new Map<number, BlockRecord | undefined>();
 
   constructor(
     private readonly tx: IpamTx,
@@ -150,6 +152,8 @@ export class AllocationBatch {
     });
     if (explicit.size > 0) {
       for (const row of await this.tx.lockAddresses([...explicit].sort((a, b) => a - b))) this.rows.set(row.ip, row);
+      // Only for an ip inside a swarm node's block (an error path): its refusal names the node.
+      for (const row of this.rows.values()) if (isBlockedRow(row)) this.blockOf.set(row.ip, await this.tx.findBlockAt(row.ip));
     }
   }
 
@@ -200,7 +204,7 @@ export class AllocationBatch {
     }
     if (wanted !== undefined) {
       checkRequestable(pool, wanted);
-      this.claim(i, pool, checkRequestedRow(pool, owner, wanted, this.rows.get(wanted), this.now));
+      this.claim(i, pool, checkRequestedRow(pool, owner, wanted, this.rows.get(wanted), this.now, this.blockOf.get(wanted)));
       return undefined;
     }
     // Affinity: the owner's own most recently released address in this pool, cooldown or not
@@ -244,10 +248,7 @@ export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly (Bin
   const { rows: locked, pools } = await tx.openBinds([...new Set(ips)].sort((a, b) => a - b));
   const rows = new Map(locked.map((r) => [r.ip, r]));
   const poolsById = new Map(pools.map((p) => [p.id, p]));
-  // Only block.bind makes an address inside a block live, always with backend swarm: only
-  // those rows need their block looked up (none on the docker/vmware path).
-  const blockOf = new Map<number, BlockRecord | undefined>();
-  for (const row of locked) if (row.backend === 'swarm') blockOf.set(row.ip, await tx.findBlockAt(row.ip));
+  const blockOf = await blocksOfSwarmRows(tx, locked);
   const finalState = new Map<number, AddressRecord>();
   const audits: AuditEntry[] = [];
   const results = reqs.map((req, i): Reply<Allocation> => {

@@ -16,14 +16,13 @@ import {
   type PoolWithUsage,
   type Reply,
 } from '@orangery/contracts';
-import { intToIpv4, ipv4ToInt } from '@orangery/netaddr';
+import { ipv4ToInt } from '@orangery/netaddr';
 import {
   allocatedTo,
   auditEntryOf,
   bindChangesNothing,
   checkRequestable,
   checkRequestedRow,
-  ipInBlock,
   isBlockedRow,
   isLive,
   latestReleased,
@@ -178,8 +177,8 @@ export class IpamService {
   private async lockRequested(tx: IpamTx, pool: PoolRecord, owner: Owner, ip: number, now: number): Promise<AddressRecord> {
     checkRequestable(pool, ip);
     const row = await tx.lockAddress(ip);
-    if (row && isBlockedRow(row)) throw ipInBlock(intToIpv4(ip), await tx.findBlockAt(ip), pool.name);
-    return checkRequestedRow(pool, owner, ip, row, now);
+    // Only for an ip inside a swarm node's block (an error path): its refusal names the node.
+    return checkRequestedRow(pool, owner, ip, row, now, row && isBlockedRow(row) ? await tx.findBlockAt(ip) : undefined);
   }
 
   async bind(req: BindRequest, ctx: CallContext = {}): Promise<Allocation> {

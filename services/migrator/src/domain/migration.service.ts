@@ -38,6 +38,16 @@ function asContractError(e: unknown): OrangeryError {
   return new OrangeryError('INTERNAL', e instanceof Error ? e.message : String(e));
 }
 
+/** IP_WOULD_CHANGE for a migration into, out of or within swarm (docs/migrator.md "Swarm"). */
+export function swarmRefusal(instanceId: string, why: string, details: Record<string, unknown>): OrangeryError {
+  return new OrangeryError(
+    'IP_WOULD_CHANGE',
+    `${instanceId} cannot be migrated: ${why}, and a swarm task's address comes from its node's ipam block, so its IP could not be kept. ` +
+      'Swarm moves its own tasks: drain the node in swarm (docker node update --availability drain <node>) and Orangery follows them.',
+    { instanceId, ...details },
+  );
+}
+
 /**
  * The operators' requests: migrate (the saga's hold and reserve inside the request, so "no
  * such instance" and "no capacity" are the reply and nothing moves), drain, and migrations.get.
@@ -86,6 +96,14 @@ export class MigrationService {
     if (!before) throw new OrangeryError('NOT_FOUND', `no instance ${req.instanceId}`, { instanceId: req.instanceId });
     if (!before.hostId || !before.backend) {
       throw new OrangeryError('INVALID_REQUEST', `${req.instanceId} is not placed on any host yet`, { field: 'instanceId', state: before.state });
+    }
+    // A swarm task's address comes from its node's ipam block (issue 16): the IP cannot be
+    // kept across a move into, out of or within swarm. Refused before anything is recorded.
+    if (before.backend === 'swarm' || req.toBackend === 'swarm') {
+      throw swarmRefusal(req.instanceId, before.backend === 'swarm' ? `it runs on swarm (${before.hostId})` : 'the target backend is swarm', {
+        ...(req.toBackend !== undefined ? { toBackend: req.toBackend } : {}),
+        from: { hostId: before.hostId, backend: before.backend },
+      });
     }
     if (req.toHost !== undefined && req.toHost === before.hostId) {
       throw new OrangeryError('INVALID_REQUEST', `${req.instanceId} is on ${req.toHost} already`, { field: 'toHost' });

@@ -38,7 +38,9 @@ export interface FailoverPorts {
  *
  * Also: a backend more than half of whose hosts are silent pauses (a mass silence is more
  * likely our own partition than half a data centre dying), and a vSphere HA cluster's hosts
- * stay unknown (HA restarts their VMs; a clone would be a second copy).
+ * stay unknown (HA restarts their VMs; a clone would be a second copy), and so do swarm
+ * nodes (swarm reschedules a down node's tasks on the other nodes of its cluster itself;
+ * the scheduler follows them there, see swarm.ts).
  */
 export class FailoverJudge {
   private readonly paused = new Set<Backend>();
@@ -82,6 +84,7 @@ export class FailoverJudge {
       return 'the vmware-agent is silent: vCenter may still run its VMs (only vCenter saying the host is not responding moves them)';
     }
     if (h.backend === 'vmware' && h.haProtected) return 'vSphere HA protects its cluster: HA restarts its VMs';
+    if (h.backend === 'swarm') return "swarm owns restarts: it reschedules the node's tasks on the other nodes of its cluster";
     if (this.paused.has(h.backend)) return `failover of ${h.backend} is paused: more than half of its hosts are silent`;
     if (silentMs <= this.settings.fenceDeadlineMs) return 'silent, within fenceAfter + margin';
     return undefined;

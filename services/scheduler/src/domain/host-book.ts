@@ -1,4 +1,4 @@
-import type { Amounts, Backend, Heartbeat, HostFacts } from '@orangery/contracts';
+import { hostFactsOf, type Amounts, type Backend, type Heartbeat, type HostFacts } from '@orangery/contracts';
 import { Inventory, toMillicores, type AppRef, type HostState, type HostView } from './placement';
 
 /** A host as the leader knows it: the agent's facts and live figures, and what we placed there. */
@@ -113,15 +113,8 @@ export class HostBook {
     const known = this.hosts.get(hb.hostId);
     const wasLost = known ? this.isDown(known.id) : true;
     const notConnected = 'connectionState' in hb && hb.connectionState !== undefined && hb.connectionState !== 'connected';
-    const facts: HostFacts = {
-      hostId: hb.hostId,
-      backend: hb.backend,
-      capacity: hb.capacity,
-      total: hb.total,
-      reserved: hb.reserved,
-      labels: hb.labels,
-      vlans: hb.vlans,
-    };
+    // exactly the facts (a swarm node's cluster too), none of a heartbeat's live figures
+    const facts: HostFacts = hostFactsOf(hb);
     if (!known) {
       this.hosts.set(hb.hostId, {
         id: hb.hostId,
@@ -178,6 +171,36 @@ export class HostBook {
     }
   }
 
+  /**
+   * Swarm (issue 16): whether two hosts are nodes of the same swarm cluster (or the same
+   * host). Swarm moves a slot's task between the nodes of its cluster by itself, so the
+   * records follow it there; a host not heard from yet (no facts) is in no cluster.
+   */
+  sameCluster(a: string, b: string): boolean {
+    if (a === b) return true;
+    const x = this.hosts.get(a);
+    const y = this.hosts.get(b);
+    if (!x || !y || x.placeholder || y.placeholder || x.backend !== 'swarm' || y.backend !== 'swarm') return false;
+    return x.facts.cluster !== undefined && x.facts.cluster === y.facts.cluster;
+  }
+
+  /** A swarm node heard from, whose cluster is therefore known. */
+  clusterKnown(id: string): boolean {
+    const h = this.hosts.get(id);
+    return h !== undefined && !h.placeholder && h.backend === 'swarm' && h.facts.cluster !== undefined;
+  }
+
+  /**
+   * A node of `hostId`'s swarm cluster that can be asked now: `hostId` itself when it is
+   * up, else another live node of its cluster (one swarm-agent answers for every node, and
+   * a slot's service is cluster-wide). undefined: none.
+   */
+  swarmContact(hostId: string): string | undefined {
+    if (!this.isDown(hostId)) return hostId;
+    for (const h of this.hosts.values()) if (h.id !== hostId && !this.isDown(h.id) && this.sameCluster(hostId, h.id)) return h.id;
+    return undefined;
+  }
+
   /** The failover judge's verdict on a silent host. */
   judge(id: string, verdict: 'unknown' | 'lost'): void {
     const h = this.hosts.get(id);
@@ -196,9 +219,9 @@ export class HostBook {
     }
   }
 
-  /** Records a slot on a host (a host not heard of yet gets a placeholder: it shows as lost). */
-  reserve(hostId: string, slotId: string, ref: AppRef, demand: Amounts): void {
-    const h = this.hosts.get(hostId) ?? this.placeholder(hostId);
+  /** Records a slot on a host (a host not heard of yet gets a placeholder of `backend`: it shows as unknown). */
+  reserve(hostId: string, slotId: string, ref: AppRef, demand: Amounts, backend?: Backend): void {
+    const h = this.hosts.get(hostId) ?? this.placeholder(hostId, backend);
     if (h.placed.has(slotId)) return;
     h.placed.set(slotId, { ref, demand });
     this.applyToCache(h, ref, demand, +1);
@@ -275,11 +298,12 @@ export class HostBook {
     };
   }
 
-  private placeholder(id: string): HostEntry {
+  /** `backend`: the one the records name (a swarm node's placeholder is never judged like a docker host's) */
+  private placeholder(id: string, backend: Backend = 'docker'): HostEntry {
     const h: HostEntry = {
       id,
-      backend: 'docker',
-      facts: { hostId: id, backend: 'docker', capacity: zero(), total: zero(), reserved: zero(), labels: {}, vlans: [] },
+      backend,
+      facts: { hostId: id, backend, capacity: zero(), total: zero(), reserved: zero(), labels: {}, vlans: [] },
       drain: this.drained.has(id),
       // Silent since now, not since ever: a host the journal names but whose heartbeat has
       // not arrived yet (this leader just started) gets a whole fence period to show up

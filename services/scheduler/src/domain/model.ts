@@ -1,4 +1,4 @@
-import type { Amounts, Backend, InstanceLifecycleState, Resources, ScaleBackend } from '@orangery/contracts';
+import type { Amounts, Backend, ContainerSecurity, InstanceLifecycleState, Resources, ScaleBackend } from '@orangery/contracts';
 
 /**
  * The scheduler's records. The leader keeps them in memory and journals every change to
@@ -19,6 +19,10 @@ export interface AppSpec {
   readonly vlan: number;
   readonly spread: 'host' | 'none';
   readonly environment?: Record<string, string>;
+  /** the env record's hostLabels when the request was accepted: an eligible host carries every one */
+  readonly hostLabels?: Readonly<Record<string, string>>;
+  /** the env record's containerSecurity when the request was accepted (containers only) */
+  readonly security?: ContainerSecurity;
 }
 
 export type Outcome = 'pending' | 'completed' | 'rejected';
@@ -62,6 +66,8 @@ export interface SlotSpec {
   readonly pool: string;
   readonly vlan: number;
   readonly environment?: Record<string, string>;
+  /** what the container may relax of the agent's secure defaults (the env record's, snapshot with the app's spec) */
+  readonly security?: ContainerSecurity;
 }
 
 export interface SlotRecord {

@@ -1,12 +1,13 @@
 import { decode, HostFacts, hostFactsOf, OrangeryError, type AgentInstance, type Heartbeat } from '@orangery/contracts';
 import type { HostBook } from './host-book';
 import type { Leftovers } from './leftovers';
-import type { SlotError } from './model';
+import type { SlotError, SlotRecord } from './model';
 import type { HostState } from './placement';
 import type { AgentPort, CoreLog } from './ports';
 import type { SchedulerEvents } from './scheduler-events';
 import type { SlotBook } from './slot-book';
 import { errorOf } from './slot-records';
+import { followSwarmTask, isSwarmSlot, notASwarmTask } from './swarm';
 
 export interface ObservationPorts {
   readonly agents: Pick<AgentPort, 'get' | 'start' | 'hostFacts'>;
@@ -39,9 +40,17 @@ export type RegistrationCheck = 'registered' | 'unreachable' | 'refused' | 'busy
  *
  * Failover itself is decided in FailoverJudge; here, its verdict `lost` (and a host that
  * fenced itself) marks the host's slots for replacement.
+ *
+ * Swarm slots (swarm.ts) are followed, never taken for leftovers nor replaced: swarm
+ * restarts and moves their tasks itself, so a copy listed (or an event raised) on another
+ * node of the slot's cluster only makes the scheduler ask the agent (a bound instance.get,
+ * which answers the slot's task wherever it runs), and the record takes the node, IP and
+ * MAC of that reply.
  */
 export class Observations {
   private readonly verifying = new Map<string, NodeJS.Timeout>();
+  /** swarm slots: the node whose listing or event caused the verify (asked when the record's node is unknown) */
+  private readonly hints = new Map<string, string>();
   /** hosts whose registration hint is being checked with their agent */
   private readonly confirming = new Set<string>();
   /** each host's state at the last sweep, so the host book notices changes */
@@ -59,6 +68,7 @@ export class Observations {
   stop(): void {
     for (const t of this.verifying.values()) clearTimeout(t);
     this.verifying.clear();
+    this.hints.clear();
   }
 
   // ---- hosts ------------------------------------------------------------------------------
@@ -81,6 +91,8 @@ export class Observations {
     for (const id of this.book.slotsOn(hostId)) {
       const s = this.book.slot(id);
       if (!s || s.hostId !== hostId || s.phase !== null || s.hold) continue;
+      // swarm owns its tasks' restarts: a second copy would be the scheduler's doing
+      if (isSwarmSlot(s, this.hosts)) continue;
       this.ports.log.warn({ instanceId: id, host: hostId, code: lastError.code }, 'replacing an instance of a lost host');
       void this.book
         .update(s, { phase: 'replace', state: 'failed', lastError })
@@ -161,10 +173,21 @@ export class Observations {
 
   // ---- instances --------------------------------------------------------------------------
 
-  /** An agent's instance event: anything that leaves a running slot not running is checked. */
-  instanceEvent(what: string, instanceId: string, hostId: string): void {
+  /**
+   * An agent's instance event: anything that leaves a running slot not running is checked.
+   * A swarm slot's: any event of a node of its cluster but its own `running` with the
+   * recorded address (the task may have moved, or been restarted with another address).
+   */
+  instanceEvent(what: string, instanceId: string, hostId: string, ip?: string): void {
     const s = this.book.slot(instanceId);
-    if (!s || s.hostId !== hostId || s.phase !== null || s.hold) return;
+    if (!s || s.phase !== null || s.hold) return;
+    if (isSwarmSlot(s, this.hosts)) {
+      if (!s.hostId || !this.ofSlotsCluster(s.hostId, hostId)) return;
+      if (what === 'running' && hostId === s.hostId && ip === s.ip) return;
+      this.verifyLater(instanceId, what === 'running' ? 0 : STOPPED_VERIFY_MS, hostId);
+      return;
+    }
+    if (s.hostId !== hostId) return;
     if (what === 'failed') this.verifyLater(instanceId, this.settings.failedGraceMs);
     else if (what === 'stopped') this.verifyLater(instanceId, STOPPED_VERIFY_MS);
     else if (what === 'removed') this.verifyLater(instanceId, 0);
@@ -181,6 +204,12 @@ export class Observations {
       seen.add(inst.instanceId);
       const s = this.book.slot(inst.instanceId);
       if (s?.hold) continue; // a migration has copies on two hosts for a while
+      if (s && this.swarmTaskOfSlot(s, hostId, inst)) {
+        // swarm's, wherever it runs in the cluster: followed (verify), never a leftover
+        const moved = s.hostId !== hostId || inst.ip !== s.ip || inst.mac !== s.mac;
+        if (s.phase === null && (inst.state !== 'running' || moved)) this.verifyLater(s.id, inst.state === 'running' ? 0 : STOPPED_VERIFY_MS, hostId);
+        continue;
+      }
       if (!s || s.hostId !== hostId) {
         // Not ours there: stopped, kept for the retention period, never started (Leftovers).
         this.leftovers.found(hostId, inst);
@@ -196,7 +225,29 @@ export class Observations {
     this.leftovers.listed(hostId, leftovers);
   }
 
-  private verifyLater(id: string, delayMs: number): void {
+  /**
+   * A swarm task `hostId`'s agent lists is the slot's own: the slot is swarm's (or being
+   * placed, on no host yet) and `hostId` is a node of the cluster of its record's node.
+   */
+  private swarmTaskOfSlot(s: SlotRecord, hostId: string, inst: AgentInstance): boolean {
+    if (inst.backend !== 'swarm' || this.hosts.get(hostId)?.backend !== 'swarm') return false;
+    if (s.hostId === null) return s.backend === null || s.backend === 'swarm';
+    return isSwarmSlot(s, this.hosts) && this.ofSlotsCluster(s.hostId, hostId);
+  }
+
+  /**
+   * `hostId` may hold the task of a swarm slot recorded on `recorded`: a node of the same
+   * cluster, or any swarm node heard from when the recorded node's cluster is not known (a
+   * new leader that never heard from that node: it may have left the swarm, its tasks moved).
+   * Only a bound get then moves the record (verifySwarm).
+   */
+  private ofSlotsCluster(recorded: string, hostId: string): boolean {
+    if (this.hosts.sameCluster(recorded, hostId)) return true;
+    return !this.hosts.clusterKnown(recorded) && this.hosts.clusterKnown(hostId);
+  }
+
+  private verifyLater(id: string, delayMs: number, hint?: string): void {
+    if (hint !== undefined) this.hints.set(id, hint);
     if (this.verifying.has(id) || this.book.stopped) return;
     this.verifying.set(
       id,
@@ -209,8 +260,11 @@ export class Observations {
 
   /** Asks the agent how the instance really is, and acts: restart a stopped one, replace a failed one, recreate a missing one. */
   private async verify(id: string): Promise<void> {
+    const hint = this.hints.get(id);
+    this.hints.delete(id);
     const s = this.book.slot(id);
     if (!s || s.phase !== null || !s.hostId || s.hold) return;
+    if (isSwarmSlot(s, this.hosts)) return this.verifySwarm(s, hint);
     const inst = await this.ports.agents.get(s.hostId, id);
     // Deposed meanwhile: the new leader's records decide, not ours (a start from here could
     // restart a copy the new leader has just moved elsewhere).
@@ -239,5 +293,39 @@ export class Observations {
         this.ports.kick(id);
       }
     }
+  }
+
+  /**
+   * A swarm slot: asks a live node of its cluster (its own first) for the slot's task,
+   * which the agent answers wherever it runs. Running elsewhere, or with another address:
+   * the record follows. Gone (the service was removed behind our back): created again.
+   * Failed or stopped: swarm restarts it (it owns restarts); its next event or listing
+   * brings the scheduler back.
+   */
+  private async verifySwarm(s: SlotRecord, hint: string | undefined): Promise<void> {
+    // the cluster the task must be in: the record's node's, or (that node never heard from)
+    // the cluster of the node that listed the task or raised the event
+    const anchor = this.hosts.clusterKnown(s.hostId!) ? s.hostId! : hint !== undefined && this.hosts.clusterKnown(hint) ? hint : undefined;
+    const contact = anchor !== undefined ? this.hosts.swarmContact(anchor) : undefined;
+    if (!anchor || !contact) return; // no live node of the cluster: nothing can be asked, nothing is done
+    const inst = await this.ports.agents.get(contact, s.id);
+    if (this.book.stopped || this.book.slot(s.id) !== s) return;
+    if (!inst || inst.state === 'removed') {
+      this.ports.log.warn({ instanceId: s.id, host: s.hostId }, 'swarm service is gone; creating it again');
+      await this.book.update(s, { phase: 'create', state: 'placed' });
+      this.ports.kick(s.id);
+      return;
+    }
+    if (inst.state !== 'running') {
+      this.ports.log.info({ instanceId: s.id, host: inst.hostId, state: inst.state }, 'swarm task not running; swarm restarts it');
+      return;
+    }
+    if (inst.hostId === s.hostId && inst.ip === s.ip && inst.mac === s.mac) return;
+    const wrong = notASwarmTask(this.hosts, s, anchor, inst);
+    if (wrong !== undefined) {
+      this.ports.log.warn({ instanceId: s.id, host: contact, why: wrong }, "not following the swarm-agent's answer");
+      return;
+    }
+    await followSwarmTask(this.book, this.hosts, this.events, this.ports.log, s, inst);
   }
 }

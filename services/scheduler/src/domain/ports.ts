@@ -1,4 +1,4 @@
-import type { AgentInstance, Amounts, Backend, CreateInstanceCommand, HostFacts, NewEvent, Owner } from '@orangery/contracts';
+import type { AgentInstance, Amounts, Backend, CreateInstanceCommand, HostFacts, NewEvent, Owner, SwarmCreateInstanceCommand } from '@orangery/contracts';
 import type { AppRecord, SlotRecord } from './model';
 
 /**
@@ -77,7 +77,8 @@ export interface IpamPort {
 }
 
 export interface AgentPort {
-  create(hostId: string, command: CreateInstanceCommand): Promise<AgentInstance>;
+  /** a swarm node takes a SwarmCreateInstanceCommand: its agent picks, binds and answers the task's address and node */
+  create(hostId: string, command: CreateInstanceCommand | SwarmCreateInstanceCommand): Promise<AgentInstance>;
   start(hostId: string, instanceId: string): Promise<AgentInstance>;
   /** succeeds when the instance is gone (also when it never existed) */
   remove(hostId: string, instanceId: string): Promise<void>;

@@ -2,6 +2,7 @@ import { context, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace } from '@opentel
 import { contextOfTraceparent, errorKindOf } from '@orangery/telemetry';
 import type { Backend, ScaleCompletedData, ScaleRejectionCode, ScaleRequestData } from '@orangery/contracts';
 import type { HostBook } from './host-book';
+import { applyEnvPolicy, labelsText, type EnvSource, type PolicyApplied } from './env-policy';
 import { appKeyOf, type AppRecord, type AppSpec, type SlotRecord } from './model';
 import { placeMany, type PlacementPolicy } from './placement';
 import { JournalTooLarge, NotLeaderError, type Changes, type CoreLog, type IpamPort, type PoolInfo, type SchedulerStore } from './ports';
@@ -31,6 +32,8 @@ export interface JudgePorts {
   readonly log: CoreLog;
   /** wakes a slot's worker (the slot reconciler) */
   readonly kick: (id: string) => void;
+  /** the env's record, read when a request is judged (absent, or none for the env: the rules without records) */
+  readonly envs?: EnvSource;
 }
 
 /** How long completion checks are batched: many slots reach `running` in the same moment. */
@@ -110,8 +113,22 @@ export class RequestJudge {
     if (current && isOlderRequest({ seq, generation }, current)) {
       return reject('SUPERSEDED', `a newer request (${current.requestId}) for ${key} was accepted first`, { by: current.requestId });
     }
-    const { backends, reason, field } = backendsFor(data, this.settings.envBackends(data.env));
-    if (backends.length === 0) return reject('INVALID_REQUEST', `field '${field}': ${reason}`, { field, reason });
+    // The env's record, read now (one indexed read) and snapshot into the app's spec: a
+    // later change of the record moves nothing; the app's next request follows it.
+    let envPolicy;
+    try {
+      envPolicy = this.ports.envs ? await this.ports.envs(data.env) : undefined;
+    } catch (e) {
+      throw new RetryLater(`env record: ${errorOf(e).message}`);
+    }
+    const applied = applyEnvPolicy(data, envPolicy);
+    if (!applied.ok) return reject('POLICY_VIOLATION', applied.message, applied.details);
+    const asked = applied.data;
+    const { backends, reason, field } = backendsFor(asked, applied.allowed ?? this.settings.envBackends(data.env));
+    if (backends.length === 0) {
+      const why = applied.defaultBackend ? `${reason} (${asked.backend} is the default backend of env '${data.env}')` : reason;
+      return reject('INVALID_REQUEST', `field '${field}': ${why}`, { field, reason: why });
+    }
     let pool;
     try {
       pool = await this.ports.ipam.pool(data.pool);
@@ -126,10 +143,10 @@ export class RequestJudge {
       requestId,
       seq,
       ...(generation === undefined ? {} : { generation }),
-      spec: desiredSpec(data, backends, pool),
+      spec: desiredSpec(asked, backends, pool, applied),
       stable: current?.stable ?? null,
       outcome: 'pending',
-      backend: data.backend ?? 'auto',
+      backend: asked.backend ?? 'auto',
       ...(traceparent ? { traceparent } : {}),
     };
     // Place every slot that has no record yet, all or nothing: a request that does not
@@ -138,10 +155,13 @@ export class RequestJudge {
     const decision = placeMany(placementRequestOf(next, this.settings.policy, []), missing.length, this.hosts.inventory());
     if (!decision.ok) {
       const fit = decision.placements.length;
-      return reject('INSUFFICIENT_CAPACITY', `${decision.reason.message} (${fit} of ${missing.length} new instances fit)`, {
+      const labels = next.spec.hostLabels;
+      const only = labels ? `; env '${data.env}' admits only hosts labelled ${labelsText(labels)}` : '';
+      return reject('INSUFFICIENT_CAPACITY', `${decision.reason.message} (${fit} of ${missing.length} new instances fit${only})`, {
         ...decision.reason.details,
         requested: missing.length,
         fit,
+        ...(labels ? { hostLabels: labels } : {}),
       });
     }
     const placed = missing.map((slot, i) => this.reserveNew(next, slot, decision.placements[i]!.hostId));
@@ -309,8 +329,8 @@ export class RequestJudge {
   }
 }
 
-/** What the app should look like, resolved: the request, its allowed backends and its pool's VLAN. */
-function desiredSpec(data: ScaleRequestData, backends: readonly Backend[], pool: PoolInfo): AppSpec {
+/** What the app should look like, resolved: the request (env defaults applied), its allowed backends, its pool's VLAN, the env's host labels and container security. */
+function desiredSpec(data: ScaleRequestData, backends: readonly Backend[], pool: PoolInfo, env: PolicyApplied): AppSpec {
   return {
     replicas: data.replicas,
     resources: data.resources,
@@ -321,5 +341,7 @@ function desiredSpec(data: ScaleRequestData, backends: readonly Backend[], pool:
     vlan: pool.vlan,
     spread: data.spread ?? 'host',
     ...(data.environment ? { environment: data.environment } : {}),
+    ...(env.hostLabels ? { hostLabels: env.hostLabels } : {}),
+    ...(env.security ? { security: env.security } : {}),
   };
 }

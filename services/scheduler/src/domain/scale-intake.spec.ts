@@ -222,6 +222,8 @@ describe('backendsFor', () => {
     ['docker without an image', { backend: 'docker', template: 't' }, undefined, [], 'data.image', /docker needs an image/],
     ['vmware with a template', { backend: 'vmware', image: 'a:1', template: 't' }, undefined, ['vmware'], undefined, undefined],
     ['vmware without a template', { backend: 'vmware', image: 'a:1' }, undefined, [], 'data.template', /vmware needs a template/],
+    ['swarm with an image (a swarm service runs an image)', { backend: 'swarm', image: 'a:1' }, undefined, ['swarm'], undefined, undefined],
+    ['swarm without an image', { backend: 'swarm', template: 't' }, undefined, [], 'data.image', /swarm needs an image/],
     ['env policy narrows auto', { backend: 'auto', image: 'a:1', template: 't' }, ['vmware'], ['vmware'], undefined, undefined],
     ['env policy allowing both changes nothing', { image: 'a:1' }, ['docker', 'vmware'], ['docker'], undefined, undefined],
     ['env policy refusing the only artifact', { backend: 'auto', image: 'a:1' }, ['vmware'], [], 'data.backend', /env 'prod' allows only vmware/],

@@ -156,24 +156,27 @@ export function isOlderRequest(a: { seq: number; generation?: number | undefined
 }
 
 /**
- * The backends a request may use: what it asked (auto = both), what it brings an artifact
- * for (an image for containers, a template for VMs), and the env's policy. Empty means
- * the request cannot run anywhere: the reason says why.
+ * The backends a request may use: what it asked (auto = docker and vmware, and swarm when
+ * the env's policy names it), what it brings an artifact for (an image for containers and
+ * swarm tasks, a template for VMs), and the env's policy. Empty means the request cannot
+ * run anywhere: the reason says why.
  */
 export function backendsFor(
   data: Pick<ScaleRequestData, 'backend' | 'image' | 'template' | 'env'>,
   envPolicy: readonly Backend[] | undefined,
 ): { backends: Backend[]; reason?: string; field?: string } {
-  const asked: Backend[] = data.backend === undefined || data.backend === 'auto' ? ['docker', 'vmware'] : [data.backend];
-  const withArtifact = asked.filter((b) => (b === 'docker' ? data.image !== undefined : data.template !== undefined));
+  const auto: Backend[] = envPolicy?.includes('swarm') ? ['docker', 'vmware', 'swarm'] : ['docker', 'vmware'];
+  const asked: Backend[] = data.backend === undefined || data.backend === 'auto' ? auto : [data.backend];
+  // containers and swarm services run an image, VMs are cloned from a template
+  const withArtifact = asked.filter((b) => (b === 'vmware' ? data.template !== undefined : data.image !== undefined));
   if (withArtifact.length === 0) {
     const field = asked.length === 1 && asked[0] === 'vmware' ? 'data.template' : 'data.image';
     return {
       backends: [],
       field,
       reason:
-        data.backend === 'docker'
-          ? 'backend docker needs an image'
+        data.backend === 'docker' || data.backend === 'swarm'
+          ? `backend ${data.backend} needs an image`
           : data.backend === 'vmware'
             ? 'backend vmware needs a template'
             : 'give an image (containers) or a template (VMs)',

@@ -1,4 +1,5 @@
 import type { AgentInstance, Backend, Heartbeat, HostFacts, InstanceNetwork, SlotView } from '@orangery/contracts';
+import type { EnvSource } from './env-policy';
 import { FailoverJudge } from './failover-judge';
 import { HostBook } from './host-book';
 import { Leftovers } from './leftovers';
@@ -45,6 +46,8 @@ export interface CorePorts {
   /** wall clock: timestamps in events (keptUntil) */
   readonly wallClock?: Clock;
   readonly log: CoreLog;
+  /** env records (docs/scheduler.md "Environments"); absent: no env has one */
+  readonly envs?: EnvSource;
 }
 
 /** How long stop waits at most for running steps and journal writes (300 x 20 ms). */
@@ -98,7 +101,13 @@ export class SchedulerCore {
       onError: (id, e) => log.warn({ instanceId: id, err: errorOf(e).message }, 'slot step failed; will retry'),
     });
     const leftovers = new Leftovers({ agents, log, save: (c) => this.book.save(c), wallNow }, settings.leftoverRetentionMs, events);
-    this.judge = new RequestJudge(this.book, this.hosts, events, { store: ports.store, ipam: ports.ipam, log, kick }, settings);
+    this.judge = new RequestJudge(
+      this.book,
+      this.hosts,
+      events,
+      { store: ports.store, ipam: ports.ipam, log, kick, ...(ports.envs ? { envs: ports.envs } : {}) },
+      settings,
+    );
     this.failover = new FailoverJudge(
       this.hosts,
       { source: settings.source, lostAfterMs: settings.lostAfterMs, fenceDeadlineMs: settings.fenceMarginMs },
@@ -193,8 +202,8 @@ export class SchedulerCore {
    * scheduler ask the slot's recorded host about the instance (Observations.verify), and
    * only that bound reply changes anything.
    */
-  instanceEvent(what: string, instanceId: string, hostId: string): void {
-    this.observations.instanceEvent(what, instanceId, hostId);
+  instanceEvent(what: string, instanceId: string, hostId: string, ip?: string): void {
+    this.observations.instanceEvent(what, instanceId, hostId, ip);
   }
 
   agentList(hostId: string, instances: readonly AgentInstance[]): void {

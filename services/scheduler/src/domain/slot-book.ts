@@ -154,7 +154,7 @@ export class SlotBook {
     let set = this.byApp.get(key);
     if (!set) this.byApp.set(key, (set = new Set()));
     set.add(s.id);
-    if (s.hostId) this.hosts.reserve(s.hostId, s.id, s, demandOf(s.spec.resources));
+    if (s.hostId) this.hosts.reserve(s.hostId, s.id, s, demandOf(s.spec.resources), s.backend ?? undefined);
     if (s.hold?.target) this.hosts.reserve(s.hold.target.hostId, targetKey(s.id), s, demandOf(s.spec.resources));
   }
 

@@ -49,6 +49,7 @@ export class SlotLeases {
       }
       if (!s.hostId || s.state !== 'running')
         throw new OrangeryError('INSTANCE_CONFLICT', `instance ${id} is ${s.state}, not running: nothing to move`, { state: s.state });
+      if (s.backend === 'swarm') throw swarmMoveRefused(id, 'it runs on swarm', { hostId: s.hostId, backend: 'swarm' });
       await this.book.update(s, { hold: { by } });
       this.ports.log.info({ instanceId: id, by }, 'slot held for a migration');
     }
@@ -83,7 +84,14 @@ export class SlotLeases {
   private targetRequest(s: SlotRecord, opts: { toHost?: string; toBackend?: Backend; exclude?: readonly string[] }): PlacementRequest {
     const app = this.book.app(appKeyOf(s));
     if (!app) throw new OrangeryError('NOT_FOUND', `no app record for ${s.id}`);
-    const backends = opts.toBackend ? [opts.toBackend] : app.spec.backends;
+    if (s.backend === 'swarm') throw swarmMoveRefused(s.id, 'it runs on swarm', { hostId: s.hostId, backend: 'swarm' });
+    if (opts.toBackend === 'swarm') throw swarmMoveRefused(s.id, 'the target is swarm', { toBackend: 'swarm' });
+    if (opts.toHost !== undefined && this.hosts.get(opts.toHost)?.backend === 'swarm') {
+      throw swarmMoveRefused(s.id, `the target ${opts.toHost} is a swarm node`, { toHost: opts.toHost, backend: 'swarm' });
+    }
+    // never a swarm node as a target: a task's address comes from its node's block
+    const backends = (opts.toBackend ? [opts.toBackend] : app.spec.backends).filter((b) => b !== 'swarm');
+    if (backends.length === 0) throw swarmMoveRefused(s.id, 'its app may run on swarm only', { backends: app.spec.backends });
     for (const b of backends) {
       if (!(b === 'docker' ? (s.spec.image ?? app.spec.image) : (s.spec.template ?? app.spec.template))) {
         throw new OrangeryError('INVALID_REQUEST', `field 'toBackend': ${s.id} has no ${b === 'docker' ? 'image' : 'template'} for ${b}`, {
@@ -164,6 +172,13 @@ export class SlotLeases {
   async setDrain(hostId: string, drain: boolean): Promise<{ hostId: string; state: HostState }> {
     const h = this.hosts.get(hostId);
     if (!h) throw new OrangeryError('NOT_FOUND', `no host ${hostId}`, { hostId });
+    if (drain && h.backend === 'swarm') {
+      throw new OrangeryError(
+        'IP_WOULD_CHANGE',
+        `${hostId} is a swarm node: drain it in swarm (docker node update --availability drain <node>); swarm moves its tasks to the other nodes, each with a new address from that node's block, and Orangery follows them`,
+        { hostId, backend: 'swarm' },
+      );
+    }
     await this.book.save({ hostDrains: [{ hostId, drain, backend: h.backend, facts: h.facts, usage: h.usage }] });
     this.hosts.setDrain(hostId, drain);
     return { hostId, state: this.hosts.stateOf(h) };
@@ -180,4 +195,17 @@ export class SlotLeases {
     }
     return s;
   }
+}
+
+/**
+ * A migration into, out of or within swarm (issue 16): a swarm task's address comes from
+ * its node's ipam block, so the instance's IP cannot be kept across the move; refused
+ * rather than changed silently. Swarm moves its own tasks (drain the node in swarm).
+ */
+export function swarmMoveRefused(id: string, why: string, details: Record<string, unknown>): OrangeryError {
+  return new OrangeryError(
+    'IP_WOULD_CHANGE',
+    `${id} cannot be migrated: ${why}, and a swarm task's address comes from its node's ipam block, so the IP could not be kept (swarm moves its own tasks: drain the node in swarm with docker node update --availability drain)`,
+    { instanceId: id, ...details },
+  );
 }

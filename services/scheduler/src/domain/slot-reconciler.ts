@@ -8,7 +8,8 @@ import { place, type PlacementPolicy } from './placement';
 import { NotLeaderError, type AgentPort, type AllocationInfo, type CoreLog, type IpamPort } from './ports';
 import type { SchedulerEvents } from './scheduler-events';
 import type { SlotBook } from './slot-book';
-import { createCommandOf, demandOf, errorOf, ownerOf, placementRequestOf, slotSpecOf } from './slot-records';
+import { createCommandOf, demandOf, errorOf, ownerOf, placementRequestOf, slotSpecOf, swarmCreateCommandOf } from './slot-records';
+import { isSwarmSlot, notASwarmTask } from './swarm';
 import { DONE, requeue, terminal, type Result } from './work-queue';
 
 /** What the reconciler asks of the app level (RequestJudge). */
@@ -52,6 +53,9 @@ const NEXT = requeue(0);
  *
  * The phases (model.ts `Phase`): not desired -> remove; remove/replace -> off its host,
  * then create; create -> place, allocate, (probe for a VM), create, bind -> running.
+ * A swarm slot (swarm.ts) skips allocate and bind: its node's agent picks and binds the
+ * task's address and answers it with the node the task runs on; its removal gives nothing
+ * back to ipam (the agent unbinds what a removed task held).
  */
 export class SlotReconciler {
   constructor(
@@ -125,15 +129,19 @@ export class SlotReconciler {
       await this.book.update(s, { phase: 'remove' });
       return NEXT;
     }
+    const swarm = isSwarmSlot(s, this.hosts);
     if (s.hostId) {
-      const gone = await this.offHost(s.hostId, s.id, 'remove');
+      const gone = swarm ? await this.offSwarm(s.hostId, s.id) : await this.offHost(s.hostId, s.id, 'remove');
       if (!gone) return this.backoff(s);
     }
-    try {
-      await this.ports.ipam.release(ownerOf(s));
-    } catch (e) {
-      this.ports.log.warn({ instanceId: s.id, err: errorOf(e).message }, 'ip release failed; will retry');
-      return this.backoff(s);
+    // a swarm task's address was bound by its agent, which unbinds it when the task goes
+    if (!swarm) {
+      try {
+        await this.ports.ipam.release(ownerOf(s));
+      } catch (e) {
+        this.ports.log.warn({ instanceId: s.id, err: errorOf(e).message }, 'ip release failed; will retry');
+        return this.backoff(s);
+      }
     }
     await this.book.save({ deleteSlots: [s.id] });
     this.book.dropSlot(s);
@@ -149,7 +157,8 @@ export class SlotReconciler {
   /** A failed copy (or one removed while wanted again): take it off its host, then create anew, same IP. */
   private async stepReplace(s: SlotRecord, app: AppRecord): Promise<Result> {
     if (s.hostId) {
-      const gone = await this.offHost(s.hostId, s.id, 'keep');
+      // a swarm service is not kept stopped: it is removed, and created anew under the same name
+      const gone = isSwarmSlot(s, this.hosts) ? await this.offSwarm(s.hostId, s.id) : await this.offHost(s.hostId, s.id, 'keep');
       if (!gone) return this.backoff(s);
       this.hosts.unreserve(s.hostId, s.id);
     }
@@ -176,6 +185,7 @@ export class SlotReconciler {
         new OrangeryError('UNAVAILABLE', `host ${hostId} is ${this.hosts.stateOf(this.hosts.get(hostId)!)} (no heartbeat, or fenced)`),
       );
     }
+    if (isSwarmSlot(s, this.hosts)) return this.startOnSwarm(s, app, hostId);
     let alloc;
     try {
       alloc = await this.ports.ipam.allocate(s.spec.pool, ownerOf(s));
@@ -220,6 +230,72 @@ export class SlotReconciler {
     await this.book.update(s, { state: 'running', phase: null, backend, tried: [], attempts: 0, lastError: null });
     this.apps.checkAppSoon(appKeyOf(s));
     return DONE;
+  }
+
+  /**
+   * A swarm node's create: no allocate, no bind. The agent creates the slot's service, waits
+   * for its task to run, binds the task's address in ipam and answers it with the node the
+   * task runs on (possibly another node of the cluster): the record takes that node, IP and
+   * MAC, and the slot's reservation moves there.
+   */
+  private async startOnSwarm(s: SlotRecord, app: AppRecord, hostId: string): Promise<Result> {
+    if (s.state !== 'starting') {
+      // memory only, as for the other backends (see stepCreate)
+      s = { ...s, state: 'starting' };
+      this.book.remember(s);
+    }
+    let inst: AgentInstance;
+    try {
+      inst = await this.ports.agents.create(hostId, swarmCreateCommandOf(s));
+    } catch (e) {
+      return this.attemptFailed(s, hostId, e);
+    }
+    if (inst.state !== 'running') {
+      return this.attemptFailed(s, hostId, new OrangeryError('START_FAILED', inst.reason ?? `the task is ${inst.state} after create`));
+    }
+    if (inst.instanceId === s.id && (!inst.ip || !inst.mac)) {
+      // running, but its address not known to the agent yet: ask again (the create is idempotent)
+      this.ports.log.warn({ instanceId: s.id, host: inst.hostId }, 'swarm task running without a known address yet; asking again');
+      return this.backoff(s);
+    }
+    const wrong = notASwarmTask(this.hosts, s, hostId, inst);
+    if (wrong !== undefined) return this.attemptFailed(s, hostId, new OrangeryError('START_FAILED', `the swarm-agent's reply cannot be recorded: ${wrong}`));
+    const node = inst.hostId;
+    await this.book.update(s, {
+      state: 'running',
+      phase: null,
+      backend: 'swarm',
+      hostId: node,
+      ip: inst.ip,
+      mac: inst.mac,
+      tried: [],
+      attempts: 0,
+      lastError: null,
+    });
+    if (node !== hostId) {
+      this.hosts.unreserve(hostId, s.id);
+      this.hosts.reserve(node, s.id, app, demandOf(s.spec.resources), 'swarm');
+      this.ports.log.info({ instanceId: s.id, placed: hostId, node, ip: inst.ip }, 'swarm ran the task on another node of the cluster');
+    }
+    this.apps.checkAppSoon(appKeyOf(s));
+    return DONE;
+  }
+
+  /**
+   * A swarm slot off its cluster: remove sent to its node of record, or, that node silent,
+   * to another live node of the cluster (one agent serves them all, and the service is
+   * cluster-wide). No live node: wait (the service may be running; swarm keeps it).
+   */
+  private async offSwarm(hostId: string, id: string): Promise<boolean> {
+    const contact = this.hosts.swarmContact(hostId);
+    if (!contact) return false;
+    try {
+      await this.ports.agents.remove(contact, id);
+      return true;
+    } catch (e) {
+      this.ports.log.warn({ instanceId: id, host: contact, err: errorOf(e).message }, 'could not remove the swarm service; will retry');
+      return false;
+    }
   }
 
   /** undefined: the address is silent (or no agent can tell: logged); otherwise the step's result. */

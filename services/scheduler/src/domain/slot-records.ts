@@ -7,6 +7,7 @@ import {
   type Backend,
   type CreateInstanceCommand,
   type SlotView,
+  type SwarmCreateInstanceCommand,
 } from '@orangery/contracts';
 import type { AppRecord, AppSpec, Demand, SlotError, SlotRecord, SlotSpec } from './model';
 import type { PlacementPolicy, PlacementRequest } from './placement';
@@ -44,6 +45,7 @@ export function slotSpecOf(spec: AppSpec): SlotSpec {
     pool: spec.pool,
     vlan: spec.vlan,
     ...(spec.environment ? { environment: spec.environment } : {}),
+    ...(spec.security ? { security: spec.security } : {}),
   };
 }
 
@@ -81,6 +83,7 @@ export function placementRequestOf(app: AppRecord, policy: PlacementPolicy, trie
     spread: spec.spread,
     policy,
     excludeHosts: tried,
+    ...(spec.hostLabels ? { hostLabels: spec.hostLabels } : {}),
   };
 }
 
@@ -97,16 +100,39 @@ export function createCommandOf(s: SlotRecord, alloc: AllocationInfo, backend: B
     resources: s.spec.resources,
     network: { ip: alloc.ip, mac: alloc.mac, prefixLength: alloc.prefixLength, gateway: alloc.gateway, vlan: alloc.vlan },
     ...(s.spec.environment ? { environment: s.spec.environment } : {}),
+    // the env record's relaxations of a container's confinement; a VM has no such thing
+    ...(s.spec.security && backend !== 'vmware' ? { security: s.spec.security } : {}),
+  };
+}
+
+/**
+ * A swarm node's create (issue 16): the pool instead of a network, since swarm picks the
+ * task's address inside its node's ipam block and the swarm-agent binds it; resources as
+ * for a container (the agent maps memory, heap and cpu like the docker-agent).
+ */
+export function swarmCreateCommandOf(s: SlotRecord): SwarmCreateInstanceCommand {
+  if (!s.spec.image) throw new OrangeryError('INVALID_REQUEST', 'the slot has no image for swarm');
+  return {
+    instanceId: s.id,
+    env: s.env,
+    app: s.app,
+    slot: s.slot,
+    image: s.spec.image,
+    resources: s.spec.resources,
+    pool: s.spec.pool,
+    ...(s.spec.environment ? { environment: s.spec.environment } : {}),
+    // the env record's relaxations, as for a docker-agent's container
+    ...(s.spec.security ? { security: s.spec.security } : {}),
   };
 }
 
 /**
  * The slot API's view of a record (docs/scheduler.md "Slot API"). Never the environment:
  * it may hold secrets, and the migrator does not need it (slot.create sends it to the
- * agent from here).
+ * agent from here). Nor the env's container security: it goes to agents only.
  */
 export function slotViewOf(s: SlotRecord): SlotView {
-  const { environment: _secret, ...spec } = s.spec;
+  const { environment: _secret, security: _security, ...spec } = s.spec;
   return {
     id: s.id,
     env: s.env,

@@ -4,6 +4,9 @@ import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import {
   CURSORS,
   decode,
+  EnvListRequest,
+  EnvNameRequest,
+  EnvPutRequest,
   pageQueryOf,
   Heartbeat,
   HostDrainRequest,
@@ -33,7 +36,9 @@ import { ensureScaleStream, ScaleConsumer, type ScaleVerdict } from '../adapters
 import { RetryLater, SchedulerCore } from '../domain/scheduler-core';
 import { LeaderLease, leaseTiming } from '../domain/leader-lease';
 import { NotLeaderError, systemClock } from '../domain/ports';
-import { OUTBOX, STORE } from '../tokens';
+import type { MysqlEnvStore } from '../adapters/mysql-env-store';
+import { checkEnvPut, normalizeEnv } from '../domain/env-policy';
+import { ENVS, OUTBOX, STORE } from '../tokens';
 
 const HOST_FLUSH_MS = 2_000;
 /** how often host silences are judged (cheap: in memory, probes only for silent hosts); a host past its deadline waits at most this long */
@@ -45,6 +50,10 @@ const CONFIRM_RETRY_MS = 1_000;
 const HOST_ID = new RegExp(HOST_ID_PATTERN);
 /** how long stepping down waits for each leader activity to wind down */
 const STOP_LEADING_MS = 5_000;
+/** how often seeding env records from ORANGERY_ENV_BACKENDS is tried again after the database refused it */
+const SEED_RETRY_MS = 5_000;
+/** the most of an `Orangery-Actor` header kept in the audit log */
+const MAX_ACTOR = 255;
 
 /** What only the leader runs: the core, its subscriptions, the scale consumer, the timers. */
 interface Leading {
@@ -74,6 +83,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
   private readonly recentBeats = new Map<string, { beat: Heartbeat; at: number; wall: number }>();
   private listeningSince = 0;
   private beatsSub: Subscription | undefined;
+  private seedTimer: NodeJS.Timeout | undefined;
 
   constructor(
     @Inject(NATS) private readonly nc: NatsConnection,
@@ -81,12 +91,14 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     @Inject(STORE) private readonly store: MysqlSchedulerStore,
     @Inject(OUTBOX) private readonly outbox: OutboxRelay,
     @Inject(LOGGER) private readonly logger: Logger,
+    @Inject(ENVS) private readonly envs: MysqlEnvStore,
   ) {}
 
   async onApplicationBootstrap(): Promise<void> {
     await ensureEventsStream(this.nc, this.logger);
     await ensureScaleStream(this.nc, this.logger);
     this.outbox.start();
+    await this.seedEnvs();
     this.leaderGauges();
     this.responder = new Responder(this.nc, QUEUE_GROUPS.scheduler, this.logger);
     this.responder.serve(this.routes());
@@ -96,6 +108,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
   }
 
   async beforeApplicationShutdown(): Promise<void> {
+    clearTimeout(this.seedTimer);
     await this.responder?.drain();
     await this.stopLease();
     this.beatsSub?.unsubscribe();
@@ -188,9 +201,78 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
     await this.leaseStore?.close();
   }
 
+  /**
+   * ORANGERY_ENV_BACKENDS as a seed (docs/scheduler.md "Environments"): a record `{ name,
+   * backends }` for each listed env that has none yet, inserted only if absent (several
+   * replicas starting at once are safe; a record an operator wrote is never overwritten).
+   * Until a seed is written the env has no record and the variable rules it as before, so
+   * a database that refuses now only delays it.
+   */
+  private async seedEnvs(): Promise<void> {
+    const pending = Object.entries(this.config.envBackends);
+    if (pending.length === 0) return;
+    const created: string[] = [];
+    try {
+      for (const [name, backends] of pending) {
+        if (await this.envs.insertIfAbsent(normalizeEnv({ name, backends }))) created.push(name);
+      }
+      this.logger.info(
+        { created, kept: pending.map(([n]) => n).filter((n) => !created.includes(n)) },
+        'ORANGERY_ENV_BACKENDS is a seed: env records created for listed envs that had none; existing records are kept and rule (manage them with orangery.scheduler.envs.*)',
+      );
+    } catch (err) {
+      this.logger.warn(
+        { err: String(err), retryInMs: SEED_RETRY_MS },
+        'could not seed env records from ORANGERY_ENV_BACKENDS; the variable rules those envs meanwhile',
+      );
+      this.seedTimer = setTimeout(() => void this.seedEnvs(), SEED_RETRY_MS);
+    }
+  }
+
+  /** The env subjects: every replica writes and reads the records in the database; writes are audited in the log. */
+  private envRoutes(): Route[] {
+    const audit = (action: string, name: string, actor: string | undefined, extra: Record<string, unknown> = {}) =>
+      this.logger.info({ audit: action, env: name, actor: actor ? actor.slice(0, MAX_ACTOR) : undefined, replica: this.replica, ...extra }, `audit: ${action}`);
+    return [
+      {
+        subject: SUBJECTS.scheduler.envsPut,
+        handler: async (b, ctx) => {
+          const req = decode(EnvPutRequest, b);
+          checkEnvPut(req);
+          const { record, created } = await this.envs.put(normalizeEnv(req));
+          audit('env.put', record.name, ctx.actor, { created, backends: record.backends });
+          return record;
+        },
+      },
+      {
+        subject: SUBJECTS.scheduler.envsGet,
+        handler: async (b) => {
+          const { name } = decode(EnvNameRequest, b);
+          const record = await this.envs.get(name);
+          if (!record) throw new OrangeryError('NOT_FOUND', `env '${name}' has no record`, { name });
+          return record;
+        },
+      },
+      {
+        subject: SUBJECTS.scheduler.envsList,
+        handler: async (b) => this.envs.list(pageQueryOf(CURSORS.envs, decode(EnvListRequest, b))),
+      },
+      {
+        subject: SUBJECTS.scheduler.envsDelete,
+        handler: async (b, ctx) => {
+          const { name } = decode(EnvNameRequest, b);
+          if (!(await this.envs.delete(name))) throw new OrangeryError('NOT_FOUND', `env '${name}' has no record`, { name });
+          audit('env.delete', name, ctx.actor);
+          return {};
+        },
+      },
+    ];
+  }
+
   private routes(): Route[] {
     const lostAfterMs = this.config.lostAfterSeconds * 1000;
     return [
+      ...this.envRoutes(),
       {
         subject: SUBJECTS.scheduler.hostsList,
         handler: async (b) => this.store.listHosts(lostAfterMs, pageQueryOf(CURSORS.hosts, decode(HostsListRequest, b))),
@@ -230,6 +312,7 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
         clock: { now: () => replaying.at ?? systemClock.now() },
         wallClock: { now: () => replaying.wall ?? Date.now() },
         log: this.logger,
+        envs: (env) => this.envs.policy(env),
       },
       {
         source: `orangery/scheduler/${this.replica}`,
@@ -357,7 +440,9 @@ export class SchedulerRuntime implements OnApplicationBootstrap, BeforeApplicati
       callback: (_e, msg) => {
         const what = msg.subject.split('.')[3] ?? '';
         const data = json(msg.data)?.['data'] as Record<string, unknown> | undefined;
-        if (typeof data?.['instanceId'] === 'string' && typeof data['hostId'] === 'string') core.instanceEvent(what, data['instanceId'], data['hostId']);
+        if (typeof data?.['instanceId'] === 'string' && typeof data['hostId'] === 'string') {
+          core.instanceEvent(what, data['instanceId'], data['hostId'], typeof data['ip'] === 'string' ? data['ip'] : undefined);
+        }
       },
     });
     return [hb, registered, instances];

@@ -175,6 +175,7 @@ export class FakeScheduler implements SchedulerPort {
 
   async hostDrain(hostId: string, drain: boolean): Promise<void> {
     this.log.push('scheduler.hostDrain');
+    this.faults.check('hostDrain');
     if (!this.hosts.has(hostId)) throw refused('NOT_FOUND', `no host ${hostId}`);
     if (drain) this.drained.add(hostId);
   }

@@ -16,6 +16,7 @@ describe('feasibility filters', () => {
   it('run in a fixed order: what a host could ever take first, then its room', () => {
     expect(FEASIBILITY.map((f) => f.reason)).toEqual([
       'backend-not-allowed',
+      'labels-mismatch',
       'host-not-ready',
       'host-excluded',
       'vlan-unreachable',
@@ -25,7 +26,7 @@ describe('feasibility filters', () => {
     ]);
     expect([...ELIGIBILITY, ...CAPACITY]).toEqual(FEASIBILITY);
     // The engine caches the STATIC verdicts: they must not read allocations or exclusions.
-    expect(STATIC.map((f) => f.reason)).toEqual(['backend-not-allowed', 'host-not-ready', 'vlan-unreachable']);
+    expect(STATIC.map((f) => f.reason)).toEqual(['backend-not-allowed', 'labels-mismatch', 'host-not-ready', 'vlan-unreachable']);
   });
 
   it.each<[FilterReason, string, HostView, PlacementRequest]>([
@@ -38,6 +39,10 @@ describe('feasibility filters', () => {
       host('h'),
       request({ backend: 'docker', allowedBackends: ['vmware'] }),
     ],
+    ['labels-mismatch', "a host without the env's hostLabels", host('h', { labels: { zone: 'a' } }), request({ hostLabels: { tier: 'prod' } })],
+    ['labels-mismatch', 'a host with one of two labels', host('h', { labels: { tier: 'prod' } }), request({ hostLabels: { tier: 'prod', zone: 'b' } })],
+    ['labels-mismatch', 'a host with another value', host('h', { labels: { tier: 'test' } }), request({ hostLabels: { tier: 'prod' } })],
+    ['backend-not-allowed', 'a docker host for a swarm request', host('h'), request({ backend: 'swarm' })],
     ['host-not-ready', 'a draining host', host('h', { state: 'draining' }), request()],
     ['host-not-ready', 'a lost host', host('h', { state: 'lost' }), request()],
     ['host-excluded', 'an excluded host', host('h'), request({ excludeHosts: ['x', 'h'] })],
@@ -87,6 +92,12 @@ describe('feasibility filters', () => {
       request({ resources: { cpu: 1, memoryMb: 2048, heapMb: 2048 } }),
     ],
     ['no disk asked of a host without disk', host('h', capacity(8, 16_384, 0)), request()],
+    [
+      "a host carrying every one of the env's hostLabels, and more",
+      host('h', { labels: { tier: 'prod', zone: 'b', rack: 'r1' } }),
+      request({ hostLabels: { tier: 'prod', zone: 'b' } }),
+    ],
+    ['a swarm node for an auto request its env allows on swarm', host('h', { backend: 'swarm' }), request({ allowedBackends: ['swarm'] })],
   ])('admit %s', (_what, h, req) => {
     expect(rejections(h, req)).toEqual([]);
     expect(place(req, [h])).toMatchObject({ ok: true, hostId: 'h' });
@@ -107,5 +118,16 @@ describe('feasibility filters', () => {
     expect(firstRejection(FEASIBILITY, Inventory.of([h]), 0, demandOf(req))?.reason).toBe(reason);
     const decision = place(req, [h]);
     expect(decision.ok || decision.reason.details.filtered).toEqual({ [reason]: 1 });
+  });
+});
+
+describe('hostLabels in the engine', () => {
+  it('caches the STATIC verdicts per labels: two requests alike but for their labels see their own hosts', () => {
+    const inventory = Inventory.of([host('a', { labels: { tier: 'prod' } }), host('b', { labels: { tier: 'test' } })]);
+    expect(place(request({ hostLabels: { tier: 'test' } }), inventory)).toMatchObject({ ok: true, hostId: 'b' });
+    expect(place(request({ hostLabels: { tier: 'prod' } }), inventory)).toMatchObject({ ok: true, hostId: 'a' });
+    const none = place(request({ hostLabels: { tier: 'perf' } }), inventory);
+    expect(none.ok).toBe(false);
+    if (!none.ok) expect(none.reason.details.filtered).toEqual({ 'labels-mismatch': 2 });
   });
 });

@@ -1,4 +1,5 @@
 import { appKey, BACKEND_BIT, needOf, READY, type Inventory, type Need } from './inventory';
+import { BACKENDS } from '@orangery/contracts';
 import type { FilterReason, PlacementRequest } from './types';
 
 /**
@@ -12,6 +13,10 @@ export interface Demand extends Need {
   readonly key: string;
   /** BACKEND_BIT of each backend the request and the env's policy both allow */
   readonly backends: number;
+  /** the env's hostLabels as pairs (empty: any host) */
+  readonly labels: readonly (readonly [string, string])[];
+  /** the same as text, part of the key of the STATIC verdicts */
+  readonly labelsKey: string;
   readonly vlan: number;
   readonly excluded: ReadonlySet<string>;
   readonly spread: PlacementRequest['spread'];
@@ -21,10 +26,11 @@ export interface Demand extends Need {
 export function demandOf(request: PlacementRequest): Demand {
   const need = needOf(request.resources);
   let backends = 0;
-  for (const b of ['docker', 'vmware'] as const) {
+  for (const b of BACKENDS) {
     const asked = request.backend === 'auto' || request.backend === b;
     if (asked && (request.allowedBackends?.includes(b) ?? true)) backends |= BACKEND_BIT[b];
   }
+  const labels = request.hostLabels ? Object.entries(request.hostLabels) : [];
   // A plain literal, not a spread: every demand must share one hidden class, or the
   // engine's hot loop is deoptimized again and again (V8 gives spread objects fresh maps).
   return {
@@ -33,6 +39,8 @@ export function demandOf(request: PlacementRequest): Demand {
     diskMb: need.diskMb,
     key: appKey(request),
     backends,
+    labels,
+    labelsKey: labels.length === 0 ? '' : JSON.stringify(labels),
     vlan: request.vlan,
     excluded: new Set(request.excludeHosts ?? []),
     spread: request.spread,
@@ -50,6 +58,17 @@ export interface HostFilter {
 export const backendAllowed: HostFilter = {
   reason: 'backend-not-allowed',
   admits: (hosts, i, d) => (hosts.backend[i]! & d.backends) !== 0,
+};
+
+/** The env's hostLabels: the host carries every one of them. */
+export const labelsMatch: HostFilter = {
+  reason: 'labels-mismatch',
+  admits: (hosts, i, d) => {
+    if (d.labels.length === 0) return true;
+    const own = hosts.labels[i]!;
+    for (const [k, v] of d.labels) if (own[k] !== v) return false;
+    return true;
+  },
 };
 
 /** Draining hosts take nothing new; lost hosts cannot. */
@@ -86,12 +105,12 @@ export const diskFree: HostFilter = {
 };
 
 /**
- * The filters that read only a host's fixed facts and the request's backends and VLAN:
- * the engine asks them once per (backends, VLAN) and keeps the verdict per host.
+ * The filters that read only a host's fixed facts and the request's backends, labels and
+ * VLAN: the engine asks them once per (backends, labels, VLAN) and keeps the verdict per host.
  */
-export const STATIC: readonly HostFilter[] = [backendAllowed, hostReady, vlanReachable];
+export const STATIC: readonly HostFilter[] = [backendAllowed, labelsMatch, hostReady, vlanReachable];
 /** Whether the host could ever take the request, whatever runs on it. */
-export const ELIGIBILITY: readonly HostFilter[] = [backendAllowed, hostReady, notExcluded, vlanReachable];
+export const ELIGIBILITY: readonly HostFilter[] = [backendAllowed, labelsMatch, hostReady, notExcluded, vlanReachable];
 /** Whether it has room now; a host rejected here is a candidate for the shortfall. */
 export const CAPACITY: readonly HostFilter[] = [cpuFree, memoryFree, diskFree];
 export const FEASIBILITY: readonly HostFilter[] = [...ELIGIBILITY, ...CAPACITY];

@@ -57,6 +57,8 @@ export class Inventory {
   /** the rack label as an index into `racks`; hosts without one share the rack '' */
   readonly rack: Int32Array;
   readonly racks: readonly string[];
+  /** each host's labels (the env hostLabels filter reads them) */
+  readonly labels: readonly Readonly<Record<string, string>>[];
   /** 1 when the host reaches any VLAN (docker), else `vlans` lists them */
   readonly vlanAny: Uint8Array;
   readonly vlans: readonly ReadonlySet<number>[];
@@ -95,6 +97,7 @@ export class Inventory {
       return rackIndex.get(name)!;
     });
     this.racks = [...rackIndex.keys()];
+    this.labels = views.map((v) => v.labels);
     this.vlanAny = Uint8Array.from(views, (v) => (v.vlans === 'any' ? 1 : 0));
     this.vlans = views.map((v) => new Set(v.vlans === 'any' ? [] : v.vlans));
     this.capacityCpuMilli = Float64Array.from(views, (v) => toMillicores(v.capacity.cpu));

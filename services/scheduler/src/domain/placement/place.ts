@@ -87,7 +87,7 @@ function bestHost(inventory: Inventory, demand: Demand): number {
 function scan(inventory: Inventory, demand: Demand): number {
   const { size, ids, rack, onHost, onRack, freeCpuMilli, freeMemoryMb, freeDiskMb, cpuScale, memoryScale } = inventory;
   const { excluded, cpuMilli, memoryMb, diskMb } = demand;
-  const eligible = inventory.verdict(`${demand.backends}/${demand.vlan}`, (i) => !firstRejection(STATIC, inventory, i, demand));
+  const eligible = inventory.verdict(`${demand.backends}/${demand.vlan}/${demand.labelsKey}`, (i) => !firstRejection(STATIC, inventory, i, demand));
   const anyExcluded = excluded.size > 0;
   const binpack = demand.policy === 'binpack';
   const penalty = SPREAD_PENALTY;
@@ -97,7 +97,7 @@ function scan(inventory: Inventory, demand: Demand): number {
   let bestRackLoad = 0;
   for (let i = 0; i < size; i++) {
     if (
-      eligible[i] === 0 || // STATIC: backendAllowed, hostReady, vlanReachable
+      eligible[i] === 0 || // STATIC: backendAllowed, labelsMatch, hostReady, vlanReachable
       (anyExcluded && excluded.has(ids[i]!)) || // notExcluded
       freeCpuMilli[i]! < cpuMilli || // cpuFree
       freeMemoryMb[i]! < memoryMb || // memoryFree

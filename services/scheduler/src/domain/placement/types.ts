@@ -49,11 +49,13 @@ export interface PlacementRequest extends AppRef {
   readonly allowedBackends?: readonly Backend[];
   /** hosts never to use, e.g. those a failed attempt already ran on */
   readonly excludeHosts?: readonly string[];
+  /** the env's hostLabels: an eligible host carries every one of these labels */
+  readonly hostLabels?: Readonly<Record<string, string>>;
 }
 
 /** The names under which filtered-out hosts are counted, one per feasibility filter. */
 export type FilterReason =
-  'backend-not-allowed' | 'host-not-ready' | 'host-excluded' | 'vlan-unreachable' | 'cpu-exhausted' | 'memory-exhausted' | 'disk-exhausted';
+  'backend-not-allowed' | 'labels-mismatch' | 'host-not-ready' | 'host-excluded' | 'vlan-unreachable' | 'cpu-exhausted' | 'memory-exhausted' | 'disk-exhausted';
 
 export interface InsufficientCapacity {
   readonly code: 'INSUFFICIENT_CAPACITY';

@@ -1,4 +1,13 @@
-import { instanceIdOf, type AgentInstance, type Backend, type CreateInstanceCommand, type ErrorCode, type NewEvent, type Owner } from '@orangery/contracts';
+import {
+  instanceIdOf,
+  type AgentInstance,
+  type Backend,
+  type CreateInstanceCommand,
+  type ErrorCode,
+  type NewEvent,
+  type Owner,
+  type SwarmCreateInstanceCommand,
+} from '@orangery/contracts';
 import { appKeyOf, type AppRecord, type SlotRecord } from '../model';
 import {
   NotLeaderError,
@@ -258,7 +267,16 @@ export class FakeAgents implements AgentPort {
   /** what each host's own agent answers on host.get; a host without an entry has no agent (no responders) */
   readonly facts = new Map<string, unknown>();
   /** every create command as the agent received it, by `<hostId>/<instanceId>` (the last one) */
-  readonly created = new Map<string, CreateInstanceCommand>();
+  readonly created = new Map<string, CreateInstanceCommand | SwarmCreateInstanceCommand>();
+  /**
+   * Swarm clusters: host id -> cluster. A swarm create (a pool, no network) lands on the node
+   * `swarmNode` says (default the host asked) with the next address of `10.7.0.x`; get and
+   * remove on any node of the cluster find the slot's task wherever it runs, like the
+   * swarm-agent; list answers the tasks on that node.
+   */
+  readonly swarmCluster = new Map<string, string>();
+  swarmNode: (hostId: string, instanceId: string) => string = (hostId) => hostId;
+  private swarmNextIp = 10;
   private gate: Promise<void> | undefined;
   private openGate: (() => void) | undefined;
 
@@ -289,11 +307,12 @@ export class FakeAgents implements AgentPort {
     this.outcomes.length = 0;
   }
 
-  async create(hostId: string, command: CreateInstanceCommand): Promise<AgentInstance> {
+  async create(hostId: string, command: CreateInstanceCommand | SwarmCreateInstanceCommand): Promise<AgentInstance> {
     const call: AgentCall = { op: 'create', hostId, instanceId: command.instanceId };
     this.check(call);
     this.created.set(`${hostId}/${command.instanceId}`, structuredClone(command));
     await (this.gate ?? Promise.resolve());
+    if (!('network' in command)) return this.createSwarm(hostId, command, call);
     const on = this.on(hostId);
     let inst = on.get(command.instanceId);
     if (!inst) {
@@ -319,6 +338,60 @@ export class FakeAgents implements AgentPort {
       inst.state = 'running';
     }
     this.afterEffect(call);
+    return { ...inst };
+  }
+
+  private createSwarm(hostId: string, command: SwarmCreateInstanceCommand, call: AgentCall): AgentInstance {
+    if (!this.swarmCluster.has(hostId)) throw new PortError('INVALID_REQUEST', `${hostId} is not a swarm node`, false);
+    const found = this.swarmTask(hostId, command.instanceId);
+    if (found) return { ...found };
+    const node = this.swarmNode(hostId, command.instanceId);
+    const ip = `10.7.0.${this.swarmNextIp++}`;
+    const outcome = this.outcomes.find((o) => o.match(call));
+    const inst: AgentInstance = {
+      instanceId: command.instanceId,
+      env: command.env,
+      app: command.app,
+      slot: command.slot,
+      hostId: node,
+      backend: 'swarm',
+      state: outcome?.state ?? 'running',
+      ip,
+      mac: macOf(ip),
+      image: command.image,
+      resources: command.resources,
+      ...(outcome ? { reason: outcome.reason } : {}),
+    };
+    this.on(node).set(command.instanceId, inst);
+    this.afterEffect(call);
+    return { ...inst };
+  }
+
+  /** The slot's task on any node of `hostId`'s swarm cluster. */
+  private swarmTask(hostId: string, instanceId: string): AgentInstance | undefined {
+    const cluster = this.swarmCluster.get(hostId);
+    if (cluster === undefined) return undefined;
+    for (const [h, on] of this.hosts) if (this.swarmCluster.get(h) === cluster && on.has(instanceId)) return on.get(instanceId);
+    return undefined;
+  }
+
+  /** Swarm moved the slot's task to `toNode` with a new address (its old task is gone). */
+  moveSwarmTask(instanceId: string, toNode: string, ip: string): AgentInstance {
+    for (const on of this.hosts.values()) on.delete(instanceId);
+    const [env = '', app = '', slot = '0'] = instanceId.split(':');
+    const inst: AgentInstance = {
+      instanceId,
+      env,
+      app,
+      slot: Number(slot),
+      hostId: toNode,
+      backend: 'swarm',
+      state: 'running',
+      ip,
+      mac: macOf(ip),
+      image: 'web:1.0',
+    };
+    this.on(toNode).set(instanceId, inst);
     return { ...inst };
   }
 
@@ -361,13 +434,15 @@ export class FakeAgents implements AgentPort {
     const call: AgentCall = { op: 'remove', hostId, instanceId };
     this.check(call);
     await Promise.resolve();
+    const task = this.swarmTask(hostId, instanceId);
+    if (task) this.hosts.get(task.hostId)?.delete(instanceId);
     this.hosts.get(hostId)?.delete(instanceId);
   }
 
   async get(hostId: string, instanceId: string): Promise<AgentInstance | undefined> {
     this.check({ op: 'get', hostId, instanceId });
     await Promise.resolve();
-    const inst = this.hosts.get(hostId)?.get(instanceId);
+    const inst = this.swarmTask(hostId, instanceId) ?? this.hosts.get(hostId)?.get(instanceId);
     return inst ? { ...inst } : undefined;
   }
 
