@@ -131,6 +131,7 @@ export class SwarmAgentService {
       if (err && NO_IMAGE.test(err)) {
         const reason = `image ${o.service.labels[LABEL.image] ?? ''} is not on swarm node ${o.hostId ?? '?'} (agents pull nothing): ${err}`;
         if (createdNow) await this.undoCreate(o);
+        if (o.task) this.deps.watch.failureReported(o.task.id);
         this.deps.events.instance(o.hostId ?? hostId, 'failed', instanceId, { reason, code: 'IMAGE_NOT_FOUND' });
         throw new OrangeryError('IMAGE_NOT_FOUND', reason, { image: o.service.labels[LABEL.image] });
       }
