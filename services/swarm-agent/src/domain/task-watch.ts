@@ -165,7 +165,11 @@ export class TaskWatch {
   private async observeAll(): Promise<{ next: Map<string, Observed>; tasks: SwarmTask[]; tasksOf: Map<string, SwarmTask[]> }> {
     const [services, tasks] = await Promise.all([this.deps.swarm.services(), this.deps.swarm.tasks()]);
     const tasksOf = new Map<string, SwarmTask[]>();
-    for (const t of tasks) tasksOf.set(t.serviceId, [...(tasksOf.get(t.serviceId) ?? []), t]);
+    for (const t of tasks) {
+      const list = tasksOf.get(t.serviceId);
+      if (list) list.push(t);
+      else tasksOf.set(t.serviceId, [t]);
+    }
     const next = new Map<string, Observed>();
     for (const s of services) {
       const o = await this.observe(s, tasksOf.get(s.id) ?? []);
@@ -189,6 +193,8 @@ export class TaskWatch {
     // forget addresses of tasks swarm no longer lists
     const live = new Set(tasks.map((t) => t.id));
     for (const id of this.addressOfTask.keys()) if (!live.has(id)) this.addressOfTask.delete(id);
+    // swarm keeps a bounded task history: a task it no longer lists is never reported again
+    for (const id of this.failedReported) if (!live.has(id)) this.failedReported.delete(id);
   }
 
   private async observe(service: SwarmService, tasks: readonly SwarmTask[]): Promise<Observed | undefined> {
