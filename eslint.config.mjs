@@ -20,7 +20,7 @@ import tseslint from 'typescript-eslint';
 await createProjectGraphAsync({ exitOnError: false });
 
 /** Services, one scope each. Add a new service here when it gets its project.json. */
-const serviceScopes = ['ipam', 'scheduler', 'docker-agent', 'vmware-agent', 'migrator', 'console'];
+const serviceScopes = ['ipam', 'scheduler', 'docker-agent', 'vmware-agent', 'migrator', 'swarm-agent', 'console'];
 
 /** Packages that must stay out of pure code (domain logic, contracts, utilities). */
 const infraPackages = ['@nats-io/*', 'typeorm', 'typeorm/*', '@nestjs/*'];

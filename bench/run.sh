@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# npm run bench [name]: runs the benchmarks (all, or one: ipam, agent, scheduler, growth, vmware, failover, leader, cluster) on real servers, like npm test.
+# npm run bench [name]: runs the benchmarks (all, or one: ipam, agent, scheduler, growth, vmware, failover, leader, cluster, swarm) on real servers, like npm test.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -12,8 +12,8 @@ eval "$(bash deploy/local/infra.sh env test)"
 npm run build --silent
 which=${1:-all}
 # name -> scripts (bench/<script>.ts), run in this order
-declare -A scripts=([ipam]="ipam" [agent]="agent" [scheduler]="scheduler-engine scheduler-e2e" [growth]="growth" [vmware]="vmware" [failover]="failover" [leader]="leader" [cluster]="cluster")
-for b in ipam agent scheduler growth vmware failover leader cluster; do
+declare -A scripts=([ipam]="ipam" [agent]="agent" [scheduler]="scheduler-engine scheduler-e2e" [growth]="growth" [vmware]="vmware" [failover]="failover" [leader]="leader" [cluster]="cluster" [swarm]="swarm")
+for b in ipam agent scheduler growth vmware failover leader cluster swarm; do
   if [ "$which" = all ] || [ "$which" = "$b" ]; then
     for script in ${scripts[$b]}; do
       echo "=== bench:$b ($script) ==="

@@ -10,7 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 // the sandbox read from the unit files, and the install script run against a fake root.
 const repo = resolve(__dirname, '..', '..');
 const dir = join(repo, 'deploy', 'systemd');
-const SERVICES = ['ipam', 'scheduler', 'migrator', 'docker-agent', 'vmware-agent'];
+const SERVICES = ['ipam', 'scheduler', 'migrator', 'docker-agent', 'vmware-agent', 'swarm-agent'];
 
 type Unit = Map<string, string[]>;
 

@@ -2,9 +2,20 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { appendFileSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
-import { isAbsolute, join } from 'node:path';
+import { dirname, isAbsolute, join } from 'node:path';
 import { REPO_ROOT, waitFor } from '@orangery/testing';
 import { buildImageTars, importImages, LAB_IMAGES } from './images';
+import {
+  formSwarm,
+  linkNodeSocket,
+  MAX_SWARM_NODES,
+  SWARM_NODE_ENGINE_TEMPLATE,
+  SWARM_UPLINK,
+  swarmNodeSpec,
+  type LabSwarm,
+  type LabSwarmNode,
+  type LabSwarmOptions,
+} from './swarm';
 import { buildVcsim, createMacvlanNetwork, removeVcsimContainers, VCSIM_DEB_PACKAGES, VcsimProcess, type LabVcenter, type VcenterOptions } from './vcsim';
 import {
   alive,
@@ -18,6 +29,8 @@ import {
   DOCKER_CLI,
   DOCKERD,
   IP,
+  NSENTER,
+  UNSHARE,
   killPids,
   LAB_PREFIX,
   LAB_RUN_DIR,
@@ -75,6 +88,28 @@ export interface LabServer {
   readonly logFile: string;
   /** dockerd --cgroup-parent: containers live in /sys/fs/cgroup/<controller>/olab-s1/<id>. */
   readonly cgroupParent: string;
+}
+
+/** A swarm task as the manager reports it (Lab.swarmTasks). */
+export interface LabSwarmTask {
+  id: string;
+  serviceId: string;
+  slot: number | undefined;
+  /** hostname of the node it is assigned to */
+  node: string | undefined;
+  desired: string;
+  /** new, pending, assigned, ..., running, complete, shutdown, failed, rejected, orphaned */
+  state: string;
+  since: string;
+  err: string | undefined;
+  containerId: string | undefined;
+  /**
+   * Address (no prefix length) by network name: from the manager's task when it has one
+   * (overlay), else from the container on its node (macvlan --config-from: node-allocated).
+   */
+  ips: Record<string, string>;
+  /** MAC by network name (from the container on its node). */
+  macs: Record<string, string>;
 }
 
 /** A legacy VM (the existing VMware estate): a network namespace with eth0 on the fabric. */
@@ -190,11 +225,13 @@ export class Lab {
   readonly fabric = LAB_FABRIC;
   /** What setup removed of an earlier run. */
   leftovers: CleanupReport = { processes: [], interfaces: [], netns: [], mounts: [], cgroups: [], dirs: [] };
-  readonly timings = { setupMs: 0, teardownMs: 0, vcsimBuildMs: 0, vcsimStartMs: 0 };
+  readonly timings = { setupMs: 0, teardownMs: 0, vcsimBuildMs: 0, vcsimStartMs: 0, swarmMs: 0 };
   /** Set with `vcenter` in the options: the lab's vCenter and its ESXi engine. */
   vcenter: LabVcenter | undefined;
   private vcsim: VcsimProcess | undefined;
   private vcsimStart: ((override?: Omit<VcenterOptions, 'user' | 'password'>) => Promise<VcsimProcess>) | undefined;
+  /** Set by addSwarm: the lab's Docker Swarm. */
+  swarm: LabSwarm | undefined;
   private readonly engines = new Map<string, ChildProcess>();
   private done = false;
 
@@ -280,6 +317,159 @@ export class Lab {
     return lab;
   }
 
+  /**
+   * Adds a Docker Swarm of `nodes` engines (see swarm.ts): each a dockerd in its own
+   * network namespace (netns = hostname = `olab-sw<i>`) whose eth0 sits on the fabric at
+   * 198.18.0.20<i>/16, the lab's images loaded, `swarm init` on node 1 and `join` of the
+   * others over the fabric. One swarm per lab; teardown removes it (services first).
+   */
+  async addSwarm(opts: LabSwarmOptions): Promise<LabSwarm> {
+    if (this.done) throw new Error('the lab is torn down');
+    if (this.swarm) throw new Error('this lab has a swarm already');
+    const n = opts.nodes;
+    const managers = opts.managers ?? 1;
+    if (!Number.isInteger(n) || n < 1 || n > MAX_SWARM_NODES) throw new Error(`swarm nodes: 1..${MAX_SWARM_NODES}`);
+    if (!Number.isInteger(managers) || managers < 1 || managers > n) throw new Error(`swarm managers: 1..${n}`);
+    const t0 = Date.now();
+    const nodes = Array.from({ length: n }, (_, k) => swarmNodeSpec(k + 1, this.labDir));
+    const tars = join(this.labDir, 'images');
+    const images = existsSync(join(tars, 'svc.tar')) ? { busybox: join(tars, 'busybox.tar'), svc: join(tars, 'svc.tar') } : await buildImageTars(tars);
+    // Registered before anything is created, so teardown finds a half-built swarm too.
+    const partial: LabSwarm = {
+      nodes,
+      manager: nodes[0]!,
+      managerUrl: nodes[0]!.dockerHost,
+      uplink: SWARM_UPLINK,
+      nodeEngineTemplate: SWARM_NODE_ENGINE_TEMPLATE,
+      nodeEngines: nodes.map((x) => `${x.hostname}=${x.dockerHost}`).join(','),
+      nodeIds: {},
+    };
+    this.swarm = partial;
+    await Promise.all(
+      nodes.map(async (x) => {
+        await plugNetns(x.netns, x.fabricPort, `${x.address}/16`);
+        await this.startEngine(x);
+        linkNodeSocket(x);
+        await importImages((argv) => this.docker(x, argv), images);
+      }),
+    );
+    const nodeIds = await formSwarm((x, argv, o) => this.docker(x, argv, o), nodes, managers);
+    this.swarm = { ...partial, nodeIds };
+    this.timings.swarmMs = Date.now() - t0;
+    return this.swarm;
+  }
+
+  /** The swarm's node by hostname, or the object itself. */
+  swarmNode(node: LabSwarmNode | string): LabSwarmNode {
+    const found = this.swarm?.nodes.find((x) => x.hostname === (typeof node === 'string' ? node : node.hostname));
+    if (!found) throw new Error(`no swarm node ${typeof node === 'string' ? node : node.hostname}`);
+    return found;
+  }
+
+  /** `docker` on the swarm's manager engine (service, node, network commands). */
+  swarmDocker(argv: readonly string[], opts: { timeoutMs?: number } = {}): Promise<string> {
+    if (!this.swarm) throw new Error('this lab has no swarm (lab.addSwarm)');
+    return this.docker(this.swarm.manager, argv, opts);
+  }
+
+  /** `docker node update --availability` on the manager: drain moves the node's tasks away, active takes tasks again. */
+  async setNodeAvailability(node: LabSwarmNode | string, availability: 'active' | 'pause' | 'drain'): Promise<void> {
+    await this.swarmDocker([
+      'node',
+      'update',
+      '--availability',
+      availability,
+      this.swarm!.nodeIds[this.swarmNode(node).hostname] ?? this.swarmNode(node).hostname,
+    ]);
+  }
+
+  /** The manager's view of its nodes: hostname -> { state (ready/down), availability, id }. */
+  async swarmNodeStates(): Promise<Record<string, { id: string; state: string; availability: string }>> {
+    const out: Record<string, { id: string; state: string; availability: string }> = {};
+    const ids = (await this.swarmDocker(['node', 'ls', '-q'])).split('\n').filter(Boolean);
+    if (ids.length === 0) return out;
+    const nodes = JSON.parse(await this.swarmDocker(['node', 'inspect', ...ids])) as {
+      ID: string;
+      Description: { Hostname: string };
+      Status: { State: string };
+      Spec: { Availability: string };
+    }[];
+    for (const x of nodes) out[x.Description.Hostname] = { id: x.ID, state: x.Status.State, availability: x.Spec.Availability };
+    return out;
+  }
+
+  /**
+   * The manager's tasks (of `service`, or of every service): id, slot, node hostname,
+   * desired and current state, container id and the address on each network (by network name).
+   */
+  async swarmTasks(service?: string): Promise<LabSwarmTask[]> {
+    const services = service ? [service] : (await this.swarmDocker(['service', 'ls', '-q'])).split('\n').filter(Boolean);
+    const ids: string[] = [];
+    for (const svc of services) ids.push(...(await this.swarmDocker(['service', 'ps', '-q', '--no-trunc', svc])).split('\n').filter(Boolean));
+    if (ids.length === 0) return [];
+    const byId = Object.fromEntries(Object.entries(this.swarm!.nodeIds).map(([h, id]) => [id, h]));
+    const raw = JSON.parse(await this.swarmDocker(['inspect', '--type', 'task', ...ids])) as {
+      ID: string;
+      ServiceID: string;
+      Slot?: number;
+      NodeID?: string;
+      DesiredState: string;
+      Status: { State: string; Timestamp: string; Err?: string; ContainerStatus?: { ContainerID?: string } };
+      NetworksAttachments?: { Network: { Spec: { Name: string } }; Addresses?: string[] }[];
+    }[];
+    const tasks: LabSwarmTask[] = raw.map((t) => ({
+      id: t.ID,
+      serviceId: t.ServiceID,
+      slot: t.Slot,
+      node: t.NodeID ? (byId[t.NodeID] ?? t.NodeID) : undefined,
+      desired: t.DesiredState,
+      state: t.Status.State,
+      since: t.Status.Timestamp,
+      err: t.Status.Err,
+      macs: {},
+      containerId: t.Status.ContainerStatus?.ContainerID,
+      ips: Object.fromEntries((t.NetworksAttachments ?? []).filter((a) => a.Addresses?.[0]).map((a) => [a.Network.Spec.Name, a.Addresses![0]!.split('/')[0]!])),
+    }));
+    // A macvlan network made --config-from node-local config networks is allocated by the
+    // node, not the manager: the task's NetworksAttachments carry no address. The container
+    // on its node knows it.
+    for (const t of tasks) {
+      if (!t.containerId || !t.node || !this.swarm!.nodes.some((x) => x.hostname === t.node) || this.enginePid(t.node) === undefined) continue;
+      const r = await run(DOCKER_CLI, ['-H', this.swarmNode(t.node).dockerHost, 'inspect', '--type', 'container', t.containerId], { timeoutMs: 10_000 });
+      if (r.code !== 0) continue;
+      const [c] = JSON.parse(r.stdout) as { NetworkSettings: { Networks: Record<string, { IPAddress?: string; MacAddress?: string }> } }[];
+      for (const [name, n] of Object.entries(c?.NetworkSettings.Networks ?? {})) {
+        if (n.IPAddress && !t.ips[name]) t.ips[name] = n.IPAddress;
+        if (n.MacAddress) t.macs[name] = n.MacAddress;
+      }
+    }
+    return tasks;
+  }
+
+  /**
+   * Removes every swarm service (on the manager) and waits, bounded, until no node runs a
+   * container; then force-removes what is left. Teardown does this before stopping engines.
+   */
+  async removeSwarmServices(timeoutMs = 60_000): Promise<void> {
+    const sw = this.swarm;
+    if (!sw || this.enginePid(sw.manager) === undefined) return;
+    const ids = (await run(DOCKER_CLI, ['-H', sw.managerUrl, 'service', 'ls', '-q'], { timeoutMs: 10_000 })).stdout.split('\n').filter(Boolean);
+    if (ids.length > 0) await run(DOCKER_CLI, ['-H', sw.managerUrl, 'service', 'rm', ...ids], { timeoutMs: 30_000 });
+    const deadline = Date.now() + timeoutMs;
+    for (const x of sw.nodes) {
+      if (this.enginePid(x) === undefined) continue;
+      for (;;) {
+        const left = (await run(DOCKER_CLI, ['-H', x.dockerHost, 'ps', '-aq'], { timeoutMs: 10_000 })).stdout.split('\n').filter(Boolean);
+        if (left.length === 0) break;
+        if (Date.now() > deadline) {
+          await run(DOCKER_CLI, ['-H', x.dockerHost, 'rm', '-f', ...left], { timeoutMs: 30_000 });
+          break;
+        }
+        await new Promise((r) => setTimeout(r, 250));
+      }
+    }
+  }
+
   /** Called when a later setup in this process takes the lab over (as after a crash). */
   supersede(): void {
     this.done = true;
@@ -309,8 +499,8 @@ export class Lab {
     return this.vcsim?.running ?? false;
   }
 
-  server(s: LabServer | string): LabServer {
-    const all = this.esxi ? [...this.servers, this.esxi] : this.servers;
+  server(s: LabServer | LabSwarmNode | string): LabServer | LabSwarmNode {
+    const all: (LabServer | LabSwarmNode)[] = [...this.servers, ...(this.esxi ? [this.esxi] : []), ...(this.swarm?.nodes ?? [])];
     const found = typeof s === 'string' ? all.find((x) => x.id === s) : all.find((x) => x.id === s.id);
     if (!found) throw new Error(`no lab server ${typeof s === 'string' ? s : s.id}`);
     return found;
@@ -323,7 +513,7 @@ export class Lab {
   }
 
   /** Runs the Debian docker CLI against one lab engine; returns stdout, throws with stderr. */
-  docker(server: LabServer | string, argv: readonly string[], opts: { timeoutMs?: number } = {}): Promise<string> {
+  docker(server: LabServer | LabSwarmNode | string, argv: readonly string[], opts: { timeoutMs?: number } = {}): Promise<string> {
     const s = this.server(server);
     return must(DOCKER_CLI, ['-H', s.dockerHost, ...argv], { timeoutMs: opts.timeoutMs ?? 120_000 });
   }
@@ -370,11 +560,11 @@ export class Lab {
   }
 
   /** Takes the server off the fabric (its fabric-side veth goes down; the uplink loses carrier). */
-  async cutUplink(server: LabServer | string): Promise<void> {
+  async cutUplink(server: LabServer | LabSwarmNode | string): Promise<void> {
     await ip(['link', 'set', this.server(server).fabricPort, 'down']);
   }
 
-  async restoreUplink(server: LabServer | string): Promise<void> {
+  async restoreUplink(server: LabServer | LabSwarmNode | string): Promise<void> {
     await ip(['link', 'set', this.server(server).fabricPort, 'up']);
   }
 
@@ -388,7 +578,7 @@ export class Lab {
   }
 
   /** PID of the server's dockerd, when running. */
-  enginePid(server: LabServer | string): number | undefined {
+  enginePid(server: LabServer | LabSwarmNode | string): number | undefined {
     const s = this.server(server);
     const child = this.engines.get(s.id);
     if (child?.pid && child.exitCode === null && child.signalCode === null) return child.pid;
@@ -401,34 +591,42 @@ export class Lab {
   }
 
   /** Starts the server's dockerd (same dirs as before) and waits until it answers. */
-  async startEngine(server: LabServer | string): Promise<void> {
+  async startEngine(server: LabServer | LabSwarmNode | string): Promise<void> {
     const s = this.server(server);
     if (this.enginePid(s) !== undefined) return;
     mkdirSync(join(LAB_RUN_DIR, `s${s.index}`), { recursive: true });
     mkdirSync(s.dataRoot, { recursive: true });
+    mkdirSync(dirname(s.logFile), { recursive: true });
     const log = openSync(s.logFile, 'a');
-    const child = spawn(
-      DOCKERD,
-      [
-        '--data-root',
-        s.dataRoot,
-        '--exec-root',
-        s.execRoot,
-        '-H',
-        s.dockerHost,
-        '--pidfile',
-        s.pidFile,
-        '--iptables=false',
-        '--ip6tables=false',
-        '--bridge=none',
-        '--ip-forward=false',
-        '--ip-masq=false',
-        '--userland-proxy=false',
-        '--cgroup-parent',
-        s.cgroupParent,
-      ],
-      { stdio: ['ignore', log, log] },
-    );
+    const dockerdArgs = [
+      '--data-root',
+      s.dataRoot,
+      '--exec-root',
+      s.execRoot,
+      '-H',
+      s.dockerHost,
+      '--pidfile',
+      s.pidFile,
+      '--iptables=false',
+      '--ip6tables=false',
+      '--bridge=none',
+      '--ip-forward=false',
+      '--ip-masq=false',
+      '--userland-proxy=false',
+      '--cgroup-parent',
+      s.cgroupParent,
+    ];
+    // A swarm node: dockerd in its network namespace (nsenter, not `ip netns exec`, which
+    // remounts /sys and breaks dockerd's cgroups) and its own UTS namespace with the node's
+    // hostname. Every step execs, so the PID is dockerd's.
+    const child =
+      'netns' in s
+        ? spawn(
+            NSENTER,
+            [`--net=/var/run/netns/${s.netns}`, UNSHARE, '--uts', BUSYBOX, 'sh', '-c', 'hostname "$0" && exec dockerd "$@"', s.hostname, ...dockerdArgs],
+            { stdio: ['ignore', log, log] },
+          )
+        : spawn(DOCKERD, dockerdArgs, { stdio: ['ignore', log, log] });
     closeSync(log);
     if (child.pid) appendFileSync(PIDS_FILE, `${child.pid}\n`);
     this.engines.set(s.id, child);
@@ -449,7 +647,7 @@ export class Lab {
   }
 
   /** SIGTERM to the server's dockerd (it stops its containers), by PID; SIGKILL after 30 s. */
-  async stopEngine(server: LabServer | string): Promise<void> {
+  async stopEngine(server: LabServer | LabSwarmNode | string): Promise<void> {
     const s = this.server(server);
     const pid = this.enginePid(s);
     if (pid !== undefined) await killPids([pid], 30_000);
@@ -465,8 +663,9 @@ export class Lab {
     this.done = true;
     const t0 = Date.now();
     await this.vcsim?.stop().catch(() => undefined);
+    await this.removeSwarmServices(30_000).catch(() => undefined);
     await Promise.all(
-      [...this.servers, ...(this.esxi ? [this.esxi] : [])].map(async (s) => {
+      [...this.servers, ...(this.esxi ? [this.esxi] : []), ...(this.swarm?.nodes ?? [])].map(async (s) => {
         if (this.enginePid(s) === undefined) return;
         const ids = (await run(DOCKER_CLI, ['-H', s.dockerHost, 'ps', '-aq'], { timeoutMs: 10_000 })).stdout.split('\n').filter(Boolean);
         if (ids.length > 0) await run(DOCKER_CLI, ['-H', s.dockerHost, 'rm', '-f', ...ids], { timeoutMs: 30_000 });

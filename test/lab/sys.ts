@@ -17,6 +17,8 @@ export const DOCKERD = 'dockerd';
 export const ARPING = 'arping';
 export const BUSYBOX = '/usr/bin/busybox';
 export const TAR = 'tar';
+export const NSENTER = 'nsenter';
+export const UNSHARE = 'unshare';
 
 export interface RunResult {
   code: number;
@@ -324,6 +326,9 @@ export async function sweepLab(labDirs: readonly string[]): Promise<CleanupRepor
           .filter((n) => /^s\d+$/.test(n) && existsSync(join(LAB_RUN_DIR, n, 'docker.sock')))
           .map(async (n) => {
             const host = ['-H', `unix://${join(LAB_RUN_DIR, n, 'docker.sock')}`];
+            // A swarm manager would restart its tasks: its services go first (an error on a non-manager).
+            const services = (await run(DOCKER_CLI, [...host, 'service', 'ls', '-q'], { timeoutMs: 10_000 })).stdout.split('\n').filter(Boolean);
+            if (services.length > 0) await run(DOCKER_CLI, [...host, 'service', 'rm', ...services], { timeoutMs: 30_000 });
             const ids = (await run(DOCKER_CLI, [...host, 'ps', '-aq'], { timeoutMs: 10_000 })).stdout.split('\n').filter(Boolean);
             if (ids.length > 0) await run(DOCKER_CLI, [...host, 'rm', '-f', ...ids], { timeoutMs: 30_000 });
           }),
