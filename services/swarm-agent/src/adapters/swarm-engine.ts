@@ -149,9 +149,9 @@ export class DockerSwarmEngine implements SwarmEngine {
       if (serviceId && statusCode(e) === 404) return [];
       throw e;
     }
-    const ours = serviceId ? undefined : new Set((await this.services()).map((s) => s.id));
+    // without a service: every task of the swarm (the caller keeps those of its services)
     return list
-      .filter((t) => (serviceId ? t.ServiceID === serviceId : ours!.has(t.ServiceID)))
+      .filter((t) => !serviceId || t.ServiceID === serviceId)
       .map((t) => {
         const addresses: Record<string, string[]> = {};
         for (const a of (t.NetworksAttachments ?? []) as any[]) {

@@ -58,7 +58,7 @@ export interface SwarmEngine {
   scaleService(serviceId: string, replicas: number): Promise<void>;
   /** removes the service; resolves when swarm accepted (its tasks then shut down) */
   removeService(serviceId: string): Promise<void>;
-  /** the tasks of orangery services (every service when `serviceId` is absent) */
+  /** the tasks of one service; without `serviceId`, every task of the swarm (callers keep their services') */
   tasks(serviceId?: string): Promise<SwarmTask[]>;
   /** the swarm-scoped macvlan network of a pool, created from the nodes' config-only networks */
   ensureSwarmNetwork(spec: SwarmNetworkSpec): Promise<void>;

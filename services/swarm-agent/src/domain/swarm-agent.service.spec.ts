@@ -319,6 +319,30 @@ describe('the watch keeps ipam true as swarm moves tasks', () => {
     expect(w.ipam.boundIps().size).toBe(0);
   });
 
+  it("a command's bind during a pass that read the instance before it ran is never undone by that pass", async () => {
+    const w = world();
+    await w.sync();
+    w.swarm.autoSettle = false;
+    const engine = swarmEngineOf(w.swarm);
+    await w.nodes.ensurePool('lab');
+    const { planService } = await import('./service-spec');
+    await engine.createService(planService(cmd(3), { pidsLimit: 4096 }));
+    let commandBind: Promise<boolean> | undefined;
+    // the pass reads slot 3 not running yet, then asks ipam what its owner holds; meanwhile
+    // the task runs and the create's bind goes through
+    w.ipam.beforeHeld = async () => {
+      w.swarm.settle();
+      commandBind = w.watch.observeService('test:web:3').then((o) => w.watch.bindNow(o!));
+      await Promise.race([commandBind, new Promise((r) => setTimeout(r, 50))]);
+    };
+    await w.watch.pass();
+    expect(await commandBind).toBe(true);
+    await w.watch.pass();
+    const running = w.watch.find('test:web:3')!;
+    expect(running.state).toBe('running');
+    expect(w.ipam.boundIps().get(running.ip!)).toBe('test:web:3');
+  });
+
   it('no two running tasks ever share an address, whatever moves', async () => {
     const w = world({ blockSize: 8 });
     await w.sync();

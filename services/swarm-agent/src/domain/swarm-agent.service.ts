@@ -131,6 +131,7 @@ export class SwarmAgentService {
       if (err && NO_IMAGE.test(err)) {
         const reason = `image ${o.service.labels[LABEL.image] ?? ''} is not on swarm node ${o.hostId ?? '?'} (agents pull nothing): ${err}`;
         if (createdNow) await this.undoCreate(o);
+        if (o.task) this.deps.watch.failureReported(o.task.id);
         this.deps.events.instance(o.hostId ?? hostId, 'failed', instanceId, { reason, code: 'IMAGE_NOT_FOUND' });
         throw new OrangeryError('IMAGE_NOT_FOUND', reason, { image: o.service.labels[LABEL.image] });
       }
@@ -140,7 +141,10 @@ export class SwarmAgentService {
         throw new OrangeryError('START_FAILED', reason, { instanceId, taskState: o.task?.state ?? null });
       }
       await this.deps.sleep(this.settings.pollMs);
-      o = await this.mustObserve(instanceId);
+      // Through the watch's pass (joined when one is running): many creates waiting at once
+      // cost the manager one listing per pass, not one each.
+      await this.deps.watch.pass().catch((e) => this.deps.log.warn({ err: String(e) }, 'task pass failed'));
+      o = this.deps.watch.find(instanceId) ?? (await this.mustObserve(instanceId));
     }
   }
 

@@ -125,10 +125,17 @@ export class TaskWatch {
     return o;
   }
 
+  /** A command reported this task's failure itself: the watch does not report it again. */
+  failureReported(taskId: string): void {
+    this.failedReported.add(taskId);
+  }
+
   /** Binds a running instance's address now (a create's reply carries it bound); the next pass retries on failure. */
   async bindNow(o: Observed): Promise<boolean> {
     return this.locked(o.instanceId, async () => {
       this.touched.add(o.instanceId);
+      const held = this.bound.get(o.instanceId);
+      if (held && held.ip === o.ip && held.hostId === o.hostId) return true;
       return this.bind(o);
     });
   }

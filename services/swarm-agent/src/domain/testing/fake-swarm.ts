@@ -304,6 +304,8 @@ export class FakeBlockIpam implements BlockIpam {
   readonly allocations = new Map<string, FakeAllocation>();
   available = true;
   calls = 0;
+  /** awaited at the start of `held`: lets a test interleave something with the call in flight */
+  beforeHeld: (() => Promise<void>) | undefined;
 
   constructor(private readonly pools: Record<string, { cidr: string; gateway: string; vlan?: number }>) {}
 
@@ -369,6 +371,9 @@ export class FakeBlockIpam implements BlockIpam {
 
   async held(owner: Owner): Promise<Allocation | undefined> {
     this.gate();
+    const hook = this.beforeHeld;
+    this.beforeHeld = undefined;
+    if (hook) await hook();
     const a = [...this.allocations.values()].find(
       (x) => x.state === 'bound' && x.owner.env === owner.env && x.owner.app === owner.app && x.owner.slot === owner.slot,
     );
