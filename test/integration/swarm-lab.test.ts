@@ -5,16 +5,20 @@ import { ArpWatcher, LAB_IMAGES, SVC_INDEX, SVC_PORT, type Lab, type LabSwarm } 
 import { LabCluster } from './fixtures/lab-cluster';
 
 // Issue 16 end to end, all real: env records in the scheduler; env `test` runs only on a
-// Docker Swarm of 2 lab nodes (a swarm-agent), env `prod` only on docker and vmware (one
-// docker-agent on a lab server); both take addresses from one pool. 6 swarm replicas get
-// 6 distinct addresses from the nodes' ipam blocks, bound in ipam and reachable from a
-// legacy VM; a node drained in swarm moves its tasks and ipam follows; and throughout, an
-// ARP watcher on the fabric sees no address answered by two holders: swarm tasks and
-// docker-agent containers in one pool never share an IP.
+// Docker Swarm of 2 lab nodes (a swarm-agent), env `prod` only on docker and vmware (a
+// docker-agent on a lab server, a vmware-agent on the lab's vCenter); all take addresses
+// from one pool. 6 swarm replicas get 6 distinct addresses from the nodes' ipam blocks,
+// bound in ipam and reachable from a legacy VM; a node drained in swarm moves its tasks
+// and ipam follows; and an ARP watcher on the fabric (every address of the swarm blocks
+// from their reservation on, every other instance address from its creation on) sees no
+// address answered by two holders: swarm tasks, containers and VMs in one pool never
+// share an IP.
 const POOL = 'lab-net';
 const CLUSTER = 'lsw';
 const BLOCK_SIZE = 16;
 const hostOf = (hostname: string) => `${CLUSTER}-${hostname}`;
+/** the lab vCenter's ESXi hosts (vcsim), the vmware-agent's hosts */
+const ESXI = ['esx01-lab-local', 'esx02-lab-local', 'esx03-lab-local'];
 
 let cluster: LabCluster;
 let lab: Lab;
@@ -61,12 +65,13 @@ const watch = (ips: readonly string[]) => {
 };
 
 beforeAll(async () => {
-  cluster = await LabCluster.start({ label: 'swarm-lab', lab: { servers: 1, legacyVms: 1 } });
+  cluster = await LabCluster.start({ label: 'swarm-lab', lab: { servers: 1, legacyVms: 1, vcenter: true } });
   ({ lab, client } = cluster);
   swarm = await lab.addSwarm({ nodes: 2 });
   watcher = await ArpWatcher.start([]);
   await cluster.startIpam(POOL);
   await cluster.startDockerAgent(lab.servers[0]!);
+  await cluster.startVmwareAgent();
   swarmAgent = await cluster.startService('swarm-agent', {
     ORANGERY_NATS_URL: cluster.nats.url,
     ORANGERY_SWARM_MANAGER: swarm.managerUrl,
@@ -80,7 +85,7 @@ beforeAll(async () => {
     ORANGERY_SWARM_INVENTORY_SECONDS: '2',
   });
   await cluster.startScheduler({ ORANGERY_ANTI_ENTROPY_SECONDS: '2', ORANGERY_RECONCILE_SECONDS: '2' }, { leading: true });
-  await cluster.waitHostsReady(3, { timeoutMs: 60_000 });
+  await cluster.waitHostsReady(3 + ESXI.length, { timeoutMs: 60_000 });
   for (const env of [
     { name: 'test', backends: ['swarm'] },
     { name: 'prod', backends: ['docker', 'vmware'] },
@@ -96,15 +101,18 @@ afterAll(async () => {
 }, 180_000);
 
 describe('environments and Docker Swarm in the lab', () => {
-  it('reports each swarm node as a host of the cluster, beside the docker host', async () => {
+  it('reports each swarm node as a host of the cluster, beside the docker and ESXi hosts', async () => {
     const r = await client.request(SUBJECTS.scheduler.hostsList, {});
     expect(r.ok).toBe(true);
     const hosts = (r.data.hosts as Json[]).map((h) => [h.id, h.backend, h.state]).sort();
-    expect(hosts).toEqual([
-      [hostOf('olab-sw1'), 'swarm', 'ready'],
-      [hostOf('olab-sw2'), 'swarm', 'ready'],
-      ['olab-s1', 'docker', 'ready'],
-    ]);
+    expect(hosts).toEqual(
+      [
+        [hostOf('olab-sw1'), 'swarm', 'ready'],
+        [hostOf('olab-sw2'), 'swarm', 'ready'],
+        ...ESXI.map((h) => [h, 'vmware', 'ready']),
+        ['olab-s1', 'docker', 'ready'],
+      ].sort(),
+    );
   });
 
   it('env test: 6 replicas land on swarm over both nodes, 6 distinct addresses from the nodes blocks, bound, reachable', async () => {
@@ -156,6 +164,22 @@ describe('environments and Docker Swarm in the lab', () => {
     expect(refused2.data['reason']).toMatchObject({ code: 'POLICY_VIOLATION' });
     expect(await cluster.instances('prod', 'api2')).toEqual([]);
     expect(await cluster.instances('test', 'web2')).toEqual([]);
+  }, 240_000);
+
+  it('env prod: a request with a VM template lands on vmware, its address outside every swarm block', async () => {
+    const vmReq = request('prod', 'legacy', 1, { image: undefined, template: 'centos7-jdk8' });
+    const done = await cluster.scaleAndWait(vmReq, 180_000);
+    expect(done.type, JSON.stringify(done.data)).toBe('io.orangery.scale.completed');
+    const [vm] = await cluster.instances('prod', 'legacy');
+    expect([vm.backend, ESXI.includes(vm.host), vm.state]).toEqual(['vmware', true, 'running']);
+    watch([vm.ip]);
+    expect((await blocks()).some((b) => inBlock(vm.ip, b))).toBe(false);
+    expect((await ipamGet({ ip: vm.ip })).backend).toBe('vmware');
+    expect(await waitFor(`${vm.ip} answers`, async () => (await lab.vmHttpGet(lab.vms[0]!, vm.ip, SVC_PORT)) ?? undefined, 30_000, 250)).toBe(SVC_INDEX);
+    // a VM template in env test (swarm only) is refused by policy
+    const refused = await cluster.scaleAndWait(request('test', 'legacy', 1, { image: undefined, template: 'centos7-jdk8', backend: 'vmware' }));
+    expect(refused.data['reason']).toMatchObject({ code: 'POLICY_VIOLATION' });
+    expect((await cluster.scaleAndWait({ ...vmReq, replicas: 0 }, 180_000)).type).toBe('io.orangery.scale.completed');
   }, 240_000);
 
   it('a node drained in swarm: its tasks move to the other node, ipam and the records follow, old addresses released', async () => {
