@@ -33,6 +33,34 @@ describe('UsageMeter: the heartbeat never waits for the engine', () => {
     expect(meter.latest.instances).toBe(1);
   });
 
+  it("reads the containers' stats only every statsEveryMs; allocation and count follow every listing", async () => {
+    const engine = new FakeEngine();
+    engine.seed({ instanceId: 'prod:web:0', ip: '198.18.0.10', labels: { 'io.orangery.cpu': '1', 'io.orangery.memory-mb': '64' } });
+    let now = 0;
+    let statsCalls = 0;
+    engine.usage = async () => {
+      statsCalls++;
+      return { memoryBytes: 64 * 1024 * 1024, cpuNanos: 0 };
+    };
+    const meter = new UsageMeter(engine, { now: () => now }, 100, 10_000);
+    await meter.refresh(0);
+    expect(statsCalls).toBe(1);
+    expect(meter.latest.usage.memoryMb).toBe(64);
+    // 2 s later (the next heartbeat): a new instance is counted, its stats are not read yet
+    now += 2_000;
+    engine.seed({ instanceId: 'prod:web:1', ip: '198.18.0.11', labels: { 'io.orangery.cpu': '2', 'io.orangery.memory-mb': '64' } });
+    await meter.refresh(0);
+    expect(statsCalls).toBe(1);
+    expect(meter.latest.instances).toBe(2);
+    expect(meter.latest.allocated.cpu).toBe(3);
+    expect(meter.latest.usage.memoryMb).toBe(64);
+    // 10 s after the last reading: both are read
+    now += 8_000;
+    await meter.refresh(0);
+    expect(statsCalls).toBe(3);
+    expect(meter.latest.usage.memoryMb).toBe(128);
+  });
+
   it('the heartbeat carries fenced and isolated', () => {
     const facts = hostFactsOf({ hostId: 'srv-1', reservedCpus: 1, reservedMemoryMb: 1024, labels: {} }, { cpus: 4, memoryMb: 8192, diskMb: 100, version: 'x' });
     const usage = { allocated: { cpu: 0, memoryMb: 0, diskMb: 0 }, instances: 0, usage: { cpu: 0, memoryMb: 0, diskMb: 0 } };
