@@ -28,7 +28,11 @@ const outdir = join(root, 'dist', 'services', name);
  * whose time goes to the engine and the wire, not to its own code (docs/docker-agent.md
  * "Footprint", README "docker-agent" for the measured cost).
  */
-const NODE_FLAGS = { 'docker-agent': ['--max-semi-space-size=1', '--lite-mode'] };
+// --lite-mode turns WebAssembly off (and says so on stderr unless --no-expose-wasm says it
+// first): nothing the agent loads uses it (ssh2 is not loaded, see NOT_LOADED and
+// services/docker-agent/src/adapters/load-dockerode.ts), and so neither may the agent
+// (no global fetch(): undici parses HTTP in WebAssembly).
+const NODE_FLAGS = { 'docker-agent': ['--max-semi-space-size=1', '--lite-mode', '--no-expose-wasm'] };
 /**
  * Packages a service never uses that shared libs import at their top level (service-kit
  * -> persistence -> typeorm, mysql2): an external import is kept by esbuild even when all
