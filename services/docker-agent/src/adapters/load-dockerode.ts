@@ -4,7 +4,7 @@ import type Docker from 'dockerode';
 
 /**
  * dockerode, without ssh2. docker-modem requires its ssh transport (and so ssh2) at load
- * time, for `ssh://` engines; ssh2 then instantiates a 16 MiB WebAssembly memory (its
+ * time, for `ssh://` engines; ssh2 then instantiates a 16 MiB wasm memory (its
  * poly1305) that stays resident: about 12 MiB of the agent's RSS for a transport it never
  * uses (DOCKER_HOST is unix:// or tcp://, checked by the config). The ssh transport module
  * is put in the module cache as a stub that refuses, before dockerode is loaded.
