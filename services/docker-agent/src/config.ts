@@ -59,7 +59,7 @@ export function loadAgentConfig(env: Env): AgentConfig {
     labels: labelsFrom(env, 'ORANGERY_HOST_LABELS'),
     allowDefaultRouteUplink: boolFrom(env, 'ORANGERY_ALLOW_DEFAULT_ROUTE_UPLINK', false),
     diskCheckSeconds: intFrom(env, 'ORANGERY_DISK_CHECK_SECONDS', 15, 1, 3600),
-    usageSeconds: intFrom(env, 'ORANGERY_USAGE_SECONDS', 10, 1, 3600),
+    usageSeconds: intFrom(env, 'ORANGERY_USAGE_SECONDS', 30, 1, 3600),
     diskPolicy: oneOf(env, 'ORANGERY_DISK_POLICY', 'report', ['report', 'stop'] as const),
     restartMaxRetries: intFrom(env, 'ORANGERY_RESTART_MAX_RETRIES', 3, 0, 100),
     stopTimeoutSeconds: intFrom(env, 'ORANGERY_STOP_TIMEOUT_SECONDS', 10, 0, 600),
