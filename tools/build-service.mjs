@@ -32,8 +32,9 @@ const outdir = join(root, 'dist', 'services', name);
 // first): nothing the agent loads uses it (ssh2 is not loaded, see NOT_LOADED and
 // services/docker-agent/src/adapters/load-dockerode.ts), and so neither may the agent
 // (no global fetch(): undici parses HTTP in WebAssembly).
-// --single-threaded-gc: no GC helper threads (their buffers: ~3.5 MiB) for a heap of ~25 MiB.
-const NODE_FLAGS = { 'docker-agent': ['--max-semi-space-size=1', '--lite-mode', '--no-expose-wasm', '--single-threaded-gc'] };
+// Not --single-threaded-gc: ~3.5 MiB less at start, but 4-5 MiB more after 50 creates
+// (bench:agent, 3 runs each way: the main thread alone collects later).
+const NODE_FLAGS = { 'docker-agent': ['--max-semi-space-size=1', '--lite-mode', '--no-expose-wasm'] };
 /**
  * Packages a service never uses that shared libs import at their top level (service-kit
  * -> persistence -> typeorm, mysql2): an external import is kept by esbuild even when all
