@@ -117,7 +117,9 @@ for name in $(services); do
   if [ "$name" = console ] && [ -n "$demo_token" ]; then
     ORANGERY_CONSOLE_TOKENS="demo:$demo_token:operator" nohup node --enable-source-maps "dist/services/$name/main.js" >"$logs/$name.log" 2>&1 &
   else
-    nohup node --enable-source-maps "dist/services/$name/main.js" >"$logs/$name.log" 2>&1 &
+    # the service's node flags (tools/build-service.mjs NODE_FLAGS), unquoted on purpose: a word list
+    # shellcheck disable=SC2046
+    nohup node --enable-source-maps $(cat "dist/services/$name/node-flags" 2>/dev/null) "dist/services/$name/main.js" >"$logs/$name.log" 2>&1 &
   fi
   echo $! >"$run/svc-$name.pid"
 done

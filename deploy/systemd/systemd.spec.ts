@@ -61,7 +61,9 @@ describe('systemd units', () => {
 
   it.each(SERVICES)('%s: sandboxed, restarted with a pause, stopped by SIGTERM with time for the drain', (name) => {
     const u = parseUnit(unitText(name));
-    expect(one(u, 'Service.ExecStart')).toBe(`/usr/bin/node /opt/orangery/dist/services/${name}/main.js`);
+    // the service's node flags (tools/build-service.mjs NODE_FLAGS, dist/services/<name>/node-flags)
+    const flags = name === 'docker-agent' ? '--max-semi-space-size=1 --lite-mode --no-expose-wasm ' : '';
+    expect(one(u, 'Service.ExecStart')).toBe(`/usr/bin/node ${flags}/opt/orangery/dist/services/${name}/main.js`);
     expect(one(u, 'Service.EnvironmentFile')).toBe(`/etc/orangery/${name}.env`);
     for (const [key, value] of [
       ['DynamicUser', 'yes'],

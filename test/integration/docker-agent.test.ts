@@ -1,4 +1,6 @@
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { headers as natsHeaders } from '@nats-io/nats-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ContractClient, freePort, observeGet, promValue, scrape, ServiceProcess, waitFor, type HarnessDir, type NatsServer } from '@orangery/testing';
@@ -314,6 +316,49 @@ describe('docker-agent in the lab', () => {
     );
     // published while serving the command: it continues the command's trace
     expect(failed.traceparent).toMatch(/^00-[0-9a-f]{32}-[0-9a-f]{16}-0[01]$/);
+  });
+
+  it('refuses an IP whose holder comes up during the 300 ms probe window, after the first probe went out: nothing starts', async () => {
+    const s1 = lab.servers[0]!;
+    const vm = lab.vms[1]!;
+    const cmd = command(8);
+    const ip = cmd.network.ip;
+    const agentPid = agents.get(s1.id)!.pid;
+    /** The agent's running DAD arping for `ip`, if any (its children, from /proc). */
+    const arpingFor = (): string | undefined => {
+      let children: string[];
+      try {
+        children = readFileSync(`/proc/${agentPid}/task/${agentPid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+      } catch {
+        return undefined;
+      }
+      for (const pid of children) {
+        try {
+          const argv = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+          if (argv.some((a) => a.endsWith('arping')) && argv.includes('-D') && argv.includes(ip)) return pid;
+        } catch {
+          // gone meanwhile
+        }
+      }
+      return undefined;
+    };
+    const ipNetns = (argv: string[]) => new Promise<void>((res, rej) => execFile('ip', ['-n', vm.netns, ...argv], (e) => (e ? rej(e) : res())));
+    // Free when the command is sent: the first probe goes out to silence.
+    expect(arpingFor()).toBeUndefined();
+    const created = req(s1, 'create', cmd);
+    // The moment the agent's first probe is out, the duplicate comes up (a VM booting with the address).
+    await waitFor(`the agent's first ARP probe of ${ip}`, arpingFor, 30_000, 1);
+    await ipNetns(['addr', 'add', `${ip}/16`, 'dev', 'eth0']);
+    try {
+      const r = await created;
+      expect(r.ok, JSON.stringify(r)).toBe(false);
+      expect(r.error.code).toBe('IP_IN_USE_ON_WIRE');
+      expect(r.error.details).toMatchObject({ ip, iface: s1.uplink });
+      expect(await lab.docker(s1, ['ps', '-a', '-q', '--filter', 'label=io.orangery.instance-id=test:web:8'])).toBe('');
+    } finally {
+      await ipNetns(['addr', 'del', `${ip}/16`, 'dev', 'eth0']).catch(() => undefined);
+      await req(s1, 'remove', { instanceId: 'test:web:8' }).catch(() => undefined);
+    }
   });
 
   it("publishes instance.running, which comes from the engine's start event, in the trace of the create command", async () => {

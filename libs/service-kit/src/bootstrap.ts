@@ -16,6 +16,11 @@ export interface ServiceDefinition<C> {
   loadConfig: (env: NodeJS.ProcessEnv) => C;
   /** async checks of the environment before anything starts (e.g. interfaces); throw ConfigError */
   preflight?: (config: C) => Promise<void>;
+  /**
+   * resolution of the event-loop delay metric (default 10 ms); an agent that must idle
+   * cheaply sets 100 (docs/docker-agent.md "Footprint")
+   */
+  eventLoopPrecisionMs?: number;
   /** the root module, given the checked config and the logger */
   module: (config: C, logger: Logger) => DynamicModule;
 }
@@ -56,7 +61,7 @@ export async function runService<C>(def: ServiceDefinition<C>): Promise<void> {
   }
   startTelemetry(def.name);
   const logger = createLogger(`orangery-${def.name}`);
-  collectProcessMetrics(def.name);
+  collectProcessMetrics(def.name, def.eventLoopPrecisionMs);
   // Before the application: /healthz answers while the service still waits for NATS or its database.
   const observer = observeAddr ? await startObserveServer(observeAddr, logger) : undefined;
   let app: INestApplicationContext | undefined;

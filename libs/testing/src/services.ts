@@ -1,5 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO_ROOT, spawn, stopChild, waitFor, exited, type HarnessDir } from './processes';
 
@@ -32,7 +32,17 @@ export class ServiceProcess {
     if (!existsSync(main)) throw new Error(`${main} is missing: run \`npm run build\` first (npm test does)`);
     // ORANGERY_BENCH_NODE_ARGS: extra node flags for profiling runs (e.g. --cpu-prof).
     const extra = (process.env['ORANGERY_BENCH_NODE_ARGS'] ?? '').split(' ').filter((a) => a !== '');
-    const child = spawn(process.execPath, ['--enable-source-maps', ...extra, main], {
+    // The flags production starts the service with (tools/build-service.mjs NODE_FLAGS).
+    const flagsFile = join(REPO_ROOT, 'dist', 'services', name, 'node-flags');
+    const flags = existsSync(flagsFile)
+      ? readFileSync(flagsFile, 'utf8')
+          .split(/\s+/)
+          .filter((a) => a !== '')
+      : [];
+    // Source maps for readable stack traces in tests; a benchmark measuring memory turns
+    // them off (ORANGERY_SOURCE_MAPS=off), as production runs without.
+    const maps = process.env['ORANGERY_SOURCE_MAPS'] === 'off' ? [] : ['--enable-source-maps'];
+    const child = spawn(process.execPath, [...maps, ...flags, ...extra, main], {
       cwd: REPO_ROOT,
       env: { PATH: process.env['PATH'] ?? '', LOG_LEVEL: 'info', ORANGERY_HARNESS_DIR: dir?.path ?? '', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -130,7 +130,7 @@ export class AgentModule {
             return nc;
           },
         },
-        { provide: USAGE_METER, useFactory: () => new UsageMeter(engine, clock, ENGINE_TIMEOUT_MS) },
+        { provide: USAGE_METER, useFactory: () => new UsageMeter(engine, clock, ENGINE_TIMEOUT_MS, config.usageSeconds * 1000) },
         {
           provide: HOST_MONITOR,
           inject: [AGENT_SERVICE, USAGE_METER, SELF_FENCE, EVENTS, ENGINE_FACTS],

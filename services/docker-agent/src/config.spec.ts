@@ -12,6 +12,13 @@ describe('docker-agent config: isolation addresses and the ARP probe', () => {
     expect(c.fenceAfterSeconds).toBe(10);
   });
 
+  it('ORANGERY_USAGE_SECONDS: 30 by default, 1 to 3600', () => {
+    expect(loadAgentConfig(base).usageSeconds).toBe(30);
+    expect(loadAgentConfig({ ...base, ORANGERY_USAGE_SECONDS: '5' }).usageSeconds).toBe(5);
+    expect(() => loadAgentConfig({ ...base, ORANGERY_USAGE_SECONDS: '0' })).toThrow(ConfigError);
+    expect(() => loadAgentConfig({ ...base, ORANGERY_USAGE_SECONDS: 'often' })).toThrow(ConfigError);
+  });
+
   it('ORANGERY_ISOLATION_ADDRESSES: ip or ip@vlan, comma separated, duplicates dropped', () => {
     const c = loadAgentConfig({ ...base, ORANGERY_ISOLATION_ADDRESSES: ' 10.0.0.1, 10.0.100.1@100,10.0.0.1 ' });
     expect(c.isolationAddresses).toEqual([

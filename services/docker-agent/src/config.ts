@@ -17,6 +17,8 @@ export interface AgentConfig {
   labels: Record<string, string>;
   allowDefaultRouteUplink: boolean;
   diskCheckSeconds: number;
+  /** ORANGERY_USAGE_SECONDS: how often the containers' CPU and memory are read for the heartbeat */
+  usageSeconds: number;
   diskPolicy: 'report' | 'stop';
   restartMaxRetries: number;
   stopTimeoutSeconds: number;
@@ -57,6 +59,7 @@ export function loadAgentConfig(env: Env): AgentConfig {
     labels: labelsFrom(env, 'ORANGERY_HOST_LABELS'),
     allowDefaultRouteUplink: boolFrom(env, 'ORANGERY_ALLOW_DEFAULT_ROUTE_UPLINK', false),
     diskCheckSeconds: intFrom(env, 'ORANGERY_DISK_CHECK_SECONDS', 15, 1, 3600),
+    usageSeconds: intFrom(env, 'ORANGERY_USAGE_SECONDS', 30, 1, 3600),
     diskPolicy: oneOf(env, 'ORANGERY_DISK_POLICY', 'report', ['report', 'stop'] as const),
     restartMaxRetries: intFrom(env, 'ORANGERY_RESTART_MAX_RETRIES', 3, 0, 100),
     stopTimeoutSeconds: intFrom(env, 'ORANGERY_STOP_TIMEOUT_SECONDS', 10, 0, 600),

@@ -107,6 +107,36 @@ describe('ArpingProbe (~300 ms RFC 5227 probe)', () => {
     expect((await timed(p)).value).toBe(true);
   });
 
+  // Issue 17: a holder that starts answering at any moment of the 300 ms window (a VM booting,
+  // a duplicate coming up while the container is created) must be seen, whichever of the
+  // live arpings hears it (the oldest: the worst case, its probe was sent longest ago).
+  it.each([0, 1, 50, 99, 100, 101, 150, 199, 200, 201, 250, 290, 299])(
+    'a holder answering %i ms into the window is seen: verdict "in use", at once',
+    async (at) => {
+      const h = harness();
+      const p = h.probe.inUse('eth1', '198.18.0.7');
+      let verdict: boolean | undefined;
+      void p.then((v) => (verdict = v));
+      if (at > 0) await vi.advanceTimersByTimeAsync(at);
+      expect(verdict).toBeUndefined(); // nothing decided before the answer
+      const live = h.children.filter((c) => !c.exited);
+      expect(live.length).toBeGreaterThan(0);
+      expect(h.children).toHaveLength(Math.min(3, Math.floor(at / 100) + 1));
+      live[0]!.reply();
+      const { value, ms } = await timed(p);
+      expect(value).toBe(true);
+      expect(ms).toBeLessThan(20);
+    },
+  );
+
+  it('an answer a moment after the window closed (arping already stopped) is not taken: the verdict is "free"', async () => {
+    const h = harness();
+    const p = h.probe.inUse('eth1', '198.18.0.7');
+    const { value } = await timed(p);
+    for (const c of h.children) c.reply(); // too late: every arping has exited
+    expect(value).toBe(false);
+  });
+
   it('a reply that lands while arping is being stopped still counts (arping exits 1 on SIGTERM then)', async () => {
     const h = harness({ ignoreTerm: true });
     const p = h.probe.inUse('eth1', '198.18.0.7');

@@ -1,9 +1,10 @@
-import Docker from 'dockerode';
+import type Docker from 'dockerode';
 import { invalidRequest } from '@orangery/contracts';
 import { statfs } from 'node:fs/promises';
 import { LABEL, type ContainerPlan } from '../domain/container-spec';
 import type { Logger } from '@orangery/telemetry';
 import type { Engine, EngineEvent, EngineFacts, EngineNetwork, ManagedContainer, NetworkSpec } from '../domain/ports';
+import { loadDockerode } from './load-dockerode';
 
 /** DOCKER_HOST (unix:///path, tcp://host:port) -> dockerode options. */
 export function dockerOptions(dockerHost: string): Docker.DockerOptions {
@@ -24,7 +25,8 @@ export class DockerEngine implements Engine {
     /** told the container's PID and IP after each start it made (see GratuitousArp) */
     private readonly onStarted?: (pid: number, ip: string) => void,
   ) {
-    this.docker = new Docker(dockerOptions(dockerHost));
+    const Dockerode = loadDockerode();
+    this.docker = new Dockerode(dockerOptions(dockerHost));
   }
 
   async facts(): Promise<EngineFacts> {

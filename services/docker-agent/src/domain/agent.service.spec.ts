@@ -3,6 +3,8 @@ import { AgentInstanceList, decode, OrangeryError, type ContainerCreateCommand a
 import { AgentService, type AgentSettings } from './agent.service';
 import { LABEL, planContainer } from './container-spec';
 import { deferred, FakeArpProbe, FakeEngine, RecordingEvents } from './testing/fake-engine';
+import { ArpingProbe, type ProbeChild } from '../adapters/arp-probe';
+import { EventEmitter } from 'node:events';
 
 // ---- factories -------------------------------------------------------------------------
 
@@ -191,6 +193,65 @@ describe('create', () => {
         data: { code: 'IP_IN_USE_ON_WIRE', ip: '198.18.0.10', reason: expect.stringContaining('198.18.0.10 answers ARP on eth1') },
       },
     ]);
+  });
+
+  describe('with the 300 ms ARP probe (ArpingProbe, arping faked): a holder answering at any moment of the window', () => {
+    /** arping in DAD mode as far as the probe sees it: exit 1 on a reply, 0 on SIGTERM without one. */
+    class Arping extends EventEmitter implements ProbeChild {
+      readonly stderr = null;
+      done = false;
+      kill(): boolean {
+        setImmediate(() => this.end(0));
+        return true;
+      }
+      end(code: number): void {
+        if (this.done) return;
+        this.done = true;
+        this.emit('close', code, null);
+      }
+    }
+    beforeEach(() => vi.useFakeTimers());
+    afterEach(() => vi.useRealTimers());
+
+    it.each([0, 40, 120, 210, 295])('answering %i ms after the first probe: IP_IN_USE_ON_WIRE, never started, nothing left behind', async (at) => {
+      const journal: string[] = [];
+      const engine = new FakeEngine({ images: [IMAGE], interfaces: ['eth1'], journal });
+      const arpings: Arping[] = [];
+      const probe = new ArpingProbe({ windowMs: 300 }, () => {
+        const a = new Arping();
+        arpings.push(a);
+        return a;
+      });
+      const events = new RecordingEvents();
+      const agent = new AgentService(engine, probe, events, SETTINGS);
+      const result = agent.create(web(0)).then(
+        () => 'started',
+        (e: unknown) => (e instanceof OrangeryError ? e.code : String(e)),
+      );
+      // until the first probe is out (the engine's calls before it are immediate here)
+      for (let i = 0; i < 100 && arpings.length === 0; i++) await vi.advanceTimersByTimeAsync(0);
+      expect(arpings).toHaveLength(1);
+      await vi.advanceTimersByTimeAsync(at);
+      arpings.find((a) => !a.done)!.end(1); // the holder's reply
+      let outcome: string | undefined;
+      void result.then((r) => (outcome = r));
+      for (let i = 0; i < 200 && outcome === undefined; i++) await vi.advanceTimersByTimeAsync(5);
+      expect(outcome).toBe('IP_IN_USE_ON_WIRE');
+      expect(engine.calls.start ?? 0).toBe(0);
+      expect(engine.containers.size).toBe(0);
+      expect(events.instances.map((e) => e.what)).toEqual(['failed']);
+    });
+
+    it('nobody answering during the window: started once the window closed', async () => {
+      const engine = new FakeEngine({ images: [IMAGE], interfaces: ['eth1'] });
+      const probe = new ArpingProbe({ windowMs: 300 }, () => new Arping());
+      const agent = new AgentService(engine, probe, new RecordingEvents(), SETTINGS);
+      let state: string | undefined;
+      void agent.create(web(0)).then((i) => (state = i.state));
+      for (let i = 0; i < 200 && state === undefined; i++) await vi.advanceTimersByTimeAsync(5);
+      expect(state).toBe('running');
+      expect(engine.calls.start).toBe(1);
+    });
   });
 
   it('after an ARP refusal the same command succeeds once the address is free', async () => {

@@ -109,7 +109,8 @@ export class AgentService {
         pidsLimit: this.settings.pidsLimit,
       });
       const id = await this.engine.create(plan, network);
-      const created = (await this.engine.findByInstance(cmd.instanceId)) ?? {
+      // What was just created, we know: no read of it (issue 17: every engine call is on the start path).
+      const created: ManagedContainer = {
         id,
         image: plan.image,
         labels: plan.labels,

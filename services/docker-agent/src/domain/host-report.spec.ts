@@ -33,6 +33,43 @@ describe('UsageMeter: the heartbeat never waits for the engine', () => {
     expect(meter.latest.instances).toBe(1);
   });
 
+  it("reads the containers' stats every statsEveryMs while nothing changes, and at once when the containers do (usage and allocated of the same containers)", async () => {
+    const engine = new FakeEngine();
+    engine.seed({ instanceId: 'prod:web:0', ip: '198.18.0.10', labels: { 'io.orangery.cpu': '1', 'io.orangery.memory-mb': '64' } });
+    let now = 0;
+    let statsCalls = 0;
+    engine.usage = async () => {
+      statsCalls++;
+      return { memoryBytes: 64 * 1024 * 1024, cpuNanos: 0 };
+    };
+    const meter = new UsageMeter(engine, { now: () => now }, 100, 10_000);
+    await meter.refresh(0);
+    expect(statsCalls).toBe(1);
+    // the next heartbeats, 2 s apart, nothing changed: no stats call, the same figures
+    for (let k = 0; k < 4; k++) {
+      now += 2_000;
+      await meter.refresh(0);
+    }
+    expect(statsCalls).toBe(1);
+    expect(meter.latest).toMatchObject({ instances: 1, allocated: { cpu: 1 }, usage: { memoryMb: 64 } });
+    // 10 s after the last reading: read again
+    now += 2_000;
+    await meter.refresh(0);
+    expect(statsCalls).toBe(2);
+    // a new instance: read at once, so usage and allocated count the same containers
+    now += 2_000;
+    engine.seed({ instanceId: 'prod:web:1', ip: '198.18.0.11', labels: { 'io.orangery.cpu': '2', 'io.orangery.memory-mb': '64' } });
+    await meter.refresh(0);
+    expect(statsCalls).toBe(4);
+    expect(meter.latest).toMatchObject({ instances: 2, allocated: { cpu: 3 }, usage: { memoryMb: 128 } });
+    // one removed: at once too
+    now += 2_000;
+    engine.containers.delete([...engine.containers.keys()][0]!);
+    await meter.refresh(0);
+    expect(statsCalls).toBe(5);
+    expect(meter.latest).toMatchObject({ instances: 1, allocated: { cpu: 2 }, usage: { memoryMb: 64 } });
+  });
+
   it('the heartbeat carries fenced and isolated', () => {
     const facts = hostFactsOf({ hostId: 'srv-1', reservedCpus: 1, reservedMemoryMb: 1024, labels: {} }, { cpus: 4, memoryMb: 8192, diskMb: 100, version: 'x' });
     const usage = { allocated: { cpu: 0, memoryMb: 0, diskMb: 0 }, instances: 0, usage: { cpu: 0, memoryMb: 0, diskMb: 0 } };

@@ -48,7 +48,19 @@ export class UsageMeter {
     private readonly engine: Pick<Engine, 'listManaged' | 'usage'>,
     private readonly clock: MonotonicClock,
     private readonly timeoutMs: number,
+    /**
+     * ORANGERY_USAGE_SECONDS x 1000: how often the containers' CPU and memory are read (one
+     * `stats` call per running container). Every refresh lists the containers; the stats
+     * are read when this long has passed since the last whole reading, or at once when the
+     * containers (or their states) differ from that reading's (0: every refresh). 50 containers read every 2 s heartbeat was 25 engine
+     * calls a second, most of an idle agent's CPU (issue 17).
+     */
+    private readonly statsEveryMs = 0,
   ) {}
+
+  /** when the last whole stats reading was taken (monotonic ms), and of which containers */
+  private statsAt: number | undefined;
+  private statsOf = '';
 
   get latest(): HostUsage {
     return this.current;
@@ -59,6 +71,18 @@ export class UsageMeter {
     this.current = { ...this.current, usage: { ...this.current.usage, diskMb: diskUsedMb } };
     const all = await withTimeout(this.engine.listManaged(), this.timeoutMs, 'the engine (list containers)');
     const running = all.filter((c) => c.engineState === 'running');
+    // `usage` and `allocated` must describe the same containers (the scheduler takes their
+    // difference as the host's foreign load): any change to the set (a container created,
+    // started, stopped, removed) takes a new reading at once.
+    const set = all
+      .map((c) => `${c.id}:${c.engineState}`)
+      .sort()
+      .join(',');
+    const statsDue = this.statsAt === undefined || set !== this.statsOf || this.clock.now() - this.statsAt >= this.statsEveryMs;
+    if (!statsDue) {
+      this.current = { ...this.current, allocated: allocatedOf(all), instances: all.length };
+      return;
+    }
     let memory = 0;
     let cpu = 0;
     let complete = true;
@@ -81,6 +105,10 @@ export class UsageMeter {
       complete || running.length === 0
         ? { cpu: Math.max(0, Math.round(cpu * 100) / 100), memoryMb: Math.round(memory / (1024 * 1024)), diskMb: diskUsedMb }
         : this.current.usage; // a partial sum would under-report: keep the last whole one
+    if (complete) {
+      this.statsAt = this.clock.now();
+      this.statsOf = set;
+    }
     this.current = { allocated: allocatedOf(all), instances: all.length, usage };
   }
 }

@@ -50,6 +50,8 @@ const CAPACITY_FAULTS = new Set([
 ]);
 
 const VM_PROPS = ['name', 'runtime.powerState', 'config.template', 'config.extraConfig', 'guest.ipAddress'];
+/** What the poll of a starting VM needs (no extraConfig: kilobytes of XML per read, 10 reads a second per VM). */
+const POWER_PROPS = ['name', 'runtime.powerState', 'config.template', 'guest.ipAddress'];
 
 /**
  * The Vcenter port on libs/vsphere: one session for the agent (the client logs in again by
@@ -243,10 +245,11 @@ export class VsphereVcenter implements Vcenter {
     );
   }
 
-  async vm(ref: string): Promise<Vm | undefined> {
+  async vm(ref: string, fields: 'all' | 'power' = 'all'): Promise<Vm | undefined> {
     return this.guard(`reading VM ${ref}`, async () => {
       const obj = new MoRef('VirtualMachine', ref);
-      const [found] = await this.client.retrieve([{ propSet: [{ type: 'VirtualMachine', pathSet: VM_PROPS }], objectSet: [{ obj }] }]).catch((e: unknown) => {
+      const pathSet = fields === 'power' ? POWER_PROPS : VM_PROPS;
+      const [found] = await this.client.retrieve([{ propSet: [{ type: 'VirtualMachine', pathSet }], objectSet: [{ obj }] }]).catch((e: unknown) => {
         if (e instanceof VsphereFault && e.faultName === 'ManagedObjectNotFound') return [];
         throw e;
       });

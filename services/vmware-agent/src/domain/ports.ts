@@ -73,7 +73,12 @@ export interface Vcenter {
   hostStates(timeoutMs: number): Promise<EsxiHostState[]>;
   /** Every VM of the datacenter (templates too), in one round trip; within `timeoutMs` when given. */
   vms(timeoutMs?: number): Promise<Vm[]>;
-  vm(ref: string): Promise<Vm | undefined>;
+  /**
+   * One VM. `fields: 'power'` reads only its name, template flag, power state and guest IP
+   * (the poll while a VM starts: a few hundred bytes where the extraConfig is kilobytes);
+   * its `extraConfig` is then empty and must not be taken for the VM's labels.
+   */
+  vm(ref: string, fields?: 'all' | 'power'): Promise<Vm | undefined>;
   /** The template's ref, or undefined when there is no template of that name. */
   findTemplate(name: string): Promise<string | undefined>;
   /** The name of a port group with this VLAN that the host reaches, if any. */

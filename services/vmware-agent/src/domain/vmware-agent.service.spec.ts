@@ -67,6 +67,21 @@ describe('VmwareAgentService.create', () => {
     expect(vc.calls.filter((m) => m === 'vm').length).toBeGreaterThanOrEqual(3);
   });
 
+  it('polls a starting VM for its power state and guest IP only, and keeps its labels (index and answer)', async () => {
+    const { vc, agent } = world();
+    vc.guestIpAfterReads = 3;
+    const c = cmd();
+    const inst = await agent.create(H1, c);
+    expect(inst).toMatchObject({ state: 'running', ip: c.network.ip, instanceId: 'prod:pay:0' });
+    // issue 17: no extraConfig read while waiting for the guest (the labels are known)
+    expect(vc.vmReads.length).toBeGreaterThanOrEqual(3);
+    expect(vc.vmReads.every((f) => f === 'power')).toBe(true);
+    const indexed = agent.index.list().find((v) => v.guestIp === c.network.ip)!;
+    expect(indexed.extraConfig['guestinfo.orangery.ip'] ?? Object.values(indexed.extraConfig).join(' ')).toContain(c.network.ip);
+    // the next command finds it by its labels, from the index
+    expect((await agent.create(H1, c)).state).toBe('running');
+  });
+
   it('answers running after the guest-IP timeout when the guest never reports (power on is enough)', async () => {
     const { vc, agent } = world({ guestIpTimeoutMs: 30 });
     vc.guestIpAfterReads = -1;

@@ -441,7 +441,9 @@ export class VmwareAgentService {
     const deadline = Date.now() + this.settings.guestIpTimeoutMs;
     let last: Vm | undefined;
     for (;;) {
-      last = await this.vc.vm(vm.ref);
+      // power state and guest IP only: the labels are known (issue 17: at 8 in flight the
+      // extraConfig of every poll was most of the agent's reads from vCenter)
+      last = await this.vc.vm(vm.ref, 'power');
       if (!last) throw new OrangeryError('START_FAILED', `VM ${vm.name} of ${vm.labels.instanceId} disappeared while starting`, { vmId: vm.ref });
       if (last.powerState !== 'poweredOn') {
         throw new OrangeryError('START_FAILED', `VM ${vm.name} of ${vm.labels.instanceId} is ${last.powerState} right after its power-on`, { vmId: vm.ref });
@@ -449,8 +451,9 @@ export class VmwareAgentService {
       if (last.guestIp === vm.labels.ip || Date.now() >= deadline) break;
       await sleep(this.pollMs);
     }
-    this.index.upsert(last);
-    return { ...last, labels: vm.labels };
+    const started: Vm = { ...last, extraConfig: vm.extraConfig };
+    this.index.upsert(started);
+    return { ...started, labels: vm.labels };
   }
 }
 

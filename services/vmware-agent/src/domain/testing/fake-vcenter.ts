@@ -119,12 +119,18 @@ export class FakeVcenter implements Vcenter {
     return [...this.vmsByRef.values()].map((v) => this.view(v));
   }
 
-  async vm(ref: string): Promise<Vm | undefined> {
+  /** the `fields` of every vm() read, in order */
+  readonly vmReads: ('all' | 'power')[] = [];
+
+  async vm(ref: string, fields: 'all' | 'power' = 'all'): Promise<Vm | undefined> {
+    this.vmReads.push(fields);
     await this.enter('vm');
     const v = this.vmsByRef.get(ref);
     if (!v) return undefined;
     if (v.powerState === 'poweredOn') this.readsSincePowerOn.set(ref, (this.readsSincePowerOn.get(ref) ?? 0) + 1);
-    return this.view(v);
+    const view = this.view(v);
+    // as the adapter: a power read carries no extraConfig
+    return fields === 'power' ? { ...view, extraConfig: {} } : view;
   }
 
   private view(v: Vm & { customizedIp?: string }): Vm {
