@@ -58,10 +58,12 @@ beforeAll(async () => {
   ok(await client.requestWithRetry('orangery.ipam.pool.create', { name: POOL, cidr: LAB_SUBNET, gateway: LAB_GATEWAY, reserved: ['198.18.0.2-198.18.0.255'] }));
   agent = await ServiceProcess.start(dir, 'swarm-agent', {
     ORANGERY_NATS_URL: nats.url,
-    ORANGERY_SWARM_MANAGER: swarm.managerUrl,
+    // Only the contract's variables: the manager by its hostname's socket, and no
+    // ORANGERY_SWARM_NODE_ENGINES, so the agent derives the other nodes' engines from it (each
+    // checked to be its node). swarm-lab.test.ts gives them explicitly as pairs.
+    ORANGERY_SWARM_MANAGER: swarm.manager.engineByHostname,
     ORANGERY_SWARM_CLUSTER: CLUSTER,
     ORANGERY_SWARM_UPLINK: swarm.uplink,
-    ORANGERY_SWARM_NODE_ENGINES: swarm.nodeEngineTemplate,
     ORANGERY_SWARM_BLOCK_SIZE: '16',
     ORANGERY_RESERVED_MEMORY_MB: '64',
     ORANGERY_OBSERVE_ADDR: '',

@@ -41,15 +41,17 @@ function engineUrl(name: string, raw: string): string {
 }
 
 /**
- * ORANGERY_SWARM_NODE_ENGINES: either a template such as `unix:///run/olab/{hostname}.sock`
- * or `tcp://{hostname}:2375`, or `hostname=url` pairs, comma separated. Empty: only the
- * manager's node (its engine is ORANGERY_SWARM_MANAGER) can get the pools' networks.
+ * ORANGERY_SWARM_NODE_ENGINES: either a template such as `unix:///run/olab/{hostname}.sock`,
+ * `tcp://{hostname}:2375` or `tcp://{addr}:2375` (the node's swarm address), or
+ * `hostname=url` pairs, comma separated. Empty: derived from ORANGERY_SWARM_MANAGER when that
+ * names the manager node by hostname or address (ConfiguredNodeEngines), else only the
+ * manager's node can get the pools' networks.
  */
 export function nodeEnginesFrom(env: Env): NodeEnginesConfig {
   const name = 'ORANGERY_SWARM_NODE_ENGINES';
   const raw = env[name]?.trim();
   if (!raw) return { kind: 'none' };
-  if (raw.includes('{hostname}') && !raw.includes('=')) return { kind: 'template', template: engineUrl(name, raw) };
+  if ((raw.includes('{hostname}') || raw.includes('{addr}')) && !raw.includes('=')) return { kind: 'template', template: engineUrl(name, raw) };
   const byHostname: Record<string, string> = {};
   for (const item of raw
     .split(',')

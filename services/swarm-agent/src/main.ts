@@ -24,7 +24,12 @@ function swarmAgent(): ServiceDefinition<SwarmAgentConfig> {
           const about = await engine.about();
           if (!about.isManager)
             throw new ConfigError(`ORANGERY_SWARM_MANAGER ${config.manager} is not a swarm manager (docker swarm init, or a manager's engine)`);
-          engines.setManagerNode(about.nodeId);
+          const derived = engines.setManagerNode(about.nodeId, about.hostname, about.addr);
+          if (derived !== undefined) {
+            process.stderr.write(
+              `orangery-swarm-agent: ORANGERY_SWARM_NODE_ENGINES is empty: nodes' engines derived from ORANGERY_SWARM_MANAGER as ${derived} (each checked to be its node before use)\n`,
+            );
+          }
           version = about.version;
           break;
         } catch (e) {
@@ -33,7 +38,7 @@ function swarmAgent(): ServiceDefinition<SwarmAgentConfig> {
           await new Promise((r) => setTimeout(r, 1_000));
         }
       }
-      if (config.nodeEngines.kind === 'none') {
+      if (config.nodeEngines.kind === 'none' && engines.derivedTemplate === undefined) {
         process.stderr.write(
           "orangery-swarm-agent: ORANGERY_SWARM_NODE_ENGINES is empty: only the manager node can get the pools' networks; other nodes get no orangery tasks\n",
         );

@@ -27,10 +27,16 @@ export class DockerSwarmEngine implements SwarmEngine {
     this.docker = new Docker(dockerOptions(url, timeoutMs));
   }
 
-  async about(): Promise<{ version: string; nodeId: string; isManager: boolean }> {
+  async about(): Promise<{ version: string; nodeId: string; isManager: boolean; hostname: string; addr: string }> {
     const [info, version] = await Promise.all([this.docker.info(), this.docker.version()]);
     const swarm = (info as any).Swarm ?? {};
-    return { version: `${version.Version} (API ${version.ApiVersion})`, nodeId: String(swarm.NodeID ?? ''), isManager: swarm.ControlAvailable === true };
+    return {
+      version: `${version.Version} (API ${version.ApiVersion})`,
+      nodeId: String(swarm.NodeID ?? ''),
+      isManager: swarm.ControlAvailable === true,
+      hostname: String((info as any).Name ?? ''),
+      addr: String(swarm.NodeAddr ?? ''),
+    };
   }
 
   async nodes(): Promise<SwarmNode[]> {
@@ -45,6 +51,7 @@ export class DockerSwarmEngine implements SwarmEngine {
       memoryBytes: Number(n.Description?.Resources?.MemoryBytes ?? 0),
       labels: { ...(n.Spec?.Labels ?? {}) },
       version: Number(n.Version?.Index ?? 0),
+      addr: n.Status?.Addr ? String(n.Status.Addr) : undefined,
     }));
   }
 
@@ -219,6 +226,10 @@ export class DockerNodeEngine implements NodeEngine {
     this.docker = new Docker(dockerOptions(url, timeoutMs));
   }
 
+  async nodeId(): Promise<string> {
+    return String(((await this.docker.info()) as any).Swarm?.NodeID ?? '');
+  }
+
   async ensureConfigNetwork(spec: ConfigNetworkSpec): Promise<'created' | 'replaced' | 'exists'> {
     let replaced = false;
     try {
@@ -256,22 +267,39 @@ export class DockerNodeEngine implements NodeEngine {
   }
 }
 
-/** ORANGERY_SWARM_NODE_ENGINES, with the manager's own node reached through ORANGERY_SWARM_MANAGER. */
+/**
+ * ORANGERY_SWARM_NODE_ENGINES, with the manager's own node reached through ORANGERY_SWARM_MANAGER.
+ * Unset, the template is derived from ORANGERY_SWARM_MANAGER when that names the manager node
+ * by its hostname (`unix:///run/engines/<hostname>.sock`) or its swarm address
+ * (`tcp://<addr>:2375`): the same URL with `{hostname}` / `{addr}` in their place. Whatever
+ * the source, SwarmNodes checks that an engine is the node it is meant to be (its swarm node
+ * id) before making a block's network there, so a wrong guess or a wrong entry gives that
+ * node no tasks, never another node's range.
+ */
 export class ConfiguredNodeEngines implements NodeEngines {
   private readonly cache = new Map<string, DockerNodeEngine>();
   private managerNodeId: string | undefined;
+  private derived: string | undefined;
+
+  /** the template derived from ORANGERY_SWARM_MANAGER (no ORANGERY_SWARM_NODE_ENGINES), if any */
+  get derivedTemplate(): string | undefined {
+    return this.derived;
+  }
 
   constructor(
     private readonly config: NodeEnginesConfig,
     private readonly managerUrl: string,
   ) {}
 
-  setManagerNode(nodeId: string): void {
+  /** The manager's node; with no ORANGERY_SWARM_NODE_ENGINES, derives the template (undefined when it cannot). */
+  setManagerNode(nodeId: string, hostname = '', addr = ''): string | undefined {
     this.managerNodeId = nodeId;
+    if (this.config.kind === 'none') this.derived = deriveEngineTemplate(this.managerUrl, hostname, addr);
+    return this.derived;
   }
 
-  forNode(hostname: string, nodeId: string): NodeEngine | undefined {
-    const url = this.urlOf(hostname) ?? (nodeId === this.managerNodeId ? this.managerUrl : undefined);
+  forNode(hostname: string, nodeId: string, addr?: string): NodeEngine | undefined {
+    const url = nodeId === this.managerNodeId ? this.managerUrl : this.urlOf(hostname, addr);
     if (!url) return undefined;
     let e = this.cache.get(url);
     if (!e) {
@@ -281,9 +309,24 @@ export class ConfiguredNodeEngines implements NodeEngines {
     return e;
   }
 
-  private urlOf(hostname: string): string | undefined {
-    if (this.config.kind === 'template') return this.config.template.replaceAll('{hostname}', hostname);
+  private urlOf(hostname: string, addr: string | undefined): string | undefined {
+    const template = this.config.kind === 'template' ? this.config.template : this.derived;
+    if (template !== undefined) {
+      if (template.includes('{addr}') && !addr) return undefined;
+      return template.replaceAll('{hostname}', hostname).replaceAll('{addr}', addr ?? '');
+    }
     if (this.config.kind === 'pairs') return this.config.byHostname[hostname];
     return undefined;
   }
+}
+
+/**
+ * ORANGERY_SWARM_MANAGER with the manager node's hostname (as a whole path or host part) or
+ * its swarm address replaced by `{hostname}` / `{addr}`; undefined when it names neither.
+ */
+export function deriveEngineTemplate(managerUrl: string, hostname: string, addr: string): string | undefined {
+  const at = (needle: string): RegExp => new RegExp(`(?<=[/.:_-])${needle.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}(?=[/.:_-]|$)`, 'g');
+  if (hostname.length >= 2 && at(hostname).test(managerUrl)) return managerUrl.replace(at(hostname), '{hostname}');
+  if (addr && at(addr).test(managerUrl)) return managerUrl.replace(at(addr), '{addr}');
+  return undefined;
 }

@@ -15,6 +15,8 @@ export interface SwarmNode {
   labels: Record<string, string>;
   /** the node object's version: label updates are compare-and-set on it */
   version: number;
+  /** Status.Addr: the node's address as the swarm sees it (`{addr}` in ORANGERY_SWARM_NODE_ENGINES) */
+  addr?: string;
 }
 
 /** One orangery swarm service (one slot). */
@@ -84,6 +86,8 @@ export interface ConfigNetworkSpec {
 
 /** One node's own engine (ORANGERY_SWARM_NODE_ENGINES). */
 export interface NodeEngine {
+  /** the swarm node id of the engine this reaches (`docker info` Swarm.NodeID): checked before a block's network is made on it */
+  nodeId(): Promise<string>;
   /** creates the network, or replaces one of that name with another range; 'exists' when it is as asked */
   ensureConfigNetwork(spec: ConfigNetworkSpec): Promise<'created' | 'replaced' | 'exists'>;
   /** a container's address and MAC on a network (by network name), undefined when it has none (or is gone) */
@@ -92,7 +96,7 @@ export interface NodeEngine {
 
 export interface NodeEngines {
   /** the engine of the node with this hostname; undefined when ORANGERY_SWARM_NODE_ENGINES names none */
-  forNode(hostname: string, nodeId: string): NodeEngine | undefined;
+  forNode(hostname: string, nodeId: string, addr?: string): NodeEngine | undefined;
 }
 
 /** ipam's swarm-node block calls (orangery.ipam.block.*, orangery.ipam.get). */

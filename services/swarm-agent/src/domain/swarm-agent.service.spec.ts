@@ -123,6 +123,24 @@ describe('networks: one ipam block per node and pool', () => {
     expect(new Set(w.swarm.runningAddresses().map((a) => a.nodeId))).toEqual(new Set([w.swarm.nodes[0]!.id]));
   });
 
+  it("a node whose configured engine is another node's gets no network there, no block, no label, no task; once right, it does", async () => {
+    const w = world({ nodes: [{ name: 'sw1' }, { name: 'sw2' }] });
+    const [sw1, sw2] = w.swarm.nodes;
+    // ORANGERY_SWARM_NODE_ENGINES sends sw2's engine calls to sw1's engine.
+    w.swarm.wrongEngine.set('sw2', sw1!.id);
+    await w.sync();
+    for (let slot = 0; slot < 3; slot++) await w.agent.create('lab-sw1', cmd(slot));
+    expect(w.ipam.blocks.map((b) => b.host)).toEqual(['lab-sw1']);
+    expect(w.swarm.configNetworks.get(sw2!.id)).toBeUndefined();
+    expect([...(w.swarm.configNetworks.get(sw1!.id)?.values() ?? [])].map((n) => n.ipRange)).toHaveLength(1);
+    expect(sw2!.labels['orangery.net.lab']).toBeUndefined();
+    expect(new Set(w.swarm.runningAddresses().map((a) => a.nodeId))).toEqual(new Set([sw1!.id]));
+    w.swarm.wrongEngine.delete('sw2');
+    await w.sync();
+    expect(w.ipam.blocks.map((b) => b.host).sort()).toEqual(['lab-sw1', 'lab-sw2']);
+    expect(sw2!.labels['orangery.net.lab']).toBe('1');
+  });
+
   it('a create for a pool ipam does not know is POOL_NOT_FOUND and creates no service', async () => {
     const w = world();
     await w.sync();

@@ -1,6 +1,6 @@
 import { OrangeryError, PortError, type Amounts, type Heartbeat, type HostFacts, type IpBlock } from '@orangery/contracts';
 import { cidrOf } from '@orangery/netaddr';
-import type { BlockIpam, DomainLog, EventSink, NodeEngines, SwarmEngine, SwarmNode } from './ports';
+import type { BlockIpam, DomainLog, EventSink, NodeEngine, NodeEngines, SwarmEngine, SwarmNode } from './ports';
 import { configNetworkName, netReadyLabel, nodeHostId, parentInterface, swarmNetworkName } from './service-spec';
 
 export interface SwarmNodesSettings {
@@ -52,6 +52,9 @@ export class SwarmNodes {
   /** blocks of nodes that left, to return to ipam (retried while their addresses are bound) */
   private readonly leftBlocks = new Map<string, { pool: string; hostId: string }>();
   private readonly warnedNoEngine = new Set<string>();
+  /** nodes whose engine answered with their own node id; nodes warned about a wrong or silent engine */
+  private readonly verified = new Set<string>();
+  private readonly warnedEngine = new Set<string>();
   private readonly seq = new Map<string, number>();
   private readonly ensuring = new Map<string, Promise<void>>();
 
@@ -224,13 +227,53 @@ export class SwarmNodes {
     }
   }
 
+  /**
+   * Whether `engine` is this node's own (its swarm node id). A block's config network made on
+   * another node's engine would give two nodes one range: the duplicates blocks exist to
+   * prevent. A wrong ORANGERY_SWARM_NODE_ENGINES entry, a guessed template or an unreachable
+   * engine gives the node no tasks (checked again on the next inventory round), never a range.
+   */
+  private async isThisNode(engine: NodeEngine, known: KnownNode): Promise<boolean> {
+    const { node, hostId } = known;
+    if (this.verified.has(node.id)) return true;
+    let found: string;
+    try {
+      found = await engine.nodeId();
+    } catch (e) {
+      this.warnOnce(
+        node.id,
+        { hostId, node: node.hostname, err: String(e) },
+        "this swarm node's engine does not answer: it gets no orangery tasks until it does",
+      );
+      return false;
+    }
+    if (found !== node.id) {
+      this.warnOnce(
+        node.id,
+        { hostId, node: node.hostname, expected: node.id, found },
+        "the engine ORANGERY_SWARM_NODE_ENGINES gives for this swarm node is another node's: no network is made there and the node gets no orangery tasks",
+      );
+      return false;
+    }
+    this.verified.add(node.id);
+    this.warnedEngine.delete(node.id);
+    return true;
+  }
+
+  private warnOnce(nodeId: string, fields: Record<string, unknown>, message: string): void {
+    if (this.warnedEngine.has(nodeId)) return;
+    this.warnedEngine.add(nodeId);
+    this.deps.log.warn(fields, message);
+  }
+
   /** true when the node is ready for the pool (block, config network, label); false when it cannot be (no engine, not ready). */
   private async prepareNode(known: KnownNode, pool: string): Promise<boolean> {
     const { node, hostId } = known;
     const key = `${node.id}/${pool}`;
     if (this.prepared.has(key)) return true;
     if (node.state !== 'ready') return false;
-    const engine = this.deps.engines.forNode(node.hostname, node.id);
+    const engine = this.deps.engines.forNode(node.hostname, node.id, node.addr);
+    if (engine && !(await this.isThisNode(engine, known))) return false;
     if (!engine) {
       if (!this.warnedNoEngine.has(node.id)) {
         this.warnedNoEngine.add(node.id);

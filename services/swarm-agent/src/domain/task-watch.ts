@@ -232,7 +232,7 @@ export class TaskWatch {
     const network = swarmNetworkName(pool);
     let found: { ip: string; mac: string } | undefined;
     const node = task.nodeId ? this.deps.nodes.nodeOf(this.deps.nodes.hostIdOf(task.nodeId) ?? '') : undefined;
-    const engine = node && task.containerId ? this.deps.engines.forNode(node.hostname, node.id) : undefined;
+    const engine = node && task.containerId ? this.deps.engines.forNode(node.hostname, node.id, node.addr) : undefined;
     if (engine && task.containerId) {
       try {
         found = await engine.containerAddress(task.containerId, network);

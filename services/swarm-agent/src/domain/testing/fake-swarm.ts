@@ -32,6 +32,8 @@ export class FakeSwarm implements NodeEngines {
   readonly missingImages = new Set<string>();
   /** hostnames whose engine the agent has (others: no ORANGERY_SWARM_NODE_ENGINES entry) */
   readonly reachable = new Set<string>();
+  /** hostname -> the node id its engine answers instead of its own (a misconfigured ORANGERY_SWARM_NODE_ENGINES) */
+  readonly wrongEngine = new Map<string, string>();
   /** false: tasks stay pending until `settle()` */
   autoSettle = true;
   private n = 0;
@@ -131,6 +133,7 @@ export class FakeSwarm implements NodeEngines {
   forNode(hostname: string, nodeId: string): NodeEngine | undefined {
     if (!this.reachable.has(hostname)) return undefined;
     return {
+      nodeId: async () => this.wrongEngine.get(hostname) ?? nodeId,
       ensureConfigNetwork: async (spec) => {
         const nets = this.configNetworks.get(nodeId) ?? new Map<string, ConfigNetworkSpec>();
         this.configNetworks.set(nodeId, nets);
