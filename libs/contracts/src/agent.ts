@@ -113,6 +113,8 @@ export const SwarmCreateInstanceCommand = Type.Object(
     ...Type.Omit(CreateInstanceCommand, ['network', 'template']).properties,
     image: Type.String({ minLength: 1, maxLength: 255, pattern: '^[A-Za-z0-9][A-Za-z0-9._/:@-]*$' }),
     pool: Name,
+    /** the env record's hostLabels: swarm may run the task only on nodes carrying every one (placement constraints) */
+    hostLabels: Type.Optional(Type.Record(Type.String({ minLength: 1, maxLength: 63 }), Type.String({ maxLength: 63 }), { maxProperties: 64 })),
   },
   strict,
 );

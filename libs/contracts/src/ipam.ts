@@ -208,5 +208,12 @@ export const BlockBindRequest = Type.Object(
   strict,
 );
 export type BlockBindRequest = Static<typeof BlockBindRequest>;
-export const BlockUnbindRequest = Type.Object({ ip: Ipv4 }, strict);
+export const BlockUnbindRequest = Type.Object(
+  {
+    ip: Ipv4,
+    /** only if the address is still bound to this instance (a late unbind must not free another task's address); absent: whoever holds it */
+    instanceId: Type.Optional(Type.String({ pattern: '^[!-~]{1,255}$' })),
+  },
+  strict,
+);
 export type BlockUnbindRequest = Static<typeof BlockUnbindRequest>;
