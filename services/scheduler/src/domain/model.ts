@@ -19,6 +19,8 @@ export interface AppSpec {
   readonly vlan: number;
   readonly spread: 'host' | 'none';
   readonly environment?: Record<string, string>;
+  /** the env record's backends when the request was accepted (absent: no record): a migration's toBackend must be one */
+  readonly envBackends?: readonly Backend[];
   /** the env record's hostLabels when the request was accepted: an eligible host carries every one */
   readonly hostLabels?: Readonly<Record<string, string>>;
   /** the env record's containerSecurity when the request was accepted (containers only) */

@@ -341,6 +341,7 @@ function desiredSpec(data: ScaleRequestData, backends: readonly Backend[], pool:
     vlan: pool.vlan,
     spread: data.spread ?? 'host',
     ...(data.environment ? { environment: data.environment } : {}),
+    ...(env.allowed ? { envBackends: env.allowed } : {}),
     ...(env.hostLabels ? { hostLabels: env.hostLabels } : {}),
     ...(env.security ? { security: env.security } : {}),
   };

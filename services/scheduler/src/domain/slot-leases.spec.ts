@@ -123,6 +123,17 @@ describe('SlotLeases.reserveTarget', () => {
     expect(w.book.slot('prod:web:0')?.hold).toEqual({ by: 'mig-1' });
   });
 
+  it("refuses a toBackend the app's env record did not allow (POLICY_VIOLATION), even with an artifact for it; an allowed one reserves", async () => {
+    const base = appRecord();
+    const spec = { ...base.spec, template: 'centos7', backends: ['docker' as const], envBackends: ['docker' as const] };
+    const w = await leaseWorld({ app: { ...base, spec, stable: spec } });
+    await w.leases.hold('prod:web:0', 'mig-1');
+    const r = await refusal(w.leases.reserveTarget('prod:web:0', 'mig-1', { toBackend: 'vmware' }));
+    expect(r).toMatchObject({ code: 'POLICY_VIOLATION', details: { field: 'toBackend', allowed: ['docker'] } });
+    for (const h of ['b', 'c']) expect(w.free(h)).toEqual(FULL);
+    expect(await w.leases.reserveTarget('prod:web:0', 'mig-1', { toBackend: 'docker' })).toMatchObject({ backend: 'docker' });
+  });
+
   it('gives the target back when the journal write fails', async () => {
     const w = await leaseWorld();
     await w.leases.hold('prod:web:0', 'mig-1');

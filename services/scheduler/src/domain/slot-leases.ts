@@ -89,6 +89,14 @@ export class SlotLeases {
     if (opts.toHost !== undefined && this.hosts.get(opts.toHost)?.backend === 'swarm') {
       throw swarmMoveRefused(s.id, `the target ${opts.toHost} is a swarm node`, { toHost: opts.toHost, backend: 'swarm' });
     }
+    // the env's record when the app's request was accepted: a migration may not leave it
+    const envAllowed = app.spec.envBackends;
+    if (opts.toBackend !== undefined && envAllowed !== undefined && !envAllowed.includes(opts.toBackend)) {
+      throw new OrangeryError('POLICY_VIOLATION', `field 'toBackend': env ${s.env} allows ${envAllowed.join(', ')}, not ${opts.toBackend}`, {
+        field: 'toBackend',
+        allowed: envAllowed,
+      });
+    }
     // never a swarm node as a target: a task's address comes from its node's block
     const backends = (opts.toBackend ? [opts.toBackend] : app.spec.backends).filter((b) => b !== 'swarm');
     if (backends.length === 0) throw swarmMoveRefused(s.id, 'its app may run on swarm only', { backends: app.spec.backends });

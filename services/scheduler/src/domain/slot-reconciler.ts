@@ -134,14 +134,14 @@ export class SlotReconciler {
       const gone = swarm ? await this.offSwarm(s.hostId, s.id) : await this.offHost(s.hostId, s.id, 'remove');
       if (!gone) return this.backoff(s);
     }
-    // a swarm task's address was bound by its agent, which unbinds it when the task goes
-    if (!swarm) {
-      try {
-        await this.ports.ipam.release(ownerOf(s));
-      } catch (e) {
-        this.ports.log.warn({ instanceId: s.id, err: errorOf(e).message }, 'ip release failed; will retry');
-        return this.backoff(s);
-      }
+    // A swarm task's address was bound by its agent, which unbinds it when the task goes; the
+    // release here covers an agent that missed it (restarted, ipam unreachable then): a
+    // released address inside a block stays in its block (ipam), never back in the pool.
+    try {
+      await this.ports.ipam.release(ownerOf(s));
+    } catch (e) {
+      this.ports.log.warn({ instanceId: s.id, err: errorOf(e).message }, 'ip release failed; will retry');
+      return this.backoff(s);
     }
     await this.book.save({ deleteSlots: [s.id] });
     this.book.dropSlot(s);
@@ -246,7 +246,7 @@ export class SlotReconciler {
     }
     let inst: AgentInstance;
     try {
-      inst = await this.ports.agents.create(hostId, swarmCreateCommandOf(s));
+      inst = await this.ports.agents.create(hostId, swarmCreateCommandOf(s, app.spec.hostLabels));
     } catch (e) {
       return this.attemptFailed(s, hostId, e);
     }
@@ -259,6 +259,12 @@ export class SlotReconciler {
       return this.backoff(s);
     }
     const wrong = notASwarmTask(this.hosts, s, hostId, inst);
+    if (wrong !== undefined && inst.instanceId === s.id && inst.backend === 'swarm' && this.hosts.get(inst.hostId) === undefined) {
+      // a node this leader has not heard from yet (its first heartbeat is on the way): the task
+      // may be healthy; ask again rather than remove it
+      this.ports.log.warn({ instanceId: s.id, node: inst.hostId }, 'swarm ran the task on a node not known yet; asking again');
+      return this.backoff(s);
+    }
     if (wrong !== undefined) return this.attemptFailed(s, hostId, new OrangeryError('START_FAILED', `the swarm-agent's reply cannot be recorded: ${wrong}`));
     const node = inst.hostId;
     await this.book.update(s, {

@@ -110,7 +110,8 @@ export function createCommandOf(s: SlotRecord, alloc: AllocationInfo, backend: B
  * task's address inside its node's ipam block and the swarm-agent binds it; resources as
  * for a container (the agent maps memory, heap and cpu like the docker-agent).
  */
-export function swarmCreateCommandOf(s: SlotRecord): SwarmCreateInstanceCommand {
+/** `hostLabels`: the app's env record's (AppSpec), which swarm must honour itself: it places the task. */
+export function swarmCreateCommandOf(s: SlotRecord, hostLabels?: Readonly<Record<string, string>>): SwarmCreateInstanceCommand {
   if (!s.spec.image) throw new OrangeryError('INVALID_REQUEST', 'the slot has no image for swarm');
   return {
     instanceId: s.id,
@@ -123,6 +124,8 @@ export function swarmCreateCommandOf(s: SlotRecord): SwarmCreateInstanceCommand 
     ...(s.spec.environment ? { environment: s.spec.environment } : {}),
     // the env record's relaxations, as for a docker-agent's container
     ...(s.spec.security ? { security: s.spec.security } : {}),
+    // the env record's host labels: swarm places the task itself, so the agent makes them constraints
+    ...(hostLabels && Object.keys(hostLabels).length > 0 ? { hostLabels: { ...hostLabels } } : {}),
   };
 }
 

@@ -1,3 +1,4 @@
+import { swarmCreateCommandOf } from './slot-records';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import type { Heartbeat, SwarmCreateInstanceCommand } from '@orangery/contracts';
 import { SchedulerCore, type CoreSettings } from './scheduler-core';
@@ -215,7 +216,7 @@ describe('swarm slots', () => {
     expect(eventsOf('instance', 'orphaned')).toEqual([]);
   });
 
-  it('scaling to 0 removes each service through its node (or a live node of the cluster) and releases nothing in ipam', async () => {
+  it('scaling to 0 removes each service through its node (or a live node of the cluster), then releases the owner in ipam (kept in its block there)', async () => {
     await world({ n1: swarmNode(), n2: swarmNode(), n3: swarmNode() });
     agents.swarmNode = (host) => host;
     await scale(2);
@@ -236,7 +237,39 @@ describe('swarm slots', () => {
     expect(agents.callsOf('remove', silentHost)).toEqual([]);
     expect(agents.callsOf('remove', otherHost).length).toBeGreaterThan(0);
     expect(agents.whereIs('prod:web:0')).toEqual([]);
-    expect(ipam.calls.filter((c) => c.op !== 'pool')).toEqual([]);
+    // the agent unbinds when the task goes; the release covers an agent that missed it, and
+    // comes only after the remove was confirmed (never allocate or bind)
+    expect(
+      ipam.calls
+        .filter((c) => c.op !== 'pool')
+        .map((c) => `${c.op} ${c.owner}`)
+        .sort(),
+    ).toEqual(['release prod:web:0', 'release prod:web:1']);
+  });
+
+  it('a task swarm ran on a node this leader has not heard from yet is asked for again, not removed; followed once the node is known', async () => {
+    await world({ n1: swarmNode() });
+    agents.swarmCluster.set('n9', 'c1');
+    agents.swarmNode = () => 'n9';
+    await core.handleScale(scaleMessage(1, { replicas: 1, backend: 'swarm' }, { id: 'req-1' }));
+    await run(1_000);
+    expect(agents.callsOf('remove')).toEqual([]);
+    expect(slot(0).state).not.toBe('running');
+    live.set('n9', swarmNode());
+    await run(6_000);
+    expect(slot(0)).toMatchObject({ state: 'running', hostId: 'n9' });
+    expect(agents.callsOf('remove')).toEqual([]);
+  });
+
+  it("passes the env record's hostLabels to the swarm-agent (swarm places the task itself)", async () => {
+    await world({ n1: { ...swarmNode(), labels: { zone: 'z1' } } });
+    await core.handleScale(scaleMessage(1, { replicas: 1, backend: 'swarm' }, { id: 'req-1' }));
+    await run(2_000);
+    const plain = agents.created.get(`${slot(0).hostId}/prod:web:0`) as SwarmCreateInstanceCommand;
+    expect(plain).not.toHaveProperty('hostLabels');
+    const cmd = swarmCreateCommandOf(slot(0), { zone: 'z1' });
+    expect(cmd.hostLabels).toEqual({ zone: 'z1' });
+    expect(swarmCreateCommandOf(slot(0), {})).not.toHaveProperty('hostLabels');
   });
 
   it('refuses a migration into, out of or within swarm and a drain of a swarm node with IP_WOULD_CHANGE, nothing held', async () => {
