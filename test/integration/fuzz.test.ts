@@ -139,7 +139,7 @@ const REQUEST_SUBJECTS: { subject: string; schema: TSchema; example: Record<stri
   {
     subject: SUBJECTS.ipam.blockBind,
     schema: BlockBindRequest,
-    example: { pool: 'fz-none', ip: '198.18.100.252', owner: { env: 'fz', app: 'ghost', slot: 2 }, instanceId: GHOST, host: 'fz-0009' },
+    example: { pool: 'fz-none', ip: '198.18.100.252', owner: { env: 'fz', app: 'ghost', slot: 0 }, instanceId: GHOST, host: 'fz-0009' },
   },
   { subject: SUBJECTS.ipam.blockUnbind, schema: BlockUnbindRequest, example: { ip: '198.18.100.252' } },
   { subject: SUBJECTS.scheduler.hostsList, schema: HostsListRequest, example: { limit: 2 } },

@@ -144,6 +144,14 @@ describe('block rules through the public subjects', () => {
       ok(await req('orangery.ipam.block.bind', { pool: 'p-rules', ip: '198.18.24.9', owner: web0, instanceId: instanceOf(web0), host: 'sw-a' }, 1)),
     ).toEqual(bound);
     expect((await rows<{ n: number }>('SELECT COUNT(*) AS n FROM ipam_audit'))[0]!.n).toBe(auditBefore);
+    // Allocate never returns a swarm task's block address (single and batch); a late unbind
+    // naming another instance frees nothing.
+    const inBlock = { pool: 'p-rules', ip: '198.18.24.9', block: { host: 'sw-a', cidr: '198.18.24.8/29' } };
+    refused(await req('orangery.ipam.allocate', { pool: 'p-rules', owner: web0 }), 'OWNER_HAS_IP', inBlock);
+    const [item] = ok(await req('orangery.ipam.allocate.batch', { items: [{ pool: 'p-rules', owner: web0 }] }, 1)).results;
+    expect(item).toMatchObject({ ok: false, error: { code: 'OWNER_HAS_IP', details: inBlock } });
+    expect(ok(await req('orangery.ipam.block.unbind', { ip: '198.18.24.9', instanceId: 'test:web:9' }, 2))).toEqual(bound);
+    expect((await rows<{ n: number }>('SELECT COUNT(*) AS n FROM ipam_audit'))[0]!.n).toBe(auditBefore);
     // The task moves to sw-b: its old address goes in the same transaction.
     const moved = ok(
       await req('orangery.ipam.block.bind', { pool: 'p-rules', ip: '198.18.24.20', owner: web0, instanceId: instanceOf(web0), host: 'sw-b' }, 2),
@@ -248,9 +256,22 @@ describe('block rules through the public subjects', () => {
         'INVALID_REQUEST',
         'backend',
       ],
-      ['orangery.ipam.block.bind', { pool: 'p-bad', ip: '198.18.26.9', owner: owner('b', 0), instanceId: 'x', host: 'sw-a' }, 'NOT_IN_BLOCK'],
-      ['orangery.ipam.block.bind', { pool: 'p-bad', ip: '198.18.26.5', owner: owner('b', 0), instanceId: 'x', host: 'sw-q' }, 'NOT_IN_BLOCK'],
-      ['orangery.ipam.block.bind', { pool: 'p-bad', ip: '198.18.26.5', owner: owner('bad', 0), instanceId: 'x', host: 'sw-a' }, 'OWNER_HAS_IP'],
+      [
+        'orangery.ipam.block.bind',
+        { pool: 'p-bad', ip: '198.18.26.9', owner: owner('b', 0), instanceId: instanceOf(owner('b', 0)), host: 'sw-a' },
+        'NOT_IN_BLOCK',
+      ],
+      [
+        'orangery.ipam.block.bind',
+        { pool: 'p-bad', ip: '198.18.26.5', owner: owner('b', 0), instanceId: instanceOf(owner('b', 0)), host: 'sw-q' },
+        'NOT_IN_BLOCK',
+      ],
+      [
+        'orangery.ipam.block.bind',
+        { pool: 'p-bad', ip: '198.18.26.5', owner: owner('bad', 0), instanceId: instanceOf(owner('bad', 0)), host: 'sw-a' },
+        'OWNER_HAS_IP',
+      ],
+      ['orangery.ipam.block.bind', { pool: 'p-bad', ip: '198.18.26.5', owner: owner('b', 0), instanceId: 'x', host: 'sw-a' }, 'INVALID_REQUEST', 'instanceId'],
       ['orangery.ipam.block.bind', { pool: 'p-bad', ip: 'x', owner: owner('b', 0), instanceId: 'x', host: 'sw-a' }, 'INVALID_REQUEST', 'ip'],
       ['orangery.ipam.block.unbind', { ip: '198.18.26.2' }, 'NOT_IN_BLOCK'],
       ['orangery.ipam.block.unbind', { ip: '198.18.26.5' }, 'NOT_FOUND'],

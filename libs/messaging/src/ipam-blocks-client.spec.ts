@@ -38,6 +38,17 @@ describe('IpamBlocksClient', () => {
     ]);
   });
 
+  it('unbind sends the instance id only when given', async () => {
+    const { nc, asked } = fakeNats({ [SUBJECTS.ipam.blockUnbind]: { ok: true, data: { ip: '198.18.0.5', state: 'released' } } });
+    const blocks = new IpamBlocksClient(nc);
+    expect(await blocks.unbind('198.18.0.5', 'test:web:0')).toMatchObject({ state: 'released' });
+    await blocks.unbind('198.18.0.5');
+    expect(asked).toEqual([
+      { subject: 'orangery.ipam.block.unbind', body: { ip: '198.18.0.5', instanceId: 'test:web:0' } },
+      { subject: 'orangery.ipam.block.unbind', body: { ip: '198.18.0.5' } },
+    ]);
+  });
+
   it('NOT_FOUND on release and unbind is nothing to give back; other refusals are PortErrors with their code', async () => {
     const notFound: Reply<never> = { ok: false, error: { code: 'NOT_FOUND', message: 'none' } };
     const { nc } = fakeNats({

@@ -44,9 +44,13 @@ export class IpamBlocksClient {
     return unwrapReply(await this.send<Allocation>(SUBJECTS.ipam.blockBind, req));
   }
 
-  /** The task is gone; undefined when the address was never bound (NOT_FOUND). */
-  async unbind(ip: string): Promise<Allocation | undefined> {
-    const r = await this.send<Allocation>(SUBJECTS.ipam.blockUnbind, { ip });
+  /**
+   * The task is gone; undefined when the address was never bound (NOT_FOUND). With
+   * `instanceId`, only if the address is still bound to that instance: otherwise the
+   * allocation comes back unchanged (its instanceId the current holder's), nothing freed.
+   */
+  async unbind(ip: string, instanceId?: string): Promise<Allocation | undefined> {
+    const r = await this.send<Allocation>(SUBJECTS.ipam.blockUnbind, instanceId === undefined ? { ip } : { ip, instanceId });
     if (!r.ok && r.error.code === 'NOT_FOUND') return undefined;
     return unwrapReply(r);
   }

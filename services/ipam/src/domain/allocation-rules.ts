@@ -56,6 +56,17 @@ export const ownerHasIp = (owner: Owner, live: AddressRecord, holding: PoolRecor
     ip: intToIpv4(live.ip),
   });
 
+/**
+ * `owner`'s live address `live` is a swarm task's, inside node `block.host`'s block: allocate
+ * never returns it (Docker on that node may hand it to another task once the task goes).
+ */
+export const ownerHasBlockIp = (owner: Owner, live: AddressRecord, holding: PoolRecord | undefined, block: BlockRecord): OrangeryError =>
+  new OrangeryError(
+    'OWNER_HAS_IP',
+    `${instanceIdOf(owner)} already holds ${intToIpv4(live.ip)} in pool '${holding?.name ?? '?'}', held by a swarm task on node '${block.host}' inside its block ${blockCidr(block)}; the swarm-agent unbinds it when the task goes`,
+    { pool: holding?.name, ip: intToIpv4(live.ip), block: { host: block.host, cidr: blockCidr(block) } },
+  );
+
 /** bind of an address that is not allocated or bound. */
 export const notBindable = (ipText: string): OrangeryError =>
   new OrangeryError('NOT_FOUND', `${ipText} is not allocated; allocate it before binding`, { ip: ipText });

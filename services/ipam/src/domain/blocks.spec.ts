@@ -198,6 +198,16 @@ describe('block.bind', () => {
     expect(await ipam.getPool('net')).toMatchObject({ used: 1, blocked: 7 });
   });
 
+  it("refuses an instanceId that is not the owner's (INVALID_REQUEST, field instanceId) and changes nothing", async () => {
+    const { reserve, blocks, store } = await setup();
+    await reserve('sw-a');
+    const before = store.snapshot();
+    await expectError(blocks.bind({ pool: 'net', ip: '198.18.0.5', owner: owner('web', 0), instanceId: 'test:web:1', host: 'sw-a' }), 'INVALID_REQUEST', {
+      field: 'instanceId',
+    });
+    expect(store.snapshot()).toEqual(before);
+  });
+
   it('refuses an owner that holds an address outside blocks (OWNER_HAS_IP)', async () => {
     const { reserve, bind, ipam, store } = await setup();
     await reserve('sw-a');
@@ -206,6 +216,68 @@ describe('block.bind', () => {
     const before = store.snapshot();
     await expectError(bind('198.18.0.5', web0, 'sw-a'), 'OWNER_HAS_IP', { ip: held.ip, pool: 'net' });
     expect(store.snapshot()).toEqual(before);
+  });
+});
+
+describe("allocate of an owner whose live address is a swarm task's inside a block", () => {
+  // Docker on the node may hand that address to another task once the task goes: a VM or a
+  // docker-agent container must never be started with it (docs/ipam.md "Blocks").
+  const held = { pool: 'net', ip: '198.18.0.5', block: { host: 'sw-a', cidr: '198.18.0.4/30' } };
+
+  it('single allocate: OWNER_HAS_IP naming the node and block, whatever it asks; nothing changes', async () => {
+    const { reserve, bind, blocks, ipam, store } = await setup();
+    await reserve('sw-a');
+    const web0 = owner('web', 0);
+    await bind('198.18.0.5', web0, 'sw-a');
+    const before = store.snapshot();
+    const e = await expectError(ipam.allocate({ pool: 'net', owner: web0 }), 'OWNER_HAS_IP', held);
+    expect(e.message).toContain("swarm task on node 'sw-a' inside its block 198.18.0.4/30");
+    await expectError(ipam.allocate({ pool: 'net', owner: web0, ip: '198.18.0.5' }), 'OWNER_HAS_IP', held);
+    await expectError(ipam.allocate({ pool: 'net', owner: web0, ip: '198.18.0.40' }), 'OWNER_HAS_IP', held);
+    expect(store.snapshot()).toEqual(before);
+    // Once the swarm-agent unbinds it, the owner gets a fresh address outside the block.
+    await blocks.unbind({ ip: '198.18.0.5' });
+    expect((await ipam.allocate({ pool: 'net', owner: web0 })).ip).toBe('198.18.0.2');
+  });
+
+  it('batch allocate: the same refusal per item; other items are served', async () => {
+    const { reserve, bind, ipam, store } = await setup();
+    await reserve('sw-a');
+    const web0 = owner('web', 0);
+    await bind('198.18.0.5', web0, 'sw-a');
+    const results = await ipam.allocateBatch([
+      { pool: 'net', owner: web0 },
+      { pool: 'net', owner: owner('y', 0) },
+      { pool: 'net', owner: web0, ip: '198.18.0.5' },
+    ]);
+    expect(results[0]).toMatchObject({ ok: false, error: { code: 'OWNER_HAS_IP', details: held } });
+    expect(results[1]).toMatchObject({ ok: true, data: { state: 'allocated' } });
+    expect(results[2]).toMatchObject({ ok: false, error: { code: 'OWNER_HAS_IP', details: held } });
+    expect(await ipam.get({ ip: '198.18.0.5' })).toMatchObject({ state: 'bound', backend: 'swarm', host: 'sw-a', instanceId: 'test:web:0' });
+    expect(store.events.at(-1)!.event).toMatchObject({ type: 'io.orangery.ip.allocated' });
+  });
+
+  it('grouped allocate (group commit): the same refusal, in a shared transaction too', async () => {
+    const { store, clock, reserve, bind } = await setup();
+    const grouped = new IpamService(store, clock, undefined, { maxSize: 16, maxInFlight: 1 });
+    await reserve('sw-a');
+    const web0 = owner('web', 0);
+    await bind('198.18.0.5', web0, 'sw-a');
+    // The first runs alone; the next ones queue behind it and share one transaction.
+    const done = await Promise.allSettled([
+      grouped.allocate({ pool: 'net', owner: owner('y', 0) }),
+      grouped.allocate({ pool: 'net', owner: web0 }),
+      grouped.allocate({ pool: 'net', owner: owner('y', 1) }),
+      grouped.allocate({ pool: 'net', owner: web0, ip: '198.18.0.5' }),
+    ]);
+    expect(done.map((d) => d.status)).toEqual(['fulfilled', 'rejected', 'fulfilled', 'rejected']);
+    for (const d of [done[1]!, done[3]!]) {
+      const e = (d as PromiseRejectedResult).reason as OrangeryError;
+      expect(e).toBeInstanceOf(OrangeryError);
+      expect(e.code).toBe('OWNER_HAS_IP');
+      expect(e.details).toMatchObject(held);
+    }
+    expect(await grouped.get({ ip: '198.18.0.5' })).toMatchObject({ state: 'bound', instanceId: 'test:web:0' });
   });
 });
 
@@ -224,6 +296,21 @@ describe('block.unbind and plain release inside a block', () => {
     expect(await ipam.getPool('net')).toMatchObject({ used: 0, quarantined: 0, blocked: 4 });
     // Another task of the node may take it at once.
     expect(await bind('198.18.0.5', owner('web', 1), 'sw-a')).toMatchObject({ state: 'bound' });
+  });
+
+  it("with instanceId, releases only that instance's binding; a late unbind of another's is a no-op", async () => {
+    const { reserve, bind, blocks, store } = await setup();
+    await reserve('sw-a');
+    const bound = await bind('198.18.0.5', owner('web', 1), 'sw-a');
+    const before = store.snapshot();
+    // The task of web:0 had .5 before; its late unbind must not free web:1's address.
+    expect(await blocks.unbind({ ip: '198.18.0.5', instanceId: 'test:web:0' })).toEqual(bound);
+    expect(store.snapshot()).toEqual(before);
+    expect(await blocks.unbind({ ip: '198.18.0.5', instanceId: 'test:web:1' })).toMatchObject({ state: 'released', owner: owner('web', 1) });
+    // Already released: unchanged, whichever instance asks.
+    const events = store.events.length;
+    expect(await blocks.unbind({ ip: '198.18.0.5', instanceId: 'test:web:0' })).toMatchObject({ state: 'released' });
+    expect(store.events.length).toBe(events);
   });
 
   it('answers NOT_IN_BLOCK outside blocks and NOT_FOUND for a block address never bound', async () => {

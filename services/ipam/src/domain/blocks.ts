@@ -1,5 +1,7 @@
 import {
   buildEvent,
+  instanceIdOf,
+  invalidRequest,
   OrangeryError,
   type Allocation,
   type BlockBindRequest,
@@ -259,6 +261,9 @@ export class IpBlocks {
   }
 
   private async bindInTx(tx: IpamTx, req: BlockBindRequest, ip: number, ctx: CallContext): Promise<Allocation> {
+    if (req.instanceId !== instanceIdOf(req.owner)) {
+      throw invalidRequest('instanceId', `'${req.instanceId}' is not the owner's instance id '${instanceIdOf(req.owner)}'`);
+    }
     const now = this.clock.now();
     const pool = await tx.findPool(req.pool, 'share');
     if (!pool) throw poolNotFound(req.pool);
@@ -321,6 +326,9 @@ export class IpBlocks {
       const pool = await tx.findPoolById(row.poolId);
       if (!pool) throw poolVanished(row.poolId);
       if (row.state === 'released') return toAllocation(row, pool);
+      // A late unbind (the task gone, its address since bound to another task) frees nothing:
+      // the allocation as it stands, unchanged (idempotent no-op), its instanceId the holder's.
+      if (req.instanceId !== undefined && row.instanceId !== req.instanceId) return toAllocation(row, pool);
       const released = releasedRow(row, pool, this.clock.now(), true);
       const after = toAllocation(released, pool);
       await tx.updateAddress(ip, released);

@@ -22,6 +22,7 @@ import {
   isLive,
   latestReleased,
   notBindable,
+  ownerHasBlockIp,
   ownerHasIp,
   poolExhausted,
   poolNotFound,
@@ -98,6 +99,8 @@ export class AllocationBatch {
   private readonly exhausted: { index: number; pool: PoolRecord }[] = [];
   /** blocks of explicitly asked ips that are inside one */
   private readonly blockOf = new Map<number, BlockRecord | undefined>();
+  /** blocks holding owners' live swarm task addresses (allocate never returns those) */
+  private readonly liveBlockOf = new Map<number, BlockRecord>();
   /** fresh rows locked ahead with the owners' rows, for the first round's draws, by pool id */
   private ahead = new Map<number, AddressRecord[]>();
 
@@ -175,6 +178,12 @@ export class AllocationBatch {
     // Pools where owners hold their live address, for OWNER_HAS_IP's details.
     const elsewhere = [...this.liveOf.values()].map((ip) => this.rows.get(ip)!.poolId).filter((id) => !this.poolsById.has(id));
     if (elsewhere.length > 0) for (const p of await this.tx.findPoolsByIds([...new Set(elsewhere)])) this.remember(p);
+    // Owners' live swarm task addresses inside a node's block: OWNER_HAS_IP naming the node.
+    for (const ip of this.liveOf.values()) {
+      if (this.rows.get(ip)!.backend !== 'swarm') continue;
+      const block = await this.tx.findBlockAt(ip);
+      if (block) this.liveBlockOf.set(ip, block);
+    }
     const explicit = new Set<number>();
     this.reqs.forEach((r, i) => {
       const ip = this.wanted[i];
@@ -251,10 +260,12 @@ export class AllocationBatch {
     const liveIp = this.liveOf.get(ownerKey(owner));
     if (liveIp !== undefined) {
       const live = this.rows.get(liveIp)!;
-      if (live.poolId === pool.id && (wanted === undefined || wanted === live.ip)) {
+      if (live.poolId === pool.id && (wanted === undefined || wanted === live.ip) && !this.liveBlockOf.has(live.ip)) {
         this.results[i] = okReply(toAllocation(live, pool));
         return undefined;
       }
+      const block = this.liveBlockOf.get(live.ip);
+      if (block) throw ownerHasBlockIp(owner, live, this.poolsById.get(live.poolId), block);
       throw ownerHasIp(owner, live, this.poolsById.get(live.poolId));
     }
     if (wanted !== undefined) {

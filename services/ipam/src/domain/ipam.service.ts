@@ -26,6 +26,7 @@ import {
   isLive,
   latestReleased,
   notBindable,
+  ownerHasBlockIp,
   ownerHasIp,
   poolExhausted,
   poolNotFound,
@@ -203,8 +204,12 @@ export class IpamService {
     if (!pool) throw poolNotFound(poolName);
     const live = mine.find(isLive);
     if (live) {
+      // A swarm task's address inside a node's block is never handed to another backend.
+      const block = live.backend === 'swarm' ? await tx.findBlockAt(live.ip) : undefined;
+      const holding = live.poolId === pool.id ? pool : await tx.findPoolById(live.poolId);
+      if (block) throw ownerHasBlockIp(owner, live, holding, block);
       if (live.poolId === pool.id && (wanted === undefined || wanted === live.ip)) return toAllocation(live, pool);
-      throw ownerHasIp(owner, live, live.poolId === pool.id ? pool : await tx.findPoolById(live.poolId));
+      throw ownerHasIp(owner, live, holding);
     }
     let chosen: AddressRecord | undefined;
     if (wanted !== undefined) {
