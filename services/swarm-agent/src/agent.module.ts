@@ -58,7 +58,7 @@ export class SwarmAgentModule {
           inject: [IPAM_BLOCKS, EVENTS],
           useFactory: (ipam: BlockIpam, events: EventQueue) =>
             new SwarmNodes(
-              { swarm, engines, ipam, events, log: logger, engineVersion },
+              { swarm, engines, ipam, events, log: logger, engineVersion, now: () => performance.now() },
               {
                 cluster: config.cluster,
                 uplink: config.uplink,
@@ -66,6 +66,7 @@ export class SwarmAgentModule {
                 reservedMemoryMb: config.reservedMemoryMb,
                 blockSize: config.blockSize,
                 nodeDiskMb: config.nodeDiskMb,
+                leftoverRetentionMs: config.leftoverRetentionHours * 3_600_000,
               },
             ),
         },

@@ -16,6 +16,11 @@ describe('swarm-agent configuration', () => {
     });
   });
 
+  it("waits 25 s for a task by default, below the scheduler's 30 s agent timeout; holds departed nodes' blocks 24 h (0 allowed)", () => {
+    expect(loadSwarmAgentConfig(base)).toMatchObject({ startTimeoutSeconds: 25, leftoverRetentionHours: 24 });
+    expect(loadSwarmAgentConfig({ ...base, ORANGERY_LEFTOVER_RETENTION_HOURS: '0' }).leftoverRetentionHours).toBe(0);
+  });
+
   it.each([
     [{ ORANGERY_SWARM_MANAGER: 'http://x' }, 'ORANGERY_SWARM_MANAGER'],
     [{ ...base, ORANGERY_SWARM_CLUSTER: 'Bad_Name' }, 'ORANGERY_SWARM_CLUSTER'],

@@ -21,8 +21,15 @@ export interface SwarmAgentConfig {
   nodeDiskMb: number;
   heartbeatSeconds: number;
   pidsLimit: number;
+  /**
+   * ORANGERY_SWARM_START_TIMEOUT_SECONDS (25): how long a create/start waits for the task to
+   * run; keep it below the scheduler's ORANGERY_AGENT_TIMEOUT_SECONDS (30), else the scheduler
+   * gives up and places the slot again while this agent still waits for the first service
+   */
   startTimeoutSeconds: number;
   stopTimeoutSeconds: number;
+  /** ORANGERY_LEFTOVER_RETENTION_HOURS (24, 0 allowed): a departed node's blocks are held this long before they go back to ipam */
+  leftoverRetentionHours: number;
   /** how often the manager's tasks are read (ms) */
   watchMs: number;
   /** how often the node list is read and networks checked (s) */
@@ -90,8 +97,9 @@ export function loadSwarmAgentConfig(env: Env): SwarmAgentConfig {
     nodeDiskMb: intFrom(env, 'ORANGERY_SWARM_NODE_DISK_MB', 102_400, 0, 1_073_741_824),
     heartbeatSeconds: intFrom(env, 'ORANGERY_HEARTBEAT_SECONDS', 2, 1, 60),
     pidsLimit: intFrom(env, 'ORANGERY_PIDS_LIMIT', 4096, MIN_PIDS_LIMIT, MAX_PIDS_LIMIT),
-    startTimeoutSeconds: intFrom(env, 'ORANGERY_SWARM_START_TIMEOUT_SECONDS', 60, 1, 3600),
+    startTimeoutSeconds: intFrom(env, 'ORANGERY_SWARM_START_TIMEOUT_SECONDS', 25, 1, 3600),
     stopTimeoutSeconds: intFrom(env, 'ORANGERY_STOP_TIMEOUT_SECONDS', 10, 0, 600) + 20,
+    leftoverRetentionHours: intFrom(env, 'ORANGERY_LEFTOVER_RETENTION_HOURS', 24, 0, 87_600),
     watchMs: intFrom(env, 'ORANGERY_SWARM_WATCH_MS', 1000, 200, 60_000),
     inventorySeconds: intFrom(env, 'ORANGERY_SWARM_INVENTORY_SECONDS', 5, 1, 3600),
   };

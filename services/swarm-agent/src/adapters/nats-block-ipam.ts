@@ -1,6 +1,6 @@
 import type { NatsConnection } from '@nats-io/nats-core';
-import type { Allocation, BlockBindRequest, IpBlock, Owner } from '@orangery/contracts';
-import { IpamBlocksClient, IpamClient } from '@orangery/messaging';
+import { SUBJECTS, type Allocation, type BlockBindRequest, type BlockUnbindRequest, type IpBlock, type Owner } from '@orangery/contracts';
+import { callContract, IpamBlocksClient, IpamClient, unwrapReply } from '@orangery/messaging';
 import type { BlockIpam } from '../domain/ports';
 
 /** ipam's block calls (and `ipam.get`) over NATS; no reply is a retryable UNAVAILABLE. */
@@ -8,7 +8,10 @@ export class NatsBlockIpam implements BlockIpam {
   private readonly blocks: IpamBlocksClient;
   private readonly ipam: IpamClient;
 
-  constructor(nc: NatsConnection, timeoutMs = 5_000) {
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly timeoutMs = 5_000,
+  ) {
     this.blocks = new IpamBlocksClient(nc, timeoutMs);
     this.ipam = new IpamClient(nc, timeoutMs);
   }
@@ -25,8 +28,12 @@ export class NatsBlockIpam implements BlockIpam {
     return this.blocks.bind(req);
   }
 
-  async unbind(ip: string): Promise<void> {
-    await this.blocks.unbind(ip);
+  /** `{ ip, instanceId }` sent directly until IpamBlocksClient.unbind takes the instance id (NOT_FOUND: not held, no error) */
+  async unbind(ip: string, instanceId?: string): Promise<void> {
+    const req: BlockUnbindRequest = instanceId === undefined ? { ip } : { ip, instanceId };
+    const r = await callContract<Allocation>(this.nc, SUBJECTS.ipam.blockUnbind, req, this.timeoutMs);
+    if (!r.ok && r.error.code === 'NOT_FOUND') return;
+    unwrapReply(r);
   }
 
   async held(owner: Owner): Promise<Allocation | undefined> {

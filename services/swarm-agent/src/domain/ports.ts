@@ -105,8 +105,11 @@ export interface BlockIpam {
   /** returns the block to the pool; throws POOL_IN_USE while an address in it is bound */
   release(pool: string, host: string): Promise<void>;
   bind(req: BlockBindRequest): Promise<Allocation>;
-  /** NOT_FOUND is no error: the address is not held */
-  unbind(ip: string): Promise<void>;
+  /**
+   * NOT_FOUND is no error: the address is not held. With `instanceId`, ipam unbinds only if
+   * the address is still bound to that instance (a late unbind never frees another task's).
+   */
+  unbind(ip: string, instanceId?: string): Promise<void>;
   /** the owner's live address, undefined when it holds none */
   held(owner: Owner): Promise<Allocation | undefined>;
 }

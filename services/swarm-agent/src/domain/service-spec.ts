@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { DROPPED_CAPABILITIES, HOST_ID_PATTERN, memoryLimitMb, type SwarmCreateInstanceCommand } from '@orangery/contracts';
+import { DROPPED_CAPABILITIES, HOST_ID_PATTERN, memoryLimitMb, OrangeryError, type SwarmCreateInstanceCommand } from '@orangery/contracts';
 
 /** Labels on every orangery swarm service: the manager's services are the only truth of what runs. */
 export const LABEL = {
@@ -66,7 +66,7 @@ function canonicalJson(value: unknown): string {
 
 /** What defines a swarm instance: a create for an existing instance id with another hash is INSTANCE_CONFLICT. */
 export function swarmSpecHash(cmd: SwarmCreateInstanceCommand): string {
-  const parts = [
+  const parts: unknown[] = [
     cmd.image,
     cmd.resources.cpu,
     cmd.resources.memoryMb,
@@ -77,7 +77,41 @@ export function swarmSpecHash(cmd: SwarmCreateInstanceCommand): string {
     cmd.command ?? null,
     cmd.security ?? null,
   ];
+  // only when given: services created before hostLabels existed keep their hash
+  if (cmd.hostLabels && Object.keys(cmd.hostLabels).length > 0) parts.push({ hostLabels: cmd.hostLabels });
   return createHash('sha256').update(canonicalJson(parts)).digest('hex').slice(0, 16);
+}
+
+const LABEL_KEY = /^[A-Za-z0-9._/-]+$/;
+/** printable ASCII without the constraint syntax's `=`, `!` and `,`, no space at either end */
+const LABEL_VALUE = /^(?:[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?$/;
+const CONSTRAINT_SYNTAX = /[=!,]/;
+
+/**
+ * The env's hostLabels as swarm placement constraints: a task may run only on a node carrying
+ * every one. The labels a swarm host reports (HostFacts.labels) are its node labels plus
+ * `node` (its hostname), `role` (manager/worker) and `cluster` (this agent's): those map to
+ * `node.hostname==`, `node.role==`, and the cluster to nothing when it is this one's.
+ * Keys and values are checked so that no constraint syntax can be injected: INVALID_REQUEST.
+ */
+export function hostLabelConstraints(hostLabels: Record<string, string> | undefined, cluster: string): string[] {
+  const out: string[] = [];
+  for (const [k, v] of Object.entries(hostLabels ?? {}).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) {
+    if (!LABEL_KEY.test(k) || typeof v !== 'string' || !LABEL_VALUE.test(v) || CONSTRAINT_SYNTAX.test(v)) {
+      throw new OrangeryError('INVALID_REQUEST', `hostLabels ${JSON.stringify(k)}=${JSON.stringify(v)} cannot be a swarm placement constraint`, {
+        field: 'hostLabels',
+        key: k,
+      });
+    }
+    if (k === 'node') out.push(`node.hostname==${v}`);
+    else if (k === 'role') out.push(`node.role==${v}`);
+    else if (k === 'cluster') {
+      if (v !== cluster) {
+        throw new OrangeryError('INVALID_REQUEST', `hostLabels cluster=${v}: this swarm-agent serves cluster ${cluster}`, { field: 'hostLabels', key: k });
+      }
+    } else out.push(`node.labels.${k}==${v}`);
+  }
+  return out;
 }
 
 /**
@@ -95,7 +129,7 @@ export interface ServicePlan {
   command: string[] | undefined;
   /** the pool's swarm-scoped network */
   network: string;
-  /** placement: only nodes with the pool's config-only network */
+  /** placement: only nodes with the pool's config-only network (and the env's hostLabels) */
   constraints: string[];
   memoryBytes: number;
   memoryMb: number;
@@ -107,7 +141,7 @@ export interface ServicePlan {
   replicas: number;
 }
 
-export function planService(cmd: SwarmCreateInstanceCommand, settings: { pidsLimit: number }): ServicePlan {
+export function planService(cmd: SwarmCreateInstanceCommand, settings: { pidsLimit: number; cluster: string }): ServicePlan {
   const memoryMb = memoryLimitMb(cmd.resources.memoryMb, cmd.resources.heapMb);
   const labels: Record<string, string> = {
     [LABEL.managed]: 'true',
@@ -142,7 +176,7 @@ export function planService(cmd: SwarmCreateInstanceCommand, settings: { pidsLim
     env,
     command: cmd.command,
     network: swarmNetworkName(cmd.pool),
-    constraints: [`node.labels.${netReadyLabel(cmd.pool)}==1`],
+    constraints: [`node.labels.${netReadyLabel(cmd.pool)}==1`, ...hostLabelConstraints(cmd.hostLabels, settings.cluster)],
     memoryMb,
     memoryBytes: memoryMb * 1024 * 1024,
     nanoCpus: Math.round(cmd.resources.cpu * 1e9),

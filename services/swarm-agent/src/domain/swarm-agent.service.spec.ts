@@ -22,15 +22,24 @@ class Events implements EventSink {
 
 const log: DomainLog = { info: () => undefined, warn: () => undefined, error: () => undefined };
 
-function world(opts: { nodes?: { name: string; engine?: boolean }[]; blockSize?: number } = {}) {
+function world(opts: { nodes?: { name: string; engine?: boolean }[]; blockSize?: number; retentionMs?: number } = {}) {
   const swarm = new FakeSwarm();
   for (const n of opts.nodes ?? [{ name: 'sw1' }, { name: 'sw2' }]) swarm.addNode(n.name, { engine: n.engine });
   const ipam = new FakeBlockIpam({ lab: { cidr: '198.18.0.0/24', gateway: '198.18.0.1' } });
   const events = new Events();
   const engine = swarmEngineOf(swarm);
+  const clock = { ms: 0 };
   const nodes = new SwarmNodes(
-    { swarm: engine, engines: swarm, ipam, events, log, engineVersion: 'fake' },
-    { cluster: 'lab', uplink: 'eth0', reservedCpus: 1, reservedMemoryMb: 1024, blockSize: opts.blockSize ?? 16, nodeDiskMb: 102_400 },
+    { swarm: engine, engines: swarm, ipam, events, log, engineVersion: 'fake', now: () => clock.ms },
+    {
+      cluster: 'lab',
+      uplink: 'eth0',
+      reservedCpus: 1,
+      reservedMemoryMb: 1024,
+      blockSize: opts.blockSize ?? 16,
+      nodeDiskMb: 102_400,
+      leftoverRetentionMs: opts.retentionMs ?? 0,
+    },
   );
   const watch = new TaskWatch({ swarm: engine, engines: swarm, ipam, nodes, events, log });
   let t = 0;
@@ -43,7 +52,7 @@ function world(opts: { nodes?: { name: string; engine?: boolean }[]; blockSize?:
     await nodes.refreshNetworks();
     await watch.pass();
   };
-  return { swarm, ipam, events, nodes, watch, agent, sync };
+  return { swarm, ipam, events, nodes, watch, agent, sync, clock, engine };
 }
 
 const cmd = (slot: number, over: Partial<SwarmCreateInstanceCommand> = {}): SwarmCreateInstanceCommand => ({
@@ -344,7 +353,7 @@ describe('the watch keeps ipam true as swarm moves tasks', () => {
     const engine = swarmEngineOf(w.swarm);
     await w.nodes.ensurePool('lab');
     const { planService } = await import('./service-spec');
-    await engine.createService(planService(cmd(3), { pidsLimit: 4096 }));
+    await engine.createService(planService(cmd(3), { pidsLimit: 4096, cluster: 'lab' }));
     let commandBind: Promise<boolean> | undefined;
     // the pass reads slot 3 not running yet, then asks ipam what its owner holds; meanwhile
     // the task runs and the create's bind goes through
@@ -371,5 +380,157 @@ describe('the watch keeps ipam true as swarm moves tasks', () => {
       const ips = w.swarm.runningAddresses().map((x) => x.ip);
       expect(new Set(ips).size).toBe(ips.length);
     }
+  });
+});
+
+describe("a departed node's block is held while its containers may still be on the wire", () => {
+  const HOUR = 3_600_000;
+
+  it('a node that rejoins under the same hostname keeps its block, whatever was queued', async () => {
+    const w = world();
+    await w.sync();
+    await w.agent.create('lab-sw1', cmd(0));
+    const before = w.ipam.blocks.find((b) => b.host === 'lab-sw2')!;
+    expect(before).toBeDefined();
+    w.swarm.leave('sw2');
+    // the departure seen, then the node back before any release pass
+    w.nodes.inventory(await w.engine.nodes());
+    w.swarm.addNode('sw2');
+    w.nodes.inventory(await w.engine.nodes());
+    await w.sync();
+    await w.sync();
+    expect(w.nodes.hostIds.sort()).toEqual(['lab-sw1', 'lab-sw2']);
+    expect(w.ipam.blocks.find((b) => b.host === 'lab-sw2')).toBe(before);
+  });
+
+  it('a rejoin during the retention drops the pending release: the block is never released later', async () => {
+    const w = world({ retentionMs: HOUR });
+    await w.sync();
+    await w.agent.create('lab-sw1', cmd(0));
+    const before = w.ipam.blocks.find((b) => b.host === 'lab-sw2')!;
+    expect(before).toBeDefined();
+    w.swarm.leave('sw2');
+    await w.sync();
+    w.swarm.addNode('sw2');
+    await w.sync();
+    w.clock.ms = 2 * HOUR;
+    await w.sync();
+    expect(w.ipam.blocks.find((b) => b.host === 'lab-sw2')).toBe(before);
+  });
+
+  it('a departed node keeps its block until ORANGERY_LEFTOVER_RETENTION_HOURS passed since it was first seen gone, then it goes back', async () => {
+    const w = world({ retentionMs: 24 * HOUR });
+    await w.sync();
+    await w.agent.create('lab-sw1', cmd(0));
+    await w.agent.create('lab-sw1', cmd(1));
+    w.clock.ms = 10 * HOUR;
+    w.swarm.leave('sw2');
+    await w.sync();
+    await w.sync();
+    expect(w.nodes.hostIds).toEqual(['lab-sw1']);
+    expect(w.ipam.blocks.map((b) => b.host).sort()).toEqual(['lab-sw1', 'lab-sw2']);
+    w.clock.ms = 34 * HOUR - 1;
+    await w.sync();
+    expect(w.ipam.blocks.map((b) => b.host).sort()).toEqual(['lab-sw1', 'lab-sw2']);
+    w.clock.ms = 34 * HOUR;
+    await w.sync();
+    expect(w.ipam.blocks.map((b) => b.host)).toEqual(['lab-sw1']);
+  });
+});
+
+describe("the env's hostLabels on swarm", () => {
+  it('become placement constraints (node labels, node/role as hostname/role); the task runs only where they hold', async () => {
+    const w = world();
+    w.swarm.nodes[1]!.labels['zone'] = 'b';
+    await w.sync();
+    const r = await w.agent.create('lab-sw1', cmd(0, { hostLabels: { zone: 'b', role: 'worker', node: 'sw2', cluster: 'lab' } }));
+    const plan = [...w.swarm.services.values()][0]!.plan;
+    expect(plan.constraints).toEqual(['node.labels.orangery.net.lab==1', 'node.hostname==sw2', 'node.role==worker', 'node.labels.zone==b']);
+    expect(r.hostId).toBe('lab-sw2');
+  });
+
+  it.each([[{ zone: 'a,node.role==manager' }], [{ 'zone==a': 'b' }], [{ zone: 'a!' }], [{ 'zo ne': 'a' }], [{ zone: 'a\n' }], [{ cluster: 'other' }]])(
+    '%o is INVALID_REQUEST (field hostLabels) and creates nothing',
+    async (hostLabels) => {
+      const w = world();
+      await w.sync();
+      const e = await refusal(w.agent.create('lab-sw1', cmd(0, { hostLabels })));
+      expect(e).toMatchObject({ code: 'INVALID_REQUEST', details: { field: 'hostLabels' } });
+      expect(w.swarm.services.size).toBe(0);
+    },
+  );
+
+  it('are part of the spec: other hostLabels for an existing instance are INSTANCE_CONFLICT; none keeps the hash of before', async () => {
+    const { swarmSpecHash } = await import('./service-spec');
+    expect(swarmSpecHash(cmd(0, { hostLabels: {} }))).toBe(swarmSpecHash(cmd(0)));
+    const w = world();
+    await w.sync();
+    await w.agent.create('lab-sw1', cmd(0, { hostLabels: { role: 'worker' } }));
+    expect((await w.agent.create('lab-sw1', cmd(0, { hostLabels: { role: 'worker' } }))).state).toBe('running');
+    expect((await refusal(w.agent.create('lab-sw1', cmd(0, { hostLabels: { role: 'manager' } })))).code).toBe('INSTANCE_CONFLICT');
+  });
+});
+
+describe('bindings the watch leaves alone', () => {
+  const restarted = (w: ReturnType<typeof world>, engineDown: boolean) =>
+    new TaskWatch({
+      swarm: w.engine,
+      engines: {
+        forNode: (h, id) => {
+          const e = w.swarm.forNode(h, id);
+          return e && engineDown
+            ? {
+                ...e,
+                containerAddress: async () => {
+                  throw new Error('node engine down');
+                },
+              }
+            : e;
+        },
+      },
+      ipam: w.ipam,
+      nodes: w.nodes,
+      events: w.events,
+      log,
+    });
+
+  it('a running task whose address cannot be read yet (agent restarted, node engine down) keeps its binding', async () => {
+    const w = world();
+    await w.sync();
+    const a = await w.agent.create('lab-sw1', cmd(0));
+    for (const t of w.swarm.taskList) t.addresses = {};
+    const watch = restarted(w, true);
+    await watch.pass();
+    await watch.pass();
+    expect(watch.find('test:web:0')).toMatchObject({ addressUnknown: true });
+    expect(w.ipam.boundIps().get(a.ip)).toBe('test:web:0');
+    expect(w.ipam.unbinds).toEqual([]);
+  });
+
+  it('every unbind names its instance', async () => {
+    const w = world();
+    await w.sync();
+    const a = await w.agent.create('lab-sw1', cmd(0));
+    await w.agent.stop(a.hostId, { instanceId: 'test:web:0' });
+    await w.agent.start(a.hostId, 'test:web:0');
+    w.swarm.kill('test:web:0');
+    await w.watch.pass();
+    await w.agent.remove(a.hostId, 'test:web:0');
+    expect(w.ipam.unbinds.length).toBeGreaterThan(0);
+    expect(w.ipam.unbinds.every((u) => u.instanceId === 'test:web:0')).toBe(true);
+  });
+
+  it("a leftover binding is dropped only when its host is one of this agent's nodes", async () => {
+    const w = world();
+    await w.sync();
+    const a = await w.agent.create('lab-sw1', cmd(0));
+    await w.agent.stop(a.hostId, { instanceId: 'test:web:0' });
+    const owner = { env: 'test', app: 'web', slot: 0 };
+    w.ipam.allocations.set('198.18.0.200', { ip: '198.18.0.200', pool: 'lab', owner, state: 'bound', instanceId: 'test:web:0', host: 'other-sw9' });
+    await restarted(w, false).pass();
+    expect(w.ipam.boundIps().get('198.18.0.200')).toBe('test:web:0');
+    w.ipam.allocations.set('198.18.0.200', { ip: '198.18.0.200', pool: 'lab', owner, state: 'bound', instanceId: 'test:web:0', host: 'lab-sw2' });
+    await restarted(w, false).pass();
+    expect(w.ipam.boundIps().get('198.18.0.200')).toBeUndefined();
   });
 });

@@ -1,6 +1,6 @@
 import { OrangeryError, type AgentInstance, type AgentInstanceList, type StopInstanceCommand, type SwarmCreateInstanceCommand } from '@orangery/contracts';
 import type { DomainLog, EventSink, SwarmEngine } from './ports';
-import { LABEL, planService, resourcesOf, swarmSpecHash } from './service-spec';
+import { hostLabelConstraints, LABEL, planService, resourcesOf, swarmSpecHash } from './service-spec';
 import type { SwarmNodes } from './swarm-nodes';
 import type { Observed, TaskWatch } from './task-watch';
 
@@ -47,6 +47,8 @@ export class SwarmAgentService {
   create(hostId: string, cmd: SwarmCreateInstanceCommand): Promise<AgentInstance> {
     return this.serialize(cmd.instanceId, async () => {
       this.requireNode(hostId);
+      // refused before anything is looked up or made (INVALID_REQUEST field hostLabels)
+      hostLabelConstraints(cmd.hostLabels, this.settings.cluster);
       const wantStart = cmd.start ?? true;
       const existing = await this.deps.swarm.findService(cmd.instanceId);
       if (existing) {
@@ -63,7 +65,7 @@ export class SwarmAgentService {
       } else {
         // The pool's network on the nodes first: the service's placement needs its label.
         await this.deps.nodes.ensurePool(cmd.pool);
-        const plan = planService(cmd, { pidsLimit: this.settings.pidsLimit });
+        const plan = planService(cmd, { pidsLimit: this.settings.pidsLimit, cluster: this.settings.cluster });
         await this.deps.swarm.createService(plan);
         this.deps.log.info({ instanceId: cmd.instanceId, service: plan.name, pool: cmd.pool }, 'swarm service created');
       }

@@ -12,6 +12,12 @@ export interface SwarmNodesSettings {
   blockSize: number;
   /** the disk each node declares (ORANGERY_SWARM_NODE_DISK_MB): swarm reports none */
   nodeDiskMb: number;
+  /**
+   * how long a departed node's blocks are held before they go back to ipam
+   * (ORANGERY_LEFTOVER_RETENTION_HOURS, in ms): a node removed while partitioned keeps its
+   * containers, and their addresses, on the wire until it reconnects
+   */
+  leftoverRetentionMs: number;
 }
 
 export interface SwarmNodesDeps {
@@ -22,6 +28,8 @@ export interface SwarmNodesDeps {
   log: DomainLog;
   /** the manager engine's version, for host.registered */
   engineVersion: string;
+  /** ms on any clock (only differences are used); Date.now when absent */
+  now?: () => number;
 }
 
 interface KnownNode {
@@ -49,8 +57,12 @@ export class SwarmNodes {
   private readonly pools = new Set<string>();
   /** `${nodeId}/${pool}` prepared in this process (block, config network, label) */
   private readonly prepared = new Set<string>();
-  /** blocks of nodes that left, to return to ipam (retried while their addresses are bound) */
-  private readonly leftBlocks = new Map<string, { pool: string; hostId: string }>();
+  /**
+   * blocks of nodes that left, to return to ipam once gone for the retention (counted from
+   * when this process first saw them gone: a restart restarts the clock), retried while
+   * their addresses are bound
+   */
+  private readonly leftBlocks = new Map<string, { pool: string; hostId: string; goneSince: number }>();
   private readonly warnedNoEngine = new Set<string>();
   /** nodes whose engine answered with their own node id; nodes warned about a wrong or silent engine */
   private readonly verified = new Set<string>();
@@ -62,6 +74,10 @@ export class SwarmNodes {
     private readonly deps: SwarmNodesDeps,
     private readonly settings: SwarmNodesSettings,
   ) {}
+
+  private now(): number {
+    return this.deps.now ? this.deps.now() : Date.now();
+  }
 
   get hostIds(): string[] {
     return [...this.byHost.keys()];
@@ -96,6 +112,12 @@ export class SwarmNodes {
       const holder = this.byHost.get(hostId);
       if (holder && holder.node.id !== node.id) hostId = nodeHostId(this.settings.cluster, `${node.hostname}-${node.id.slice(0, 6)}`) ?? hostId;
       seen.add(node.id);
+      // present again (a rejoin under the same hostname): its blocks are its own, never released
+      for (const [key, left] of [...this.leftBlocks]) {
+        if (left.hostId !== hostId) continue;
+        this.leftBlocks.delete(key);
+        this.deps.log.info({ hostId, pool: left.pool }, 'swarm node is back: its block is kept');
+      }
       const before = this.byId.get(node.id);
       const known = { node, hostId };
       this.byId.set(node.id, known);
@@ -118,9 +140,16 @@ export class SwarmNodes {
       this.byId.delete(nodeId);
       this.byHost.delete(known.hostId);
       removed.push(known.hostId);
-      for (const pool of this.pools) this.leftBlocks.set(`${known.hostId}/${pool}`, { pool, hostId: known.hostId });
+      const goneSince = this.now();
+      for (const pool of this.pools) {
+        const key = `${known.hostId}/${pool}`;
+        if (!this.leftBlocks.has(key)) this.leftBlocks.set(key, { pool, hostId: known.hostId, goneSince });
+      }
       for (const key of [...this.prepared]) if (key.startsWith(`${nodeId}/`)) this.prepared.delete(key);
-      this.deps.log.warn({ hostId: known.hostId }, 'swarm node left the swarm; its blocks go back to ipam once no task address in them is bound');
+      this.deps.log.warn(
+        { hostId: known.hostId, retentionHours: this.settings.leftoverRetentionMs / 3_600_000 },
+        'swarm node left the swarm; its blocks are held for the retention (its containers may still run while it is partitioned), then go back to ipam once no task address in them is bound',
+      );
     }
     return { added, removed };
   }
@@ -216,10 +245,16 @@ export class SwarmNodes {
       }
     }
     for (const [key, left] of [...this.leftBlocks]) {
+      // a host that is present keeps its block, whatever was queued
+      if (this.byHost.has(left.hostId)) {
+        this.leftBlocks.delete(key);
+        continue;
+      }
+      if (this.now() - left.goneSince < this.settings.leftoverRetentionMs) continue;
       try {
         await this.deps.ipam.release(left.pool, left.hostId);
         this.leftBlocks.delete(key);
-        this.deps.log.info(left, 'block of a node that left the swarm returned to ipam');
+        this.deps.log.info({ pool: left.pool, hostId: left.hostId }, 'block of a node that left the swarm returned to ipam (retention passed)');
       } catch (e) {
         if (e instanceof PortError && e.code === 'NOT_FOUND') this.leftBlocks.delete(key);
         else this.deps.log.debug?.({ ...left, err: String(e) }, 'block of a departed node not released yet');

@@ -17,6 +17,8 @@ export interface Observed {
   /** the node host id of that task */
   hostId: string | undefined;
   state: AgentInstanceState;
+  /** its task runs but its address cannot be read yet (node engine down): its binding is left as it is */
+  addressUnknown: boolean;
   ip: string | undefined;
   mac: string | undefined;
   reason: string | undefined;
@@ -152,7 +154,7 @@ export class TaskWatch {
     const held = this.bound.get(instanceId)?.ip ?? ip;
     if (held === undefined) return;
     try {
-      await this.deps.ipam.unbind(held);
+      await this.deps.ipam.unbind(held, instanceId);
       this.bound.delete(instanceId);
     } catch (e) {
       // the next pass sees no service and unbinds it again
@@ -207,6 +209,7 @@ export class TaskWatch {
     const address = task && task.state === 'running' && service.replicas > 0 ? await this.addressOf(task, pool) : undefined;
     const state = stateOf(service, task, address !== undefined);
     return {
+      addressUnknown: state === 'created' && task?.state === 'running' && service.replicas > 0,
       instanceId,
       env: l[LABEL.env] ?? '',
       app: l[LABEL.app] ?? '',
@@ -288,8 +291,10 @@ export class TaskWatch {
         const o = next.get(instanceId);
         // a command changed it after this pass's read, or its bind below moves the owner
         if (!held || this.touched.has(instanceId) || (o && o.state === 'running' && o.ip !== undefined)) return;
+        // running, address not readable yet (its node's engine is down): neither unbind nor bind
+        if (o?.addressUnknown) return;
         try {
-          await this.deps.ipam.unbind(held.ip);
+          await this.deps.ipam.unbind(held.ip, instanceId);
           this.bound.delete(instanceId);
         } catch (e) {
           this.deps.log.warn({ instanceId, ip: held.ip, err: String(e) }, 'unbind failed; retried on the next pass');
@@ -298,7 +303,7 @@ export class TaskWatch {
     }
     for (const o of next.values()) {
       await this.locked(o.instanceId, async () => {
-        if (this.touched.has(o.instanceId)) return;
+        if (this.touched.has(o.instanceId) || o.addressUnknown) return;
         if (o.state === 'running') {
           const held = this.bound.get(o.instanceId);
           if (held && held.ip === o.ip && held.hostId === o.hostId) return;
@@ -322,12 +327,15 @@ export class TaskWatch {
     return next;
   }
 
-  /** An instance with no running task may still hold a binding from before this process: return it. */
+  /**
+   * An instance with no running task may still hold a binding from before this process: return
+   * it, only when it is on one of this agent's nodes (another cluster's binding is not ours).
+   */
   private async dropLeftoverBinding(o: Observed): Promise<void> {
     try {
       const held = await this.deps.ipam.held({ env: o.env, app: o.app, slot: o.slot });
-      if (held && held.state === 'bound' && held.backend === 'swarm') {
-        await this.deps.ipam.unbind(held.ip);
+      if (held && held.state === 'bound' && held.backend === 'swarm' && held.host !== undefined && this.deps.nodes.nodeOf(held.host) !== undefined) {
+        await this.deps.ipam.unbind(held.ip, held.instanceId ?? o.instanceId);
         this.deps.log.info({ instanceId: o.instanceId, ip: held.ip }, 'unbound the address of a task that is no longer running');
       }
       this.staleChecked.add(o.instanceId);

@@ -366,10 +366,14 @@ export class FakeBlockIpam implements BlockIpam {
     return this.allocationOf(this.allocations.get(req.ip)!);
   }
 
-  async unbind(ip: string): Promise<void> {
+  /** every unbind asked, with the instance it named */
+  readonly unbinds: { ip: string; instanceId: string | undefined }[] = [];
+
+  async unbind(ip: string, instanceId?: string): Promise<void> {
     this.gate();
+    this.unbinds.push({ ip, instanceId });
     const a = this.allocations.get(ip);
-    if (a) a.state = 'released';
+    if (a && (instanceId === undefined || a.instanceId === instanceId)) a.state = 'released';
   }
 
   async held(owner: Owner): Promise<Allocation | undefined> {
