@@ -4,7 +4,7 @@
 #   - starts private NATS (JetStream) and MariaDB under .run/dev on the contract's default
 #     ports (4222, 3306), builds every service and runs each one in the background
 #   - stays in the foreground; Ctrl-C (or SIGTERM) stops the services and the servers
-#   - the demo (tools/demo.ts), when no agent is configured (no ORANGERY_UPLINK, no
+#   - the demo (tools/demo.ts), when no agent is configured (no ORANGERY_UPLINK, no ORANGERY_SWARM_MANAGER, no
 #     ORANGERY_VCENTER_URL) and ORANGERY_DEMO is not 0: the local lab (2 simulated servers,
 #     vcsim with 3 ESXi hosts, every VM on the same fabric), 2 docker-agents and 1 vmware-agent
 #     on it, a pool, demo/hello x3 as containers and demo/legacy x3 as VMs; the console gets a
@@ -24,7 +24,7 @@ export ORANGERY_RUN_DIR=$run # infra.sh keeps its servers there too
 logs=$run/logs
 mode=${1:-foreground}
 demo=0
-if [ "${ORANGERY_DEMO:-1}" != 0 ] && [ -z "${ORANGERY_UPLINK:-}" ] && [ -z "${ORANGERY_VCENTER_URL:-}" ]; then demo=1; fi
+if [ "${ORANGERY_DEMO:-1}" != 0 ] && [ -z "${ORANGERY_UPLINK:-}" ] && [ -z "${ORANGERY_VCENTER_URL:-}" ] && [ -z "${ORANGERY_SWARM_MANAGER:-}" ]; then demo=1; fi
 
 services() { # every control-plane service that exists; host agents only when configured
   local p name
@@ -36,6 +36,8 @@ services() { # every control-plane service that exists; host agents only when co
     if [ "$name" = docker-agent ] && [ -z "${ORANGERY_UPLINK:-}" ]; then continue; fi
     # The vmware-agent needs a vCenter: run it when ORANGERY_VCENTER_URL names one.
     if [ "$name" = vmware-agent ] && [ -z "${ORANGERY_VCENTER_URL:-}" ]; then continue; fi
+    # The swarm-agent needs a swarm manager's engine: run it when ORANGERY_SWARM_MANAGER names one.
+    if [ "$name" = swarm-agent ] && [ -z "${ORANGERY_SWARM_MANAGER:-}" ]; then continue; fi
     echo "$name"
   done
 }

@@ -69,14 +69,15 @@ afterAll(async () => {
 const scaleBody = { replicas: 1, resources: { cpu: 1, memoryMb: 256 }, image: 'svc:1', backend: 'docker', pool: 'sim' };
 
 describe('console with the NATS permissions of its role', () => {
-  it('serves pools, hosts and envs (503: nobody serves them yet) through its own inbox', async () => {
+  it('serves pools, hosts and envs through its own inbox', async () => {
     const created = await api('POST', '/api/v1/pools', { name: 'sim', cidr: '198.19.0.0/16', gateway: '198.19.0.1', cooldownSeconds: 0 });
     expect(created.status, JSON.stringify(created.body)).toBe(201);
     const hosts = await api('GET', '/api/v1/hosts');
     expect(hosts.status).toBe(200);
     expect(hosts.body.hosts).toHaveLength(2);
     const envs = await api('GET', '/api/v1/envs');
-    expect(envs.status).toBe(503);
+    expect(envs.status, JSON.stringify(envs.body)).toBe(200);
+    expect(envs.body.envs).toEqual([]);
     expect(stack.console.hasLog('cannot read the scale stream: requests published elsewhere are known by their outcome only; retrying every minute')).toBe(
       true,
     );
