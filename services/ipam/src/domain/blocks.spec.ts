@@ -1,6 +1,7 @@
 import { describe, it, expect } from 'vitest';
 import { OrangeryError, type Owner } from '@orangery/contracts';
 import { IpBlocks } from './blocks';
+import { OwnerConflict } from './ports';
 import { IpamService } from './ipam.service';
 import { FakeClock, InMemoryIpamStore } from './testing/in-memory-store';
 
@@ -415,5 +416,33 @@ describe('block.release, block.list and pool.delete', () => {
     await expectError(ipam.deletePool('net'), 'POOL_IN_USE', { blocks: 1 });
     await blocks.release({ pool: 'net', host: 'sw-a' });
     expect(await ipam.deletePool('net')).toEqual({});
+  });
+});
+
+describe('block.bind losing races for its owner', () => {
+  /** The store, but its next `losses` transactions lose to a concurrent bind of the owner. */
+  function losing(store: InMemoryIpamStore, losses: number): InMemoryIpamStore {
+    let left = losses;
+    const transaction = store.transaction.bind(store);
+    return Object.assign(Object.create(store) as InMemoryIpamStore, {
+      transaction: ((work, actor, onCommitted) => {
+        if (left-- > 0) return Promise.reject(new OwnerConflict());
+        return transaction(work, actor, onCommitted);
+      }) as InMemoryIpamStore['transaction'],
+    });
+  }
+
+  it('reruns until it wins (many binds of one owner at once), and past the bound answers a retryable UNAVAILABLE with nothing changed', async () => {
+    const { store, clock, reserve } = await setup();
+    await reserve('sw-a');
+    const o = owner('web', 0);
+    const bindWith = (s: InMemoryIpamStore) =>
+      new IpBlocks(s, clock).bind({ pool: 'net', ip: '198.18.0.5', owner: o, instanceId: instanceOf(o), host: 'sw-a' });
+    expect(await bindWith(losing(store, 10))).toMatchObject({ ip: '198.18.0.5', state: 'bound' });
+    await new IpBlocks(store, clock).unbind({ ip: '198.18.0.5' });
+    const before = store.snapshot();
+    const e = await expectError(bindWith(losing(store, 1_000)), 'UNAVAILABLE');
+    expect(e.retryable).toBe(true);
+    expect(store.snapshot()).toEqual(before);
   });
 });

@@ -43,6 +43,9 @@ import {
  * per host and pool.
  */
 
+/** Reruns of a block.bind that lost a race for its owner's live address to a concurrent one. */
+const BIND_OWNER_CONFLICT_RERUNS = 16;
+
 /** Candidate ranges read per attempt; the k-th of k concurrent reserves may try k of them. */
 const CANDIDATES = 64;
 /** Whole-transaction reruns when every candidate was taken meanwhile, or a rival made the host's block. */
@@ -253,8 +256,14 @@ export class IpBlocks {
       try {
         return await this.store.transaction((tx) => this.bindInTx(tx, req, ip, ctx), ctx.actor);
       } catch (e) {
-        // Another request gave this owner a live address first: rerunning sees it.
-        if (e instanceof OwnerConflict && attempt < 3) continue;
+        // Another request gave this owner a live address first: rerunning sees it (and moves
+        // the owner from it). Many binds of one owner at once (a task restarting while the
+        // watch catches up) can lose several times; past the bound, a retryable answer, never
+        // INTERNAL: nothing was changed by this request.
+        if (e instanceof OwnerConflict && attempt < BIND_OWNER_CONFLICT_RERUNS) continue;
+        if (e instanceof OwnerConflict) {
+          throw new OrangeryError('UNAVAILABLE', `concurrent binds for ${instanceIdOf(req.owner)}: nothing was changed, retry`, { retryable: true });
+        }
         throw e;
       }
     }
