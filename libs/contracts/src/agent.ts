@@ -38,6 +38,27 @@ export function memoryLimitMb(memoryMb: number, heapMb: number | undefined): num
   return Math.max(memoryMb, heapMb + Math.max(MIN_HEADROOM_MB, Math.ceil(heapMb * HEADROOM_RATIO)));
 }
 
+/**
+ * An instance's process environment, alike for containers and swarm tasks: the caller's
+ * variables first, then the platform's own (last, so a caller's cannot override them):
+ * ORANGERY_INSTANCE_ID, _APP, _ENV, _SLOT, _IP (when the agent knows the address before the
+ * start; a swarm task's is picked by swarm) and _HEAP_MB (for a JVM's -Xmx).
+ */
+export function instanceProcessEnv(
+  cmd: { instanceId: string; app: string; env: string; slot: number; environment?: Record<string, string>; resources: { heapMb?: number } },
+  ip?: string,
+): string[] {
+  return [
+    ...Object.entries(cmd.environment ?? {}).map(([k, v]) => `${k}=${v}`),
+    `ORANGERY_INSTANCE_ID=${cmd.instanceId}`,
+    `ORANGERY_APP=${cmd.app}`,
+    `ORANGERY_ENV=${cmd.env}`,
+    `ORANGERY_SLOT=${cmd.slot}`,
+    ...(ip !== undefined ? [`ORANGERY_IP=${ip}`] : []),
+    ...(cmd.resources.heapMb ? [`ORANGERY_HEAP_MB=${cmd.resources.heapMb}`] : []),
+  ];
+}
+
 export const InstanceNetwork = Type.Object(
   {
     ip: Ipv4,

@@ -30,6 +30,11 @@ export function instanceSpecHash(cmd: CreateInstanceCommand): string {
   // `security` existed (and every create without it) keeps its hash and is adopted as is.
   const security = relaxations(cmd.security);
   if (security) parts.push({ security });
+  return specHashOf(parts);
+}
+
+/** 16 hex characters of the SHA-256 of `parts` as canonical JSON: the agents' spec hashes (containers, swarm services). */
+export function specHashOf(parts: readonly unknown[]): string {
   return createHash('sha256').update(canonicalJson(parts)).digest('hex').slice(0, 16);
 }
 

@@ -1,4 +1,11 @@
-import { DROPPED_CAPABILITIES, instanceSpecHash, memoryLimitMb, type ContainerCreateCommand, type InstanceNetwork } from '@orangery/contracts';
+import {
+  DROPPED_CAPABILITIES,
+  instanceProcessEnv,
+  instanceSpecHash,
+  memoryLimitMb,
+  type ContainerCreateCommand,
+  type InstanceNetwork,
+} from '@orangery/contracts';
 
 /** Labels that make the engine the only truth about what runs on a host. */
 export const LABEL = {
@@ -117,16 +124,7 @@ export function planContainer(cmd: ContainerCreateCommand, host: HostLimits): Co
   };
   if (cmd.resources.heapMb !== undefined) labels[LABEL.heapMb] = String(cmd.resources.heapMb);
   if (cmd.resources.diskMb !== undefined) labels[LABEL.diskMb] = String(cmd.resources.diskMb);
-  // The platform's own variables come last, so a caller's environment cannot override them.
-  const env = [
-    ...Object.entries(cmd.environment ?? {}).map(([k, v]) => `${k}=${v}`),
-    `ORANGERY_INSTANCE_ID=${cmd.instanceId}`,
-    `ORANGERY_APP=${cmd.app}`,
-    `ORANGERY_ENV=${cmd.env}`,
-    `ORANGERY_SLOT=${cmd.slot}`,
-    `ORANGERY_IP=${cmd.network.ip}`,
-    ...(cmd.resources.heapMb ? [`ORANGERY_HEAP_MB=${cmd.resources.heapMb}`] : []),
-  ];
+  const env = instanceProcessEnv(cmd, cmd.network.ip);
   return {
     name: containerName(cmd.instanceId),
     image: cmd.image,

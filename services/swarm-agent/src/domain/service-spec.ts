@@ -1,5 +1,13 @@
 import { createHash } from 'node:crypto';
-import { DROPPED_CAPABILITIES, HOST_ID_PATTERN, memoryLimitMb, OrangeryError, type SwarmCreateInstanceCommand } from '@orangery/contracts';
+import {
+  DROPPED_CAPABILITIES,
+  HOST_ID_PATTERN,
+  instanceProcessEnv,
+  memoryLimitMb,
+  OrangeryError,
+  specHashOf,
+  type SwarmCreateInstanceCommand,
+} from '@orangery/contracts';
 
 /** Labels on every orangery swarm service: the manager's services are the only truth of what runs. */
 export const LABEL = {
@@ -55,15 +63,6 @@ export function serviceName(instanceId: string): string {
   return `${readable.slice(0, 52).replace(/-+$/, '')}-${hash}`;
 }
 
-/** JSON with object keys sorted. */
-function canonicalJson(value: unknown): string {
-  return JSON.stringify(value, (_k, v: unknown) =>
-    v && typeof v === 'object' && !Array.isArray(v)
-      ? Object.fromEntries(Object.entries(v as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
-      : v,
-  );
-}
-
 /** What defines a swarm instance: a create for an existing instance id with another hash is INSTANCE_CONFLICT. */
 export function swarmSpecHash(cmd: SwarmCreateInstanceCommand): string {
   const parts: unknown[] = [
@@ -79,7 +78,7 @@ export function swarmSpecHash(cmd: SwarmCreateInstanceCommand): string {
   ];
   // only when given: services created before hostLabels existed keep their hash
   if (cmd.hostLabels && Object.keys(cmd.hostLabels).length > 0) parts.push({ hostLabels: cmd.hostLabels });
-  return createHash('sha256').update(canonicalJson(parts)).digest('hex').slice(0, 16);
+  return specHashOf(parts);
 }
 
 const LABEL_KEY = /^[A-Za-z0-9._/-]+$/;
@@ -157,16 +156,8 @@ export function planService(cmd: SwarmCreateInstanceCommand, settings: { pidsLim
   };
   if (cmd.resources.heapMb !== undefined) labels[LABEL.heapMb] = String(cmd.resources.heapMb);
   if (cmd.resources.diskMb !== undefined) labels[LABEL.diskMb] = String(cmd.resources.diskMb);
-  // The platform's own variables come last, so a caller's environment cannot override them.
   // No ORANGERY_IP: swarm picks the address when the task starts (see the task's network).
-  const env = [
-    ...Object.entries(cmd.environment ?? {}).map(([k, v]) => `${k}=${v}`),
-    `ORANGERY_INSTANCE_ID=${cmd.instanceId}`,
-    `ORANGERY_APP=${cmd.app}`,
-    `ORANGERY_ENV=${cmd.env}`,
-    `ORANGERY_SLOT=${cmd.slot}`,
-    ...(cmd.resources.heapMb ? [`ORANGERY_HEAP_MB=${cmd.resources.heapMb}`] : []),
-  ];
+  const env = instanceProcessEnv(cmd);
   const keep = new Set<string>(cmd.security?.addCapabilities ?? []);
   return {
     name: serviceName(cmd.instanceId),
