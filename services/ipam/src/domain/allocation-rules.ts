@@ -144,16 +144,25 @@ export const allocatedTo = (chosen: AddressRecord, owner: Owner): AddressRecord 
   host: null,
 });
 
-/** The audit row of a change, carrying its CloudEvent (transactional outbox). */
+/** What each address change is published as (ip.<what>): block.bind binds, block.unbind releases. */
+const EVENT_OF = {
+  allocate: 'allocated',
+  bind: 'bound',
+  release: 'released',
+  'block.bind': 'bound',
+  'block.unbind': 'released',
+} as const;
+
+/** The audit row of an address change, carrying its CloudEvent (transactional outbox). */
 export function auditEntryOf(
-  action: 'allocate' | 'bind' | 'release',
+  action: keyof typeof EVENT_OF,
   pool: PoolRecord,
   before: AddressRecord,
   after: Allocation,
   ctx: CallContext,
   nowMs: number,
 ): AuditEntry {
-  const what = action === 'allocate' ? 'allocated' : action === 'bind' ? 'bound' : 'released';
+  const what = EVENT_OF[action];
   return {
     action,
     ip: before.ip,

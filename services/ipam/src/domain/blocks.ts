@@ -1,5 +1,4 @@
 import {
-  buildEvent,
   instanceIdOf,
   invalidRequest,
   OrangeryError,
@@ -12,7 +11,7 @@ import {
   type IpBlock,
 } from '@orangery/contracts';
 import { intToIpv4, ipv4ToInt } from '@orangery/netaddr';
-import { blockCidr, EVENT_SOURCE, isLive, ownerHasIp, poolNotFound, poolVanished, sameOwner, toAllocation, toPool, type CallContext } from './allocation-rules';
+import { auditEntryOf, blockCidr, isLive, ownerHasIp, poolNotFound, poolVanished, sameOwner, toAllocation, toPool, type CallContext } from './allocation-rules';
 import {
   BLOCKED_AT,
   OwnerConflict,
@@ -316,11 +315,11 @@ export class IpBlocks {
       const released = releasedRow(elsewhere, oldPool, now, true);
       // Written first: the unique live owner index sees the old address go before the new one.
       await tx.updateAddress(elsewhere.ip, released);
-      audits.push(ipAudit('block.unbind', 'released', oldPool, elsewhere, toAllocation(released, oldPool), ctx, now));
+      audits.push(auditEntryOf('block.unbind', oldPool, elsewhere, toAllocation(released, oldPool), ctx, now));
     }
     await tx.updateAddress(ip, next);
     const after = toAllocation(next, pool);
-    audits.push(ipAudit('block.bind', 'bound', pool, row, after, ctx, now));
+    audits.push(auditEntryOf('block.bind', pool, row, after, ctx, now));
     await tx.auditAll(audits);
     return after;
   }
@@ -341,7 +340,7 @@ export class IpBlocks {
       const released = releasedRow(row, pool, this.clock.now(), true);
       const after = toAllocation(released, pool);
       await tx.updateAddress(ip, released);
-      await tx.audit(ipAudit('block.unbind', 'released', pool, row, after, ctx, this.clock.now()));
+      await tx.audit(auditEntryOf('block.unbind', pool, row, after, ctx, this.clock.now()));
       return after;
     }, ctx.actor);
   }
@@ -355,31 +354,4 @@ export class IpBlocks {
 function blockAudit(action: 'block.reserve' | 'block.release', pool: PoolRecord, before: IpBlock | null, after: IpBlock | null): AuditEntry {
   // No event: the contract's events are about addresses; a block is ipam's own bookkeeping.
   return { action, ip: null, poolName: pool.name, before, after };
-}
-
-function ipAudit(
-  action: 'block.bind' | 'block.unbind',
-  what: 'bound' | 'released',
-  pool: PoolRecord,
-  before: AddressRecord,
-  after: Allocation,
-  ctx: CallContext,
-  nowMs: number,
-): AuditEntry {
-  return {
-    action,
-    ip: before.ip,
-    poolName: pool.name,
-    before: before.state === 'free' ? null : toAllocation(before, pool),
-    after,
-    event: buildEvent({
-      area: 'ip',
-      what,
-      source: EVENT_SOURCE,
-      subject: after.ip,
-      data: after,
-      time: new Date(nowMs),
-      ...(ctx.traceparent ? { traceparent: ctx.traceparent } : {}),
-    }),
-  };
 }
