@@ -305,6 +305,35 @@ export class AllocationBatch {
 }
 
 /**
+ * The changes of a bind or release batch: each item's new row (a later item of the same ip
+ * sees it in `rows`), its audit row with its event, and one write of the rows' final states
+ * and the audit rows at the end.
+ */
+class RowChanges {
+  private readonly finalState = new Map<number, AddressRecord>();
+  private readonly audits: AuditEntry[] = [];
+
+  constructor(
+    private readonly rows: Map<number, AddressRecord>,
+    private readonly now: number,
+  ) {}
+
+  record(action: 'bind' | 'release', pool: PoolRecord, before: AddressRecord, after: AddressRecord, ctx: CallContext): Allocation {
+    const allocation = toAllocation(after, pool);
+    this.audits.push(auditEntryOf(action, pool, before, allocation, ctx, this.now));
+    this.rows.set(after.ip, after);
+    this.finalState.set(after.ip, after);
+    return allocation;
+  }
+
+  async write(tx: IpamTx): Promise<void> {
+    if (this.finalState.size === 0) return;
+    await tx.updateAddresses([...this.finalState.values()].map((r) => ({ ip: r.ip, patch: patchOf(r) })));
+    await tx.auditAll(this.audits);
+  }
+}
+
+/**
  * Batch bind in one transaction: every address locked and its pool read in one round trip,
  * then the items applied in order (a later item for the same ip sees the earlier one, as a
  * later single would), and the writes sent with COMMIT.
@@ -315,8 +344,7 @@ export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly (Bin
   const rows = new Map(locked.map((r) => [r.ip, r]));
   const poolsById = new Map(pools.map((p) => [p.id, p]));
   const blockOf = await blocksOfSwarmRows(tx, locked);
-  const finalState = new Map<number, AddressRecord>();
-  const audits: AuditEntry[] = [];
+  const changes = new RowChanges(rows, now);
   const results = reqs.map((req, i): Reply<Allocation> => {
     try {
       const row = rows.get(ips[i]!);
@@ -326,19 +354,12 @@ export async function bindBatchInTx(tx: IpamTx, now: number, reqs: readonly (Bin
       if (bindChangesNothing(row, req)) return okReply(toAllocation(row, pool));
       if (row.backend === 'swarm') checkBindOutsideBlockRules(req, blockOf.get(row.ip), pool);
       const after: AddressRecord = { ...row, state: 'bound', instanceId: req.instanceId, backend: req.backend, host: req.host };
-      const allocation = toAllocation(after, pool);
-      audits.push(auditEntryOf('bind', pool, row, allocation, itemContext(ctx, req), now));
-      rows.set(row.ip, after);
-      finalState.set(row.ip, after);
-      return okReply(allocation);
+      return okReply(changes.record('bind', pool, row, after, itemContext(ctx, req)));
     } catch (e) {
       return failure(e);
     }
   });
-  if (finalState.size > 0) {
-    await tx.updateAddresses([...finalState.values()].map((r) => ({ ip: r.ip, patch: patchOf(r) })));
-    await tx.auditAll(audits);
-  }
+  await changes.write(tx);
   return results;
 }
 
@@ -360,8 +381,7 @@ export async function releaseBatchInTx(tx: IpamTx, now: number, items: readonly 
   const poolsById = new Map((await tx.findPoolsByIds([...new Set([...rows.values()].map((r) => r.poolId))])).map((p) => [p.id, p]));
   // A live address inside a block is a swarm task's: released, it stays in its block.
   const inBlock = await blocksOfSwarmRows(tx, rows.values());
-  const finalState = new Map<number, AddressRecord>();
-  const audits: AuditEntry[] = [];
+  const changes = new RowChanges(rows, now);
   const results = items.map((item): Reply<Allocation> => {
     try {
       let row: AddressRecord | undefined;
@@ -377,19 +397,12 @@ export async function releaseBatchInTx(tx: IpamTx, now: number, items: readonly 
       if (!pool) throw poolVanished(row.poolId);
       if (row.state === 'released') return okReply(toAllocation(row, pool));
       const after = releasedRow(row, pool, now, inBlock.has(row.ip));
-      const allocation = toAllocation(after, pool);
-      audits.push(auditEntryOf('release', pool, row, allocation, itemContext(ctx, item), now));
-      rows.set(row.ip, after);
-      finalState.set(row.ip, after);
-      return okReply(allocation);
+      return okReply(changes.record('release', pool, row, after, itemContext(ctx, item)));
     } catch (e) {
       return failure(e);
     }
   });
-  if (finalState.size > 0) {
-    await tx.updateAddresses([...finalState.values()].map((r) => ({ ip: r.ip, patch: patchOf(r) })));
-    await tx.auditAll(audits);
-  }
+  await changes.write(tx);
   return results;
 }
 
